@@ -1,0 +1,1 @@
+"""DICOM knowledge with no I/O: identifiers, attributes, DICOM JSON, queries, Part 10 parsing."""

@@ -1,0 +1,1 @@
+"""Instance indexes: what is stored, searchable by QIDO and located for WADO."""

@@ -1,0 +1,102 @@
+"""The InstanceIndex protocol: add an instance atomically, search, look up, list."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, Protocol
+
+from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
+from dicomweb_server.domain.query import Query
+from dicomweb_server.domain.records import InstanceRecord, PixelLayout
+
+__all__ = ["AddOutcome", "InstanceIndex", "SearchPage", "StoredInstance"]
+
+
+class AddOutcome(StrEnum):
+    """What `add_instance` did."""
+
+    CREATED = "created"  # new instance, now visible
+    IDENTICAL = "identical"  # same SOP Instance UID with the same content digest: kept one copy
+    CONFLICT = "conflict"  # same SOP Instance UID, different content or different study/series
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """An indexed instance: where its object is and how its pixel data is laid out."""
+
+    key: InstanceKey
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    digest: str
+    number_of_frames: int
+    pixel: PixelLayout | None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchPage:
+    """One page of QIDO results as DICOM JSON objects (stored and computed attributes).
+
+    `more` is True when results exist beyond this page.
+    """
+
+    rows: list[dict[str, Any]]
+    more: bool
+
+
+class InstanceIndex(Protocol):
+    """The searchable catalogue of stored instances, partitioned by site.
+
+    An instance becomes visible to every method only when `add_instance` returns CREATED:
+    the caller writes the blob first, so a visible row always has a durable object.
+    Backend faults raise BackendUnavailableError.
+    """
+
+    async def add_instance(
+        self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
+    ) -> AddOutcome:
+        """Insert the instance and update study/series aggregates in one transaction."""
+        ...
+
+    async def search(self, query: Query) -> SearchPage:
+        """Run a QIDO query; rows hold the level's attributes plus computed ones."""
+        ...
+
+    async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
+        """The instance, or None."""
+        ...
+
+    def iter_instances(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[StoredInstance]:
+        """Instances of a study (or one series), ordered by series then instance number."""
+        ...
+
+    def iter_metadata(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[bytes]:
+        """The stored DICOM JSON of each instance, in `iter_instances` order."""
+        ...
+
+    async def get_metadata(self, key: InstanceKey) -> bytes | None:
+        """The stored DICOM JSON of one instance, or None."""
+        ...
+
+    async def get_bulk_span(self, key: InstanceKey, path: str) -> tuple[int, int] | None:
+        """(offset, length) of a bulk data value recorded at ingest, or None."""
+        ...
+
+    async def series_exists(self, key: SeriesKey) -> bool:
+        """True when the series has at least one instance."""
+        ...
+
+    def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
+        """Every blob key the index references (for orphan sweeps)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,1 @@
+"""Blob stores: where the DICOM objects themselves live."""

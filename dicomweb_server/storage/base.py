@@ -1,0 +1,45 @@
+"""The BlobStore protocol: put a stream, read a stream or a range, delete, list."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+__all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore"]
+
+DEFAULT_CHUNK_SIZE = 256 * 1024
+
+
+class BlobStore(Protocol):
+    """Immutable objects under string keys; a put is visible only once complete.
+
+    Keys are built by the services from validated UIDs (digits, dots, slashes, a hex digest);
+    implementations may still refuse anything else. Missing keys raise NotFoundError;
+    backend faults raise BackendUnavailableError.
+    """
+
+    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
+        """Store the stream under `key` atomically and return its size in bytes."""
+        ...
+
+    def iter_get(
+        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        """Yield the object's bytes from `start`, `length` bytes (None: to the end)."""
+        ...
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        """Return exactly `length` bytes from `start` (a frame or a bulk value)."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing key is not an error."""
+        ...
+
+    def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        """Yield every key under `prefix` (for orphan sweeps and export)."""
+        ...
+
+    async def close(self) -> None:
+        """Release clients and connections."""
+        ...

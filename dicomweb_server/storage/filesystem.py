@@ -1,0 +1,116 @@
+"""The embedded blob store: a folder on disk, written by temp file and atomic rename."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from dicomweb_server.errors import BackendUnavailableError, NotFoundError
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE
+
+__all__ = ["FilesystemBlobStore"]
+
+# Keys are built from validated UIDs and hex digests; anything else never touches the disk.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def _check_key(key: str) -> str:
+    if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+class FilesystemBlobStore:
+    """Objects as files under `root`; a put writes `<root>/.tmp/<uuid>` then renames."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._tmp = root / ".tmp"
+        self._tmp.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self._root / _check_key(key)
+
+    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
+        path = self._path(key)
+        tmp = self._tmp / uuid.uuid4().hex
+        size = 0
+        try:
+            with open(tmp, "wb") as out:  # noqa: ASYNC230 - local disk writes are short
+                async for chunk in chunks:
+                    out.write(chunk)
+                    size += len(chunk)
+                out.flush()
+                await asyncio.to_thread(os.fsync, out.fileno())
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise BackendUnavailableError(f"blob store write failed: {exc.strerror}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        return size
+
+    async def iter_get(
+        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+    ) -> AsyncIterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = open(path, "rb")  # noqa: ASYNC230, SIM115 - closed below
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"object {key} not found") from exc
+        except OSError as exc:
+            raise BackendUnavailableError(f"blob store read failed: {exc.strerror}") from exc
+        with handle:
+            handle.seek(start)
+            remaining = length
+            while remaining is None or remaining > 0:
+                want = chunk_size if remaining is None else min(chunk_size, remaining)
+                chunk = await asyncio.to_thread(handle.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        path = self._path(key)
+
+        def _read() -> bytes:
+            with open(path, "rb") as handle:
+                handle.seek(start)
+                return handle.read(length)
+
+        try:
+            data = await asyncio.to_thread(_read)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"object {key} not found") from exc
+        except OSError as exc:
+            raise BackendUnavailableError(f"blob store read failed: {exc.strerror}") from exc
+        if len(data) != length:
+            raise NotFoundError(f"object {key} is shorter than the requested range")
+        return data
+
+    async def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        files = await asyncio.to_thread(self._list_files)
+        for key in files:
+            if key.startswith(prefix):
+                yield key
+
+    def _list_files(self) -> list[str]:
+        keys: list[str] = []
+        for dirpath, dirnames, filenames in os.walk(self._root):
+            if Path(dirpath) == self._root and ".tmp" in dirnames:
+                dirnames.remove(".tmp")
+            for name in filenames:
+                keys.append(str(Path(dirpath, name).relative_to(self._root)))
+        return sorted(keys)
+
+    async def close(self) -> None:
+        return None
