@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["BulkSpan", "FrameSpans", "InstanceRecord", "PixelLayout"]
+import orjson
+
+__all__ = [
+    "BulkSpan",
+    "FrameSpans",
+    "InstanceRecord",
+    "PixelLayout",
+    "bulk_to_json",
+    "pixel_from_json",
+    "pixel_to_json",
+]
 
 # One fragment or frame as (byte offset in the stored object, length).
 Span = tuple[int, int]
@@ -55,7 +65,7 @@ class InstanceRecord:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax_uid: str
-    study_columns: dict[str, str | None]
+    study_columns: dict[str, str | int | None]
     series_columns: dict[str, str | int | None]
     instance_columns: dict[str, str | int | None]
     study_attributes: dict[str, object]
@@ -65,3 +75,35 @@ class InstanceRecord:
     number_of_frames: int
     pixel: PixelLayout | None
     bulk: tuple[BulkSpan, ...] = field(default=())
+
+
+def pixel_to_json(pixel: PixelLayout | None) -> bytes | None:
+    """Serialise a layout for the index (compact: lists of [offset, length])."""
+    if pixel is None:
+        return None
+    return orjson.dumps(
+        {
+            "e": pixel.encapsulated,
+            "o": pixel.value_offset,
+            "l": pixel.value_length,
+            "f": [list(map(list, frame.fragments)) for frame in pixel.frames],
+        }
+    )
+
+
+def pixel_from_json(data: bytes | str | None) -> PixelLayout | None:
+    """Inverse of `pixel_to_json`."""
+    if data is None:
+        return None
+    obj = orjson.loads(data)
+    return PixelLayout(
+        encapsulated=bool(obj["e"]),
+        value_offset=int(obj["o"]),
+        value_length=int(obj["l"]),
+        frames=tuple(FrameSpans(tuple((int(o), int(n)) for o, n in frame)) for frame in obj["f"]),
+    )
+
+
+def bulk_to_json(bulk: tuple[BulkSpan, ...]) -> bytes:
+    """Serialise bulk spans as {path: [offset, length]}."""
+    return orjson.dumps({span.path: [span.offset, span.length] for span in bulk})

@@ -1,0 +1,154 @@
+"""`create_app(settings)`: the only place that picks concrete backends (by URL scheme)."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from urllib.parse import urlparse
+
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomweb_server.config import Settings
+from dicomweb_server.domain.part10 import ParseLimits
+from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.services.search import SearchService
+from dicomweb_server.services.store import StoreService
+from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.web.errors import EXCEPTION_HANDLERS
+from dicomweb_server.web.routes import ROUTES
+from dicomweb_server.web.state import AppState
+
+__all__ = ["app_from_env", "create_app", "open_blob_store", "open_index"]
+
+access_log = logging.getLogger("dicomweb_server.access")
+
+
+async def open_index(settings: Settings) -> InstanceIndex:
+    """The index named by DICOMWEB_DATABASE_URL (default: SQLite under the data dir)."""
+    url = settings.database_url
+    if not url:
+        from dicomweb_server.index.sqlite import SqliteInstanceIndex
+
+        return await SqliteInstanceIndex.open(settings.data_dir / "index.sqlite")
+    scheme = urlparse(url).scheme
+    if scheme == "sqlite":
+        from dicomweb_server.index.sqlite import SqliteInstanceIndex
+
+        return await SqliteInstanceIndex.open(Path(url.removeprefix("sqlite://")))
+    raise ValueError(
+        f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported (use sqlite:///path)"
+    )
+
+
+async def open_blob_store(settings: Settings) -> BlobStore:
+    """The blob store named by DICOMWEB_STORAGE_URL (default: files under the data dir)."""
+    url = settings.storage_url
+    if not url:
+        from dicomweb_server.storage.filesystem import FilesystemBlobStore
+
+        return FilesystemBlobStore(settings.data_dir / "objects")
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        from dicomweb_server.storage.filesystem import FilesystemBlobStore
+
+        return FilesystemBlobStore(Path(parsed.path))
+    if parsed.scheme == "s3":
+        from dicomweb_server.storage.s3 import S3BlobStore
+
+        return await S3BlobStore.create(
+            bucket=parsed.netloc,
+            prefix=parsed.path.strip("/"),
+            endpoint_url=settings.s3_endpoint_url or None,
+        )
+    raise ValueError(f"DICOMWEB_STORAGE_URL scheme {parsed.scheme!r} is not supported")
+
+
+class RequestContextMiddleware:
+    """Gives each request an id (X-Request-ID) and logs method, path and status.
+
+    The query string is never logged: QIDO values are patient data.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex[:16]
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "").encode("unicode_escape").decode("ascii")
+            access_log.info(
+                "%s %s %s %d %.1fms",
+                request_id,
+                scope.get("method", "-"),
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The ASGI app: the DICOMweb root mounted at /dicomweb."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        index = await open_index(settings)
+        try:
+            blobs = await open_blob_store(settings)
+        except BaseException:
+            await index.close()
+            raise
+        limits = ParseLimits(
+            bulk_data_threshold=settings.bulk_data_threshold,
+            max_sequence_depth=settings.max_sequence_depth,
+            max_frames=settings.max_frames,
+            max_pixel_bytes=settings.max_pixel_bytes,
+        )
+        app.state.dicomweb = AppState(
+            settings=settings,
+            index=index,
+            blobs=blobs,
+            store=StoreService(index, blobs, limits),
+            search=SearchService(index),
+            retrieve=RetrieveService(index, blobs),
+        )
+        try:
+            yield
+        finally:
+            await blobs.close()
+            await index.close()
+
+    app = Starlette(
+        routes=[Mount("/dicomweb", routes=ROUTES)],
+        exception_handlers=EXCEPTION_HANDLERS,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def app_from_env() -> Starlette:
+    """Factory for uvicorn workers: settings from DICOMWEB_* variables."""
+    return create_app(Settings.from_env())

@@ -1,0 +1,77 @@
+"""A frozen `Settings`, read from DICOMWEB_* environment variables; every limit is named here."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Settings"]
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Server configuration; each field is also DICOMWEB_<FIELD_NAME_UPPER> in the environment."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    data_dir: Path = Path("data")
+    # Public URL of the DICOMweb root, used in RetrieveURL and BulkDataURI values.
+    # Empty: http://{host}:{port}/dicomweb (never the request's Host header alone).
+    base_url: str = ""
+    # Backends: empty means the embedded pair under data_dir.
+    database_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str = ""
+    log_level: str = "info"
+
+    # STOW-RS limits
+    max_request_bytes: int = 8 << 30  # a whole STOW body
+    max_part_bytes: int = 4 << 30  # one instance
+    max_parts: int = 10_000  # instances per request
+    spool_memory_bytes: int = 4 << 20  # a part above this spools to disk
+    # Part 10 parsing limits
+    bulk_data_threshold: int = 1024  # binary values above this become BulkDataURIs
+    max_sequence_depth: int = 64
+    max_frames: int = 100_000
+    max_pixel_bytes: int = 4 << 30
+    # QIDO-RS limits
+    default_query_limit: int = 1000
+    max_query_limit: int = 10_000
+    max_query_offset: int = 10_000_000
+
+    @property
+    def root_url(self) -> str:
+        """The absolute DICOMweb root, without a trailing slash."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}/dicomweb"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then DICOMWEB_* variables, then explicit overrides (e.g. from the CLI)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(f"DICOMWEB_{field.name.upper()}")
+            if raw is None:
+                continue
+            values[field.name] = _convert(field.name, field.type, raw)
+        settings = cls(**values)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(settings, **given) if given else settings
+
+
+def _convert(name: str, kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as exc:
+        raise ValueError(f"DICOMWEB_{name.upper()} must be an integer, got {raw!r}") from exc
+    return raw

@@ -1,0 +1,408 @@
+"""A Part 10 file's header → an `InstanceRecord`, plus pixel and bulk byte offsets.
+
+Only the header is materialised: Pixel Data and binary values above the bulk threshold are
+deferred by pydicom and recorded as (offset, length) spans in the file, so WADO can serve
+frames and bulk data by ranged reads of the stored object.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+import pydicom
+import pydicom.config
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
+from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, Level, tag_hex
+from dicomweb_server.domain.identifiers import is_valid_uid
+from dicomweb_server.domain.records import BulkSpan, FrameSpans, InstanceRecord, PixelLayout
+
+__all__ = [
+    "PIXEL_DATA",
+    "PREAMBLE_LENGTH",
+    "InvalidInstanceError",
+    "ParseLimits",
+    "bulk_data_path",
+    "parse_part10",
+]
+
+# Parse leniently and quietly: pydicom's warnings can quote values (PHI) into logs.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
+
+PIXEL_DATA = 0x7FE00010
+FLOAT_PIXEL_DATA = 0x7FE00008
+DOUBLE_PIXEL_DATA = 0x7FE00009
+EXTENDED_OFFSET_TABLE = 0x7FE00001
+EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
+PREAMBLE_LENGTH = 128
+_BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+_PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA})
+_ITEM = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
+_SEQUENCE_DELIMITER = 0xE0DDFFFE
+
+
+class InvalidInstanceError(Exception):
+    """The bytes are not an instance we can store; `reason` is for the STOW response."""
+
+    def __init__(self, reason: str, failure_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.failure_code = failure_code
+
+
+@dataclass(frozen=True, slots=True)
+class ParseLimits:
+    """Bounds applied while parsing untrusted input."""
+
+    bulk_data_threshold: int = 1024
+    max_sequence_depth: int = 64
+    max_frames: int = 100_000
+    max_pixel_bytes: int = 4 << 30
+
+
+def bulk_data_path(study: str, series: str, sop: str, tag_path: str) -> str:
+    """The BulkDataURI of a value, relative to the DICOMweb root (PS3.18 8.6.1.2)."""
+    return f"/studies/{study}/series/{series}/instances/{sop}/bulkdata/{tag_path}"
+
+
+def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
+    """Parse a seekable Part 10 file of `size` bytes; raise InvalidInstanceError if unusable.
+
+    Cannot-understand failures carry code 0xC000, missing identity 0xA900.
+    """
+    fp.seek(0)
+    head = fp.read(PREAMBLE_LENGTH + 4)
+    if len(head) < PREAMBLE_LENGTH + 4 or head[PREAMBLE_LENGTH:] != b"DICM":
+        raise InvalidInstanceError(
+            "not a DICOM Part 10 file (no 'DICM' prefix at byte 128)", 0xC000
+        )
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, defer_size=limits.bulk_data_threshold)
+        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+        _check_depth(ds, limits.max_sequence_depth)
+    except InvalidInstanceError:
+        raise
+    except RecursionError as exc:
+        raise InvalidInstanceError("sequences nested too deeply to parse", 0xC000) from exc
+    except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
+        raise InvalidInstanceError(f"cannot parse DICOM data set: {_short(exc)}", 0xC000) from exc
+    if not is_valid_uid(transfer_syntax):
+        raise InvalidInstanceError("file meta has no valid TransferSyntaxUID", 0xC000)
+    study, series, sop = _identity(ds)
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    if not is_valid_uid(sop_class):
+        raise InvalidInstanceError("SOPClassUID is missing or invalid", 0xA900)
+
+    deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
+    number_of_frames = _int_value(ds, "NumberOfFrames") or 1
+    if number_of_frames > limits.max_frames:
+        raise InvalidInstanceError(
+            f"NumberOfFrames {number_of_frames} exceeds the limit of {limits.max_frames}", 0xA700
+        )
+    pixel = None if deflated else _pixel_layout(ds, fp, size, number_of_frames, limits)
+    has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
+    if not has_pixels:
+        number_of_frames = 0
+
+    bulk: list[BulkSpan] = []
+    try:
+        json_model = _to_json(ds, fp, size, (study, series, sop), bulk, deflated, limits)
+    except InvalidInstanceError:
+        raise
+    except Exception as exc:
+        raise InvalidInstanceError(f"cannot convert data set: {_short(exc)}", 0xC000) from exc
+    levels = {
+        level: {
+            tag_hex(a.tag): json_model[tag_hex(a.tag)]
+            for a in LEVEL_ATTRIBUTES[level]
+            if tag_hex(a.tag) in json_model
+        }
+        for level in Level
+    }
+    return InstanceRecord(
+        study_instance_uid=study,
+        series_instance_uid=series,
+        sop_instance_uid=sop,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=transfer_syntax,
+        study_columns={
+            a.column: _column_value(json_model, a.tag, a.vr)
+            for a in LEVEL_ATTRIBUTES[Level.STUDY]
+            if a.column
+        },
+        series_columns={
+            a.column: _column_value(json_model, a.tag, a.vr)
+            for a in LEVEL_ATTRIBUTES[Level.SERIES]
+            if a.column
+        },
+        instance_columns={
+            a.column: _column_value(json_model, a.tag, a.vr)
+            for a in LEVEL_ATTRIBUTES[Level.INSTANCE]
+            if a.column
+        },
+        study_attributes=levels[Level.STUDY],
+        series_attributes=levels[Level.SERIES],
+        instance_attributes=levels[Level.INSTANCE],
+        metadata=orjson.dumps(json_model),
+        number_of_frames=number_of_frames,
+        pixel=pixel,
+        bulk=tuple(bulk),
+    )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text[:200]
+
+
+def _identity(ds: Dataset) -> tuple[str, str, str]:
+    values = []
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        value = str(ds.get(keyword, "") or "").strip()
+        if not is_valid_uid(value):
+            raise InvalidInstanceError(f"{keyword} is missing or not a valid UID", 0xA900)
+        values.append(value)
+    return values[0], values[1], values[2]
+
+
+def _check_depth(ds: Dataset, max_depth: int, depth: int = 0) -> None:
+    if depth > max_depth:
+        raise InvalidInstanceError(f"sequences nested deeper than {max_depth} levels", 0xC000)
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element
+        raw = ds._dict.get(BaseTag(tag))
+        if raw is not None and raw.VR == "SQ":
+            for item in ds[tag].value:
+                _check_depth(item, max_depth, depth + 1)
+
+
+def _int_value(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _column_value(model: dict[str, Any], tag: int, vr: str) -> str | int | None:
+    """A match value for the index: first value, PN as its alphabetic form, IS as int."""
+    element = model.get(tag_hex(tag))
+    if not element or not element.get("Value"):
+        return None
+    first = element["Value"][0]
+    if vr == "PN":
+        return str(first.get("Alphabetic", "")) if isinstance(first, dict) else None
+    if vr == "IS":
+        try:
+            return int(first)
+        except (TypeError, ValueError):
+            return None
+    if isinstance(first, str):
+        return first.strip()
+    if isinstance(first, (int, float)):
+        return str(first)
+    return None
+
+
+def _to_json(
+    ds: Dataset,
+    fp: BinaryIO,
+    size: int,
+    uids: tuple[str, str, str],
+    bulk: list[BulkSpan],
+    deflated: bool,
+    limits: ParseLimits,
+    prefix: str = "",
+) -> dict[str, Any]:
+    """A data set as DICOM JSON; large binary values become BulkDataURIs with spans.
+
+    Nested values are addressed by `tag/item/tag` paths (PS3.18 leaves BulkDataURIs opaque).
+    """
+    out: dict[str, Any] = {}
+    for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element
+        raw = ds._dict.get(BaseTag(tag))  # get_item() would read deferred values into memory
+        if raw is None:
+            continue
+        key = tag_hex(int(tag))
+        path = f"{prefix}{key}"
+        vr = _vr_of(raw, int(tag))
+        if vr == "SQ":
+            items = [
+                _to_json(item, fp, size, uids, bulk, deflated, limits, f"{path}/{index}/")
+                for index, item in enumerate(ds[tag].value)
+            ]
+            out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
+            continue
+        if isinstance(raw, RawDataElement):
+            deferred = raw.value is None and raw.length > 0
+            offset, length = raw.value_tell, raw.length
+        else:
+            deferred = False
+            offset = raw.file_tell if raw.file_tell is not None else -1
+            length = len(raw.value) if isinstance(raw.value, bytes) else 0
+        defined = length != 0xFFFFFFFF
+        is_pixels = int(tag) in _PIXEL_TAGS and (not prefix or length > limits.bulk_data_threshold)
+        if is_pixels or (vr in _BULK_VRS and defined and length > limits.bulk_data_threshold):
+            if defined and not deflated and offset + length > size:
+                raise InvalidInstanceError(
+                    f"value of ({key}) runs past the end of the file", 0xC000
+                )
+            if defined and offset >= 0 and not deflated and int(tag) not in _PIXEL_TAGS:
+                bulk.append(BulkSpan(path, offset, length))
+            out[key] = {"vr": vr, "BulkDataURI": bulk_data_path(*uids, path)}
+            continue
+        if deferred:
+            assert isinstance(raw, RawDataElement)
+            if offset + length > size:
+                raise InvalidInstanceError(
+                    f"value of ({key}) runs past the end of the file", 0xC000
+                )
+            fp.seek(offset)
+            raw = raw._replace(value=fp.read(length))
+            element = convert_raw_data_element(raw, encoding=ds._character_set, ds=ds)
+        else:
+            try:
+                element = ds[tag]
+            except Exception:  # a value pydicom cannot convert (e.g. IS "1A") is left out
+                continue
+        try:
+            out[key] = element.to_json_dict(
+                bulk_data_element_handler=None, bulk_data_threshold=1 << 62
+            )
+        except Exception:
+            continue
+    return out
+
+
+def _vr_of(raw: Any, tag: int) -> str:
+    vr = getattr(raw, "VR", None)
+    if vr:
+        return str(vr)
+    from pydicom.datadict import dictionary_VR
+
+    try:
+        return str(dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _pixel_layout(
+    ds: Dataset, fp: BinaryIO, size: int, frames: int, limits: ParseLimits
+) -> PixelLayout | None:
+    raw = ds._dict.get(BaseTag(PIXEL_DATA))
+    if raw is None or not isinstance(raw, RawDataElement):
+        return None
+    offset, length = raw.value_tell, raw.length
+    if length != 0xFFFFFFFF:
+        if offset + length > size:
+            raise InvalidInstanceError("Pixel Data runs past the end of the file", 0xC000)
+        return _native_layout(ds, offset, length, frames, limits)
+    return _encapsulated_layout(ds, fp, offset, size, frames)
+
+
+def _native_layout(
+    ds: Dataset, offset: int, length: int, frames: int, limits: ParseLimits
+) -> PixelLayout:
+    rows = _int_value(ds, "Rows") or 0
+    columns = _int_value(ds, "Columns") or 0
+    samples = _int_value(ds, "SamplesPerPixel") or 1
+    bits = _int_value(ds, "BitsAllocated") or 0
+    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+        samples = 2  # PS3.3 C.7.6.3.1.2: two chroma values shared by each pair of pixels
+    pixel_bits = rows * columns * samples * bits
+    expected = (pixel_bits * frames + 7) // 8
+    if rows <= 0 or columns <= 0 or bits <= 0:
+        raise InvalidInstanceError(
+            "Pixel Data without valid Rows, Columns and BitsAllocated", 0xA900
+        )
+    if expected > limits.max_pixel_bytes:
+        raise InvalidInstanceError(
+            f"declared image of {expected} bytes exceeds the pixel budget", 0xA700
+        )
+    if length < expected:
+        raise InvalidInstanceError(
+            f"Pixel Data has {length} bytes but Rows×Columns×Frames need {expected}", 0xC000
+        )
+    if pixel_bits % 8:
+        return PixelLayout(False, offset, length, ())  # bit-packed frames are not byte-aligned
+    frame_length = pixel_bits // 8
+    spans = tuple(FrameSpans(((offset + i * frame_length, frame_length),)) for i in range(frames))
+    return PixelLayout(False, offset, length, spans)
+
+
+def _read_item_header(fp: BinaryIO) -> tuple[int, int]:
+    data = fp.read(8)
+    if len(data) < 8:
+        raise InvalidInstanceError("encapsulated Pixel Data is truncated", 0xC000)
+    tag, length = struct.unpack("<II", data)
+    return tag, length
+
+
+def _encapsulated_layout(
+    ds: Dataset, fp: BinaryIO, offset: int, size: int, frames: int
+) -> PixelLayout:
+    """Walk the item headers (PS3.5 A.4) and map fragments to frames."""
+    fp.seek(offset)
+    tag, bot_length = _read_item_header(fp)
+    if tag != _ITEM:
+        raise InvalidInstanceError("encapsulated Pixel Data does not start with an item", 0xC000)
+    if bot_length % 4 or offset + 8 + bot_length > size:
+        raise InvalidInstanceError("encapsulated Pixel Data has a malformed offset table", 0xC000)
+    bot = struct.unpack(f"<{bot_length // 4}I", fp.read(bot_length)) if bot_length else ()
+    first_item = offset + 8 + bot_length
+    fragments: list[tuple[int, int, int]] = []  # (item start relative to first item, offset, len)
+    position = first_item
+    while True:
+        fp.seek(position)
+        tag, length = _read_item_header(fp)
+        if tag == _SEQUENCE_DELIMITER:
+            position += 8
+            break
+        if tag != _ITEM or length == 0xFFFFFFFF or position + 8 + length > size:
+            raise InvalidInstanceError("encapsulated Pixel Data has a malformed fragment", 0xC000)
+        fragments.append((position - first_item, position + 8, length))
+        position += 8 + length
+    value_length = position - offset
+    if not fragments:
+        raise InvalidInstanceError("encapsulated Pixel Data has no fragments", 0xC000)
+    spans = _map_fragments(ds, fragments, bot, frames)
+    return PixelLayout(True, offset, value_length, spans)
+
+
+def _map_fragments(
+    ds: Dataset, fragments: list[tuple[int, int, int]], bot: tuple[int, ...], frames: int
+) -> tuple[FrameSpans, ...]:
+    """Frames from fragments: one frame; the Basic or Extended Offset Table; or one per frame."""
+    if frames == 1:
+        return (FrameSpans(tuple((off, ln) for _, off, ln in fragments)),)
+    starts: list[int] | None = None
+    if len(bot) == frames:
+        starts = list(bot)
+    elif EXTENDED_OFFSET_TABLE in ds:
+        raw = ds[EXTENDED_OFFSET_TABLE].value
+        if isinstance(raw, bytes) and len(raw) == 8 * frames:
+            starts = list(struct.unpack(f"<{frames}Q", raw))
+    if starts is not None:
+        result: list[FrameSpans] = []
+        for i, start in enumerate(starts):
+            end = starts[i + 1] if i + 1 < len(starts) else None
+            parts = tuple(
+                (off, ln)
+                for rel, off, ln in fragments
+                if rel >= start and (end is None or rel < end)
+            )
+            if not parts:
+                return ()
+            result.append(FrameSpans(parts))
+        return tuple(result)
+    if len(fragments) == frames:
+        return tuple(FrameSpans(((off, ln),)) for _, off, ln in fragments)
+    return ()  # unmappable without decoding: serving falls back to a full parse

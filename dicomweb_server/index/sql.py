@@ -1,0 +1,119 @@
+"""QIDO `Query` → SQL shared by the SQLite and PostgreSQL indexes (values always bound)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from dicomweb_server.domain.attributes import MATCH_KEYS, Level
+from dicomweb_server.domain.query import Match, MatchKind, Query, fold_for_fuzzy, like_pattern
+
+__all__ = ["SearchSql", "build_search"]
+
+_ALIAS = {Level.STUDY: "s", Level.SERIES: "se", Level.INSTANCE: "i"}
+_FOLD_COLUMNS = frozenset({"patient_name", "referring_physician_name"})
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSql:
+    """A statement and its bound parameters; fetches limit + 1 rows to detect more."""
+
+    text: str
+    params: list[Any]
+
+
+def build_search(query: Query, placeholder: Callable[[int], str]) -> SearchSql:
+    """Build the search for `query`; `placeholder(n)` renders the n-th (1-based) parameter."""
+    params: list[Any] = []
+
+    def bind(value: Any) -> str:
+        params.append(value)
+        return placeholder(len(params))
+
+    level = query.level
+    if level is Level.STUDY:
+        select = (
+            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+            " s.number_of_instances, s.study_instance_uid, NULL, NULL, NULL, NULL, NULL"
+        )
+        source = "studies s"
+        order = "s.id"
+    elif level is Level.SERIES:
+        select = (
+            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+            " s.number_of_instances, s.study_instance_uid, se.attributes,"
+            " se.number_of_instances, se.series_instance_uid, NULL, NULL"
+        )
+        source = (
+            "series se JOIN studies s"
+            " ON s.site = se.site AND s.study_instance_uid = se.study_instance_uid"
+        )
+        order = "se.id"
+    else:
+        select = (
+            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+            " s.number_of_instances, s.study_instance_uid, se.attributes,"
+            " se.number_of_instances, se.series_instance_uid, i.attributes, i.sop_instance_uid"
+        )
+        source = (
+            "instances i JOIN series se"
+            " ON se.site = i.site AND se.series_instance_uid = i.series_instance_uid"
+            " JOIN studies s ON s.site = i.site AND s.study_instance_uid = i.study_instance_uid"
+        )
+        order = "i.id"
+    base = _ALIAS[level]
+    where = [f"{base}.site = {bind(query.site)}"]
+    if query.study_instance_uid is not None:
+        where.append(f"s.study_instance_uid = {bind(query.study_instance_uid)}")
+    if query.series_instance_uid is not None:
+        where.append(f"se.series_instance_uid = {bind(query.series_instance_uid)}")
+    for match in query.matches:
+        where.append(_condition(match, query.fuzzy, bind))
+    text = (
+        f"SELECT {select} FROM {source} WHERE {' AND '.join(where)}"
+        f" ORDER BY {order} LIMIT {bind(query.limit + 1)} OFFSET {bind(query.offset)}"
+    )
+    return SearchSql(text, params)
+
+
+def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:
+    attribute = MATCH_KEYS[match.tag]
+    if match.column == "modalities_in_study":
+        inner = _value_condition("x.modality", match, bind)
+        return (
+            "EXISTS (SELECT 1 FROM series x WHERE x.site = s.site"
+            f" AND x.study_instance_uid = s.study_instance_uid AND {inner})"
+        )
+    column = f"{_ALIAS[attribute.level]}.{match.column}"
+    if (
+        fuzzy
+        and match.column in _FOLD_COLUMNS
+        and match.kind in (MatchKind.SINGLE, MatchKind.WILDCARD)
+    ):
+        folded = Match(
+            match.tag,
+            match.column,
+            match.vr,
+            match.kind,
+            tuple(fold_for_fuzzy(v) for v in match.values),
+        )
+        return _value_condition(f"{column}_fold", folded, bind)
+    return _value_condition(column, match, bind)
+
+
+def _value_condition(column: str, match: Match, bind: Callable[[Any], str]) -> str:
+    if match.kind is MatchKind.SINGLE:
+        value: Any = int(match.values[0]) if match.vr == "IS" else match.values[0]
+        return f"{column} = {bind(value)}"
+    if match.kind is MatchKind.LIST:
+        return f"{column} IN ({', '.join(bind(v) for v in match.values)})"
+    if match.kind is MatchKind.WILDCARD:
+        return f"{column} LIKE {bind(like_pattern(match.values[0]))} ESCAPE '\\'"
+    parts = []
+    if match.lower is not None:
+        parts.append(f"{column} >= {bind(match.lower)}")
+    if match.upper is not None:
+        # An upper bound matches every value that starts with it ("20200131" covers times).
+        parts.append(f"{column} <= {bind(match.upper + '~')}")
+    return "(" + " AND ".join(parts) + ")"

@@ -1,0 +1,423 @@
+"""The embedded index: one SQLite file in WAL mode, queried from worker threads."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
+from dicomweb_server.domain.query import Query, fold_for_fuzzy
+from dicomweb_server.domain.records import (
+    InstanceRecord,
+    bulk_to_json,
+    pixel_from_json,
+    pixel_to_json,
+)
+from dicomweb_server.errors import BackendUnavailableError
+from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
+from dicomweb_server.index.rows import merge_attributes, search_row
+from dicomweb_server.index.sql import build_search
+
+__all__ = ["SqliteInstanceIndex"]
+
+T = TypeVar("T")
+_READERS = 4
+_ITER_BATCH = 64
+_INSTANCE_COLUMNS = (
+    "site, study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid,"
+    " transfer_syntax_uid, blob_key, size, digest, number_of_frames, pixel"
+)
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("dicomweb_server.index") / "migrations" / "sqlite"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            found.append((int(entry.name.split("_", 1)[0]), entry.read_text()))
+    return sorted(found)
+
+
+class SqliteInstanceIndex:
+    """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._local = threading.local()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="sqlite-reader")
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteInstanceIndex:
+        """Open (creating and migrating as needed) the index at `path`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index = cls(path)
+        await index._write(index._migrate)
+        return index
+
+    def _connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(
+                self._path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA case_sensitive_like=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def call() -> T:
+            return fn(self._connection())
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, call)
+        except sqlite3.Error as exc:
+            raise BackendUnavailableError(f"index unavailable: {exc}") from exc
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._writer, fn)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await self._run(self._readers, fn)
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        current = conn.execute("PRAGMA user_version").fetchone()[0]
+        for version, script in _migrations():
+            if version > current:
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+                )
+
+    async def add_instance(
+        self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
+    ) -> AddOutcome:
+        return await self._write(lambda conn: _add(conn, site, record, blob_key, size, digest))
+
+    async def search(self, query: Query) -> SearchPage:
+        sql = build_search(query, lambda n: "?")
+
+        def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return conn.execute(sql.text, sql.params).fetchall()
+
+        rows = await self._read(run)
+        more = len(rows) > query.limit
+        return SearchPage([search_row(query.level, row) for row in rows[: query.limit]], more)
+
+    async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE site = ? AND sop_instance_uid = ?"
+                " AND series_instance_uid = ? AND study_instance_uid = ?",
+                (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
+            ).fetchone()
+            return row
+
+        row = await self._read(run)
+        return None if row is None else _stored(row)
+
+    async def _iter(
+        self, columns: str, study: StudyKey, series_instance_uid: str | None
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Rows in (series, instance number) order, fetched in batches by keyset paging."""
+        after: tuple[int, int, int] = (-1, -1, -1)
+        series_filter = "" if series_instance_uid is None else " AND i.series_instance_uid = ?"
+        while True:
+            params: list[Any] = [study.site, study.study_instance_uid]
+            if series_instance_uid is not None:
+                params.append(series_instance_uid)
+            params += [after[0], after[0], after[1], after[1], after[2], _ITER_BATCH]
+            text = (
+                f"SELECT {columns}, se.id, COALESCE(i.instance_number, -2147483648), i.id"
+                " FROM instances i JOIN series se ON se.site = i.site"
+                " AND se.series_instance_uid = i.series_instance_uid"
+                f" WHERE i.site = ? AND i.study_instance_uid = ?{series_filter}"
+                " AND (se.id > ? OR (se.id = ? AND (COALESCE(i.instance_number, -2147483648) > ?"
+                " OR (COALESCE(i.instance_number, -2147483648) = ? AND i.id > ?))))"
+                " ORDER BY se.id, COALESCE(i.instance_number, -2147483648), i.id LIMIT ?"
+            )
+
+            def run(
+                conn: sqlite3.Connection, text: str = text, params: list[Any] = params
+            ) -> list[Any]:
+                return conn.execute(text, params).fetchall()
+
+            batch = await self._read(run)
+            for row in batch:
+                yield row[:-3]
+            if len(batch) < _ITER_BATCH:
+                return
+            after = (batch[-1][-3], batch[-1][-2], batch[-1][-1])
+
+    async def iter_instances(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[StoredInstance]:
+        columns = ", ".join(f"i.{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
+        async for row in self._iter(columns, study, series_instance_uid):
+            yield _stored(row)
+
+    async def iter_metadata(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[bytes]:
+        async for row in self._iter("i.metadata", study, series_instance_uid):
+            yield bytes(row[0])
+
+    async def get_metadata(self, key: InstanceKey) -> bytes | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
+                "SELECT metadata FROM instances WHERE site = ? AND sop_instance_uid = ?"
+                " AND series_instance_uid = ? AND study_instance_uid = ?",
+                (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
+            ).fetchone()
+            return row
+
+        row = await self._read(run)
+        return None if row is None else bytes(row[0])
+
+    async def get_bulk_span(self, key: InstanceKey, path: str) -> tuple[int, int] | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(
+                "SELECT bulk FROM instances WHERE site = ? AND sop_instance_uid = ?"
+                " AND series_instance_uid = ? AND study_instance_uid = ?",
+                (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
+            ).fetchone()
+            return row
+
+        row = await self._read(run)
+        if row is None or row[0] is None:
+            return None
+        span = orjson.loads(row[0]).get(path)
+        return None if span is None else (int(span[0]), int(span[1]))
+
+    async def series_exists(self, key: SeriesKey) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "SELECT 1 FROM series WHERE site = ? AND series_instance_uid = ?"
+                " AND study_instance_uid = ?",
+                (key.site, key.series_instance_uid, key.study_instance_uid),
+            ).fetchone()
+            return row is not None
+
+        return await self._read(run)
+
+    async def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
+        after = 0
+        while True:
+
+            def run(conn: sqlite3.Connection, after: int = after) -> list[Any]:
+                if site is None:
+                    return conn.execute(
+                        "SELECT id, blob_key FROM instances WHERE id > ? ORDER BY id LIMIT 1000",
+                        (after,),
+                    ).fetchall()
+                return conn.execute(
+                    "SELECT id, blob_key FROM instances WHERE site = ? AND id > ?"
+                    " ORDER BY id LIMIT 1000",
+                    (site, after),
+                ).fetchall()
+
+            batch = await self._read(run)
+            for _, key in batch:
+                yield str(key)
+            if len(batch) < 1000:
+                return
+            after = int(batch[-1][0])
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            with self._lock:
+                for conn in self._connections:
+                    conn.close()
+                self._connections.clear()
+
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        await asyncio.to_thread(close_all)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredInstance:
+    return StoredInstance(
+        key=InstanceKey(row[0], row[1], row[2], row[3]),
+        sop_class_uid=row[4],
+        transfer_syntax_uid=row[5],
+        blob_key=row[6],
+        size=int(row[7]),
+        digest=row[8],
+        number_of_frames=int(row[9]),
+        pixel=pixel_from_json(row[10]),
+    )
+
+
+def _add(
+    conn: sqlite3.Connection,
+    site: str,
+    record: InstanceRecord,
+    blob_key: str,
+    size: int,
+    digest: str,
+) -> AddOutcome:
+    """One IMMEDIATE transaction: conflict checks, the instance row, then the aggregates."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcome = _add_in_transaction(conn, site, record, blob_key, size, digest)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT" if outcome is AddOutcome.CREATED else "ROLLBACK")
+    return outcome
+
+
+def _add_in_transaction(
+    conn: sqlite3.Connection,
+    site: str,
+    record: InstanceRecord,
+    blob_key: str,
+    size: int,
+    digest: str,
+) -> AddOutcome:
+    existing = conn.execute(
+        "SELECT study_instance_uid, series_instance_uid, digest FROM instances"
+        " WHERE site = ? AND sop_instance_uid = ?",
+        (site, record.sop_instance_uid),
+    ).fetchone()
+    if existing is not None:
+        same_place = tuple(existing[:2]) == (record.study_instance_uid, record.series_instance_uid)
+        return AddOutcome.IDENTICAL if same_place and existing[2] == digest else AddOutcome.CONFLICT
+    series_row = conn.execute(
+        "SELECT study_instance_uid, attributes FROM series"
+        " WHERE site = ? AND series_instance_uid = ?",
+        (site, record.series_instance_uid),
+    ).fetchone()
+    if series_row is not None and series_row[0] != record.study_instance_uid:
+        return AddOutcome.CONFLICT
+    study_row = conn.execute(
+        "SELECT attributes, modalities_in_study, sop_classes_in_study FROM studies"
+        " WHERE site = ? AND study_instance_uid = ?",
+        (site, record.study_instance_uid),
+    ).fetchone()
+
+    sc = record.study_columns
+    modality = record.series_columns.get("modality")
+    if study_row is None:
+        conn.execute(
+            "INSERT INTO studies (site, study_instance_uid, patient_id, patient_name,"
+            " patient_name_fold, issuer_of_patient_id, patient_birth_date, patient_sex, study_date,"
+            " study_time, accession_number, study_id, referring_physician_name,"
+            " referring_physician_name_fold, study_description, modalities_in_study,"
+            " sop_classes_in_study, number_of_series, number_of_instances, attributes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?)",
+            (
+                site,
+                record.study_instance_uid,
+                sc.get("patient_id"),
+                sc.get("patient_name"),
+                _fold(sc.get("patient_name")),
+                sc.get("issuer_of_patient_id"),
+                sc.get("patient_birth_date"),
+                sc.get("patient_sex"),
+                sc.get("study_date"),
+                sc.get("study_time"),
+                sc.get("accession_number"),
+                sc.get("study_id"),
+                sc.get("referring_physician_name"),
+                _fold(sc.get("referring_physician_name")),
+                sc.get("study_description"),
+                _add_to_set("", modality),
+                _add_to_set("", record.sop_class_uid),
+                orjson.dumps(record.study_attributes),
+            ),
+        )
+    else:
+        conn.execute(
+            "UPDATE studies SET number_of_instances = number_of_instances + 1,"
+            " number_of_series = number_of_series + ?, modalities_in_study = ?,"
+            " sop_classes_in_study = ?, attributes = ? WHERE site = ? AND study_instance_uid = ?",
+            (
+                1 if series_row is None else 0,
+                _add_to_set(study_row[1], modality),
+                _add_to_set(study_row[2], record.sop_class_uid),
+                merge_attributes(study_row[0], record.study_attributes),
+                site,
+                record.study_instance_uid,
+            ),
+        )
+    se = record.series_columns
+    if series_row is None:
+        conn.execute(
+            "INSERT INTO series (site, study_instance_uid, series_instance_uid, modality,"
+            " series_number, series_description, performed_procedure_step_start_date,"
+            " performed_procedure_step_start_time, number_of_instances, attributes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            (
+                site,
+                record.study_instance_uid,
+                record.series_instance_uid,
+                modality,
+                se.get("series_number"),
+                se.get("series_description"),
+                se.get("performed_procedure_step_start_date"),
+                se.get("performed_procedure_step_start_time"),
+                orjson.dumps(record.series_attributes),
+            ),
+        )
+    else:
+        conn.execute(
+            "UPDATE series SET number_of_instances = number_of_instances + 1, attributes = ?"
+            " WHERE site = ? AND series_instance_uid = ?",
+            (
+                merge_attributes(series_row[1], record.series_attributes),
+                site,
+                record.series_instance_uid,
+            ),
+        )
+    conn.execute(
+        "INSERT INTO instances (site, study_instance_uid, series_instance_uid, sop_instance_uid,"
+        " sop_class_uid, instance_number, transfer_syntax_uid, blob_key, size, digest,"
+        " number_of_frames, pixel, bulk, attributes, metadata)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            site,
+            record.study_instance_uid,
+            record.series_instance_uid,
+            record.sop_instance_uid,
+            record.sop_class_uid,
+            record.instance_columns.get("instance_number"),
+            record.transfer_syntax_uid,
+            blob_key,
+            size,
+            digest,
+            record.number_of_frames,
+            pixel_to_json(record.pixel),
+            bulk_to_json(record.bulk),
+            orjson.dumps(record.instance_attributes),
+            record.metadata,
+        ),
+    )
+    return AddOutcome.CREATED
+
+
+def _fold(value: str | int | None) -> str | None:
+    return None if value is None else fold_for_fuzzy(str(value))
+
+
+def _add_to_set(joined: str, value: str | int | None) -> str:
+    """Add `value` to a backslash-joined sorted set (DICOM's multi-value separator)."""
+    items = {v for v in joined.split("\\") if v}
+    if value:
+        items.add(str(value))
+    return "\\".join(sorted(items))

@@ -1,0 +1,95 @@
+"""Search (QIDO-RS): run the query, then shape each row to the requested return keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, Level, level_of_tag, tag_hex
+from dicomweb_server.domain.dicom_json import absolute_bulk_uris
+from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.domain.query import Query
+from dicomweb_server.index.base import InstanceIndex
+
+__all__ = ["SearchOutcome", "SearchService"]
+
+_LEVEL_ORDER = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
+_ALWAYS = {
+    Level.STUDY: ("00080056", "00080061", "00201206", "00201208"),
+    Level.SERIES: ("00080056", "00201209"),
+    Level.INSTANCE: ("00080056",),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOutcome:
+    """Result objects plus the Warning texts the response must carry."""
+
+    rows: list[dict[str, Any]]
+    warnings: list[str]
+
+
+@dataclass(slots=True)
+class SearchService:
+    """QIDO-RS over an InstanceIndex."""
+
+    index: InstanceIndex
+
+    async def search(self, query: Query, root_url: str) -> SearchOutcome:
+        """Run `query`; rows carry the level's required keys, includefields and RetrieveURL."""
+        page = await self.index.search(query)
+        wanted = self._default_tags(query.level) | {tag_hex(t) for t in query.include_tags}
+        rows = []
+        for row in page.rows:
+            if query.level is Level.INSTANCE and (query.include_all or self._needs_metadata(query)):
+                await self._add_from_metadata(row, query, root_url)
+            shaped = row if query.include_all else {k: v for k, v in row.items() if k in wanted}
+            shaped["00081190"] = {
+                "vr": "UR",
+                "Value": [self._retrieve_url(query.level, row, root_url)],
+            }
+            rows.append(dict(sorted(shaped.items())))
+        warnings = list(query.warnings)
+        if page.more:
+            warnings.append(
+                f"there are more results than the {query.limit} returned: page with offset"
+            )
+        return SearchOutcome(rows, warnings)
+
+    @staticmethod
+    def _default_tags(level: Level) -> set[str]:
+        tags: set[str] = set(_ALWAYS[level])
+        for lvl, order in _LEVEL_ORDER.items():
+            if order <= _LEVEL_ORDER[level]:
+                tags |= {tag_hex(a.tag) for a in LEVEL_ATTRIBUTES[lvl]}
+        return tags
+
+    @staticmethod
+    def _needs_metadata(query: Query) -> bool:
+        return any(level_of_tag(t) is None for t in query.include_tags)
+
+    async def _add_from_metadata(self, row: dict[str, Any], query: Query, root_url: str) -> None:
+        key = InstanceKey(
+            query.site,
+            row["0020000D"]["Value"][0],
+            row["0020000E"]["Value"][0],
+            row["00080018"]["Value"][0],
+        )
+        metadata = await self.index.get_metadata(key)
+        if metadata is None:
+            return
+        full: dict[str, Any] = orjson.loads(absolute_bulk_uris(metadata, root_url))
+        for tag, value in full.items():
+            if query.include_all or int(tag, 16) in query.include_tags:
+                row.setdefault(tag, value)
+
+    @staticmethod
+    def _retrieve_url(level: Level, row: dict[str, Any], root_url: str) -> str:
+        url = f"{root_url}/studies/{row['0020000D']['Value'][0]}"
+        if level is not Level.STUDY:
+            url += f"/series/{row['0020000E']['Value'][0]}"
+        if level is Level.INSTANCE:
+            url += f"/instances/{row['00080018']['Value'][0]}"
+        return url

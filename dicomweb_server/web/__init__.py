@@ -1,0 +1,1 @@
+"""The thin Starlette layer: parse the request, call a service, respond."""

@@ -1,0 +1,398 @@
+"""Streaming multipart/related (RFC 2046, RFC 2387) reader and writer, and media type parsing."""
+
+from __future__ import annotations
+
+import enum
+import re
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, cast
+
+from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
+
+__all__ = [
+    "MultipartPart",
+    "iter_multipart",
+    "iter_parts",
+    "multipart_content_type",
+    "new_boundary",
+    "parse_media_type",
+]
+
+# RFC 9110 5.6.2 token, 5.6.4 quoted-string (qdtext and quoted-pair).
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_TOKEN_RE = re.compile(_TOKEN)
+_MEDIA_TYPE_RE = re.compile(rf"[ \t]*({_TOKEN})/({_TOKEN})[ \t]*")
+_PARAM_RE = re.compile(
+    rf"""
+    ;[ \t]*
+    (?:
+        ({_TOKEN})[ \t]*=[ \t]*
+        (?: ({_TOKEN}) | "((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*)" )
+    )?
+    [ \t]*
+    """,
+    re.VERBOSE,
+)
+_QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
+# Header text may hold HTAB but no other control character (a bare CR or LF included).
+_CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 2046 5.1.1 allows 1..70 characters; we accept any printable ASCII, space not last.
+_BOUNDARY_RE = re.compile(r"[\x20-\x7e]{0,69}[\x21-\x7e]")
+_MAX_REASON_INPUT = 100  # characters of offending input quoted in an error reason
+
+
+def _excerpt(text: str) -> str:
+    """Quote untrusted input in an error reason without letting it grow the response."""
+    if len(text) > _MAX_REASON_INPUT:
+        return repr(text[:_MAX_REASON_INPUT]) + "..."
+    return repr(text)
+
+
+def parse_media_type(header: str) -> tuple[str, dict[str, str]]:
+    """Split a Content-Type or media-range into its lower-cased type and its parameters."""
+    match = _MEDIA_TYPE_RE.match(header)
+    if match is None:
+        raise MalformedRequestError(
+            f"malformed media type {_excerpt(header)}: expected type/subtype"
+        )
+    media_type = f"{match[1]}/{match[2]}".lower()
+    params: dict[str, str] = {}
+    pos = match.end()
+    while pos < len(header):
+        param = _PARAM_RE.match(header, pos)
+        if param is None:
+            raise MalformedRequestError(
+                f"malformed media type {_excerpt(header)}: unexpected"
+                f" {_excerpt(header[pos : pos + 10])} at position {pos}"
+            )
+        pos = param.end()
+        name, token, quoted = param.groups()
+        if name is None:
+            continue  # an empty parameter (";;" or a trailing ";") carries nothing
+        name = name.lower()
+        if name in params:
+            raise MalformedRequestError(
+                f"malformed media type {_excerpt(header)}: parameter {name!r} given twice"
+            )
+        params[name] = token if token is not None else _QUOTED_PAIR_RE.sub(r"\1", quoted)
+    return media_type, params
+
+
+def _check_boundary(boundary: str) -> bytes:
+    """Return a request's boundary as bytes, refusing what RFC 2046 5.1.1 would not allow."""
+    if not _BOUNDARY_RE.fullmatch(boundary):
+        raise MalformedRequestError(
+            f"multipart boundary {_excerpt(boundary)} must be 1 to 70 printable ASCII characters"
+        )
+    return boundary.encode("ascii")
+
+
+@dataclass
+class MultipartPart:
+    """One body part, spooled to memory or disk; whoever holds it must close it."""
+
+    headers: dict[str, str]
+    content_type: str | None
+    file: BinaryIO
+    size: int
+
+    def close(self) -> None:
+        """Release the spool file (and delete it, if it went to disk)."""
+        self.file.close()
+
+
+def _parse_part_headers(block: bytes) -> dict[str, str]:
+    """Parse `Name: value` lines, unfolding continuation lines as RFC 5322 2.2.3 allows."""
+    headers: dict[str, str] = {}
+    if not block:
+        return headers
+    lines: list[str] = []
+    # latin-1 maps every byte to one character, so nothing sent is lost or refused here.
+    for line in block.decode("latin-1").split("\r\n"):
+        if _CTL_RE.search(line):
+            raise MalformedRequestError(
+                f"malformed multipart part header {_excerpt(line)}: control character"
+            )
+        if line[:1] in (" ", "\t"):
+            if not lines:
+                raise MalformedRequestError("multipart part headers start with a continuation line")
+            lines[-1] += " " + line.strip(" \t")
+        else:
+            lines.append(line)
+    for line in lines:
+        name, colon, value = line.partition(":")
+        if not colon or not _TOKEN_RE.fullmatch(name):
+            raise MalformedRequestError(
+                f"malformed multipart part header {_excerpt(line)}: expected 'Name: value'"
+            )
+        key = name.lower()
+        value = value.strip(" \t")
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+class _State(enum.Enum):
+    """Where the reader is in the RFC 2046 5.1.1 grammar."""
+
+    PREAMBLE = enum.auto()  # before the first delimiter; discarded
+    BOUNDARY_LINE = enum.auto()  # just after a delimiter: "--" closes, padding + CRLF opens a part
+    HEADERS = enum.auto()  # part headers, up to CRLF CRLF
+    BODY = enum.auto()  # part body, up to the next delimiter
+    DONE = enum.auto()  # after the close delimiter; the epilogue is never read
+
+
+class _Reader:
+    """The push parser behind iter_parts: feed it bytes, it yields finished parts."""
+
+    def __init__(
+        self,
+        boundary: str,
+        max_part_size: int,
+        max_parts: int,
+        max_header_size: int,
+        spool_memory: int,
+        spool_dir: str | None,
+    ) -> None:
+        self._boundary = boundary
+        self._delimiter = b"\r\n--" + _check_boundary(boundary)
+        self._max_part_size = max_part_size
+        self._max_parts = max_parts
+        self._max_header_size = max_header_size
+        self._spool_memory = spool_memory
+        self._spool_dir = spool_dir
+        # A virtual CRLF lets a delimiter at the very start match like any other.
+        self._buf = bytearray(b"\r\n")
+        self._scan = 0  # bytes of _buf already searched in the current state
+        self._state = _State.PREAMBLE
+        self._received = 0
+        self._count = 0
+        self._headers: dict[str, str] = {}
+        self._part: MultipartPart | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether the close delimiter has been read."""
+        return self._state is _State.DONE
+
+    def feed(self, data: bytes) -> Iterator[MultipartPart]:
+        """Consume one chunk and yield each part it completes."""
+        if self._state is _State.DONE:
+            return
+        self._received += len(data)
+        self._buf += data
+        while True:
+            if self._state is _State.PREAMBLE or self._state is _State.BODY:
+                if not self._find_delimiter():
+                    return
+                if self._part is not None:
+                    part, self._part = self._part, None
+                    part.file.seek(0)
+                    yield part
+            elif self._state is _State.BOUNDARY_LINE:
+                if not self._read_boundary_line():
+                    return
+            elif self._state is _State.HEADERS:
+                if not self._read_headers():
+                    return
+            else:
+                return
+
+    def _find_delimiter(self) -> bool:
+        """Move bytes before the next delimiter into the part (or drop them in the preamble)."""
+        buf, delimiter = self._buf, self._delimiter
+        at = buf.find(delimiter, self._scan)
+        if at < 0:
+            # Only the last len(delimiter) - 1 bytes can still start a delimiter.
+            safe = len(buf) - len(delimiter) + 1
+            if safe > 0:
+                self._consume(safe)
+            self._scan = 0
+            return False
+        self._consume(at)
+        del buf[: len(delimiter)]
+        self._state = _State.BOUNDARY_LINE
+        self._scan = 0
+        return True
+
+    def _consume(self, count: int) -> None:
+        """Append the first `count` buffered bytes to the current part, then drop them."""
+        part = self._part
+        if part is not None and count:
+            part.size += count
+            if part.size > self._max_part_size:
+                raise PayloadTooLargeError(
+                    f"multipart part {self._count} is larger than the limit of"
+                    f" {self._max_part_size} bytes"
+                )
+            with memoryview(self._buf) as view, view[:count] as head:
+                part.file.write(head)
+        del self._buf[:count]
+
+    def _read_boundary_line(self) -> bool:
+        """Read what follows a delimiter: "--" ends the body, padding then CRLF starts a part."""
+        buf = self._buf
+        if buf[:2] == b"--":
+            if self._count == 0:
+                raise MalformedRequestError("multipart body contains no parts")
+            self._state = _State.DONE
+            self._buf = bytearray()
+            return False
+        if buf == b"-":
+            return False
+        end = buf.find(b"\r\n", self._scan)
+        padding = buf[self._scan : len(buf) if end < 0 else end]
+        if end < 0 and padding.endswith(b"\r"):
+            padding = padding[:-1]
+        if padding.strip(b" \t"):
+            raise MalformedRequestError(
+                f"multipart boundary {self._boundary!r} is followed by"
+                f" {_excerpt(bytes(padding[:20]).decode('latin-1'))}, not CRLF or '--'"
+            )
+        if end < 0:
+            if len(buf) > self._max_header_size:
+                raise MalformedRequestError(
+                    f"multipart boundary line is longer than {self._max_header_size} bytes"
+                )
+            self._scan = max(0, len(buf) - 1)
+            return False
+        self._count += 1
+        if self._count > self._max_parts:
+            raise PayloadTooLargeError(
+                f"multipart body has more parts than the limit of {self._max_parts}"
+            )
+        # Keep the line's CRLF so an empty header block is just CRLF CRLF.
+        del buf[:end]
+        self._state = _State.HEADERS
+        self._scan = 0
+        return True
+
+    def _read_headers(self) -> bool:
+        """Parse the part's header block once its closing CRLF CRLF has arrived."""
+        buf = self._buf
+        # The block sits between the boundary line's CRLF and the closing CRLF CRLF.
+        limit = self._max_header_size + 6
+        end = buf.find(b"\r\n\r\n", self._scan, limit)
+        if end < 0:
+            if len(buf) >= limit:
+                raise MalformedRequestError(
+                    f"multipart part {self._count} headers are larger than"
+                    f" {self._max_header_size} bytes"
+                )
+            self._scan = max(0, len(buf) - 3)
+            return False
+        headers = _parse_part_headers(bytes(buf[2:end]))
+        del buf[: end + 4]
+        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - owned by the part
+            max_size=self._spool_memory, dir=self._spool_dir
+        )
+        self._part = MultipartPart(
+            headers=headers,
+            content_type=headers.get("content-type"),
+            file=cast(BinaryIO, spool),
+            size=0,
+        )
+        self._state = _State.BODY
+        self._scan = 0
+        return True
+
+    def finish(self) -> None:
+        """Check, at the end of the stream, that the close delimiter was read."""
+        if self._state is _State.DONE:
+            return
+        if self._state is _State.PREAMBLE:
+            if self._received == 0:
+                raise MalformedRequestError("multipart body is empty: it contains no parts")
+            raise MalformedRequestError(
+                f"multipart body has no delimiter for boundary {self._boundary!r}"
+            )
+        raise MalformedRequestError(
+            f"multipart body ends before the close delimiter '--{self._boundary}--'"
+        )
+
+    def abort(self) -> None:
+        """Close the part being read, which nobody else holds yet."""
+        if self._part is not None:
+            self._part.close()
+            self._part = None
+
+
+async def iter_parts(
+    chunks: AsyncIterator[bytes],
+    boundary: str,
+    *,
+    max_part_size: int,
+    max_parts: int,
+    max_header_size: int = 16384,
+    spool_memory: int = 1 << 20,
+    spool_dir: str | None = None,
+) -> AsyncIterator[MultipartPart]:
+    """Yield each body part as its closing delimiter arrives, spooling bodies past a bound."""
+    reader = _Reader(boundary, max_part_size, max_parts, max_header_size, spool_memory, spool_dir)
+    try:
+        async for chunk in chunks:
+            for part in reader.feed(chunk):
+                yield part
+            if reader.done:
+                break
+        reader.finish()
+    finally:
+        reader.abort()
+
+
+def new_boundary() -> str:
+    """Return a fresh random boundary, too unlikely to occur in any body to need a check."""
+    return uuid.uuid4().hex
+
+
+def _quoted(value: str) -> str:
+    """Write a parameter value as an RFC 9110 quoted-string."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _param_value(value: str) -> str:
+    """Write a parameter value as a token when it is one, else as a quoted-string."""
+    return value if _TOKEN_RE.fullmatch(value) else _quoted(value)
+
+
+def multipart_content_type(type_: str, boundary: str, transfer_syntax: str | None = None) -> str:
+    """Build the Content-Type of a multipart/related response (PS3.18 8.7.3.5)."""
+    value = f"multipart/related; type={_quoted(type_)}; boundary={_param_value(boundary)}"
+    if transfer_syntax is not None:
+        value += f"; transfer-syntax={_param_value(transfer_syntax)}"
+    return value
+
+
+def _encode_part_headers(headers: dict[str, str]) -> bytes:
+    """Serialize part headers, refusing names or values that would break the framing."""
+    lines = []
+    for name, value in headers.items():
+        if not _TOKEN_RE.fullmatch(name) or _CTL_RE.search(value):
+            raise ValueError(f"invalid multipart part header {name!r}: {value!r}")
+        lines.append(f"{name}: {value}\r\n")
+    return "".join(lines).encode("latin-1")
+
+
+async def iter_multipart(
+    parts: AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]], boundary: str
+) -> AsyncIterator[bytes]:
+    """Yield a multipart/related body part by part, passing body chunks through uncopied."""
+    # A bad boundary here is our bug, not the client's: a built-in error, never a 400.
+    if not _BOUNDARY_RE.fullmatch(boundary):
+        raise ValueError(f"invalid multipart boundary {boundary!r}")
+    marker = b"--" + boundary.encode("ascii")
+    lead = b""  # the CRLF that ends the previous part travels with the next delimiter
+    async for headers, body in parts:
+        yield lead + marker + b"\r\n" + _encode_part_headers(headers) + b"\r\n"
+        try:
+            async for chunk in body:
+                if chunk:
+                    yield chunk
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        lead = b"\r\n"
+    yield lead + marker + b"--\r\n"

@@ -1,0 +1,35 @@
+"""The URL table: one line per PS3.18 resource, under the DICOMweb root."""
+
+from __future__ import annotations
+
+from starlette.routing import Route
+
+from dicomweb_server.web import retrieve, search, store
+
+__all__ = ["ROUTES"]
+
+_STUDY = "/studies/{study}"
+_SERIES = _STUDY + "/series/{series}"
+_INSTANCE = _SERIES + "/instances/{instance}"
+
+ROUTES = [
+    # STOW-RS (10.5)
+    Route("/studies", store.store_instances, methods=["POST"]),
+    Route(_STUDY, store.store_instances, methods=["POST"]),
+    # QIDO-RS (10.6)
+    Route("/studies", search.search_for_studies, methods=["GET"]),
+    Route("/series", search.search_for_series, methods=["GET"]),
+    Route("/instances", search.search_for_instances, methods=["GET"]),
+    Route(_STUDY + "/series", search.search_for_series, methods=["GET"]),
+    Route(_STUDY + "/instances", search.search_for_instances, methods=["GET"]),
+    Route(_SERIES + "/instances", search.search_for_instances, methods=["GET"]),
+    # WADO-RS (10.4)
+    Route(_STUDY, retrieve.retrieve_study, methods=["GET"]),
+    Route(_STUDY + "/metadata", retrieve.retrieve_study_metadata, methods=["GET"]),
+    Route(_SERIES, retrieve.retrieve_series, methods=["GET"]),
+    Route(_SERIES + "/metadata", retrieve.retrieve_series_metadata, methods=["GET"]),
+    Route(_INSTANCE, retrieve.retrieve_instance, methods=["GET"]),
+    Route(_INSTANCE + "/metadata", retrieve.retrieve_instance_metadata, methods=["GET"]),
+    Route(_INSTANCE + "/frames/{frames}", retrieve.retrieve_instance_frames, methods=["GET"]),
+    Route(_INSTANCE + "/bulkdata/{path:path}", retrieve.retrieve_bulkdata, methods=["GET"]),
+]

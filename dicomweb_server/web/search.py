@@ -1,0 +1,59 @@
+"""QIDO-RS (PS3.18 10.6): the six search resources."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from dicomweb_server.domain.attributes import Level
+from dicomweb_server.domain.identifiers import validate_uid
+from dicomweb_server.domain.query import parse_query
+from dicomweb_server.web.negotiation import accept_json
+from dicomweb_server.web.params import site_of
+from dicomweb_server.web.state import AppState
+
+__all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
+
+
+async def _search(request: Request, level: Level) -> Response:
+    state: AppState = request.app.state.dicomweb
+    settings = state.settings
+    accept_json(request.headers.get("accept"))
+    study = request.path_params.get("study")
+    series = request.path_params.get("series")
+    if study is not None:
+        validate_uid(study, "StudyInstanceUID")
+    if series is not None:
+        validate_uid(series, "SeriesInstanceUID")
+    # Starlette percent-decodes the query string exactly once; values are used as they arrive.
+    query = parse_query(
+        request.query_params.multi_items(),
+        level,
+        site_of(request),
+        study,
+        series,
+        default_limit=settings.default_query_limit,
+        max_limit=settings.max_query_limit,
+        max_offset=settings.max_query_offset,
+    )
+    outcome = await state.search.search(query, settings.root_url)
+    response = Response(orjson.dumps(outcome.rows), media_type="application/dicom+json")
+    for text in outcome.warnings:
+        response.headers.append("Warning", f'299 dicomweb-server "{text}"')
+    return response
+
+
+async def search_for_studies(request: Request) -> Response:
+    """GET /studies."""
+    return await _search(request, Level.STUDY)
+
+
+async def search_for_series(request: Request) -> Response:
+    """GET /series and /studies/{study}/series."""
+    return await _search(request, Level.SERIES)
+
+
+async def search_for_instances(request: Request) -> Response:
+    """GET /instances, /studies/{study}/instances and /studies/{study}/series/{series}/instances."""
+    return await _search(request, Level.INSTANCE)
