@@ -125,6 +125,7 @@ COMPUTED_TAGS: dict[int, Level] = {
 
 _BY_TAG: dict[int, Attribute] = {a.tag: a for a in _ATTRIBUTES}
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
+_KEYWORD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 def tag_hex(tag: int) -> str:
@@ -136,7 +137,7 @@ def resolve_tag(key: str) -> int:
     """Map a keyword (`PatientID`) or tag number (`00100020`) to a tag, or raise a 400."""
     if _TAG_RE.match(key):
         return int(key, 16)
-    tag = datadict.tag_for_keyword(key)
+    tag = datadict.tag_for_keyword(key) if _KEYWORD_RE.match(key) else None
     if tag is None:
         raise InvalidQueryError(f"unknown attribute {key[:64]!r}: use a DICOM keyword or tag")
     return int(tag)

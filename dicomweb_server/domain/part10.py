@@ -221,10 +221,13 @@ def _to_json(
     deflated: bool,
     limits: ParseLimits,
     prefix: str = "",
+    base: int = 0,
 ) -> dict[str, Any]:
     """A data set as DICOM JSON; large binary values become BulkDataURIs with spans.
 
     Nested values are addressed by `tag/item/tag` paths (PS3.18 leaves BulkDataURIs opaque).
+    pydicom parses a defined-length sequence from a buffer of its value, so positions inside
+    it are relative to that value: `base` carries the absolute offset of the buffer.
     """
     out: dict[str, Any] = {}
     for tag in ds.keys():  # noqa: SIM118 - iterating a Dataset converts every element
@@ -235,18 +238,23 @@ def _to_json(
         path = f"{prefix}{key}"
         vr = _vr_of(raw, int(tag))
         if vr == "SQ":
+            tell = raw.value_tell if isinstance(raw, RawDataElement) else raw.file_tell
+            sequence = ds[tag]
+            child_base = base if sequence.is_undefined_length else base + (tell or 0)
             items = [
-                _to_json(item, fp, size, uids, bulk, deflated, limits, f"{path}/{index}/")
-                for index, item in enumerate(ds[tag].value)
+                _to_json(
+                    item, fp, size, uids, bulk, deflated, limits, f"{path}/{index}/", child_base
+                )
+                for index, item in enumerate(sequence.value)
             ]
             out[key] = {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
             continue
         if isinstance(raw, RawDataElement):
             deferred = raw.value is None and raw.length > 0
-            offset, length = raw.value_tell, raw.length
+            offset, length = base + raw.value_tell, raw.length
         else:
             deferred = False
-            offset = raw.file_tell if raw.file_tell is not None else -1
+            offset = base + raw.file_tell if raw.file_tell is not None else -1
             length = len(raw.value) if isinstance(raw.value, bytes) else 0
         defined = length != 0xFFFFFFFF
         is_pixels = int(tag) in _PIXEL_TAGS and (not prefix or length > limits.bulk_data_threshold)

@@ -23,7 +23,11 @@ class BlobStore(Protocol):
         ...
 
     def iter_get(
-        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> AsyncIterator[bytes]:
         """Yield the object's bytes from `start`, `length` bytes (None: to the end)."""
         ...

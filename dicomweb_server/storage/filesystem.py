@@ -55,7 +55,11 @@ class FilesystemBlobStore:
         return size
 
     async def iter_get(
-        self, key: str, start: int = 0, length: int | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> AsyncIterator[bytes]:
         path = self._path(key)
         try:

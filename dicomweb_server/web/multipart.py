@@ -24,13 +24,16 @@ __all__ = [
 # RFC 9110 5.6.2 token, 5.6.4 quoted-string (qdtext and quoted-pair).
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _TOKEN_RE = re.compile(_TOKEN)
+# Parameter values may also be unquoted media types (`type=application/dicom`): RFC 9110 wants
+# them quoted, but common DICOMweb clients do not, and PS3.18 examples show both.
+_PARAM_VALUE = r"[!#$%&'*+.^_`|~0-9A-Za-z/-]+"
 _MEDIA_TYPE_RE = re.compile(rf"[ \t]*({_TOKEN})/({_TOKEN})[ \t]*")
 _PARAM_RE = re.compile(
     rf"""
     ;[ \t]*
     (?:
         ({_TOKEN})[ \t]*=[ \t]*
-        (?: ({_TOKEN}) | "((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*)" )
+        (?: ({_PARAM_VALUE}) | "((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\t\x20-\x7e\x80-\xff])*)" )
     )?
     [ \t]*
     """,
@@ -144,6 +147,10 @@ class _State(enum.Enum):
     DONE = enum.auto()  # after the close delimiter; the epilogue is never read
 
 
+# States whose bytes are searched for the next delimiter.
+_SCANNING = frozenset({_State.PREAMBLE, _State.BODY})
+
+
 class _Reader:
     """The push parser behind iter_parts: feed it bytes, it yields finished parts."""
 
@@ -169,7 +176,6 @@ class _Reader:
         self._state = _State.PREAMBLE
         self._received = 0
         self._count = 0
-        self._headers: dict[str, str] = {}
         self._part: MultipartPart | None = None
 
     @property
@@ -182,9 +188,11 @@ class _Reader:
         if self._state is _State.DONE:
             return
         self._received += len(data)
+        if self._state in _SCANNING and self._pass_through(data):
+            return
         self._buf += data
         while True:
-            if self._state is _State.PREAMBLE or self._state is _State.BODY:
+            if self._state in _SCANNING:
                 if not self._find_delimiter():
                     return
                 if self._part is not None:
@@ -205,8 +213,7 @@ class _Reader:
         buf, delimiter = self._buf, self._delimiter
         at = buf.find(delimiter, self._scan)
         if at < 0:
-            # Only the last len(delimiter) - 1 bytes can still start a delimiter.
-            safe = len(buf) - len(delimiter) + 1
+            safe = len(buf) - self._partial_delimiter(buf)
             if safe > 0:
                 self._consume(safe)
             self._scan = 0
@@ -217,19 +224,45 @@ class _Reader:
         self._scan = 0
         return True
 
+    def _pass_through(self, data: bytes) -> bool:
+        """Write a chunk holding no delimiter straight from the caller's bytes, saving a copy."""
+        if self._buf or self._delimiter in data:
+            return False
+        held = self._partial_delimiter(data)
+        if held:
+            with memoryview(data) as view, view[:-held] as head:
+                self._write(head)
+            self._buf = bytearray(data[-held:])
+        else:
+            self._write(data)
+        return True
+
+    def _partial_delimiter(self, data: bytes | bytearray) -> int:
+        """Length of the tail of `data` that could begin a delimiter, to hold back."""
+        # The delimiter's only CR is its first byte, so only the last CR can start one.
+        cr = data.rfind(b"\r", max(0, len(data) - len(self._delimiter) + 1))
+        if cr >= 0 and self._delimiter.startswith(data[cr:]):
+            return len(data) - cr
+        return 0
+
     def _consume(self, count: int) -> None:
         """Append the first `count` buffered bytes to the current part, then drop them."""
-        part = self._part
-        if part is not None and count:
-            part.size += count
-            if part.size > self._max_part_size:
-                raise PayloadTooLargeError(
-                    f"multipart part {self._count} is larger than the limit of"
-                    f" {self._max_part_size} bytes"
-                )
-            with memoryview(self._buf) as view, view[:count] as head:
-                part.file.write(head)
+        with memoryview(self._buf) as view, view[:count] as head:
+            self._write(head)
         del self._buf[:count]
+
+    def _write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append body bytes to the current part, within the part size limit."""
+        part = self._part
+        if part is None or not data:
+            return  # preamble bytes are dropped
+        part.size += len(data)
+        if part.size > self._max_part_size:
+            raise PayloadTooLargeError(
+                f"multipart part {self._count} is larger than the limit of"
+                f" {self._max_part_size} bytes"
+            )
+        part.file.write(data)
 
     def _read_boundary_line(self) -> bool:
         """Read what follows a delimiter: "--" ends the body, padding then CRLF starts a part."""

@@ -42,7 +42,12 @@ async def store_instances(request: Request) -> Response:
     study = request.path_params.get("study")
     if study is not None:
         validate_uid(study, "StudyInstanceUID")
-    media_type, params = parse_media_type(request.headers.get("content-type", ""))
+    header = request.headers.get("content-type", "").strip()
+    if not header:
+        raise UnsupportedMediaTypeError(
+            'STOW-RS needs Content-Type: multipart/related; type="application/dicom"'
+        )
+    media_type, params = parse_media_type(header)
     if media_type != "multipart/related":
         raise UnsupportedMediaTypeError(
             'STOW-RS takes multipart/related; type="application/dicom", not '
@@ -80,7 +85,11 @@ async def store_instances(request: Request) -> Response:
             if content_type is None:
                 result.add_failed("", "", CANNOT_UNDERSTAND, "a part has no Content-Type")
                 continue
-            part_media, _ = parse_media_type(content_type)
+            try:
+                part_media, _ = parse_media_type(content_type)
+            except MalformedRequestError as exc:
+                result.add_failed("", "", CANNOT_UNDERSTAND, exc.reason)
+                continue
             if part_media != "application/dicom":
                 result.add_failed(
                     "",

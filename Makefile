@@ -1,0 +1,48 @@
+# Two commands on a fresh clone: `make run` and `make test`. Everything else is a detail.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+DATA ?= data
+WORKERS ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: run install install-test check format lint typecheck test unit integration clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-test: $(VENV)/.installed-test
+
+run: install  ## serve on the embedded default (SQLite + files under ./data)
+	$(BIN)/dicomweb-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --workers $(WORKERS)
+
+format: install-test
+	$(BIN)/ruff format dicomweb_server tests
+
+check: install-test  ## formatting, lint and strict types: warnings are errors
+	$(BIN)/ruff format --check dicomweb_server tests
+	$(BIN)/ruff check dicomweb_server tests
+	$(BIN)/mypy dicomweb_server
+
+unit: install-test
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
+
+integration: install-test
+	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
+
+test: check  ## lint, types, then every test (starts PostgreSQL and S3 itself)
+	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

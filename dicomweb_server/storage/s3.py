@@ -1,0 +1,356 @@
+"""The S3 blob store on aiobotocore: single or multipart puts, ranged gets, errors wrapped."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from typing import TYPE_CHECKING
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+
+from dicomweb_server.errors import (
+    BackendUnavailableError,
+    DicomwebError,
+    NotFoundError,
+    PayloadTooLargeError,
+)
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_s3.type_defs import CompletedPartTypeDef, GetObjectOutputTypeDef
+
+__all__ = ["MIN_PART_SIZE", "S3BlobStore"]
+
+logger = logging.getLogger(__name__)
+
+MIN_PART_SIZE = 5 << 20  # S3 rejects smaller parts, except the last
+_MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
+
+# Keys are built from validated UIDs and hex digests, as for the filesystem store.
+_KEY_RE = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+# Error codes S3 (and compatible stores) use for a key that does not exist.
+_MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
+
+# Transport faults, beside botocore's own: aiohttp's, timeouts, sockets.
+_TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError)
+
+
+def _check_key(key: str) -> str:
+    if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
+        raise ValueError(f"invalid blob key {key!r}")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """A store prefix is a key with an optional trailing slash; it becomes `prefix/`."""
+    prefix = prefix.strip("/")
+    return f"{_check_key(prefix)}/" if prefix else ""
+
+
+def _client_error(exc: ClientError, action: str, key: str) -> DicomwebError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    if code in _MISSING_KEY_CODES or (status == 404 and code != "NoSuchBucket"):
+        return NotFoundError(f"object {key} not found")
+    message = str(error.get("Message", "")) or "no message"
+    # Anything else (missing bucket, denied access, 5xx, throttling) is the backend's fault.
+    return BackendUnavailableError(f"S3 {action} of {key} failed: {code or status}: {message}")
+
+
+def _translate(exc: Exception, action: str, key: str) -> DicomwebError:
+    """A driver exception as one of ours, with a reason a log reader can act on."""
+    if isinstance(exc, ClientError):
+        return _client_error(exc, action, key)
+    if isinstance(exc, EndpointConnectionError):
+        reason = f"cannot connect to S3 endpoint {exc.kwargs.get('endpoint_url', '')}"
+    elif isinstance(exc, ConnectTimeoutError | ReadTimeoutError | TimeoutError):
+        reason = "S3 did not answer in time"
+    elif isinstance(exc, NoCredentialsError):
+        reason = "no AWS credentials found"
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    return BackendUnavailableError(f"S3 {action} of {key} failed: {reason}")
+
+
+@contextmanager
+def _wrapped(action: str, key: str) -> Iterator[None]:
+    """Re-raise driver exceptions from the enclosed S3 calls as DicomwebErrors."""
+    try:
+        yield
+    except (ClientError, *_TRANSPORT_ERRORS) as exc:
+        raise _translate(exc, action, key) from exc
+
+
+def _range_header(start: int, length: int | None) -> str | None:
+    if start == 0 and length is None:
+        return None
+    end = "" if length is None else str(start + length - 1)
+    return f"bytes={start}-{end}"
+
+
+def _is_invalid_range(exc: ClientError) -> bool:
+    """S3 answers 416 InvalidRange when `start` lies at or past the end of the object."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+    return exc.response.get("Error", {}).get("Code") == "InvalidRange" or status == 416
+
+
+class S3BlobStore:
+    """Objects under `prefix` in one bucket; puts of `multipart_threshold` or more go multipart.
+
+    A put holds at most max(multipart_threshold, part_size) bytes plus one incoming chunk.
+    """
+
+    def __init__(
+        self,
+        client: S3Client,
+        exit_stack: AsyncExitStack,
+        *,
+        bucket: str,
+        prefix: str = "",
+        multipart_threshold: int = 8 << 20,
+        part_size: int = 8 << 20,
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
+        if multipart_threshold < 1:
+            raise ValueError("multipart_threshold must be positive")
+        self._client = client
+        self._exit_stack = exit_stack
+        self._bucket = bucket
+        self._prefix = _check_prefix(prefix)
+        self._multipart_threshold = multipart_threshold
+        self._part_size = part_size
+
+    @classmethod
+    async def create(
+        cls,
+        bucket: str,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        multipart_threshold: int = 8 << 20,
+        part_size: int = 8 << 20,
+        connect_timeout: float = 5,
+        read_timeout: float = 30,
+        max_attempts: int = 3,
+    ) -> S3BlobStore:
+        """Open a client (credentials from the standard AWS chain); close() releases it."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        config = AioConfig(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            # total_max_attempts counts the first try, unlike botocore's max_attempts.
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
+            # Self-hosted S3 servers rarely resolve bucket subdomains; AWS picks its own style.
+            s3={"addressing_style": "path" if endpoint_url else "auto"},
+        )
+        exit_stack = AsyncExitStack()
+        try:
+            with _wrapped("client creation", bucket):
+                client = await exit_stack.enter_async_context(
+                    get_session().create_client(
+                        "s3", region_name=region, endpoint_url=endpoint_url, config=config
+                    )
+                )
+            return cls(
+                client,
+                exit_stack,
+                bucket=bucket,
+                prefix=prefix,
+                multipart_threshold=multipart_threshold,
+                part_size=part_size,
+            )
+        except BaseException:
+            await exit_stack.aclose()
+            raise
+
+    def _object_key(self, key: str) -> str:
+        return self._prefix + _check_key(key)
+
+    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
+        object_key = self._object_key(key)
+        buffer = bytearray()
+        size = 0
+        async for chunk in chunks:
+            buffer += chunk
+            size += len(chunk)
+            if len(buffer) >= self._multipart_threshold:
+                return await self._put_multipart(object_key, key, buffer, size, chunks)
+        with _wrapped("put", key):
+            await self._client.put_object(
+                Bucket=self._bucket, Key=object_key, Body=bytes(buffer), ContentLength=size
+            )
+        return size
+
+    async def _put_multipart(
+        self,
+        object_key: str,
+        key: str,
+        buffer: bytearray,
+        size: int,
+        chunks: AsyncIterator[bytes],
+    ) -> int:
+        """Continue a put as a multipart upload; abort it on any failure, so nothing shows."""
+        with _wrapped("multipart start", key):
+            created = await self._client.create_multipart_upload(
+                Bucket=self._bucket, Key=object_key
+            )
+        upload_id = created["UploadId"]
+        parts: list[CompletedPartTypeDef] = []
+
+        async def upload(body: bytes) -> None:
+            number = len(parts) + 1
+            if number > _MAX_PARTS:
+                raise PayloadTooLargeError(
+                    f"object {key} needs more than {_MAX_PARTS} parts of {self._part_size} bytes"
+                )
+            with _wrapped("part upload", key):
+                uploaded = await self._client.upload_part(
+                    Bucket=self._bucket,
+                    Key=object_key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                    ContentLength=len(body),
+                )
+            parts.append({"ETag": uploaded["ETag"], "PartNumber": number})
+
+        async def flush_full_parts() -> None:
+            while len(buffer) >= self._part_size:
+                with memoryview(buffer) as view:
+                    body = bytes(view[: self._part_size])
+                del buffer[: self._part_size]
+                await upload(body)
+
+        try:
+            await flush_full_parts()
+            async for chunk in chunks:
+                buffer += chunk
+                size += len(chunk)
+                await flush_full_parts()
+            if buffer:
+                await upload(bytes(buffer))
+                buffer.clear()
+            with _wrapped("multipart completion", key):
+                await self._client.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=object_key,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                )
+        except BaseException:
+            await self._abort(object_key, upload_id)
+            raise
+        return size
+
+    async def _abort(self, object_key: str, upload_id: str) -> None:
+        try:
+            await self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=object_key, UploadId=upload_id
+            )
+        except (ClientError, *_TRANSPORT_ERRORS) as exc:
+            # The put already failed; S3 lifecycle rules reap what this leaves behind.
+            logger.warning(
+                "could not abort multipart upload %s of %s: %s", upload_id, object_key, exc
+            )
+
+    async def _exists(self, key: str) -> None:
+        """Raise NotFoundError unless `key` exists (for zero-length reads, which send no range)."""
+        with _wrapped("head", key):
+            await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
+
+    async def _get_object(
+        self, key: str, range_header: str | None
+    ) -> GetObjectOutputTypeDef | None:
+        """GET the object, or a range of it; None when the range starts past its end."""
+        object_key = self._object_key(key)
+        try:
+            if range_header is None:
+                return await self._client.get_object(Bucket=self._bucket, Key=object_key)
+            return await self._client.get_object(
+                Bucket=self._bucket, Key=object_key, Range=range_header
+            )
+        except ClientError as exc:
+            if _is_invalid_range(exc):
+                return None
+            raise _translate(exc, "get", key) from exc
+        except _TRANSPORT_ERRORS as exc:
+            raise _translate(exc, "get", key) from exc
+
+    async def iter_get(
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> AsyncIterator[bytes]:
+        if start < 0 or (length is not None and length < 0) or chunk_size < 1:
+            raise ValueError("start and length must not be negative, chunk_size must be positive")
+        if length == 0:
+            await self._exists(key)
+            return
+        response = await self._get_object(key, _range_header(start, length))
+        if response is None:
+            return  # like reading a file past its end: nothing
+        async with response["Body"] as body:
+            while True:
+                with _wrapped("read", key):
+                    chunk = await body.read(chunk_size)
+                if not chunk:
+                    break
+                yield chunk
+
+    async def read_range(self, key: str, start: int, length: int) -> bytes:
+        if start < 0 or length < 0:
+            raise ValueError("start and length must not be negative")
+        if length == 0:
+            await self._exists(key)
+            return b""
+        response = await self._get_object(key, f"bytes={start}-{start + length - 1}")
+        if response is None:
+            raise NotFoundError(f"object {key} is shorter than the requested range")
+        async with response["Body"] as body:
+            with _wrapped("read", key):
+                data = await body.read()
+        if len(data) != length:
+            raise NotFoundError(f"object {key} is shorter than the requested range")
+        return data
+
+    async def delete(self, key: str) -> None:
+        # S3 deletes are idempotent: a missing key answers 204 like a present one.
+        with _wrapped("delete", key):
+            await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
+
+    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix)
+        iterator = aiter(pages)
+        while True:
+            with _wrapped("listing", prefix or "/"):
+                try:
+                    page = await anext(iterator)
+                except StopAsyncIteration:
+                    return
+            for item in page.get("Contents", []):
+                object_key = item.get("Key", "")
+                if object_key.startswith(self._prefix):
+                    yield object_key[len(self._prefix) :]
+
+    async def close(self) -> None:
+        await self._exit_stack.aclose()

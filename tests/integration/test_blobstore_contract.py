@@ -1,0 +1,296 @@
+"""The BlobStore contract, run against every implementation: filesystem and S3 (SeaweedFS)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from services import S3Endpoint, aws_environment, pending_uploads
+
+from dicomweb_server.errors import BackendUnavailableError, NotFoundError
+from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.storage.filesystem import FilesystemBlobStore
+from dicomweb_server.storage.s3 import MIN_PART_SIZE, S3BlobStore
+
+MIB = 1 << 20
+PART_SIZE = MIN_PART_SIZE  # the smallest S3 allows, so multipart tests stay small
+LARGE = 2 * PART_SIZE + 12_345  # three parts, the last one short
+KEY = "1.2.840.10008.1/1.2.3/1.2.3.4"
+
+
+class UpstreamError(Exception):
+    """Raised by a test's input stream, standing in for a client that hangs up."""
+
+
+def _data(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def _chunks(data: bytes, size: int = 64 * 1024 + 7) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), size):
+        yield data[offset : offset + size]
+
+
+async def _failing(data: bytes, fail_after: int) -> AsyncIterator[bytes]:
+    """Yield `data` in chunks, then raise once `fail_after` bytes have been sent."""
+    sent = 0
+    async for chunk in _chunks(data, MIB):
+        yield chunk
+        sent += len(chunk)
+        if sent >= fail_after:
+            raise UpstreamError("client went away")
+
+
+async def _read(store: BlobStore, key: str, start: int = 0, length: int | None = None) -> bytes:
+    return b"".join([chunk async for chunk in store.iter_get(key, start, length)])
+
+
+async def _keys(store: BlobStore, prefix: str = "") -> list[str]:
+    return [key async for key in store.iter_keys(prefix)]
+
+
+def _use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> None:
+    for name, value in aws_environment(endpoint).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+
+
+async def _s3_store(endpoint: S3Endpoint, bucket: str, prefix: str = "blobs/") -> S3BlobStore:
+    return await S3BlobStore.create(
+        bucket,
+        prefix=prefix,
+        endpoint_url=endpoint.endpoint_url,
+        region=endpoint.region,
+        multipart_threshold=PART_SIZE,
+        part_size=PART_SIZE,
+    )
+
+
+@pytest_asyncio.fixture(params=["filesystem", "s3"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BlobStore]:
+    """Each implementation in turn; S3 gets a fresh bucket and a key prefix."""
+    blob_store: BlobStore
+    if request.param == "filesystem":
+        blob_store = FilesystemBlobStore(tmp_path / "blobs")
+    else:
+        endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+        _use_endpoint(request.getfixturevalue("monkeypatch"), endpoint)
+        blob_store = await _s3_store(endpoint, request.getfixturevalue("s3_bucket"))
+    yield blob_store
+    await blob_store.close()
+
+
+async def test_put_then_get_returns_identical_bytes(store: BlobStore) -> None:
+    # Empty, tiny, a few chunks, exactly one part (the multipart threshold), several parts.
+    for size in [0, 1, 100_000, PART_SIZE, LARGE]:
+        key = f"{KEY}.{size}"
+        data = _data(size)
+        assert await store.put(key, _chunks(data)) == size
+        chunks = [chunk async for chunk in store.iter_get(key, chunk_size=100_000)]
+        assert b"".join(chunks) == data, f"{size} bytes"
+        assert all(0 < len(chunk) <= 100_000 for chunk in chunks), f"{size} bytes"
+
+
+async def test_iter_get_range(store: BlobStore) -> None:
+    data = _data(LARGE)
+    await store.put(KEY, _chunks(data))
+    ranges: list[tuple[int, int | None]] = [
+        (0, 10),
+        (5, None),
+        (PART_SIZE - 10, 20),  # across a part boundary
+        (LARGE - 1, None),
+        (LARGE - 10, 100),  # runs past the end: what is there
+        (LARGE, None),  # at the end: nothing
+        (LARGE + 100, 5),  # past the end: nothing
+        (123, 0),
+    ]
+    for start, length in ranges:
+        end = None if length is None else start + length
+        got = await _read(store, KEY, start, length)
+        assert got == data[start:end], f"start={start} length={length}"
+
+
+async def test_read_range_returns_exact_bytes(store: BlobStore) -> None:
+    data = _data(LARGE)
+    await store.put(KEY, _chunks(data))
+    assert await store.read_range(KEY, 0, 1) == data[:1]
+    assert await store.read_range(KEY, PART_SIZE - 3, 7) == data[PART_SIZE - 3 : PART_SIZE + 4]
+    assert await store.read_range(KEY, LARGE - 50, 50) == data[-50:]
+    assert await store.read_range(KEY, 17, 0) == b""
+
+
+async def test_read_range_past_the_end_is_not_found(store: BlobStore) -> None:
+    await store.put(KEY, _chunks(_data(100)))
+    for start, length in [(90, 11), (100, 1), (5_000, 10)]:
+        with pytest.raises(NotFoundError):
+            await store.read_range(KEY, start, length)
+
+
+async def test_missing_key_is_not_found(store: BlobStore) -> None:
+    with pytest.raises(NotFoundError):
+        await _read(store, KEY)
+    with pytest.raises(NotFoundError):
+        await _read(store, KEY, start=10, length=10)
+    with pytest.raises(NotFoundError):
+        await _read(store, KEY, start=0, length=0)
+    with pytest.raises(NotFoundError):
+        await store.read_range(KEY, 0, 10)
+    with pytest.raises(NotFoundError):
+        await store.read_range(KEY, 0, 0)
+
+
+async def test_delete_is_idempotent(store: BlobStore) -> None:
+    await store.delete(KEY)  # never existed
+    await store.put(KEY, _chunks(b"x" * 10))
+    await store.delete(KEY)
+    await store.delete(KEY)
+    with pytest.raises(NotFoundError):
+        await store.read_range(KEY, 0, 1)
+    assert await _keys(store) == []
+
+
+async def test_iter_keys_filters_by_prefix(store: BlobStore) -> None:
+    keys = ["1.2.3/1.2.4/a", "1.2.3/1.2.5/b", "1.2.30/x", "9/y.json"]
+    for key in reversed(keys):
+        await store.put(key, _chunks(key.encode()))
+    assert sorted(await _keys(store)) == keys
+    assert sorted(await _keys(store, "1.2.3/")) == keys[:2]
+    assert sorted(await _keys(store, "1.2.3")) == keys[:3]  # a string prefix, not a folder
+    assert await _keys(store, "8") == []
+
+
+@pytest.mark.parametrize("fail_after", [MIB, LARGE], ids=["single-put", "multipart"])
+async def test_failed_put_leaves_nothing(store: BlobStore, fail_after: int) -> None:
+    with pytest.raises(UpstreamError):
+        await store.put(KEY, _failing(_data(LARGE + MIB), fail_after))
+    with pytest.raises(NotFoundError):
+        await _read(store, KEY)
+    assert await _keys(store) == []
+
+
+@pytest.mark.parametrize("fail_after", [MIB, LARGE], ids=["single-put", "multipart"])
+async def test_failed_overwrite_keeps_the_old_object(store: BlobStore, fail_after: int) -> None:
+    old = _data(1000, seed=1)
+    await store.put(KEY, _chunks(old))
+    with pytest.raises(UpstreamError):
+        await store.put(KEY, _failing(_data(LARGE + MIB, seed=2), fail_after))
+    assert await _read(store, KEY) == old
+
+
+async def test_overwrite_replaces_the_object(store: BlobStore) -> None:
+    for first, second in [(LARGE, 1000), (1000, LARGE), (10, 20)]:
+        key = f"{KEY}.{first}.{second}"
+        await store.put(key, _chunks(_data(first, seed=1)))
+        replacement = _data(second, seed=2)
+        assert await store.put(key, _chunks(replacement)) == second
+        assert await _read(store, key) == replacement, f"{first} then {second} bytes"
+    assert len(await _keys(store)) == 3
+
+
+async def test_invalid_keys_are_refused(store: BlobStore) -> None:
+    for key in ["", "/abs", "a//b", "../x", "a/./b", "a b", "a/", "é"]:
+        with pytest.raises(ValueError):
+            await store.put(key, _chunks(b"x"))
+        with pytest.raises(ValueError):
+            await store.read_range(key, 0, 1)
+        with pytest.raises(ValueError):
+            await _read(store, key)
+
+
+# --- S3 only -----------------------------------------------------------------------------------
+
+
+async def test_s3_failed_multipart_put_is_aborted(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_endpoint(monkeypatch, s3_endpoint)
+    store = await _s3_store(s3_endpoint, s3_bucket)
+    try:
+        with pytest.raises(UpstreamError):
+            await store.put(KEY, _failing(_data(LARGE + MIB), LARGE))
+    finally:
+        await store.close()
+    assert pending_uploads(s3_endpoint, s3_bucket) == []
+
+
+async def test_s3_prefixes_keep_stores_apart(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_endpoint(monkeypatch, s3_endpoint)
+    first = await _s3_store(s3_endpoint, s3_bucket, prefix="one")
+    second = await _s3_store(s3_endpoint, s3_bucket, prefix="one-two/")
+    try:
+        await first.put(KEY, _chunks(b"first"))
+        await second.put(KEY, _chunks(b"second"))
+        assert await _keys(first) == [KEY]
+        assert await _keys(second) == [KEY]
+        assert await first.read_range(KEY, 0, 5) == b"first"
+        await first.delete(KEY)
+        assert await second.read_range(KEY, 0, 6) == b"second"
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_s3_missing_bucket_is_backend_unavailable(
+    s3_endpoint: S3Endpoint, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_endpoint(monkeypatch, s3_endpoint)
+    store = await _s3_store(s3_endpoint, "no-such-bucket-for-dicomweb-tests")
+    try:
+        with pytest.raises(BackendUnavailableError, match="NoSuchBucket"):
+            await store.put(KEY, _chunks(b"x"))
+    finally:
+        await store.close()
+
+
+async def test_s3_wrong_credentials_are_backend_unavailable(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _use_endpoint(monkeypatch, s3_endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    store = await _s3_store(s3_endpoint, s3_bucket)
+    try:
+        with pytest.raises(BackendUnavailableError):
+            await store.put(KEY, _chunks(b"x"))
+        with pytest.raises(BackendUnavailableError):
+            await store.read_range(KEY, 0, 1)
+        with pytest.raises(BackendUnavailableError):
+            await _keys(store)
+    finally:
+        await store.close()
+
+
+async def test_s3_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Port 1 on loopback: nothing listens, so every connection is refused at once.
+    endpoint = S3Endpoint("http://127.0.0.1:1", "key", "secret", "us-east-1")
+    _use_endpoint(monkeypatch, endpoint)
+    defaults = await S3BlobStore.create("bucket", endpoint_url=endpoint.endpoint_url)
+    single_try = await S3BlobStore.create(
+        "bucket", endpoint_url=endpoint.endpoint_url, max_attempts=1
+    )
+    try:
+        async with asyncio.timeout(60):
+            # Default settings: three attempts with standard-mode backoff, well under 10 s.
+            started = time.monotonic()
+            with pytest.raises(BackendUnavailableError, match="cannot connect"):
+                await defaults.put(KEY, _chunks(b"x"))
+            assert time.monotonic() - started < 10
+            with pytest.raises(BackendUnavailableError):
+                await _read(single_try, KEY)
+            with pytest.raises(BackendUnavailableError):
+                await single_try.read_range(KEY, 0, 1)
+            with pytest.raises(BackendUnavailableError):
+                await single_try.delete(KEY)
+            with pytest.raises(BackendUnavailableError):
+                await _keys(single_try)
+    finally:
+        await defaults.close()
+        await single_try.close()

@@ -1,0 +1,210 @@
+"""QIDO-RS over HTTP on the embedded backends (PS3.18 10.6)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+async def corpus(client: httpx.AsyncClient) -> dict[str, str]:
+    """Two patients, three studies, four series."""
+    s1, s2, s3 = uid(), uid(), uid()
+    se1, se2, se3, se4 = uid(), uid(), uid(), uid()
+    datasets = [
+        ct_dataset(
+            s1,
+            se1,
+            patient_id="P1",
+            patient_name="Smith^Anna",
+            study_date="20240110",
+            instance_number=1,
+        ),
+        ct_dataset(
+            s1,
+            se1,
+            patient_id="P1",
+            patient_name="Smith^Anna",
+            study_date="20240110",
+            instance_number=2,
+        ),
+        ct_dataset(
+            s1,
+            se2,
+            patient_id="P1",
+            patient_name="Smith^Anna",
+            study_date="20240110",
+            modality="MR",
+        ),
+        ct_dataset(
+            s2,
+            se3,
+            patient_id="P1",
+            patient_name="Smith^Anna",
+            study_date="20240301",
+            accession_number="A_2",
+        ),
+        ct_dataset(
+            s3,
+            se4,
+            patient_id="P2",
+            patient_name="Jones^Bob",
+            study_date="20231231",
+            accession_number="A%3",
+        ),
+    ]
+    body, content_type = multipart_body([to_part10(ds) for ds in datasets])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    return {"s1": s1, "s2": s2, "s3": s3, "se1": se1, "se2": se2}
+
+
+def _values(rows: list[dict], tag: str) -> list:  # type: ignore[type-arg]
+    return sorted(row[tag]["Value"][0] for row in rows)
+
+
+async def _search(
+    client: httpx.AsyncClient, path: str, params: dict[str, str] | str = ""
+) -> list[dict]:  # type: ignore[type-arg]
+    response = await client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/dicom+json"
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def test_study_search_returns_required_and_computed_attributes(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(client, "/studies", {"StudyInstanceUID": corpus["s1"]})
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["00201206"]["Value"] == [2]  # NumberOfStudyRelatedSeries
+    assert row["00201208"]["Value"] == [3]  # NumberOfStudyRelatedInstances
+    assert row["00080061"]["Value"] == ["CT", "MR"]  # ModalitiesInStudy
+    assert row["00100010"]["Value"] == [{"Alphabetic": "Smith^Anna"}]
+    assert row["00081190"]["Value"] == [f"http://testserver/dicomweb/studies/{corpus['s1']}"]
+    assert row["00080056"]["Value"] == ["ONLINE"]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"PatientID": "P1"}, ["s1", "s2"]),
+        ({"00100020": "P2"}, ["s3"]),  # tag number instead of keyword
+        ({"PatientName": "Smith*"}, ["s1", "s2"]),
+        ({"PatientName": "*ones*"}, ["s3"]),
+        ({"PatientName": "Sm?th^Anna"}, ["s1", "s2"]),
+        ({"StudyDate": "20240101-20240131"}, ["s1"]),
+        ({"StudyDate": "20240201-"}, ["s2"]),
+        ({"StudyDate": "-20231231"}, ["s3"]),
+        ({"StudyDate": "20240301"}, ["s2"]),
+        ({"ModalitiesInStudy": "MR"}, ["s1"]),
+        ({"AccessionNumber": "A_2"}, ["s2"]),
+        ({"AccessionNumber": "A%3"}, ["s3"]),  # % matches literally
+        ({"AccessionNumber": "A_*"}, ["s2"]),  # _ matches literally inside a wildcard
+        ({"PatientID": ""}, ["s1", "s2", "s3"]),  # universal matching
+    ],
+)
+async def test_study_matching(client, corpus, params, expected) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(client, "/studies", params)
+    assert _values(rows, "0020000D") == sorted(corpus[name] for name in expected)
+
+
+async def test_uid_list_matching(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(client, "/studies", {"StudyInstanceUID": f"{corpus['s1']},{corpus['s3']}"})
+    assert _values(rows, "0020000D") == sorted([corpus["s1"], corpus["s3"]])
+
+
+async def test_series_and_instance_resources(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    assert len(await _search(client, "/series")) == 4
+    nested = await _search(client, f"/studies/{corpus['s1']}/series")
+    assert _values(nested, "0020000E") == sorted([corpus["se1"], corpus["se2"]])
+    assert len(await _search(client, "/series", {"Modality": "MR"})) == 1
+    assert len(await _search(client, "/instances")) == 5
+    assert len(await _search(client, f"/studies/{corpus['s1']}/instances")) == 3
+    in_series = await _search(client, f"/studies/{corpus['s1']}/series/{corpus['se1']}/instances")
+    assert len(in_series) == 2
+    series_rows = await _search(client, "/series", {"SeriesInstanceUID": corpus["se1"]})
+    assert series_rows[0]["00201209"]["Value"] == [2]  # NumberOfSeriesRelatedInstances
+    assert in_series[0]["00081190"]["Value"][0].endswith(in_series[0]["00080018"]["Value"][0])
+
+
+async def test_limit_offset_page_without_repeats(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    seen = []
+    for offset in range(0, 5, 2):
+        response = await client.get("/instances", params={"limit": "2", "offset": str(offset)})
+        rows = response.json()
+        seen += [row["00080018"]["Value"][0] for row in rows]
+        if offset + 2 < 5:
+            assert "more results" in response.headers["warning"]
+        else:
+            assert "warning" not in response.headers
+    assert len(seen) == len(set(seen)) == 5
+
+
+async def test_includefield_adds_attributes(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(
+        client, "/instances", {"includefield": "00280010,Columns", "PatientID": "P2"}
+    )
+    assert rows[0]["00280010"]["Value"] == [16]
+    assert rows[0]["00280011"]["Value"] == [16]
+    rows = await _search(client, "/instances", {"includefield": "00180050", "PatientID": "P2"})
+    assert "00180050" not in rows[0]  # not in the data set: nothing to add
+
+
+async def test_includefield_all_returns_instance_metadata(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(client, "/instances", {"includefield": "all", "PatientID": "P2"})
+    assert rows[0]["00280100"]["Value"] == [16]  # BitsAllocated
+    assert rows[0]["00280101"]["Value"] == [12]  # BitsStored, not a default key
+
+
+async def test_empty_result_is_200_with_empty_array(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    assert await _search(client, "/studies", {"PatientID": "nobody"}) == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "NotAnAttribute=1",
+        "StudyDate=2024-01-01",
+        "StudyDate=20241301",
+        "StudyDate=20240201-20240101",
+        "limit=-1",
+        "limit=abc",
+        "limit=0",
+        "offset=x",
+        "StudyInstanceUID=1.2.abc",
+        "fuzzymatching=maybe",
+        "includefield=Nonsense",
+    ],
+)
+async def test_invalid_queries_are_400_with_reason(client, corpus, query) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get(f"/studies?{query}")
+    assert response.status_code == 400
+    assert response.json()["reason"]
+
+
+async def test_sql_looking_values_are_just_values(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(client, "/studies", {"PatientID": "P1' OR '1'='1"})
+    assert rows == []
+    assert len(await _search(client, "/studies")) == 3
+
+
+async def test_percent_encoded_values_are_decoded_once(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies?PatientName=Smith%5EAnna")
+    assert len(response.json()) == 2
+    response = await client.get("/studies?AccessionNumber=A%253")  # literal "A%3"
+    assert len(response.json()) == 1
+
+
+async def test_unsupported_matching_key_warns(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies", params={"PatientAge": "030Y"})
+    assert response.status_code == 200
+    assert "not supported for matching" in response.headers["warning"]
+
+
+async def test_limit_above_maximum_is_reduced_with_warning(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies", params={"limit": "999999"})
+    assert response.status_code == 200
+    assert "reduced to the server maximum" in response.headers["warning"]

@@ -1,0 +1,223 @@
+"""STOW-RS over HTTP on the embedded backends (PS3.18 10.5)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+
+DICOM_JSON = "application/dicom+json"
+
+
+async def _count_instances(client: httpx.AsyncClient) -> int:
+    response = await client.get("/instances")
+    assert response.status_code == 200
+    return len(response.json())
+
+
+async def test_store_returns_referenced_sop_sequence_with_retrieve_urls(
+    client: httpx.AsyncClient,
+) -> None:
+    study = uid()
+    files = [to_part10(ct_dataset(study, instance_number=i + 1)) for i in range(3)]
+    body, content_type = multipart_body(files)
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == DICOM_JSON  # exactly, no charset (PS3.18 10.5.3)
+    result = response.json()
+    referenced = result["00081199"]["Value"]
+    assert len(referenced) == 3
+    assert all(
+        item["00081190"]["Value"][0].startswith("http://testserver/dicomweb/studies/")
+        for item in referenced
+    )
+    assert result["00081190"]["Value"] == [f"http://testserver/dicomweb/studies/{study}"]
+    assert "00081198" not in result
+
+
+@pytest.mark.parametrize("type_param", ['type="application/dicom"', "type=application/dicom"])
+async def test_store_accepts_quoted_and_unquoted_type(
+    client: httpx.AsyncClient, type_param: str
+) -> None:
+    body, content_type = multipart_body([to_part10(ct_dataset())])
+    boundary = content_type.split("boundary=")[1]
+    response = await client.post(
+        "/studies",
+        content=body,
+        headers={"Content-Type": f"multipart/related; {type_param}; boundary={boundary}"},
+    )
+    assert response.status_code == 200
+
+
+async def test_store_streams_a_chunked_body(client: httpx.AsyncClient) -> None:
+    body, content_type = multipart_body(
+        [to_part10(ct_dataset(rows=64, columns=64)) for _ in range(4)]
+    )
+
+    async def chunks():  # type: ignore[no-untyped-def]
+        for start in range(0, len(body), 1000):
+            yield body[start : start + 1000]
+
+    response = await client.post(
+        "/studies", content=chunks(), headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 200
+    assert len(response.json()["00081199"]["Value"]) == 4
+
+
+async def test_store_to_study_url_rejects_instances_of_other_studies(
+    client: httpx.AsyncClient,
+) -> None:
+    study = uid()
+    good, other = to_part10(ct_dataset(study)), to_part10(ct_dataset(uid()))
+    body, content_type = multipart_body([good, other])
+    response = await client.post(
+        f"/studies/{study}", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 202  # some stored, some failed (PS3.18 10.5.3.1)
+    result = response.json()
+    assert len(result["00081199"]["Value"]) == 1
+    failed = result["00081198"]["Value"]
+    assert failed[0]["00081197"]["Value"] == [0xA900]
+    assert "differs from the request URL" in response.headers["warning"]
+    assert await _count_instances(client) == 1
+
+
+async def test_same_instance_twice_keeps_one_copy(client: httpx.AsyncClient) -> None:
+    data = to_part10(ct_dataset())
+    for _ in range(2):
+        body, content_type = multipart_body([data])
+        response = await client.post(
+            "/studies", content=body, headers={"Content-Type": content_type}
+        )
+        assert response.status_code == 200
+    assert await _count_instances(client) == 1
+    studies = (await client.get("/studies")).json()
+    assert studies[0]["00201208"]["Value"] == [1]
+
+
+async def test_different_object_with_same_uid_is_refused_and_original_kept(
+    client: httpx.AsyncClient,
+) -> None:
+    first = ct_dataset(seed=1)
+    body, content_type = multipart_body([to_part10(first)])
+    await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    second = ct_dataset(
+        first.StudyInstanceUID, first.SeriesInstanceUID, first.SOPInstanceUID, seed=2
+    )
+    body, content_type = multipart_body([to_part10(second)])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [0x0111]
+    frame = await client.get(
+        f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}/instances/{first.SOPInstanceUID}/frames/1",
+        headers={"Accept": 'multipart/related; type="application/octet-stream"'},
+    )
+    assert first.PixelData in frame.content
+
+
+async def test_preamble_is_zeroed_on_ingest(client: httpx.AsyncClient) -> None:
+    ds = ct_dataset()
+    data = bytearray(to_part10(ds))
+    data[:4] = b"MZ\x90\x00"  # an executable header in the preamble
+    body, content_type = multipart_body([bytes(data)])
+    assert (
+        await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    ).status_code == 200
+    response = await client.get(
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}",
+        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+    )
+    assert b"\0" * 128 + b"DICM" in response.content
+    assert b"MZ\x90\x00" not in response.content
+
+
+@pytest.mark.parametrize(
+    ("part", "reason"),
+    [
+        (b"this is not dicom at all", 0xC000),
+        (to_part10(ct_dataset())[:300], 0xA900),  # cut inside the header: no identity left
+        (to_part10(ct_dataset(rows=64, columns=64))[:-2000], 0xC000),  # pixel data cut short
+    ],
+    ids=["not-dicom", "truncated-header", "truncated-pixels"],
+)
+async def test_bad_parts_fail_with_reason_and_store_nothing(
+    client: httpx.AsyncClient, part: bytes, reason: int
+) -> None:
+    body, content_type = multipart_body([part])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [reason]
+    assert await _count_instances(client) == 0
+
+
+async def test_part_without_content_type_fails(client: httpx.AsyncClient) -> None:
+    body, content_type = multipart_body([({}, to_part10(ct_dataset()))])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 409
+    assert "no Content-Type" in response.headers["warning"]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("application/dicom", 415),
+        ("multipart/related; boundary=abc", 415),
+        ('multipart/related; type="application/dicom+xml"; boundary=abc', 415),
+        ('multipart/related; type="application/dicom"', 400),
+        ("", 415),
+    ],
+)
+async def test_bad_request_media_types(
+    client: httpx.AsyncClient, content_type: str, status: int
+) -> None:
+    body, _ = multipart_body([to_part10(ct_dataset())])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == status
+    assert response.json()["reason"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"--wrong\r\n\r\nxx\r\n--wrong--\r\n",
+        b"--b\r\nContent-Type: application/dicom\r\n\r\nunterminated",
+    ],
+    ids=["empty", "wrong-boundary", "unterminated"],
+)
+async def test_malformed_bodies_are_400(client: httpx.AsyncClient, body: bytes) -> None:
+    response = await client.post(
+        "/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b'},
+    )
+    assert response.status_code == 400
+    assert response.json()["reason"]
+
+
+async def test_malformed_study_uid_in_path_is_400(client: httpx.AsyncClient) -> None:
+    body, content_type = multipart_body([to_part10(ct_dataset())])
+    response = await client.post(
+        "/studies/1.2.abc", content=body, headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 400
+    assert "not a valid UID" in response.json()["reason"]
+
+
+async def test_body_over_the_limit_is_413(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
+    from dataclasses import replace
+
+    from dicomweb_server.app import create_app
+
+    app = create_app(replace(settings, max_request_bytes=10_000))
+    body, content_type = multipart_body([to_part10(ct_dataset(rows=128, columns=128))])
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://t/dicomweb"
+        ) as http,
+    ):
+        response = await http.post("/studies", content=body, headers={"Content-Type": content_type})
+        assert response.status_code == 413
+        assert (await http.get("/instances")).json() == []
