@@ -224,7 +224,13 @@ def _unprivileged_user() -> pwd.struct_passwd | None:
     """PostgreSQL refuses to run as root; when we are root, run it as `nobody`."""
     if os.geteuid() != 0:
         return None
-    return pwd.getpwnam("nobody")
+    try:
+        return pwd.getpwnam("nobody")
+    except KeyError as exc:
+        raise ServiceStartError(
+            f"running as root and there is no `nobody` account to run PostgreSQL as; "
+            f"create one or set {DATABASE_URL_ENV}"
+        ) from exc
 
 
 @contextmanager
