@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
@@ -25,6 +26,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--workers", type=int, help="worker processes (DICOMWEB_WORKERS, default 1)")
     serve.add_argument("--base-url", help="public DICOMweb root URL (DICOMWEB_BASE_URL)")
+    commands.add_parser(
+        "migrate", help="create or upgrade the index schema named by DICOMWEB_DATABASE_URL"
+    )
+    sweep = commands.add_parser(
+        "sweep-orphans", help="delete stored objects no index row references (crash leftovers)"
+    )
+    sweep.add_argument("--data-dir", help="embedded storage folder (DICOMWEB_DATA_DIR)")
+    sweep.add_argument(
+        "--min-age", type=float, default=3600, help="only objects older than this many seconds"
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="list orphans, delete nothing")
     return parser
 
 
@@ -32,11 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
     overrides = {
-        "host": args.host,
-        "port": args.port,
-        "data_dir": args.data_dir,
-        "workers": args.workers,
-        "base_url": args.base_url,
+        name: getattr(args, name, None)
+        for name in ("host", "port", "data_dir", "workers", "base_url")
     }
     # Workers are separate processes that read their settings from the environment.
     for name, value in overrides.items():
@@ -50,6 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    if args.command == "sweep-orphans":
+        return asyncio.run(_sweep(settings, args.min_age, args.dry_run))
     print(f"dicomweb-server: serving {settings.root_url} (data in {settings.data_dir})", flush=True)
     uvicorn.run(
         "dicomweb_server.app:app_from_env",
@@ -59,5 +72,38 @@ def main(argv: list[str] | None = None) -> int:
         workers=settings.workers,
         access_log=False,  # our middleware logs paths without query strings (no PHI)
         log_level=settings.log_level,
+    )
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from dicomweb_server.app import open_index
+
+    index = await open_index(settings)  # opening applies pending migrations
+    await index.close()
+    print("dicomweb-server: index schema is up to date", flush=True)
+    return 0
+
+
+async def _sweep(settings: Settings, min_age: float, dry_run: bool) -> int:
+    from dicomweb_server.app import open_blob_store, open_index
+    from dicomweb_server.services.maintenance import sweep_orphans
+
+    index = await open_index(settings)
+    try:
+        blobs = await open_blob_store(settings)
+        try:
+            report = await sweep_orphans(index, blobs, min_age_seconds=min_age, dry_run=dry_run)
+        finally:
+            await blobs.close()
+    finally:
+        await index.close()
+    for key in report.orphans:
+        print(("would delete " if dry_run else "deleted ") + key)
+    print(
+        f"examined {report.examined} objects: {report.referenced} referenced,"
+        f" {len(report.orphans)} orphaned, {report.too_recent} too recent to judge;"
+        f" freed {report.freed_bytes} bytes",
+        flush=True,
     )
     return 0

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "BlobStore"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "BlobInfo", "BlobStore"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    """A stored object as listed: key, size and last-modified time (seconds since the epoch)."""
+
+    key: str
+    size: int
+    modified: float
 
 
 class BlobStore(Protocol):
@@ -40,8 +50,8 @@ class BlobStore(Protocol):
         """Remove the object; deleting a missing key is not an error."""
         ...
 
-    def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
-        """Yield every key under `prefix` (for orphan sweeps and export)."""
+    def iter_objects(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        """Yield every object under `prefix` (for orphan sweeps and export)."""
         ...
 
     async def close(self) -> None:

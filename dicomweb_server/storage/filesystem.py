@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from dicomweb_server.errors import BackendUnavailableError, NotFoundError
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
 
 __all__ = ["FilesystemBlobStore"]
 
@@ -101,20 +101,27 @@ class FilesystemBlobStore:
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
 
-    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
-        files = await asyncio.to_thread(self._list_files)
-        for key in files:
-            if key.startswith(prefix):
-                yield key
+    async def iter_objects(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
+        files = await asyncio.to_thread(self._list_files, prefix)
+        for info in files:
+            yield info
 
-    def _list_files(self) -> list[str]:
-        keys: list[str] = []
+    def _list_files(self, prefix: str) -> list[BlobInfo]:
+        found: list[BlobInfo] = []
         for dirpath, dirnames, filenames in os.walk(self._root):
             if Path(dirpath) == self._root and ".tmp" in dirnames:
                 dirnames.remove(".tmp")
             for name in filenames:
-                keys.append(str(Path(dirpath, name).relative_to(self._root)))
-        return sorted(keys)
+                path = Path(dirpath, name)
+                key = path.relative_to(self._root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue  # deleted while we listed
+                found.append(BlobInfo(key, stat.st_size, stat.st_mtime))
+        return sorted(found, key=lambda info: info.key)
 
     async def close(self) -> None:
         return None

@@ -26,7 +26,7 @@ from dicomweb_server.errors import (
     NotFoundError,
     PayloadTooLargeError,
 )
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -337,7 +337,7 @@ class S3BlobStore:
         with _wrapped("delete", key):
             await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
-    async def iter_keys(self, prefix: str = "") -> AsyncIterator[str]:
+    async def iter_objects(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
         pages = paginator.paginate(Bucket=self._bucket, Prefix=self._prefix + prefix)
         iterator = aiter(pages)
@@ -350,7 +350,12 @@ class S3BlobStore:
             for item in page.get("Contents", []):
                 object_key = item.get("Key", "")
                 if object_key.startswith(self._prefix):
-                    yield object_key[len(self._prefix) :]
+                    modified = item.get("LastModified")
+                    yield BlobInfo(
+                        object_key[len(self._prefix) :],
+                        int(item.get("Size", 0)),
+                        modified.timestamp() if modified is not None else 0.0,
+                    )
 
     async def close(self) -> None:
         await self._exit_stack.aclose()

@@ -51,7 +51,7 @@ async def _read(store: BlobStore, key: str, start: int = 0, length: int | None =
 
 
 async def _keys(store: BlobStore, prefix: str = "") -> list[str]:
-    return [key async for key in store.iter_keys(prefix)]
+    return [info.key async for info in store.iter_objects(prefix)]
 
 
 def _use_endpoint(monkeypatch: pytest.MonkeyPatch, endpoint: S3Endpoint) -> None:
@@ -156,11 +156,15 @@ async def test_delete_is_idempotent(store: BlobStore) -> None:
     assert await _keys(store) == []
 
 
-async def test_iter_keys_filters_by_prefix(store: BlobStore) -> None:
+async def test_iter_objects_filters_by_prefix(store: BlobStore) -> None:
     keys = ["1.2.3/1.2.4/a", "1.2.3/1.2.5/b", "1.2.30/x", "9/y.json"]
+    started = time.time()
     for key in reversed(keys):
         await store.put(key, _chunks(key.encode()))
     assert sorted(await _keys(store)) == keys
+    infos = [info async for info in store.iter_objects()]
+    assert {info.key: info.size for info in infos} == {key: len(key) for key in keys}
+    assert all(started - 5 <= info.modified <= time.time() + 5 for info in infos)
     assert sorted(await _keys(store, "1.2.3/")) == keys[:2]
     assert sorted(await _keys(store, "1.2.3")) == keys[:3]  # a string prefix, not a folder
     assert await _keys(store, "8") == []
