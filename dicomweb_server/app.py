@@ -42,8 +42,13 @@ async def open_index(settings: Settings) -> InstanceIndex:
         from dicomweb_server.index.sqlite import SqliteInstanceIndex
 
         return await SqliteInstanceIndex.open(Path(url.removeprefix("sqlite://")))
+    if scheme in ("postgresql", "postgres"):
+        from dicomweb_server.index.postgres import PostgresInstanceIndex
+
+        return await PostgresInstanceIndex.open(url)
     raise ValueError(
-        f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported (use sqlite:///path)"
+        f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported"
+        " (use postgresql://... or sqlite:///path)"
     )
 
 

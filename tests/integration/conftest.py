@@ -13,6 +13,8 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from services import S3Endpoint, aws_environment
+from starlette.applications import Starlette
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
@@ -20,19 +22,48 @@ from dicomweb_server.config import Settings
 BASE = "http://testserver/dicomweb"
 
 
+@pytest.fixture(params=["embedded", "production"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Which backend pair the HTTP suite runs over: SQLite + files, or PostgreSQL + S3."""
+    return str(request.param)
+
+
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "data", base_url=BASE)
+def settings(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Settings:
+    if backend == "embedded":
+        return Settings(data_dir=tmp_path / "data", base_url=BASE)
+    endpoint: S3Endpoint = request.getfixturevalue("s3_endpoint")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    for name, value in aws_environment(endpoint).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return Settings(
+        data_dir=tmp_path / "data",
+        base_url=BASE,
+        database_url=request.getfixturevalue("pg_database_url"),
+        storage_url=f"s3://{bucket}/objects",
+        s3_endpoint_url=endpoint.endpoint_url,
+    )
 
 
 @pytest_asyncio.fixture
-async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    """An httpx client driving the real app (lifespan included) in-process."""
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
-            yield http
+async def app(settings: Settings) -> AsyncIterator[Starlette]:
+    """The real app with its lifespan entered (backends open)."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest_asyncio.fixture
+async def client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client driving the real app in-process."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+        yield http
 
 
 def _free_port() -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from dicomfiles import ct_dataset, multipart_body, to_part10
 
 from dicomweb_server.config import Settings
@@ -21,6 +22,7 @@ async def _chunks(data: bytes):  # type: ignore[no-untyped-def]
     yield data
 
 
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)  # ages are set on files
 async def test_sweep_removes_only_old_unreferenced_instance_objects(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:

@@ -79,10 +79,13 @@ async def test_metadata_carries_bulk_data_uri_and_no_pixels(client, series) -> N
     assert one[0]["00080018"]["Value"] == [sop]
 
 
-async def test_series_metadata_does_not_read_dicom_files(client, series, settings) -> None:  # type: ignore[no-untyped-def]
+async def test_series_metadata_does_not_read_dicom_files(client, series, app) -> None:  # type: ignore[no-untyped-def]
     study, series_uid, _, _ = series
-    for path in (settings.data_dir / "objects").rglob("*.dcm"):
-        path.write_bytes(b"gone")  # metadata must come from the index, not the files
+    blobs = app.state.dicomweb.blobs
+    keys = [info.key async for info in blobs.iter_objects()]
+    assert len(keys) == 3
+    for key in keys:
+        await blobs.delete(key)  # metadata must come from the index, not the objects
     response = await client.get(f"/studies/{study}/series/{series_uid}/metadata")
     assert response.status_code == 200
     assert len(orjson.loads(response.content)) == 3

@@ -1,0 +1,671 @@
+"""The PostgreSQL index: an asyncpg pool, versioned migrations, duplicate-safe concurrent adds."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
+
+import asyncpg
+import orjson
+
+from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
+from dicomweb_server.domain.query import Query, fold_for_fuzzy
+from dicomweb_server.domain.records import (
+    InstanceRecord,
+    bulk_to_json,
+    pixel_from_json,
+    pixel_to_json,
+)
+from dicomweb_server.errors import BackendUnavailableError, DicomwebError
+from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
+from dicomweb_server.index.rows import merge_attributes, search_row
+from dicomweb_server.index.sql import build_search
+
+__all__ = ["PostgresInstanceIndex", "migrate"]
+
+log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # Both a pooled connection and the bare one `migrate` opens run the same statements.
+    Connection: TypeAlias = PoolConnectionProxy[asyncpg.Record] | asyncpg.Connection[asyncpg.Record]
+
+T = TypeVar("T")
+
+# Held for the migration transaction so that servers starting together migrate one at a time.
+_MIGRATION_LOCK_KEY = 0x6469_636F_6D77_6562  # "dicomweb" in ASCII
+_MAX_CONNECT_TIMEOUT = 10.0  # seconds to open one connection, at most
+_ADD_ATTEMPTS = 5  # serialization failures / deadlocks retried before giving up
+_RETRY_DELAY = 0.02  # seconds, doubled per attempt, jittered
+_ITER_BATCH = 64
+_BLOB_KEY_BATCH = 1000
+_CLOSE_TIMEOUT = 10.0
+_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
+_NO_NUMBER = _INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
+_SERVER_SETTINGS = {
+    "application_name": "dicomweb_server",
+    # ESCAPE '\' in index/sql.py relies on a backslash in a literal being itself.
+    "standard_conforming_strings": "on",
+}
+_INSTANCE_COLUMNS = (
+    "site",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "blob_key",
+    "size",
+    "digest",
+    "number_of_frames",
+    "pixel",
+)
+_BY_KEY = (
+    "site = $1 AND sop_instance_uid = $2 AND series_instance_uid = $3 AND study_instance_uid = $4"
+)
+# A dropped connection: the server restarted or killed our backend. A fresh one may work.
+_CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+)
+
+
+class _RowVanishedError(Exception):
+    """A row the transaction just conflicted with is gone (deleted meanwhile): start over."""
+
+
+# Two transactions collided; PostgreSQL rolled one back and it may simply run again.
+_COLLISION = (
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+    _RowVanishedError,
+)
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    """(version, name, script) of each `NNN_name.sql` under migrations/postgres, in order."""
+    folder = resources.files("dicomweb_server.index") / "migrations" / "postgres"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(version), name, entry.read_text()))
+    return sorted(found)
+
+
+async def migrate(dsn: str, *, command_timeout: float = 30) -> list[int]:
+    """Apply the migrations `dsn` lacks; return the versions applied now (oldest first)."""
+    with _translate_errors(command_timeout):
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=min(command_timeout, _MAX_CONNECT_TIMEOUT),
+            command_timeout=command_timeout,
+            server_settings=_SERVER_SETTINGS,
+        )
+        try:
+            return await _apply_migrations(conn)
+        finally:
+            await conn.close()
+
+
+async def _apply_migrations(conn: Connection) -> list[int]:
+    """One transaction under an advisory lock: concurrent starters wait, then find it done."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK_KEY)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+        for version, name, script in _migrations():
+            if version in done:
+                continue
+            await conn.execute(script)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+            )
+            applied.append(version)
+    if applied:
+        log.info("applied index migrations %s", applied)
+    return applied
+
+
+class PostgresInstanceIndex:
+    """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes."""
+
+    def __init__(
+        self, pool: asyncpg.Pool[asyncpg.Record], command_timeout: float, acquire_timeout: float
+    ) -> None:
+        self._pool = pool
+        self._timeout = command_timeout
+        self._acquire_timeout = acquire_timeout
+
+    @classmethod
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 10,
+        command_timeout: float = 30,
+        acquire_timeout: float | None = None,
+    ) -> PostgresInstanceIndex:
+        """Connect a pool to `dsn` and migrate the schema; raise BackendUnavailableError if down.
+
+        `acquire_timeout` bounds the wait for a free connection (default: `command_timeout`).
+        """
+        with _translate_errors(command_timeout):
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=min_size,
+                max_size=max_size,
+                command_timeout=command_timeout,
+                timeout=min(command_timeout, _MAX_CONNECT_TIMEOUT),
+                server_settings=_SERVER_SETTINGS,
+            )
+        index = cls(pool, command_timeout, acquire_timeout or command_timeout)
+        try:
+            await index._with_connection(_apply_migrations, retry=False)
+        except BaseException:
+            pool.terminate()
+            raise
+        return index
+
+    async def _with_connection(
+        self, fn: Callable[[Connection], Awaitable[T]], *, retry: bool = True
+    ) -> T:
+        """Run `fn` on a pooled connection, once more on a fresh one if the first was dropped.
+
+        A pooled connection dies with its server; the pool replaces it on the next acquire,
+        so a restarted PostgreSQL is picked up without anyone reopening the index.
+        """
+        with _translate_errors(self._timeout):
+            attempts = 2 if retry else 1
+            for attempt in range(1, attempts + 1):
+                try:
+                    conn = await self._acquire()
+                    try:
+                        return await fn(conn)
+                    finally:
+                        await self._pool.release(conn)
+                except _CONNECTION_LOST:
+                    if attempt == attempts:
+                        raise
+                    log.info("PostgreSQL connection lost; retrying on a fresh one")
+        raise AssertionError("unreachable")
+
+    async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
+        try:
+            return await self._pool.acquire(timeout=self._acquire_timeout)
+        except TimeoutError as exc:
+            raise BackendUnavailableError(
+                "index unavailable: no PostgreSQL connection became free within"
+                f" {self._acquire_timeout:g}s"
+            ) from exc
+
+    async def add_instance(
+        self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
+    ) -> AddOutcome:
+        """Add under READ COMMITTED, retrying when PostgreSQL aborts a colliding transaction.
+
+        A retry after a connection lost during COMMIT finds the row and reports IDENTICAL,
+        which callers treat as stored, as they do a client's repeated STOW (PS3.4 B.2.3).
+        """
+        values = _InstanceValues(site, record, blob_key, size, digest)
+
+        async def run(conn: Connection) -> AddOutcome:
+            delay = _RETRY_DELAY
+            for attempt in range(1, _ADD_ATTEMPTS + 1):
+                try:
+                    return await values.add(conn)
+                except _COLLISION:
+                    if attempt == _ADD_ATTEMPTS:
+                        raise
+                log.info("add_instance collided with a concurrent store; retrying")
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay *= 2
+            raise AssertionError("unreachable")
+
+        return await self._with_connection(run)
+
+    async def search(self, query: Query) -> SearchPage:
+        sql = build_search(query, lambda n: f"${n}")
+        # Every match condition is ANDed, and the last two parameters are LIMIT and OFFSET: an
+        # integer match value out of int4 range (IS allows 12 digits) cannot match any row.
+        if any(isinstance(p, int) and not _INT4_MIN <= p <= _INT4_MAX for p in sql.params[:-2]):
+            return SearchPage([], False)
+        params = [_text(p) if isinstance(p, str) else p for p in sql.params]
+
+        async def run(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.text, *params)
+
+        rows = await self._with_connection(run)
+        more = len(rows) > query.limit
+        return SearchPage([search_row(query.level, row) for row in rows[: query.limit]], more)
+
+    async def _fetchrow(self, text: str, *args: Any) -> asyncpg.Record | None:
+        async def run(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(text, *args)
+
+        return await self._with_connection(run)
+
+    async def _fetch(self, text: str, *args: Any) -> list[asyncpg.Record]:
+        async def run(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(text, *args)
+
+        return await self._with_connection(run)
+
+    async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
+        row = await self._fetchrow(
+            f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances WHERE {_BY_KEY}", *_key(key)
+        )
+        return None if row is None else _stored(row)
+
+    async def _iter(
+        self, columns: str, study: StudyKey, series_instance_uid: str | None
+    ) -> AsyncIterator[asyncpg.Record]:
+        """Rows in (series, instance number) order, a batch per query by keyset paging.
+
+        No connection is held between batches, so a slow WADO client cannot pin the pool.
+        """
+        params: list[Any] = [study.site, study.study_instance_uid]
+        series_filter = ""
+        if series_instance_uid is not None:
+            params.append(series_instance_uid)
+            series_filter = f" AND i.series_instance_uid = ${len(params)}"
+        n = len(params)
+        text = (
+            f"SELECT {columns}, se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id"
+            " FROM instances i JOIN series se ON se.site = i.site"
+            " AND se.series_instance_uid = i.series_instance_uid"
+            f" WHERE i.site = $1 AND i.study_instance_uid = $2{series_filter}"
+            f" AND (se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id)"
+            f" > (${n + 1}, ${n + 2}, ${n + 3})"
+            f" ORDER BY se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id LIMIT ${n + 4}"
+        )
+        after: tuple[int, int, int] = (-1, _NO_NUMBER, -1)
+        while True:
+            batch = await self._fetch(text, *params, *after, _ITER_BATCH)
+            for row in batch:
+                yield row
+            if len(batch) < _ITER_BATCH:
+                return
+            last = batch[-1]
+            after = (last[-3], last[-2], last[-1])
+
+    async def iter_instances(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[StoredInstance]:
+        columns = ", ".join(f"i.{c}" for c in _INSTANCE_COLUMNS)
+        async for row in self._iter(columns, study, series_instance_uid):
+            yield _stored(row)
+
+    async def iter_metadata(
+        self, study: StudyKey, series_instance_uid: str | None = None
+    ) -> AsyncIterator[bytes]:
+        async for row in self._iter("i.metadata", study, series_instance_uid):
+            yield bytes(row[0])
+
+    async def get_metadata(self, key: InstanceKey) -> bytes | None:
+        row = await self._fetchrow(f"SELECT metadata FROM instances WHERE {_BY_KEY}", *_key(key))
+        return None if row is None else bytes(row[0])
+
+    async def get_bulk_span(self, key: InstanceKey, path: str) -> tuple[int, int] | None:
+        row = await self._fetchrow(f"SELECT bulk FROM instances WHERE {_BY_KEY}", *_key(key))
+        if row is None or row[0] is None:
+            return None
+        span = orjson.loads(row[0]).get(path)
+        return None if span is None else (int(span[0]), int(span[1]))
+
+    async def series_exists(self, key: SeriesKey) -> bool:
+        row = await self._fetchrow(
+            "SELECT 1 FROM series WHERE site = $1 AND series_instance_uid = $2"
+            " AND study_instance_uid = $3",
+            key.site,
+            key.series_instance_uid,
+            key.study_instance_uid,
+        )
+        return row is not None
+
+    async def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
+        after = 0
+        while True:
+            if site is None:
+                batch = await self._fetch(
+                    "SELECT id, blob_key FROM instances WHERE id > $1 ORDER BY id LIMIT $2",
+                    after,
+                    _BLOB_KEY_BATCH,
+                )
+            else:
+                batch = await self._fetch(
+                    "SELECT id, blob_key FROM instances WHERE site = $1 AND id > $2"
+                    " ORDER BY id LIMIT $3",
+                    site,
+                    after,
+                    _BLOB_KEY_BATCH,
+                )
+            for row in batch:
+                yield str(row[1])
+            if len(batch) < _BLOB_KEY_BATCH:
+                return
+            after = int(batch[-1][0])
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self._pool.close(), _CLOSE_TIMEOUT)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self._pool.terminate()
+
+
+class _Rollback(Exception):
+    """Leaves the add transaction without writing anything; carries the outcome."""
+
+    def __init__(self, outcome: AddOutcome) -> None:
+        super().__init__(outcome.value)
+        self.outcome = outcome
+
+
+class _InstanceValues:
+    """One instance's column values, and the transaction that adds them."""
+
+    def __init__(
+        self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
+    ) -> None:
+        self.site = site
+        self.record = record
+        self.blob_key = blob_key
+        self.size = size
+        self.digest = digest
+
+    async def add(self, conn: Connection) -> AddOutcome:
+        """Instance row, then series row, then study row: every adder locks in that order.
+
+        The instance's unique key goes first. A second store of the same SOP Instance UID
+        blocks there until the first commits (then sees its row) or rolls back (then inserts),
+        so exactly one row results, and the second holds no other lock while it waits: no
+        deadlock. The series and study rows are then locked by UPDATE (or created by INSERT
+        ... ON CONFLICT DO NOTHING) and their counters and value sets read and rewritten under
+        that lock, so concurrent adds to one study serialise on it and every count is exact.
+        READ COMMITTED (set explicitly, whatever the server default) lets each statement see
+        what concurrent adders committed while it waited.
+        """
+        try:
+            async with conn.transaction(isolation="read_committed"):
+                await self._add_in_transaction(conn)
+        except _Rollback as rollback:
+            return rollback.outcome
+        return AddOutcome.CREATED
+
+    async def _add_in_transaction(self, conn: Connection) -> None:
+        record = self.record
+        text, values = _insert(
+            "instances",
+            "site, sop_instance_uid",
+            {
+                "site": self.site,
+                "study_instance_uid": record.study_instance_uid,
+                "series_instance_uid": record.series_instance_uid,
+                "sop_instance_uid": record.sop_instance_uid,
+                "sop_class_uid": record.sop_class_uid,
+                "instance_number": _int(record.instance_columns.get("instance_number")),
+                "transfer_syntax_uid": record.transfer_syntax_uid,
+                "blob_key": self.blob_key,
+                "size": self.size,
+                "digest": self.digest,
+                "number_of_frames": record.number_of_frames,
+                "pixel": pixel_to_json(record.pixel),
+                "bulk": bulk_to_json(record.bulk),
+                "attributes": orjson.dumps(record.instance_attributes),
+                "metadata": record.metadata,
+            },
+        )
+        if await conn.fetchval(text, *values) is None:
+            raise _Rollback(await self._existing_outcome(conn))
+        series_created = await self._count_into_series(conn)
+        await self._count_into_study(conn, series_created)
+
+    async def _existing_outcome(self, conn: Connection) -> AddOutcome:
+        """The SOP Instance UID is taken (and committed): is it this very instance?"""
+        existing = await conn.fetchrow(
+            "SELECT study_instance_uid, series_instance_uid, digest FROM instances"
+            " WHERE site = $1 AND sop_instance_uid = $2",
+            self.site,
+            self.record.sop_instance_uid,
+        )
+        if existing is None:  # only if it was deleted in between; the caller's retry inserts
+            raise _RowVanishedError("instance")
+        place = (self.record.study_instance_uid, self.record.series_instance_uid)
+        if (existing[0], existing[1]) == place and existing[2] == self.digest:
+            return AddOutcome.IDENTICAL
+        return AddOutcome.CONFLICT
+
+    async def _count_into_series(self, conn: Connection) -> bool:
+        """Count the instance into its series (created if new); True when created."""
+        record = self.record
+        se = record.series_columns
+        row = await _update_or_insert(
+            conn,
+            "UPDATE series SET number_of_instances = number_of_instances + 1"
+            " WHERE site = $1 AND series_instance_uid = $2"
+            " RETURNING id, study_instance_uid, attributes",
+            (self.site, record.series_instance_uid),
+            "series",
+            "site, series_instance_uid",
+            {
+                "site": self.site,
+                "study_instance_uid": record.study_instance_uid,
+                "series_instance_uid": record.series_instance_uid,
+                **{column: _text(se.get(column)) for column in _SERIES_TEXT_COLUMNS},
+                "series_number": _int(se.get("series_number")),
+                "number_of_instances": 1,
+                "attributes": orjson.dumps(record.series_attributes),
+            },
+        )
+        if row is None:
+            return True
+        if row[1] != record.study_instance_uid:
+            # PS3.4 C.4.2.1.4.1: UIDs are unique, so a series belongs to exactly one study.
+            raise _Rollback(AddOutcome.CONFLICT)
+        merged = merge_attributes(row[2], record.series_attributes)
+        if merged != row[2]:
+            await conn.execute("UPDATE series SET attributes = $1 WHERE id = $2", merged, row[0])
+        return False
+
+    async def _count_into_study(self, conn: Connection, series_created: bool) -> None:
+        """Count the instance (and a new series) into its study, created if new."""
+        record = self.record
+        sc = record.study_columns
+        modality = record.series_columns.get("modality")
+        new_series = 1 if series_created else 0
+        row = await _update_or_insert(
+            conn,
+            "UPDATE studies SET number_of_instances = number_of_instances + 1,"
+            " number_of_series = number_of_series + $3"
+            " WHERE site = $1 AND study_instance_uid = $2"
+            " RETURNING id, attributes, modalities_in_study, sop_classes_in_study",
+            (self.site, record.study_instance_uid, new_series),
+            "studies",
+            "site, study_instance_uid",
+            {
+                "site": self.site,
+                "study_instance_uid": record.study_instance_uid,
+                **{column: _text(sc.get(column)) for column in _STUDY_TEXT_COLUMNS},
+                "patient_name_fold": _fold(sc.get("patient_name")),
+                "referring_physician_name_fold": _fold(sc.get("referring_physician_name")),
+                "modalities_in_study": _add_to_set("", modality),
+                "sop_classes_in_study": _add_to_set("", record.sop_class_uid),
+                "number_of_series": new_series,
+                "number_of_instances": 1,
+                "attributes": orjson.dumps(record.study_attributes),
+            },
+        )
+        if row is None:
+            return
+        # PS3.18 10.6.3: ModalitiesInStudy and SOPClassesInStudy are sets over the study.
+        attributes = merge_attributes(row[1], record.study_attributes)
+        modalities = _add_to_set(row[2], modality)
+        sop_classes = _add_to_set(row[3], record.sop_class_uid)
+        if (attributes, modalities, sop_classes) != (row[1], row[2], row[3]):
+            await conn.execute(
+                "UPDATE studies SET attributes = $1, modalities_in_study = $2,"
+                " sop_classes_in_study = $3 WHERE id = $4",
+                attributes,
+                modalities,
+                sop_classes,
+                row[0],
+            )
+
+
+_STUDY_TEXT_COLUMNS = (
+    "patient_id",
+    "patient_name",
+    "issuer_of_patient_id",
+    "patient_birth_date",
+    "patient_sex",
+    "study_date",
+    "study_time",
+    "accession_number",
+    "study_id",
+    "referring_physician_name",
+    "study_description",
+)
+_SERIES_TEXT_COLUMNS = (
+    "modality",
+    "series_description",
+    "performed_procedure_step_start_date",
+    "performed_procedure_step_start_time",
+)
+
+
+def _insert(table: str, unique: str, row: dict[str, Any]) -> tuple[str, list[Any]]:
+    """INSERT of `row` that does nothing on a `unique` conflict and returns the new id."""
+    marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
+    text = (
+        f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})"
+        f" ON CONFLICT ({unique}) DO NOTHING RETURNING id"
+    )
+    return text, list(row.values())
+
+
+async def _update_or_insert(
+    conn: Connection,
+    update: str,
+    update_args: tuple[Any, ...],
+    table: str,
+    unique: str,
+    row: dict[str, Any],
+) -> asyncpg.Record | None:
+    """Run `update` (which locks the row it returns) or, with no such row yet, insert `row`.
+
+    None means inserted. When a concurrent adder inserts the same key first, our INSERT waits
+    for its commit and does nothing, and the repeated UPDATE then finds and locks its row.
+    """
+    found = await conn.fetchrow(update, *update_args)
+    if found is not None:
+        return found
+    text, values = _insert(table, unique, row)
+    if await conn.fetchval(text, *values) is not None:
+        return None
+    found = await conn.fetchrow(update, *update_args)
+    if found is None:
+        raise _RowVanishedError(table)
+    return found
+
+
+def _key(key: InstanceKey) -> tuple[str, str, str, str]:
+    return (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid)
+
+
+def _stored(row: asyncpg.Record) -> StoredInstance:
+    return StoredInstance(
+        key=InstanceKey(row[0], row[1], row[2], row[3]),
+        sop_class_uid=row[4],
+        transfer_syntax_uid=row[5],
+        blob_key=row[6],
+        size=int(row[7]),
+        digest=row[8],
+        number_of_frames=int(row[9]),
+        pixel=pixel_from_json(row[10]),
+    )
+
+
+def _text(value: str | int | None) -> str | None:
+    """A value for a text column; PostgreSQL text cannot hold NUL, which never matches anyway."""
+    return None if value is None else str(value).replace("\x00", "")
+
+
+def _int(value: str | int | None) -> int | None:
+    """A value for an integer column; out of int4 range it cannot be matched, so not stored."""
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        return None
+    return number if _INT4_MIN <= number <= _INT4_MAX else None
+
+
+def _fold(value: str | int | None) -> str | None:
+    return None if value is None else _text(fold_for_fuzzy(str(value)))
+
+
+def _add_to_set(joined: str, value: str | int | None) -> str:
+    """Add `value` to a backslash-joined sorted set (DICOM's multi-value separator)."""
+    items = {v for v in joined.split("\\") if v}
+    if value:
+        items.add(str(value).replace("\x00", ""))
+    return "\\".join(sorted(items))
+
+
+_WORD_RE = re.compile(r"(?<!^)(?=[A-Z])")
+
+
+@contextmanager
+def _translate_errors(command_timeout: float) -> Iterator[None]:
+    """Turn driver and socket errors into BackendUnavailableError with a reason without values.
+
+    The reason reaches the HTTP client, so it names the failure class and SQLSTATE only:
+    PostgreSQL messages can quote the values (patient data) a statement carried.
+    """
+    try:
+        yield
+    except DicomwebError:
+        raise
+    except TimeoutError as exc:
+        raise BackendUnavailableError(
+            f"index unavailable: PostgreSQL did not answer within {command_timeout:g}s"
+        ) from exc
+    except OSError as exc:
+        what = exc.strerror or type(exc).__name__
+        raise BackendUnavailableError(
+            f"index unavailable: cannot reach PostgreSQL ({what})"
+        ) from exc
+    except _CONNECTION_LOST as exc:
+        raise BackendUnavailableError(
+            "index unavailable: the connection to PostgreSQL was lost"
+        ) from exc
+    except asyncpg.PostgresError as exc:
+        words = _WORD_RE.sub(" ", type(exc).__name__.removesuffix("Error")).lower()
+        raise BackendUnavailableError(
+            f"index unavailable: PostgreSQL error {exc.sqlstate} ({words})"
+        ) from exc
+    except _RowVanishedError as exc:
+        raise BackendUnavailableError(
+            f"index unavailable: concurrent changes kept removing the {exc} row; try again"
+        ) from exc
+    except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
+        raise BackendUnavailableError(
+            f"index unavailable: PostgreSQL client error ({type(exc).__name__})"
+        ) from exc
