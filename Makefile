@@ -8,7 +8,7 @@ DATA ?= data
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run install install-test check format lint typecheck test unit integration clean
+.PHONY: run run-prod install install-test check format lint typecheck test unit integration clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,12 +27,15 @@ install-test: $(VENV)/.installed-test
 run: install  ## serve on the embedded default (SQLite + files under ./data)
 	$(BIN)/dicomweb-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --workers $(WORKERS)
 
+run-prod: install-test  ## local PostgreSQL + S3 (SeaweedFS) + the server with WORKERS workers
+	PORT=$(PORT) WORKERS=$(or $(filter-out 1,$(WORKERS)),2) $(BIN)/python deploy/local_stack.py
+
 format: install-test
 	$(BIN)/ruff format dicomweb_server tests
 
 check: install-test  ## formatting, lint and strict types: warnings are errors
-	$(BIN)/ruff format --check dicomweb_server tests
-	$(BIN)/ruff check dicomweb_server tests
+	$(BIN)/ruff format --check dicomweb_server tests deploy
+	$(BIN)/ruff check dicomweb_server tests deploy
 	$(BIN)/mypy dicomweb_server
 
 unit: install-test

@@ -21,6 +21,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
@@ -45,7 +46,9 @@ async def open_index(settings: Settings) -> InstanceIndex:
     if scheme in ("postgresql", "postgres"):
         from dicomweb_server.index.postgres import PostgresInstanceIndex
 
-        return await PostgresInstanceIndex.open(url)
+        return await PostgresInstanceIndex.open(
+            url, max_size=settings.database_pool_size, command_timeout=settings.backend_timeout
+        )
     raise ValueError(
         f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported"
         " (use postgresql://... or sqlite:///path)"
@@ -71,6 +74,10 @@ async def open_blob_store(settings: Settings) -> BlobStore:
             bucket=parsed.netloc,
             prefix=parsed.path.strip("/"),
             endpoint_url=settings.s3_endpoint_url or None,
+            region=settings.s3_region or None,
+            multipart_threshold=settings.s3_multipart_threshold,
+            part_size=settings.s3_part_size,
+            read_timeout=settings.backend_timeout,
         )
     raise ValueError(f"DICOMWEB_STORAGE_URL scheme {parsed.scheme!r} is not supported")
 
@@ -146,7 +153,8 @@ def create_app(settings: Settings) -> Starlette:
             await index.close()
 
     app = Starlette(
-        routes=[Mount("/dicomweb", routes=ROUTES)],
+        # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
+        routes=[root_route("/dicomweb", ROUTES), Mount("/dicomweb", routes=ROUTES)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
