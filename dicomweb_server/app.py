@@ -21,7 +21,6 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
-from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
@@ -154,7 +153,7 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
-        routes=[root_route("/dicomweb", ROUTES), Mount("/dicomweb", routes=ROUTES)],
+        routes=[Mount("/dicomweb", routes=ROUTES)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
