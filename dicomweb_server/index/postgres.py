@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import contextmanager
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -79,6 +79,10 @@ _CONNECTION_LOST = (
     ConnectionAbortedError,
     BrokenPipeError,
 )
+
+# A connection that cannot be trusted any more: lost, or its protocol state is broken (as when
+# the server's goodbye arrives on an idle connection just before its end of stream does).
+_BROKEN = (*_CONNECTION_LOST, asyncpg.exceptions.InternalClientError)
 
 
 class _RowVanishedError(Exception):
@@ -188,22 +192,27 @@ class PostgresInstanceIndex:
     ) -> T:
         """Run `fn` on a pooled connection, once more on a fresh one if the first was dropped.
 
-        A pooled connection dies with its server; the pool replaces it on the next acquire,
+        Pooled connections die with their server; the pool replaces them on the next acquire,
         so a restarted PostgreSQL is picked up without anyone reopening the index.
         """
         with _translate_errors(self._timeout):
             attempts = 2 if retry else 1
             for attempt in range(1, attempts + 1):
+                conn = await self._acquire()
                 try:
-                    conn = await self._acquire()
-                    try:
-                        return await fn(conn)
-                    finally:
-                        await self._pool.release(conn)
-                except _CONNECTION_LOST:
+                    return await fn(conn)
+                except _BROKEN:
+                    # Never hand a connection in an unknown state back to the pool (a lost one
+                    # is back in it already, detached, which terminate() reports).
+                    with contextlib.suppress(asyncpg.InterfaceError):
+                        conn.terminate()
+                    # Its siblings most likely died with it (a server restart): replace them all.
+                    await self._pool.expire_connections()
                     if attempt == attempts:
                         raise
                     log.info("PostgreSQL connection lost; retrying on a fresh one")
+                finally:
+                    await self._pool.release(conn)
         raise AssertionError("unreachable")
 
     async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
@@ -221,7 +230,7 @@ class PostgresInstanceIndex:
         """Add under READ COMMITTED, retrying when PostgreSQL aborts a colliding transaction.
 
         A retry after a connection lost during COMMIT finds the row and reports IDENTICAL,
-        which callers treat as stored, as they do a client's repeated STOW (PS3.4 B.2.3).
+        which the store service treats as stored, as it does a repeated STOW-RS (PS3.18 10.5).
         """
         values = _InstanceValues(site, record, blob_key, size, digest)
 
@@ -476,7 +485,7 @@ class _InstanceValues:
         if row is None:
             return True
         if row[1] != record.study_instance_uid:
-            # PS3.4 C.4.2.1.4.1: UIDs are unique, so a series belongs to exactly one study.
+            # PS3.4 C.6.2.1: in the information model a series sits in exactly one study.
             raise _Rollback(AddOutcome.CONFLICT)
         merged = merge_attributes(row[2], record.series_attributes)
         if merged != row[2]:
@@ -632,7 +641,7 @@ def _add_to_set(joined: str, value: str | int | None) -> str:
 _WORD_RE = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-@contextmanager
+@contextlib.contextmanager
 def _translate_errors(command_timeout: float) -> Iterator[None]:
     """Turn driver and socket errors into BackendUnavailableError with a reason without values.
 
