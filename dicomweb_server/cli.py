@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+from urllib.parse import urlparse
 
 import uvicorn
 
@@ -77,9 +78,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
+    if urlparse(settings.database_url).scheme in ("postgresql", "postgres"):
+        from dicomweb_server.index.postgres import migrate
+
+        applied = await migrate(settings.database_url, command_timeout=settings.backend_timeout)
+        print(f"dicomweb-server: applied migrations {applied or 'none'}", flush=True)
+        return 0
     from dicomweb_server.app import open_index
 
-    index = await open_index(settings)  # opening applies pending migrations
+    index = await open_index(settings)  # opening the SQLite index applies pending migrations
     await index.close()
     print("dicomweb-server: index schema is up to date", flush=True)
     return 0

@@ -93,3 +93,21 @@ def test_bad_environment_value_is_reported(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert b"DICOMWEB_PORT must be an integer" in result.stderr
+
+
+def test_migrate_command_on_postgresql(pg_database_url: str) -> None:
+    command = [sys.executable, "-m", "dicomweb_server", "migrate"]
+    env = {**os.environ, "DICOMWEB_DATABASE_URL": pg_database_url}
+    first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "applied migrations [1]" in first.stdout
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert "applied migrations none" in again.stdout
+
+
+def test_migrate_command_on_sqlite(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "dicomweb_server", "migrate"]
+    env = {**os.environ, "DICOMWEB_DATABASE_URL": f"sqlite://{tmp_path}/index.sqlite"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "index.sqlite").exists()
