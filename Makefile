@@ -34,8 +34,8 @@ format: install-test
 	$(BIN)/ruff format dicomweb_server tests
 
 check: install-test  ## formatting, lint and strict types: warnings are errors
-	$(BIN)/ruff format --check dicomweb_server tests deploy
-	$(BIN)/ruff check dicomweb_server tests deploy
+	$(BIN)/ruff format --check dicomweb_server tests deploy conformance
+	$(BIN)/ruff check dicomweb_server tests deploy conformance
 	$(BIN)/mypy dicomweb_server
 
 unit: install-test
@@ -45,7 +45,14 @@ integration: install-test
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
 
 test: check  ## lint, types, then every test (starts PostgreSQL and S3 itself)
-	$(BIN)/pytest tests -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests conformance -q $(PYTEST_ARGS)
+
+# The black-box PS3.18 suite over HTTP: `make conformance URL=http://host:port/dicomweb`;
+# without URL it starts its own server on a free loopback port.
+URL ?=
+.PHONY: conformance
+conformance: install-test
+	DICOMWEB_CONFORMANCE_URL=$(URL) $(BIN)/pytest conformance -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

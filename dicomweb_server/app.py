@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -16,16 +17,24 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
+from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import InstanceIndex
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
-from dicomweb_server.web.errors import EXCEPTION_HANDLERS
+from dicomweb_server.web.capabilities import root_route
+from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
 
-__all__ = ["app_from_env", "create_app", "open_blob_store", "open_index"]
+__all__ = [
+    "RequestLimitsMiddleware",
+    "app_from_env",
+    "create_app",
+    "open_blob_store",
+    "open_index",
+]
 
 access_log = logging.getLogger("dicomweb_server.access")
 
@@ -120,6 +129,81 @@ class RequestContextMiddleware:
             )
 
 
+class _BodyTimeoutError(DicomwebError):
+    """The client stopped sending its request body (RFC 9110 15.5.9)."""
+
+    status = 408
+
+
+class RequestLimitsMiddleware:
+    """Bounds each request in time and the STOW requests in flight, so slow or many clients
+    cannot starve the others: a body that stalls gets 408, a request over its time budget is
+    cut off, and STOW requests beyond the limit get 429 with Retry-After at once.
+    """
+
+    def __init__(
+        self, app: ASGIApp, *, body_timeout: float, request_timeout: float, max_stores: int
+    ) -> None:
+        self.app = app
+        self.body_timeout = body_timeout
+        self.request_timeout = request_timeout
+        self.max_stores = max_stores
+        self.stores = 0  # one event loop per app: a plain counter is enough
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        is_store = scope.get("method") == "POST"
+        if is_store and self.stores >= self.max_stores:
+            response = error_response(
+                429,
+                f"too many STOW requests in progress (limit {self.max_stores}); retry shortly",
+                {"Retry-After": "1"},
+            )
+            await response(scope, receive, send)
+            return
+        body_done = False
+        started = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:  # later receives wait for a disconnect while streaming a response
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise _BodyTimeoutError(
+                    f"no request body bytes arrived for {self.body_timeout:g} seconds"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        if is_store:
+            self.stores += 1
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                await self.app(scope, timed_receive, tracked_send)
+        except TimeoutError:
+            if started:
+                raise  # the status is sent: the server aborts the connection
+            status = 503 if body_done else 408
+            response = error_response(
+                status, f"request took longer than {self.request_timeout:g} seconds"
+            )
+            await response(scope, receive, send)
+        finally:
+            if is_store:
+                self.stores -= 1
+
+
 def create_app(settings: Settings) -> Starlette:
     """The ASGI app: the DICOMweb root mounted at /dicomweb."""
 
@@ -136,6 +220,7 @@ def create_app(settings: Settings) -> Starlette:
             max_sequence_depth=settings.max_sequence_depth,
             max_frames=settings.max_frames,
             max_pixel_bytes=settings.max_pixel_bytes,
+            max_header_bytes=settings.max_header_bytes,
         )
         app.state.dicomweb = AppState(
             settings=settings,
@@ -143,19 +228,31 @@ def create_app(settings: Settings) -> Starlette:
             blobs=blobs,
             store=StoreService(index, blobs, limits),
             search=SearchService(index),
-            retrieve=RetrieveService(index, blobs),
+            retrieve=RetrieveService(
+                index,
+                blobs,
+                codec_workers=settings.codec_workers,
+                cache_frames=bool(settings.frame_cache),
+            ),
         )
         try:
             yield
         finally:
+            app.state.dicomweb.retrieve.close()
             await blobs.close()
             await index.close()
 
     app = Starlette(
         # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
-        routes=[Mount("/dicomweb", routes=ROUTES)],
+        routes=[root_route("/dicomweb", ROUTES), Mount("/dicomweb", routes=ROUTES)],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
+    )
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        body_timeout=settings.body_timeout,
+        request_timeout=settings.request_timeout,
+        max_stores=settings.max_concurrent_stores,
     )
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -46,6 +46,14 @@ class Settings:
     default_query_limit: int = 1000
     max_query_limit: int = 10_000
     max_query_offset: int = 10_000_000
+    # Request bounds against slow or many clients (hostile input hardening)
+    body_timeout: int = 60  # seconds to wait for the next chunk of a request body, else 408
+    request_timeout: int = 3600  # seconds a request may run before it is cut off (408 or 503)
+    max_concurrent_stores: int = 8  # STOW requests in flight per process; more get 429
+    max_header_bytes: int = 64 << 20  # Part 10 bytes parsed into memory per instance (not bulk)
+    # WADO-RS transcoding (passed to RetrieveService by app.py)
+    codec_workers: int = 0  # threads for codec work; 0 = one per core
+    frame_cache: int = 1  # 1: keep transcoded frames in the blob store under {site}/cache/
 
     @property
     def root_url(self) -> str:

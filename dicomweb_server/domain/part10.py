@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import pydicom
@@ -44,6 +45,10 @@ EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 PREAMBLE_LENGTH = 128
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+# Explicit VRs with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA})
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
 _SEQUENCE_DELIMITER = 0xE0DDFFFE
@@ -66,6 +71,7 @@ class ParseLimits:
     max_sequence_depth: int = 64
     max_frames: int = 100_000
     max_pixel_bytes: int = 4 << 30
+    max_header_bytes: int = 64 << 20  # bytes read into memory per instance (bulk is skipped)
 
 
 def bulk_data_path(study: str, series: str, sop: str, tag_path: str) -> str:
@@ -84,17 +90,31 @@ def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord
         raise InvalidInstanceError(
             "not a DICOM Part 10 file (no 'DICM' prefix at byte 128)", 0xC000
         )
+    syntax, meta_end = _meta_transfer_syntax(fp)
+    if syntax == DeflatedExplicitVRLittleEndian:
+        _check_inflated_size(fp, meta_end, limits.max_header_bytes)  # pydicom inflates it all
     fp.seek(0)
+    reader = _BudgetedReader(fp, size, limits.max_header_bytes)
     try:
-        ds = pydicom.dcmread(fp, defer_size=limits.bulk_data_threshold)
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-        _check_depth(ds, limits.max_sequence_depth)
+        return _parse(reader, size, limits)
     except InvalidInstanceError:
         raise
     except RecursionError as exc:
         raise InvalidInstanceError("sequences nested too deeply to parse", 0xC000) from exc
     except Exception as exc:  # pydicom raises many types on garbage; all mean "cannot understand"
+        if reader.exceeded:
+            raise reader.over_budget() from exc
         raise InvalidInstanceError(f"cannot parse DICOM data set: {_short(exc)}", 0xC000) from exc
+
+
+def _parse(reader: _BudgetedReader, size: int, limits: ParseLimits) -> InstanceRecord:
+    """parse_part10 after the prefix check; any exception here means cannot-understand."""
+    fp = cast(BinaryIO, reader)
+    ds = pydicom.dcmread(fp, defer_size=limits.bulk_data_threshold)
+    if reader.exceeded:  # pydicom may have swallowed the reader's error
+        raise reader.over_budget()
+    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    _check_depth(ds, limits.max_sequence_depth)
     if not is_valid_uid(transfer_syntax):
         raise InvalidInstanceError("file meta has no valid TransferSyntaxUID", 0xC000)
     study, series, sop = _identity(ds)
@@ -104,6 +124,8 @@ def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord
 
     deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
     number_of_frames = _int_value(ds, "NumberOfFrames") or 1
+    if number_of_frames < 1:
+        raise InvalidInstanceError(f"NumberOfFrames {number_of_frames} is not positive", 0xC000)
     if number_of_frames > limits.max_frames:
         raise InvalidInstanceError(
             f"NumberOfFrames {number_of_frames} exceeds the limit of {limits.max_frames}", 0xA700
@@ -152,11 +174,104 @@ def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord
         study_attributes=levels[Level.STUDY],
         series_attributes=levels[Level.SERIES],
         instance_attributes=levels[Level.INSTANCE],
-        metadata=orjson.dumps(json_model),
+        metadata=_dumps(json_model),
         number_of_frames=number_of_frames,
         pixel=pixel,
         bulk=tuple(bulk),
     )
+
+
+class _BudgetedReader:
+    """A read-only view of a file that refuses to read more than `budget` bytes in total.
+
+    pydicom reads every value below the defer size into memory; this bounds that memory no
+    matter how many small elements a hostile header holds. Seeks (skipped bulk) are free.
+    """
+
+    def __init__(self, fp: BinaryIO, size: int, budget: int) -> None:
+        self._fp = fp
+        self._size = size
+        self._budget = budget
+        self._read = 0
+        self.exceeded = False
+
+    def over_budget(self) -> InvalidInstanceError:
+        return InvalidInstanceError(
+            f"data set header is larger than the limit of {self._budget} bytes", 0xA700
+        )
+
+    def read(self, size: int | None = -1) -> bytes:
+        # A length past the end of the file (a lying value length) reads only what is there.
+        available = max(0, self._size - self._fp.tell())
+        wanted = available if size is None or size < 0 else min(size, available)
+        if self._read + wanted > self._budget:
+            self.exceeded = True
+            raise self.over_budget()
+        data = self._fp.read(wanted)
+        self._read += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fp.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fp.tell()
+
+
+def _meta_transfer_syntax(fp: BinaryIO) -> tuple[str | None, int]:
+    """(0002,0010) of the explicit-VR file meta group (PS3.10 7.1), and where the group ends.
+
+    Read without pydicom, to decide before pydicom runs whether the rest needs inflating.
+    """
+    position = PREAMBLE_LENGTH + 4
+    syntax = None
+    for _ in range(64):  # the meta group has a dozen elements; more is not a real file
+        fp.seek(position)
+        head = fp.read(8)
+        if len(head) < 8 or struct.unpack("<H", head[:2])[0] != 0x0002:
+            break
+        if head[4:6] in _LONG_LENGTH_VRS:
+            extra = fp.read(4)
+            if len(extra) < 4:
+                break
+            (length,) = struct.unpack("<I", extra)
+            position += 12
+        else:
+            (length,) = struct.unpack("<H", head[6:8])
+            position += 8
+        if length > 1 << 16:
+            break
+        if struct.unpack("<H", head[2:4])[0] == 0x0010:
+            syntax = fp.read(length).rstrip(b"\0 ").decode("ascii", "replace")
+        position += length
+    return syntax, position
+
+
+def _check_inflated_size(fp: BinaryIO, start: int, budget: int) -> None:
+    """Refuse a deflated data set (PS3.5 A.5) that inflates past `budget`, without keeping it."""
+    fp.seek(start)
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while chunk := fp.read(1 << 20):
+            while chunk:
+                total += len(inflater.decompress(chunk, budget + 1 - total))
+                if total > budget:
+                    raise InvalidInstanceError(
+                        f"deflated data set inflates past the limit of {budget} bytes", 0xA700
+                    )
+                chunk = inflater.unconsumed_tail
+            if inflater.eof:
+                return
+    except zlib.error as exc:
+        raise InvalidInstanceError(f"deflated data set is corrupt: {_short(exc)}", 0xC000) from exc
+
+
+def _dumps(model: dict[str, Any]) -> bytes:
+    try:
+        return orjson.dumps(model)
+    except orjson.JSONEncodeError as exc:  # e.g. nesting past orjson's own depth limit
+        raise InvalidInstanceError(f"cannot encode metadata: {_short(exc)}", 0xC000) from exc
 
 
 def _short(exc: BaseException) -> str:
@@ -313,7 +428,21 @@ def _pixel_layout(
         if offset + length > size:
             raise InvalidInstanceError("Pixel Data runs past the end of the file", 0xC000)
         return _native_layout(ds, offset, length, frames, limits)
+    _check_declared_size(ds, frames, limits)  # decoding allocates what the header declares
     return _encapsulated_layout(ds, fp, offset, size, frames)
+
+
+def _check_declared_size(ds: Dataset, frames: int, limits: ParseLimits) -> None:
+    """Refuse an image whose declared decoded size exceeds the pixel budget (a bomb)."""
+    rows = _int_value(ds, "Rows") or 0
+    columns = _int_value(ds, "Columns") or 0
+    samples = _int_value(ds, "SamplesPerPixel") or 1
+    bits = _int_value(ds, "BitsAllocated") or 0
+    declared = (rows * columns * samples * bits * frames + 7) // 8
+    if declared > limits.max_pixel_bytes:
+        raise InvalidInstanceError(
+            f"declared image of {declared} bytes exceeds the pixel budget", 0xA700
+        )
 
 
 def _native_layout(

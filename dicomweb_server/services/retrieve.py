@@ -1,25 +1,92 @@
-"""Retrieve (WADO-RS): instances, metadata, frames and bulk data from the index and blob store."""
+"""Retrieve (WADO-RS): instances, metadata, frames and bulk data, transcoded on request.
+
+Codec work runs in a thread pool sized to the cores, one frame (or one instance) per task.
+Frames served as stored are ranged reads of the recorded spans; transcoded frames are cached
+in the blob store and a transcode requested by many clients at once runs once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import tempfile
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import IO, Any, TypeVar
 
+import orjson
+
+from dicomweb_server.codecs.media_types import (
+    FRAME_MEDIA_TYPES,
+    OCTET_STREAM,
+    canonical_media_type,
+    media_type_of,
+)
+from dicomweb_server.codecs.registry import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    EXPLICIT_VR_LITTLE_ENDIAN,
+    LOSSY_SYNTAXES,
+    NATIVE_SYNTAXES,
+    CodecError,
+    FrameInfo,
+    can_decode,
+    can_encode,
+)
+from dicomweb_server.codecs.transcode import (
+    encode_frame,
+    pixels_from_file,
+    transcode_frame,
+    transcode_instance,
+)
 from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.part10 import PIXEL_DATA
-from dicomweb_server.errors import BadRequestError, NotAcceptableError, NotFoundError
+from dicomweb_server.errors import (
+    BadRequestError,
+    DicomwebError,
+    NotAcceptableError,
+    NotFoundError,
+)
 from dicomweb_server.index.base import InstanceIndex, StoredInstance
-from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobStore
 
-__all__ = ["NATIVE_SYNTAXES", "RetrieveService"]
+__all__ = [
+    "FRAME_MEDIA_TYPES",
+    "NATIVE_SYNTAXES",
+    "OCTET_STREAM_MEDIA_TYPE",
+    "FrameFormat",
+    "RetrieveService",
+    "WantedFrames",
+    "canonical_media_type",
+    "media_type_of",
+]
 
-# Syntaxes whose frames are the stored bytes as they are (little endian, not compressed).
-NATIVE_SYNTAXES = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"})
-_SPOOL_MEMORY = 8 << 20
+log = logging.getLogger("dicomweb_server.retrieve")
+# Little-endian native syntaxes whose frames are the stored bytes at the recorded offsets.
+OCTET_STREAM_MEDIA_TYPE = OCTET_STREAM
+_RANGED_NATIVE = frozenset(NATIVE_SYNTAXES - {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
+_SPOOL_MEMORY = 8 << 20  # a stored or transcoded instance above this spools to disk
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class WantedFrames:
+    """An acceptable representation of frames or bulk data: a media type (or "*/*", "image/*")
+    and a transfer syntax (None: the media type's default; "*": as stored)."""
+
+    media_type: str
+    transfer_syntax: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameFormat:
+    """What frame bytes are: the media type and the exact transfer syntax (PS3.18 8.7.3.5)."""
+
+    media_type: str
+    transfer_syntax: str
+    as_stored: bool
 
 
 @dataclass(slots=True)
@@ -28,6 +95,12 @@ class RetrieveService:
 
     index: InstanceIndex
     blobs: BlobStore
+    codec_workers: int = 0  # 0: one per core
+    cache_frames: bool = True
+    _executor: ThreadPoolExecutor | None = field(default=None, init=False)
+    _inflight: dict[str, asyncio.Future[bytes]] = field(default_factory=dict, init=False)
+
+    # -- instances -------------------------------------------------------------------------
 
     async def iter_instances(
         self, study: StudyKey, series_instance_uid: str | None = None
@@ -49,6 +122,55 @@ class RetrieveService:
     def iter_object(self, instance: StoredInstance) -> AsyncIterator[bytes]:
         """The stored Part 10 bytes, streamed."""
         return self.blobs.iter_get(instance.blob_key)
+
+    async def open_instance(
+        self, instance: StoredInstance, wanted: Sequence[str | None]
+    ) -> tuple[str, AsyncIterator[bytes]]:
+        """The instance in the first acceptable syntax we can produce: (syntax, bytes).
+
+        `wanted` items are UIDs, "*" (as stored) or None (PS3.18 8.7.3.4 default: explicit VR
+        little endian, unless the stored data is lossy-compressed: then as stored).
+        """
+        stored = instance.transfer_syntax_uid
+        reasons: list[str] = []
+        for syntax in wanted:
+            target = _default_syntax(stored) if syntax is None else syntax
+            if target in ("*", stored):
+                # Read the first chunk now: a store that is down is a 503, not a cut-off 200.
+                return stored, await _opened(self.iter_object(instance))
+            reason = _why_not(stored, target)
+            if reason is None:
+                try:
+                    written, spool = await self._transcode_instance(instance, target)
+                except CodecError as exc:
+                    reason = str(exc)
+                else:
+                    return written, _iter_spool(spool)
+            reasons.append(f"{target}: {reason}")
+        raise NotAcceptableError(
+            f"instance {instance.key.sop_instance_uid} (stored as {stored}) cannot be served"
+            " in any accepted transfer syntax: " + "; ".join(reasons[:4])
+        )
+
+    async def _transcode_instance(
+        self, instance: StoredInstance, target: str
+    ) -> tuple[str, IO[bytes]]:
+        source = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - closed below
+        try:
+            async for chunk in self.blobs.iter_get(instance.blob_key):
+                await asyncio.to_thread(source.write, chunk)
+            out = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
+            try:
+                written = await self._run(transcode_instance, source, target, out)
+            except BaseException:
+                out.close()
+                raise
+        finally:
+            source.close()
+        out.seek(0)
+        return written, out
+
+    # -- metadata --------------------------------------------------------------------------
 
     async def iter_metadata(
         self, study: StudyKey, series_instance_uid: str | None, root_url: str
@@ -74,32 +196,36 @@ class RetrieveService:
             raise NotFoundError(f"instance {key.sop_instance_uid} not found")
         return b"[" + absolute_bulk_uris(metadata, root_url) + b"]"
 
+    # -- frames ----------------------------------------------------------------------------
+
     async def read_native_frames(self, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
-        """Frames as native little-endian pixels (PS3.18 8.7.3.5.2), by ranged reads when stored
-        natively and by decoding off the event loop otherwise."""
+        """Frames as native little-endian pixels (PS3.18 8.7.3.5.2)."""
+        _, frames = await self.retrieve_frames(
+            instance, numbers, [WantedFrames(OCTET_STREAM, None)]
+        )
+        return frames
+
+    async def retrieve_frames(
+        self, instance: StoredInstance, numbers: list[int], wanted: Sequence[WantedFrames]
+    ) -> tuple[FrameFormat, list[bytes]]:
+        """Frames in the first acceptable representation we can produce (PS3.18 10.4.1.1.4)."""
         self._check_frames(instance, numbers)
-        pixel = instance.pixel
-        if (
-            pixel is not None
-            and not pixel.encapsulated
-            and pixel.frames
-            and instance.transfer_syntax_uid in NATIVE_SYNTAXES
-        ):
-            return list(
-                await asyncio.gather(
-                    *(
-                        self.blobs.read_range(instance.blob_key, *pixel.frames[n - 1].fragments[0])
-                        for n in numbers
-                    )
-                )
-            )
-        return await self._decode_frames(instance, numbers)
+        info = await self._frame_info(instance)
+        reasons: list[str] = []
+        for item in wanted:
+            for fmt in _frame_formats(item, instance.transfer_syntax_uid, reasons):
+                try:
+                    return fmt, await self._produce_frames(instance, info, numbers, fmt)
+                except CodecError as exc:
+                    reasons.append(f"{fmt.media_type} {fmt.transfer_syntax}: {exc}")
+        raise NotAcceptableError(
+            f"frames stored as {instance.transfer_syntax_uid} cannot be served in any accepted"
+            " representation: " + "; ".join(reasons[:4])
+        )
 
     @staticmethod
     def _check_frames(instance: StoredInstance, numbers: list[int]) -> None:
-        if instance.number_of_frames == 0 or (
-            instance.pixel is None and instance.number_of_frames == 0
-        ):
+        if instance.number_of_frames == 0:
             raise NotFoundError(f"instance {instance.key.sop_instance_uid} has no pixel data")
         for n in numbers:
             if n < 1:
@@ -109,14 +235,122 @@ class RetrieveService:
                     f"frame {n} does not exist: the instance has {instance.number_of_frames}"
                 )
 
-    async def _decode_frames(self, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
-        with tempfile.SpooledTemporaryFile(_SPOOL_MEMORY) as spool:
+    async def _frame_info(self, instance: StoredInstance) -> FrameInfo | None:
+        metadata = await self.index.get_metadata(instance.key)
+        if metadata is None:
+            return None
+        model = orjson.loads(metadata)
+        return FrameInfo.from_json(model) if isinstance(model, dict) else None
+
+    async def _produce_frames(
+        self, instance: StoredInstance, info: FrameInfo | None, numbers: list[int], fmt: FrameFormat
+    ) -> list[bytes]:
+        pixel = instance.pixel
+        spans = pixel.frames if pixel is not None else ()
+        stored = instance.transfer_syntax_uid
+        native_copy = fmt.transfer_syntax in NATIVE_SYNTAXES and stored in _RANGED_NATIVE
+        if fmt.as_stored or (native_copy and spans):
+            if not spans:
+                raise CodecError("the stored frames could not be mapped to byte ranges")
+            return list(await asyncio.gather(*(self._read_span(instance, n) for n in numbers)))
+        if info is None:
+            raise CodecError("the instance has no Image Pixel attributes")
+        if not spans or stored == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN or not can_decode(stored):
+            # pydicom reads what no frame codec does (deflated, big endian, odd fragments)
+            return await self._frames_from_object(instance, info, numbers, fmt.transfer_syntax)
+        return list(
+            await asyncio.gather(
+                *(self._transcoded_frame(instance, info, n, fmt.transfer_syntax) for n in numbers)
+            )
+        )
+
+    async def _read_span(self, instance: StoredInstance, number: int) -> bytes:
+        assert instance.pixel is not None
+        fragments = instance.pixel.frames[number - 1].fragments
+        pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _transcoded_frame(
+        self, instance: StoredInstance, info: FrameInfo, number: int, target: str
+    ) -> bytes:
+        """One frame in `target`: from the cache, or transcoded once however many ask."""
+        key = _cache_key(instance, number, target)
+        if self.cache_frames:
+            cached = await self._cache_get(key)
+            if cached is not None:
+                return cached
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            source = await self._read_span(instance, number)
+            encoded = await self._run(
+                transcode_frame, source, instance.transfer_syntax_uid, target, info
+            )
+            data = encoded.data
+            future.set_result(data)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._inflight[key]
+        if self.cache_frames:
+            await self._cache_put(key, data)
+        return data
+
+    async def _frames_from_object(
+        self, instance: StoredInstance, info: FrameInfo, numbers: list[int], target: str
+    ) -> list[bytes]:
+        """Frames whose byte ranges were not recorded (deflated, unmappable fragments)."""
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - closed below
+        try:
             async for chunk in self.blobs.iter_get(instance.blob_key):
                 await asyncio.to_thread(spool.write, chunk)
-            return await asyncio.to_thread(_decode, spool, numbers)  # type: ignore[arg-type]
+
+            def work() -> list[bytes]:
+                return [
+                    encode_frame(pixels, target, info).data
+                    for pixels in pixels_from_file(spool, numbers)  # type: ignore[arg-type]
+                ]
+
+            return await self._run(work)
+        finally:
+            spool.close()
+
+    async def _cache_get(self, key: str) -> bytes | None:
+        try:
+            return b"".join([chunk async for chunk in self.blobs.iter_get(key)])
+        except NotFoundError:
+            return None
+        except DicomwebError as exc:
+            log.warning("frame cache read failed: %s", exc.reason)
+            return None
+
+    async def _cache_put(self, key: str, data: bytes) -> None:
+        try:
+            await self.blobs.put(key, _one(data))
+        except DicomwebError as exc:  # the cache is an optimisation: serve regardless
+            log.warning("frame cache write failed: %s", exc.reason)
+
+    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        if self._executor is None:
+            workers = self.codec_workers or os.cpu_count() or 1
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="codec")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+
+    def close(self) -> None:
+        """Stop the codec workers (after the last request)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    # -- bulk data -------------------------------------------------------------------------
 
     async def read_bulk(self, key: InstanceKey, path: str) -> tuple[StoredInstance, list[bytes]]:
-        """A bulk data value: one span, or the frames of encapsulated Pixel Data."""
+        """A bulk data value: one span, or the frames of encapsulated Pixel Data as stored."""
         instance = await self.get_instance(key)
         if path == f"{PIXEL_DATA:08X}":
             pixel = instance.pixel
@@ -129,36 +363,112 @@ class RetrieveService:
                     )
                 ]
             if pixel.frames:
-                parts = []
-                for frame in pixel.frames:
-                    pieces = [
-                        await self.blobs.read_range(instance.blob_key, *f) for f in frame.fragments
-                    ]
-                    parts.append(b"".join(pieces))
-                return instance, parts
+                numbers = range(1, len(pixel.frames) + 1)
+                return instance, [await self._read_span(instance, n) for n in numbers]
             raise NotAcceptableError("this Pixel Data's fragments cannot be mapped to frames")
         span = await self.index.get_bulk_span(key, path)
         if span is None:
             raise NotFoundError(f"no bulk data at {path[:80]!r} for this instance")
         return instance, [await self.blobs.read_range(instance.blob_key, *span)]
 
+    async def bulk_span(self, key: InstanceKey, path: str) -> tuple[StoredInstance, int, int]:
+        """(instance, offset, length) of a single-valued bulk data value, for Range requests."""
+        instance = await self.get_instance(key)
+        if path == f"{PIXEL_DATA:08X}":
+            pixel = instance.pixel
+            if pixel is None:
+                raise NotFoundError("the instance has no pixel data")
+            if pixel.encapsulated:
+                raise NotAcceptableError(
+                    "byte ranges of encapsulated Pixel Data are not served: ask for its frames"
+                )
+            return instance, pixel.value_offset, pixel.value_length
+        span = await self.index.get_bulk_span(key, path)
+        if span is None:
+            raise NotFoundError(f"no bulk data at {path[:80]!r} for this instance")
+        return instance, span[0], span[1]
 
-def _decode(spool: BinaryIO, numbers: list[int]) -> list[bytes]:
-    from pydicom import dcmread
-    from pydicom.pixels.utils import pixel_array
+    def iter_range(self, instance: StoredInstance, start: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes of the stored object from `start`, streamed."""
+        return self.blobs.iter_get(instance.blob_key, start, length)
 
-    spool.seek(0)
-    ds = dcmread(spool)
-    frames = []
-    for n in numbers:
-        try:
-            array = pixel_array(ds, index=n - 1)
-        except (NotImplementedError, RuntimeError, ValueError) as exc:
-            raise NotAcceptableError(
-                f"cannot decode {ds.file_meta.TransferSyntaxUID} pixel data: {str(exc)[:120]}"
-            ) from exc
-        frames.append(array.astype(array.dtype.newbyteorder("<")).tobytes())
-    return frames
+
+def _default_syntax(stored: str) -> str:
+    """PS3.18 8.7.3.4: explicit VR little endian, except that lossy data stays as stored."""
+    return stored if stored in LOSSY_SYNTAXES else EXPLICIT_VR_LITTLE_ENDIAN
+
+
+def _why_not(stored: str, target: str) -> str | None:
+    """Why `stored` cannot become `target` with the codecs installed, or None."""
+    if not can_encode(target):
+        return "no installed codec encodes it"
+    return None
+
+
+def _frame_formats(item: WantedFrames, stored: str, reasons: list[str]) -> list[FrameFormat]:
+    """The concrete (media type, syntax) pairs an Accept entry allows, best first."""
+    stored_type = media_type_of(stored)
+    syntax = item.transfer_syntax
+    if item.media_type in ("*/*", "image/*"):
+        if syntax not in (None, "*"):
+            media = media_type_of(syntax)
+            if media is None or (item.media_type == "image/*" and media == OCTET_STREAM):
+                reasons.append(f"{item.media_type}; transfer-syntax={syntax}: not a frame syntax")
+                return []
+            return _frame_formats(WantedFrames(media, syntax), stored, reasons)
+        if stored_type is not None and stored_type != OCTET_STREAM:
+            return [FrameFormat(stored_type, stored, True)]  # compressed: cheapest as stored
+        if item.media_type == "*/*":
+            return [FrameFormat(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, False)]
+        reasons.append("image/*: the frames are stored uncompressed")
+        return []
+    allowed = FRAME_MEDIA_TYPES[item.media_type]
+    if item.media_type == OCTET_STREAM:
+        if syntax == "*" and stored in _RANGED_NATIVE:
+            return [FrameFormat(OCTET_STREAM, stored, True)]
+        if syntax == "*" and stored_type != OCTET_STREAM:
+            return [FrameFormat(OCTET_STREAM, stored, True)]
+        if syntax in (None, "*", *NATIVE_SYNTAXES):
+            return [FrameFormat(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, False)]
+        reasons.append(f"{OCTET_STREAM}; transfer-syntax={syntax}: octet-stream is native only")
+        return []
+    if syntax == "*" or (syntax is None and stored in allowed):
+        if stored in allowed:
+            return [FrameFormat(item.media_type, stored, True)]
+        reasons.append(f"{item.media_type}; transfer-syntax=*: the frames are stored as {stored}")
+        return []
+    candidates = allowed if syntax is None else (syntax,)
+    formats = []
+    for uid in candidates:
+        if uid not in allowed:
+            reasons.append(f"{item.media_type} cannot carry transfer syntax {uid}")
+        elif uid == stored:
+            formats.append(FrameFormat(item.media_type, uid, True))
+        elif (reason := _why_not(stored, uid)) is not None:
+            reasons.append(f"{item.media_type} {uid}: {reason}")
+        else:
+            formats.append(FrameFormat(item.media_type, uid, False))
+    return formats
+
+
+def _cache_key(instance: StoredInstance, number: int, target: str) -> str:
+    key = instance.key
+    return (
+        f"{key.site}/cache/{key.study_instance_uid}/{key.series_instance_uid}/"
+        f"{key.sop_instance_uid}/{instance.digest[:16]}/frames/{number}.{target}"
+    )
+
+
+async def _iter_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await asyncio.to_thread(spool.read, DEFAULT_CHUNK_SIZE * 4):
+            yield chunk
+    finally:
+        spool.close()
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def _chain(
@@ -173,3 +483,20 @@ def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
     if series_instance_uid is None:
         return f"study {study.study_instance_uid} not found"
     return f"series {series_instance_uid} not found in study {study.study_instance_uid}"
+
+
+async def _opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`chunks` with its first chunk already fetched, so opening errors raise in the caller."""
+    first = await anext(chunks, b"")
+
+    async def rest() -> AsyncIterator[bytes]:
+        try:
+            yield first
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    return rest()

@@ -5,10 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.errors import NotAcceptableError
+from dicomweb_server.services.retrieve import (
+    FRAME_MEDIA_TYPES,
+    WantedFrames,
+    canonical_media_type,
+)
 
 __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "MediaRange",
+    "WantedFrames",
     "accept_frames",
     "accept_instances",
     "accept_json",
@@ -77,53 +83,58 @@ def _matches(offered: str, wanted: str) -> bool:
     return wanted.endswith("/*") and offered.startswith(wanted[:-1])
 
 
-def accept_instances(header: str | None, stored_syntax: str | None) -> str | None:
-    """The transfer syntax for multipart application/dicom: None means as stored.
+def accept_instances(header: str | None) -> list[str | None]:
+    """Transfer syntaxes acceptable for multipart application/dicom, most preferred first.
 
-    PS3.18 8.7.3.4: `transfer-syntax=*` asks for the stored bytes. Until transcoding lands,
-    a request without the parameter is also served as stored (each part's Content-Type names
-    its syntax), and an explicit syntax other than the stored one is a 406 that says so.
+    Each item is an explicit UID, "*" (as stored, PS3.18 8.7.3.4) or None (the default:
+    explicit VR little endian, or as stored when that is lossy; see the retrieve service).
     """
+    wanted: list[str | None] = []
     reasons = []
     for media in parse_accept(header):
         if media.type == "multipart/related":
             part_type = media.params.get("type", "application/dicom").lower()
-            if part_type != "application/dicom":
+            if not _matches("application/dicom", part_type):
                 reasons.append(f"type={part_type}")
                 continue
         elif not _matches("application/dicom", media.type):
             reasons.append(media.type)
             continue
         syntax = media.params.get("transfer-syntax")
-        if syntax in (None, "*") or syntax == stored_syntax:
-            return None
-        reasons.append(f"transfer-syntax={syntax}")
-    raise NotAcceptableError(
-        "cannot produce any of the accepted representations ("
-        + ", ".join(reasons[:5])
-        + '); instances are served as multipart/related; type="application/dicom"'
-        " in their stored transfer syntax (transfer-syntax=*)"
-    )
+        if syntax not in wanted:
+            wanted.append(syntax)
+    if not wanted:
+        raise NotAcceptableError(
+            "cannot produce any of the accepted representations ("
+            + ", ".join(reasons[:5])
+            + '); instances are served as multipart/related; type="application/dicom"'
+        )
+    return wanted
 
 
-def accept_frames(header: str | None) -> None:
-    """Frames are served as native multipart application/octet-stream (PS3.18 8.7.3.5.2)."""
+def accept_frames(header: str | None) -> list[WantedFrames]:
+    """Acceptable frame or bulk data representations, most preferred first (PS3.18 8.7.3.5)."""
+    wanted: list[WantedFrames] = []
+    reasons = []
     for media in parse_accept(header):
+        part_type = media.type
         if media.type == "multipart/related":
             part_type = media.params.get("type", "application/octet-stream").lower()
-            syntax = media.params.get("transfer-syntax")
-            if part_type == "application/octet-stream" and syntax in (
-                None,
-                "*",
-                EXPLICIT_VR_LITTLE_ENDIAN,
-            ):
-                return
-        elif _matches("application/octet-stream", media.type):
-            return
-    raise NotAcceptableError(
-        'frames are available as multipart/related; type="application/octet-stream"'
-        f" (transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN})"
-    )
+        part_type = canonical_media_type(part_type)
+        if part_type not in FRAME_MEDIA_TYPES and part_type not in ("*/*", "image/*"):
+            reasons.append(part_type)
+            continue
+        item = WantedFrames(part_type, media.params.get("transfer-syntax"))
+        if item not in wanted:
+            wanted.append(item)
+    if not wanted:
+        raise NotAcceptableError(
+            "cannot produce any of the accepted representations ("
+            + ", ".join(reasons[:5])
+            + "); frames and bulk data are served as multipart/related with type "
+            + ", ".join(FRAME_MEDIA_TYPES)
+        )
+    return wanted
 
 
 def accept_json(header: str | None) -> None:

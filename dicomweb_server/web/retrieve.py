@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb_server.index.base import StoredInstance
+from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
+from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.multipart import iter_multipart, multipart_content_type, new_boundary
-from dicomweb_server.web.negotiation import (
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    accept_frames,
-    accept_instances,
-    accept_json,
-)
+from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
 from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
 from dicomweb_server.web.state import AppState
 
@@ -43,23 +41,35 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _instances_response(
-    state: AppState, instances: AsyncIterator[StoredInstance]
+async def _instances_response(
+    request: Request, state: AppState, instances: AsyncIterator[StoredInstance]
 ) -> StreamingResponse:
+    """Multipart application/dicom, one instance at a time (PS3.18 10.4.1.1.1-3).
+
+    The first instance is prepared before the status is sent, so a transfer syntax we cannot
+    produce is a 406; a later instance that fails aborts the stream (and is logged).
+    """
+    wanted = accept_instances(request.headers.get("accept"))
+    first = await anext(aiter(instances))
+    opened = await state.retrieve.open_instance(first, wanted)
     boundary = new_boundary()
 
+    def headers(instance: StoredInstance, syntax: str) -> dict[str, str]:
+        return {
+            "Content-Type": f"application/dicom; transfer-syntax={syntax}",
+            "Content-Location": (
+                f"{state.settings.root_url}/studies/{instance.key.study_instance_uid}"
+                f"/series/{instance.key.series_instance_uid}"
+                f"/instances/{instance.key.sop_instance_uid}"
+            ),
+        }
+
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        syntax, body = opened
+        yield headers(first, syntax), body
         async for instance in instances:
-            syntax = instance.transfer_syntax_uid
-            headers = {
-                "Content-Type": f"application/dicom; transfer-syntax={syntax}",
-                "Content-Location": (
-                    f"{state.settings.root_url}/studies/{instance.key.study_instance_uid}"
-                    f"/series/{instance.key.series_instance_uid}"
-                    f"/instances/{instance.key.sop_instance_uid}"
-                ),
-            }
-            yield headers, state.retrieve.iter_object(instance)
+            syntax, body = await state.retrieve.open_instance(instance, wanted)
+            yield headers(instance, syntax), body
 
     return StreamingResponse(
         _logged(iter_multipart(parts(), boundary)),
@@ -80,30 +90,30 @@ async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def retrieve_study(request: Request) -> Response:
     """GET /studies/{study}."""
     state = _state(request)
-    accept_instances(request.headers.get("accept"), None)
+    accept_instances(request.headers.get("accept"))
     instances = await state.retrieve.iter_instances(study_key(request))
-    return _instances_response(state, instances)
+    return await _instances_response(request, state, instances)
 
 
 async def retrieve_series(request: Request) -> Response:
     """GET /studies/{study}/series/{series}."""
     state = _state(request)
-    accept_instances(request.headers.get("accept"), None)
+    accept_instances(request.headers.get("accept"))
     key = series_key(request)
     instances = await state.retrieve.iter_instances(key.study, key.series_instance_uid)
-    return _instances_response(state, instances)
+    return await _instances_response(request, state, instances)
 
 
 async def retrieve_instance(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/instances/{instance}."""
     state = _state(request)
+    accept_instances(request.headers.get("accept"))
     instance = await state.retrieve.get_instance(instance_key(request))
-    accept_instances(request.headers.get("accept"), instance.transfer_syntax_uid)
 
     async def single() -> AsyncIterator[StoredInstance]:
         yield instance
 
-    return _instances_response(state, single())
+    return await _instances_response(request, state, single())
 
 
 async def retrieve_study_metadata(request: Request) -> Response:
@@ -134,15 +144,16 @@ async def retrieve_instance_metadata(request: Request) -> Response:
 
 
 async def retrieve_instance_frames(request: Request) -> Response:
-    """GET .../instances/{instance}/frames/{frames}: native frames (PS3.18 10.4.1.1.4)."""
+    """GET .../instances/{instance}/frames/{frames} (PS3.18 10.4.1.1.4): native or compressed
+    frames, each part's Content-Type naming its media type and exact transfer syntax."""
     state = _state(request)
     key = instance_key(request)
     numbers = frame_numbers(request.path_params["frames"])
-    accept_frames(request.headers.get("accept"))
+    wanted = accept_frames(request.headers.get("accept"))
     instance = await state.retrieve.get_instance(key)
-    frames = await state.retrieve.read_native_frames(instance, numbers)
+    fmt, frames = await state.retrieve.retrieve_frames(instance, numbers, wanted)
     boundary = new_boundary()
-    content_type = f"application/octet-stream; transfer-syntax={EXPLICIT_VR_LITTLE_ENDIAN}"
+    content_type = f"{fmt.media_type}; transfer-syntax={fmt.transfer_syntax}"
     base = (
         f"{state.settings.root_url}/studies/{key.study_instance_uid}/series/"
         f"{key.series_instance_uid}/instances/{key.sop_instance_uid}/frames/"
@@ -154,28 +165,80 @@ async def retrieve_instance_frames(request: Request) -> Response:
 
     return StreamingResponse(
         iter_multipart(parts(), boundary),
-        media_type=multipart_content_type(
-            "application/octet-stream", boundary, EXPLICIT_VR_LITTLE_ENDIAN
-        ),
+        media_type=multipart_content_type(fmt.media_type, boundary, fmt.transfer_syntax),
     )
 
 
+_RANGE_RE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
+
+
+def _byte_range(header: str, total: int) -> tuple[int, int] | None:
+    """RFC 9110 14.1.2: one `bytes=first-last` or `bytes=-suffix` range → (start, length).
+
+    None when the header cannot be satisfied; several ranges are not supported (also None).
+    """
+    match = _RANGE_RE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first, last = match.groups()
+    if not first:
+        if not last or int(last) == 0:
+            return None
+        length = min(int(last), total)
+        return total - length, length
+    start = int(first)
+    end = min(int(last), total - 1) if last else total - 1
+    if start >= total or end < start:
+        return None
+    return start, end - start + 1
+
+
 async def retrieve_bulkdata(request: Request) -> Response:
-    """GET .../instances/{instance}/bulkdata/{path}: values behind BulkDataURIs."""
+    """GET .../instances/{instance}/bulkdata/{path}: values behind BulkDataURIs.
+
+    A Range header (RFC 9110 14.2) selects bytes of one value: 206 with one part.
+    Frames of encapsulated Pixel Data are labelled with their stored media type.
+    """
     state = _state(request)
     key = instance_key(request)
-    instance, values = await state.retrieve.read_bulk(key, request.path_params["path"])
+    path = request.path_params["path"]
     boundary = new_boundary()
+    range_header = request.headers.get("range")
+    if range_header is not None:
+        instance, offset, length = await state.retrieve.bulk_span(key, path)
+        selected = _byte_range(range_header, length)
+        if selected is None:
+            return error_response(
+                416,
+                f"range {range_header[:40]!r} cannot be satisfied: the value has {length} bytes",
+                {"Content-Range": f"bytes */{length}"},
+            )
+        start, size = selected
+        content_range = f"bytes {start}-{start + size - 1}/{length}"
+
+        async def ranged() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+            yield (
+                {"Content-Type": OCTET_STREAM_MEDIA_TYPE, "Content-Range": content_range},
+                state.retrieve.iter_range(instance, offset + start, size),
+            )
+
+        return StreamingResponse(
+            _logged(iter_multipart(ranged(), boundary)),
+            status_code=206,
+            media_type=multipart_content_type(OCTET_STREAM_MEDIA_TYPE, boundary),
+        )
+    instance, values = await state.retrieve.read_bulk(key, path)
     syntax = instance.transfer_syntax_uid
+    media_type = OCTET_STREAM_MEDIA_TYPE
+    pixel = instance.pixel
+    if path == "7FE00010" and pixel is not None and pixel.encapsulated:
+        media_type = media_type_of(syntax) or OCTET_STREAM_MEDIA_TYPE
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for value in values:
-            yield (
-                {"Content-Type": f"application/octet-stream; transfer-syntax={syntax}"},
-                _one(value),
-            )
+            yield ({"Content-Type": f"{media_type}; transfer-syntax={syntax}"}, _one(value))
 
     return StreamingResponse(
         iter_multipart(parts(), boundary),
-        media_type=multipart_content_type("application/octet-stream", boundary),
+        media_type=multipart_content_type(media_type, boundary),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.routing import Route
 
 from dicomweb_server.web import retrieve, search, store
+from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
 
@@ -33,3 +34,7 @@ ROUTES = [
     Route(_INSTANCE + "/frames/{frames}", retrieve.retrieve_instance_frames, methods=["GET"]),
     Route(_INSTANCE + "/bulkdata/{path:path}", retrieve.retrieve_bulkdata, methods=["GET"]),
 ]
+
+# Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a
+# 405 whose Allow header lists every method of the path. Generated from the lines above.
+ROUTES += capabilities_routes(ROUTES)

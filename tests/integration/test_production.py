@@ -644,11 +644,6 @@ def test_s3_outage_fails_stow_and_frames_with_503_while_qido_answers(
         assert_retrievable(http, good.url, sent)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RetrieveService.open_instance returns the stored object lazily: the status 200 is"
-    " sent before S3 is asked, so an outage cuts the body off instead of answering 503",
-)
 def test_s3_outage_fails_wado_with_503(
     tmp_path: Path, pg_database_url: str, s3_endpoint: services.S3Endpoint, s3_bucket: str
 ) -> None:

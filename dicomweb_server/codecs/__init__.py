@@ -1,0 +1,1 @@
+"""Synchronous frame coders keyed by transfer syntax, and whole-instance transcoding."""

@@ -1,0 +1,435 @@
+"""Retrieve Capabilities (PS3.18 8.9, Annex H): WADL or JSON generated from the route table.
+
+Nothing here is written by hand per resource except what a route cannot say about itself (the
+PS3.18 transaction a handler implements and its media types). Paths and methods come from the
+routes, transfer syntaxes from the codec registry, query keys from probing `parse_query`, and
+limits from `Settings`, so the description cannot drift from what the server does.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from pydicom.uid import AllTransferSyntaxes
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from dicomweb_server.config import Settings
+from dicomweb_server.domain.attributes import MATCH_KEYS, Level
+from dicomweb_server.domain.query import MatchKind, parse_query
+from dicomweb_server.errors import BadRequestError, NotAcceptableError
+from dicomweb_server.web.errors import error_response
+from dicomweb_server.web.negotiation import parse_accept
+
+__all__ = [
+    "JSON",
+    "WADL",
+    "Operation",
+    "QueryKey",
+    "Resource",
+    "SyntaxSupport",
+    "capabilities_routes",
+    "describe",
+    "describe_routes",
+    "query_keys",
+    "root_route",
+    "transfer_syntaxes",
+]
+
+WADL = "application/vnd.sun.wadl+xml"
+JSON = "application/json"
+_WADL_NS = "http://wadl.dev.java.net/2009/02"
+_OUR_NS = "urn:dicomweb-server:capabilities"  # our additions inside WADL <doc> elements
+_DICOM_JSON = "application/dicom+json"
+_DICOM_PARTS = 'multipart/related; type="application/dicom"'
+_OCTET_PARTS = 'multipart/related; type="application/octet-stream"'
+_QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset")
+# Statuses any resource may answer (PS3.18 8.5): bad request (e.g. a malformed UID), not
+# acceptable, request timeout, and the server-side failures.
+_COMMON_STATUSES = (400, 406, 408, 500, 503)
+# Retrieve transcodes (services/retrieve.py): every syntax the registry encodes can be produced.
+_TRANSCODING = True
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What a route handler implements: one PS3.18 transaction on one resource."""
+
+    transaction: str
+    section: str
+    consumes: tuple[str, ...]
+    produces: tuple[str, ...]
+    statuses: tuple[int, ...]
+    query_parameters: tuple[str, ...] = ()
+
+
+def _search(name: str) -> Operation:
+    return Operation(name, "10.6", (), (_DICOM_JSON, JSON), (200, 400, 406), _QIDO_PARAMS)
+
+
+def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -> Operation:
+    return Operation(name, "10.4", (), produces, statuses)
+
+
+# Keyed by handler name: the only per-handler facts a Route does not carry.
+_OPERATIONS: dict[str, Operation] = {
+    "store_instances": Operation(
+        "Store Instances",
+        "10.5",
+        (_DICOM_PARTS,),
+        (_DICOM_JSON,),
+        (200, 202, 400, 409, 413, 415, 429),
+    ),
+    "search_for_studies": _search("Search for Studies"),
+    "search_for_series": _search("Search for Series"),
+    "search_for_instances": _search("Search for Instances"),
+    "retrieve_study": _retrieve("Retrieve Study", (_DICOM_PARTS,), (200, 404, 406)),
+    "retrieve_series": _retrieve("Retrieve Series", (_DICOM_PARTS,), (200, 404, 406)),
+    "retrieve_instance": _retrieve("Retrieve Instance", (_DICOM_PARTS,), (200, 404, 406)),
+    "retrieve_study_metadata": _retrieve(
+        "Retrieve Study Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
+    ),
+    "retrieve_series_metadata": _retrieve(
+        "Retrieve Series Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
+    ),
+    "retrieve_instance_metadata": _retrieve(
+        "Retrieve Instance Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
+    ),
+    "retrieve_instance_frames": _retrieve("Retrieve Frames", (_OCTET_PARTS,), (200, 400, 404, 406)),
+    "retrieve_bulkdata": _retrieve("Retrieve Bulkdata", (_OCTET_PARTS,), (200, 404, 406)),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One path under the DICOMweb root and the operation behind each method."""
+
+    path: str  # as PS3.18 writes it: `{path}`, not Starlette's `{path:path}`
+    route_path: str
+    operations: dict[str, Operation] = field(default_factory=dict)
+
+    @property
+    def allow(self) -> list[str]:
+        """The Allow header's methods: those routed, HEAD with GET, and always OPTIONS."""
+        methods = set(self.operations)
+        if "GET" in methods:
+            methods.add("HEAD")
+        methods.add("OPTIONS")
+        return sorted(methods)
+
+
+def describe_routes(routes: Iterable[BaseRoute]) -> list[Resource]:
+    """Group the DICOMweb routes by path; a handler without an Operation is a bug (KeyError)."""
+    resources: dict[str, Resource] = {}
+    for route in routes:
+        if not isinstance(route, Route) or getattr(route.endpoint, "_capabilities", False):
+            continue
+        name = getattr(route.endpoint, "__name__", repr(route.endpoint))
+        if name not in _OPERATIONS:
+            raise KeyError(f"route {route.path} handler {name} has no PS3.18 Operation")
+        shown = re.sub(r":\w+}", "}", route.path)
+        resource = resources.setdefault(route.path, Resource(shown, route.path))
+        for method in sorted(route.methods or ()):
+            if method != "HEAD":
+                resource.operations[method] = _OPERATIONS[name]
+    return list(resources.values())
+
+
+@dataclass(frozen=True, slots=True)
+class SyntaxSupport:
+    """What the server does with one transfer syntax."""
+
+    uid: str
+    name: str
+    store: bool  # accepted by STOW-RS and kept byte for byte
+    retrieve_as_stored: bool  # served by WADO-RS with transfer-syntax=* (or none asked)
+    decode_frames: bool  # frames of it can be decoded to native (registry has a decoder)
+    transcode_to: bool  # retrieve can produce it from another stored syntax
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "uid": self.uid,
+            "name": self.name,
+            "store": self.store,
+            "retrieveAsStored": self.retrieve_as_stored,
+            "decodeFrames": self.decode_frames,
+            "transcodeTo": self.transcode_to,
+        }
+
+
+def _codec_registry() -> tuple[Iterable[str], Callable[[str], bool], Callable[[str], bool]]:
+    """The one hook into the codec registry: (syntaxes to list, can_decode, can_encode).
+
+    The registry has no listing function yet, so the candidates are pydicom's known syntaxes.
+    """
+    from dicomweb_server.codecs import registry  # lazy: imports coders on first use
+
+    return (str(uid) for uid in AllTransferSyntaxes), registry.can_decode, registry.can_encode
+
+
+@functools.cache
+def transfer_syntaxes() -> tuple[SyntaxSupport, ...]:
+    """Every transfer syntax we know, with what the server can do with each."""
+    candidates, can_decode, can_encode = _codec_registry()
+    names = {str(uid): uid.name for uid in AllTransferSyntaxes}
+    # Any syntax whose header pydicom parses is stored as received and served as stored.
+    return tuple(
+        SyntaxSupport(
+            uid=uid,
+            name=names.get(uid, uid),
+            store=True,
+            retrieve_as_stored=True,
+            decode_frames=can_decode(uid),
+            transcode_to=_TRANSCODING and can_encode(uid),
+        )
+        for uid in candidates
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QueryKey:
+    """A QIDO-RS matching key and the PS3.4 C.2.2.2 matching types `parse_query` gives it."""
+
+    keyword: str
+    tag: str
+    vr: str
+    level: str
+    matching: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keyword": self.keyword,
+            "tag": self.tag,
+            "vr": self.vr,
+            "level": self.level,
+            "matching": list(self.matching),
+        }
+
+
+# A value per matching type that parse_query accepts for some VR; the kind it returns decides.
+_PROBES: dict[str, tuple[str, ...]] = {
+    MatchKind.SINGLE: ("1.2.3", "20240101", "1200", "7", "X"),
+    MatchKind.LIST: ("1.2.3,1.2.4", "A,B"),
+    MatchKind.WILDCARD: ("X*",),
+    MatchKind.RANGE: ("20240101-20241231", "0800-1700"),
+}
+
+
+@functools.cache
+def query_keys() -> tuple[QueryKey, ...]:
+    """Each match key, with matching types found by asking `parse_query` itself."""
+    keys = []
+    for attribute in sorted(MATCH_KEYS.values(), key=lambda a: (list(Level).index(a.level), a.tag)):
+        kinds = ["universal"]
+        for kind, probes in _PROBES.items():
+            for value in probes:
+                try:
+                    query = parse_query([(attribute.keyword, value)], Level.INSTANCE, "probe")
+                except BadRequestError:
+                    continue
+                if any(m.kind is kind for m in query.matches):
+                    kinds.append(str(kind))
+                    break
+        keys.append(
+            QueryKey(
+                attribute.keyword,
+                f"{attribute.tag:08X}",
+                attribute.vr,
+                str(attribute.level),
+                tuple(kinds),
+            )
+        )
+    return tuple(keys)
+
+
+def _limits(settings: Settings) -> dict[str, int | float]:
+    """The configured limits a client can run into, by Settings field name."""
+    names = (
+        "max_request_bytes",
+        "max_part_bytes",
+        "max_parts",
+        "max_sequence_depth",
+        "max_frames",
+        "max_pixel_bytes",
+        "max_header_bytes",
+        "default_query_limit",
+        "max_query_limit",
+        "max_query_offset",
+        "body_timeout",
+        "request_timeout",
+        "max_concurrent_stores",
+    )
+    return {name: getattr(settings, name) for name in names if hasattr(settings, name)}
+
+
+def describe(resources: Sequence[Resource], settings: Settings, prefix: str = "") -> dict[str, Any]:
+    """The JSON capabilities document for the resources at or under `prefix`."""
+    chosen = [r for r in resources if _under(r.path, prefix)]
+    return {
+        "base": settings.root_url,
+        "standard": "DICOM PS3.18",
+        "resources": [
+            {
+                "path": resource.path,
+                "allow": resource.allow,
+                "methods": [
+                    {
+                        "name": method,
+                        "transaction": op.transaction,
+                        "section": op.section,
+                        "consumes": list(op.consumes),
+                        "produces": list(op.produces),
+                        "queryParameters": list(op.query_parameters),
+                        "statuses": sorted(set(op.statuses + _COMMON_STATUSES)),
+                    }
+                    for method, op in sorted(resource.operations.items())
+                ],
+            }
+            for resource in chosen
+        ],
+        "transferSyntaxes": [s.to_json() for s in transfer_syntaxes()],
+        "queryKeys": [k.to_json() for k in query_keys()],
+        "limits": _limits(settings),
+    }
+
+
+def _under(path: str, prefix: str) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix.rstrip("/") + "/")
+
+
+def _wadl(document: dict[str, Any]) -> bytes:
+    """The JSON document as a WADL application (Annex H): nested resources, one per segment."""
+    ET.register_namespace("", _WADL_NS)
+    ET.register_namespace("dw", _OUR_NS)
+
+    def q(tag: str) -> str:
+        return f"{{{_WADL_NS}}}{tag}"
+
+    def ours(tag: str) -> str:
+        return f"{{{_OUR_NS}}}{tag}"
+
+    app = ET.Element(q("application"))
+    doc = ET.SubElement(app, q("doc"), title="Transfer syntaxes and limits")
+    for syntax in document["transferSyntaxes"]:
+        ET.SubElement(
+            doc,
+            ours("transferSyntax"),
+            {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in syntax.items()},
+        )
+    for key in document["queryKeys"]:
+        ET.SubElement(
+            doc,
+            ours("queryKey"),
+            {k: ",".join(v) if isinstance(v, list) else v for k, v in key.items()},
+        )
+    for name, value in document["limits"].items():
+        ET.SubElement(doc, ours("limit"), name=name, value=str(value))
+    root = ET.SubElement(app, q("resources"), base=document["base"] + "/")
+    nodes: dict[str, ET.Element] = {"": root}
+    for resource in document["resources"]:
+        parent_path = ""
+        for segment in resource["path"].strip("/").split("/"):
+            path = f"{parent_path}/{segment}"
+            if path not in nodes:
+                node = ET.SubElement(nodes[parent_path], q("resource"), path=segment)
+                if segment.startswith("{"):
+                    name = segment.strip("{}").split(":")[0]
+                    ET.SubElement(node, q("param"), name=name, style="template", required="true")
+                nodes[path] = node
+            parent_path = path
+        target = nodes[parent_path]
+        for method in resource["methods"]:
+            element = ET.SubElement(
+                target,
+                q("method"),
+                name=method["name"],
+                id=f"{method['transaction'].replace(' ', '')}{resource['path']}",
+            )
+            ET.SubElement(element, q("doc"), title=f"PS3.18 {method['section']}")
+            request = ET.SubElement(element, q("request"))
+            for param in method["queryParameters"]:
+                ET.SubElement(request, q("param"), name=param, style="query")
+            if method["produces"]:
+                accept = ET.SubElement(request, q("param"), name="Accept", style="header")
+                for media in method["produces"]:
+                    ET.SubElement(accept, q("option"), value=media)
+            for media in method["consumes"]:
+                ET.SubElement(request, q("representation"), mediaType=media)
+            for status in method["statuses"]:
+                response = ET.SubElement(element, q("response"), status=str(status))
+                if 200 <= status < 300:
+                    for media in method["produces"]:
+                        ET.SubElement(response, q("representation"), mediaType=media)
+    return bytes(ET.tostring(app, encoding="utf-8", xml_declaration=True))
+
+
+def _negotiate(header: str | None) -> str:
+    """WADL unless JSON is preferred (PS3.18 8.9.1.3); anything else is a 406."""
+    for media in parse_accept(header):
+        if media.type in (WADL, "application/xml", "application/*", "*/*"):
+            return WADL
+        if media.type in (JSON, _DICOM_JSON):
+            return JSON
+    raise NotAcceptableError(f"the capabilities description is available as {WADL} or {JSON}")
+
+
+class _CapabilitiesEndpoint:
+    """OPTIONS → the description of `prefix` and below; any other unrouted method → 405.
+
+    An ASGI app rather than a function, so a Route without `methods` matches every method.
+    """
+
+    _capabilities = True
+
+    def __init__(self, resources: Sequence[Resource], prefix: str, allow: list[str]) -> None:
+        self.resources = resources
+        self.prefix = prefix
+        self.allow = ", ".join(allow)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        response = await self.respond(request)
+        await response(scope, receive, send)
+
+    async def respond(self, request: Request) -> Response:
+        headers = {"Allow": self.allow}
+        if request.method != "OPTIONS":
+            method = request.method[:16].encode("unicode_escape").decode("ascii")
+            return error_response(
+                405, f"{method} is not allowed here; allowed: {self.allow}", headers
+            )
+        try:
+            media = _negotiate(request.headers.get("accept"))
+        except NotAcceptableError as exc:
+            return error_response(exc.status, exc.reason, headers)
+        settings: Settings = request.app.state.dicomweb.settings
+        document = describe(self.resources, settings, self.prefix)
+        body = orjson.dumps(document) if media == JSON else _wadl(document)
+        return Response(body, media_type=media, headers=headers)
+
+
+def capabilities_routes(routes: Sequence[BaseRoute]) -> list[Route]:
+    """Routes to append to the table: OPTIONS on the root, and on each path OPTIONS or a 405."""
+    resources = describe_routes(routes)
+    added = [Route("/", _CapabilitiesEndpoint(resources, "", ["OPTIONS"]))]
+    for resource in resources:
+        # No `methods`: this route matches every method the earlier routes left unmatched.
+        added.append(
+            Route(
+                resource.route_path, _CapabilitiesEndpoint(resources, resource.path, resource.allow)
+            )
+        )
+    return added
+
+
+def root_route(path: str, routes: Sequence[BaseRoute]) -> Route:
+    """OPTIONS on the DICOMweb root without its trailing slash (`/dicomweb`)."""
+    return Route(path, _CapabilitiesEndpoint(describe_routes(routes), "", ["OPTIONS"]))

@@ -1,0 +1,176 @@
+"""Retrieve Capabilities (PS3.18 8.9, Annex H) and conformance/STATEMENT.md agreeing with it."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dicomweb_server.config import Settings
+from dicomweb_server.web.capabilities import WADL, describe, describe_routes
+from dicomweb_server.web.routes import ROUTES
+
+STATEMENT = Path(__file__).parents[2] / "conformance" / "STATEMENT.md"
+WADL_NS = "{http://wadl.dev.java.net/2009/02}"
+
+
+@pytest.fixture
+def backend() -> str:
+    """The description comes from the routes, not the backends: the embedded pair suffices."""
+    return "embedded"
+
+
+def _table(name: str) -> list[list[str]]:
+    """The rows of the Markdown table that follows `<!-- table: name -->` in the statement."""
+    lines = STATEMENT.read_text().splitlines()
+    start = lines.index(f"<!-- table: {name} -->") + 1
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows[2:]  # header and separator
+
+
+def _document() -> dict:  # type: ignore[type-arg]
+    return describe(describe_routes(ROUTES), Settings())
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def test_statement_lists_exactly_the_routed_transactions() -> None:
+    expected = {
+        (m["name"], r["path"], m["transaction"], m["section"])
+        for r in _document()["resources"]
+        for m in r["methods"]
+    }
+    stated = {(row[0], row[1], row[2], row[3]) for row in _table("resources")}
+    assert stated == expected
+
+
+def test_statement_lists_the_status_codes_of_each_transaction() -> None:
+    expected = {
+        (m["transaction"], ", ".join(str(s) for s in m["statuses"]))
+        for r in _document()["resources"]
+        for m in r["methods"]
+    }
+    assert {(row[0], row[1]) for row in _table("statuses")} == expected
+
+
+def test_statement_transfer_syntaxes_match_the_codec_registry() -> None:
+    expected = {
+        (
+            s["uid"],
+            _yes(s["store"]),
+            _yes(s["retrieveAsStored"]),
+            _yes(s["decodeFrames"]),
+            _yes(s["transcodeTo"]),
+        )
+        for s in _document()["transferSyntaxes"]
+    }
+    stated = {(row[0], row[2], row[3], row[4], row[5]) for row in _table("transfer-syntaxes")}
+    assert stated == expected
+
+
+def test_statement_query_keys_match_the_query_parser() -> None:
+    expected = {
+        (k["keyword"], k["tag"], k["level"], k["vr"], ", ".join(k["matching"]))
+        for k in _document()["queryKeys"]
+    }
+    assert {tuple(row[:5]) for row in _table("query-keys")} == expected
+
+
+def test_statement_limits_match_the_settings_defaults() -> None:
+    expected = {(name, str(value)) for name, value in _document()["limits"].items()}
+    assert {(row[0], row[1].replace(",", "")) for row in _table("limits")} == expected
+
+
+def test_every_route_handler_is_described() -> None:
+    resources = describe_routes(ROUTES)
+    routed = {(r.path, m) for r in resources for m in r.operations}
+    assert ("/studies", "POST") in routed and ("/studies", "GET") in routed
+    assert len(routed) == 16
+
+
+async def test_options_on_the_root_is_wadl_by_default(client: httpx.AsyncClient) -> None:
+    """PS3.18 8.9: OPTIONS on the base URI; Annex H: one application, one resources."""
+    response = await client.options("/")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == WADL
+    root = ET.fromstring(response.content)
+    assert root.tag == f"{WADL_NS}application"
+    resources = root.findall(f"{WADL_NS}resources")
+    assert len(resources) == 1
+    assert resources[0].get("base") == "http://testserver/dicomweb/"
+    studies = resources[0].find(f"{WADL_NS}resource[@path='studies']")
+    assert studies is not None
+    assert {m.get("name") for m in studies.findall(f"{WADL_NS}method")} == {"GET", "POST"}
+
+
+async def test_options_without_the_trailing_slash_is_answered_not_redirected(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.options("http://testserver/dicomweb")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == WADL
+
+
+async def test_options_json_form_when_asked(client: httpx.AsyncClient) -> None:
+    response = await client.options("/", headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document["base"] == "http://testserver/dicomweb"
+    assert any(s["uid"] == "1.2.840.10008.1.2.1" for s in document["transferSyntaxes"])
+
+
+async def test_options_on_a_resource_describes_it_and_its_children(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.options(
+        "/studies/1.2.3/series/4.5/instances/6.7", headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 200
+    assert response.headers["allow"] == "GET, HEAD, OPTIONS"
+    paths = {r["path"] for r in response.json()["resources"]}
+    assert "/studies/{study}/series/{series}/instances/{instance}/metadata" in paths
+    assert "/studies" not in paths
+
+
+@pytest.mark.parametrize(
+    ("path", "allow"),
+    [
+        ("/studies", "GET, HEAD, OPTIONS, POST"),
+        ("/studies/1.2", "GET, HEAD, OPTIONS, POST"),
+        ("/series", "GET, HEAD, OPTIONS"),
+        ("/studies/1.2/series/3.4/instances/5.6/frames/1", "GET, HEAD, OPTIONS"),
+        ("/studies/1.2/series/3.4/instances/5.6/bulkdata/00091010/0", "GET, HEAD, OPTIONS"),
+    ],
+)
+async def test_every_resource_has_an_allow_header(
+    client: httpx.AsyncClient, path: str, allow: str
+) -> None:
+    options = await client.options(path)
+    assert options.status_code == 200
+    assert options.headers["allow"] == allow
+    refused = await client.request("DELETE", path)
+    assert refused.status_code == 405
+    assert refused.headers["allow"] == allow
+    assert refused.json()["reason"]
+
+
+async def test_options_with_an_unproducible_accept_is_406(client: httpx.AsyncClient) -> None:
+    response = await client.options("/", headers={"Accept": "image/png"})
+    assert response.status_code == 406
+
+
+def test_wadl_matches_the_pattern_of_the_statement() -> None:
+    text = STATEMENT.read_text()
+    assert re.search(r"application/vnd\.sun\.wadl\+xml", text)

@@ -1,0 +1,72 @@
+"""Accept → representations (PS3.18 8.7.3.4, 8.7.3.5)."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomweb_server.errors import NotAcceptableError
+from dicomweb_server.services.retrieve import WantedFrames
+from dicomweb_server.web.negotiation import accept_frames, accept_instances
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, [None]),
+        ("*/*", [None]),
+        ('multipart/related; type="application/dicom"', [None]),
+        ("multipart/related; type=application/dicom; transfer-syntax=*", ["*"]),
+        (
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.90;q=0.5,'
+            ' multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5',
+            ["1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"],
+        ),
+        (
+            "image/png, application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+            ["1.2.840.10008.1.2.1"],
+        ),
+    ],
+)
+def test_accept_instances_ps3_18_8_7_3_4(header, expected) -> None:  # type: ignore[no-untyped-def]
+    assert accept_instances(header) == expected
+
+
+@pytest.mark.parametrize(
+    "header", ["image/png", 'multipart/related; type="image/jpeg"', "application/dicom+json"]
+)
+def test_accept_instances_refuses_other_types_with_a_reason(header) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(NotAcceptableError) as raised:
+        accept_instances(header)
+    assert "application/dicom" in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, [WantedFrames("*/*", None)]),
+        (
+            'multipart/related; type="application/octet-stream"',
+            [WantedFrames("application/octet-stream", None)],
+        ),
+        ('multipart/related; type="image/x-jls"', [WantedFrames("image/jls", None)]),
+        (
+            'multipart/related; type="image/jphc"; transfer-syntax=1.2.840.10008.1.2.4.201, image/jpeg;q=0.2',
+            [
+                WantedFrames("image/jphc", "1.2.840.10008.1.2.4.201"),
+                WantedFrames("image/jpeg", None),
+            ],
+        ),
+        (
+            'multipart/related; type="image/dicom-rle"; transfer-syntax=*',
+            [WantedFrames("image/dicom-rle", "*")],
+        ),
+    ],
+)
+def test_accept_frames_ps3_18_8_7_3_5(header, expected) -> None:  # type: ignore[no-untyped-def]
+    assert accept_frames(header) == expected
+
+
+def test_accept_frames_refuses_unknown_media_types() -> None:
+    with pytest.raises(NotAcceptableError) as raised:
+        accept_frames('multipart/related; type="image/gif", text/html')
+    assert "image/gif" in raised.value.reason
