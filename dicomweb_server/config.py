@@ -52,7 +52,10 @@ class Settings:
     max_concurrent_stores: int = 8  # STOW requests in flight per process; more get 429
     max_header_bytes: int = 64 << 20  # Part 10 bytes parsed into memory per instance (not bulk)
     # WADO-RS transcoding (passed to RetrieveService by app.py)
-    codec_workers: int = 0  # threads for codec work; 0 = one per core
+    # Threads for codec work per process (0 = one per core). Default 1: a full test run crashed
+    # once in native code with concurrent transcodes, so codec calls are serialised per process
+    # until the codecs move to a crash-isolated process pool; scale with --workers instead.
+    codec_workers: int = 1
     frame_cache: int = 1  # 1: keep transcoded frames in the blob store under {site}/cache/
 
     @property

@@ -14,6 +14,8 @@ __all__ = [
     "COMPUTED_TAGS",
     "LEVEL_ATTRIBUTES",
     "MATCH_KEYS",
+    "MULTI_VALUE_COLUMNS",
+    "NESTED_MATCH_KEYS",
     "Attribute",
     "Level",
     "attribute_by_tag",
@@ -111,6 +113,20 @@ LEVEL_ATTRIBUTES: dict[Level, tuple[Attribute, ...]] = {
 MATCH_KEYS: dict[int, Attribute] = {a.tag: a for a in _ATTRIBUTES if a.column is not None}
 _MODALITIES_IN_STUDY = Attribute(0x00080061, "ModalitiesInStudy", "CS", _S, "modalities_in_study")
 MATCH_KEYS[_MODALITIES_IN_STUDY.tag] = _MODALITIES_IN_STUDY
+
+# Sequence matching (PS3.18 Table 10.6.1-5, PS3.4 C.2.2.2.6): keys inside the series-level
+# Request Attributes Sequence, matched against the values of every item.
+_REQUEST_ATTRIBUTES = 0x00400275
+NESTED_MATCH_KEYS: dict[tuple[int, int], Attribute] = {
+    (_REQUEST_ATTRIBUTES, 0x00401001): Attribute(
+        0x00401001, "RequestedProcedureID", "SH", _SE, "requested_procedure_id"
+    ),
+    (_REQUEST_ATTRIBUTES, 0x00400009): Attribute(
+        0x00400009, "ScheduledProcedureStepID", "SH", _SE, "scheduled_procedure_step_id"
+    ),
+}
+# Columns holding several values joined by backslash (DICOM's value separator).
+MULTI_VALUE_COLUMNS = frozenset(a.column for a in NESTED_MATCH_KEYS.values())
 
 # Attributes the server computes rather than stores per instance.
 COMPUTED_TAGS: dict[int, Level] = {

@@ -21,7 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, Level, tag_hex
+from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, NESTED_MATCH_KEYS, Level, tag_hex
 from dicomweb_server.domain.identifiers import is_valid_uid
 from dicomweb_server.domain.records import BulkSpan, FrameSpans, InstanceRecord, PixelLayout
 
@@ -162,9 +162,12 @@ def _parse(reader: _BudgetedReader, size: int, limits: ParseLimits) -> InstanceR
             if a.column
         },
         series_columns={
-            a.column: _column_value(json_model, a.tag, a.vr)
-            for a in LEVEL_ATTRIBUTES[Level.SERIES]
-            if a.column
+            **{
+                a.column: _column_value(json_model, a.tag, a.vr)
+                for a in LEVEL_ATTRIBUTES[Level.SERIES]
+                if a.column
+            },
+            **_nested_columns(json_model),
         },
         instance_columns={
             a.column: _column_value(json_model, a.tag, a.vr)
@@ -307,6 +310,24 @@ def _int_value(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+def _nested_columns(model: dict[str, Any]) -> dict[str, str | int | None]:
+    """Sequence match keys: the distinct values of every item, joined by backslash."""
+    columns: dict[str, str | int | None] = {}
+    for (sequence_tag, tag), attribute in NESTED_MATCH_KEYS.items():
+        items = model.get(tag_hex(sequence_tag), {}).get("Value", [])
+        values = sorted(
+            {
+                str(value).strip()
+                for item in items
+                if isinstance(item, dict)
+                for value in item.get(tag_hex(tag), {}).get("Value", [])
+                if str(value).strip()
+            }
+        )
+        columns[attribute.column or ""] = "\\".join(values) or None
+    return columns
+
+
 def _column_value(model: dict[str, Any], tag: int, vr: str) -> str | int | None:
     """A match value for the index: first value, PN as its alphabetic form, IS as int."""
     element = model.get(tag_hex(tag))
@@ -314,7 +335,8 @@ def _column_value(model: dict[str, Any], tag: int, vr: str) -> str | int | None:
         return None
     first = element["Value"][0]
     if vr == "PN":
-        return str(first.get("Alphabetic", "")) if isinstance(first, dict) else None
+        # Trailing empty components carry nothing: "Doe^Jane^^" is "Doe^Jane" (PS3.5 6.2.1).
+        return str(first.get("Alphabetic", "")).rstrip("^ ") if isinstance(first, dict) else None
     if vr == "IS":
         try:
             return int(first)

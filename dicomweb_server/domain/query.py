@@ -9,7 +9,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from dicomweb_server.domain.attributes import MATCH_KEYS, Level, keyword_for_tag, resolve_tag
+from dicomweb_server.domain.attributes import (
+    MATCH_KEYS,
+    NESTED_MATCH_KEYS,
+    Attribute,
+    Level,
+    keyword_for_tag,
+    resolve_tag,
+)
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.errors import InvalidQueryError
 
@@ -23,6 +30,7 @@ class MatchKind(StrEnum):
     LIST = "list"  # UID list: any of `values`
     WILDCARD = "wildcard"  # `*` and `?` in values[0]
     RANGE = "range"  # lower/upper, either may be None (open-ended)
+    DATETIME_RANGE = "datetime"  # a date range and a time range read as one (PS3.4 C.2.2.2.5.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,10 @@ class Match:
     values: tuple[str, ...] = ()
     lower: str | None = None
     upper: str | None = None
+    # DATETIME_RANGE only: the time column and its bounds, applied at the date bounds.
+    time_column: str | None = None
+    lower_time: str | None = None
+    upper_time: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +101,7 @@ def parse_query(
     limit = default_limit
     offset = 0
     warnings: list[str] = []
-    seen: set[int] = set()
+    seen_paths: set[tuple[int, ...]] = set()
     for name, value in params:
         if name == "limit":
             limit = _non_negative(name, value)
@@ -114,15 +126,21 @@ def parse_query(
                 elif item:
                     include.add(resolve_tag(item))
         else:
-            tag = resolve_tag(name)
-            if tag in seen:
+            path = tuple(resolve_tag(part) for part in name.split("."))
+            tag = path[-1] if len(path) > 1 else path[0]
+            if path in seen_paths:
                 raise InvalidQueryError(f"matching key {name[:64]!r} is given more than once")
-            seen.add(tag)
-            include.add(tag)
-            attribute = MATCH_KEYS.get(tag)
+            seen_paths.add(path)
+            include.add(path[0])
+            attribute: Attribute | None
+            if len(path) > 1:
+                attribute = NESTED_MATCH_KEYS.get((path[0], path[1])) if len(path) == 2 else None
+            else:
+                attribute = MATCH_KEYS.get(tag)
             if attribute is None or attribute.level not in _LEVEL_SCOPE[level]:
                 if value:
-                    warnings.append(f"{keyword_for_tag(tag)} is not supported for matching")
+                    shown = ".".join(keyword_for_tag(t) for t in path)
+                    warnings.append(f"{shown} is not supported for matching")
                 continue
             if attribute.tag == 0x0020000D and study_instance_uid is not None:
                 continue  # the path already scopes the study
@@ -131,12 +149,17 @@ def parse_query(
             match = _parse_match(attribute.tag, attribute.column or "", attribute.vr, value)
             if match is not None:
                 matches.append(match)
+    if fuzzy:
+        warnings.append(
+            "fuzzymatching: person names match case- and accent-insensitively and by"
+            " component; phonetic matching is not supported"
+        )
     return Query(
         level=level,
         site=site,
         study_instance_uid=study_instance_uid,
         series_instance_uid=series_instance_uid,
-        matches=tuple(matches),
+        matches=_combine_date_time(matches),
         include_tags=frozenset(include),
         include_all=include_all,
         fuzzy=fuzzy,
@@ -233,3 +256,35 @@ def like_pattern(value: str) -> str:
     """A DICOM wildcard value as a LIKE pattern with ESCAPE '\\': % and _ match literally."""
     escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")
+
+
+# Date and time keys read together when both are ranges (PS3.4 C.2.2.2.5.1).
+_DATE_TIME_PAIRS = (
+    ("study_date", "study_time"),
+    ("performed_procedure_step_start_date", "performed_procedure_step_start_time"),
+)
+
+
+def _combine_date_time(matches: list[Match]) -> tuple[Match, ...]:
+    """Merge a date range and a time range on the same level into one date-time range."""
+    by_column = {m.column: m for m in matches}
+    for date_column, time_column in _DATE_TIME_PAIRS:
+        date, time = by_column.get(date_column), by_column.get(time_column)
+        if date is None or time is None:
+            continue
+        if date.kind is not MatchKind.RANGE or time.kind is not MatchKind.RANGE:
+            continue
+        combined = Match(
+            date.tag,
+            date_column,
+            date.vr,
+            MatchKind.DATETIME_RANGE,
+            (),
+            date.lower,
+            date.upper,
+            time_column,
+            time.lower if date.lower else None,
+            time.upper if date.upper else None,
+        )
+        matches = [m for m in matches if m is not date and m is not time] + [combined]
+    return tuple(matches)

@@ -555,6 +555,8 @@ _SERIES_TEXT_COLUMNS = (
     "series_description",
     "performed_procedure_step_start_date",
     "performed_procedure_step_start_time",
+    "requested_procedure_id",
+    "scheduled_procedure_step_id",
 )
 
 

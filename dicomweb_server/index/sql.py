@@ -6,13 +6,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from dicomweb_server.domain.attributes import MATCH_KEYS, Level
+from dicomweb_server.domain.attributes import (
+    MATCH_KEYS,
+    MULTI_VALUE_COLUMNS,
+    NESTED_MATCH_KEYS,
+    Level,
+)
 from dicomweb_server.domain.query import Match, MatchKind, Query, fold_for_fuzzy, like_pattern
 
 __all__ = ["SearchSql", "build_search"]
 
 _ALIAS = {Level.STUDY: "s", Level.SERIES: "se", Level.INSTANCE: "i"}
 _FOLD_COLUMNS = frozenset({"patient_name", "referring_physician_name"})
+_COLUMN_ALIAS = {
+    a.column: _ALIAS[a.level]
+    for a in (*MATCH_KEYS.values(), *NESTED_MATCH_KEYS.values())
+    if a.column
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +88,20 @@ def build_search(query: Query, placeholder: Callable[[int], str]) -> SearchSql:
 
 
 def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:
-    attribute = MATCH_KEYS[match.tag]
     if match.column == "modalities_in_study":
         inner = _value_condition("x.modality", match, bind)
         return (
             "EXISTS (SELECT 1 FROM series x WHERE x.site = s.site"
             f" AND x.study_instance_uid = s.study_instance_uid AND {inner})"
         )
-    column = f"{_ALIAS[attribute.level]}.{match.column}"
+    alias = _COLUMN_ALIAS[match.column]
+    column = f"{alias}.{match.column}"
+    if match.kind is MatchKind.DATETIME_RANGE:
+        return _datetime_range(column, f"{alias}.{match.time_column}", match, bind)
+    if match.column in MULTI_VALUE_COLUMNS and match.kind is MatchKind.SINGLE:
+        # Any item's value equals the key (PS3.4 C.2.2.2.6); the values are backslash-joined.
+        pattern = "%\\" + _bang_escape(match.values[0]) + "\\%"
+        return f"('\\' || {column} || '\\') LIKE {bind(pattern)} ESCAPE '!'"
     if (
         fuzzy
         and match.column in _FOLD_COLUMNS
@@ -102,7 +118,45 @@ def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:
     return _value_condition(column, match, bind)
 
 
+def _bang_escape(value: str) -> str:
+    """Escape LIKE wildcards with '!' (for patterns that hold a literal backslash)."""
+    return value.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def _datetime_range(
+    date_column: str, time_column: str, match: Match, bind: Callable[[Any], str]
+) -> str:
+    """A date range and a time range read as one date-time range (PS3.4 C.2.2.2.5.1).
+
+    Each value is bound at each use: SQLite's `?` placeholders are positional.
+    """
+    parts = []
+    if match.lower is not None:
+        if match.lower_time is None:
+            parts.append(f"{date_column} >= {bind(match.lower)}")
+        else:
+            parts.append(
+                f"({date_column} > {bind(match.lower)} OR ({date_column} = {bind(match.lower)}"
+                f" AND {time_column} >= {bind(match.lower_time)}))"
+            )
+    if match.upper is not None:
+        if match.upper_time is None:
+            parts.append(f"{date_column} <= {bind(match.upper)}")
+        else:
+            parts.append(
+                f"({date_column} < {bind(match.upper)} OR ({date_column} = {bind(match.upper)}"
+                f" AND {time_column} <= {bind(match.upper_time + '~')}))"
+            )
+    return "(" + " AND ".join(parts) + ")"
+
+
 def _value_condition(column: str, match: Match, bind: Callable[[Any], str]) -> str:
+    if match.kind is MatchKind.SINGLE and match.vr == "PN":
+        # Component-wise (PS3.4 C.2.2.2.1): "Doe" matches "Doe" and "Doe^Jane". Only the first
+        # component group is compared, and trailing empty components carry nothing.
+        name = match.values[0].split("=", 1)[0].rstrip("^ ")
+        prefix = like_pattern(name) + "^%"
+        return f"({column} = {bind(name)} OR {column} LIKE {bind(prefix)} ESCAPE '\\')"
     if match.kind is MatchKind.SINGLE:
         value: Any = int(match.values[0]) if match.vr == "IS" else match.values[0]
         return f"{column} = {bind(value)}"

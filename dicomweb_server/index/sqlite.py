@@ -361,8 +361,9 @@ def _add_in_transaction(
         conn.execute(
             "INSERT INTO series (site, study_instance_uid, series_instance_uid, modality,"
             " series_number, series_description, performed_procedure_step_start_date,"
-            " performed_procedure_step_start_time, number_of_instances, attributes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            " performed_procedure_step_start_time, requested_procedure_id,"
+            " scheduled_procedure_step_id, number_of_instances, attributes)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
             (
                 site,
                 record.study_instance_uid,
@@ -372,6 +373,8 @@ def _add_in_transaction(
                 se.get("series_description"),
                 se.get("performed_procedure_step_start_date"),
                 se.get("performed_procedure_step_start_time"),
+                se.get("requested_procedure_id"),
+                se.get("scheduled_procedure_step_id"),
                 orjson.dumps(record.series_attributes),
             ),
         )

@@ -95,7 +95,7 @@ class RetrieveService:
 
     index: InstanceIndex
     blobs: BlobStore
-    codec_workers: int = 0  # 0: one per core
+    codec_workers: int = 1  # 0: one per core (see Settings.codec_workers)
     cache_frames: bool = True
     _executor: ThreadPoolExecutor | None = field(default=None, init=False)
     _inflight: dict[str, asyncio.Future[bytes]] = field(default_factory=dict, init=False)
@@ -336,15 +336,23 @@ class RetrieveService:
             log.warning("frame cache write failed: %s", exc.reason)
 
     async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run codec work in the pool. A cancelled caller still waits for its worker: the
+        buffers and spool files it handed over must outlive the native code reading them."""
         if self._executor is None:
             workers = self.codec_workers or os.cpu_count() or 1
             self._executor = ThreadPoolExecutor(workers, thread_name_prefix="codec")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait({future})
+            raise
 
     def close(self) -> None:
         """Stop the codec workers (after the last request)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            # Queued work is dropped; running work finishes before the pool's threads exit.
+            self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
     # -- bulk data -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,7 @@ import orjson
 
 from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, Level, level_of_tag, tag_hex
 from dicomweb_server.domain.dicom_json import absolute_bulk_uris
-from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.index.base import InstanceIndex
 
@@ -42,8 +43,9 @@ class SearchService:
         page = await self.index.search(query)
         wanted = self._default_tags(query.level) | {tag_hex(t) for t in query.include_tags}
         rows = []
+        needs_metadata = query.include_all or self._needs_metadata(query)
         for row in page.rows:
-            if query.level is Level.INSTANCE and (query.include_all or self._needs_metadata(query)):
+            if needs_metadata:
                 await self._add_from_metadata(row, query, root_url)
             shaped = row if query.include_all else {k: v for k, v in row.items() if k in wanted}
             shaped["00081190"] = {
@@ -71,19 +73,37 @@ class SearchService:
         return any(level_of_tag(t) is None for t in query.include_tags)
 
     async def _add_from_metadata(self, row: dict[str, Any], query: Query, root_url: str) -> None:
-        key = InstanceKey(
-            query.site,
-            row["0020000D"]["Value"][0],
-            row["0020000E"]["Value"][0],
-            row["00080018"]["Value"][0],
-        )
-        metadata = await self.index.get_metadata(key)
+        """Attributes no level stores come from the instance itself, or for a study or series
+        from its first instance (a representative, as PS3.18 10.6.3.3 allows)."""
+        study = row["0020000D"]["Value"][0]
+        if query.level is Level.INSTANCE:
+            key = InstanceKey(
+                query.site, study, row["0020000E"]["Value"][0], row["00080018"]["Value"][0]
+            )
+            metadata = await self.index.get_metadata(key)
+        else:
+            series = row["0020000E"]["Value"][0] if query.level is Level.SERIES else None
+            iterator = aiter(self.index.iter_metadata(StudyKey(query.site, study), series))
+            metadata = await anext(iterator, None)
+            await _close(iterator)
         if metadata is None:
             return
         full: dict[str, Any] = orjson.loads(absolute_bulk_uris(metadata, root_url))
         for tag, value in full.items():
-            if query.include_all or int(tag, 16) in query.include_tags:
+            number = int(tag, 16)
+            wanted = number in query.include_tags
+            if wanted or (query.include_all and self._belongs(number, query.level, value)):
                 row.setdefault(tag, value)
+
+    @staticmethod
+    def _belongs(tag: int, level: Level, value: dict[str, Any]) -> bool:
+        """For includefield=all: an attribute of this level or above, not another level's."""
+        if level is Level.INSTANCE:
+            return True
+        if "BulkDataURI" in value:
+            return False  # a representative's bulk data is not the study's or series'
+        owner = level_of_tag(tag)
+        return owner is None or _LEVEL_ORDER[owner] <= _LEVEL_ORDER[level]
 
     @staticmethod
     def _retrieve_url(level: Level, row: dict[str, Any], root_url: str) -> str:
@@ -93,3 +113,9 @@ class SearchService:
         if level is Level.INSTANCE:
             url += f"/instances/{row['00080018']['Value'][0]}"
         return url
+
+
+async def _close(iterator: AsyncIterator[bytes]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -100,7 +100,7 @@ def test_migrate_command_on_postgresql(pg_database_url: str) -> None:
     env = {**os.environ, "DICOMWEB_DATABASE_URL": pg_database_url}
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert "applied migrations [1]" in first.stdout
+    assert "applied migrations [1, 2]" in first.stdout
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert "applied migrations none" in again.stdout
 

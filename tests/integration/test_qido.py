@@ -208,3 +208,129 @@ async def test_limit_above_maximum_is_reduced_with_warning(client, corpus) -> No
     response = await client.get("/studies", params={"limit": "999999"})
     assert response.status_code == 200
     assert "reduced to the server maximum" in response.headers["warning"]
+
+
+async def _store(client: httpx.AsyncClient, datasets) -> None:  # type: ignore[no-untyped-def]
+    body, content_type = multipart_body([to_part10(ds) for ds in datasets])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+async def names(client: httpx.AsyncClient) -> dict[str, str]:
+    """Person names that exercise component-wise and fuzzy matching (PS3.4 C.2.2.2.1)."""
+    people = {
+        "doe": "Doe^Jane",
+        "doe_john": "Doe^John^^^",
+        "muller": "Müller^Jörg",
+        "doering": "Doering^Ann",
+    }
+    studies = {}
+    for key, name in people.items():
+        ds = ct_dataset(patient_name=name, patient_id=f"N-{key}")
+        studies[key] = ds.StudyInstanceUID
+        await _store(client, [ds])
+    return studies
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"PatientName": "Doe"}, ["doe", "doe_john"]),  # family name component
+        ({"PatientName": "Doe^John"}, ["doe_john"]),  # trailing empty components ignored
+        ({"PatientName": "Doe^John^^"}, ["doe_john"]),
+        ({"PatientName": "doe"}, []),  # case-sensitive without fuzzymatching
+        ({"PatientName": "doe", "fuzzymatching": "true"}, ["doe", "doe_john"]),
+        ({"PatientName": "muller^jorg", "fuzzymatching": "true"}, ["muller"]),  # accents folded
+        ({"PatientName": "MÜLLER", "fuzzymatching": "true"}, ["muller"]),
+        ({"PatientName": "Müller"}, ["muller"]),
+        ({"PatientName": "Doe*"}, ["doe", "doe_john", "doering"]),
+        ({"PatientName": "doe*", "fuzzymatching": "true"}, ["doe", "doe_john", "doering"]),
+    ],
+)
+async def test_person_name_matching(client, names, params, expected) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies", params=params)
+    assert response.status_code == 200
+    assert sorted(r["0020000D"]["Value"][0] for r in response.json()) == sorted(
+        names[k] for k in expected
+    )
+    if params.get("fuzzymatching") == "true":
+        assert "phonetic matching is not supported" in response.headers["warning"]
+
+
+async def test_combined_date_time_range(client: httpx.AsyncClient) -> None:
+    # PS3.4 C.2.2.2.5.1: 20060705-20060707 with 1000-1800 is 5 July 10:00 to 7 July 18:00.
+    cases = {
+        "early": ("20060705", "0900"),
+        "in1": ("20060705", "1100"),
+        "in2": ("20060706", "0300"),
+        "in3": ("20060707", "1759"),
+        "late": ("20060707", "1900"),
+    }
+    uids = {}
+    for key, (date, time) in cases.items():
+        ds = ct_dataset(study_date=date, patient_id="DT")
+        ds.StudyTime = time
+        uids[key] = ds.StudyInstanceUID
+        await _store(client, [ds])
+    response = await client.get(
+        "/studies", params={"StudyDate": "20060705-20060707", "StudyTime": "1000-1800"}
+    )
+    assert sorted(r["0020000D"]["Value"][0] for r in response.json()) == sorted(
+        uids[k] for k in ("in1", "in2", "in3")
+    )
+
+
+async def test_sequence_matching_on_request_attributes(client: httpx.AsyncClient) -> None:
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    tagged = ct_dataset(patient_id="SEQ")
+    first, second = Dataset(), Dataset()
+    first.RequestedProcedureID, first.ScheduledProcedureStepID = "RP_1", "SPS-1"
+    second.RequestedProcedureID, second.ScheduledProcedureStepID = "RP-2", "SPS-2"
+    tagged.RequestAttributesSequence = Sequence([first, second])
+    await _store(client, [tagged, ct_dataset(patient_id="SEQ")])
+    for params in (
+        {"RequestAttributesSequence.RequestedProcedureID": "RP-2"},
+        {"00400275.00401001": "RP_1"},
+        {"00400275.00400009": "SPS-1"},
+    ):
+        rows = (await client.get("/series", params=params)).json()
+        assert [r["0020000E"]["Value"][0] for r in rows] == [tagged.SeriesInstanceUID], params
+        assert "00400275" in rows[0]
+    assert (await client.get("/series", params={"00400275.00401001": "RP%1"})).json() == []
+    assert (await client.get("/series", params={"00400275.00401001": "RP"})).json() == []
+
+
+async def test_includefield_at_study_level_reads_a_representative_instance(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    rows = await _search(
+        client, "/studies", {"StudyInstanceUID": corpus["s3"], "includefield": "00280101"}
+    )
+    assert rows[0]["00280101"]["Value"] == [12]  # BitsStored, from the study's instance
+    rows = await _search(
+        client, "/studies", {"StudyInstanceUID": corpus["s3"], "includefield": "all"}
+    )
+    assert "00280010" not in rows[0]  # Rows: an instance-level attribute is not the study's
+    assert "7FE00010" not in rows[0]
+
+
+async def test_paging_while_storing_never_repeats_or_skips(client: httpx.AsyncClient) -> None:
+    await _store(client, [ct_dataset(patient_id="PAGE") for _ in range(6)])
+    seen: list[str] = []
+    offset = 0
+    while True:
+        rows = (
+            await client.get(
+                "/studies", params={"PatientID": "PAGE", "limit": "2", "offset": str(offset)}
+            )
+        ).json()
+        if not rows:
+            break
+        seen += [r["0020000D"]["Value"][0] for r in rows]
+        offset += len(rows)
+        if offset <= 6:
+            await _store(client, [ct_dataset(patient_id="PAGE")])  # a study arrives mid-paging
+    assert len(seen) == len(set(seen))
+    total = (await client.get("/studies", params={"PatientID": "PAGE"})).json()
+    assert sorted(seen) == sorted(r["0020000D"]["Value"][0] for r in total)

@@ -116,3 +116,43 @@ def test_like_pattern_escapes_sql_wildcards() -> None:
 
 def test_fold_for_fuzzy() -> None:
     assert fold_for_fuzzy("Müller^José") == "MULLER^JOSE"
+
+
+def test_sequence_keys_by_keyword_or_tag_path() -> None:
+    for key in ("RequestAttributesSequence.RequestedProcedureID", "00400275.00401001"):
+        (match,) = q((key, "RP-7"), level=Level.SERIES).matches
+        assert (match.column, match.kind, match.values) == (
+            "requested_procedure_id",
+            MatchKind.SINGLE,
+            ("RP-7",),
+        )
+    query = q(("00400275.00400009", "SPS-1"), level=Level.SERIES)
+    assert query.matches[0].column == "scheduled_procedure_step_id"
+    assert 0x00400275 in query.include_tags
+
+
+def test_unsupported_sequence_key_warns() -> None:
+    query = q(("ReferencedStudySequence.ReferencedSOPInstanceUID", "1.2"))
+    assert query.matches == () and "not supported for matching" in query.warnings[0]
+
+
+def test_date_and_time_ranges_combine_into_one_datetime_range() -> None:
+    (match,) = q(("StudyDate", "20060705-20060707"), ("StudyTime", "1000-1800")).matches
+    assert match.kind is MatchKind.DATETIME_RANGE
+    assert (match.lower, match.lower_time, match.upper, match.upper_time) == (
+        "20060705",
+        "1000",
+        "20060707",
+        "1800",
+    )
+    assert match.time_column == "study_time"
+
+
+def test_single_date_with_time_range_stays_separate() -> None:
+    matches = q(("StudyDate", "20060705"), ("StudyTime", "1000-1800")).matches
+    assert {m.kind for m in matches} == {MatchKind.SINGLE, MatchKind.RANGE}
+
+
+def test_fuzzy_matching_says_what_it_does() -> None:
+    query = q(("fuzzymatching", "true"))
+    assert query.fuzzy and "phonetic matching is not supported" in query.warnings[0]
