@@ -119,18 +119,6 @@ class SqliteInstanceIndex:
         more = len(rows) > query.limit
         return SearchPage([search_row(query.level, row) for row in rows[: query.limit]], more)
 
-    async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
-        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = conn.execute(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE site = ? AND sop_instance_uid = ?"
-                " AND series_instance_uid = ? AND study_instance_uid = ?",
-                (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
-            ).fetchone()
-            return row
-
-        row = await self._read(run)
-        return None if row is None else _stored(row)
-
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None
     ) -> AsyncIterator[tuple[Any, ...]]:
@@ -177,28 +165,29 @@ class SqliteInstanceIndex:
         async for row in self._iter("i.metadata", study, series_instance_uid):
             yield bytes(row[0])
 
-    async def get_metadata(self, key: InstanceKey) -> bytes | None:
+    async def _instance_row(self, columns: str, key: InstanceKey) -> tuple[Any, ...] | None:
+        """`columns` of one instance row, or None."""
+
         def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
             row: tuple[Any, ...] | None = conn.execute(
-                "SELECT metadata FROM instances WHERE site = ? AND sop_instance_uid = ?"
+                f"SELECT {columns} FROM instances WHERE site = ? AND sop_instance_uid = ?"
                 " AND series_instance_uid = ? AND study_instance_uid = ?",
                 (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
             ).fetchone()
             return row
 
-        row = await self._read(run)
+        return await self._read(run)
+
+    async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
+        row = await self._instance_row(_INSTANCE_COLUMNS, key)
+        return None if row is None else _stored(row)
+
+    async def get_metadata(self, key: InstanceKey) -> bytes | None:
+        row = await self._instance_row("metadata", key)
         return None if row is None else bytes(row[0])
 
     async def get_bulk_span(self, key: InstanceKey, path: str) -> tuple[int, int] | None:
-        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
-            row: tuple[Any, ...] | None = conn.execute(
-                "SELECT bulk FROM instances WHERE site = ? AND sop_instance_uid = ?"
-                " AND series_instance_uid = ? AND study_instance_uid = ?",
-                (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid),
-            ).fetchone()
-            return row
-
-        row = await self._read(run)
+        row = await self._instance_row("bulk", key)
         if row is None or row[0] is None:
             return None
         span = orjson.loads(row[0]).get(path)
