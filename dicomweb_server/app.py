@@ -19,6 +19,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
@@ -234,6 +235,12 @@ def create_app(settings: Settings) -> Starlette:
                 codec_workers=settings.codec_workers,
                 cache_frames=bool(settings.frame_cache),
             ),
+        )
+        app.state.dicomweb_render = RenderService(
+            app.state.dicomweb.retrieve,
+            thumbnail_size=settings.thumbnail_size,
+            cache_thumbnails=bool(settings.thumbnail_cache),
+            memory_cache_bytes=settings.render_memory_cache_bytes,
         )
         try:
             yield

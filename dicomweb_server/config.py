@@ -57,6 +57,19 @@ class Settings:
     # until the codecs move to a crash-isolated process pool; scale with --workers instead.
     codec_workers: int = 1
     frame_cache: int = 1  # 1: keep transcoded frames in the blob store under {site}/cache/
+    # Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 8.3.5)
+    thumbnail_size: int = 128  # default thumbnail viewport, pixels a side
+    thumbnail_cache: int = 1  # 1: keep thumbnails in the blob store under {site}/cache/
+    render_memory_cache_bytes: int = 32 << 20  # rendered images kept in memory per process
+    max_viewport: int = 4096  # largest viewport width or height a request may ask for
+    http_cache_max_age: int = 3600  # Cache-Control max-age of instance images, frames, metadata
+    # Browsers: CORS and compression
+    cors_origins: str = "*"  # origins that may read, comma-separated ("*": any, "": none)
+    cors_write_origins: str = ""  # origins that may also store (POST); same syntax
+    cors_allow_headers: str = ""  # request headers a preflight may name ("": any it asks for)
+    cors_max_age: int = 600  # seconds a browser may cache a preflight answer
+    compress_json: int = 1  # 1: gzip or br JSON responses (QIDO, metadata) when accepted
+    compress_min_bytes: int = 1024  # smaller JSON bodies are sent as they are
 
     @property
     def root_url(self) -> str:

@@ -264,6 +264,18 @@ class RetrieveService:
             )
         )
 
+    async def read_stored_frame(self, instance: StoredInstance, number: int) -> bytes | None:
+        """One frame as stored (fragments joined), or None when its bytes were not mapped
+        at ingest; for callers that decode frames themselves (rendering)."""
+        self._check_frames(instance, [number])
+        if instance.pixel is None or not instance.pixel.frames:
+            return None
+        return await self._read_span(instance, number)
+
+    async def run_codec(self, function: Callable[..., _T], *args: Any) -> _T:
+        """Run synchronous codec work (decoding, rendering) in the shared codec pool."""
+        return await self._run(function, *args)
+
     async def _read_span(self, instance: StoredInstance, number: int) -> bytes:
         assert instance.pixel is not None
         fragments = instance.pixel.frames[number - 1].fragments

@@ -79,6 +79,20 @@ def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -
     return Operation(name, "10.4", (), produces, statuses)
 
 
+_RENDERED = ("image/jpeg", "image/png", "image/gif")
+_RENDERED_PARTS = tuple(f'multipart/related; type="{media}"' for media in _RENDERED)
+_RENDERED_PARAMS = ("accept", "window", "viewport", "quality", "annotation", "iccprofile")
+
+
+def _rendered(name: str, produces: tuple[str, ...]) -> Operation:
+    """Rendered resources (10.4.1.1.3, 8.3.5): 304 answers a matching If-None-Match."""
+    return Operation(name, "10.4", (), produces, (200, 304, 400, 404, 406), _RENDERED_PARAMS)
+
+
+def _thumbnail(name: str) -> Operation:
+    return Operation(name, "10.4", (), _RENDERED, (200, 304, 400, 404, 406), ("accept", "viewport"))
+
+
 # Keyed by handler name: the only per-handler facts a Route does not carry.
 _OPERATIONS: dict[str, Operation] = {
     "store_instances": Operation(
@@ -105,6 +119,14 @@ _OPERATIONS: dict[str, Operation] = {
     ),
     "retrieve_instance_frames": _retrieve("Retrieve Frames", (_OCTET_PARTS,), (200, 400, 404, 406)),
     "retrieve_bulkdata": _retrieve("Retrieve Bulkdata", (_OCTET_PARTS,), (200, 404, 406)),
+    "retrieve_rendered_study": _rendered("Retrieve Rendered Study", _RENDERED_PARTS),
+    "retrieve_rendered_series": _rendered("Retrieve Rendered Series", _RENDERED_PARTS),
+    "retrieve_rendered_instance": _rendered("Retrieve Rendered Instance", _RENDERED),
+    "retrieve_rendered_frames": _rendered("Retrieve Rendered Frames", _RENDERED),
+    "retrieve_thumbnail_study": _thumbnail("Retrieve Study Thumbnail"),
+    "retrieve_thumbnail_series": _thumbnail("Retrieve Series Thumbnail"),
+    "retrieve_thumbnail_instance": _thumbnail("Retrieve Instance Thumbnail"),
+    "retrieve_thumbnail_frame": _thumbnail("Retrieve Frame Thumbnail"),
 }
 
 

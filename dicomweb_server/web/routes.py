@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dicomweb_server.web import retrieve, search, store
+from dicomweb_server.web import rendered, retrieve, search, store
 from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
@@ -33,6 +33,19 @@ ROUTES = [
     Route(_INSTANCE + "/metadata", retrieve.retrieve_instance_metadata, methods=["GET"]),
     Route(_INSTANCE + "/frames/{frames}", retrieve.retrieve_instance_frames, methods=["GET"]),
     Route(_INSTANCE + "/bulkdata/{path:path}", retrieve.retrieve_bulkdata, methods=["GET"]),
+]
+
+# WADO-RS rendered resources and thumbnails (10.4.1.1.3, 8.3.5)
+_FRAMES = _INSTANCE + "/frames/{frames}"
+ROUTES += [
+    Route(_STUDY + "/rendered", rendered.retrieve_rendered_study, methods=["GET"]),
+    Route(_SERIES + "/rendered", rendered.retrieve_rendered_series, methods=["GET"]),
+    Route(_INSTANCE + "/rendered", rendered.retrieve_rendered_instance, methods=["GET"]),
+    Route(_FRAMES + "/rendered", rendered.retrieve_rendered_frames, methods=["GET"]),
+    Route(_STUDY + "/thumbnail", rendered.retrieve_thumbnail_study, methods=["GET"]),
+    Route(_SERIES + "/thumbnail", rendered.retrieve_thumbnail_series, methods=["GET"]),
+    Route(_INSTANCE + "/thumbnail", rendered.retrieve_thumbnail_instance, methods=["GET"]),
+    Route(_FRAMES + "/thumbnail", rendered.retrieve_thumbnail_frame, methods=["GET"]),
 ]
 
 # Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a

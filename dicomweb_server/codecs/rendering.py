@@ -1,0 +1,659 @@
+"""Frames → presentation images for rendered and thumbnail resources (PS3.18 8.3.5, 9.4).
+
+The grayscale pipeline is PS3.4 N.2.1: stored values (masked to Bits Stored, sign-extended)
+→ Modality LUT (rescale or LUT Sequence) → VOI LUT (a window: LINEAR, LINEAR_EXACT or
+SIGMOID, PS3.3 C.11.2.1.2; or a VOI LUT Sequence) → MONOCHROME1 inversion → 8 bits. Colour
+frames are converted to RGB (YBR_FULL, YBR_FULL_422, PALETTE COLOR through its LUTs). Then
+crop and scale to the viewport, burn in annotations and encode as JPEG, PNG or GIF.
+
+Synchronous and CPU-bound: callers run `render` in the codec pool. Integer frames of up to
+16 bits go through one lookup table built per frame, which keeps a 512×512 CT under a
+few milliseconds before encoding.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dicomweb_server.codecs.registry import (
+    NATIVE_SYNTAXES,
+    CodecError,
+    FrameInfo,
+    Pixels,
+)
+
+__all__ = [
+    "ANNOTATIONS",
+    "RENDERED_MEDIA_TYPES",
+    "WINDOW_FUNCTIONS",
+    "ImageAttributes",
+    "Lut",
+    "RenderOptions",
+    "RenderParameterError",
+    "Viewport",
+    "Window",
+    "bulk_paths",
+    "decode_for_rendering",
+    "encode_images",
+    "present",
+    "render",
+    "render_pixels",
+]
+
+RENDERED_MEDIA_TYPES = ("image/jpeg", "image/png", "image/gif")
+WINDOW_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+ANNOTATIONS = ("patient", "technique")
+DEFAULT_QUALITY = 90  # JPEG quality when none is asked (PS3.18 8.3.5.1.2 leaves it to us)
+_PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 doubles the time for a few percent in size
+_GIF_FRAME_MS = 100  # animated GIF frame duration when the instance has no Frame Time
+_MAX_LUT_DOMAIN = 1 << 16  # integer frames up to 16 bits map through one table
+
+# DICOM JSON tags (PS3.6) read here.
+_ROWS, _COLUMNS = "00280010", "00280011"
+_NUMBER_OF_FRAMES = "00280008"
+_RESCALE_INTERCEPT, _RESCALE_SLOPE = "00281052", "00281053"
+_WINDOW_CENTER, _WINDOW_WIDTH, _VOI_FUNCTION = "00281050", "00281051", "00281056"
+_MODALITY_LUT_SEQUENCE, _VOI_LUT_SEQUENCE = "00283000", "00283010"
+_LUT_DESCRIPTOR, _LUT_DATA = "00283002", "00283006"
+_PALETTE_DESCRIPTORS = ("00281101", "00281102", "00281103")
+_PALETTE_DATA = ("00281201", "00281202", "00281203")
+_SEGMENTED_PALETTE = ("00281221", "00281222", "00281223")
+_SHARED_GROUPS = "52009229"
+_PIXEL_VALUE_TRANSFORMATION = "00289145"
+_FRAME_VOI_LUT = "00289132"
+_FRAME_TIME = "00181063"
+
+
+class RenderParameterError(CodecError):
+    """A request parameter does not fit this image (say, a viewport region outside it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A VOI window (PS3.3 C.11.2.1.2): center, width and the function applying it."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+@dataclass(frozen=True, slots=True)
+class Viewport:
+    """PS3.18 8.3.5.1.3: the output box, and optionally the source region to show in it.
+
+    `region` is (sx, sy, sw, sh) in source pixels; a negative sw or sh flips that axis.
+    """
+
+    width: int
+    height: int
+    region: tuple[int, int, int | None, int | None] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RenderOptions:
+    """What a rendered or thumbnail request asks for (PS3.18 8.3.5.1)."""
+
+    media_type: str = "image/jpeg"
+    window: Window | None = None
+    viewport: Viewport | None = None
+    quality: int | None = None
+    annotations: tuple[str, ...] = ()
+    upscale: bool = True  # thumbnails only ever shrink
+
+    @property
+    def token(self) -> str:
+        """A stable text form, for cache keys and entity tags."""
+        window = self.window
+        viewport = self.viewport
+        return "|".join(
+            [
+                self.media_type,
+                f"{window.center:g},{window.width:g},{window.function}" if window else "",
+                f"{viewport.width},{viewport.height},{viewport.region}" if viewport else "",
+                str(self.quality or ""),
+                ",".join(self.annotations),
+                "up" if self.upscale else "down",
+            ]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Lut:
+    """A lookup table (PS3.3 C.11.1.1.1): first stored value mapped, output bits, entries."""
+
+    first_mapped: int
+    bits: int
+    data: np.ndarray[Any, Any]
+
+    def apply(self, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Entries for `values`; values outside the table clamp to its ends."""
+        index = np.clip(values.astype(np.int64) - self.first_mapped, 0, len(self.data) - 1)
+        entries: np.ndarray[Any, Any] = self.data[index]
+        return entries
+
+
+@dataclass(frozen=True, slots=True)
+class ImageAttributes:
+    """The attributes rendering needs besides the Image Pixel module, from DICOM JSON."""
+
+    info: FrameInfo
+    number_of_frames: int = 1
+    rescale_slope: float = 1.0
+    rescale_intercept: float = 0.0
+    modality_lut: Lut | None = None
+    windows: tuple[Window, ...] = ()
+    voi_lut: Lut | None = None
+    palette: tuple[Lut, Lut, Lut] | None = None
+    frame_time_ms: float | None = None
+    patient: tuple[str, ...] = ()  # annotation lines (annotation=patient)
+    technique: tuple[str, ...] = ()  # annotation lines (annotation=technique)
+    notes: tuple[str, ...] = field(default=())  # why an attribute was ignored
+
+    @classmethod
+    def from_json(
+        cls, model: Mapping[str, Any], bulk: Mapping[str, bytes] | None = None
+    ) -> ImageAttributes:
+        """From an instance's DICOM JSON; `bulk` holds values behind BulkDataURIs by path."""
+        info = FrameInfo.from_json(dict(model))
+        if info is None:
+            raise CodecError("the instance has no Image Pixel attributes (Rows, Columns)")
+        values = bulk or {}
+        shared = _first_item(model, _SHARED_GROUPS) or {}
+        transformation = _first_item(shared, _PIXEL_VALUE_TRANSFORMATION) or {}
+        frame_voi = _first_item(shared, _FRAME_VOI_LUT) or {}
+        slope = _number(model, _RESCALE_SLOPE, _number(transformation, _RESCALE_SLOPE, 1.0))
+        intercept = _number(
+            model, _RESCALE_INTERCEPT, _number(transformation, _RESCALE_INTERCEPT, 0.0)
+        )
+        modality_item = _first_item(model, _MODALITY_LUT_SEQUENCE)
+        voi_item = _first_item(model, _VOI_LUT_SEQUENCE)
+        windows = _windows(model) or _windows(frame_voi)
+        frame_time = _number(model, _FRAME_TIME, 0.0)
+        palette = None
+        if info.photometric_interpretation == "PALETTE COLOR":
+            if any(tag in model for tag in _SEGMENTED_PALETTE):
+                raise CodecError("segmented palette colour lookup tables are not rendered")
+            luts = [
+                lut
+                for descriptor, data in zip(_PALETTE_DESCRIPTORS, _PALETTE_DATA, strict=True)
+                if (lut := _lut(model, descriptor, data, values, data)) is not None
+            ]
+            if len(luts) != 3:
+                raise CodecError("PALETTE COLOR without its lookup tables")
+            palette = (luts[0], luts[1], luts[2])
+        return cls(
+            info=info,
+            number_of_frames=max(1, int(_number(model, _NUMBER_OF_FRAMES, 1))),
+            rescale_slope=slope or 1.0,
+            rescale_intercept=intercept,
+            modality_lut=_lut(
+                modality_item or {},
+                _LUT_DESCRIPTOR,
+                _LUT_DATA,
+                values,
+                f"{_MODALITY_LUT_SEQUENCE}/0/{_LUT_DATA}",
+            ),
+            windows=windows,
+            voi_lut=_lut(
+                voi_item or {},
+                _LUT_DESCRIPTOR,
+                _LUT_DATA,
+                values,
+                f"{_VOI_LUT_SEQUENCE}/0/{_LUT_DATA}",
+            ),
+            palette=palette,
+            frame_time_ms=frame_time if frame_time > 0 else None,
+            patient=_annotation_lines(model, _PATIENT_LINES),
+            technique=_annotation_lines(model, _TECHNIQUE_LINES),
+        )
+
+
+def bulk_paths(model: Mapping[str, Any]) -> list[str]:
+    """Paths of the LUT values rendering needs that the metadata holds as BulkDataURIs."""
+    found = []
+    for path in (
+        *_PALETTE_DATA,
+        f"{_MODALITY_LUT_SEQUENCE}/0/{_LUT_DATA}",
+        f"{_VOI_LUT_SEQUENCE}/0/{_LUT_DATA}",
+    ):
+        element = _element_at(model, path)
+        if element is not None and "BulkDataURI" in element:
+            found.append(path)
+    return found
+
+
+# -- the pipeline ------------------------------------------------------------------------------
+
+
+def render(
+    frames: Sequence[bytes], syntax: str, attrs: ImageAttributes, options: RenderOptions
+) -> bytes:
+    """Stored frames (native bytes or a frame's fragments joined) → one encoded image.
+
+    Several frames make an animated GIF; the caller asks for one frame otherwise.
+    """
+    pixels = [decode_for_rendering(data, syntax, attrs.info) for data in frames]
+    return render_pixels(pixels, attrs, options)
+
+
+def render_pixels(
+    pixels: Sequence[Pixels], attrs: ImageAttributes, options: RenderOptions
+) -> bytes:
+    """Decoded frames → one encoded image (several: an animated GIF)."""
+    return encode_images([present(p, attrs, options) for p in pixels], attrs, options)
+
+
+def decode_for_rendering(data: bytes, syntax: str, info: FrameInfo) -> Pixels:
+    """One stored frame → pixels, through the codec registry (native YBR_FULL_422 here)."""
+    if syntax in NATIVE_SYNTAXES and info.photometric_interpretation == "YBR_FULL_422":
+        return _native_ybr_422(data, info)
+    from dicomweb_server.codecs.transcode import decode_frame
+
+    return decode_frame(data, syntax, info)
+
+
+def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> Any:
+    """Pixels → an 8-bit PIL image (L or RGB), windowed, cropped, scaled and annotated."""
+    from PIL import Image
+
+    array = pixels.array
+    photometric = pixels.photometric_interpretation or attrs.info.photometric_interpretation
+    window_used: Window | None = None
+    if photometric == "PALETTE COLOR" and attrs.palette is not None:
+        values = _stored_values(array, attrs.info)
+        rgb = np.stack([_lut_to_8bit(lut, lut.apply(values)) for lut in attrs.palette], axis=-1)
+        image = Image.fromarray(rgb, "RGB")
+    elif array.ndim == 3 and array.shape[2] >= 3:
+        image = Image.fromarray(_rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
+    elif array.ndim == 2:
+        grey, window_used = _grey(array, attrs, options.window, photometric == "MONOCHROME1")
+        image = Image.fromarray(grey, "L")
+    else:
+        raise CodecError(f"cannot render {photometric} pixels of shape {array.shape}")
+    image = _fit(image, options.viewport, options.upscale)
+    if options.annotations:
+        image = _annotate(image, attrs, options.annotations, window_used)
+    return image
+
+
+def encode_images(images: Sequence[Any], attrs: ImageAttributes, options: RenderOptions) -> bytes:
+    """PIL images → the bytes of one JPEG, PNG or (possibly animated) GIF."""
+    out = io.BytesIO()
+    media_type = options.media_type
+    first = images[0]
+    if media_type == "image/jpeg":
+        first.save(out, format="JPEG", quality=options.quality or DEFAULT_QUALITY)
+    elif media_type == "image/png":
+        first.save(out, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
+    elif media_type == "image/gif":
+        frames = [_gif_ready(image) for image in images]
+        if len(frames) == 1:
+            frames[0].save(out, format="GIF")
+        else:
+            duration = round(attrs.frame_time_ms or _GIF_FRAME_MS)
+            frames[0].save(
+                out,
+                format="GIF",
+                save_all=True,
+                append_images=frames[1:],
+                duration=duration,
+                loop=0,
+            )
+    else:
+        raise CodecError(f"{media_type} is not a rendered media type")
+    return out.getvalue()
+
+
+# -- grayscale ---------------------------------------------------------------------------------
+
+
+def _stored_values(array: np.ndarray[Any, Any], info: FrameInfo) -> np.ndarray[Any, Any]:
+    """Native data may carry bits above Bits Stored (overlays): mask, then sign-extend."""
+    bits = info.bits_stored
+    if array.dtype.kind not in "iu" or bits >= array.dtype.itemsize * 8 or bits <= 0:
+        return array
+    if info.pixel_representation:
+        shift = array.dtype.itemsize * 8 - bits
+        signed = array.astype(np.dtype(f"i{array.dtype.itemsize}"), copy=False)
+        extended: np.ndarray[Any, Any] = (signed << shift) >> shift
+        return extended
+    masked: np.ndarray[Any, Any] = array & np.array((1 << bits) - 1, dtype=array.dtype)
+    return masked
+
+
+def _grey(
+    array: np.ndarray[Any, Any],
+    attrs: ImageAttributes,
+    requested: Window | None,
+    invert: bool,
+) -> tuple[np.ndarray[Any, Any], Window | None]:
+    """Monochrome pixels → 8-bit display values, and the window applied (if any)."""
+    values = _stored_values(array, attrs.info)
+    if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
+        low, high = int(values.min()), int(values.max())
+        if high - low < _MAX_LUT_DOMAIN:
+            # One table over the values present: the pipeline runs on at most 65536 numbers.
+            domain = np.arange(low, high + 1, dtype=np.int64)
+            table, window = _display(domain, attrs, requested, invert, (low, high))
+            return table[values.astype(np.int64) - low], window
+    out, window = _display(values, attrs, requested, invert, None)
+    return out, window
+
+
+def _display(
+    values: np.ndarray[Any, Any],
+    attrs: ImageAttributes,
+    requested: Window | None,
+    invert: bool,
+    stored_range: tuple[int, int] | None,
+) -> tuple[np.ndarray[Any, Any], Window | None]:
+    """Stored values → uint8 through the Modality LUT, the VOI LUT and the polarity."""
+    if attrs.modality_lut is not None:
+        modality = attrs.modality_lut.apply(values).astype(np.float64)
+    else:
+        modality = values.astype(np.float64) * attrs.rescale_slope + attrs.rescale_intercept
+    window = requested
+    if window is None and attrs.voi_lut is None and attrs.windows:
+        window = attrs.windows[0]
+    if window is not None:
+        unit = _voi(modality, window)
+    elif attrs.voi_lut is not None:
+        lut = attrs.voi_lut
+        unit = lut.apply(modality).astype(np.float64) / float((1 << lut.bits) - 1)
+    else:
+        # No window anywhere: the data range of this frame.
+        low, high = float(modality.min()), float(modality.max())
+        window = Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
+        unit = _voi(modality, window)
+    if invert:
+        unit = 1.0 - unit
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8), window
+
+
+def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
+    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.1 (SIGMOID), C.11.2.1.3.2 (LINEAR_EXACT) → [0, 1]."""
+    c, w = window.center, window.width
+    if window.function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
+    if window.function == "LINEAR_EXACT":
+        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+    if w <= 1:
+        return (x > c - 0.5).astype(np.float64)
+    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+
+
+# -- colour ------------------------------------------------------------------------------------
+
+
+def _rgb_8bit(
+    array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
+) -> np.ndarray[Any, Any]:
+    """Three samples per pixel → 8-bit RGB (YBR_FULL converted as in PS3.3 C.7.6.3.1.2)."""
+    if array.dtype != np.uint8 or info.bits_stored > 8:
+        maximum = float((1 << max(info.bits_stored, 1)) - 1)
+        array = np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255)
+        array = array.astype(np.uint8)
+    if photometric in ("YBR_FULL", "YBR_FULL_422"):
+        y, cb, cr = (array[:, :, i].astype(np.float32) for i in range(3))
+        cb -= 128.0
+        cr -= 128.0
+        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
+        converted: np.ndarray[Any, Any] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+        return converted
+    if photometric not in ("RGB", ""):
+        raise CodecError(f"cannot render {photometric} colour pixels")
+    return np.ascontiguousarray(array)
+
+
+def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
+    """Native YBR_FULL_422 (PS3.3 C.7.6.3.1.2): Y Y Cb Cr per pair of pixels → full YCbCr."""
+    if info.bits_allocated != 8 or info.columns % 2:
+        raise CodecError("native YBR_FULL_422 is rendered for 8 bits and even columns only")
+    count = info.rows * info.columns * 2
+    if len(data) < count:
+        raise CodecError("native frame is shorter than its Image Pixel attributes say")
+    pairs = np.frombuffer(data, dtype=np.uint8, count=count).reshape(
+        info.rows, info.columns // 2, 4
+    )
+    out = np.empty((info.rows, info.columns, 3), dtype=np.uint8)
+    out[:, 0::2, 0] = pairs[:, :, 0]
+    out[:, 1::2, 0] = pairs[:, :, 1]
+    for channel, index in ((1, 2), (2, 3)):
+        out[:, 0::2, channel] = pairs[:, :, index]
+        out[:, 1::2, channel] = pairs[:, :, index]
+    return Pixels(out, "YBR_FULL_422")
+
+
+def _lut_to_8bit(lut: Lut, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    if lut.bits > 8:
+        return (values.astype(np.uint32) >> (lut.bits - 8)).astype(np.uint8)
+    return values.astype(np.uint8)
+
+
+# -- geometry and annotation -------------------------------------------------------------------
+
+
+def _fit(image: Any, viewport: Viewport | None, upscale: bool) -> Any:
+    """Crop to the viewport's source region (flipping on negative sizes), then scale to fit
+    its box with the aspect ratio kept (PS3.18 8.3.5.1.3)."""
+    from PIL import Image
+
+    if viewport is None:
+        return image
+    flip_x = flip_y = False
+    if viewport.region is not None:
+        sx, sy, sw, sh = viewport.region
+        sw = image.width - sx if sw is None else sw
+        sh = image.height - sy if sh is None else sh
+        flip_x, flip_y = sw < 0, sh < 0
+        left, right = sorted((sx, sx + sw))
+        top, bottom = sorted((sy, sy + sh))
+        box = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise RenderParameterError(
+                f"the viewport region ({sx},{sy},{sw},{sh}) lies outside the"
+                f" {image.width}x{image.height} image"
+            )
+        image = image.crop(box)
+    scale = min(viewport.width / image.width, viewport.height / image.height)
+    if not upscale:
+        scale = min(scale, 1.0)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+    if flip_x:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip_y:
+        image = image.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return image
+
+
+def _annotate(
+    image: Any, attrs: ImageAttributes, which: tuple[str, ...], window: Window | None
+) -> Any:
+    """Burn in patient lines (top left) and technique lines (bottom left), outlined."""
+    from PIL import ImageDraw, ImageFont
+
+    size = max(10, min(image.height, image.width) // 24)
+    try:
+        font: Any = ImageFont.load_default(size=size)
+    except (OSError, TypeError, ValueError):  # Pillow built without FreeType
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(image)
+    white = 255 if image.mode == "L" else (255, 255, 255)
+    black = 0 if image.mode == "L" else (0, 0, 0)
+    margin, step = max(2, size // 3), size + max(2, size // 4)
+    if "patient" in which:
+        for n, line in enumerate(attrs.patient):
+            draw.text(
+                (margin, margin + n * step),
+                line,
+                fill=white,
+                font=font,
+                stroke_width=1,
+                stroke_fill=black,
+            )
+    if "technique" in which:
+        lines = list(attrs.technique)
+        if window is not None:
+            lines.append(f"W {window.width:g} L {window.center:g}")
+        for n, line in enumerate(reversed(lines)):
+            draw.text(
+                (margin, image.height - margin - (n + 1) * step),
+                line,
+                fill=white,
+                font=font,
+                stroke_width=1,
+                stroke_fill=black,
+            )
+    return image
+
+
+def _gif_ready(image: Any) -> Any:
+    """GIF holds 256 colours: greyscale maps exactly, colour is quantised."""
+    if image.mode == "L":
+        return image
+    return image.quantize(256)
+
+
+# -- DICOM JSON access -------------------------------------------------------------------------
+
+
+def _values(model: Mapping[str, Any], tag: str) -> list[Any]:
+    element = model.get(tag)
+    if not isinstance(element, dict):
+        return []
+    value = element.get("Value")
+    return value if isinstance(value, list) else []
+
+
+def _number(model: Mapping[str, Any], tag: str, default: float) -> float:
+    for value in _values(model, tag):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return default
+        return number if math.isfinite(number) else default
+    return default
+
+
+def _first_item(model: Mapping[str, Any], tag: str) -> dict[str, Any] | None:
+    for item in _values(model, tag):
+        return item if isinstance(item, dict) else None
+    return None
+
+
+def _element_at(model: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """The element at a BulkDataURI-style path (`tag` or `tag/item/tag`)."""
+    parts = path.split("/")
+    current: Any = model
+    for index in range(0, len(parts) - 1, 2):
+        items = _values(current, parts[index])
+        item_number = int(parts[index + 1])
+        if item_number >= len(items) or not isinstance(items[item_number], dict):
+            return None
+        current = items[item_number]
+    element = current.get(parts[-1]) if isinstance(current, dict) else None
+    return element if isinstance(element, dict) else None
+
+
+def _windows(model: Mapping[str, Any]) -> tuple[Window, ...]:
+    centers, widths = _values(model, _WINDOW_CENTER), _values(model, _WINDOW_WIDTH)
+    functions = _values(model, _VOI_FUNCTION)
+    function = str(functions[0]).strip().upper() if functions else "LINEAR"
+    if function not in WINDOW_FUNCTIONS:
+        function = "LINEAR"
+    found = []
+    for center, width in zip(centers, widths, strict=False):
+        try:
+            c, w = float(center), float(width)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(c) and math.isfinite(w) and w > 0:
+            found.append(Window(c, w, function))
+    return tuple(found)
+
+
+def _lut(
+    model: Mapping[str, Any],
+    descriptor_tag: str,
+    data_tag: str,
+    bulk: Mapping[str, bytes],
+    bulk_path: str,
+) -> Lut | None:
+    """A LUT from its descriptor (entries, first mapped, bits) and data (PS3.3 C.11.1.1)."""
+    descriptor = _values(model, descriptor_tag)
+    element = model.get(data_tag)
+    if len(descriptor) < 3 or not isinstance(element, dict):
+        return None
+    entries = int(descriptor[0]) or 1 << 16
+    first, bits = int(descriptor[1]), int(descriptor[2])
+    if isinstance(element.get("Value"), list):
+        data = np.asarray(element["Value"], dtype=np.int64)
+    else:
+        if "InlineBinary" in element:
+            raw = base64.b64decode(element["InlineBinary"])
+        elif "BulkDataURI" in element and bulk_path in bulk:
+            raw = bulk[bulk_path]
+        else:
+            return None
+        data = np.frombuffer(raw, dtype=np.uint8 if len(raw) == entries else "<u2").astype(np.int64)
+    if len(data) < entries:
+        raise CodecError(f"a lookup table has {len(data)} entries, its descriptor says {entries}")
+    if bits not in range(1, 17):
+        bits = 16 if int(data.max(initial=0)) > 255 else 8
+    return Lut(first, bits, data[:entries])
+
+
+def _person_name(values: list[Any]) -> str:
+    for value in values:
+        if isinstance(value, dict):
+            return str(value.get("Alphabetic", "")).replace("^", " ").strip()
+        return str(value)
+    return ""
+
+
+def _text(model: Mapping[str, Any], tag: str) -> str:
+    values = _values(model, tag)
+    if not values:
+        return ""
+    if isinstance(values[0], dict):
+        return _person_name(values)
+    return "\\".join(str(v) for v in values if v is not None).strip()
+
+
+_Line = Callable[[Mapping[str, Any]], str]
+
+
+def _joined(*parts: tuple[str, str]) -> _Line:
+    """A line of `label value` pairs, leaving out the empty ones."""
+
+    def line(model: Mapping[str, Any]) -> str:
+        return "  ".join(f"{label}{value}" for label, tag in parts if (value := _text(model, tag)))
+
+    return line
+
+
+_PATIENT_LINES: tuple[_Line, ...] = (
+    _joined(("", "00100010")),  # PatientName
+    _joined(("ID ", "00100020")),  # PatientID
+    _joined(("", "00100030"), ("", "00100040")),  # PatientBirthDate, PatientSex
+    _joined(("", "00080020"), ("", "00081030")),  # StudyDate, StudyDescription
+)
+_TECHNIQUE_LINES: tuple[_Line, ...] = (
+    _joined(("", "00080060"), ("", "0008103E")),  # Modality, SeriesDescription
+    _joined(("Se ", "00200011"), ("Im ", "00200013")),  # SeriesNumber, InstanceNumber
+    _joined(("kVp ", "00180060"), ("mA ", "00181151"), ("ST ", "00180050")),
+)
+
+
+def _annotation_lines(model: Mapping[str, Any], lines: tuple[_Line, ...]) -> tuple[str, ...]:
+    return tuple(text for line in lines if (text := line(model)))

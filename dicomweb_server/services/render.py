@@ -1,0 +1,377 @@
+"""Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 9.4): plan, then produce once.
+
+A request is first planned: the instance and frames are found and an entity tag computed
+from the stored object's digest and the rendering options, so a conditional request is
+answered without touching pixels. Producing decodes and renders in the shared codec pool
+(RetrieveService.run_codec): one pool hop per image. Results are kept in a small in-memory
+LRU; thumbnails are also kept in the blob store under `{site}/cache/`, and the same
+rendering asked for by many clients at once runs once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import tempfile
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import IO, Any
+
+import orjson
+
+from dicomweb_server.codecs.registry import (
+    DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
+    CodecError,
+)
+from dicomweb_server.codecs.rendering import (
+    ImageAttributes,
+    RenderOptions,
+    RenderParameterError,
+    Viewport,
+    bulk_paths,
+    render,
+    render_pixels,
+)
+from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
+from dicomweb_server.errors import (
+    BadRequestError,
+    DicomwebError,
+    NotAcceptableError,
+    NotFoundError,
+)
+from dicomweb_server.index.base import StoredInstance
+from dicomweb_server.services.retrieve import RetrieveService
+
+__all__ = ["RenderService", "Rendering"]
+
+log = logging.getLogger("dicomweb_server.render")
+_VERSION = "r1"  # part of every entity tag and cache key: bump when output pixels change
+_MAX_ANIMATED_FRAMES = 256  # frames decoded into one animated GIF (all held in memory)
+_REPRESENTATIVE_TTL = 30.0  # seconds a series' or study's chosen instance is remembered
+_SPOOL_MEMORY = 8 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Rendering:
+    """One image to produce; its entity tag is known before any pixel work."""
+
+    instance: StoredInstance
+    frames: tuple[int, ...]
+    options: RenderOptions
+    cache_key: str
+    persistent: bool  # kept in the blob store (thumbnails)
+
+    @property
+    def etag(self) -> str:
+        """A strong entity tag (RFC 9110 8.8.3): same object, frames and options."""
+        return '"' + hashlib.sha256(self.cache_key.encode()).hexdigest()[:32] + '"'
+
+
+@dataclass(slots=True)
+class _MemoryCache:
+    """Rendered bytes by cache key, least recently used first out, bounded in bytes."""
+
+    limit: int
+    size: int = 0
+    entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
+
+    def get(self, key: str) -> bytes | None:
+        data = self.entries.get(key)
+        if data is not None:
+            self.entries.move_to_end(key)
+        return data
+
+    def put(self, key: str, data: bytes) -> None:
+        if len(data) > self.limit // 4 or key in self.entries:
+            return
+        self.entries[key] = data
+        self.size += len(data)
+        while self.size > self.limit:
+            _, dropped = self.entries.popitem(last=False)
+            self.size -= len(dropped)
+
+
+@dataclass(slots=True)
+class RenderService:
+    """Rendered images and thumbnails, composed over the retrieve service."""
+
+    retrieve: RetrieveService
+    thumbnail_size: int = 128
+    cache_thumbnails: bool = True
+    memory_cache_bytes: int = 32 << 20
+    _memory: _MemoryCache = field(init=False)
+    _inflight: dict[str, asyncio.Future[bytes]] = field(default_factory=dict, init=False)
+    _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
+        default_factory=dict, init=False
+    )
+
+    def __post_init__(self) -> None:
+        self._memory = _MemoryCache(self.memory_cache_bytes)
+
+    # -- planning --------------------------------------------------------------------------
+
+    async def plan_instance(
+        self, key: InstanceKey, options: RenderOptions, frames: list[int] | None = None
+    ) -> Rendering:
+        """An instance (its first frame, or all of them as an animated GIF) or given frames."""
+        instance = await self.retrieve.get_instance(key)
+        return self._plan(instance, options, frames, persistent=False)
+
+    async def plan_thumbnail(
+        self,
+        study: StudyKey,
+        series_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        frame: int | None = None,
+        options: RenderOptions | None = None,
+    ) -> Rendering:
+        """A small representative image of a study, series, instance or frame."""
+        options = self.thumbnail_options(options or RenderOptions())
+        if sop_instance_uid is not None:
+            assert series_instance_uid is not None
+            instance = await self.retrieve.get_instance(
+                InstanceKey(
+                    study.site, study.study_instance_uid, series_instance_uid, sop_instance_uid
+                )
+            )
+        else:
+            instance = await self._representative(study, series_instance_uid)
+        if frame is None:
+            frame = (instance.number_of_frames + 1) // 2  # the middle of a multi-frame
+        return self._plan(instance, options, [frame], persistent=self.cache_thumbnails)
+
+    def thumbnail_options(self, options: RenderOptions) -> RenderOptions:
+        """Thumbnails: a small default viewport, never enlarged, no annotations."""
+        viewport = options.viewport or Viewport(self.thumbnail_size, self.thumbnail_size)
+        return replace(options, viewport=viewport, upscale=False, annotations=())
+
+    def _plan(
+        self,
+        instance: StoredInstance,
+        options: RenderOptions,
+        frames: list[int] | None,
+        *,
+        persistent: bool,
+    ) -> Rendering:
+        if instance.number_of_frames == 0:
+            raise NotFoundError(f"instance {instance.key.sop_instance_uid} has no pixel data")
+        if frames is None:
+            animated = options.media_type == "image/gif" and instance.number_of_frames > 1
+            frames = list(range(1, instance.number_of_frames + 1)) if animated else [1]
+        if len(frames) > 1 and options.media_type != "image/gif":
+            raise NotAcceptableError("several frames render as one animated image/gif only")
+        if len(frames) > _MAX_ANIMATED_FRAMES:
+            raise NotAcceptableError(
+                f"an animated GIF holds at most {_MAX_ANIMATED_FRAMES} frames;"
+                f" this asks for {len(frames)}: ask for fewer frames"
+            )
+        for number in frames:
+            if number < 1:
+                raise BadRequestError(f"frame number {number} is invalid: frames count from 1")
+            if number > instance.number_of_frames:
+                raise NotFoundError(
+                    f"frame {number} does not exist: the instance has {instance.number_of_frames}"
+                )
+        key = instance.key
+        extension = options.media_type.rsplit("/", 1)[-1]
+        digest = hashlib.sha256(f"{_VERSION}|{frames}|{options.token}".encode()).hexdigest()
+        cache_key = (
+            f"{key.site}/cache/{key.study_instance_uid}/{key.series_instance_uid}/"
+            f"{key.sop_instance_uid}/{instance.digest[:16]}/rendered/{digest[:32]}.{extension}"
+        )
+        return Rendering(instance, tuple(frames), options, cache_key, persistent)
+
+    async def _representative(
+        self, study: StudyKey, series_instance_uid: str | None
+    ) -> StoredInstance:
+        """The middle image of a series, or of a study's first series with images.
+
+        Remembered for a short while, so a cached thumbnail costs no index scan.
+        """
+        memo_key = (study.site, study.study_instance_uid, series_instance_uid or "")
+        now = time.monotonic()
+        remembered = self._representatives.get(memo_key)
+        if remembered is not None and remembered[0] > now:
+            return remembered[1]
+        instances = await self.retrieve.iter_instances(study, series_instance_uid)
+        images: list[StoredInstance] = []
+        try:
+            async for instance in instances:
+                if images and instance.key.series_instance_uid != images[0].key.series_instance_uid:
+                    break  # ordered by series: the first series with images is complete
+                if instance.number_of_frames > 0:
+                    images.append(instance)
+        finally:
+            aclose = getattr(instances, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if not images:
+            level = "series" if series_instance_uid else "study"
+            raise NotFoundError(f"the {level} has no instance with pixel data")
+        chosen = images[(len(images) - 1) // 2]
+        if len(self._representatives) > 4096:
+            self._representatives.clear()
+        self._representatives[memo_key] = (now + _REPRESENTATIVE_TTL, chosen)
+        return chosen
+
+    # -- producing -------------------------------------------------------------------------
+
+    async def produce(self, rendering: Rendering) -> bytes:
+        """The image bytes: from memory, the blob store or rendered, once however many ask."""
+        key = rendering.cache_key
+        cached = self._memory.get(key)
+        if cached is not None:
+            return cached
+        running = self._inflight.get(key)
+        if running is not None:
+            return await asyncio.shield(running)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            data = await self._load_or_render(rendering)
+            future.set_result(data)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
+            raise
+        finally:
+            del self._inflight[key]
+        self._memory.put(key, data)
+        return data
+
+    async def _load_or_render(self, rendering: Rendering) -> bytes:
+        blobs = self.retrieve.blobs
+        if rendering.persistent:
+            try:
+                return b"".join([chunk async for chunk in blobs.iter_get(rendering.cache_key)])
+            except NotFoundError:
+                pass
+            except DicomwebError as exc:
+                log.warning("thumbnail cache read failed: %s", exc.reason)
+        data = await self._render(rendering)
+        if rendering.persistent:
+            try:
+                await blobs.put(rendering.cache_key, _one(data))
+            except DicomwebError as exc:  # the cache is an optimisation: serve regardless
+                log.warning("thumbnail cache write failed: %s", exc.reason)
+        return data
+
+    async def _render(self, rendering: Rendering) -> bytes:
+        instance, options = rendering.instance, rendering.options
+        syntax = instance.transfer_syntax_uid
+        try:
+            attrs = await self._attributes(instance)
+            stored: list[bytes] = []
+            if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+                for number in rendering.frames:
+                    data = await self.retrieve.read_stored_frame(instance, number)
+                    if data is None:
+                        break
+                    stored.append(data)
+            if len(stored) == len(rendering.frames):
+                return await self.retrieve.run_codec(render, stored, syntax, attrs, options)
+            # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
+            # reads them from the whole object.
+            return await self._render_from_object(instance, rendering.frames, attrs, options)
+        except RenderParameterError as exc:
+            raise BadRequestError(str(exc)) from exc
+        except CodecError as exc:
+            raise NotAcceptableError(
+                f"instance {instance.key.sop_instance_uid} (stored as {syntax}) cannot be"
+                f" rendered: {exc}"
+            ) from exc
+
+    async def _attributes(self, instance: StoredInstance) -> ImageAttributes:
+        """Rendering attributes from the stored metadata, with LUT bulk data fetched."""
+        metadata = await self.retrieve.index.get_metadata(instance.key)
+        model = orjson.loads(metadata) if metadata else None
+        if not isinstance(model, dict):
+            raise CodecError("the instance has no stored metadata")
+        bulk: dict[str, bytes] = {}
+        for path in bulk_paths(model):
+            try:
+                _, values = await self.retrieve.read_bulk(instance.key, path)
+            except (NotFoundError, NotAcceptableError):
+                return await self._attributes_from_object(instance)
+            bulk[path] = b"".join(values)
+        return ImageAttributes.from_json(model, bulk)
+
+    async def _attributes_from_object(self, instance: StoredInstance) -> ImageAttributes:
+        spool = await self._spool(instance)
+        try:
+            return await self.retrieve.run_codec(_attributes_from_file, spool)
+        finally:
+            spool.close()
+
+    async def _render_from_object(
+        self,
+        instance: StoredInstance,
+        frames: tuple[int, ...],
+        attrs: ImageAttributes,
+        options: RenderOptions,
+    ) -> bytes:
+        spool = await self._spool(instance)
+        try:
+            return await self.retrieve.run_codec(
+                _render_from_file, spool, list(frames), attrs, options
+            )
+        finally:
+            spool.close()
+
+    async def _spool(self, instance: StoredInstance) -> IO[bytes]:
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
+        try:
+            async for chunk in self.retrieve.iter_object(instance):
+                await asyncio.to_thread(spool.write, chunk)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
+
+    # -- study and series ------------------------------------------------------------------
+
+    async def iter_renderings(
+        self, study: StudyKey, series_instance_uid: str | None, options: RenderOptions
+    ) -> AsyncIterator[Rendering]:
+        """A rendering per instance with pixel data; NotFoundError when there is none."""
+        instances = await self.retrieve.iter_instances(study, series_instance_uid)
+
+        async def plans() -> AsyncIterator[Rendering]:
+            async for instance in instances:
+                if instance.number_of_frames > 0:
+                    yield self._plan(instance, options, None, persistent=False)
+
+        iterator = plans()
+        first = await anext(iterator, None)
+        if first is None:
+            raise NotFoundError("no instance with pixel data to render")
+        return _chain(first, iterator)
+
+
+def _attributes_from_file(src: IO[bytes]) -> ImageAttributes:
+    from pydicom import dcmread
+
+    src.seek(0)
+    ds = dcmread(src, stop_before_pixels=True)
+    return ImageAttributes.from_json(ds.to_json_dict(bulk_data_threshold=1 << 62))
+
+
+def _render_from_file(
+    src: IO[bytes], frames: list[int], attrs: ImageAttributes, options: RenderOptions
+) -> bytes:
+    from dicomweb_server.codecs.transcode import pixels_from_file
+
+    return render_pixels(pixels_from_file(src, frames), attrs, options)  # type: ignore[arg-type]
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    yield first
+    async for item in rest:
+        yield item

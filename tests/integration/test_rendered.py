@@ -1,0 +1,259 @@
+"""Rendered resources and thumbnails over HTTP on both backend pairs (PS3.18 10.4.1.1.3, 8.3.5)."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import numpy as np
+import pytest
+from dicomfiles import ct_dataset, parse_multipart, to_part10, uid
+from PIL import Image
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from test_wado import _store
+
+from dicomweb_server.domain.identifiers import DEFAULT_SITE
+
+
+def _image(response: httpx.Response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    return Image.open(io.BytesIO(response.content))
+
+
+@pytest.fixture
+async def stored(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+    """A series of three CT images (one with 3 frames) with a window and a rescale."""
+    study, series = uid(), uid()
+    datasets = []
+    for number, frames in ((1, 1), (2, 3), (3, 1)):
+        ds = ct_dataset(study, series, instance_number=number, seed=number, frames=frames)
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+        ds.WindowCenter, ds.WindowWidth = 1000, 2000
+        datasets.append(ds)
+    await _store(client, [to_part10(ds) for ds in datasets])
+    return study, series, datasets
+
+
+def _path(ds, suffix: str = "") -> str:  # type: ignore[no-untyped-def]
+    return (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}{suffix}"
+    )
+
+
+def _windowed(pixels: np.ndarray, center: float, width: float, intercept: float) -> np.ndarray:
+    """PS3.3 C.11.2.1.2.1 LINEAR, what a viewer would show."""
+    x = pixels.astype(np.float64) + intercept
+    y = np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+    return np.rint(y * 255).astype(np.uint8)
+
+
+async def test_rendered_instance_pixels_follow_the_dataset_window(client, stored) -> None:  # type: ignore[no-untyped-def]
+    _, _, datasets = stored
+    ds = datasets[0]
+    response = await client.get(_path(ds, "/rendered"), headers={"Accept": "image/png"})
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["etag"].startswith('"')
+    assert "max-age" in response.headers["cache-control"]
+    got = np.asarray(_image(response))
+    assert got.tolist() == _windowed(ds.pixel_array, 1000, 2000, -1024).tolist()
+
+
+async def test_accept_query_parameter_wins_over_the_accept_header(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][0]
+    response = await client.get(
+        _path(ds, "/rendered"), params={"accept": "image/png"}, headers={"Accept": "image/jpeg"}
+    )
+    assert response.headers["content-type"] == "image/png"
+    default = await client.get(_path(ds, "/rendered"))
+    assert default.headers["content-type"] == "image/jpeg"
+    assert _image(default).format == "JPEG"
+    refused = await client.get(_path(ds, "/rendered"), headers={"Accept": "application/dicom"})
+    assert refused.status_code == 406
+    assert "image/jpeg" in refused.json()["reason"]
+
+
+async def test_frames_rendered_with_window_viewport_and_quality(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][1]
+    response = await client.get(
+        _path(ds, "/frames/2/rendered"),
+        params={"window": "0,4000,linear-exact", "viewport": "8,4", "accept": "image/png"},
+    )
+    image = _image(response)
+    assert image.size == (4, 4)  # 16×16 fitted into 8×4, aspect kept
+    cropped = await client.get(
+        _path(ds, "/frames/3/rendered"),
+        params={"viewport": "16,16,4,4,8,8", "accept": "image/png", "window": "500,3000,linear"},
+    )
+    frame = ds.pixel_array[2][4:12, 4:12]
+    expected = Image.fromarray(_windowed(frame, 500, 3000, -1024)).resize((16, 16), Image.BILINEAR)
+    assert np.abs(np.asarray(_image(cropped), int) - np.asarray(expected, int)).max() <= 2
+    small = await client.get(_path(ds, "/frames/1/rendered"), params={"quality": "10"})
+    large = await client.get(_path(ds, "/frames/1/rendered"), params={"quality": "100"})
+    assert len(small.content) < len(large.content)
+
+
+async def test_multi_frame_renders_as_an_animated_gif_when_asked(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][1]
+    gif = _image(await client.get(_path(ds, "/rendered"), params={"accept": "image/gif"}))
+    assert gif.format == "GIF" and gif.n_frames == 3
+    two = _image(
+        await client.get(_path(ds, "/frames/3,1/rendered"), headers={"Accept": "image/gif"})
+    )
+    assert two.n_frames == 2
+    first_only = _image(await client.get(_path(ds, "/rendered")))
+    assert first_only.format == "JPEG"
+    several = await client.get(_path(ds, "/frames/1,2/rendered"), headers={"Accept": "image/jpeg"})
+    assert several.status_code == 406
+
+
+_BAD_QUERIES = [
+    ("window=40", "window must be center,width,function"),
+    ("window=40,0,linear", "window width"),
+    ("window=40,400,gamma", "window function 'gamma'"),
+    ("viewport=0,10", "viewport width"),
+    ("viewport=10,10,1,2,3", "viewport must be"),
+    ("viewport=10,10,100,100,5,5", "outside"),
+    ("quality=101", "quality must be between 1 and 100"),
+    ("annotation=everything", "annotation 'everything'"),
+    ("iccprofile=srgb", "iccprofile"),
+    ("quality=5&quality=6", "more than once"),
+]
+
+
+async def test_unsupported_values_are_400_with_a_reason(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][0]
+    for query, reason in _BAD_QUERIES:
+        response = await client.get(_path(ds, "/rendered") + "?" + query)
+        assert response.status_code == 400, query
+        assert reason in response.json()["reason"], query
+
+
+async def test_missing_frames_and_instances_are_404(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][0]
+    assert (await client.get(_path(ds, "/frames/2/rendered"))).status_code == 404
+    assert (await client.get(_path(ds, "/frames/0/thumbnail"))).status_code == 400
+    missing = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{uid()}"
+    assert (await client.get(missing + "/rendered")).status_code == 404
+    assert (await client.get(f"/studies/{uid()}/thumbnail")).status_code == 404
+
+
+async def test_annotations_are_burned_in(client, stored) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][0]
+    plain = np.asarray(
+        _image(await client.get(_path(ds, "/rendered"), params={"accept": "image/png"}))
+    )
+    marked = await client.get(
+        _path(ds, "/rendered"), params={"accept": "image/png", "annotation": "patient,technique"}
+    )
+    assert np.asarray(_image(marked)).shape == plain.shape
+    assert not np.array_equal(np.asarray(_image(marked)), plain)
+
+
+async def test_study_and_series_rendered_are_multipart_one_image_per_instance(
+    client, stored
+) -> None:  # type: ignore[no-untyped-def]
+    study, series, _ = stored
+    response = await client.get(
+        f"/studies/{study}/series/{series}/rendered", params={"accept": "image/png"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith('multipart/related; type="image/png"')
+    parts = parse_multipart(response.content, response.headers["content-type"])
+    assert len(parts) == 3
+    assert all(Image.open(io.BytesIO(body)).format == "PNG" for _, body in parts)
+    assert parts[0][0]["content-location"].endswith("/rendered")
+    study_parts = await client.get(f"/studies/{study}/rendered")
+    assert len(parse_multipart(study_parts.content, study_parts.headers["content-type"])) == 3
+
+
+async def test_thumbnails_at_every_level_are_small_and_honour_the_viewport(client, stored) -> None:  # type: ignore[no-untyped-def]
+    study, series, datasets = stored
+    paths = [
+        f"/studies/{study}/thumbnail",
+        f"/studies/{study}/series/{series}/thumbnail",
+        _path(datasets[0], "/thumbnail"),
+        _path(datasets[1], "/frames/2/thumbnail"),
+    ]
+    for path in paths:
+        response = await client.get(path, headers={"Accept": "image/jpeg"})
+        image = _image(response)
+        assert image.format == "JPEG" and max(image.size) <= 128, path
+        assert response.headers["etag"]
+    sized = await client.get(paths[1], params={"viewport": "8,8", "accept": "image/png"})
+    assert _image(sized).size == (8, 8)
+    # The series thumbnail is its middle image: instance 2 (of 1, 2, 3), its middle frame.
+    middle = await client.get(
+        _path(datasets[1], "/frames/2/thumbnail"), params={"viewport": "8,8", "accept": "image/png"}
+    )
+    assert sized.content == middle.content
+
+
+async def test_thumbnail_is_cached_in_the_blob_store_and_revalidates(client, stored, app) -> None:  # type: ignore[no-untyped-def]
+    ds = stored[2][0]
+    first = await client.get(_path(ds, "/thumbnail"))
+    service = app.state.dicomweb_render
+    rendering = await service.plan_thumbnail(
+        *_thumbnail_args(ds), options=service.thumbnail_options(_jpeg())
+    )
+    assert first.headers["etag"] == rendering.etag
+    stored_bytes = b"".join(
+        [c async for c in app.state.dicomweb.blobs.iter_get(rendering.cache_key)]
+    )
+    assert stored_bytes == first.content
+    assert rendering.cache_key.startswith(f"{DEFAULT_SITE}/cache/")
+    again = await client.get(
+        _path(ds, "/thumbnail"), headers={"If-None-Match": first.headers["etag"]}
+    )
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == first.headers["etag"]
+    rendered = await client.get(_path(ds, "/rendered"))
+    assert (
+        await client.get(
+            _path(ds, "/rendered"), headers={"If-None-Match": f'W/{rendered.headers["etag"]}, "x"'}
+        )
+    ).status_code == 304
+    assert (
+        await client.get(_path(ds, "/rendered"), headers={"If-None-Match": '"other"'})
+    ).status_code == 200
+
+
+def _thumbnail_args(ds):  # type: ignore[no-untyped-def]
+    from dicomweb_server.domain.identifiers import StudyKey
+
+    return StudyKey(DEFAULT_SITE, ds.StudyInstanceUID), ds.SeriesInstanceUID, ds.SOPInstanceUID
+
+
+def _jpeg():  # type: ignore[no-untyped-def]
+    from dicomweb_server.codecs.rendering import RenderOptions
+
+    return RenderOptions()
+
+
+_SOURCES = [
+    "SC_rgb_jpeg_dcmtk.dcm",
+    "image_dfl.dcm",
+    "examples_palette.dcm",
+    "MR_small_jp2klossless.dcm",
+]
+
+
+async def test_compressed_deflated_and_palette_sources_render(client) -> None:  # type: ignore[no-untyped-def]
+    from pydicom.pixels import apply_color_lut
+
+    for name in _SOURCES:
+        with open(get_testdata_file(name), "rb") as handle:
+            data = handle.read()
+        await _store(client, [data])
+        ds = dcmread(io.BytesIO(data))
+        image = _image(await client.get(_path(ds, "/rendered"), params={"accept": "image/png"}))
+        assert image.size == (ds.Columns, ds.Rows), name
+        if ds.PhotometricInterpretation == "MONOCHROME2":
+            assert np.asarray(image).std() > 10, name
+            continue
+        expected = ds.pixel_array
+        if ds.PhotometricInterpretation == "PALETTE COLOR":
+            expected = apply_color_lut(expected, ds) >> 8
+        error = np.abs(np.asarray(image.convert("RGB"), int) - expected.astype(int)).max()
+        assert error <= 3, name
