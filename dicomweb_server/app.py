@@ -24,6 +24,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
 from dicomweb_server.web.routes import ROUTES
@@ -261,6 +262,7 @@ def create_app(settings: Settings) -> Starlette:
         request_timeout=settings.request_timeout,
         max_stores=settings.max_concurrent_stores,
     )
+    add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(RequestContextMiddleware)
     return app
 

@@ -1,0 +1,378 @@
+"""What a browser-based viewer needs besides DICOMweb itself: CORS, entity tags, compression.
+
+Three ASGI middlewares, outermost first (`add_browser_middleware` installs them):
+
+- `CorsMiddleware`: answers preflights (any requested header unless configured otherwise:
+  viewers send Accept, Authorization, Range) and labels responses for allowed origins.
+  Reads (GET, HEAD, OPTIONS) and writes (POST, ...) have separate origin lists, so by default
+  a viewer on any host can read while only configured origins may store.
+- `EntityTagMiddleware`: metadata and frames get a weak ETag (a hash of the body, the
+  multipart boundary left out), Cache-Control, and a 304 for a matching If-None-Match.
+  Bodies above a bound are streamed through without a tag.
+- `CompressionMiddleware`: JSON bodies (QIDO, metadata, capabilities) as br or gzip when
+  the client accepts it, streamed chunk by chunk. Multipart and images are never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import re
+import zlib
+from collections.abc import Callable
+
+from starlette.applications import Starlette
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dicomweb_server.config import Settings
+from dicomweb_server.web.errors import error_response
+from dicomweb_server.web.rendered import if_none_match
+
+__all__ = [
+    "CompressionMiddleware",
+    "CorsMiddleware",
+    "EntityTagMiddleware",
+    "add_browser_middleware",
+    "choose_encoding",
+]
+
+_READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_WRITE_METHODS = ("POST", "PUT", "DELETE")
+# Response headers a script may read (RFC 9110 names beyond the CORS-safelisted ones).
+_EXPOSED = "ETag, Content-Location, Content-Range, Accept-Ranges, Warning, Location, X-Request-ID"
+_TAGGED_PATHS = re.compile(r"/(metadata|instances/[^/]+/frames/[^/]+)$")
+_INSTANCE_PATH = re.compile(r"/instances/[^/]+/")
+_ETAG_MAX_BYTES = 16 << 20  # bodies above this stream through untagged
+_COMPRESSIBLE = ("application/json", "application/dicom+json", "application/vnd.sun.wadl+xml")
+_GZIP_LEVEL = 5
+_BROTLI_QUALITY = 4  # fast: JSON shrinks about as much as gzip -9 at a fraction of the time
+
+
+def _origins(text: str) -> frozenset[str] | None:
+    """`*` → None (any origin); otherwise the listed origins (an empty set: none)."""
+    items = {item.strip().rstrip("/").lower() for item in text.split(",") if item.strip()}
+    return None if "*" in items else frozenset(items)
+
+
+def _append_vary(headers: MutableHeaders, *names: str) -> None:
+    present = [v.strip() for v in headers.get("vary", "").split(",") if v.strip()]
+    for name in names:
+        if name.lower() not in (v.lower() for v in present):
+            present.append(name)
+    headers["Vary"] = ", ".join(present)
+
+
+class CorsMiddleware:
+    """Cross-origin resource sharing (Fetch standard, CORS protocol) for DICOMweb viewers."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        read_origins: str = "*",
+        write_origins: str = "",
+        allow_headers: str = "",
+        max_age: int = 600,
+    ) -> None:
+        self.app = app
+        self.read = _origins(read_origins)
+        self.write = _origins(write_origins)
+        self.allow_headers = frozenset(
+            h.strip().lower() for h in allow_headers.split(",") if h.strip()
+        )
+        self.max_age = max_age
+
+    def _allowed(self, origin: str, method: str) -> bool:
+        origins = self.read if method in _READ_METHODS else self.write
+        return origins is None or origin.rstrip("/").lower() in origins
+
+    def _any_origin(self, method: str) -> bool:
+        return (self.read if method in _READ_METHODS else self.write) is None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        origin = headers.get("origin")
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        requested = headers.get("access-control-request-method")
+        if method == "OPTIONS" and requested is not None:
+            await self._preflight(origin, requested.strip().upper(), headers)(scope, receive, send)
+            return
+        if not self._allowed(origin, method):
+            await self.app(scope, receive, send)  # no CORS headers: the browser hides it
+            return
+        any_origin = self._any_origin(method)
+
+        async def labelled(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                out = MutableHeaders(scope=message)
+                out["Access-Control-Allow-Origin"] = "*" if any_origin else origin
+                out["Access-Control-Expose-Headers"] = _EXPOSED
+                if not any_origin:
+                    _append_vary(out, "Origin")
+            await send(message)
+
+        await self.app(scope, receive, labelled)
+
+    def _preflight(self, origin: str, method: str, headers: Headers) -> Response:
+        asked = [
+            h.strip().lower()
+            for h in headers.get("access-control-request-headers", "").split(",")
+            if h.strip()
+        ]
+        if not self._allowed(origin, method):
+            return error_response(403, f"origin {origin[:100]!r} may not send {method[:16]}")
+        if self.allow_headers and not set(asked) <= self.allow_headers:
+            refused = sorted(set(asked) - self.allow_headers)
+            return error_response(403, f"request headers not allowed: {', '.join(refused[:8])}")
+        methods = sorted(_READ_METHODS)
+        if any(self._allowed(origin, m) for m in _WRITE_METHODS):
+            methods += list(_WRITE_METHODS)
+        any_origin = self._any_origin(method)
+        reply = Response(
+            status_code=204,
+            headers={
+                "Access-Control-Allow-Origin": "*" if any_origin else origin,
+                "Access-Control-Allow-Methods": ", ".join(methods),
+                "Access-Control-Max-Age": str(self.max_age),
+            },
+        )
+        if asked:
+            reply.headers["Access-Control-Allow-Headers"] = ", ".join(asked)
+        _append_vary(
+            reply.headers,
+            "Origin",
+            "Access-Control-Request-Method",
+            "Access-Control-Request-Headers",
+        )
+        return reply
+
+
+class EntityTagMiddleware:
+    """Weak ETags, Cache-Control and 304s for metadata and frames (RFC 9110 8.8.3, 13.1.2).
+
+    The tag hashes the body (multipart boundaries left out, as they are random per response),
+    so it changes exactly when the content does; a 304 saves the transfer, not the work.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_age: int = 3600, max_bytes: int = _ETAG_MAX_BYTES):
+        self.app = app
+        self.max_age = max_age
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if (
+            scope["type"] != "http"
+            or scope.get("method") not in ("GET", "HEAD")
+            or not _TAGGED_PATHS.search(path)
+        ):
+            await self.app(scope, receive, send)
+            return
+        immutable = bool(_INSTANCE_PATH.search(path))
+        cache_control = f"private, max-age={self.max_age}" if immutable else "private, no-cache"
+        condition = Headers(scope=scope).get("if-none-match")
+        start: Message | None = None
+        chunks: list[bytes] = []
+        size = 0
+        passing = False  # over the bound, or not a 200: stream as it comes
+
+        async def buffered(message: Message) -> None:
+            nonlocal start, size, passing
+            if passing:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                start = message
+                if message["status"] != 200:
+                    passing = True
+                    await send(message)
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            assert start is not None
+            body = message.get("body", b"")
+            chunks.append(body)
+            size += len(body)
+            more = message.get("more_body", False)
+            if more and size <= self.max_bytes:
+                return
+            headers = MutableHeaders(scope=start)
+            headers.setdefault("Cache-Control", cache_control)
+            if more:  # too big to tag: send what we have and stream the rest
+                passing = True
+                await send(start)
+                await send(
+                    {"type": "http.response.body", "body": b"".join(chunks), "more_body": True}
+                )
+                chunks.clear()
+                return
+            etag = _weak_etag(b"".join(chunks), headers.get("content-type", ""))
+            headers["ETag"] = etag
+            if if_none_match(condition, etag):
+                for name in ("content-type", "content-length", "content-encoding"):
+                    if name in headers:
+                        del headers[name]
+                start["status"] = 304
+                await send(start)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await send(start)
+            await send({"type": "http.response.body", "body": b"".join(chunks)})
+
+        await self.app(scope, receive, buffered)
+
+
+def _weak_etag(body: bytes, content_type: str) -> str:
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    if match:
+        body = body.replace(match.group(1).encode("latin-1", "replace"), b"")
+    return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+class _Encoder:
+    """A streaming compressor: `compress(chunk)` then `finish()`."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.compress: Callable[[bytes], bytes]
+        self.finish: Callable[[], bytes]
+        if name == "br":
+            brotli = importlib.import_module("brotli")
+            compressor = brotli.Compressor(quality=_BROTLI_QUALITY)
+            self.compress = compressor.process
+            self.finish = compressor.finish
+        else:
+            gzip = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)
+            self.compress = gzip.compress
+            self.finish = gzip.flush
+
+
+def _brotli_available() -> bool:
+    try:
+        importlib.import_module("brotli")
+    except ImportError:
+        return False
+    return True
+
+
+def choose_encoding(accept_encoding: str | None, brotli: bool) -> str | None:
+    """`br` or `gzip` by the client's q-values (br first on a tie), or None."""
+    if not accept_encoding:
+        return None
+    weights: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        name, _, params = item.strip().partition(";")
+        q = 1.0
+        for param in params.split(";"):
+            key, _, value = param.strip().partition("=")
+            if key.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0
+        weights[name.strip().lower()] = q
+    star = weights.get("*", 0.0)
+    candidates = (["br"] if brotli else []) + ["gzip"]
+    best = max(candidates, key=lambda n: weights.get(n, star))
+    return best if weights.get(best, star) > 0 else None
+
+
+class CompressionMiddleware:
+    """br or gzip for JSON responses of at least `min_bytes` when the client accepts it."""
+
+    def __init__(self, app: ASGIApp, *, min_bytes: int = 1024) -> None:
+        self.app = app
+        self.min_bytes = min_bytes
+        self.brotli = _brotli_available()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") == "HEAD":
+            await self.app(scope, receive, send)
+            return
+        encoding = choose_encoding(Headers(scope=scope).get("accept-encoding"), self.brotli)
+        if encoding is None:
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+        pending: list[bytes] = []
+        pending_size = 0
+        encoder: _Encoder | None = None
+        passing = False
+
+        async def compressing(message: Message) -> None:
+            nonlocal start, pending_size, encoder, passing
+            if passing:
+                await send(message)
+                return
+            if message["type"] == "http.response.start":
+                headers = Headers(raw=message.get("headers", []))
+                media = headers.get("content-type", "").split(";")[0].strip().lower()
+                length = headers.get("content-length")
+                if (
+                    media not in _COMPRESSIBLE
+                    or "content-encoding" in headers
+                    or message["status"] in (204, 304)
+                    or (length is not None and length.isdigit() and int(length) < self.min_bytes)
+                ):
+                    passing = True
+                    await send(message)
+                    return
+                start = message
+                return
+            if message["type"] != "http.response.body":
+                await send(message)
+                return
+            assert start is not None
+            body = message.get("body", b"")
+            more = message.get("more_body", False)
+            if encoder is None:
+                pending.append(body)
+                pending_size += len(body)
+                if more and pending_size < self.min_bytes:
+                    return
+                whole = b"".join(pending)
+                pending.clear()
+                if not more and len(whole) < self.min_bytes:
+                    passing = True
+                    await send(start)
+                    await send({"type": "http.response.body", "body": whole})
+                    return
+                encoder = _Encoder(encoding)
+                headers = MutableHeaders(scope=start)
+                headers["Content-Encoding"] = encoding
+                _append_vary(headers, "Accept-Encoding")
+                if "content-length" in headers:
+                    del headers["content-length"]
+                await send(start)
+                body = whole
+            data = encoder.compress(body)
+            if not more:
+                data += encoder.finish()
+            if data or not more:
+                await send({"type": "http.response.body", "body": data, "more_body": more})
+
+        await self.app(scope, receive, compressing)
+
+
+def add_browser_middleware(app: Starlette, settings: Settings) -> None:
+    """Install compression, entity tags and CORS (outermost last) on `app`."""
+    if settings.compress_json:
+        app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
+    app.add_middleware(EntityTagMiddleware, max_age=settings.http_cache_max_age)
+    if settings.cors_origins or settings.cors_write_origins:
+        app.add_middleware(
+            CorsMiddleware,
+            read_origins=settings.cors_origins,
+            write_origins=settings.cors_write_origins,
+            allow_headers=settings.cors_allow_headers,
+            max_age=settings.cors_max_age,
+        )

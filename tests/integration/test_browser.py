@@ -1,0 +1,218 @@
+"""Browser citizenship: CORS, entity tags on metadata and frames, JSON compression."""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from test_wado import _store
+
+from dicomweb_server.app import create_app
+from dicomweb_server.config import Settings
+from dicomweb_server.web.browser import choose_encoding
+
+BASE = "http://testserver/dicomweb"
+VIEWER = "http://viewer.example:3000"
+
+
+@pytest.fixture
+def backend() -> str:
+    """Middleware behaviour does not depend on the backends: the embedded pair suffices."""
+    return "embedded"
+
+
+@pytest.fixture
+async def series(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
+    study, series_uid = uid(), uid()
+    datasets = [ct_dataset(study, series_uid, instance_number=n, seed=n, frames=2) for n in (1, 2)]
+    await _store(client, [to_part10(ds) for ds in datasets])
+    return study, series_uid, datasets
+
+
+async def _client_with(settings: Settings, **changes: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(dataclasses.replace(settings, **changes))  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            yield http
+
+
+async def test_preflight_for_the_headers_viewers_send(client: httpx.AsyncClient) -> None:
+    response = await client.options(
+        "/studies/1.2.3/series/4.5/instances/6.7/frames/1",
+        headers={
+            "Origin": VIEWER,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "accept, authorization, range",
+        },
+    )
+    assert response.status_code == 204
+    assert response.headers["access-control-allow-origin"] == "*"
+    allowed = {h.strip() for h in response.headers["access-control-allow-headers"].split(",")}
+    assert {"accept", "authorization", "range"} <= allowed
+    assert "GET" in response.headers["access-control-allow-methods"]
+    assert int(response.headers["access-control-max-age"]) > 0
+
+
+async def test_plain_options_is_still_retrieve_capabilities(client: httpx.AsyncClient) -> None:
+    """Without Access-Control-Request-Method, OPTIONS is PS3.18 8.9, with CORS labels."""
+    response = await client.options("/", headers={"Origin": VIEWER, "Accept": "application/json"})
+    assert response.status_code == 200
+    assert response.json()["resources"]
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+async def test_reads_from_any_origin_are_labelled(client: httpx.AsyncClient, series) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies", headers={"Origin": VIEWER})
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "*"
+    assert "ETag" in response.headers["access-control-expose-headers"]
+    assert "access-control-allow-origin" not in (await client.get("/studies")).headers
+
+
+async def test_stores_from_other_origins_are_refused_unless_configured(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    preflight = {"Origin": VIEWER, "Access-Control-Request-Method": "POST"}
+    refused = await client.options("/studies", headers=preflight)
+    assert refused.status_code == 403
+    assert "access-control-allow-origin" not in refused.headers
+    async for http in _client_with(settings, cors_write_origins=VIEWER, cors_origins=VIEWER):
+        allowed = await http.options("/studies", headers=preflight)
+        assert allowed.status_code == 204
+        assert allowed.headers["access-control-allow-origin"] == VIEWER
+        assert "Origin" in allowed.headers["vary"]
+        body, content_type = multipart_body([to_part10(ct_dataset())])
+        stored = await http.post(
+            "/studies", content=body, headers={"Content-Type": content_type, "Origin": VIEWER}
+        )
+        assert stored.status_code == 200
+        assert stored.headers["access-control-allow-origin"] == VIEWER
+        other = await http.get("/studies", headers={"Origin": "http://elsewhere.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+async def test_configured_request_headers_limit_preflights(settings: Settings) -> None:
+    async for http in _client_with(settings, cors_allow_headers="Accept, Authorization"):
+        headers = {"Origin": VIEWER, "Access-Control-Request-Method": "GET"}
+        ok = await http.options(
+            "/studies", headers={**headers, "Access-Control-Request-Headers": "Accept"}
+        )
+        assert ok.status_code == 204
+        refused = await http.options(
+            "/studies", headers={**headers, "Access-Control-Request-Headers": "X-Custom"}
+        )
+        assert refused.status_code == 403
+        assert "x-custom" in refused.json()["reason"]
+
+
+async def test_metadata_and_frames_have_etags_and_answer_304(
+    client: httpx.AsyncClient, series
+) -> None:  # type: ignore[no-untyped-def]
+    study, series_uid, datasets = series
+    ds = datasets[0]
+    instance = f"/studies/{study}/series/{series_uid}/instances/{ds.SOPInstanceUID}"
+    for path, immutable in (
+        (f"/studies/{study}/metadata", False),
+        (f"/studies/{study}/series/{series_uid}/metadata", False),
+        (instance + "/metadata", True),
+        (instance + "/frames/1,2", True),
+    ):
+        first = await client.get(path)
+        assert first.status_code == 200, path
+        etag = first.headers["etag"]
+        assert etag.startswith('W/"'), path
+        assert ("max-age" in first.headers["cache-control"]) is immutable, path
+        again = await client.get(path)
+        assert again.headers["etag"] == etag, path  # a fresh multipart boundary, same tag
+        cached = await client.get(path, headers={"If-None-Match": etag})
+        assert cached.status_code == 304 and cached.content == b"", path
+        assert cached.headers["etag"] == etag
+    await _store(client, [to_part10(ct_dataset(study, series_uid, instance_number=9, seed=9))])
+    changed = await client.get(f"/studies/{study}/metadata", headers={"If-None-Match": etag})
+    assert changed.status_code == 200
+
+
+async def test_json_is_gzipped_when_accepted_and_multipart_never(
+    client: httpx.AsyncClient, series
+) -> None:  # type: ignore[no-untyped-def]
+    study, series_uid, datasets = series
+    for path in ("/instances?includefield=all", f"/studies/{study}/metadata"):
+        plain = await client.get(path, headers={"Accept-Encoding": "identity"})
+        assert "content-encoding" not in plain.headers
+        zipped = await client.get(path, headers={"Accept-Encoding": "gzip, deflate"})
+        assert zipped.headers["content-encoding"] == "gzip", path
+        assert "Accept-Encoding" in zipped.headers["vary"]
+        assert zipped.json() == plain.json()  # httpx decodes it
+    instance = f"/studies/{study}/series/{series_uid}/instances/{datasets[0].SOPInstanceUID}"
+    for path in (instance, instance + "/frames/1", instance + "/rendered"):
+        response = await client.get(path, headers={"Accept-Encoding": "gzip"})
+        assert response.status_code == 200
+        assert "content-encoding" not in response.headers, path
+    small = await client.get(f"/studies/{uid()}/metadata", headers={"Accept-Encoding": "gzip"})
+    assert small.status_code == 404 and "content-encoding" not in small.headers
+
+
+async def test_gzip_body_is_a_valid_stream() -> None:
+    """Check the bytes on the wire, not httpx's decoding of them."""
+    from dicomweb_server.web.browser import CompressionMiddleware
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/dicom+json")],
+            }
+        )
+        for n in range(50):
+            await send(
+                {"type": "http.response.body", "body": b'{"n":%d},' % n * 20, "more_body": True}
+            )
+        await send({"type": "http.response.body", "body": b""})
+
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"accept-encoding", b"gzip")],
+    }
+    await CompressionMiddleware(app)(scope, receive, send)
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
+    assert gzip.decompress(body) == b"".join(b'{"n":%d},' % n * 20 for n in range(50))
+
+
+@pytest.mark.parametrize(
+    ("header", "brotli", "chosen"),
+    [
+        ("gzip, deflate, br", True, "br"),
+        ("gzip, deflate, br", False, "gzip"),
+        ("br;q=0.5, gzip", True, "gzip"),
+        ("identity", True, None),
+        ("*", False, "gzip"),
+        ("gzip;q=0", False, None),
+        (None, True, None),
+    ],
+)
+def test_choose_encoding(header: str | None, brotli: bool, chosen: str | None) -> None:
+    assert choose_encoding(header, brotli) == chosen
+
+
+@pytest.mark.skipif(importlib.util.find_spec("brotli") is None, reason="brotli is not installed")
+async def test_brotli_when_installed(client: httpx.AsyncClient, series) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/instances?includefield=all", headers={"Accept-Encoding": "br"})
+    assert response.headers["content-encoding"] == "br"
+    assert response.json()
