@@ -8,7 +8,7 @@ DATA ?= data
 WORKERS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: run run-prod install install-test check format lint typecheck test unit integration clean
+.PHONY: run run-prod install install-test check format lint typecheck test unit integration clean e2e
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,20 @@ URL ?=
 .PHONY: conformance
 conformance: install-test
 	DICOMWEB_CONFORMANCE_URL=$(URL) $(BIN)/pytest conformance -q $(PYTEST_ARGS)
+
+# End to end in a real browser: the OHIF Viewer's published build (npm @ohif/app, dist/) in
+# Debian's headless Chromium, driven by playwright-core, against a server it starts itself
+# (studies stored through STOW). Installs what it needs: chromium with apt-get when missing,
+# e2e/node_modules with npm ci. Screenshots and the server log land in e2e/results/.
+# Too slow for `make test` (about two minutes); CI runs it after the test suite.
+CHROMIUM ?= /usr/bin/chromium
+SUDO ?= $(if $(filter 0,$(shell id -u)),,sudo)
+e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, viewport pixels
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
+	cd e2e && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	cd e2e && PYTHON=$(abspath $(BIN))/python CHROMIUM=$(CHROMIUM) \
+		node --test --test-reporter=spec ohif.test.mjs
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

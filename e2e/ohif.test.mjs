@@ -1,0 +1,367 @@
+// End to end: the OHIF Viewer's published build (npm @ohif/app, dist/) in Debian's headless
+// Chromium, driven by playwright-core, reading studies stored in dicomweb_server via STOW.
+//
+// Two loopback origins, as in a real deployment: OHIF on one port (a small static server
+// below, with our app-config.js), dicomweb_server on another, so CORS is exercised too.
+// Run by `make e2e`; environment: PYTHON (the project's interpreter), CHROMIUM (default
+// /usr/bin/chromium), E2E_ARTIFACTS (where screenshots go, default e2e/results).
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { dirname, extname, join, normalize } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import net from 'node:net';
+import { chromium } from 'playwright-core';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const repo = join(here, '..');
+const require = createRequire(import.meta.url);
+const dist = join(dirname(require.resolve('@ohif/app/package.json')), 'dist');
+const python = process.env.PYTHON || join(repo, '.venv', 'bin', 'python');
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const artifacts = process.env.E2E_ARTIFACTS || join(here, 'results');
+const TIMEOUT = 90_000;
+
+let server; // the dicomweb_server process
+let ohif; // the static server for OHIF's dist/
+let context; // the Chromium browser context
+let root; // DICOMweb root URL
+let viewerUrl; // OHIF's URL
+let seeded; // what seed.py stored
+const scratch = mkdtempSync(join(tmpdir(), 'dicomweb-e2e-'));
+const serverLog = [];
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.unref();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitFor(url, deadline = 30_000) {
+  const end = Date.now() + deadline;
+  for (;;) {
+    try {
+      const response = await fetch(url);
+      if (response.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > end) throw new Error(`${url} did not answer:\n${serverLog.join('')}`);
+    await new Promise(r => setTimeout(r, 200));
+  }
+}
+
+function appConfig(dicomwebRoot) {
+  return `window.config = {
+  routerBasename: '/',
+  extensions: [],
+  modes: [],
+  showStudyList: true,
+  showWarningMessageForCrossOrigin: false,
+  showCPUFallbackMessage: false,
+  showLoadingIndicator: true,
+  investigationalUseDialog: { option: 'never' },
+  maxNumberOfWebWorkers: 2,
+  defaultDataSourceName: 'dicomweb',
+  dataSources: [
+    {
+      namespace: '@ohif/extension-default.dataSourcesModule.dicomweb',
+      sourceName: 'dicomweb',
+      configuration: {
+        friendlyName: 'dicomweb_server',
+        name: 'dicomweb_server',
+        wadoUriRoot: '${dicomwebRoot}',
+        qidoRoot: '${dicomwebRoot}',
+        wadoRoot: '${dicomwebRoot}',
+        qidoSupportsIncludeField: true,
+        supportsReject: false,
+        supportsFuzzyMatching: true,
+        supportsWildcard: true,
+        imageRendering: 'wadors',
+        thumbnailRendering: 'thumbnail',
+        thumbnailRequestStrategy: 'fetch',
+        enableStudyLazyLoad: true,
+        staticWado: false,
+        singlepart: 'bulkdata,video',
+        bulkDataURI: { enabled: true, relativeResolution: 'studies' },
+        omitQuotationForMultipartRequest: true,
+      },
+    },
+  ],
+};
+`;
+}
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.wasm': 'application/wasm',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.woff2': 'font/woff2',
+};
+
+function serveOhif(config) {
+  // A single-page app: unknown paths get index.html; app-config.js is ours.
+  return createServer((request, response) => {
+    const path = decodeURIComponent(new URL(request.url, 'http://x').pathname);
+    if (path === '/app-config.js') {
+      response.writeHead(200, { 'Content-Type': TYPES['.js'] });
+      response.end(config);
+      return;
+    }
+    let file = normalize(join(dist, path));
+    if (!file.startsWith(dist)) {
+      response.writeHead(403).end();
+      return;
+    }
+    try {
+      if (!statSync(file).isFile()) throw new Error('not a file');
+    } catch {
+      file = join(dist, 'index.html');
+    }
+    response.writeHead(200, { 'Content-Type': TYPES[extname(file)] || 'application/octet-stream' });
+    response.end(readFileSync(file));
+  });
+}
+
+before(async () => {
+  mkdirSync(artifacts, { recursive: true });
+  const apiPort = await freePort();
+  root = `http://127.0.0.1:${apiPort}/dicomweb`;
+  server = spawn(
+    python,
+    ['-m', 'dicomweb_server', 'serve', '--host', '127.0.0.1', '--port', String(apiPort),
+      '--data-dir', join(scratch, 'data')],
+    { cwd: repo, env: { ...process.env, DICOMWEB_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  server.stdout.on('data', chunk => serverLog.push(chunk.toString()));
+  server.stderr.on('data', chunk => serverLog.push(chunk.toString()));
+  await waitFor(`${root}/studies?limit=1`);
+  seeded = JSON.parse(execFileSync(python, [join(here, 'seed.py'), root], { encoding: 'utf8' }));
+
+  const ohifPort = await freePort();
+  ohif = serveOhif(appConfig(root));
+  await new Promise(resolve => ohif.listen(ohifPort, '127.0.0.1', resolve));
+  viewerUrl = `http://127.0.0.1:${ohifPort}`;
+
+  context = await chromium.launchPersistentContext(join(scratch, 'profile'), {
+    executablePath: chromiumPath,
+    headless: true,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+    ],
+    viewport: { width: 1400, height: 900 },
+  });
+});
+
+after(async () => {
+  await context?.close();
+  ohif?.close();
+  server?.kill('SIGTERM');
+  writeFileSync(join(artifacts, 'server.log'), serverLog.join(''));
+  rmSync(scratch, { recursive: true, force: true });
+});
+
+// In the page: the largest visible canvas inside the viewport grid, and statistics of the
+// image drawn on it (bounding box of non-black pixels and grey levels at quadrant centres).
+async function viewportCanvasStats(page) {
+  return page.evaluate(() => {
+    const canvases = [...document.querySelectorAll('canvas')].filter(c => c.width > 100 && c.height > 100);
+    canvases.sort((a, b) => b.width * b.height - a.width * a.height);
+    const canvas = canvases[0];
+    if (!canvas) return null;
+    const { width, height } = canvas;
+    let data;
+    try {
+      data = canvas.getContext('2d').getImageData(0, 0, width, height).data;
+    } catch (error) {
+      return { error: String(error) };
+    }
+    let left = width, right = -1, top = height, bottom = -1, lit = 0;
+    for (let y = 0; y < height; y += 1) {
+      for (let x = 0; x < width; x += 1) {
+        const i = (y * width + x) * 4;
+        if (data[i] + data[i + 1] + data[i + 2] > 30) {
+          lit += 1;
+          if (x < left) left = x;
+          if (x > right) right = x;
+          if (y < top) top = y;
+          if (y > bottom) bottom = y;
+        }
+      }
+    }
+    const grey = (fx, fy) => {
+      const x = Math.round(left + fx * (right - left));
+      const y = Math.round(top + fy * (bottom - top));
+      const i = (y * width + x) * 4;
+      return Math.round((data[i] + data[i + 1] + data[i + 2]) / 3);
+    };
+    return {
+      width, height, lit, box: [left, top, right, bottom],
+      quadrants: lit ? [grey(0.25, 0.25), grey(0.75, 0.25), grey(0.25, 0.75), grey(0.75, 0.75)] : [],
+    };
+  });
+}
+
+// In the page: compare the canvas' image region with our own /rendered PNG of each slice,
+// scaled to the same size; the mean absolute difference of the best match.
+async function differenceFromRendered(page, box, urls) {
+  return page.evaluate(async ({ box, urls }) => {
+    const canvases = [...document.querySelectorAll('canvas')].filter(c => c.width > 100 && c.height > 100);
+    canvases.sort((a, b) => b.width * b.height - a.width * a.height);
+    const source = canvases[0];
+    const [left, top, right, bottom] = box;
+    const w = right - left + 1, h = bottom - top + 1;
+    const shown = source.getContext('2d').getImageData(left, top, w, h).data;
+    const scores = [];
+    for (const url of urls) {
+      const blob = await (await fetch(url)).blob();
+      const bitmap = await createImageBitmap(blob);
+      const scratch = new OffscreenCanvas(w, h);
+      const ctx = scratch.getContext('2d');
+      ctx.drawImage(bitmap, 0, 0, w, h);
+      const expected = ctx.getImageData(0, 0, w, h).data;
+      let total = 0;
+      for (let i = 0; i < expected.length; i += 4) total += Math.abs(expected[i] - shown[i]);
+      scores.push(total / (w * h));
+    }
+    return scores;
+  }, { box, urls });
+}
+
+// In the page: non-blank images (object URLs made from fetched thumbnails) and their spread.
+async function shownThumbnails(page) {
+  return page.evaluate(() => [...document.querySelectorAll('img')]
+    .filter(img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'))
+    .map(img => {
+      const canvas = new OffscreenCanvas(img.naturalWidth, img.naturalHeight);
+      const ctx = canvas.getContext('2d');
+      ctx.drawImage(img, 0, 0);
+      const data = ctx.getImageData(0, 0, img.naturalWidth, img.naturalHeight).data;
+      let sum = 0, sumSq = 0, n = 0;
+      for (let i = 0; i < data.length; i += 4) { sum += data[i]; sumSq += data[i] * data[i]; n += 1; }
+      const mean = sum / n;
+      return { width: img.naturalWidth, height: img.naturalHeight, std: Math.sqrt(sumSq / n - mean * mean) };
+    }));
+}
+
+test('the study list finds the study and previews its series thumbnails', { timeout: TIMEOUT }, async () => {
+  const page = await context.newPage();
+  const thumbnails = [];
+  page.on('response', response => {
+    if (response.url().includes('/thumbnail')) thumbnails.push([response.url(), response.status()]);
+  });
+  await page.goto(`${viewerUrl}/`, { waitUntil: 'domcontentloaded' });
+  try {
+    const row = page.getByText('E2E, Viewer').first();
+    await row.waitFor({ timeout: 60_000 });
+    await row.click();
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('img')].filter(
+        img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
+      ).length >= 2,
+      null,
+      { timeout: 60_000 },
+    );
+  } finally {
+    await page.screenshot({ path: join(artifacts, 'study-list.png') });
+  }
+  const shown = await shownThumbnails(page);
+  assert.ok(shown.length >= 2, `series thumbnails in the study list: ${JSON.stringify(shown)}`);
+  assert.ok(shown.every(t => t.std > 10), `blank thumbnails: ${JSON.stringify(shown)}`);
+  assert.ok(thumbnails.length >= 2 && thumbnails.every(([, status]) => status === 200),
+    `thumbnail requests: ${JSON.stringify(thumbnails)}`);
+  await page.close();
+});
+
+test('the viewer shows the image and the study browser shows thumbnails', { timeout: 180_000 }, async () => {
+  const page = await context.newPage();
+  const thumbnails = [];
+  const failures = [];
+  page.on('response', response => {
+    const url = response.url();
+    if (url.includes('/thumbnail')) thumbnails.push([url, response.status()]);
+    if (url.startsWith(root) && response.status() >= 400) failures.push(`${response.status()} ${url}`);
+  });
+  await page.goto(`${viewerUrl}/viewer?StudyInstanceUIDs=${seeded.study}`, { waitUntil: 'domcontentloaded' });
+
+  // The viewport canvas: wait until it holds a non-blank image.
+  let stats = null;
+  const end = Date.now() + 120_000;
+  while (Date.now() < end) {
+    stats = await viewportCanvasStats(page);
+    if (stats && stats.lit > 1000) break;
+    await page.waitForTimeout(500);
+  }
+  await page.waitForTimeout(1500); // let progressive loading settle
+  stats = await viewportCanvasStats(page);
+  await page.screenshot({ path: join(artifacts, 'viewer.png') });
+  assert.ok(stats && !stats.error, `no readable viewport canvas: ${JSON.stringify(stats)}`);
+  assert.ok(stats.lit > 1000, `the viewport canvas is blank: ${JSON.stringify(stats)}; failed requests: ${failures.join(', ')}`);
+
+  // Four quadrants at known display levels (the data set's own window): top left darkest.
+  const expected = seeded.quadrantLevels;
+  stats.quadrants.forEach((level, i) => {
+    assert.ok(Math.abs(level - expected[i]) <= 16, `quadrant ${i}: ${level}, expected ${expected[i]} (${JSON.stringify(stats)})`);
+  });
+  const [left, top, right, bottom] = stats.box;
+  const aspect = (right - left + 1) / (bottom - top + 1);
+  assert.ok(Math.abs(aspect - 1) < 0.05, `the square image is shown ${aspect}:1`);
+
+  // And the whole image matches our own rendering of one of the slices.
+  const urls = seeded.ctInstances.map(
+    sop => `${root}/studies/${seeded.study}/series/${seeded.ctSeries}/instances/${sop}/rendered?accept=image/png`,
+  );
+  const scores = await differenceFromRendered(page, stats.box, urls);
+  assert.ok(Math.min(...scores) < 12, `canvas differs from /rendered by ${scores}`);
+
+  // Thumbnails: fetched from /thumbnail and shown as non-blank images in the study browser.
+  const shown = await page.waitForFunction(() => {
+    const images = [...document.querySelectorAll('img')].filter(
+      img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
+    );
+    return images.length >= 2 ? images.length : null;
+  }, null, { timeout: 60_000 }).then(handle => handle.jsonValue());
+  const thumbnailStats = await page.evaluate(() => {
+    return [...document.querySelectorAll('img')]
+      .filter(img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'))
+      .map(img => {
+        const canvas = new OffscreenCanvas(img.naturalWidth, img.naturalHeight);
+        const ctx = canvas.getContext('2d');
+        ctx.drawImage(img, 0, 0);
+        const data = ctx.getImageData(0, 0, img.naturalWidth, img.naturalHeight).data;
+        let sum = 0, sumSq = 0, n = 0;
+        for (let i = 0; i < data.length; i += 4) { sum += data[i]; sumSq += data[i] * data[i]; n += 1; }
+        const mean = sum / n;
+        return { width: img.naturalWidth, height: img.naturalHeight, std: Math.sqrt(sumSq / n - mean * mean) };
+      });
+  });
+  await page.screenshot({ path: join(artifacts, 'viewer-thumbnails.png') });
+  assert.ok(shown >= 2, 'two series thumbnails shown');
+  assert.ok(thumbnails.some(([url, status]) => status === 200), `thumbnail requests: ${JSON.stringify(thumbnails)}`);
+  assert.ok(thumbnailStats.every(t => t.std > 10), `blank thumbnails: ${JSON.stringify(thumbnailStats)}`);
+  await page.close();
+});
