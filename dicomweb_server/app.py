@@ -246,6 +246,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await app.state.dicomweb_render.flush()
             app.state.dicomweb.retrieve.close()
             await blobs.close()
             await index.close()

@@ -52,6 +52,7 @@ _VERSION = "r1"  # part of every entity tag and cache key: bump when output pixe
 _MAX_ANIMATED_FRAMES = 256  # frames decoded into one animated GIF (all held in memory)
 _REPRESENTATIVE_TTL = 30.0  # seconds a series' or study's chosen instance is remembered
 _SPOOL_MEMORY = 8 << 20
+_ATTRIBUTES_MEMO = 1024  # instances whose rendering attributes are kept in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,10 @@ class RenderService:
     _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
         default_factory=dict, init=False
     )
+    _attributes_memo: OrderedDict[str, ImageAttributes] = field(
+        default_factory=OrderedDict, init=False
+    )
+    _writes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._memory = _MemoryCache(self.memory_cache_bytes)
@@ -252,26 +257,31 @@ class RenderService:
             except DicomwebError as exc:
                 log.warning("thumbnail cache read failed: %s", exc.reason)
         data = await self._render(rendering)
-        if rendering.persistent:
-            try:
-                await blobs.put(rendering.cache_key, _one(data))
-            except DicomwebError as exc:  # the cache is an optimisation: serve regardless
-                log.warning("thumbnail cache write failed: %s", exc.reason)
+        if rendering.persistent:  # written after the response: the client does not wait
+            task = asyncio.create_task(self._cache_put(rendering.cache_key, data))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
         return data
+
+    async def _cache_put(self, key: str, data: bytes) -> None:
+        try:
+            await self.retrieve.blobs.put(key, _one(data))
+        except DicomwebError as exc:  # the cache is an optimisation: serve regardless
+            log.warning("thumbnail cache write failed: %s", exc.reason)
+
+    async def flush(self) -> None:
+        """Wait for thumbnail cache writes in flight (before the blob store closes)."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def _render(self, rendering: Rendering) -> bytes:
         instance, options = rendering.instance, rendering.options
         syntax = instance.transfer_syntax_uid
         try:
-            attrs = await self._attributes(instance)
-            stored: list[bytes] = []
-            if syntax != DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
-                for number in rendering.frames:
-                    data = await self.retrieve.read_stored_frame(instance, number)
-                    if data is None:
-                        break
-                    stored.append(data)
-            if len(stored) == len(rendering.frames):
+            attrs, stored = await asyncio.gather(
+                self._attributes(instance), self._stored_frames(instance, rendering.frames)
+            )
+            if stored is not None:
                 return await self.retrieve.run_codec(render, stored, syntax, attrs, options)
             # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
             # reads them from the whole object.
@@ -284,7 +294,31 @@ class RenderService:
                 f" rendered: {exc}"
             ) from exc
 
+    async def _stored_frames(
+        self, instance: StoredInstance, frames: tuple[int, ...]
+    ) -> list[bytes] | None:
+        """The frames as stored, or None when their byte ranges were not recorded."""
+        if instance.transfer_syntax_uid == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN:
+            return None
+        found = await asyncio.gather(
+            *(self.retrieve.read_stored_frame(instance, number) for number in frames)
+        )
+        stored = [data for data in found if data is not None]
+        return stored if len(stored) == len(frames) else None
+
     async def _attributes(self, instance: StoredInstance) -> ImageAttributes:
+        """Rendering attributes, remembered per stored object (viewers ask for many windows)."""
+        remembered = self._attributes_memo.get(instance.blob_key)
+        if remembered is not None:
+            self._attributes_memo.move_to_end(instance.blob_key)
+            return remembered
+        attrs = await self._read_attributes(instance)
+        self._attributes_memo[instance.blob_key] = attrs
+        while len(self._attributes_memo) > _ATTRIBUTES_MEMO:
+            self._attributes_memo.popitem(last=False)
+        return attrs
+
+    async def _read_attributes(self, instance: StoredInstance) -> ImageAttributes:
         """Rendering attributes from the stored metadata, with LUT bulk data fetched."""
         metadata = await self.retrieve.index.get_metadata(instance.key)
         model = orjson.loads(metadata) if metadata else None
