@@ -34,8 +34,8 @@ format: install-test
 	$(BIN)/ruff format dicomweb_server tests
 
 check: install-test  ## formatting, lint and strict types: warnings are errors
-	$(BIN)/ruff format --check dicomweb_server tests deploy conformance
-	$(BIN)/ruff check dicomweb_server tests deploy conformance
+	$(BIN)/ruff format --check dicomweb_server tests deploy conformance bench
+	$(BIN)/ruff check dicomweb_server tests deploy conformance bench
 	$(BIN)/mypy dicomweb_server
 
 unit: install-test
@@ -70,3 +70,13 @@ e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, 
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+# Benchmarks, not part of `make test` (BENCHMARKS.md). Flags pass through BENCH_ARGS, e.g.
+# `make bench BENCH_ARGS="--wait-max 1200"` waits for a quiet machine first.
+BENCH_ARGS ?=
+.PHONY: bench bench-scale
+bench: install-test  ## ours vs Orthanc vs a replay ceiling → bench/results/latest.{json,md}
+	$(BIN)/python -m bench run $(BENCH_ARGS)
+
+bench-scale: install-test  ## 1 million instances on PostgreSQL + S3 → bench/results/scale-latest.*
+	$(BIN)/python -m bench scale $(BENCH_ARGS)

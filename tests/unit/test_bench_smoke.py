@@ -1,0 +1,111 @@
+"""The benchmark harness stays importable and its arithmetic right (no network, no servers)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from bench.ceiling import request_key
+from bench.client import multipart_body
+from bench.corpus import ROOT, uid_with_round, with_round
+from bench.qido_corpus import QidoSizes, QidoTemplate, check_templating, iter_instances
+from bench.report import metric_results, render_markdown, results_document
+from bench.scale import render_scale
+from bench.stats import Metric, Summary, Target, check_target, percentile, ratio, summarize
+
+
+def test_percentile_interpolates_between_ranks() -> None:
+    assert percentile([1.0], 95) == 1.0
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 50) == 3.0
+    assert percentile(list(map(float, range(101))), 95) == pytest.approx(95.0)
+    assert percentile([10.0, 20.0], 50) == pytest.approx(15.0)
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_summaries_take_the_bad_side_for_p95() -> None:
+    times = summarize([1.0, 2.0, 3.0, 100.0], higher_is_better=False)
+    assert times.median == 2.5
+    assert times.p95 is not None and times.p95 > 80
+    rates = summarize([100.0, 90.0, 10.0], higher_is_better=True)
+    assert rates.median == 90.0
+    assert rates.p95 is not None and rates.p95 < 20
+    assert not summarize([], higher_is_better=True).available
+
+
+def test_targets_and_ratios() -> None:
+    ours = Summary(median=4.0, p95=9.0, n=10)
+    orthanc = Summary(median=8.0, p95=20.0, n=10)
+    assert ratio(ours, orthanc) == 0.5
+    assert ratio(ours, Summary()) is None
+    assert check_target(Target("<=", 5.0), ours, {}) is True
+    assert check_target(Target("<=", 8.0, "p95"), ours, {}) is False
+    assert check_target(Target(">=", 2.0, "vs_orthanc"), ours, {"orthanc": orthanc}) is False
+    assert check_target(Target(">=", 2.0, "vs_orthanc"), ours, {}) is None
+    failing = Summary(median=300.0, p95=250.0, n=3, errors=2)
+    assert check_target(Target(">=", 200.0), failing, {}) is False
+
+
+def test_report_renders_ratios_targets_and_na() -> None:
+    metric = Metric("qido.x", "QIDO-RS", "A query", "ms", False, Target("<=", 5.0), "why")
+    entry = metric_results(
+        metric,
+        {
+            "ours": Summary(median=2.0, p95=3.0, n=20),
+            "orthanc": Summary(median=8.0, p95=9.0, n=20),
+            "ceiling": Summary(median=0.5, p95=0.6, n=20),
+            "ours_pg": Summary(note="not supported: HTTP 404"),
+        },
+    )
+    assert entry["ratios"]["ours/orthanc"] == 0.25
+    assert entry["ratios"]["ours/ceiling"] == 4.0
+    assert entry["verdicts"]["ours"]["met"] is True
+    assert entry["verdicts"]["ours_pg"]["met"] is None
+    document = results_document({"started": "now", "cpus": 2}, {}, [entry])
+    text = render_markdown(document)
+    assert "| A query | ms | 2.00 / 3.00 |" in text
+    assert "n/a (not supported: HTTP 404)" in text
+    assert "0.25" in text
+
+
+def test_scale_report_renders_steps() -> None:
+    step = {
+        "instances": 300,
+        "stow_mb_s": 50.0,
+        "qido": {"qido.page100": {"label": "Page", "p50": 3.0, "p95": 4.0, "errors": 0}},
+    }
+    document = {
+        "meta": {"started": "now", "description": "d", "cpus": 2, "load_before": 0.5,
+                 "workers": 2},
+        "steps": [step, {**step, "instances": 1000, "stow_mb_s": 45.0}],
+        "verdicts": {"x": "met"},
+    }  # fmt: skip
+    text = render_scale(document)
+    assert "| Page | 3.0 / 4.0 | 3.0 / 4.0 | ≤ 30 ms |" in text
+    assert "50.0 | 45.0" in text
+
+
+def test_round_rewrite_keeps_lengths() -> None:
+    uid = f"{ROOT}.1000.1.1.1.7"
+    data = b"\0" * 10 + uid.encode() + b"\0" * 10
+    varied = with_round(data, 42)
+    assert len(varied) == len(data)
+    assert uid_with_round(uid, 42).encode() in varied
+
+
+def test_qido_templating_matches_the_parser() -> None:
+    template = QidoTemplate()
+    check_templating(template, list(iter_instances(QidoSizes(studies=2))))
+    assert QidoSizes().instances == 30_000
+
+
+def test_multipart_and_ceiling_keys() -> None:
+    body, content_type = multipart_body([b"abc"])
+    assert content_type.startswith('multipart/related; type="application/dicom"; boundary=')
+    assert b"\r\n\r\nabc\r\n" in body
+    assert request_key("POST", "/dicomweb/studies?x=1", "a") == "POST /dicomweb/studies"
+    assert request_key("GET", "/dicomweb/studies", None) == "GET /dicomweb/studies "
