@@ -21,6 +21,7 @@ import pytest_asyncio
 from index_cases import Built, InstanceFactory, TcpProxy
 from pydicom.uid import generate_uid
 
+import dicomweb_server
 from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import parse_query
@@ -33,6 +34,8 @@ SITE = "default"
 CT_CLASS = "1.2.840.10008.5.1.4.1.1.2"
 MR_CLASS = "1.2.840.10008.5.1.4.1.1.4"
 NM_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+
+_PG_MIGRATIONS = Path(dicomweb_server.__file__).parent / "index" / "migrations" / "postgres"
 
 
 # --- fixtures ------------------------------------------------------------------------------------
@@ -516,12 +519,15 @@ def _closed_port() -> int:
 
 
 async def test_migrate_is_versioned_and_safe_to_race(pg_database_url: str) -> None:
+    versions = sorted(int(p.name[:3]) for p in _PG_MIGRATIONS.glob("*.sql"))
+    assert versions[:3] == [1, 2, 3]
     results = await asyncio.gather(*(migrate(pg_database_url) for _ in range(4)))
-    assert sorted(results) == [[], [], [], [1, 2]]
+    assert sorted(results) == [[], [], [], versions]
     assert await migrate(pg_database_url) == []
     conn = await asyncpg.connect(pg_database_url)
     try:
-        assert [r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")] == [1, 2]
+        rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+        assert [r[0] for r in rows] == versions
     finally:
         await conn.close()
 
