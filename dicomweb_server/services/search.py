@@ -24,9 +24,14 @@ _ALWAYS = {
 }
 
 
+# Attributes index/rows.py's search_row computes for every row, whatever the level.
+_COMPUTED = ("00080056", "00080061", "00080062", "00201206", "00201208", "00201209")
+
+
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
-    """Result objects plus the Warning texts the response must carry."""
+    """Result objects (keys not yet in order: serialise with orjson.OPT_SORT_KEYS, as
+    PS3.18 F.2.2 orders attributes) plus the Warning texts the response must carry."""
 
     rows: list[dict[str, Any]]
     warnings: list[str]
@@ -42,17 +47,20 @@ class SearchService:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL."""
         page = await self.index.search(query)
         wanted = self._default_tags(query.level) | {tag_hex(t) for t in query.include_tags}
-        rows = []
+        # A row holds its levels' stored attributes (all wanted), the computed ones and, from
+        # metadata, only what was asked: dropping the unasked computed keys is all the shaping.
+        drop = () if query.include_all else tuple(k for k in _COMPUTED if k not in wanted)
         needs_metadata = query.include_all or self._needs_metadata(query)
-        for row in page.rows:
+        rows = page.rows
+        for row in rows:
             if needs_metadata:
                 await self._add_from_metadata(row, query, root_url)
-            shaped = row if query.include_all else {k: v for k, v in row.items() if k in wanted}
-            shaped["00081190"] = {
+            for key in drop:
+                row.pop(key, None)
+            row["00081190"] = {
                 "vr": "UR",
                 "Value": [self._retrieve_url(query.level, row, root_url)],
             }
-            rows.append(dict(sorted(shaped.items())))
         warnings = list(query.warnings)
         if page.more:
             warnings.append(

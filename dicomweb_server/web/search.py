@@ -38,7 +38,9 @@ async def _search(request: Request, level: Level) -> Response:
         max_offset=settings.max_query_offset,
     )
     outcome = await state.search.search(query, settings.root_url)
-    response = Response(orjson.dumps(outcome.rows), media_type="application/dicom+json")
+    # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
+    body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
+    response = Response(body, media_type="application/dicom+json")
     for text in outcome.warnings:
         response.headers.append("Warning", f'299 dicomweb-server "{text}"')
     return response
