@@ -147,7 +147,8 @@ async def preload_sqlite(path: Path, sizes: QidoSizes) -> float:
     cached = CACHE / f"qido-sqlite-{sizes.key()}-{_schema_hash()}.sqlite"
     started = time.monotonic()
     if not cached.is_file():
-        fresh = cached.with_suffix(".partial")
+        # Unique per process: two runs at once must not build into (or publish) one file.
+        fresh = cached.with_suffix(f".{os.getpid()}.partial")
         fresh.unlink(missing_ok=True)
         fresh.parent.mkdir(parents=True, exist_ok=True)
         index = await SqliteInstanceIndex.open(fresh)
