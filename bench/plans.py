@@ -28,6 +28,7 @@ INSTANCES = 'multipart/related; type="application/dicom"'
 OCTETS = 'multipart/related; type="application/octet-stream"'
 TO_JPEG = 'multipart/related; type="image/jpeg"; transfer-syntax=1.2.840.10008.1.2.4.50'
 JPEG = "image/jpeg"
+PNG = "image/png"
 
 
 @dataclass
@@ -247,15 +248,59 @@ def build_plans(
             ceiling_alias=lambda req: Req(f"{_instance(corpus, 'ct', last_ct)}/rendered", JPEG),
         )
     )  # fmt: skip
+    # PNG and thumbnails use other slices than the JPEG plan (offsets 75 and 150), so no
+    # plan finds an instance another one has already decoded.
     plans.append(
         Plan(
-            Metric("wado.thumbnail", "WADO-RS", "Thumbnail of a CT instance", "ms", False, None,
-                   "small JPEG of an instance"),
+            Metric("wado.rendered_png", "WADO-RS", "Rendered CT instance (image/png)", "ms", False,
+                   Target("<=", 25.0, "median", "≤ 25 ms"), "windowed 512² slice as PNG"),
             "latency",
-            requests=lambda r: [Req(f"{_instance(corpus, 'ct', (r * unique + i) % last_ct)}"
+            requests=lambda r: [Req(f"{_instance(corpus, 'ct', (75 + r * unique + i) % last_ct)}"
+                                    "/rendered", PNG) for i in range(unique)],
+            probe=Req(f"{_instance(corpus, 'ct', last_ct)}/rendered", PNG),
+            ceiling_alias=lambda req: Req(f"{_instance(corpus, 'ct', last_ct)}/rendered", PNG),
+        )
+    )  # fmt: skip
+    plans.append(
+        Plan(
+            Metric("wado.thumbnail", "WADO-RS", "Thumbnail of a CT instance (first request)", "ms",
+                   False, None, "small JPEG of an instance never asked for before"),
+            "latency",
+            requests=lambda r: [Req(f"{_instance(corpus, 'ct', (150 + r * unique + i) % last_ct)}"
                                     "/thumbnail", JPEG) for i in range(unique)],
             probe=Req(f"{_instance(corpus, 'ct', last_ct)}/thumbnail", JPEG),
             ceiling_alias=lambda req: Req(f"{_instance(corpus, 'ct', last_ct)}/thumbnail", JPEG),
+        )
+    )  # fmt: skip
+    cached_thumbnail = Req(f"{_instance(corpus, 'ct', last_ct)}/thumbnail", JPEG)
+    plans.append(
+        Plan(
+            Metric("wado.thumbnail_cached", "WADO-RS", "Thumbnail of a CT instance (cached)", "ms",
+                   False, Target("<=", 5.0, "median", "≤ 5 ms"),
+                   "the same thumbnail again, as a study list redrawn"),
+            "latency",
+            requests=lambda r: [cached_thumbnail] * unique,
+            probe=cached_thumbnail,
+        )
+    )  # fmt: skip
+    # A series thumbnail is asked once per series and server: every round takes two series
+    # no round has asked for (the probe warms the multi-frame series, kept out of the list).
+    thumb_series = [corpus.series[n] for n in ("mr1", "mr2", "mr3", "mr4", "ct", "j2k", "us")]
+
+    def series_thumbnails(r: int) -> list[Req]:
+        chosen = [thumb_series[(2 * r + i) % len(thumb_series)] for i in range(2)]
+        return [Req(f"/studies/{s.study}/series/{s.series}/thumbnail", JPEG) for s in chosen]
+
+    series_probe = Req(f"/studies/{mf.study}/series/{mf.series}/thumbnail", JPEG)
+    plans.append(
+        Plan(
+            Metric("wado.thumbnail_series", "WADO-RS", "First thumbnail of a series", "ms", False,
+                   Target("<=", 30.0, "median", "≤ 30 ms"),
+                   "a study list showing a series it has never shown"),
+            "latency",
+            requests=series_thumbnails,
+            probe=series_probe,
+            ceiling_alias=lambda req: series_probe,
         )
     )  # fmt: skip
 
