@@ -37,6 +37,10 @@ class Settings:
     max_part_bytes: int = 4 << 30  # one instance
     max_parts: int = 10_000  # instances per request
     spool_memory_bytes: int = 4 << 20  # a part above this spools to disk
+    # Parts of one request parsed and written at once, each holding its spool (memory or disk):
+    # one instance's fsync or upload overlaps the next one's parsing.
+    store_pipeline_depth: int = 4
+    store_index_batch: int = 50  # written instances indexed per transaction (one commit each)
     # Part 10 parsing limits
     bulk_data_threshold: int = 1024  # binary values above this become BulkDataURIs
     max_sequence_depth: int = 64

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
@@ -23,7 +23,8 @@ from dicomweb_server.domain.records import (
 )
 from dicomweb_server.errors import BackendUnavailableError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
-from dicomweb_server.index.rows import merge_attributes, search_row
+from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.rows import merge_attributes, search_rows
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["SqliteInstanceIndex"]
@@ -109,6 +110,10 @@ class SqliteInstanceIndex:
     ) -> AddOutcome:
         return await self._write(lambda conn: _add(conn, site, record, blob_key, size, digest))
 
+    async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
+        """Add a batch in one transaction: one write lock and one commit for many instances."""
+        return await self._write(lambda conn: _add_batch(conn, site, instances))
+
     async def search(self, query: Query) -> SearchPage:
         sql = build_search(query, lambda n: "?")
 
@@ -117,7 +122,7 @@ class SqliteInstanceIndex:
 
         rows = await self._read(run)
         more = len(rows) > query.limit
-        return SearchPage([search_row(query.level, row) for row in rows[: query.limit]], more)
+        return SearchPage(search_rows(query.level, rows[: query.limit]), more)
 
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None
@@ -269,6 +274,27 @@ def _add(
         raise
     conn.execute("COMMIT" if outcome is AddOutcome.CREATED else "ROLLBACK")
     return outcome
+
+
+def _add_batch(
+    conn: sqlite3.Connection, site: str, instances: Sequence[NewInstance]
+) -> list[AddOutcome]:
+    """`_add` for each instance in order, in one IMMEDIATE transaction.
+
+    An instance that is not CREATED writes nothing (`_add_in_transaction` decides before its
+    first write), so the others' rows commit as if each had been added alone.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = [
+            _add_in_transaction(conn, site, new.record, new.blob_key, new.size, new.digest)
+            for new in instances
+        ]
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT" if AddOutcome.CREATED in outcomes else "ROLLBACK")
+    return outcomes
 
 
 def _add_in_transaction(

@@ -1,12 +1,20 @@
-"""Store Instances: validate, write the object, then index it; visible once both are durable."""
+"""Store Instances: validate, write the object, then index it; visible once both are durable.
+
+A request's instances go through a pipeline: up to `depth` parts are parsed and written at
+once (so one instance's fsync or upload overlaps the next one's parsing), and the written
+ones are indexed `batch` at a time in one transaction. The index only ever sees instances
+whose objects are durable; the STOW response lists every instance in the order it was sent.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from types import TracebackType
 from typing import BinaryIO
 
 from dicomweb_server.domain.part10 import (
@@ -21,12 +29,16 @@ from dicomweb_server.domain.stow_result import (
     DUPLICATE_SOP_INSTANCE,
     StowResult,
 )
+from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
+from dicomweb_server.index.batch import NewInstance, add_instances
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobStore
 
-__all__ = ["StoreService", "blob_key_for"]
+__all__ = ["StoreRequest", "StoreService", "blob_key_for"]
 
 log = logging.getLogger("dicomweb_server.store")
+
+_READ_SIZE = DEFAULT_CHUNK_SIZE * 4  # bytes read from a spool file per chunk handed to a put
 
 
 def blob_key_for(site: str, record: InstanceRecord, digest: str) -> str:
@@ -52,59 +64,191 @@ def _prepare(file: BinaryIO, size: int, limits: ParseLimits) -> tuple[InstanceRe
 async def _iter_file(file: BinaryIO) -> AsyncIterator[bytes]:
     file.seek(0)
     while True:
-        chunk = await asyncio.to_thread(file.read, DEFAULT_CHUNK_SIZE * 4)
+        chunk = await asyncio.to_thread(file.read, _READ_SIZE)
         if not chunk:
             return
         yield chunk
 
 
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """A part that is not stored, as its failed-SOP entry."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    reason: int
+    text: str
+
+
+_Entry = NewInstance | _Failed
+
+
 @dataclass(slots=True)
 class StoreService:
-    """Stores one spooled part at a time into `blobs` then `index`."""
+    """Stores spooled parts into `blobs` then `index`; one `StoreRequest` per STOW request."""
 
     index: InstanceIndex
     blobs: BlobStore
     limits: ParseLimits
 
-    async def store_instance(
-        self, site: str, file: BinaryIO, size: int, study_in_path: str | None, result: StowResult
+    def request(
+        self,
+        site: str,
+        study_in_path: str | None,
+        result: StowResult,
+        *,
+        depth: int = 1,
+        batch: int = 1,
+    ) -> StoreRequest:
+        """A pipeline for one request's parts; use it as an async context manager."""
+        return StoreRequest(self, site, study_in_path, result, depth, batch)
+
+    async def _write(self, site: str, file: BinaryIO, size: int, study: str | None) -> _Entry:
+        """Parse and write one part; close its file whatever happens."""
+        with file:
+            try:
+                record, digest = await asyncio.to_thread(_prepare, file, size, self.limits)
+            except InvalidInstanceError as exc:
+                return _Failed("", "", exc.failure_code, exc.reason)
+            if study is not None and record.study_instance_uid != study:
+                return _Failed(
+                    record.sop_class_uid,
+                    record.sop_instance_uid,
+                    DATA_SET_DOES_NOT_MATCH,
+                    f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
+                )
+            key = blob_key_for(site, record, digest)
+            stored_size = await self.blobs.put(key, _iter_file(file))
+            return NewInstance(record, key, stored_size, digest)
+
+
+class StoreRequest:
+    """One STOW request's parts: `depth` written at once, indexed `batch` at a time, in order.
+
+    `add` hands over a part's spool file and returns once the pipeline has room for the next;
+    leaving the context indexes what is written. Leaving it by a DicomwebError (a malformed or
+    oversized body, a backend fault) first stores what was received before it, as before
+    batching; any other exception (a lost client, a timeout) cancels the parts in flight,
+    leaving at most unindexed objects, which the orphan sweep removes.
+    """
+
+    def __init__(
+        self,
+        service: StoreService,
+        site: str,
+        study: str | None,
+        result: StowResult,
+        depth: int,
+        batch: int,
     ) -> None:
-        """Store one Part 10 file; failures become entries of `result`, not exceptions."""
+        if depth < 1 or batch < 1:
+            raise ValueError("depth and batch must be at least 1")
+        self._service = service
+        self._site = site
+        self._study = study
+        self._result = result
+        self._batch = batch
+        self._slots = asyncio.Semaphore(depth)
+        self._pending: deque[asyncio.Future[_Entry]] = deque()  # in arrival order
+        self._files: dict[asyncio.Future[_Entry], BinaryIO] = {}  # closed by the task, or here
+        self._ready: list[_Entry] = []  # finished, in order, not yet indexed
+
+    async def __aenter__(self) -> StoreRequest:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, DicomwebError):
+            try:
+                await self._collect(wait=True)
+                await self._flush()
+                return
+            except BaseException:
+                await self._cancel()
+                raise
+        await self._cancel()
+
+    async def add(self, file: BinaryIO, size: int) -> None:
+        """Take ownership of a spooled part (it is closed when written) and start it."""
         try:
-            record, digest = await asyncio.to_thread(_prepare, file, size, self.limits)
-        except InvalidInstanceError as exc:
-            result.add_failed("", "", exc.failure_code, exc.reason)
-            return
-        if study_in_path is not None and record.study_instance_uid != study_in_path:
-            result.add_failed(
+            await self._slots.acquire()
+        except BaseException:
+            file.close()
+            raise
+        task = asyncio.create_task(self._service._write(self._site, file, size, self._study))
+        self._files[task] = file
+        task.add_done_callback(self._done)
+        self._pending.append(task)
+        await self._collect(wait=False)
+
+    def _done(self, task: asyncio.Future[_Entry]) -> None:
+        self._slots.release()
+        self._files.pop(task).close()  # a task cancelled before it ran never opened `with`
+
+    def add_failed(self, reason: int, text: str) -> None:
+        """Report a part that is not an instance, in its place among the others."""
+        done: asyncio.Future[_Entry] = asyncio.get_running_loop().create_future()
+        done.set_result(_Failed("", "", reason, text))
+        self._pending.append(done)
+
+    async def _collect(self, *, wait: bool) -> None:
+        """Move finished parts (in order) to the ready list, indexing each full batch."""
+        while self._pending:
+            head = self._pending[0]
+            if not head.done():
+                if not wait:
+                    return
+                await asyncio.wait([head])
+            self._pending.popleft()
+            self._ready.append(head.result())  # a failed write raises here
+            if len(self._ready) >= self._batch:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """Index the ready instances in one transaction and record each outcome in order."""
+        ready, self._ready = self._ready, []
+        written = [entry for entry in ready if isinstance(entry, NewInstance)]
+        outcomes = iter(await add_instances(self._service.index, self._site, written))
+        result = self._result
+        for entry in ready:
+            if isinstance(entry, _Failed):
+                result.add_failed(
+                    entry.sop_class_uid, entry.sop_instance_uid, entry.reason, entry.text
+                )
+                continue
+            record = entry.record
+            outcome = next(outcomes)
+            if outcome is AddOutcome.CONFLICT:
+                # Our object's key is unique to this content and place, so no row references it.
+                await self._service.blobs.delete(entry.blob_key)
+                result.add_failed(
+                    record.sop_class_uid,
+                    record.sop_instance_uid,
+                    DUPLICATE_SOP_INSTANCE,
+                    f"SOP Instance {record.sop_instance_uid} is already stored with different"
+                    " content or in another series; the stored copy is kept",
+                )
+                continue
+            log.debug("stored instance %s (%s)", record.sop_instance_uid, outcome.value)
+            result.add_stored(
                 record.sop_class_uid,
                 record.sop_instance_uid,
-                DATA_SET_DOES_NOT_MATCH,
-                f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
+                record.study_instance_uid,
+                record.series_instance_uid,
             )
-            return
-        key = blob_key_for(site, record, digest)
-        stored_size = await self.blobs.put(key, _iter_file(file))
-        outcome = await self.index.add_instance(site, record, key, stored_size, digest)
-        if outcome is AddOutcome.CONFLICT:
-            # Our object's key is unique to this content and place, so no row references it.
-            await self.blobs.delete(key)
-            result.add_failed(
-                record.sop_class_uid,
-                record.sop_instance_uid,
-                DUPLICATE_SOP_INSTANCE,
-                f"SOP Instance {record.sop_instance_uid} is already stored with different"
-                " content or in another series; the stored copy is kept",
-            )
-            return
-        log.info(
-            "stored instance %s (%s)",
-            record.sop_instance_uid,
-            outcome.value,
-        )
-        result.add_stored(
-            record.sop_class_uid,
-            record.sop_instance_uid,
-            record.study_instance_uid,
-            record.series_instance_uid,
-        )
+
+    async def _cancel(self) -> None:
+        """Stop every part in flight and wait until each has closed its file."""
+        pending, self._pending = list(self._pending), deque()
+        self._ready = []
+        for future in pending:
+            future.cancel()
+        if pending:
+            await asyncio.wait(pending)
+        for future in pending:
+            if not future.cancelled():
+                future.exception()  # retrieved: it is the caller's exception that propagates

@@ -79,28 +79,21 @@ async def store_instances(request: Request) -> Response:
         max_parts=settings.max_parts,
         spool_memory=settings.spool_memory_bytes,
     )
-    async for part in parts:
-        try:
-            content_type = part.content_type
-            if content_type is None:
-                result.add_failed("", "", CANNOT_UNDERSTAND, "a part has no Content-Type")
-                continue
-            try:
-                part_media, _ = parse_media_type(content_type)
-            except MalformedRequestError as exc:
-                result.add_failed("", "", CANNOT_UNDERSTAND, exc.reason)
-                continue
-            if part_media != "application/dicom":
-                result.add_failed(
-                    "",
-                    "",
-                    CANNOT_UNDERSTAND,
-                    f"a part has Content-Type {part_media!r}, not application/dicom",
-                )
-                continue
-            await state.store.store_instance(site, part.file, part.size, study, result)
-        finally:
-            part.close()
+    store = state.store.request(
+        site,
+        study,
+        result,
+        depth=settings.store_pipeline_depth,
+        batch=settings.store_index_batch,
+    )
+    async with store:
+        async for part in parts:
+            reason = _unsupported_part(part.content_type)
+            if reason is None:
+                await store.add(part.file, part.size)  # the pipeline closes the part
+            else:
+                part.close()
+                store.add_failed(CANNOT_UNDERSTAND, reason)
 
     body = orjson.dumps(result.to_json(settings.root_url, study))
     response = Response(body, status_code=result.status, media_type="application/dicom+json")
@@ -109,6 +102,19 @@ async def store_instances(request: Request) -> Response:
     if result.failed:
         log.info("STOW stored %d, failed %d", len(result.stored), len(result.failed))
     return response
+
+
+def _unsupported_part(content_type: str | None) -> str | None:
+    """Why a part cannot be stored as an instance, or None for application/dicom."""
+    if content_type is None:
+        return "a part has no Content-Type"
+    try:
+        part_media, _ = parse_media_type(content_type)
+    except MalformedRequestError as exc:
+        return exc.reason
+    if part_media != "application/dicom":
+        return f"a part has Content-Type {part_media!r}, not application/dicom"
+    return None
 
 
 def _header_safe(text: str) -> str:
