@@ -24,7 +24,7 @@ from dicomweb_server.domain.records import (
 )
 from dicomweb_server.errors import BackendUnavailableError, DicomwebError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
-from dicomweb_server.index.rows import merge_attributes, search_row
+from dicomweb_server.index.rows import merge_attributes, search_rows
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -262,7 +262,7 @@ class PostgresInstanceIndex:
 
         rows = await self._with_connection(run)
         more = len(rows) > query.limit
-        return SearchPage([search_row(query.level, row) for row in rows[: query.limit]], more)
+        return SearchPage(search_rows(query.level, rows[: query.limit]), more)
 
     async def _fetchrow(self, text: str, *args: Any) -> asyncpg.Record | None:
         async def run(conn: Connection) -> asyncpg.Record | None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import orjson
 
 from dicomweb_server.domain.attributes import Level
 
-__all__ = ["merge_attributes", "search_row"]
+__all__ = ["merge_attributes", "search_row", "search_rows"]
 
 
 def merge_attributes(stored: bytes | str, new: dict[str, Any]) -> bytes:
@@ -25,9 +26,44 @@ def _values(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
-def search_row(level: Level, row: tuple[Any, ...] | Any) -> dict[str, Any]:
+class _Parsed:
+    """Parsed study and series attributes by their bytes, for the rows of one page.
+
+    A page of a series' instances repeats the same study and series attributes in every row:
+    parse them once. Callers get a shallow copy; nested values are shared and never mutated.
+    """
+
+    __slots__ = ("_cache",)
+    _BOUND = 256  # distinct attribute blobs kept; a page of studies has no repeats
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, dict[str, Any]] = {}
+
+    def __call__(self, raw: bytes | str) -> dict[str, Any]:
+        key = raw if isinstance(raw, bytes) else raw.encode()
+        parsed = self._cache.get(key)
+        if parsed is None:
+            if len(self._cache) >= self._BOUND:
+                self._cache.clear()
+            parsed = self._cache[key] = orjson.loads(key)
+        return dict(parsed)
+
+
+def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
+    """Search rows as DICOM JSON objects, parsing repeated parent attributes once."""
+    parsed = _Parsed()
+    if level is Level.STUDY:
+        return [search_row(level, row) for row in rows]
+    return [search_row(level, row, parsed) for row in rows]
+
+
+def search_row(
+    level: Level,
+    row: tuple[Any, ...] | Any,
+    parsed: Callable[[bytes | str], dict[str, Any]] = orjson.loads,
+) -> dict[str, Any]:
     """One search row (see index/sql.py's SELECT lists) as a DICOM JSON object."""
-    result: dict[str, Any] = orjson.loads(row[0])
+    result: dict[str, Any] = parsed(row[0])
     modalities = [m for m in str(row[1]).split("\\") if m]
     sop_classes = [c for c in str(row[2]).split("\\") if c]
     result["00080061"] = _values("CS", modalities)
@@ -35,7 +71,7 @@ def search_row(level: Level, row: tuple[Any, ...] | Any) -> dict[str, Any]:
     result["00201206"] = {"vr": "IS", "Value": [int(row[3])]}
     result["00201208"] = {"vr": "IS", "Value": [int(row[4])]}
     if level is not Level.STUDY:
-        result.update(orjson.loads(row[6]))
+        result.update(parsed(row[6]))
         result["00201209"] = {"vr": "IS", "Value": [int(row[7])]}
     if level is Level.INSTANCE:
         result.update(orjson.loads(row[9]))
