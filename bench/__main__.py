@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument("--studies", type=int, default=50_000)
     scale.add_argument("--instances-per-series", type=int, default=8)
     scale.add_argument("--repeat", type=int, default=40, help="requests per QIDO query")
+    scale.add_argument(
+        "--steps",
+        default="0.1,0.25,0.5,1",
+        help="fractions of --studies after which to measure (comma-separated)",
+    )
     scale.add_argument("--workers", type=int, default=0)
     scale.add_argument("--no-save", action="store_true")
     ceiling = commands.add_parser("ceiling", help="serve recorded responses (used by run)")

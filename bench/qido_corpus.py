@@ -312,35 +312,48 @@ async def load_index(
     first_study: int = 0,
     limit: int | None = None,
     progress: Any = None,
+    batch: int = 50,
 ) -> int:
-    """add_instance every corpus instance (from `first_study`); return how many were created."""
+    """Index every corpus instance (from `first_study`) as STOW-RS does, `batch` instances per
+    transaction (`dicomweb_server.index.batch.add_instances`); return how many were created."""
+    from dicomweb_server.index.batch import NewInstance, add_instances
+
     template = QidoTemplate()
     sample = list(iter_instances(QidoSizes(studies=3, instances_per_series=2)))
     check_templating(template, sample)
-    queue: asyncio.Queue[QidoInstance | None] = asyncio.Queue(maxsize=concurrency * 4)
+    queue: asyncio.Queue[list[QidoInstance] | None] = asyncio.Queue(maxsize=concurrency * 2)
     created = 0
+
+    def new_instance(item: QidoInstance) -> NewInstance:
+        return NewInstance(
+            record=template.record_for(item),
+            blob_key=f"{DEFAULT_SITE}/bench-qido/{item.sop}.dcm",  # index only: no object
+            size=len(template.part10),
+            digest=hashlib.sha256(item.sop.encode()).hexdigest(),
+        )
 
     async def worker() -> None:
         nonlocal created
-        while (item := await queue.get()) is not None:
-            record = template.record_for(item)
-            size = len(template.part10)
-            digest = hashlib.sha256(item.sop.encode()).hexdigest()
-            key = f"{DEFAULT_SITE}/bench-qido/{item.sop}.dcm"  # index only: no object behind it
-            outcome = await index.add_instance(DEFAULT_SITE, record, key, size, digest)
-            if outcome is AddOutcome.CREATED:
-                created += 1
+        while (items := await queue.get()) is not None:
+            outcomes = await add_instances(index, DEFAULT_SITE, [new_instance(i) for i in items])
+            created += sum(1 for outcome in outcomes if outcome is AddOutcome.CREATED)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     count = 0
+    pending: list[QidoInstance] = []
     try:
         for item in iter_instances(sizes, first_study):
             if limit is not None and count >= limit:
                 break
-            await queue.put(item)
+            pending.append(item)
             count += 1
+            if len(pending) >= batch:
+                await queue.put(pending)
+                pending = []
             if progress is not None and count % 50_000 == 0:
                 progress(count)
+        if pending:
+            await queue.put(pending)
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)

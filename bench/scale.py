@@ -209,7 +209,7 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         await measure(len(ct_files))
         index = await PostgresInstanceIndex.open(env["DICOMWEB_DATABASE_URL"], max_size=16)
         try:
-            steps = [sizes.studies // 10, sizes.studies // 4, sizes.studies // 2, sizes.studies]
+            steps = [max(1, round(sizes.studies * float(f))) for f in args.steps.split(",")]
             done_studies = 0
             loaded = 0
             load_seconds = 0.0
