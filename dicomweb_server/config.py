@@ -61,6 +61,12 @@ class Settings:
     # until the codecs move to a crash-isolated process pool; scale with --workers instead.
     codec_workers: int = 1
     frame_cache: int = 1  # 1: keep transcoded frames in the blob store under {site}/cache/
+    # WADO-RS streaming: the next objects are fetched while the current one is sent
+    wado_read_ahead_objects: int = 8  # objects fetched ahead per response (1: none ahead)
+    wado_read_ahead_bytes: int = 16 << 20  # bytes held ahead per response; larger objects stream
+    # A study or series of at most this many instances is listed before its first byte, so an
+    # answer sent as stored carries a Content-Length (no chunked framing, one copy less)
+    wado_sized_max_instances: int = 2000
     # Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 8.3.5)
     thumbnail_size: int = 128  # default thumbnail viewport, pixels a side
     thumbnail_cache: int = 1  # 1: keep thumbnails in the blob store under {site}/cache/

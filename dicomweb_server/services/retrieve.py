@@ -11,10 +11,10 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, TypeVar, cast
 
 import orjson
 
@@ -50,6 +50,7 @@ from dicomweb_server.errors import (
     NotFoundError,
 )
 from dicomweb_server.index.base import InstanceIndex, StoredInstance
+from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobStore
 
 __all__ = [
@@ -68,6 +69,8 @@ log = logging.getLogger("dicomweb_server.retrieve")
 OCTET_STREAM_MEDIA_TYPE = OCTET_STREAM
 _RANGED_NATIVE = frozenset(NATIVE_SYNTAXES - {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
 _SPOOL_MEMORY = 8 << 20  # a stored or transcoded instance above this spools to disk
+# Chunk size of a stored object streamed rather than read whole: fewer reads, fewer sends.
+_STREAM_CHUNK = 1 << 20
 _T = TypeVar("_T")
 
 
@@ -121,7 +124,53 @@ class RetrieveService:
 
     def iter_object(self, instance: StoredInstance) -> AsyncIterator[bytes]:
         """The stored Part 10 bytes, streamed."""
-        return self.blobs.iter_get(instance.blob_key)
+        return self.blobs.iter_get(instance.blob_key, chunk_size=_STREAM_CHUNK)
+
+    def serves_as_stored(self, instance: StoredInstance, wanted: Sequence[str | None]) -> bool:
+        """True when `open_instance` would send the stored bytes (its size is known ahead)."""
+        stored = instance.transfer_syntax_uid
+        for syntax in wanted:
+            target = _default_syntax(stored) if syntax is None else syntax
+            if target in ("*", stored):
+                return True
+            if _why_not(stored, target) is None:
+                return False  # transcoded (or refused: then no size matters)
+        return False
+
+    def iter_opened_instances(
+        self,
+        instances: AsyncIterator[StoredInstance],
+        wanted: Sequence[str | None],
+        *,
+        read_ahead_objects: int,
+        read_ahead_bytes: int,
+    ) -> AsyncGenerator[tuple[StoredInstance, tuple[str, AsyncIterator[bytes]]]]:
+        """Each instance opened as by `open_instance`, in order, the next ones fetched while
+        the current one is sent (at most `read_ahead_objects` objects and `read_ahead_bytes`).
+
+        An object served as stored that fits in `read_ahead_bytes` is read whole, in one ranged
+        read; a larger one is opened ahead and streamed; a transcode runs at its turn, alone.
+        """
+
+        def whole(instance: StoredInstance) -> bool:
+            return instance.size <= read_ahead_bytes and self.serves_as_stored(instance, wanted)
+
+        def cost(instance: StoredInstance) -> int:
+            if whole(instance):
+                return instance.size
+            if self.serves_as_stored(instance, wanted):
+                return _STREAM_CHUNK  # its first chunk, read when opened
+            return read_ahead_bytes  # a transcode spools the object: let it run alone
+
+        async def fetch(instance: StoredInstance) -> tuple[str, AsyncIterator[bytes]]:
+            if whole(instance):
+                data = await self.blobs.read_view(instance.blob_key, 0, instance.size)
+                return instance.transfer_syntax_uid, _one_view(data)
+            return await self.open_instance(instance, wanted)
+
+        return iter_read_ahead(
+            instances, fetch, cost, max_items=read_ahead_objects, max_bytes=read_ahead_bytes
+        )
 
     async def open_instance(
         self, instance: StoredInstance, wanted: Sequence[str | None]
@@ -210,12 +259,19 @@ class RetrieveService:
     ) -> tuple[FrameFormat, list[bytes]]:
         """Frames in the first acceptable representation we can produce (PS3.18 10.4.1.1.4)."""
         self._check_frames(instance, numbers)
-        info = await self._frame_info(instance)
+        known: list[FrameInfo | None] = []
+
+        async def frame_info() -> FrameInfo | None:
+            # Only decoding needs the Image Pixel attributes: a ranged copy skips this query.
+            if not known:
+                known.append(await self._frame_info(instance))
+            return known[0]
+
         reasons: list[str] = []
         for item in wanted:
             for fmt in _frame_formats(item, instance.transfer_syntax_uid, reasons):
                 try:
-                    return fmt, await self._produce_frames(instance, info, numbers, fmt)
+                    return fmt, await self._produce_frames(instance, frame_info, numbers, fmt)
                 except CodecError as exc:
                     reasons.append(f"{fmt.media_type} {fmt.transfer_syntax}: {exc}")
         raise NotAcceptableError(
@@ -243,7 +299,11 @@ class RetrieveService:
         return FrameInfo.from_json(model) if isinstance(model, dict) else None
 
     async def _produce_frames(
-        self, instance: StoredInstance, info: FrameInfo | None, numbers: list[int], fmt: FrameFormat
+        self,
+        instance: StoredInstance,
+        frame_info: Callable[[], Awaitable[FrameInfo | None]],
+        numbers: list[int],
+        fmt: FrameFormat,
     ) -> list[bytes]:
         pixel = instance.pixel
         spans = pixel.frames if pixel is not None else ()
@@ -253,6 +313,7 @@ class RetrieveService:
             if not spans:
                 raise CodecError("the stored frames could not be mapped to byte ranges")
             return list(await asyncio.gather(*(self._read_span(instance, n) for n in numbers)))
+        info = await frame_info()
         if info is None:
             raise CodecError("the instance has no Image Pixel attributes")
         if not spans or stored == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN or not can_decode(stored):
@@ -491,6 +552,11 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
+async def _one_view(data: bytes | memoryview) -> AsyncIterator[bytes]:
+    # A view is sent as is: Starlette and uvicorn write any buffer without copying it.
+    yield cast(bytes, data)
+
+
 async def _chain(
     first: StoredInstance, rest: AsyncIterator[StoredInstance]
 ) -> AsyncIterator[StoredInstance]:
@@ -507,16 +573,37 @@ def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
 
 async def _opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     """`chunks` with its first chunk already fetched, so opening errors raise in the caller."""
-    first = await anext(chunks, b"")
+    try:
+        first = await anext(chunks, b"")
+    except BaseException:
+        await _close(chunks)
+        raise
+    return _Opened(first, chunks)
 
-    async def rest() -> AsyncIterator[bytes]:
-        try:
-            yield first
-            async for chunk in chunks:
-                yield chunk
-        finally:
-            aclose = getattr(chunks, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
-    return rest()
+class _Opened:
+    """A stream whose first chunk is already read; `aclose` closes the source, even when
+    nobody started iterating (a read-ahead cancelled, a response never sent)."""
+
+    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
+        self._first: bytes | None = first
+        self._rest = rest
+
+    def __aiter__(self) -> _Opened:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        if first:
+            return first
+        return await anext(self._rest)
+
+    async def aclose(self) -> None:
+        self._first = None
+        await _close(self._rest)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    aclose = getattr(chunks, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -46,6 +46,13 @@ class BlobStore(Protocol):
         """Return exactly `length` bytes from `start` (a frame or a bulk value)."""
         ...
 
+    async def read_view(self, key: str, start: int, length: int) -> bytes | memoryview:
+        """`read_range`, possibly as a read-only view that needs no copy (a mapped file).
+
+        The view stays valid for as long as it is referenced, whatever happens to the key.
+        """
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error."""
         ...

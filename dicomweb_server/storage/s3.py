@@ -332,6 +332,9 @@ class S3BlobStore:
             raise NotFoundError(f"object {key} is shorter than the requested range")
         return data
 
+    async def read_view(self, key: str, start: int, length: int) -> bytes:
+        return await self.read_range(key, start, length)
+
     async def delete(self, key: str) -> None:
         # S3 deletes are idempotent: a missing key answers 204 like a present one.
         with _wrapped("delete", key):

@@ -46,35 +46,88 @@ async def _instances_response(
 ) -> StreamingResponse:
     """Multipart application/dicom, one instance at a time (PS3.18 10.4.1.1.1-3).
 
-    The first instance is prepared before the status is sent, so a transfer syntax we cannot
-    produce is a 406; a later instance that fails aborts the stream (and is logged).
+    The next objects are read while one is sent (Settings.wado_read_ahead_*). The first
+    instance is prepared before the status is sent, so a transfer syntax we cannot produce is
+    a 406; a later instance that fails aborts the stream (and is logged). When every instance
+    is sent as stored and the listing is short, the response carries a Content-Length.
     """
+    settings = state.settings
     wanted = accept_instances(request.headers.get("accept"))
-    first = await anext(aiter(instances))
-    opened = await state.retrieve.open_instance(first, wanted)
+    listed, more = await _list_some(instances, settings.wado_sized_max_instances)
+    opened = state.retrieve.iter_opened_instances(
+        _chain(listed, more),
+        wanted,
+        read_ahead_objects=settings.wado_read_ahead_objects,
+        read_ahead_bytes=settings.wado_read_ahead_bytes,
+    )
+    try:
+        first = await anext(opened)
+    except BaseException:
+        await opened.aclose()
+        raise
     boundary = new_boundary()
 
     def headers(instance: StoredInstance, syntax: str) -> dict[str, str]:
         return {
             "Content-Type": f"application/dicom; transfer-syntax={syntax}",
             "Content-Location": (
-                f"{state.settings.root_url}/studies/{instance.key.study_instance_uid}"
+                f"{settings.root_url}/studies/{instance.key.study_instance_uid}"
                 f"/series/{instance.key.series_instance_uid}"
                 f"/instances/{instance.key.sop_instance_uid}"
             ),
         }
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        syntax, body = opened
-        yield headers(first, syntax), body
-        async for instance in instances:
-            syntax, body = await state.retrieve.open_instance(instance, wanted)
+        try:
+            instance, (syntax, body) = first
             yield headers(instance, syntax), body
+            async for instance, (syntax, body) in opened:
+                yield headers(instance, syntax), body
+        finally:
+            await opened.aclose()
 
+    length: dict[str, str] = {}
+    if more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed):
+        framing = [headers(i, i.transfer_syntax_uid) for i in listed]
+        size = await _framing_size(framing, boundary) + sum(i.size for i in listed)
+        length["Content-Length"] = str(size)
     return StreamingResponse(
         _logged(iter_multipart(parts(), boundary)),
+        headers=length,
         media_type=multipart_content_type("application/dicom", boundary),
     )
+
+
+async def _list_some(
+    instances: AsyncIterator[StoredInstance], limit: int
+) -> tuple[list[StoredInstance], AsyncIterator[StoredInstance] | None]:
+    """Up to `limit` instances, and the iterator if it holds more (None when exhausted)."""
+    listed: list[StoredInstance] = []
+    async for instance in instances:
+        listed.append(instance)
+        if len(listed) > limit:
+            return listed, instances
+    return listed, None
+
+
+async def _chain(
+    listed: list[StoredInstance], more: AsyncIterator[StoredInstance] | None
+) -> AsyncIterator[StoredInstance]:
+    for instance in listed:
+        yield instance
+    if more is not None:
+        async for instance in more:
+            yield instance
+
+
+async def _framing_size(headers: list[dict[str, str]], boundary: str) -> int:
+    """Bytes the multipart writer adds around these parts' bodies (delimiters, headers)."""
+
+    async def bodiless() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+        for part in headers:
+            yield part, _one(b"")
+
+    return sum([len(chunk) async for chunk in iter_multipart(bodiless(), boundary)])
 
 
 async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
