@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
 DATA ?= data
-WORKERS ?= 1
+WORKERS ?= 0
 PYTEST_ARGS ?=
 
 .PHONY: run run-prod install install-test check format lint typecheck test unit integration clean e2e
@@ -27,8 +27,8 @@ install-test: $(VENV)/.installed-test
 run: install  ## serve on the embedded default (SQLite + files under ./data)
 	$(BIN)/dicomweb-server serve --host $(HOST) --port $(PORT) --data-dir $(DATA) --workers $(WORKERS)
 
-run-prod: install-test  ## local PostgreSQL + S3 (SeaweedFS) + the server with WORKERS workers
-	PORT=$(PORT) WORKERS=$(or $(filter-out 1,$(WORKERS)),2) $(BIN)/python deploy/local_stack.py
+run-prod: install-test  ## local PostgreSQL + S3 (SeaweedFS) + the server (WORKERS=0: one per core)
+	PORT=$(PORT) WORKERS=$(WORKERS) $(BIN)/python deploy/local_stack.py
 
 format: install-test
 	$(BIN)/ruff format dicomweb_server tests

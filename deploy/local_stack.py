@@ -19,7 +19,7 @@ import services  # the same starters the tests use
 
 def main() -> int:
     port = os.environ.get("PORT", "8080")
-    workers = os.environ.get("WORKERS", "2")
+    workers = os.environ.get("WORKERS", "0")  # 0: one per core
     with services.embedded_postgres() as server_url, services.seaweedfs_s3() as endpoint:
         database_url = services.create_database(server_url)
         bucket = services.create_bucket(endpoint)

@@ -25,7 +25,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data-dir", help="embedded storage folder (DICOMWEB_DATA_DIR, default ./data)"
     )
-    serve.add_argument("--workers", type=int, help="worker processes (DICOMWEB_WORKERS, default 1)")
+    serve.add_argument(
+        "--workers", type=int, help="worker processes (DICOMWEB_WORKERS; default 0: one per core)"
+    )
     serve.add_argument("--base-url", help="public DICOMweb root URL (DICOMWEB_BASE_URL)")
     commands.add_parser(
         "migrate", help="create or upgrade the index schema named by DICOMWEB_DATABASE_URL"
@@ -64,13 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_migrate(settings))
     if args.command == "sweep-orphans":
         return asyncio.run(_sweep(settings, args.min_age, args.dry_run))
-    print(f"dicomweb-server: serving {settings.root_url} (data in {settings.data_dir})", flush=True)
+    workers = settings.workers if settings.workers > 0 else os.cpu_count() or 1
+    print(
+        f"dicomweb-server: serving {settings.root_url} with {workers} worker"
+        f"{'s' if workers > 1 else ''} (data in {settings.data_dir})",
+        flush=True,
+    )
     uvicorn.run(
         "dicomweb_server.app:app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
-        workers=settings.workers,
+        workers=workers,
         access_log=False,  # our middleware logs paths without query strings (no PHI)
         log_level=settings.log_level,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -96,14 +97,18 @@ class SqliteInstanceIndex:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._readers, fn)
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        current = conn.execute("PRAGMA user_version").fetchone()[0]
-        for version, script in _migrations():
-            if version > current:
-                conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
-                )
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        # Worker processes open one file at the same moment: the first migrates while the
+        # others wait on the lock, then read a user_version with nothing left to apply.
+        # (executescript commits any open transaction, so BEGIN IMMEDIATE cannot span the read.)
+        with open(self._path.with_name(self._path.name + ".migrate-lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            for version, script in _migrations():
+                if version > current:
+                    conn.executescript(
+                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+                    )
 
     async def add_instance(
         self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str

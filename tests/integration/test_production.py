@@ -188,8 +188,7 @@ def start_server(env: dict[str, str], log_path: Path, *, workers: int = 1) -> Se
     """Start a server without waiting for it; pair with `wait_ready` and `Server.kill`."""
     port = free_port()
     argv = [sys.executable, "-m", "dicomweb_server", "serve", "--port", str(port)]
-    if workers > 1:
-        argv += ["--workers", str(workers)]
+    argv += ["--workers", str(workers)]  # explicit: the default is one per core
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             argv,
