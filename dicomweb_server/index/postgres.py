@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -24,6 +24,7 @@ from dicomweb_server.domain.records import (
 )
 from dicomweb_server.errors import BackendUnavailableError, DicomwebError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
+from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.rows import merge_attributes, search_rows
 from dicomweb_server.index.sql import build_search
 
@@ -248,6 +249,37 @@ class PostgresInstanceIndex:
             raise AssertionError("unreachable")
 
         return await self._with_connection(run)
+
+    async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
+        """Add a batch in one transaction of a few statements (index/postgres_write.py).
+
+        Retried as a whole on collisions, like `add_instance`; instances the batch leaves to
+        one-by-one adds (a SOP Instance UID repeated within it) are added after it commits.
+        """
+        # Imported here: postgres_write builds on this module's helpers.
+        from dicomweb_server.index.postgres_write import add_batch
+
+        async def run(conn: Connection) -> list[AddOutcome | None]:
+            delay = _RETRY_DELAY
+            for attempt in range(1, _ADD_ATTEMPTS + 1):
+                try:
+                    async with conn.transaction(isolation="read_committed"):
+                        return await add_batch(conn, site, instances)
+                except _COLLISION:
+                    if attempt == _ADD_ATTEMPTS:
+                        raise
+                log.info("add_instances collided with a concurrent store; retrying")
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay *= 2
+            raise AssertionError("unreachable")
+
+        outcomes = await self._with_connection(run)
+        return [
+            outcome
+            if outcome is not None
+            else await self.add_instance(site, new.record, new.blob_key, new.size, new.digest)
+            for outcome, new in zip(outcomes, instances, strict=True)
+        ]
 
     async def search(self, query: Query) -> SearchPage:
         sql = build_search(query, lambda n: f"${n}")
