@@ -54,8 +54,11 @@ _LOSSY_METHODS = {
 }
 LOSSY_SYNTAXES = frozenset(_LOSSY_METHODS)
 
-# Library modules in order of preference; the first one offering a syntax wins.
+# Library modules in order of preference; the first one offering a syntax wins. Decoding
+# prefers imagecodecs (libjpeg-turbo) for 8-bit JPEG, which is much faster; it falls back
+# to pylibjpeg itself for the frames it does not take.
 _MODULES = ("native", "pylibjpeg", "pyjpegls", "imagecodecs", "pillow")
+_DECODER_MODULES = ("native", "imagecodecs", "pylibjpeg", "pyjpegls", "pillow")
 
 
 class CodecError(Exception):
@@ -154,7 +157,7 @@ def _table(module: str) -> tuple[dict[str, Decoder], dict[str, Encoder]]:
 
 def decoder_for(uid: str) -> Decoder | None:
     """The preferred decoder of `uid`, or None when no installed library decodes it."""
-    for module in _MODULES:
+    for module in _DECODER_MODULES:
         decoder = _table(module)[0].get(uid)
         if decoder is not None:
             return decoder

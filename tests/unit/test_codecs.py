@@ -142,3 +142,36 @@ def test_unknown_syntax_is_unavailable() -> None:
     assert not registry.is_available("1.2.3.4")
     with pytest.raises(CodecError):
         transcode_frame(b"\0" * 4, EVRLE, "1.2.3.4", FrameInfo(2, 2))
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "SC_rgb_dcmtk_+eb+cy+n1.dcm",  # YBR_FULL
+        "SC_rgb_dcmtk_+eb+cy+s2.dcm",  # YBR_FULL_422
+        "SC_rgb_dcmtk_+eb+cr.dcm",  # RGB, no colour transform
+        "SC_jpeg_no_color_transform.dcm",
+        "JPGExtended.dcm",  # 12-bit extended: pylibjpeg decodes it behind imagecodecs
+    ],
+)
+def test_jpeg_frames_decode_like_pydicom_through_libjpeg_turbo(name: str) -> None:
+    """The fast 8-bit JPEG decoder (imagecodecs) gives pydicom's pixels, within the rounding
+    two YCbCr → RGB conversions may differ by."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import generate_frames
+
+    from dicomweb_server.codecs.transcode import frame_info
+
+    path = get_testdata_file(name)
+    assert path is not None
+    ds = dcmread(path)
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    expected = ds.pixel_array  # pydicom converts YBR to RGB (as_rgb)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    pixels = decode_frame(frame, str(ds.file_meta.TransferSyntaxUID), frame_info(ds))
+    assert pixels.array.shape == expected.shape
+    difference = np.abs(pixels.array.astype(int) - expected.astype(int))
+    assert difference.max() <= 2
+    if ds.SamplesPerPixel == 3:
+        assert pixels.photometric_interpretation == "RGB"
