@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -19,6 +19,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from yarl import URL
 
 from dicomweb_server.errors import (
     BackendUnavailableError,
@@ -37,6 +38,10 @@ __all__ = ["MIN_PART_SIZE", "S3BlobStore"]
 logger = logging.getLogger(__name__)
 
 MIN_PART_SIZE = 5 << 20  # S3 rejects smaller parts, except the last
+# Reads: a GET through botocore costs ~2 ms of CPU before the first byte (events, endpoint
+# rules, signing, parsing); signing a URL and fetching it on our own pool costs a quarter.
+_PRESIGNED_SECONDS = 300  # lifetime of a read URL, fetched at once
+_READ_CONNECTIONS = 64  # connections kept to the S3 endpoint for reads, per process
 _MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 # Keys are built from validated UIDs and hex digests, as for the filesystem store.
@@ -124,6 +129,7 @@ class S3BlobStore:
         prefix: str = "",
         multipart_threshold: int = 8 << 20,
         part_size: int = 8 << 20,
+        http: aiohttp.ClientSession | None = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
@@ -135,6 +141,7 @@ class S3BlobStore:
         self._prefix = _check_prefix(prefix)
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
+        self._http = http  # reads by presigned URL when set; else every call goes by botocore
 
     @classmethod
     async def create(
@@ -168,6 +175,12 @@ class S3BlobStore:
                         "s3", region_name=region, endpoint_url=endpoint_url, config=config
                     )
                 )
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=_READ_CONNECTIONS),
+                timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+                auto_decompress=False,
+            )
+            exit_stack.push_async_callback(http.close)
             return cls(
                 client,
                 exit_stack,
@@ -175,6 +188,7 @@ class S3BlobStore:
                 prefix=prefix,
                 multipart_threshold=multipart_threshold,
                 part_size=part_size,
+                http=http,
             )
         except BaseException:
             await exit_stack.aclose()
@@ -275,6 +289,33 @@ class S3BlobStore:
         with _wrapped("head", key):
             await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
 
+    @asynccontextmanager
+    async def _presigned_get(
+        self, key: str, range_header: str | None
+    ) -> AsyncIterator[aiohttp.ClientResponse | None]:
+        """GET by a presigned URL on our pool: the response when it is the plain success
+        asked for, else None so the caller goes by botocore (which retries, and explains
+        errors). A missing key is NotFoundError at once: frame-cache misses are common."""
+        if self._http is None:
+            yield None
+            return
+        params = {"Bucket": self._bucket, "Key": self._object_key(key)}
+        with _wrapped("get", key):
+            url = await self._client.generate_presigned_url(
+                "get_object", Params=params, ExpiresIn=_PRESIGNED_SECONDS
+            )
+        headers = {} if range_header is None else {"Range": range_header}
+        try:
+            response = await self._http.get(URL(url, encoded=True), headers=headers)
+        except _TRANSPORT_ERRORS as exc:
+            logger.info("presigned GET of %s failed (%s): retrying through botocore", key, exc)
+            yield None
+            return
+        async with response:
+            if response.status == 404:
+                raise NotFoundError(f"object {key} not found")
+            yield response if response.status == (200 if range_header is None else 206) else None
+
     async def _get_object(
         self, key: str, range_header: str | None
     ) -> GetObjectOutputTypeDef | None:
@@ -305,7 +346,14 @@ class S3BlobStore:
         if length == 0:
             await self._exists(key)
             return
-        response = await self._get_object(key, _range_header(start, length))
+        range_header = _range_header(start, length)
+        async with self._presigned_get(key, range_header) as fast:
+            if fast is not None:
+                with _wrapped("read", key):
+                    async for chunk in fast.content.iter_chunked(chunk_size):
+                        yield chunk
+                return
+        response = await self._get_object(key, range_header)
         if response is None:
             return  # like reading a file past its end: nothing
         async with response["Body"] as body:
@@ -322,12 +370,19 @@ class S3BlobStore:
         if length == 0:
             await self._exists(key)
             return b""
-        response = await self._get_object(key, f"bytes={start}-{start + length - 1}")
-        if response is None:
-            raise NotFoundError(f"object {key} is shorter than the requested range")
-        async with response["Body"] as body:
-            with _wrapped("read", key):
-                data = await body.read()
+        range_header = f"bytes={start}-{start + length - 1}"
+        data = None
+        async with self._presigned_get(key, range_header) as fast:
+            if fast is not None:
+                with _wrapped("read", key):
+                    data = await fast.read()
+        if data is None:
+            response = await self._get_object(key, range_header)
+            if response is None:
+                raise NotFoundError(f"object {key} is shorter than the requested range")
+            async with response["Body"] as body:
+                with _wrapped("read", key):
+                    data = await body.read()
         if len(data) != length:
             raise NotFoundError(f"object {key} is shorter than the requested range")
         return data
