@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
+import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from dicomweb_server.domain.part10 import (
     PREAMBLE_LENGTH,
@@ -39,6 +41,8 @@ __all__ = ["StoreRequest", "StoreService", "blob_key_for"]
 log = logging.getLogger("dicomweb_server.store")
 
 _READ_SIZE = DEFAULT_CHUNK_SIZE * 4  # bytes read from a spool file per chunk handed to a put
+_DIGEST_READ_SIZE = 1 << 20  # bytes per read while digesting, into a per-thread buffer
+_thread_local = threading.local()
 
 
 def blob_key_for(site: str, record: InstanceRecord, digest: str) -> str:
@@ -56,13 +60,29 @@ def _prepare(file: BinaryIO, size: int, limits: ParseLimits) -> tuple[InstanceRe
     file.write(b"\0" * PREAMBLE_LENGTH)
     file.seek(0)
     digest = hashlib.sha256()
-    while chunk := file.read(1 << 20):
-        digest.update(chunk)
+    buffer = _digest_buffer()
+    reader = cast(io.BufferedIOBase, file)  # a spool file; BinaryIO does not declare readinto
+    with memoryview(buffer) as view:
+        while count := reader.readinto(buffer):
+            with view[:count] as chunk:
+                digest.update(chunk)
     return record, digest.hexdigest()
 
 
-async def _iter_file(file: BinaryIO) -> AsyncIterator[bytes]:
+def _digest_buffer() -> bytearray:
+    """This thread's reused read buffer: a fresh one per instance costs page faults, not copies."""
+    buffer: bytearray | None = getattr(_thread_local, "buffer", None)
+    if buffer is None:
+        buffer = _thread_local.buffer = bytearray(_DIGEST_READ_SIZE)
+    return buffer
+
+
+async def _iter_file(file: BinaryIO, size: int) -> AsyncIterator[bytes]:
+    """The spooled part from its start; a small one in one read, without a thread hop."""
     file.seek(0)
+    if size <= _READ_SIZE:  # in memory, or a temp file just written: in the page cache
+        yield file.read()
+        return
     while True:
         chunk = await asyncio.to_thread(file.read, _READ_SIZE)
         if not chunk:
@@ -118,7 +138,7 @@ class StoreService:
                     f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
                 )
             key = blob_key_for(site, record, digest)
-            stored_size = await self.blobs.put(key, _iter_file(file))
+            stored_size = await self.blobs.put(key, _iter_file(file, size))
             return NewInstance(record, key, stored_size, digest)
 
 
