@@ -166,6 +166,9 @@ class S3BlobStore:
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             # Self-hosted S3 servers rarely resolve bucket subdomains; AWS picks its own style.
             s3={"addressing_style": "path" if endpoint_url else "auto"},
+            # Requests are signed with SigV4 anyway; without this, presigned read URLs would
+            # use SigV2, which AWS refuses for newer buckets and regions.
+            signature_version="s3v4",
         )
         exit_stack = AsyncExitStack()
         try:
@@ -314,7 +317,15 @@ class S3BlobStore:
         async with response:
             if response.status == 404:
                 raise NotFoundError(f"object {key} not found")
-            yield response if response.status == (200 if range_header is None else 206) else None
+            if response.status == (200 if range_header is None else 206):
+                yield response
+            else:
+                logger.info(
+                    "presigned GET of %s answered %d: retrying through botocore",
+                    key,
+                    response.status,
+                )
+                yield None
 
     async def _get_object(
         self, key: str, range_header: str | None
