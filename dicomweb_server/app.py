@@ -91,6 +91,7 @@ async def open_blob_store(settings: Settings) -> BlobStore:
             multipart_threshold=settings.s3_multipart_threshold,
             part_size=settings.s3_part_size,
             read_timeout=settings.backend_timeout,
+            read_connections=settings.s3_read_connections,
         )
     raise ValueError(f"DICOMWEB_STORAGE_URL scheme {parsed.scheme!r} is not supported")
 

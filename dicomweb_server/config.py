@@ -28,6 +28,7 @@ class Settings:
     s3_region: str = ""
     s3_multipart_threshold: int = 8 << 20  # objects above this upload in parts
     s3_part_size: int = 8 << 20  # bytes buffered per part (S3's minimum is 5 MiB)
+    s3_read_connections: int = 64  # connections kept to the S3 endpoint for reads, per process
     database_pool_size: int = 10  # PostgreSQL connections per worker process
     backend_timeout: int = 30  # seconds before a slow index or store query becomes a 503
     log_level: str = "info"

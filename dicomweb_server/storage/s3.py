@@ -41,7 +41,6 @@ MIN_PART_SIZE = 5 << 20  # S3 rejects smaller parts, except the last
 # Reads: a GET through botocore costs ~2 ms of CPU before the first byte (events, endpoint
 # rules, signing, parsing); signing a URL and fetching it on our own pool costs a quarter.
 _PRESIGNED_SECONDS = 300  # lifetime of a read URL, fetched at once
-_READ_CONNECTIONS = 64  # connections kept to the S3 endpoint for reads, per process
 _MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 # Keys are built from validated UIDs and hex digests, as for the filesystem store.
@@ -155,6 +154,7 @@ class S3BlobStore:
         connect_timeout: float = 5,
         read_timeout: float = 30,
         max_attempts: int = 3,
+        read_connections: int = 64,
     ) -> S3BlobStore:
         """Open a client (credentials from the standard AWS chain); close() releases it."""
         if max_attempts < 1:
@@ -179,7 +179,7 @@ class S3BlobStore:
                     )
                 )
             http = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=_READ_CONNECTIONS),
+                connector=aiohttp.TCPConnector(limit=read_connections),
                 timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
                 auto_decompress=False,
             )
