@@ -15,17 +15,20 @@ import asyncpg
 import orjson
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
-from dicomweb_server.domain.query import Query, fold_for_fuzzy
-from dicomweb_server.domain.records import (
-    InstanceRecord,
-    bulk_to_json,
-    pixel_from_json,
-    pixel_to_json,
-)
+from dicomweb_server.domain.query import Query
+from dicomweb_server.domain.records import InstanceRecord, pixel_from_json
 from dicomweb_server.errors import BackendUnavailableError, DicomwebError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.rows import merge_attributes, search_rows
+from dicomweb_server.index.postgres_add import (
+    _INT4_MAX,
+    _INT4_MIN,
+    _InstanceValues,
+    _RowVanishedError,
+    _text,
+)
+from dicomweb_server.index.postgres_write import add_batch
+from dicomweb_server.index.rows import search_rows
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -48,7 +51,6 @@ _RETRY_DELAY = 0.02  # seconds, doubled per attempt, jittered
 _ITER_BATCH = 64
 _BLOB_KEY_BATCH = 1000
 _CLOSE_TIMEOUT = 10.0
-_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1
 _NO_NUMBER = _INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
 _SERVER_SETTINGS = {
     "application_name": "dicomweb_server",
@@ -84,10 +86,6 @@ _CONNECTION_LOST = (
 # A connection that cannot be trusted any more: lost, or its protocol state is broken (as when
 # the server's goodbye arrives on an idle connection just before its end of stream does).
 _BROKEN = (*_CONNECTION_LOST, asyncpg.exceptions.InternalClientError)
-
-
-class _RowVanishedError(Exception):
-    """A row the transaction just conflicted with is gone (deleted meanwhile): start over."""
 
 
 # Two transactions collided; PostgreSQL rolled one back and it may simply run again.
@@ -256,8 +254,6 @@ class PostgresInstanceIndex:
         Retried as a whole on collisions, like `add_instance`; instances the batch leaves to
         one-by-one adds (a SOP Instance UID repeated within it) are added after it commits.
         """
-        # Imported here: postgres_write builds on this module's helpers.
-        from dicomweb_server.index.postgres_write import add_batch
 
         async def run(conn: Connection) -> list[AddOutcome | None]:
             delay = _RETRY_DELAY
@@ -410,223 +406,6 @@ class PostgresInstanceIndex:
             self._pool.terminate()
 
 
-class _Rollback(Exception):
-    """Leaves the add transaction without writing anything; carries the outcome."""
-
-    def __init__(self, outcome: AddOutcome) -> None:
-        super().__init__(outcome.value)
-        self.outcome = outcome
-
-
-class _InstanceValues:
-    """One instance's column values, and the transaction that adds them."""
-
-    def __init__(
-        self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
-    ) -> None:
-        self.site = site
-        self.record = record
-        self.blob_key = blob_key
-        self.size = size
-        self.digest = digest
-
-    async def add(self, conn: Connection) -> AddOutcome:
-        """Instance row, then series row, then study row: every adder locks in that order.
-
-        The instance's unique key goes first. A second store of the same SOP Instance UID
-        blocks there until the first commits (then sees its row) or rolls back (then inserts),
-        so exactly one row results, and the second holds no other lock while it waits: no
-        deadlock. The series and study rows are then locked by UPDATE (or created by INSERT
-        ... ON CONFLICT DO NOTHING) and their counters and value sets read and rewritten under
-        that lock, so concurrent adds to one study serialise on it and every count is exact.
-        READ COMMITTED (set explicitly, whatever the server default) lets each statement see
-        what concurrent adders committed while it waited.
-        """
-        try:
-            async with conn.transaction(isolation="read_committed"):
-                await self._add_in_transaction(conn)
-        except _Rollback as rollback:
-            return rollback.outcome
-        return AddOutcome.CREATED
-
-    async def _add_in_transaction(self, conn: Connection) -> None:
-        record = self.record
-        text, values = _insert(
-            "instances",
-            "site, sop_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                "sop_instance_uid": record.sop_instance_uid,
-                "sop_class_uid": record.sop_class_uid,
-                "instance_number": _int(record.instance_columns.get("instance_number")),
-                "transfer_syntax_uid": record.transfer_syntax_uid,
-                "blob_key": self.blob_key,
-                "size": self.size,
-                "digest": self.digest,
-                "number_of_frames": record.number_of_frames,
-                "pixel": pixel_to_json(record.pixel),
-                "bulk": bulk_to_json(record.bulk),
-                "attributes": orjson.dumps(record.instance_attributes),
-                "metadata": record.metadata,
-            },
-        )
-        if await conn.fetchval(text, *values) is None:
-            raise _Rollback(await self._existing_outcome(conn))
-        series_created = await self._count_into_series(conn)
-        await self._count_into_study(conn, series_created)
-
-    async def _existing_outcome(self, conn: Connection) -> AddOutcome:
-        """The SOP Instance UID is taken (and committed): is it this very instance?"""
-        existing = await conn.fetchrow(
-            "SELECT study_instance_uid, series_instance_uid, digest FROM instances"
-            " WHERE site = $1 AND sop_instance_uid = $2",
-            self.site,
-            self.record.sop_instance_uid,
-        )
-        if existing is None:  # only if it was deleted in between; the caller's retry inserts
-            raise _RowVanishedError("instance")
-        place = (self.record.study_instance_uid, self.record.series_instance_uid)
-        if (existing[0], existing[1]) == place and existing[2] == self.digest:
-            return AddOutcome.IDENTICAL
-        return AddOutcome.CONFLICT
-
-    async def _count_into_series(self, conn: Connection) -> bool:
-        """Count the instance into its series (created if new); True when created."""
-        record = self.record
-        se = record.series_columns
-        row = await _update_or_insert(
-            conn,
-            "UPDATE series SET number_of_instances = number_of_instances + 1"
-            " WHERE site = $1 AND series_instance_uid = $2"
-            " RETURNING id, study_instance_uid, attributes",
-            (self.site, record.series_instance_uid),
-            "series",
-            "site, series_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                **{column: _text(se.get(column)) for column in _SERIES_TEXT_COLUMNS},
-                "series_number": _int(se.get("series_number")),
-                "number_of_instances": 1,
-                "attributes": orjson.dumps(record.series_attributes),
-            },
-        )
-        if row is None:
-            return True
-        if row[1] != record.study_instance_uid:
-            # PS3.4 C.6.2.1: in the information model a series sits in exactly one study.
-            raise _Rollback(AddOutcome.CONFLICT)
-        merged = merge_attributes(row[2], record.series_attributes)
-        if merged != row[2]:
-            await conn.execute("UPDATE series SET attributes = $1 WHERE id = $2", merged, row[0])
-        return False
-
-    async def _count_into_study(self, conn: Connection, series_created: bool) -> None:
-        """Count the instance (and a new series) into its study, created if new."""
-        record = self.record
-        sc = record.study_columns
-        modality = record.series_columns.get("modality")
-        new_series = 1 if series_created else 0
-        row = await _update_or_insert(
-            conn,
-            "UPDATE studies SET number_of_instances = number_of_instances + 1,"
-            " number_of_series = number_of_series + $3"
-            " WHERE site = $1 AND study_instance_uid = $2"
-            " RETURNING id, attributes, modalities_in_study, sop_classes_in_study",
-            (self.site, record.study_instance_uid, new_series),
-            "studies",
-            "site, study_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                **{column: _text(sc.get(column)) for column in _STUDY_TEXT_COLUMNS},
-                "patient_name_fold": _fold(sc.get("patient_name")),
-                "referring_physician_name_fold": _fold(sc.get("referring_physician_name")),
-                "modalities_in_study": _add_to_set("", modality),
-                "sop_classes_in_study": _add_to_set("", record.sop_class_uid),
-                "number_of_series": new_series,
-                "number_of_instances": 1,
-                "attributes": orjson.dumps(record.study_attributes),
-            },
-        )
-        if row is None:
-            return
-        # PS3.18 10.6.3: ModalitiesInStudy and SOPClassesInStudy are sets over the study.
-        attributes = merge_attributes(row[1], record.study_attributes)
-        modalities = _add_to_set(row[2], modality)
-        sop_classes = _add_to_set(row[3], record.sop_class_uid)
-        if (attributes, modalities, sop_classes) != (row[1], row[2], row[3]):
-            await conn.execute(
-                "UPDATE studies SET attributes = $1, modalities_in_study = $2,"
-                " sop_classes_in_study = $3 WHERE id = $4",
-                attributes,
-                modalities,
-                sop_classes,
-                row[0],
-            )
-
-
-_STUDY_TEXT_COLUMNS = (
-    "patient_id",
-    "patient_name",
-    "issuer_of_patient_id",
-    "patient_birth_date",
-    "patient_sex",
-    "study_date",
-    "study_time",
-    "accession_number",
-    "study_id",
-    "referring_physician_name",
-    "study_description",
-)
-_SERIES_TEXT_COLUMNS = (
-    "modality",
-    "series_description",
-    "performed_procedure_step_start_date",
-    "performed_procedure_step_start_time",
-    "requested_procedure_id",
-    "scheduled_procedure_step_id",
-)
-
-
-def _insert(table: str, unique: str, row: dict[str, Any]) -> tuple[str, list[Any]]:
-    """INSERT of `row` that does nothing on a `unique` conflict and returns the new id."""
-    marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
-    text = (
-        f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})"
-        f" ON CONFLICT ({unique}) DO NOTHING RETURNING id"
-    )
-    return text, list(row.values())
-
-
-async def _update_or_insert(
-    conn: Connection,
-    update: str,
-    update_args: tuple[Any, ...],
-    table: str,
-    unique: str,
-    row: dict[str, Any],
-) -> asyncpg.Record | None:
-    """Run `update` (which locks the row it returns) or, with no such row yet, insert `row`.
-
-    None means inserted. When a concurrent adder inserts the same key first, our INSERT waits
-    for its commit and does nothing, and the repeated UPDATE then finds and locks its row.
-    """
-    found = await conn.fetchrow(update, *update_args)
-    if found is not None:
-        return found
-    text, values = _insert(table, unique, row)
-    if await conn.fetchval(text, *values) is not None:
-        return None
-    found = await conn.fetchrow(update, *update_args)
-    if found is None:
-        raise _RowVanishedError(table)
-    return found
-
-
 def _key(key: InstanceKey) -> tuple[str, str, str, str]:
     return (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid)
 
@@ -642,34 +421,6 @@ def _stored(row: asyncpg.Record) -> StoredInstance:
         number_of_frames=int(row[9]),
         pixel=pixel_from_json(row[10]),
     )
-
-
-def _text(value: str | int | None) -> str | None:
-    """A value for a text column; PostgreSQL text cannot hold NUL, which never matches anyway."""
-    return None if value is None else str(value).replace("\x00", "")
-
-
-def _int(value: str | int | None) -> int | None:
-    """A value for an integer column; out of int4 range it cannot be matched, so not stored."""
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if _INT4_MIN <= number <= _INT4_MAX else None
-
-
-def _fold(value: str | int | None) -> str | None:
-    return None if value is None else _text(fold_for_fuzzy(str(value)))
-
-
-def _add_to_set(joined: str, value: str | int | None) -> str:
-    """Add `value` to a backslash-joined sorted set (DICOM's multi-value separator)."""
-    items = {v for v in joined.split("\\") if v}
-    if value:
-        items.add(str(value).replace("\x00", ""))
-    return "\\".join(sorted(items))
 
 
 _WORD_RE = re.compile(r"(?<!^)(?=[A-Z])")

@@ -17,7 +17,7 @@ import orjson
 from dicomweb_server.domain.records import InstanceRecord, bulk_to_json, pixel_to_json
 from dicomweb_server.index.base import AddOutcome
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.postgres import (
+from dicomweb_server.index.postgres_add import (
     _SERIES_TEXT_COLUMNS,
     _STUDY_TEXT_COLUMNS,
     _add_to_set,
