@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar, cast
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -26,13 +26,10 @@ from dicomweb_server.codecs.media_types import (
 )
 from dicomweb_server.codecs.registry import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    EXPLICIT_VR_LITTLE_ENDIAN,
-    LOSSY_SYNTAXES,
     NATIVE_SYNTAXES,
     CodecError,
     FrameInfo,
     can_decode,
-    can_encode,
 )
 from dicomweb_server.codecs.transcode import (
     encode_frame,
@@ -50,8 +47,24 @@ from dicomweb_server.errors import (
     NotFoundError,
 )
 from dicomweb_server.index.base import InstanceIndex, StoredInstance
+from dicomweb_server.services.frame_formats import (
+    RANGED_NATIVE,
+    FrameFormat,
+    WantedFrames,
+    default_syntax,
+    frame_cache_key,
+    frame_formats,
+    why_not,
+)
 from dicomweb_server.services.read_ahead import iter_read_ahead
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobStore
+from dicomweb_server.services.streams import (
+    chain,
+    iter_spool,
+    one_chunk,
+    one_view,
+    opened,
+)
+from dicomweb_server.storage.base import BlobStore
 
 __all__ = [
     "FRAME_MEDIA_TYPES",
@@ -65,31 +78,11 @@ __all__ = [
 ]
 
 log = logging.getLogger("dicomweb_server.retrieve")
-# Little-endian native syntaxes whose frames are the stored bytes at the recorded offsets.
 OCTET_STREAM_MEDIA_TYPE = OCTET_STREAM
-_RANGED_NATIVE = frozenset(NATIVE_SYNTAXES - {DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN})
 _SPOOL_MEMORY = 8 << 20  # a stored or transcoded instance above this spools to disk
 # Chunk size of a stored object streamed rather than read whole: fewer reads, fewer sends.
 _STREAM_CHUNK = 1 << 20
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class WantedFrames:
-    """An acceptable representation of frames or bulk data: a media type (or "*/*", "image/*")
-    and a transfer syntax (None: the media type's default; "*": as stored)."""
-
-    media_type: str
-    transfer_syntax: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FrameFormat:
-    """What frame bytes are: the media type and the exact transfer syntax (PS3.18 8.7.3.5)."""
-
-    media_type: str
-    transfer_syntax: str
-    as_stored: bool
 
 
 @dataclass(slots=True)
@@ -113,7 +106,7 @@ class RetrieveService:
         first = await anext(iterator, None)
         if first is None:
             raise NotFoundError(_not_found(study, series_instance_uid))
-        return _chain(first, iterator)
+        return chain(first, iterator)
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance:
         """One instance, or NotFoundError."""
@@ -130,10 +123,10 @@ class RetrieveService:
         """True when `open_instance` would send the stored bytes (its size is known ahead)."""
         stored = instance.transfer_syntax_uid
         for syntax in wanted:
-            target = _default_syntax(stored) if syntax is None else syntax
+            target = default_syntax(stored) if syntax is None else syntax
             if target in ("*", stored):
                 return True
-            if _why_not(stored, target) is None:
+            if why_not(stored, target) is None:
                 return False  # transcoded (or refused: then no size matters)
         return False
 
@@ -165,7 +158,7 @@ class RetrieveService:
         async def fetch(instance: StoredInstance) -> tuple[str, AsyncIterator[bytes]]:
             if whole(instance):
                 data = await self.blobs.read_view(instance.blob_key, 0, instance.size)
-                return instance.transfer_syntax_uid, _one_view(data)
+                return instance.transfer_syntax_uid, one_view(data)
             return await self.open_instance(instance, wanted)
 
         return iter_read_ahead(
@@ -183,18 +176,18 @@ class RetrieveService:
         stored = instance.transfer_syntax_uid
         reasons: list[str] = []
         for syntax in wanted:
-            target = _default_syntax(stored) if syntax is None else syntax
+            target = default_syntax(stored) if syntax is None else syntax
             if target in ("*", stored):
                 # Read the first chunk now: a store that is down is a 503, not a cut-off 200.
-                return stored, await _opened(self.iter_object(instance))
-            reason = _why_not(stored, target)
+                return stored, await opened(self.iter_object(instance))
+            reason = why_not(stored, target)
             if reason is None:
                 try:
                     written, spool = await self._transcode_instance(instance, target)
                 except CodecError as exc:
                     reason = str(exc)
                 else:
-                    return written, _iter_spool(spool)
+                    return written, iter_spool(spool)
             reasons.append(f"{target}: {reason}")
         raise NotAcceptableError(
             f"instance {instance.key.sop_instance_uid} (stored as {stored}) cannot be served"
@@ -269,7 +262,7 @@ class RetrieveService:
 
         reasons: list[str] = []
         for item in wanted:
-            for fmt in _frame_formats(item, instance.transfer_syntax_uid, reasons):
+            for fmt in frame_formats(item, instance.transfer_syntax_uid, reasons):
                 try:
                     return fmt, await self._produce_frames(instance, frame_info, numbers, fmt)
                 except CodecError as exc:
@@ -308,7 +301,7 @@ class RetrieveService:
         pixel = instance.pixel
         spans = pixel.frames if pixel is not None else ()
         stored = instance.transfer_syntax_uid
-        native_copy = fmt.transfer_syntax in NATIVE_SYNTAXES and stored in _RANGED_NATIVE
+        native_copy = fmt.transfer_syntax in NATIVE_SYNTAXES and stored in RANGED_NATIVE
         if fmt.as_stored or (native_copy and spans):
             if not spans:
                 raise CodecError("the stored frames could not be mapped to byte ranges")
@@ -347,7 +340,7 @@ class RetrieveService:
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str
     ) -> bytes:
         """One frame in `target`: from the cache, or transcoded once however many ask."""
-        key = _cache_key(instance, number, target)
+        key = frame_cache_key(instance, number, target)
         if self.cache_frames:
             cached = await self._cache_get(key)
             if cached is not None:
@@ -404,7 +397,7 @@ class RetrieveService:
 
     async def _cache_put(self, key: str, data: bytes) -> None:
         try:
-            await self.blobs.put(key, _one(data))
+            await self.blobs.put(key, one_chunk(data))
         except DicomwebError as exc:  # the cache is an optimisation: serve regardless
             log.warning("frame cache write failed: %s", exc.reason)
 
@@ -474,136 +467,7 @@ class RetrieveService:
         return self.blobs.iter_get(instance.blob_key, start, length)
 
 
-def _default_syntax(stored: str) -> str:
-    """PS3.18 8.7.3.4: explicit VR little endian, except that lossy data stays as stored."""
-    return stored if stored in LOSSY_SYNTAXES else EXPLICIT_VR_LITTLE_ENDIAN
-
-
-def _why_not(stored: str, target: str) -> str | None:
-    """Why `stored` cannot become `target` with the codecs installed, or None."""
-    if not can_encode(target):
-        return "no installed codec encodes it"
-    return None
-
-
-def _frame_formats(item: WantedFrames, stored: str, reasons: list[str]) -> list[FrameFormat]:
-    """The concrete (media type, syntax) pairs an Accept entry allows, best first."""
-    stored_type = media_type_of(stored)
-    syntax = item.transfer_syntax
-    if item.media_type in ("*/*", "image/*"):
-        if syntax not in (None, "*"):
-            media = media_type_of(syntax)
-            if media is None or (item.media_type == "image/*" and media == OCTET_STREAM):
-                reasons.append(f"{item.media_type}; transfer-syntax={syntax}: not a frame syntax")
-                return []
-            return _frame_formats(WantedFrames(media, syntax), stored, reasons)
-        if stored_type is not None and stored_type != OCTET_STREAM:
-            return [FrameFormat(stored_type, stored, True)]  # compressed: cheapest as stored
-        if item.media_type == "*/*":
-            return [FrameFormat(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, False)]
-        reasons.append("image/*: the frames are stored uncompressed")
-        return []
-    allowed = FRAME_MEDIA_TYPES[item.media_type]
-    if item.media_type == OCTET_STREAM:
-        if syntax == "*" and stored in _RANGED_NATIVE:
-            return [FrameFormat(OCTET_STREAM, stored, True)]
-        if syntax == "*" and stored_type != OCTET_STREAM:
-            return [FrameFormat(OCTET_STREAM, stored, True)]
-        if syntax in (None, "*", *NATIVE_SYNTAXES):
-            return [FrameFormat(OCTET_STREAM, EXPLICIT_VR_LITTLE_ENDIAN, False)]
-        reasons.append(f"{OCTET_STREAM}; transfer-syntax={syntax}: octet-stream is native only")
-        return []
-    if syntax == "*" or (syntax is None and stored in allowed):
-        if stored in allowed:
-            return [FrameFormat(item.media_type, stored, True)]
-        reasons.append(f"{item.media_type}; transfer-syntax=*: the frames are stored as {stored}")
-        return []
-    candidates = allowed if syntax is None else (syntax,)
-    formats = []
-    for uid in candidates:
-        if uid not in allowed:
-            reasons.append(f"{item.media_type} cannot carry transfer syntax {uid}")
-        elif uid == stored:
-            formats.append(FrameFormat(item.media_type, uid, True))
-        elif (reason := _why_not(stored, uid)) is not None:
-            reasons.append(f"{item.media_type} {uid}: {reason}")
-        else:
-            formats.append(FrameFormat(item.media_type, uid, False))
-    return formats
-
-
-def _cache_key(instance: StoredInstance, number: int, target: str) -> str:
-    key = instance.key
-    return (
-        f"{key.site}/cache/{key.study_instance_uid}/{key.series_instance_uid}/"
-        f"{key.sop_instance_uid}/{instance.digest[:16]}/frames/{number}.{target}"
-    )
-
-
-async def _iter_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
-    try:
-        while chunk := await asyncio.to_thread(spool.read, DEFAULT_CHUNK_SIZE * 4):
-            yield chunk
-    finally:
-        spool.close()
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
-
-
-async def _one_view(data: bytes | memoryview) -> AsyncIterator[bytes]:
-    # A view is sent as is: Starlette and uvicorn write any buffer without copying it.
-    yield cast(bytes, data)
-
-
-async def _chain(
-    first: StoredInstance, rest: AsyncIterator[StoredInstance]
-) -> AsyncIterator[StoredInstance]:
-    yield first
-    async for item in rest:
-        yield item
-
-
 def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
     if series_instance_uid is None:
         return f"study {study.study_instance_uid} not found"
     return f"series {series_instance_uid} not found in study {study.study_instance_uid}"
-
-
-async def _opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """`chunks` with its first chunk already fetched, so opening errors raise in the caller."""
-    try:
-        first = await anext(chunks, b"")
-    except BaseException:
-        await _close(chunks)
-        raise
-    return _Opened(first, chunks)
-
-
-class _Opened:
-    """A stream whose first chunk is already read; `aclose` closes the source, even when
-    nobody started iterating (a read-ahead cancelled, a response never sent)."""
-
-    def __init__(self, first: bytes, rest: AsyncIterator[bytes]) -> None:
-        self._first: bytes | None = first
-        self._rest = rest
-
-    def __aiter__(self) -> _Opened:
-        return self
-
-    async def __anext__(self) -> bytes:
-        first, self._first = self._first, None
-        if first:
-            return first
-        return await anext(self._rest)
-
-    async def aclose(self) -> None:
-        self._first = None
-        await _close(self._rest)
-
-
-async def _close(chunks: AsyncIterator[bytes]) -> None:
-    aclose = getattr(chunks, "aclose", None)
-    if aclose is not None:
-        await aclose()

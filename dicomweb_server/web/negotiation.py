@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dicomweb_server.codecs.media_types import FRAME_MEDIA_TYPES, canonical_media_type
 from dicomweb_server.errors import NotAcceptableError
-from dicomweb_server.services.retrieve import (
-    FRAME_MEDIA_TYPES,
-    WantedFrames,
-    canonical_media_type,
-)
+from dicomweb_server.services.frame_formats import WantedFrames
 
 __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",

@@ -18,7 +18,7 @@ from test_wado import _store
 from dicomweb_server.codecs.registry import LOSSY_SYNTAXES, can_encode
 from dicomweb_server.codecs.transcode import transcode_instance
 from dicomweb_server.domain.identifiers import DEFAULT_SITE, InstanceKey
-from dicomweb_server.services.retrieve import _cache_key
+from dicomweb_server.services.frame_formats import frame_cache_key
 
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
@@ -350,7 +350,7 @@ async def test_transcoded_frames_are_cached_and_run_once(client, app) -> None:  
     assert len(bodies) == 1
     state = app.state.dicomweb
     key = InstanceKey(DEFAULT_SITE, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    cache_key = _cache_key(await state.retrieve.get_instance(key), 1, JLS)
+    cache_key = frame_cache_key(await state.retrieve.get_instance(key), 1, JLS)
     assert cache_key.startswith(f"default/cache/{ds.StudyInstanceUID}/")
     assert b"".join([c async for c in state.blobs.iter_get(cache_key)]) in bodies
 

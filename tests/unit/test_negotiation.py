@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dicomweb_server.errors import NotAcceptableError
-from dicomweb_server.services.retrieve import WantedFrames
+from dicomweb_server.services.frame_formats import WantedFrames
 from dicomweb_server.web.negotiation import accept_frames, accept_instances
 
 
