@@ -16,7 +16,7 @@ import orjson
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
-from dicomweb_server.domain.records import InstanceRecord, pixel_from_json
+from dicomweb_server.domain.records import InstanceRecord
 from dicomweb_server.errors import BackendUnavailableError, DicomwebError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
@@ -28,7 +28,7 @@ from dicomweb_server.index.postgres_add import (
     _text,
 )
 from dicomweb_server.index.postgres_write import add_batch
-from dicomweb_server.index.rows import search_rows
+from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -57,19 +57,6 @@ _SERVER_SETTINGS = {
     # ESCAPE '\' in index/sql.py relies on a backslash in a literal being itself.
     "standard_conforming_strings": "on",
 }
-_INSTANCE_COLUMNS = (
-    "site",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "transfer_syntax_uid",
-    "blob_key",
-    "size",
-    "digest",
-    "number_of_frames",
-    "pixel",
-)
 _BY_KEY = (
     "site = $1 AND sop_instance_uid = $2 AND series_instance_uid = $3 AND study_instance_uid = $4"
 )
@@ -234,17 +221,7 @@ class PostgresInstanceIndex:
         values = _InstanceValues(site, record, blob_key, size, digest)
 
         async def run(conn: Connection) -> AddOutcome:
-            delay = _RETRY_DELAY
-            for attempt in range(1, _ADD_ATTEMPTS + 1):
-                try:
-                    return await values.add(conn)
-                except _COLLISION:
-                    if attempt == _ADD_ATTEMPTS:
-                        raise
-                log.info("add_instance collided with a concurrent store; retrying")
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay *= 2
-            raise AssertionError("unreachable")
+            return await _retry_collisions("add_instance", lambda: values.add(conn))
 
         return await self._with_connection(run)
 
@@ -256,18 +233,11 @@ class PostgresInstanceIndex:
         """
 
         async def run(conn: Connection) -> list[AddOutcome | None]:
-            delay = _RETRY_DELAY
-            for attempt in range(1, _ADD_ATTEMPTS + 1):
-                try:
-                    async with conn.transaction(isolation="read_committed"):
-                        return await add_batch(conn, site, instances)
-                except _COLLISION:
-                    if attempt == _ADD_ATTEMPTS:
-                        raise
-                log.info("add_instances collided with a concurrent store; retrying")
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay *= 2
-            raise AssertionError("unreachable")
+            async def attempt() -> list[AddOutcome | None]:
+                async with conn.transaction(isolation="read_committed"):
+                    return await add_batch(conn, site, instances)
+
+            return await _retry_collisions("add_instances", attempt)
 
         outcomes = await self._with_connection(run)
         return [
@@ -306,9 +276,9 @@ class PostgresInstanceIndex:
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
         row = await self._fetchrow(
-            f"SELECT {', '.join(_INSTANCE_COLUMNS)} FROM instances WHERE {_BY_KEY}", *_key(key)
+            f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE {_BY_KEY}", *_key(key)
         )
-        return None if row is None else _stored(row)
+        return None if row is None else stored_instance(row)
 
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None
@@ -345,9 +315,9 @@ class PostgresInstanceIndex:
     async def iter_instances(
         self, study: StudyKey, series_instance_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
-        columns = ", ".join(f"i.{c}" for c in _INSTANCE_COLUMNS)
+        columns = ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS)
         async for row in self._iter(columns, study, series_instance_uid):
-            yield _stored(row)
+            yield stored_instance(row)
 
     async def iter_metadata(
         self, study: StudyKey, series_instance_uid: str | None = None
@@ -406,21 +376,24 @@ class PostgresInstanceIndex:
             self._pool.terminate()
 
 
+async def _retry_collisions(what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run `attempt` (one whole transaction) again, with jittered backoff, while it collides
+    with a concurrent store; the last collision is raised."""
+    delay = _RETRY_DELAY
+    for number in range(1, _ADD_ATTEMPTS + 1):
+        try:
+            return await attempt()
+        except _COLLISION:
+            if number == _ADD_ATTEMPTS:
+                raise
+        log.info("%s collided with a concurrent store; retrying", what)
+        await asyncio.sleep(delay * (0.5 + random.random()))
+        delay *= 2
+    raise AssertionError("unreachable")
+
+
 def _key(key: InstanceKey) -> tuple[str, str, str, str]:
     return (key.site, key.sop_instance_uid, key.series_instance_uid, key.study_instance_uid)
-
-
-def _stored(row: asyncpg.Record) -> StoredInstance:
-    return StoredInstance(
-        key=InstanceKey(row[0], row[1], row[2], row[3]),
-        sop_class_uid=row[4],
-        transfer_syntax_uid=row[5],
-        blob_key=row[6],
-        size=int(row[7]),
-        digest=row[8],
-        number_of_frames=int(row[9]),
-        pixel=pixel_from_json(row[10]),
-    )
 
 
 _WORD_RE = re.compile(r"(?<!^)(?=[A-Z])")

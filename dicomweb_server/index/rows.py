@@ -8,8 +8,40 @@ from typing import Any
 import orjson
 
 from dicomweb_server.domain.attributes import Level
+from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.domain.records import pixel_from_json
+from dicomweb_server.index.base import StoredInstance
 
-__all__ = ["merge_attributes", "search_row", "search_rows"]
+__all__ = ["INSTANCE_COLUMNS", "merge_attributes", "search_row", "search_rows", "stored_instance"]
+
+# The instance columns both indexes select for a StoredInstance, in this order.
+INSTANCE_COLUMNS = (
+    "site",
+    "study_instance_uid",
+    "series_instance_uid",
+    "sop_instance_uid",
+    "sop_class_uid",
+    "transfer_syntax_uid",
+    "blob_key",
+    "size",
+    "digest",
+    "number_of_frames",
+    "pixel",
+)
+
+
+def stored_instance(row: tuple[Any, ...] | Any) -> StoredInstance:
+    """A row of INSTANCE_COLUMNS (a tuple or an asyncpg Record) as a StoredInstance."""
+    return StoredInstance(
+        key=InstanceKey(row[0], row[1], row[2], row[3]),
+        sop_class_uid=row[4],
+        transfer_syntax_uid=row[5],
+        blob_key=row[6],
+        size=int(row[7]),
+        digest=row[8],
+        number_of_frames=int(row[9]),
+        pixel=pixel_from_json(row[10]),
+    )
 
 
 def merge_attributes(stored: bytes | str, new: dict[str, Any]) -> bytes:

@@ -19,13 +19,17 @@ from dicomweb_server.domain.query import Query, fold_for_fuzzy
 from dicomweb_server.domain.records import (
     InstanceRecord,
     bulk_to_json,
-    pixel_from_json,
     pixel_to_json,
 )
 from dicomweb_server.errors import BackendUnavailableError
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.rows import merge_attributes, search_rows
+from dicomweb_server.index.rows import (
+    INSTANCE_COLUMNS,
+    merge_attributes,
+    search_rows,
+    stored_instance,
+)
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["SqliteInstanceIndex"]
@@ -33,10 +37,6 @@ __all__ = ["SqliteInstanceIndex"]
 T = TypeVar("T")
 _READERS = 4
 _ITER_BATCH = 64
-_INSTANCE_COLUMNS = (
-    "site, study_instance_uid, series_instance_uid, sop_instance_uid, sop_class_uid,"
-    " transfer_syntax_uid, blob_key, size, digest, number_of_frames, pixel"
-)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -113,7 +113,8 @@ class SqliteInstanceIndex:
     async def add_instance(
         self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
     ) -> AddOutcome:
-        return await self._write(lambda conn: _add(conn, site, record, blob_key, size, digest))
+        new = NewInstance(record=record, blob_key=blob_key, size=size, digest=digest)
+        return (await self._write(lambda conn: _add_batch(conn, site, [new])))[0]
 
     async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
         """Add a batch in one transaction: one write lock and one commit for many instances."""
@@ -165,9 +166,9 @@ class SqliteInstanceIndex:
     async def iter_instances(
         self, study: StudyKey, series_instance_uid: str | None = None
     ) -> AsyncIterator[StoredInstance]:
-        columns = ", ".join(f"i.{c.strip()}" for c in _INSTANCE_COLUMNS.split(","))
+        columns = ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS)
         async for row in self._iter(columns, study, series_instance_uid):
-            yield _stored(row)
+            yield stored_instance(row)
 
     async def iter_metadata(
         self, study: StudyKey, series_instance_uid: str | None = None
@@ -189,8 +190,8 @@ class SqliteInstanceIndex:
         return await self._read(run)
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
-        row = await self._instance_row(_INSTANCE_COLUMNS, key)
-        return None if row is None else _stored(row)
+        row = await self._instance_row(", ".join(INSTANCE_COLUMNS), key)
+        return None if row is None else stored_instance(row)
 
     async def get_metadata(self, key: InstanceKey) -> bytes | None:
         row = await self._instance_row("metadata", key)
@@ -249,42 +250,11 @@ class SqliteInstanceIndex:
         await asyncio.to_thread(close_all)
 
 
-def _stored(row: tuple[Any, ...]) -> StoredInstance:
-    return StoredInstance(
-        key=InstanceKey(row[0], row[1], row[2], row[3]),
-        sop_class_uid=row[4],
-        transfer_syntax_uid=row[5],
-        blob_key=row[6],
-        size=int(row[7]),
-        digest=row[8],
-        number_of_frames=int(row[9]),
-        pixel=pixel_from_json(row[10]),
-    )
-
-
-def _add(
-    conn: sqlite3.Connection,
-    site: str,
-    record: InstanceRecord,
-    blob_key: str,
-    size: int,
-    digest: str,
-) -> AddOutcome:
-    """One IMMEDIATE transaction: conflict checks, the instance row, then the aggregates."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        outcome = _add_in_transaction(conn, site, record, blob_key, size, digest)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT" if outcome is AddOutcome.CREATED else "ROLLBACK")
-    return outcome
-
-
 def _add_batch(
     conn: sqlite3.Connection, site: str, instances: Sequence[NewInstance]
 ) -> list[AddOutcome]:
-    """`_add` for each instance in order, in one IMMEDIATE transaction.
+    """Each instance in order, in one IMMEDIATE transaction: conflict checks, the instance
+    row, then the aggregates.
 
     An instance that is not CREATED writes nothing (`_add_in_transaction` decides before its
     first write), so the others' rows commit as if each had been added alone.
