@@ -44,6 +44,7 @@ from dicomweb_server.errors import (
 )
 from dicomweb_server.index.base import StoredInstance
 from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.services.single_flight import SingleFlight
 
 __all__ = ["RenderService", "Rendering"]
 
@@ -104,7 +105,7 @@ class RenderService:
     cache_thumbnails: bool = True
     memory_cache_bytes: int = 32 << 20
     _memory: _MemoryCache = field(init=False)
-    _inflight: dict[str, asyncio.Future[bytes]] = field(default_factory=dict, init=False)
+    _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
         default_factory=dict, init=False
     )
@@ -230,21 +231,9 @@ class RenderService:
         cached = self._memory.get(key)
         if cached is not None:
             return cached
-        running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
-            data = await self._load_or_render(rendering)
-            future.set_result(data)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            del self._inflight[key]
-        self._memory.put(key, data)
+        data, produced = await self._inflight.run(key, lambda: self._load_or_render(rendering))
+        if produced:
+            self._memory.put(key, data)
         return data
 
     async def _load_or_render(self, rendering: Rendering) -> bytes:

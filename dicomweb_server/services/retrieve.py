@@ -57,6 +57,7 @@ from dicomweb_server.services.frame_formats import (
     why_not,
 )
 from dicomweb_server.services.read_ahead import iter_read_ahead
+from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import (
     chain,
     iter_spool,
@@ -94,7 +95,7 @@ class RetrieveService:
     codec_workers: int = 1  # 0: one per core (see Settings.codec_workers)
     cache_frames: bool = True
     _executor: ThreadPoolExecutor | None = field(default=None, init=False)
-    _inflight: dict[str, asyncio.Future[bytes]] = field(default_factory=dict, init=False)
+    _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
 
     # -- instances -------------------------------------------------------------------------
 
@@ -345,25 +346,16 @@ class RetrieveService:
             cached = await self._cache_get(key)
             if cached is not None:
                 return cached
-        running = self._inflight.get(key)
-        if running is not None:
-            return await asyncio.shield(running)
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._inflight[key] = future
-        try:
+
+        async def transcode() -> bytes:
             source = await self._read_span(instance, number)
             encoded = await self._run(
                 transcode_frame, source, instance.transfer_syntax_uid, target, info
             )
-            data = encoded.data
-            future.set_result(data)
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody else needs to
-            raise
-        finally:
-            del self._inflight[key]
-        if self.cache_frames:
+            return encoded.data
+
+        data, produced = await self._inflight.run(key, transcode)
+        if produced and self.cache_frames:
             await self._cache_put(key, data)
         return data
 
