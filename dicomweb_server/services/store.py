@@ -9,12 +9,8 @@ whose objects are durable; the STOW response lists every instance in the order i
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import logging
-import threading
 from collections import deque
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, cast
@@ -34,15 +30,13 @@ from dicomweb_server.domain.stow_result import (
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
 from dicomweb_server.index.batch import NewInstance, add_instances
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobStore
+from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.storage.spool import Spool
 
 __all__ = ["StoreRequest", "StoreService", "blob_key_for"]
 
 log = logging.getLogger("dicomweb_server.store")
-
-_READ_SIZE = DEFAULT_CHUNK_SIZE * 4  # bytes read from a spool file per chunk handed to a put
-_DIGEST_READ_SIZE = 1 << 20  # bytes per read while digesting, into a per-thread buffer
-_thread_local = threading.local()
+_ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
 
 
 def blob_key_for(site: str, record: InstanceRecord, digest: str) -> str:
@@ -53,41 +47,11 @@ def blob_key_for(site: str, record: InstanceRecord, digest: str) -> str:
     )
 
 
-def _prepare(file: BinaryIO, size: int, limits: ParseLimits) -> tuple[InstanceRecord, str]:
+def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
     """Parse the header, zero the 128-byte preamble (it can carry executables) and digest."""
-    record = parse_part10(file, size, limits)
-    file.seek(0)
-    file.write(b"\0" * PREAMBLE_LENGTH)
-    file.seek(0)
-    digest = hashlib.sha256()
-    buffer = _digest_buffer()
-    reader = cast(io.BufferedIOBase, file)  # a spool file; BinaryIO does not declare readinto
-    with memoryview(buffer) as view:
-        while count := reader.readinto(buffer):
-            with view[:count] as chunk:
-                digest.update(chunk)
-    return record, digest.hexdigest()
-
-
-def _digest_buffer() -> bytearray:
-    """This thread's reused read buffer: a fresh one per instance costs page faults, not copies."""
-    buffer: bytearray | None = getattr(_thread_local, "buffer", None)
-    if buffer is None:
-        buffer = _thread_local.buffer = bytearray(_DIGEST_READ_SIZE)
-    return buffer
-
-
-async def _iter_file(file: BinaryIO, size: int) -> AsyncIterator[bytes]:
-    """The spooled part from its start; a small one in one read, without a thread hop."""
-    file.seek(0)
-    if size <= _READ_SIZE:  # in memory, or a temp file just written: in the page cache
-        yield file.read()
-        return
-    while True:
-        chunk = await asyncio.to_thread(file.read, _READ_SIZE)
-        if not chunk:
-            return
-        yield chunk
+    record = parse_part10(cast(BinaryIO, spool), spool.size, limits)
+    spool.overwrite_head(_ZERO_PREAMBLE)
+    return record, spool.sha256()
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,11 +87,11 @@ class StoreService:
         """A pipeline for one request's parts; use it as an async context manager."""
         return StoreRequest(self, site, study_in_path, result, depth, batch)
 
-    async def _write(self, site: str, file: BinaryIO, size: int, study: str | None) -> _Entry:
-        """Parse and write one part; close its file whatever happens."""
-        with file:
+    async def _write(self, site: str, spool: Spool, study: str | None) -> _Entry:
+        """Parse and write one part; close its spool whatever happens."""
+        with spool:
             try:
-                record, digest = await asyncio.to_thread(_prepare, file, size, self.limits)
+                record, digest = await asyncio.to_thread(_prepare, spool, self.limits)
             except InvalidInstanceError as exc:
                 return _Failed("", "", exc.failure_code, exc.reason)
             if study is not None and record.study_instance_uid != study:
@@ -138,7 +102,7 @@ class StoreService:
                     f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
                 )
             key = blob_key_for(site, record, digest)
-            stored_size = await self.blobs.put(key, _iter_file(file, size))
+            stored_size = await self.blobs.put(key, spool.iter_chunks())
             return NewInstance(record, key, stored_size, digest)
 
 
@@ -170,7 +134,7 @@ class StoreRequest:
         self._batch = batch
         self._slots = asyncio.Semaphore(depth)
         self._pending: deque[asyncio.Future[_Entry]] = deque()  # in arrival order
-        self._files: dict[asyncio.Future[_Entry], BinaryIO] = {}  # closed by the task, or here
+        self._files: dict[asyncio.Future[_Entry], Spool] = {}  # closed by the task, or here
         self._ready: list[_Entry] = []  # finished, in order, not yet indexed
 
     async def __aenter__(self) -> StoreRequest:
@@ -192,15 +156,15 @@ class StoreRequest:
                 raise
         await self._cancel()
 
-    async def add(self, file: BinaryIO, size: int) -> None:
+    async def add(self, spool: Spool) -> None:
         """Take ownership of a spooled part (it is closed when written) and start it."""
         try:
             await self._slots.acquire()
         except BaseException:
-            file.close()
+            spool.close()
             raise
-        task = asyncio.create_task(self._service._write(self._site, file, size, self._study))
-        self._files[task] = file
+        task = asyncio.create_task(self._service._write(self._site, spool, self._study))
+        self._files[task] = spool
         task.add_done_callback(self._done)
         self._pending.append(task)
         await self._collect(wait=False)

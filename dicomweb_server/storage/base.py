@@ -28,7 +28,7 @@ class BlobStore(Protocol):
     backend faults raise BackendUnavailableError.
     """
 
-    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
+    async def put(self, key: str, chunks: AsyncIterator[bytes | memoryview]) -> int:
         """Store the stream under `key` atomically and return its size in bytes."""
         ...
 

@@ -200,7 +200,7 @@ class S3BlobStore:
     def _object_key(self, key: str) -> str:
         return self._prefix + _check_key(key)
 
-    async def put(self, key: str, chunks: AsyncIterator[bytes]) -> int:
+    async def put(self, key: str, chunks: AsyncIterator[bytes | memoryview]) -> int:
         object_key = self._object_key(key)
         buffer = bytearray()
         size = 0
@@ -221,7 +221,7 @@ class S3BlobStore:
         key: str,
         buffer: bytearray,
         size: int,
-        chunks: AsyncIterator[bytes],
+        chunks: AsyncIterator[bytes | memoryview],
     ) -> int:
         """Continue a put as a multipart upload; abort it on any failure, so nothing shows."""
         with _wrapped("multipart start", key):

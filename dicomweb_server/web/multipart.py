@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import enum
 import re
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, cast
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
+from dicomweb_server.storage.spool import Spool
 
 __all__ = [
     "MultipartPart",
@@ -99,7 +98,7 @@ class MultipartPart:
 
     headers: dict[str, str]
     content_type: str | None
-    file: BinaryIO
+    file: Spool
     size: int
 
     def close(self) -> None:
@@ -230,8 +229,7 @@ class _Reader:
             return False
         held = self._partial_delimiter(data)
         if held:
-            with memoryview(data) as view, view[:-held] as head:
-                self._write(head)
+            self._write(memoryview(data)[:-held])  # the spool keeps this view of the chunk
             self._buf = bytearray(data[-held:])
         else:
             self._write(data)
@@ -318,13 +316,10 @@ class _Reader:
             return False
         headers = _parse_part_headers(bytes(buf[2:end]))
         del buf[: end + 4]
-        spool = tempfile.SpooledTemporaryFile(  # noqa: SIM115 - owned by the part
-            max_size=self._spool_memory, dir=self._spool_dir
-        )
         self._part = MultipartPart(
             headers=headers,
             content_type=headers.get("content-type"),
-            file=cast(BinaryIO, spool),
+            file=Spool(self._spool_memory, self._spool_dir),
             size=0,
         )
         self._state = _State.BODY

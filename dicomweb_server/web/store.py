@@ -90,7 +90,7 @@ async def store_instances(request: Request) -> Response:
         async for part in parts:
             reason = _unsupported_part(part.content_type)
             if reason is None:
-                await store.add(part.file, part.size)  # the pipeline closes the part
+                await store.add(part.file)  # the pipeline closes the part
             else:
                 part.close()
                 store.add_failed(CANNOT_UNDERSTAND, reason)

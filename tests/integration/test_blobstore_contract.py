@@ -298,3 +298,16 @@ async def test_s3_unreachable_endpoint_fails_fast(monkeypatch: pytest.MonkeyPatc
     finally:
         await defaults.close()
         await single_try.close()
+
+
+async def test_put_of_many_views_keeps_their_order(store: BlobStore) -> None:
+    # STOW hands over the received chunks, often views of them; more than one writev takes.
+    data = _data(2_000_000, seed=3)
+
+    async def views() -> AsyncIterator[bytes | memoryview]:
+        view = memoryview(data)
+        for offset in range(0, len(data), 997):
+            yield view[offset : offset + 997]
+
+    assert await store.put(KEY, views()) == len(data)
+    assert await _read(store, KEY) == data

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
-import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
+from dicomweb_server.storage.spool import Spool
+from dicomweb_server.web import multipart
 from dicomweb_server.web.multipart import (
     MultipartPart,
     iter_multipart,
@@ -102,8 +103,8 @@ def _payload(size: int, seed: int) -> bytes:
 
 
 def _on_disk(part: MultipartPart) -> bool:
-    """Whether the part's spool rolled over to a real file (SpooledTemporaryFile's own flag)."""
-    return bool(getattr(part.file, "_rolled"))  # noqa: B009 - private attribute, read on purpose
+    """Whether the part's spool rolled over to a temporary file."""
+    return not part.file.in_memory
 
 
 # parse_media_type
@@ -491,21 +492,21 @@ async def test_more_than_max_parts(chunk_size: int) -> None:
 
 
 @contextmanager
-def _track_spools() -> Iterator[list[IO[bytes]]]:
-    """Record every spool file the reader opens, to check that none is left open."""
-    created: list[IO[bytes]] = []
-    original = tempfile.SpooledTemporaryFile
+def _track_spools() -> Iterator[list[Spool]]:
+    """Record every spool the reader opens, to check that none is left open."""
+    created: list[Spool] = []
 
-    def factory(*args: Any, **kwargs: Any) -> IO[bytes]:
-        spool: IO[bytes] = original(*args, **kwargs)
+    def factory(*args: Any, **kwargs: Any) -> Spool:
+        spool = Spool(*args, **kwargs)
         created.append(spool)
         return spool
 
-    tempfile.SpooledTemporaryFile = factory  # type: ignore[assignment, misc]
+    patch = pytest.MonkeyPatch()
+    patch.setattr(multipart, "Spool", factory)
     try:
         yield created
     finally:
-        tempfile.SpooledTemporaryFile = original  # type: ignore[misc]
+        patch.undo()
 
 
 @pytest.mark.parametrize(
