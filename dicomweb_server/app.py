@@ -177,7 +177,9 @@ class RequestLimitsMiddleware:
             if body_done:  # later receives wait for a disconnect while streaming a response
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.body_timeout)
+                # A deadline on this task, not wait_for's extra task per chunk of body.
+                async with asyncio.timeout(self.body_timeout):
+                    message = await receive()
             except TimeoutError:
                 raise _BodyTimeoutError(
                     f"no request body bytes arrived for {self.body_timeout:g} seconds"
