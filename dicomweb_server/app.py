@@ -25,6 +25,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.web import zerocopy
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
@@ -295,4 +296,7 @@ def create_app(settings: Settings) -> Starlette:
 
 def app_from_env() -> Starlette:
     """Factory for uvicorn workers: settings from DICOMWEB_* variables."""
-    return create_app(Settings.from_env())
+    settings = Settings.from_env()
+    if settings.wado_zero_copy:
+        zerocopy.install()  # before the worker accepts its first connection
+    return create_app(settings)

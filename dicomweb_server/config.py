@@ -68,6 +68,9 @@ class Settings:
     # A study or series of at most this many instances is listed before its first byte, so an
     # answer sent as stored carries a Content-Length (no chunked framing, one copy less)
     wado_sized_max_instances: int = 2000
+    # 1: stored files in such answers are sent by the kernel (sendfile via the ASGI zero-copy
+    # extension, web/zerocopy.py) when served by `dicomweb-server serve`; 0: through the loop
+    wado_zero_copy: int = 1
     # Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 8.3.5)
     thumbnail_size: int = 128  # default thumbnail viewport, pixels a side
     thumbnail_cache: int = 1  # 1: keep thumbnails in the blob store under {site}/cache/

@@ -158,7 +158,7 @@ class RetrieveService:
 
         async def fetch(instance: StoredInstance) -> tuple[str, AsyncIterator[bytes]]:
             if whole(instance):
-                data = await self.blobs.read_view(instance.blob_key, 0, instance.size)
+                data = await self.blobs.read_sendable(instance.blob_key, 0, instance.size)
                 return instance.transfer_syntax_uid, one_view(data)
             return await self.open_instance(instance, wanted)
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from typing import IO, cast
 
 from dicomweb_server.index.base import StoredInstance
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, FileRegion
 
 __all__ = ["chain", "close_stream", "iter_spool", "one_chunk", "one_view", "opened"]
 
@@ -24,8 +24,9 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def one_view(data: bytes | memoryview) -> AsyncIterator[bytes]:
-    # A view is sent as is: Starlette and uvicorn write any buffer without copying it.
+async def one_view(data: bytes | memoryview | FileRegion) -> AsyncIterator[bytes]:
+    # A view is sent as is: Starlette and uvicorn write any buffer without copying it; a file
+    # region is sent by the kernel where the server can (web/zerocopy.py), else mapped there.
     yield cast(bytes, data)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "BlobInfo", "BlobStore"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "BlobInfo", "BlobStore", "FileRegion", "map_view"]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 
@@ -18,6 +19,42 @@ class BlobInfo:
     key: str
     size: int
     modified: float
+
+
+@dataclass(frozen=True, slots=True)
+class FileRegion:
+    """`count` bytes of a local file from `offset`, for a response to send.
+
+    A server that supports the ASGI zero-copy extension has the kernel send it (sendfile);
+    elsewhere `view()` maps it. No descriptor is held until it is sent: a region that is never
+    sent (a client gone, a read-ahead dropped) leaves nothing to close.
+    """
+
+    path: str
+    offset: int
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def open(self) -> BinaryIO:
+        """The file, for the caller to close."""
+        return open(self.path, "rb")
+
+    def view(self) -> memoryview:
+        """The bytes as a read-only view of a shared mapping (no copy into memory)."""
+        if not self.count:
+            return memoryview(b"")
+        with self.open() as file:
+            return map_view(file, self.offset, self.count)
+
+
+def map_view(file: BinaryIO, offset: int, count: int) -> memoryview:
+    """`count` bytes of an open file from `offset` as a read-only view of a shared mapping; the
+    mapping outlives the file object and is unmapped once no view refers to it."""
+    base = offset - offset % mmap.ALLOCATIONGRANULARITY
+    mapped = mmap.mmap(file.fileno(), offset + count - base, offset=base, prot=mmap.PROT_READ)
+    return memoryview(mapped)[offset - base :]
 
 
 class BlobStore(Protocol):
@@ -51,6 +88,12 @@ class BlobStore(Protocol):
 
         The view stays valid for as long as it is referenced, whatever happens to the key.
         """
+        ...
+
+    async def read_sendable(
+        self, key: str, start: int, length: int
+    ) -> bytes | memoryview | FileRegion:
+        """`read_view`, or a region of a local file that a response can send without a copy."""
         ...
 
     async def delete(self, key: str) -> None:

@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomweb_server.config import Settings
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.rendered import if_none_match
+from dicomweb_server.web.zerocopy import as_body_message
 
 __all__ = [
     "CompressionMiddleware",
@@ -195,6 +196,7 @@ class EntityTagMiddleware:
                     passing = True
                     await send(message)
                 return
+            message = as_body_message(message)  # a file region: its bytes are hashed
             if message["type"] != "http.response.body":
                 await send(message)
                 return
@@ -328,6 +330,7 @@ class CompressionMiddleware:
                     return
                 start = message
                 return
+            message = as_body_message(message)  # a file region: its bytes are compressed
             if message["type"] != "http.response.body":
                 await send(message)
                 return

@@ -16,6 +16,7 @@ from dicomweb_server.web.multipart import iter_multipart, multipart_content_type
 from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
 from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
 from dicomweb_server.web.state import AppState
+from dicomweb_server.web.zerocopy import RegionStreamingResponse
 
 __all__ = [
     "retrieve_bulkdata",
@@ -91,7 +92,7 @@ async def _instances_response(
         framing = [headers(i, i.transfer_syntax_uid) for i in listed]
         size = await _framing_size(framing, boundary) + sum(i.size for i in listed)
         length["Content-Length"] = str(size)
-    return StreamingResponse(
+    return RegionStreamingResponse(
         _logged(iter_multipart(parts(), boundary)),
         headers=length,
         media_type=multipart_content_type("application/dicom", boundary),

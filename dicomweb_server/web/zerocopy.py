@@ -1,0 +1,223 @@
+"""Stored objects sent by the kernel: the ASGI zero-copy send extension on uvicorn's httptools.
+
+A whole study is mostly stored files sent as they are. Written through the event loop each
+byte is copied from the page cache into the socket by a `write` (a mapped file avoids only the
+read copy), and that copy was the largest single cost of a study retrieve. With `sendfile` the
+kernel sends the pages themselves.
+
+uvicorn does not implement the extension (ASGI spec, "Zero Copy Send": a message of type
+`http.response.zerocopy` with `file`, `offset`, `count` and `more_body`), so `install()` gives
+its httptools protocol a request cycle that does, and advertises it in each request's scope.
+Responses use it only when the scope says so (`RegionStreamingResponse`); anywhere else (tests
+over httpx, other servers, a middleware that must see the bytes) a region is sent as a mapped
+view, byte for byte the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from starlette.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
+
+from dicomweb_server.storage.base import FileRegion, map_view
+
+__all__ = [
+    "ZEROCOPY",
+    "RegionStreamingResponse",
+    "as_body_message",
+    "install",
+    "sent_by_kernel",
+    "without_zerocopy",
+]
+
+ZEROCOPY = "http.response.zerocopy"
+_POLL_SLICE_MS = 200  # a wait for a full socket returns to the loop this often
+_POLL_THREADS = 8  # threads waiting for full sockets, per process (separate from codec work)
+_executor: ThreadPoolExecutor | None = None
+_sent_by_kernel = 0  # bytes this process sent with sendfile (for tests and diagnostics)
+
+
+def sent_by_kernel() -> int:
+    """Bytes sent with sendfile by this process since it started."""
+    return _sent_by_kernel
+
+
+def without_zerocopy(scope: Scope) -> Scope:
+    """The scope with the extension withdrawn, for a middleware that must see the body bytes."""
+    extensions = scope.get("extensions")
+    if not extensions or ZEROCOPY not in extensions:
+        return scope
+    return {**scope, "extensions": {k: v for k, v in extensions.items() if k != ZEROCOPY}}
+
+
+def as_body_message(message: Message) -> Message:
+    """A zero-copy message as the equivalent body message (the region mapped, not copied)."""
+    if message["type"] != ZEROCOPY:
+        return message
+    count = int(message["count"])
+    body = map_view(message["file"], int(message.get("offset", 0)), count) if count else b""
+    return {
+        "type": "http.response.body",
+        "body": body,
+        "more_body": message.get("more_body", False),
+    }
+
+
+class RegionStreamingResponse(StreamingResponse):
+    """A streaming response whose body may hold `FileRegion`s: sent as zero-copy messages when
+    the server offers the extension, else as mapped views."""
+
+    _zerocopy = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._zerocopy = ZEROCOPY in (scope.get("extensions") or {})
+        await super().__call__(scope, receive, send)
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        async for chunk in self.body_iterator:
+            if isinstance(chunk, FileRegion) and self._zerocopy:
+                with chunk.open() as file:
+                    await send(
+                        {
+                            "type": ZEROCOPY,
+                            "file": file,
+                            "offset": chunk.offset,
+                            "count": chunk.count,
+                            "more_body": True,
+                        }
+                    )
+                continue
+            if isinstance(chunk, FileRegion):
+                body: bytes | memoryview = chunk.view()
+            else:
+                body = (
+                    chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+                )
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def install() -> bool:
+    """Give uvicorn's httptools protocol the zero-copy cycle (idempotent); False if unusable."""
+    try:
+        from uvicorn.protocols.http import httptools_impl
+    except ImportError:  # uvicorn[standard] brings httptools; without it there is nothing to do
+        return False
+    base = httptools_impl.RequestResponseCycle
+    if getattr(base, "_dicomweb_zerocopy", False):
+        return True
+    if not hasattr(os, "sendfile") or not hasattr(select, "poll"):  # pragma: no cover
+        return False
+
+    class ZeroCopyCycle(base):  # type: ignore[misc, valid-type]
+        """uvicorn's cycle, plus `http.response.zerocopy`.
+
+        From a response's first region on, its body goes straight to the socket (sendfile for
+        regions, write for the bytes between them), provided nothing is queued in the transport
+        then; a full socket is waited for in a poller thread. Otherwise, or for a response
+        without a Content-Length, regions are mapped and written through the transport.
+        """
+
+        _dicomweb_zerocopy = True
+        _direct: bool | None = None  # decided at the response's first region
+
+        def __init__(self, scope: Any, *args: Any, **kwargs: Any) -> None:
+            super().__init__(scope, *args, **kwargs)
+            scope.setdefault("extensions", {})[ZEROCOPY] = {}
+
+        async def send(self, message: Any) -> None:
+            kind = message["type"]
+            if kind == ZEROCOPY and self._direct is None:
+                self._direct = self._can_write_directly()
+            if self._direct and kind in (ZEROCOPY, "http.response.body"):
+                await _send_direct(self, message)
+                return
+            await super().send(as_body_message(message))
+
+        def _can_write_directly(self) -> bool:
+            socket = self.transport.get_extra_info("socket")
+            return (
+                socket is not None
+                and self.response_started
+                and not self.response_complete
+                and self.chunked_encoding is False  # a Content-Length: no chunk framing
+                and self.scope["method"] != "HEAD"
+                and self.transport.get_write_buffer_size() == 0
+                and not self.flow.write_paused
+            )
+
+    httptools_impl.RequestResponseCycle = ZeroCopyCycle  # type: ignore[misc]
+    return True
+
+
+async def _send_direct(cycle: Any, message: Message) -> None:
+    """Write a body or zero-copy message to the cycle's socket, waiting while it is full."""
+    global _sent_by_kernel
+    if cycle.disconnected:
+        return
+    more_body = bool(message.get("more_body", False))
+    region = message["type"] == ZEROCOPY
+    if region:
+        file, offset, count = message["file"], int(message.get("offset", 0)), int(message["count"])
+    else:
+        data = memoryview(message.get("body", b""))
+        count = len(data)
+    if count > cycle.expected_content_length:
+        raise RuntimeError("Response content longer than Content-Length")
+    cycle.expected_content_length -= count
+    fd = cycle.transport.get_extra_info("socket").fileno()
+    sent = 0
+    while sent < count:
+        try:
+            if region:
+                written = os.sendfile(fd, file.fileno(), offset + sent, count - sent)
+                if written == 0:
+                    raise RuntimeError("a file region ends before its count: the object is short")
+                _sent_by_kernel += written
+            else:
+                written = os.write(fd, data[sent:])
+        except BlockingIOError:
+            await _writable(fd)
+            if cycle.disconnected:
+                return
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            cycle.transport.close()  # the client is gone; uvicorn marks the cycle disconnected
+            return
+        sent += written
+    if not more_body:
+        if cycle.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            cycle.transport.close()
+        cycle.on_response()
+
+
+async def _writable(fd: int) -> None:
+    """Return once the socket takes more bytes, or after a short while (to notice a client that
+    went away). The event loop owns the descriptor's events, so a poller thread waits."""
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(_poller(), _poll_out, fd)
+
+
+def _poll_out(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    poller.poll(_POLL_SLICE_MS)
+
+
+def _poller() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(_POLL_THREADS, thread_name_prefix="dicomweb-sendfile-wait")
+    return _executor

@@ -1,0 +1,152 @@
+"""Study retrieve over a real uvicorn with the zero-copy send extension (web/zerocopy.py).
+
+The stored files of a multipart answer with a Content-Length go to the socket by sendfile;
+these tests check the bytes, that the kernel really sent them, a reader slow enough to fill
+the socket, a client that leaves mid-stream, and the fallbacks (HEAD, no extension).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
+
+from dicomweb_server.app import create_app
+from dicomweb_server.config import Settings
+from dicomweb_server.web import zerocopy
+
+INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def zerocopy_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """uvicorn (httptools) with the zero-copy cycle installed; yields (root URL, port)."""
+    assert zerocopy.install()
+    port = _free_port()
+    settings = Settings(data_dir=tmp_path / "zc", port=port)
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    yield settings.root_url, port
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _store_study(root: str, count: int, size: int) -> tuple[str, dict[str, bytes]]:
+    """A study of `count` instances of about `size` pixel bytes; returns (study, sop → bytes)."""
+    study, series = uid(), uid()
+    files = {}
+    side = int((size // 2) ** 0.5)
+    for number in range(count):
+        ds = ct_dataset(study, series, rows=side, columns=side, instance_number=number, seed=number)
+        files[ds.SOPInstanceUID] = to_part10(ds)
+    body, content_type = multipart_body(list(files.values()))
+    response = httpx.post(
+        f"{root}/studies", content=body, headers={"Content-Type": content_type}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    # The store zeroes the preamble: that is what a retrieve returns.
+    return study, {sop: b"\0" * 128 + data[128:] for sop, data in files.items()}
+
+
+def _parts_by_sop(body: bytes, content_type: str) -> dict[str, bytes]:
+    return {
+        headers["content-location"].rsplit("/", 1)[1]: data
+        for headers, data in parse_multipart(body, content_type)
+    }
+
+
+def test_study_is_sent_by_the_kernel_byte_for_byte(zerocopy_server: tuple[str, int]) -> None:
+    root, _ = zerocopy_server
+    study, expected = _store_study(root, 6, 300_000)
+    before = zerocopy.sent_by_kernel()
+    response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
+    assert zerocopy.sent_by_kernel() - before >= sum(map(len, expected.values()))
+
+
+def test_slow_reader_fills_the_socket_and_still_gets_every_byte(
+    zerocopy_server: tuple[str, int],
+) -> None:
+    root, port = zerocopy_server
+    study, expected = _store_study(root, 4, 1_500_000)
+    path = root.split(f":{port}", 1)[1]
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(
+            f"GET {path}/studies/{study} HTTP/1.1\r\nHost: x\r\nAccept: {INSTANCES}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        received = bytearray()
+        time.sleep(0.5)  # the server fills the socket and waits for it
+        while chunk := sock.recv(65536):
+            received += chunk
+            if len(received) < 1_000_000:
+                time.sleep(0.002)
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    headers = dict(
+        line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
+    )
+    lowered = {name.lower(): value for name, value in headers.items()}
+    assert int(lowered["content-length"]) == len(body)
+    assert _parts_by_sop(body, lowered["content-type"]) == expected
+
+
+def test_client_leaving_mid_stream_leaves_the_server_serving(
+    zerocopy_server: tuple[str, int],
+) -> None:
+    root, port = zerocopy_server
+    study, expected = _store_study(root, 4, 1_500_000)
+    path = root.split(f":{port}", 1)[1]
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                f"GET {path}/studies/{study} HTTP/1.1\r\nHost: x\r\nAccept: {INSTANCES}\r\n\r\n".encode()
+            )
+            sock.recv(100_000)
+        # closed with most of the answer unread
+    response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
+    assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
+
+
+def test_head_and_compressing_clients_get_the_same_answer(
+    zerocopy_server: tuple[str, int],
+) -> None:
+    root, _ = zerocopy_server
+    study, expected = _store_study(root, 2, 100_000)
+    url = f"{root}/studies/{study}"
+    head = httpx.head(url, headers={"Accept": INSTANCES}, timeout=60)
+    assert head.status_code == 200
+    assert head.content == b""
+    gzip = httpx.get(url, headers={"Accept": INSTANCES, "Accept-Encoding": "gzip"}, timeout=60)
+    assert "content-encoding" not in gzip.headers  # DICOM is not compressed
+    assert _parts_by_sop(gzip.content, gzip.headers["content-type"]) == expected
