@@ -11,7 +11,7 @@ import struct
 import warnings
 import zlib
 from dataclasses import dataclass
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO, Protocol, cast
 
 import orjson
 import pydicom
@@ -22,6 +22,8 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, NESTED_MATCH_KEYS, Level, tag_hex
+from dicomweb_server.domain.header_reader import EXTENDED_OFFSET_TABLE, PIXEL_DATA, read_header
+from dicomweb_server.domain.header_reader import PIXEL_TAGS as _PIXEL_TAGS
 from dicomweb_server.domain.identifiers import is_valid_uid
 from dicomweb_server.domain.records import BulkSpan, FrameSpans, InstanceRecord, PixelLayout
 
@@ -38,10 +40,6 @@ __all__ = [
 pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
 warnings.filterwarnings("ignore", category=UserWarning, module=r"pydicom\..*")
 
-PIXEL_DATA = 0x7FE00010
-FLOAT_PIXEL_DATA = 0x7FE00008
-DOUBLE_PIXEL_DATA = 0x7FE00009
-EXTENDED_OFFSET_TABLE = 0x7FE00001
 EXTENDED_OFFSET_TABLE_LENGTHS = 0x7FE00002
 PREAMBLE_LENGTH = 128
 _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
@@ -49,7 +47,6 @@ _BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
 _LONG_LENGTH_VRS = frozenset(
     {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 )
-_PIXEL_TAGS = frozenset({PIXEL_DATA, FLOAT_PIXEL_DATA, DOUBLE_PIXEL_DATA})
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
 _SEQUENCE_DELIMITER = 0xE0DDFFFE
 
@@ -82,21 +79,53 @@ def bulk_data_path(study: str, series: str, sop: str, tag_path: str) -> str:
 def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
     """Parse a seekable Part 10 file of `size` bytes; raise InvalidInstanceError if unusable.
 
-    Cannot-understand failures carry code 0xC000, missing identity 0xA900.
+    Cannot-understand failures carry code 0xC000, missing identity 0xA900. The common
+    little-endian syntaxes are read by `header_reader`; whatever it does not reproduce
+    exactly is parsed by pydicom, with the same result.
     """
+    _check_prefix(fp)
+    try:
+        header = read_fast_header(fp, size, limits)
+        if header is not None:
+            return _build(header, fp, size, limits)
+    except InvalidInstanceError:
+        raise
+    except Exception:  # a fast-path bug must not fail a store: pydicom decides instead
+        pass
+    return _parse_with_pydicom(fp, size, limits)
+
+
+def read_fast_header(fp: BinaryIO, size: int, limits: ParseLimits) -> _Header | None:
+    """The header by `header_reader`, or None when only pydicom can parse it identically."""
+    return read_header(
+        fp, size, limits.bulk_data_threshold, limits.max_sequence_depth, limits.max_header_bytes
+    )
+
+
+def _check_prefix(fp: BinaryIO) -> None:
     fp.seek(0)
     head = fp.read(PREAMBLE_LENGTH + 4)
     if len(head) < PREAMBLE_LENGTH + 4 or head[PREAMBLE_LENGTH:] != b"DICM":
         raise InvalidInstanceError(
             "not a DICOM Part 10 file (no 'DICM' prefix at byte 128)", 0xC000
         )
+
+
+def _parse_with_pydicom(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
+    """parse_part10 by pydicom, for every file (tests compare it with the fast path)."""
+    _check_prefix(fp)
     syntax, meta_end = _meta_transfer_syntax(fp)
     if syntax == DeflatedExplicitVRLittleEndian:
         _check_inflated_size(fp, meta_end, limits.max_header_bytes)  # pydicom inflates it all
     fp.seek(0)
     reader = _BudgetedReader(fp, size, limits.max_header_bytes)
     try:
-        return _parse(reader, size, limits)
+        ds = pydicom.dcmread(cast(BinaryIO, reader), defer_size=limits.bulk_data_threshold)
+        if reader.exceeded:  # pydicom may have swallowed the reader's error
+            raise reader.over_budget()
+        header = _PydicomHeader(ds, reader, size, limits)
+        _check_depth(ds, limits.max_sequence_depth)
+        return _build(header, cast(BinaryIO, reader), size, limits)
     except InvalidInstanceError:
         raise
     except RecursionError as exc:
@@ -107,41 +136,61 @@ def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord
         raise InvalidInstanceError(f"cannot parse DICOM data set: {_short(exc)}", 0xC000) from exc
 
 
-def _parse(reader: _BudgetedReader, size: int, limits: ParseLimits) -> InstanceRecord:
-    """parse_part10 after the prefix check; any exception here means cannot-understand."""
-    fp = cast(BinaryIO, reader)
-    ds = pydicom.dcmread(fp, defer_size=limits.bulk_data_threshold)
-    if reader.exceeded:  # pydicom may have swallowed the reader's error
-        raise reader.over_budget()
-    transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
-    _check_depth(ds, limits.max_sequence_depth)
+class _Header(Protocol):
+    """A parsed header as the record builder sees it, whichever reader made it."""
+
+    transfer_syntax: str
+
+    def text(self, keyword: str) -> str:
+        """`str(ds.get(keyword, "") or "")` of a top-level string attribute."""
+        ...
+
+    def int_value(self, keyword: str) -> int | None:
+        """A top-level attribute as an int; None when absent, empty or not one number."""
+        ...
+
+    def has(self, tag: int) -> bool:
+        """Whether the top-level data set holds `tag`."""
+        ...
+
+    def pixel_data(self) -> tuple[int, int] | None:
+        """(value offset, value length) of the top-level Pixel Data, if present."""
+        ...
+
+    def extended_offset_table(self) -> bytes | None:
+        """The Extended Offset Table's bytes, if present."""
+        ...
+
+    def to_json(self, uids: tuple[str, str, str], bulk: list[BulkSpan]) -> dict[str, Any]:
+        """The DICOM JSON model with BulkDataURIs; appends bulk spans to `bulk`."""
+        ...
+
+
+def _build(header: _Header, fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
+    """The record from a parsed header: identity checks, pixel layout, columns, levels."""
+    transfer_syntax = header.transfer_syntax
     if not is_valid_uid(transfer_syntax):
         raise InvalidInstanceError("file meta has no valid TransferSyntaxUID", 0xC000)
-    study, series, sop = _identity(ds)
-    sop_class = str(ds.get("SOPClassUID", "") or "")
+    study, series, sop = _identity(header)
+    sop_class = header.text("SOPClassUID")
     if not is_valid_uid(sop_class):
         raise InvalidInstanceError("SOPClassUID is missing or invalid", 0xA900)
 
     deflated = transfer_syntax == DeflatedExplicitVRLittleEndian
-    number_of_frames = _int_value(ds, "NumberOfFrames") or 1
+    number_of_frames = header.int_value("NumberOfFrames") or 1
     if number_of_frames < 1:
         raise InvalidInstanceError(f"NumberOfFrames {number_of_frames} is not positive", 0xC000)
     if number_of_frames > limits.max_frames:
         raise InvalidInstanceError(
             f"NumberOfFrames {number_of_frames} exceeds the limit of {limits.max_frames}", 0xA700
         )
-    pixel = None if deflated else _pixel_layout(ds, fp, size, number_of_frames, limits)
-    has_pixels = any(tag in ds for tag in _PIXEL_TAGS)
+    pixel = None if deflated else _pixel_layout(header, fp, size, number_of_frames, limits)
+    has_pixels = any(header.has(tag) for tag in _PIXEL_TAGS)
     if not has_pixels:
         number_of_frames = 0
 
     bulk: list[BulkSpan] = []
-    try:
-        json_model = _to_json(ds, fp, size, (study, series, sop), bulk, deflated, limits)
-    except InvalidInstanceError:
-        raise
-    except Exception as exc:
-        raise InvalidInstanceError(f"cannot convert data set: {_short(exc)}", 0xC000) from exc
+    json_model = header.to_json((study, series, sop), bulk)
     levels = {
         level: {
             tag_hex(a.tag): json_model[tag_hex(a.tag)]
@@ -182,6 +231,47 @@ def _parse(reader: _BudgetedReader, size: int, limits: ParseLimits) -> InstanceR
         pixel=pixel,
         bulk=tuple(bulk),
     )
+
+
+class _PydicomHeader:
+    """A `_Header` over a data set pydicom read with deferred bulk values."""
+
+    def __init__(self, ds: Dataset, fp: _BudgetedReader, size: int, limits: ParseLimits) -> None:
+        self._ds = ds
+        self._fp = cast(BinaryIO, fp)
+        self._size = size
+        self._limits = limits
+        self.transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+
+    def text(self, keyword: str) -> str:
+        return str(self._ds.get(keyword, "") or "")
+
+    def int_value(self, keyword: str) -> int | None:
+        return _int_value(self._ds, keyword)
+
+    def has(self, tag: int) -> bool:
+        return tag in self._ds
+
+    def pixel_data(self) -> tuple[int, int] | None:
+        raw = self._ds._dict.get(BaseTag(PIXEL_DATA))
+        if raw is None or not isinstance(raw, RawDataElement):
+            return None
+        return raw.value_tell, raw.length
+
+    def extended_offset_table(self) -> bytes | None:
+        if EXTENDED_OFFSET_TABLE not in self._ds:
+            return None
+        value = self._ds[EXTENDED_OFFSET_TABLE].value
+        return value if isinstance(value, bytes) else None
+
+    def to_json(self, uids: tuple[str, str, str], bulk: list[BulkSpan]) -> dict[str, Any]:
+        deflated = self.transfer_syntax == DeflatedExplicitVRLittleEndian
+        try:
+            return _to_json(self._ds, self._fp, self._size, uids, bulk, deflated, self._limits)
+        except InvalidInstanceError:
+            raise
+        except Exception as exc:
+            raise InvalidInstanceError(f"cannot convert data set: {_short(exc)}", 0xC000) from exc
 
 
 class _BudgetedReader:
@@ -282,10 +372,10 @@ def _short(exc: BaseException) -> str:
     return text[:200]
 
 
-def _identity(ds: Dataset) -> tuple[str, str, str]:
+def _identity(header: _Header) -> tuple[str, str, str]:
     values = []
     for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        value = str(ds.get(keyword, "") or "").strip()
+        value = header.text(keyword).strip()
         if not is_valid_uid(value):
             raise InvalidInstanceError(f"{keyword} is missing or not a valid UID", 0xA900)
         values.append(value)
@@ -440,26 +530,26 @@ def _vr_of(raw: Any, tag: int) -> str:
 
 
 def _pixel_layout(
-    ds: Dataset, fp: BinaryIO, size: int, frames: int, limits: ParseLimits
+    header: _Header, fp: BinaryIO, size: int, frames: int, limits: ParseLimits
 ) -> PixelLayout | None:
-    raw = ds._dict.get(BaseTag(PIXEL_DATA))
-    if raw is None or not isinstance(raw, RawDataElement):
+    span = header.pixel_data()
+    if span is None:
         return None
-    offset, length = raw.value_tell, raw.length
+    offset, length = span
     if length != 0xFFFFFFFF:
         if offset + length > size:
             raise InvalidInstanceError("Pixel Data runs past the end of the file", 0xC000)
-        return _native_layout(ds, offset, length, frames, limits)
-    _check_declared_size(ds, frames, limits)  # decoding allocates what the header declares
-    return _encapsulated_layout(ds, fp, offset, size, frames)
+        return _native_layout(header, offset, length, frames, limits)
+    _check_declared_size(header, frames, limits)  # decoding allocates what the header declares
+    return _encapsulated_layout(header, fp, offset, size, frames)
 
 
-def _check_declared_size(ds: Dataset, frames: int, limits: ParseLimits) -> None:
+def _check_declared_size(header: _Header, frames: int, limits: ParseLimits) -> None:
     """Refuse an image whose declared decoded size exceeds the pixel budget (a bomb)."""
-    rows = _int_value(ds, "Rows") or 0
-    columns = _int_value(ds, "Columns") or 0
-    samples = _int_value(ds, "SamplesPerPixel") or 1
-    bits = _int_value(ds, "BitsAllocated") or 0
+    rows = header.int_value("Rows") or 0
+    columns = header.int_value("Columns") or 0
+    samples = header.int_value("SamplesPerPixel") or 1
+    bits = header.int_value("BitsAllocated") or 0
     declared = (rows * columns * samples * bits * frames + 7) // 8
     if declared > limits.max_pixel_bytes:
         raise InvalidInstanceError(
@@ -468,13 +558,13 @@ def _check_declared_size(ds: Dataset, frames: int, limits: ParseLimits) -> None:
 
 
 def _native_layout(
-    ds: Dataset, offset: int, length: int, frames: int, limits: ParseLimits
+    header: _Header, offset: int, length: int, frames: int, limits: ParseLimits
 ) -> PixelLayout:
-    rows = _int_value(ds, "Rows") or 0
-    columns = _int_value(ds, "Columns") or 0
-    samples = _int_value(ds, "SamplesPerPixel") or 1
-    bits = _int_value(ds, "BitsAllocated") or 0
-    if str(ds.get("PhotometricInterpretation", "")) == "YBR_FULL_422":
+    rows = header.int_value("Rows") or 0
+    columns = header.int_value("Columns") or 0
+    samples = header.int_value("SamplesPerPixel") or 1
+    bits = header.int_value("BitsAllocated") or 0
+    if header.text("PhotometricInterpretation") == "YBR_FULL_422":
         samples = 2  # PS3.3 C.7.6.3.1.2: two chroma values shared by each pair of pixels
     pixel_bits = rows * columns * samples * bits
     expected = (pixel_bits * frames + 7) // 8
@@ -506,7 +596,7 @@ def _read_item_header(fp: BinaryIO) -> tuple[int, int]:
 
 
 def _encapsulated_layout(
-    ds: Dataset, fp: BinaryIO, offset: int, size: int, frames: int
+    header: _Header, fp: BinaryIO, offset: int, size: int, frames: int
 ) -> PixelLayout:
     """Walk the item headers (PS3.5 A.4) and map fragments to frames."""
     fp.seek(offset)
@@ -532,12 +622,12 @@ def _encapsulated_layout(
     value_length = position - offset
     if not fragments:
         raise InvalidInstanceError("encapsulated Pixel Data has no fragments", 0xC000)
-    spans = _map_fragments(ds, fragments, bot, frames)
+    spans = _map_fragments(header, fragments, bot, frames)
     return PixelLayout(True, offset, value_length, spans)
 
 
 def _map_fragments(
-    ds: Dataset, fragments: list[tuple[int, int, int]], bot: tuple[int, ...], frames: int
+    header: _Header, fragments: list[tuple[int, int, int]], bot: tuple[int, ...], frames: int
 ) -> tuple[FrameSpans, ...]:
     """Frames from fragments: one frame; the Basic or Extended Offset Table; or one per frame."""
     if frames == 1:
@@ -545,10 +635,8 @@ def _map_fragments(
     starts: list[int] | None = None
     if len(bot) == frames:
         starts = list(bot)
-    elif EXTENDED_OFFSET_TABLE in ds:
-        raw = ds[EXTENDED_OFFSET_TABLE].value
-        if isinstance(raw, bytes) and len(raw) == 8 * frames:
-            starts = list(struct.unpack(f"<{frames}Q", raw))
+    elif (table := header.extended_offset_table()) is not None and len(table) == 8 * frames:
+        starts = list(struct.unpack(f"<{frames}Q", table))
     if starts is not None:
         result: list[FrameSpans] = []
         for i, start in enumerate(starts):
