@@ -24,6 +24,7 @@ from pydicom.filewriter import _AMBIGUOUS_US_SS_TAGS
 from pydicom.uid import AllTransferSyntaxes, ImplicitVRLittleEndian
 from pydicom.valuerep import STANDARD_VR
 
+from dicomweb_server.domain.header_types import bulk_data_path
 from dicomweb_server.domain.json_values import (
     BINARY_VRS,
     LONG_LENGTH_VRS,
@@ -142,10 +143,8 @@ class FastHeader:
 
     def to_json(self, uids: tuple[str, str, str], bulk: list[BulkSpan]) -> dict[str, Any]:
         """The model with BulkDataURIs for these identifiers; appends the bulk spans."""
-        study, series, sop = uids
-        root = f"/studies/{study}/series/{series}/instances/{sop}/bulkdata/"
         for element, path in self._uris:
-            element["BulkDataURI"] = root + path
+            element["BulkDataURI"] = bulk_data_path(*uids, path)
         bulk.extend(self._bulk)
         return self._model
 
