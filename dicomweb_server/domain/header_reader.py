@@ -56,7 +56,7 @@ _EXPLICIT_SYNTAXES = frozenset(
     for uid in AllTransferSyntaxes
     if not uid.is_implicit_VR and uid.is_little_endian and not uid.is_deflated
 )
-_VRS = frozenset(str(vr.value) for vr in STANDARD_VR)
+_VR_NAMES = {str(vr.value).encode(): str(vr.value) for vr in STANDARD_VR}
 _STRING_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI", "UR"}) | (TEXT_VRS - {"PN"})
 # (0008,0005) values read as ISO 8859-1 (pydicom's default is the same codec) or UTF-8.
 _CHARSETS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
@@ -88,6 +88,7 @@ _INT_FACTS = {
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from
 _tag_and_length = struct.Struct("<HHI").unpack_from
+_explicit_header = struct.Struct("<HH2sH").unpack_from
 
 
 class FastHeader:
@@ -267,8 +268,8 @@ class _Reader:
 
     def element_header(self, rel: int, pos: int) -> tuple[str, int, int]:
         """(VR, value length, header length) of the explicit-VR element at buf[rel]."""
-        vr = self.buf[rel + 4 : rel + 6].decode("latin_1")
-        if vr not in _VRS:
+        vr = _VR_NAMES.get(self.buf[rel + 4 : rel + 6], "")
+        if not vr:
             raise FallBack  # pydicom would switch to implicit VR or guess a length
         if vr in LONG_LENGTH_VRS:
             rel = self.need(pos, 12)
@@ -299,10 +300,10 @@ class _Reader:
             if pos + 8 > limit:
                 raise FallBack
             rel = self.need(pos, 8)
-            group, element = _u16(self.buf, rel)[0], _u16(self.buf, rel + 2)[0]
+            group, element, raw_vr, short_length = _explicit_header(self.buf, rel)
             tag = group << 16 | element
             if tag == _ITEM_END and end is None:
-                if _u32(self.buf, rel + 4)[0] != 0:
+                if raw_vr != b"\0\0" or short_length != 0:
                     raise FallBack
                 return out, pos + 8
             if tag <= last or group == 0xFFFE:
@@ -313,7 +314,14 @@ class _Reader:
                 vr = self.implicit_vr(tag, length, pos, out)
                 shown = vr if vr == "SQ" else _first_vr(tag)  # what part10's _vr_of says
             else:
-                vr, length, header = self.element_header(rel, pos)
+                vr = _VR_NAMES.get(raw_vr, "")
+                if not vr:
+                    raise FallBack  # pydicom would switch to implicit VR or guess a length
+                if vr in LONG_LENGTH_VRS:
+                    rel = self.need(pos, 12)
+                    length, header = _u32(self.buf, rel + 8)[0], 12
+                else:
+                    length, header = short_length, 8
                 shown = vr
             key = f"{tag:08X}"
             path = prefix + key

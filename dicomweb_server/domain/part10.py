@@ -45,6 +45,12 @@ __all__ = [
 
 _ITEM = 0xE000FFFE  # (FFFE,E000) read as little-endian uint32 of group, element
 _SEQUENCE_DELIMITER = 0xE0DDFFFE
+# Per level: the JSON keys it stores, and (column, key, VR) of its match keys.
+_LEVEL_KEYS = {level: tuple(tag_hex(a.tag) for a in LEVEL_ATTRIBUTES[level]) for level in Level}
+_COLUMNS = {
+    level: tuple((a.column, tag_hex(a.tag), a.vr) for a in LEVEL_ATTRIBUTES[level] if a.column)
+    for level in Level
+}
 
 
 def parse_part10(fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
@@ -131,12 +137,8 @@ def _build(header: Header, fp: BinaryIO, size: int, limits: ParseLimits) -> Inst
     bulk: list[BulkSpan] = []
     json_model = header.to_json((study, series, sop), bulk)
     levels = {
-        level: {
-            tag_hex(a.tag): json_model[tag_hex(a.tag)]
-            for a in LEVEL_ATTRIBUTES[level]
-            if tag_hex(a.tag) in json_model
-        }
-        for level in Level
+        level: {key: json_model[key] for key in keys if key in json_model}
+        for level, keys in _LEVEL_KEYS.items()
     }
     return InstanceRecord(
         study_instance_uid=study,
@@ -144,24 +146,12 @@ def _build(header: Header, fp: BinaryIO, size: int, limits: ParseLimits) -> Inst
         sop_instance_uid=sop,
         sop_class_uid=sop_class,
         transfer_syntax_uid=transfer_syntax,
-        study_columns={
-            a.column: _column_value(json_model, a.tag, a.vr)
-            for a in LEVEL_ATTRIBUTES[Level.STUDY]
-            if a.column
-        },
+        study_columns=_columns(json_model, Level.STUDY),
         series_columns={
-            **{
-                a.column: _column_value(json_model, a.tag, a.vr)
-                for a in LEVEL_ATTRIBUTES[Level.SERIES]
-                if a.column
-            },
+            **_columns(json_model, Level.SERIES),
             **_nested_columns(json_model),
         },
-        instance_columns={
-            a.column: _column_value(json_model, a.tag, a.vr)
-            for a in LEVEL_ATTRIBUTES[Level.INSTANCE]
-            if a.column
-        },
+        instance_columns=_columns(json_model, Level.INSTANCE),
         study_attributes=levels[Level.STUDY],
         series_attributes=levels[Level.SERIES],
         instance_attributes=levels[Level.INSTANCE],
@@ -207,9 +197,13 @@ def _nested_columns(model: dict[str, Any]) -> dict[str, str | int | None]:
     return columns
 
 
-def _column_value(model: dict[str, Any], tag: int, vr: str) -> str | int | None:
+def _columns(model: dict[str, Any], level: Level) -> dict[str, str | int | None]:
+    return {column: _column_value(model, key, vr) for column, key, vr in _COLUMNS[level]}
+
+
+def _column_value(model: dict[str, Any], key: str, vr: str) -> str | int | None:
     """A match value for the index: first value, PN as its alphabetic form, IS as int."""
-    element = model.get(tag_hex(tag))
+    element = model.get(key)
     if not element or not element.get("Value"):
         return None
     first = element["Value"][0]
