@@ -32,7 +32,6 @@ __all__ = [
     "as_body_message",
     "install",
     "sent_by_kernel",
-    "without_zerocopy",
 ]
 
 ZEROCOPY = "http.response.zerocopy"
@@ -45,14 +44,6 @@ _sent_by_kernel = 0  # bytes this process sent with sendfile (for tests and diag
 def sent_by_kernel() -> int:
     """Bytes sent with sendfile by this process since it started."""
     return _sent_by_kernel
-
-
-def without_zerocopy(scope: Scope) -> Scope:
-    """The scope with the extension withdrawn, for a middleware that must see the body bytes."""
-    extensions = scope.get("extensions")
-    if not extensions or ZEROCOPY not in extensions:
-        return scope
-    return {**scope, "extensions": {k: v for k, v in extensions.items() if k != ZEROCOPY}}
 
 
 def as_body_message(message: Message) -> Message:

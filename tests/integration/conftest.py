@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
-import uvicorn
+from live import serving
 from services import S3Endpoint, aws_environment
 from starlette.applications import Starlette
 
@@ -75,19 +72,6 @@ def _free_port() -> int:
 @pytest.fixture
 def live_server(tmp_path: Path) -> Iterator[str]:
     """A real uvicorn server on a loopback port; yields the DICOMweb root URL."""
-    port = _free_port()
-    settings = Settings(data_dir=tmp_path / "live", port=port)
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    yield settings.root_url
-    server.should_exit = True
-    thread.join(timeout=10)
+    settings = Settings(data_dir=tmp_path / "live", port=_free_port())
+    with serving(settings):
+        yield settings.root_url

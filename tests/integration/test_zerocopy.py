@@ -7,56 +7,32 @@ the socket, a client that leaves mid-stream, and the fallbacks (HEAD, no extensi
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
+from live import serving
 
-from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
 from dicomweb_server.web import zerocopy
 
 INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def zerocopy_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     """uvicorn (httptools) with the zero-copy cycle installed; yields (root URL, port)."""
     assert zerocopy.install()
-    port = _free_port()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
     settings = Settings(data_dir=tmp_path / "zc", port=port)
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        http="httptools",
-        log_level="warning",
-        access_log=False,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    yield settings.root_url, port
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(settings, http="httptools"):
+        yield settings.root_url, port
 
 
 def _store_study(root: str, count: int, size: int) -> tuple[str, dict[str, bytes]]:
