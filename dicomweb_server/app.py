@@ -25,7 +25,7 @@ from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
-from dicomweb_server.web import zerocopy
+from dicomweb_server.web import balance, zerocopy
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
@@ -297,6 +297,8 @@ def create_app(settings: Settings) -> Starlette:
 def app_from_env() -> Starlette:
     """Factory for uvicorn workers: settings from DICOMWEB_* variables."""
     settings = Settings.from_env()
-    if settings.wado_zero_copy:
-        zerocopy.install()  # before the worker accepts its first connection
+    # before the worker accepts its first connection
+    zerocopy.install(send_files=bool(settings.wado_zero_copy))
+    if settings.accept_balance:
+        balance.install()  # runs before uvicorn's startup opens the listening socket
     return create_app(settings)

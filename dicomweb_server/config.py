@@ -17,6 +17,8 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = 0  # uvicorn worker processes; 0: one per CPU core
+    # 1: with several workers, the one serving fewest connections accepts first (web/balance.py)
+    accept_balance: int = 1
     data_dir: Path = Path("data")
     # Public URL of the DICOMweb root, used in RetrieveURL and BulkDataURI values.
     # Empty: http://{host}:{port}/dicomweb (never the request's Host header alone).

@@ -96,20 +96,52 @@ class RegionStreamingResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def install() -> bool:
-    """Give uvicorn's httptools protocol the zero-copy cycle (idempotent); False if unusable."""
+class _BodyChunks:
+    """Where uvicorn's protocol puts request body bytes (`body += data`, `len(body)`): the
+    chunks themselves. uvicorn appends each to a bytearray and copies that into a new bytes
+    object per receive, two copies of every byte a STOW-RS request uploads; `bytes()` of this
+    returns a lone chunk as it is and joins several (one copy)."""
+
+    __slots__ = ("_chunks", "_size")
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+        self._size = 0
+
+    def __iadd__(self, data: bytes) -> _BodyChunks:
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
+        return self
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __bytes__(self) -> bytes:
+        if len(self._chunks) == 1:
+            return self._chunks[0]
+        return b"".join(self._chunks)
+
+
+def install(*, send_files: bool = True) -> bool:
+    """Give uvicorn's httptools protocol our request cycle (idempotent); False if unusable.
+
+    The cycle always receives request bodies without uvicorn's two copies; with `send_files`
+    it also offers the zero-copy send extension to the application.
+    """
     try:
         from uvicorn.protocols.http import httptools_impl
     except ImportError:  # uvicorn[standard] brings httptools; without it there is nothing to do
         return False
     base = httptools_impl.RequestResponseCycle
     if getattr(base, "_dicomweb_zerocopy", False):
+        base._send_files = send_files  # type: ignore[attr-defined]
         return True
     if not hasattr(os, "sendfile") or not hasattr(select, "poll"):  # pragma: no cover
         return False
 
     class ZeroCopyCycle(base):  # type: ignore[misc, valid-type]
-        """uvicorn's cycle, plus `http.response.zerocopy`.
+        """uvicorn's cycle, plus `http.response.zerocopy` and a request body kept as chunks.
 
         From a response's first region on, its body goes straight to the socket (sendfile for
         regions, write for the bytes between them), provided nothing is queued in the transport
@@ -118,11 +150,19 @@ def install() -> bool:
         """
 
         _dicomweb_zerocopy = True
+        _send_files = send_files
         _direct: bool | None = None  # decided at the response's first region
 
         def __init__(self, scope: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(scope, *args, **kwargs)
-            scope.setdefault("extensions", {})[ZEROCOPY] = {}
+            self.body = _BodyChunks()
+            if self._send_files:
+                scope.setdefault("extensions", {})[ZEROCOPY] = {}
+
+        async def receive(self) -> Any:
+            message = await super().receive()  # bytes(self.body), then a new bytearray...
+            self.body = _BodyChunks()  # ...replaced before the protocol can append to it
+            return message
 
         async def send(self, message: Any) -> None:
             kind = message["type"]

@@ -126,3 +126,42 @@ def test_head_and_compressing_clients_get_the_same_answer(
     gzip = httpx.get(url, headers={"Accept": INSTANCES, "Accept-Encoding": "gzip"}, timeout=60)
     assert "content-encoding" not in gzip.headers  # DICOM is not compressed
     assert _parts_by_sop(gzip.content, gzip.headers["content-type"]) == expected
+
+
+def test_request_body_chunks_are_handed_over_without_a_copy() -> None:
+    chunks = zerocopy._BodyChunks()
+    assert bytes(chunks) == b""
+    assert len(chunks) == 0
+    first = b"a" * 1000
+    chunks += first
+    assert bytes(chunks) is first  # uvicorn copied each chunk twice: into a bytearray, out
+    chunks += b""
+    chunks += b"bc"
+    assert len(chunks) == 1002
+    assert bytes(chunks) == first + b"bc"
+
+
+def test_a_store_trickled_in_small_writes_is_stored_whole(
+    zerocopy_server: tuple[str, int],
+) -> None:
+    """Chunks that pile up between two receives are joined in order."""
+    root, port = zerocopy_server
+    study, series = uid(), uid()
+    data = to_part10(ct_dataset(study, series, rows=64, columns=64, instance_number=1, seed=7))
+    body, content_type = multipart_body([data])
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: test\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(head)
+        for start in range(0, len(body), 997):
+            sock.sendall(body[start : start + 997])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
+    stored = _parts_by_sop(response.content, response.headers["content-type"])
+    assert list(stored.values()) == [b"\0" * 128 + data[128:]]
