@@ -120,6 +120,30 @@ def _target_text(entry: dict[str, Any]) -> tuple[str, str]:
     return target["text"], "; ".join(parts)
 
 
+def _cpu_table(metrics: list[dict[str, Any]]) -> list[str]:
+    """Server CPU per stored instance: steadier than rates on a shared machine."""
+    key = "server_cpu_ms_per_instance"
+    rows = [m for m in metrics if any(key in r.get("extra", {}) for r in m["results"].values())]
+    if not rows:
+        return []
+    names = [n for n in SERVERS if any(n in m["results"] for m in rows)]
+    lines = [
+        "",
+        "Server CPU per stored instance, ms (median over rounds; user + system time of the"
+        " server's processes, PostgreSQL and the S3 gateway not counted):",
+        "",
+        "| Metric | " + " | ".join(SERVER_LABELS[n] for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for m in rows:
+        cells = []
+        for name in names:
+            value = m["results"].get(name, {}).get("extra", {}).get(key)
+            cells.append("n/a" if value is None else f"{value:.2f}")
+        lines.append(f"| {m['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """The results table plus a header naming the machine, the load and the corpus."""
     meta = document["meta"]
@@ -165,6 +189,7 @@ def render_markdown(document: dict[str, Any]) -> str:
             verdict,
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += _cpu_table(document["metrics"])
     notes = meta.get("notes") or []
     if notes:
         lines += ["", "Notes:", ""]

@@ -302,13 +302,15 @@ async def _latency_round(
 
 async def _stow_round(
     session: aiohttp.ClientSession,
-    root: str,
+    server: Server,
     plan: Plan,
     files: list[bytes],
     into: Collected,
 ) -> None:
     reqs = client.stow_requests(files, plan.per_request)
-    wall, results = await client.stow(session, root, reqs, plan.concurrency)
+    cpu_before = server.cpu_seconds()
+    wall, results = await client.stow(session, server.root, reqs, plan.concurrency)
+    cpu = server.cpu_seconds() - cpu_before
     bad = [r for r in results if not r.ok]
     for result in bad:
         into.fail(result)
@@ -319,6 +321,8 @@ async def _stow_round(
     into.samples.append(rate if plan.metric.unit == "inst/s" else volume / wall / 1e6)
     into.add_extra("inst_per_s", rate)
     into.add_extra("mb_per_s", volume / wall / 1e6)
+    # The server's own processes only: PostgreSQL and the S3 gateway are not counted.
+    into.add_extra("server_cpu_ms_per_instance", cpu / len(files) * 1000)
     for result in results:
         into.add_extra("request_ms", result.seconds * 1000)
 
@@ -515,7 +519,7 @@ async def _run_round(
             files = [with_round(data, stow_round) for data in corpus.series["ct"].files]
         else:
             files = small_instances(2_000_000 + stow_round * 1000, 200)
-        await _stow_round(session, server.root, plan, files, into)
+        await _stow_round(session, server, plan, files, into)
     elif plan.kind == "mix":
         await _mix_round(server.root, mix, r, into)
     else:

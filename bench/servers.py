@@ -80,6 +80,18 @@ class Server:
         except OSError:
             return [self.process.pid]
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU used so far by the process and its direct children (workers, and
+        their threads); a robust cost figure when wall-clock rates swing with machine load."""
+        total = 0
+        for pid in self.pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            total += int(fields[11]) + int(fields[12])  # utime, stime in clock ticks
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
