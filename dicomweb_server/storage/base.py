@@ -96,6 +96,11 @@ class BlobStore(Protocol):
         """`read_view`, or a region of a local file that a response can send without a copy."""
         ...
 
+    def local_region(self, key: str, start: int, length: int) -> FileRegion | None:
+        """The span as a region of a local file, named without touching the disk (the sender
+        checks it), or None where objects are not local files."""
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error."""
         ...

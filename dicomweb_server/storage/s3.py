@@ -405,6 +405,11 @@ class S3BlobStore:
     async def read_view(self, key: str, start: int, length: int) -> bytes:
         return await self.read_range(key, start, length)
 
+    def local_region(self, key: str, start: int, length: int) -> None:
+        """Objects are not local files (the key is still checked, as everywhere)."""
+        _check_key(key)
+        return None
+
     async def delete(self, key: str) -> None:
         # S3 deletes are idempotent: a missing key answers 204 like a present one.
         with _wrapped("delete", key):

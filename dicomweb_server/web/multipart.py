@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
@@ -16,6 +16,7 @@ __all__ = [
     "iter_multipart",
     "iter_parts",
     "multipart_content_type",
+    "multipart_framing",
     "new_boundary",
     "parse_media_type",
 ]
@@ -403,14 +404,30 @@ def _encode_part_headers(headers: dict[str, str]) -> bytes:
     return "".join(lines).encode("latin-1")
 
 
+def _marker(boundary: str) -> bytes:
+    # A bad boundary here is our bug, not the client's: a built-in error, never a 400.
+    if not _BOUNDARY_RE.fullmatch(boundary):
+        raise ValueError(f"invalid multipart boundary {boundary!r}")
+    return b"--" + boundary.encode("ascii")
+
+
+def multipart_framing(headers: Iterable[dict[str, str]], boundary: str) -> list[bytes]:
+    """The bytes `iter_multipart` writes around the bodies of parts with these headers: one
+    piece before each body, then the closing delimiter."""
+    marker = _marker(boundary)
+    pieces = [
+        (b"\r\n" if n else b"") + marker + b"\r\n" + _encode_part_headers(part) + b"\r\n"
+        for n, part in enumerate(headers)
+    ]
+    pieces.append((b"\r\n" if pieces else b"") + marker + b"--\r\n")
+    return pieces
+
+
 async def iter_multipart(
     parts: AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]], boundary: str
 ) -> AsyncIterator[bytes]:
     """Yield a multipart/related body part by part, passing body chunks through uncopied."""
-    # A bad boundary here is our bug, not the client's: a built-in error, never a 400.
-    if not _BOUNDARY_RE.fullmatch(boundary):
-        raise ValueError(f"invalid multipart boundary {boundary!r}")
-    marker = b"--" + boundary.encode("ascii")
+    marker = _marker(boundary)
     lead = b""  # the CRLF that ends the previous part travels with the next delimiter
     async for headers, body in parts:
         yield lead + marker + b"\r\n" + _encode_part_headers(headers) + b"\r\n"

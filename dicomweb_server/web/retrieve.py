@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from dicomweb_server.index.base import StoredInstance
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
+from dicomweb_server.storage.base import FileRegion
 from dicomweb_server.web.errors import error_response
-from dicomweb_server.web.multipart import iter_multipart, multipart_content_type, new_boundary
+from dicomweb_server.web.multipart import (
+    iter_multipart,
+    multipart_content_type,
+    multipart_framing,
+    new_boundary,
+)
 from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
 from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
 from dicomweb_server.web.state import AppState
-from dicomweb_server.web.zerocopy import RegionStreamingResponse
+from dicomweb_server.web.zerocopy import REGIONS, RegionStreamingResponse
 
 __all__ = [
     "retrieve_bulkdata",
@@ -50,11 +57,41 @@ async def _instances_response(
     The next objects are read while one is sent (Settings.wado_read_ahead_*). The first
     instance is prepared before the status is sent, so a transfer syntax we cannot produce is
     a 406; a later instance that fails aborts the stream (and is logged). When every instance
-    is sent as stored and the listing is short, the response carries a Content-Length.
+    is sent as stored and the listing is short, the response carries a Content-Length, and
+    where the objects are local files the server can send (`_files_response`) it does so.
     """
     settings = state.settings
     wanted = accept_instances(request.headers.get("accept"))
     listed, more = await _list_some(instances, settings.wado_sized_max_instances)
+    boundary = new_boundary()
+    root = settings.root_url
+
+    def headers(instance: StoredInstance, syntax: str) -> dict[str, str]:
+        key = instance.key
+        return {
+            "Content-Type": f"application/dicom; transfer-syntax={syntax}",
+            "Content-Location": (
+                f"{root}/studies/{key.study_instance_uid}/series/{key.series_instance_uid}"
+                f"/instances/{key.sop_instance_uid}"
+            ),
+        }
+
+    sized = more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed)
+    if sized:
+        framing = multipart_framing([headers(i, i.transfer_syntax_uid) for i in listed], boundary)
+        length = {"Content-Length": str(sum(map(len, framing)) + sum(i.size for i in listed))}
+        content_type = multipart_content_type("application/dicom", boundary)
+        if listed and REGIONS in (request.scope.get("extensions") or {}):
+            regions = [state.blobs.local_region(i.blob_key, 0, i.size) for i in listed]
+            if all(region is not None for region in regions):
+                # A missing object is an error before the status, as on the other path.
+                await state.blobs.read_sendable(listed[0].blob_key, 0, listed[0].size)
+                batches = _batches(framing, regions, settings.wado_read_ahead_objects)
+                return RegionStreamingResponse(
+                    cast(AsyncIterator[bytes], batches),  # lists of pieces: see the class
+                    headers=length,
+                    media_type=content_type,
+                )
     opened = state.retrieve.iter_opened_instances(
         _chain(listed, more),
         wanted,
@@ -66,17 +103,6 @@ async def _instances_response(
     except BaseException:
         await opened.aclose()
         raise
-    boundary = new_boundary()
-
-    def headers(instance: StoredInstance, syntax: str) -> dict[str, str]:
-        return {
-            "Content-Type": f"application/dicom; transfer-syntax={syntax}",
-            "Content-Location": (
-                f"{settings.root_url}/studies/{instance.key.study_instance_uid}"
-                f"/series/{instance.key.series_instance_uid}"
-                f"/instances/{instance.key.sop_instance_uid}"
-            ),
-        }
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         try:
@@ -87,16 +113,27 @@ async def _instances_response(
         finally:
             await opened.aclose()
 
-    length: dict[str, str] = {}
-    if more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed):
-        framing = [headers(i, i.transfer_syntax_uid) for i in listed]
-        size = await _framing_size(framing, boundary) + sum(i.size for i in listed)
-        length["Content-Length"] = str(size)
     return RegionStreamingResponse(
         _logged(iter_multipart(parts(), boundary)),
-        headers=length,
+        headers=length if sized else {},
         media_type=multipart_content_type("application/dicom", boundary),
     )
+
+
+async def _batches(
+    framing: list[bytes], regions: Sequence[FileRegion | None], per_batch: int
+) -> AsyncIterator[list[bytes | FileRegion]]:
+    """The multipart body as lists of pieces, `per_batch` objects each: the server opens a
+    batch's files and reads them ahead together, then sends the batch in one go."""
+    batch: list[bytes | FileRegion] = []
+    for piece, region in zip(framing, regions, strict=False):
+        assert region is not None
+        batch += (piece, region)
+        if len(batch) >= 2 * per_batch:
+            yield batch
+            batch = []
+    batch.append(framing[-1])
+    yield batch
 
 
 async def _list_some(
@@ -119,16 +156,6 @@ async def _chain(
     if more is not None:
         async for instance in more:
             yield instance
-
-
-async def _framing_size(headers: list[dict[str, str]], boundary: str) -> int:
-    """Bytes the multipart writer adds around these parts' bodies (delimiters, headers)."""
-
-    async def bodiless() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        for part in headers:
-            yield part, _one(b"")
-
-    return sum([len(chunk) async for chunk in iter_multipart(bodiless(), boundary)])
 
 
 async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

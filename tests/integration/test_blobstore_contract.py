@@ -198,8 +198,22 @@ async def test_overwrite_replaces_the_object(store: BlobStore) -> None:
     assert len(await _keys(store)) == 3
 
 
+async def test_local_region_names_the_span_of_a_local_file_or_nothing(store: BlobStore) -> None:
+    data = _data(100_000)
+    await store.put(KEY, _chunks(data))
+    region = store.local_region(KEY, 10, 500)
+    if isinstance(store, S3BlobStore):
+        assert region is None  # S3 objects are not local files
+        return
+    assert region is not None
+    assert (region.offset, region.count) == (10, 500)
+    assert bytes(region.view()) == data[10:510]
+
+
 async def test_invalid_keys_are_refused(store: BlobStore) -> None:
     for key in ["", "/abs", "a//b", "../x", "a/./b", "a b", "a/", "é"]:
+        with pytest.raises(ValueError):
+            store.local_region(key, 0, 1)
         with pytest.raises(ValueError):
             await store.put(key, _chunks(b"x"))
         with pytest.raises(ValueError):

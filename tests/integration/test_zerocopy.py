@@ -18,6 +18,7 @@ from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, u
 from live import serving
 
 from dicomweb_server.config import Settings
+from dicomweb_server.storage.base import FileRegion
 from dicomweb_server.web import zerocopy
 
 INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -165,3 +166,53 @@ def test_a_store_trickled_in_small_writes_is_stored_whole(
     response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
     stored = _parts_by_sop(response.content, response.headers["content-type"])
     assert list(stored.values()) == [b"\0" * 128 + data[128:]]
+
+
+def _sops_in_order(body: bytes, content_type: str) -> list[str]:
+    return [h["content-location"].rsplit("/", 1)[1] for h, _ in parse_multipart(body, content_type)]
+
+
+def _object_files(data_dir: Path) -> dict[str, Path]:
+    """Stored object files by SOP Instance UID (keys end in <sop>/<digest>.dcm)."""
+    return {path.parent.name: path for path in (data_dir / "objects").rglob("*.dcm")}
+
+
+def test_a_missing_first_object_is_a_404_before_any_byte(
+    zerocopy_server: tuple[str, int], tmp_path: Path
+) -> None:
+    root, _ = zerocopy_server
+    study, _ = _store_study(root, 3, 100_000)
+    for path in _object_files(tmp_path / "zc").values():
+        path.unlink()
+    response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
+    assert response.status_code == 404
+
+
+def test_a_short_later_object_cuts_the_answer_short(
+    zerocopy_server: tuple[str, int], tmp_path: Path
+) -> None:
+    """Past the status a failure can only end the stream early: the client must see it."""
+    root, _ = zerocopy_server
+    study, _ = _store_study(root, 3, 100_000)
+    url = f"{root}/studies/{study}"
+    whole = httpx.get(url, headers={"Accept": INSTANCES}, timeout=60)
+    first, *later = _sops_in_order(whole.content, whole.headers["content-type"])
+    for sop, path in _object_files(tmp_path / "zc").items():
+        if sop in later:
+            path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(httpx.RemoteProtocolError):
+        httpx.get(url, headers={"Accept": INSTANCES}, timeout=60)
+    again = httpx.get(f"{root}/studies/{study}/series", timeout=60)  # still serving
+    assert again.status_code == 200
+
+
+def test_regions_message_becomes_one_body_for_middlewares(tmp_path: Path) -> None:
+    path = tmp_path / "object"
+    path.write_bytes(b"0123456789")
+    message = {
+        "type": zerocopy.REGIONS,
+        "items": [b"ab", FileRegion(str(path), 2, 5), b"cd"],
+        "more_body": True,
+    }
+    body = zerocopy.as_body_message(message)
+    assert body == {"type": "http.response.body", "body": b"ab23456cd", "more_body": True}
