@@ -45,6 +45,7 @@ _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 2046 5.1.1 allows 1..70 characters; we accept any printable ASCII, space not last.
 _BOUNDARY_RE = re.compile(r"[\x20-\x7e]{0,69}[\x21-\x7e]")
 _MAX_REASON_INPUT = 100  # characters of offending input quoted in an error reason
+_PIECE = 1024  # bytes moved into the buffer at a time while boundary lines and headers are read
 
 
 def _excerpt(text: str) -> str:
@@ -184,29 +185,75 @@ class _Reader:
         return self._state is _State.DONE
 
     def feed(self, data: bytes) -> Iterator[MultipartPart]:
-        """Consume one chunk and yield each part it completes."""
+        """Consume one chunk and yield each part it completes.
+
+        Body bytes go to the part as views of `data`, not copied; only what follows a delimiter
+        up to the end of the part headers (read `_PIECE` bytes at a time), and the end of a
+        chunk that may begin a delimiter, pass through the buffer.
+        """
         if self._state is _State.DONE:
             return
         self._received += len(data)
-        if self._state in _SCANNING and self._pass_through(data):
-            return
-        self._buf += data
-        while True:
-            if self._state in _SCANNING:
-                if not self._find_delimiter():
+        pos, end = 0, len(data)
+        delimiter = self._delimiter
+        while self._state is not _State.DONE:
+            if self._state not in _SCANNING:
+                if self._state is _State.BOUNDARY_LINE:
+                    complete = self._read_boundary_line()
+                else:
+                    complete = self._read_headers()
+                if complete:
+                    continue
+                if pos >= end:
                     return
-                if self._part is not None:
-                    part, self._part = self._part, None
-                    part.file.seek(0)
-                    yield part
-            elif self._state is _State.BOUNDARY_LINE:
-                if not self._read_boundary_line():
+                self._buf += data[pos : pos + _PIECE]
+                pos = min(end, pos + _PIECE)
+                continue
+            # Body bytes read along with the headers: searched in the buffer.
+            if len(self._buf) >= len(delimiter) and self._find_delimiter():
+                yield from self._finished()
+                continue
+            if self._buf:  # at most a delimiter's beginning, held from the previous chunk
+                if end - pos < len(delimiter) - 1:  # too little to decide: buffer it
+                    self._buf += data[pos:]
+                    pos = end
+                    if self._find_delimiter():
+                        yield from self._finished()
+                        continue
                     return
-            elif self._state is _State.HEADERS:
-                if not self._read_headers():
-                    return
-            else:
+                held = len(self._buf)
+                at = (bytes(self._buf) + data[pos : pos + len(delimiter) - 1]).find(delimiter)
+                if 0 <= at < held:
+                    self._consume(at)
+                    self._buf = bytearray()
+                    pos += at + len(delimiter) - held
+                    self._state, self._scan = _State.BOUNDARY_LINE, 0
+                    yield from self._finished()
+                    continue
+                self._consume(held)  # no delimiter begins there: they are body bytes
+            at = data.find(delimiter, pos)
+            if at < 0:
+                keep = self._partial_delimiter(data, pos)
+                self._write_slice(data, pos, end - keep)
+                if keep:
+                    self._buf = bytearray(data[end - keep :])
                 return
+            self._write_slice(data, pos, at)
+            pos = at + len(delimiter)
+            self._state, self._scan = _State.BOUNDARY_LINE, 0
+            yield from self._finished()
+
+    def _finished(self) -> Iterator[MultipartPart]:
+        """The part a delimiter just closed, if any (none for the preamble)."""
+        if self._part is not None:
+            part, self._part = self._part, None
+            part.file.seek(0)
+            yield part
+
+    def _write_slice(self, data: bytes, start: int, stop: int) -> None:
+        """Append `data[start:stop]` to the part as a view (the spool keeps it, uncopied)."""
+        if stop > start:
+            self._write(data if stop - start == len(data) else memoryview(data)[start:stop])
 
     def _find_delimiter(self) -> bool:
         """Move bytes before the next delimiter into the part (or drop them in the preamble)."""
@@ -224,22 +271,10 @@ class _Reader:
         self._scan = 0
         return True
 
-    def _pass_through(self, data: bytes) -> bool:
-        """Write a chunk holding no delimiter straight from the caller's bytes, saving a copy."""
-        if self._buf or self._delimiter in data:
-            return False
-        held = self._partial_delimiter(data)
-        if held:
-            self._write(memoryview(data)[:-held])  # the spool keeps this view of the chunk
-            self._buf = bytearray(data[-held:])
-        else:
-            self._write(data)
-        return True
-
-    def _partial_delimiter(self, data: bytes | bytearray) -> int:
-        """Length of the tail of `data` that could begin a delimiter, to hold back."""
+    def _partial_delimiter(self, data: bytes | bytearray, start: int = 0) -> int:
+        """Length of the tail of `data[start:]` that could begin a delimiter, to hold back."""
         # The delimiter's only CR is its first byte, so only the last CR can start one.
-        cr = data.rfind(b"\r", max(0, len(data) - len(self._delimiter) + 1))
+        cr = data.rfind(b"\r", max(start, len(data) - len(self._delimiter) + 1))
         if cr >= 0 and self._delimiter.startswith(data[cr:]):
             return len(data) - cr
         return 0

@@ -72,6 +72,18 @@ def test_report_renders_ratios_targets_and_na() -> None:
     assert "0.25" in text
 
 
+def test_report_renders_server_cpu_per_instance_for_stow() -> None:
+    metric = Metric("stow.x", "STOW-RS", "A store", "MB/s", True, None, "why")
+    key = "server_cpu_ms_per_instance"
+    ours = Summary(median=100.0, p95=90.0, n=2, extra={key: 3.5})
+    entry = metric_results(metric, {"ours": ours, "orthanc": Summary(median=50.0, p95=40.0, n=2)})
+    text = render_markdown(results_document({"started": "now"}, {}, [entry]))
+    assert "Server CPU per stored instance" in text
+    assert "| A store | 3.50 | n/a |" in text
+    plain = metric_results(metric, {"ours": Summary(median=1.0, p95=1.0, n=1)})
+    assert "Server CPU" not in render_markdown(results_document({}, {}, [plain]))
+
+
 def test_scale_report_renders_steps() -> None:
     step = {
         "instances": 300,

@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
+from dicomweb_server.web import multipart
 from dicomweb_server.web.multipart import iter_parts
 
 FUZZ = settings(
@@ -88,3 +89,23 @@ def test_mutated_valid_bodies(noise: bytes, at: int) -> None:
     data[at : at + len(noise)] = noise
     with contextlib.suppress(MalformedRequestError, PayloadTooLargeError):
         _read(bytes(data), "b", [at])
+
+
+@FUZZ
+@given(
+    st.lists(st.lists(BODIES, max_size=40).map(b"".join), min_size=1, max_size=4),
+    st.lists(st.integers(min_value=0), max_size=12),
+    st.integers(min_value=1, max_value=9),
+)
+def test_round_trip_reading_headers_a_few_bytes_at_a_time(
+    bodies: list[bytes], cuts: list[int], piece: int
+) -> None:
+    """Longer bodies, and the buffer filled `piece` bytes at a time after each delimiter, so
+    delimiters fall across every kind of junction between the buffer and a chunk."""
+    assume(not any(b"\r\n--b" in b"\r\n" + body + b"\r\n" for body in bodies))
+    saved = multipart._PIECE
+    multipart._PIECE = piece
+    try:
+        assert _read(_encode(bodies, "b"), "b", cuts) == bodies
+    finally:
+        multipart._PIECE = saved

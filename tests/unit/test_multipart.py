@@ -674,3 +674,31 @@ def test_property_parse_media_type_round_trips_quoted_values(params: dict[str, s
     }
     header = "multipart/related" + "".join(f'; {name}="{value}"' for name, value in escaped.items())
     assert parse_media_type(header) == ("multipart/related", params)
+
+
+async def test_body_bytes_stay_views_of_the_chunks_that_hold_delimiters() -> None:
+    """A chunk that holds a delimiter is not copied into the reader's buffer: each part keeps
+    views of the chunks it arrived in (only header blocks and delimiter ends are copied)."""
+    bodies = [bytes([n]) * 20_000 for n in range(1, 4)]
+    data = b""
+    for body in bodies:
+        data += b"--b\r\nContent-Type: application/dicom\r\n\r\n" + body + b"\r\n"
+    data += b"--b--\r\n"
+    chunks = [data[:30_000], data[30_000:]]
+
+    async def stream() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+
+    parts = [
+        p async for p in multipart.iter_parts(stream(), "b", max_part_size=1 << 20, max_parts=9)
+    ]
+    try:
+        assert [p.file.read() for p in parts] == bodies
+        for part in parts:
+            big = [b for b in part.file.buffers() if len(b) > 2_000]
+            assert big
+            assert all(isinstance(b, memoryview) and b.obj in chunks for b in big)
+    finally:
+        for part in parts:
+            part.close()
