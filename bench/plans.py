@@ -155,7 +155,7 @@ def build_plans(
             Metric("wado.study", "WADO-RS", "Retrieve the CT study (300 × 512²)", "MB/s", True,
                    Target(">=", 0.8, "vs_ceiling", "≥ 80 % of ceiling"),
                    "whole study as multipart application/dicom, as stored"),
-            "transfer", requests=lambda r: [study_req] * 2, probe=study_req,
+            "transfer", requests=lambda r: [study_req] * 4, probe=study_req,
         )
     )  # fmt: skip
     meta_req = Req(f"/studies/{ct.study}/series/{ct.series}/metadata", JSON)

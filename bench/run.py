@@ -93,6 +93,10 @@ class Options:
 # --- machine --------------------------------------------------------------------------------
 
 
+_SETTLE_BUSY = 0.15  # a plan starts once the machine was at most this busy for half a second
+_SETTLE_MAX = 15.0  # ...or after this many seconds
+
+
 def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
@@ -109,6 +113,28 @@ def wait_for_quiet(threshold: float, max_wait: float) -> tuple[float, float]:
         time.sleep(5)
         load = load_average()
     return time.monotonic() - started, load
+
+
+def _cpu_busy() -> tuple[int, int]:
+    """(busy, total) CPU ticks of the whole machine so far."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+async def settle(max_busy: float = _SETTLE_BUSY, max_wait: float = _SETTLE_MAX) -> float:
+    """Wait (up to `max_wait` s) for a half second in which the machine is at most `max_busy`
+    busy, so the previous plan's leftovers (a checkpoint, autovacuum, a server's housekeeping)
+    do not land in the next plan's first rounds; returns the seconds waited."""
+    started = time.monotonic()
+    while True:
+        busy0, total0 = _cpu_busy()
+        await asyncio.sleep(0.5)
+        busy1, total1 = _cpu_busy()
+        if total1 == total0 or (busy1 - busy0) / (total1 - total0) <= max_busy:
+            return time.monotonic() - started
+        if time.monotonic() - started >= max_wait:
+            return time.monotonic() - started
 
 
 def _cpu_model() -> str:
@@ -453,6 +479,7 @@ async def _measure(
             for name, why in unavailable.items():
                 collected[name].note = why
             rounds = opts.stow_rounds if plan.kind == "stow" else opts.rounds
+            settled = await settle()
             started = time.monotonic()
             for r in range(rounds):
                 order = active if r % 2 == 0 else list(reversed(active))
@@ -487,9 +514,13 @@ async def _measure(
                 if name in summaries:
                     summaries[name].extra.update(json.loads(values))
             entry = metric_results(metric, summaries)
+            entry["settled_s"] = round(settled, 1)
             metrics.append(entry)
             shown = {n: entry["results"][n]["median"] for n in entry["results"]}
-            log(f"{metric.id}: {shown} ({time.monotonic() - started:.1f}s)")
+            log(
+                f"{metric.id}: {shown} ({time.monotonic() - started:.1f}s,"
+                f" after {settled:.1f}s settling)"
+            )
     return metrics
 
 
