@@ -26,8 +26,8 @@ __all__ = ["install"]
 
 log = logging.getLogger("dicomweb_server.balance")
 
-_PAUSE_PER_CONNECTION = 0.002  # seconds a worker waits per connection it already serves
-_MAX_PAUSE_CONNECTIONS = 16  # beyond this many, the order of accepts no longer matters
+_PAUSE_PER_CONNECTION = 0.001  # seconds a worker waits per connection it already serves
+_MAX_PAUSE_CONNECTIONS = 10  # so no connection waits more than 10 ms to be accepted
 _ERROR_PAUSE = 0.1  # seconds before accepting again after a failed accept
 
 
