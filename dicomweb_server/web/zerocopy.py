@@ -197,6 +197,15 @@ def install(*, send_files: bool = True) -> bool:
             if self._direct and kind in (ZEROCOPY, REGIONS, "http.response.body"):
                 await _send_direct(self, message)
                 return
+            if kind == REGIONS:  # piece by piece, regions mapped (as_body_message would copy)
+                for item in message["items"]:
+                    body = item.view() if isinstance(item, FileRegion) else item
+                    await super().send(
+                        {"type": "http.response.body", "body": body, "more_body": True}
+                    )
+                if not message.get("more_body", False):
+                    await super().send({"type": "http.response.body", "body": b""})
+                return
             await super().send(as_body_message(message))
 
         def _can_write_directly(self) -> bool:

@@ -127,6 +127,7 @@ def test_head_and_compressing_clients_get_the_same_answer(
     gzip = httpx.get(url, headers={"Accept": INSTANCES, "Accept-Encoding": "gzip"}, timeout=60)
     assert "content-encoding" not in gzip.headers  # DICOM is not compressed
     assert _parts_by_sop(gzip.content, gzip.headers["content-type"]) == expected
+    assert int(head.headers["content-length"]) == len(gzip.content)
 
 
 def test_request_body_chunks_are_handed_over_without_a_copy() -> None:
@@ -216,3 +217,22 @@ def test_regions_message_becomes_one_body_for_middlewares(tmp_path: Path) -> Non
     }
     body = zerocopy.as_body_message(message)
     assert body == {"type": "http.response.body", "body": b"ab23456cd", "more_body": True}
+
+
+def test_regions_go_through_the_transport_when_the_socket_cannot_be_written_directly(
+    zerocopy_server: tuple[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bytes already queued in the transport when a response's first region comes: the
+    regions are written through uvicorn as mapped views instead, in order."""
+    from uvicorn.protocols.http import httptools_impl
+
+    root, _ = zerocopy_server
+    study, expected = _store_study(root, 4, 200_000)
+    cycle = httptools_impl.RequestResponseCycle
+    monkeypatch.setattr(cycle, "_can_write_directly", lambda self: False)
+    before = zerocopy.sent_by_kernel()
+    response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
+    assert zerocopy.sent_by_kernel() == before
