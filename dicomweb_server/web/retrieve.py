@@ -58,7 +58,8 @@ async def _instances_response(
     instance is prepared before the status is sent, so a transfer syntax we cannot produce is
     a 406; a later instance that fails aborts the stream (and is logged). When every instance
     is sent as stored and the listing is short, the response carries a Content-Length, and
-    where the objects are local files the server can send (`_files_response`) it does so.
+    where the objects are local files the server can send, it sends them in batches
+    (`_batches`).
     """
     settings = state.settings
     wanted = accept_instances(request.headers.get("accept"))
@@ -76,22 +77,21 @@ async def _instances_response(
             ),
         }
 
-    sized = more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed)
-    if sized:
+    content_type = multipart_content_type("application/dicom", boundary)
+    length: dict[str, str] = {}
+    if more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed):
         framing = multipart_framing([headers(i, i.transfer_syntax_uid) for i in listed], boundary)
-        length = {"Content-Length": str(sum(map(len, framing)) + sum(i.size for i in listed))}
-        content_type = multipart_content_type("application/dicom", boundary)
-        if listed and REGIONS in (request.scope.get("extensions") or {}):
-            regions = [state.blobs.local_region(i.blob_key, 0, i.size) for i in listed]
-            if all(region is not None for region in regions):
-                # A missing object is an error before the status, as on the other path.
-                await state.blobs.read_sendable(listed[0].blob_key, 0, listed[0].size)
-                batches = _batches(framing, regions, settings.wado_read_ahead_objects)
-                return RegionStreamingResponse(
-                    cast(AsyncIterator[bytes], batches),  # lists of pieces: see the class
-                    headers=length,
-                    media_type=content_type,
-                )
+        length["Content-Length"] = str(sum(map(len, framing)) + sum(i.size for i in listed))
+        regions = _local_regions(state, listed)
+        if regions and REGIONS in (request.scope.get("extensions") or {}):
+            # A missing object is an error before the status, as on the other path.
+            await state.blobs.read_sendable(listed[0].blob_key, 0, listed[0].size)
+            batches = _batches(framing, regions, settings.wado_read_ahead_objects)
+            return RegionStreamingResponse(
+                cast(AsyncIterator[bytes], batches),  # lists of pieces: see the class
+                headers=length,
+                media_type=content_type,
+            )
     opened = state.retrieve.iter_opened_instances(
         _chain(listed, more),
         wanted,
@@ -114,20 +114,28 @@ async def _instances_response(
             await opened.aclose()
 
     return RegionStreamingResponse(
-        _logged(iter_multipart(parts(), boundary)),
-        headers=length if sized else {},
-        media_type=multipart_content_type("application/dicom", boundary),
+        _logged(iter_multipart(parts(), boundary)), headers=length, media_type=content_type
     )
 
 
+def _local_regions(state: AppState, listed: list[StoredInstance]) -> list[FileRegion] | None:
+    """Each instance's object as a region of a local file, or None if the store has none."""
+    regions = []
+    for instance in listed:
+        region = state.blobs.local_region(instance.blob_key, 0, instance.size)
+        if region is None:
+            return None
+        regions.append(region)
+    return regions
+
+
 async def _batches(
-    framing: list[bytes], regions: Sequence[FileRegion | None], per_batch: int
+    framing: list[bytes], regions: Sequence[FileRegion], per_batch: int
 ) -> AsyncIterator[list[bytes | FileRegion]]:
     """The multipart body as lists of pieces, `per_batch` objects each: the server opens a
     batch's files and reads them ahead together, then sends the batch in one go."""
     batch: list[bytes | FileRegion] = []
-    for piece, region in zip(framing, regions, strict=False):
-        assert region is not None
+    for piece, region in zip(framing, regions, strict=False):  # framing ends with the close
         batch += (piece, region)
         if len(batch) >= 2 * per_batch:
             yield batch
