@@ -45,6 +45,7 @@ class _Listener:
         self._factory = protocol_factory
         self._serving = serving
         self._ssl = ssl
+        self._setting_up: set[asyncio.Task[None]] = set()  # connections in a TLS handshake
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _readable(self) -> None:
@@ -78,17 +79,30 @@ class _Listener:
                 await asyncio.sleep(_ERROR_PAUSE)
                 continue
             conn.setblocking(False)
-            try:
-                await loop.connect_accepted_socket(self._factory, conn, ssl=self._ssl)
-            except OSError as exc:  # a reset, a failed or timed-out TLS handshake
-                log.debug("connection dropped while being set up: %s", exc)
-                conn.close()
+            # Set up apart from the accepts, so that a slow TLS handshake holds up nobody else.
+            task = loop.create_task(self._set_up(conn))
+            self._setting_up.add(task)
+            task.add_done_callback(self._setting_up.discard)
+
+    async def _set_up(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory, conn, ssl=self._ssl
+            )
+        except OSError as exc:  # a reset, a failed or timed-out TLS handshake
+            log.debug("connection dropped while being set up: %s", exc)
+            conn.close()
+        except asyncio.CancelledError:
+            conn.close()
+            raise
 
     def close(self) -> None:
         self._task.cancel()
+        for task in self._setting_up:
+            task.cancel()
 
     async def wait_closed(self) -> None:
-        await asyncio.gather(self._task, return_exceptions=True)
+        await asyncio.gather(self._task, *self._setting_up, return_exceptions=True)
 
 
 def install() -> bool:
