@@ -95,6 +95,8 @@ class Options:
 
 _SETTLE_BUSY = 0.15  # a plan starts once the machine was at most this busy for half a second
 _SETTLE_MAX = 15.0  # ...or after this many seconds
+_SETTLE_EACH = ("transfer", "stow")  # plans whose every server round waits for quiet too
+_SETTLE_EACH_MAX = 5.0
 
 
 def load_average() -> float:
@@ -485,6 +487,10 @@ async def _measure(
                 order = active if r % 2 == 0 else list(reversed(active))
                 for name in order:
                     server = servers[name]
+                    if plan.kind in _SETTLE_EACH:
+                        # A heavy plan leaves work behind (SeaweedFS after a study retrieve,
+                        # writeback after a STOW) that would land on whoever runs next.
+                        await settle(max_wait=_SETTLE_EACH_MAX)
                     profiling = name == "ours" and metric.id in opts.profile
                     output = workdir / f"profile-{metric.id}-r{r}.txt"
                     guard = _profiled(server, output) if profiling else contextlib.nullcontext()
