@@ -329,7 +329,6 @@ async def _latency_round(
 
 
 async def _stow_round(
-    session: aiohttp.ClientSession,
     server: Server,
     plan: Plan,
     files: list[bytes],
@@ -337,7 +336,11 @@ async def _stow_round(
 ) -> None:
     reqs = client.stow_requests(files, plan.per_request)
     cpu_before = server.cpu_seconds()
-    wall, results = await client.stow(session, server.root, reqs, plan.concurrency)
+    # Each round is new uploaders on new connections. Reusing the run's pooled connections
+    # made the outcome depend on earlier plans: which of them the pool hands out decides how
+    # the requests fall on a multi-process server's workers (6 requests of 50 on 4 + 2).
+    async with client.new_session() as uploaders:
+        wall, results = await client.stow(uploaders, server.root, reqs, plan.concurrency)
     cpu = server.cpu_seconds() - cpu_before
     bad = [r for r in results if not r.ok]
     for result in bad:
@@ -556,7 +559,7 @@ async def _run_round(
             files = [with_round(data, stow_round) for data in corpus.series["ct"].files]
         else:
             files = small_instances(2_000_000 + stow_round * 1000, 200)
-        await _stow_round(session, server, plan, files, into)
+        await _stow_round(server, plan, files, into)
     elif plan.kind == "mix":
         await _mix_round(server.root, mix, r, into)
     else:
