@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import mmap
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "BlobInfo", "BlobStore", "FileRegion", "map_view"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "BlobInfo",
+    "BlobStore",
+    "FileRegion",
+    "check_and_read_ahead",
+    "map_view",
+]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
 
@@ -47,6 +55,15 @@ class FileRegion:
             return memoryview(b"")
         with self.open() as file:
             return map_view(file, self.offset, self.count)
+
+
+def check_and_read_ahead(fd: int, offset: int, count: int) -> None:
+    """Raise EOFError unless the open file holds `count` bytes from `offset`; then ask the
+    kernel to start reading them in (Linux), without waiting for it."""
+    if os.fstat(fd).st_size < offset + count:
+        raise EOFError
+    if hasattr(os, "posix_fadvise"):
+        os.posix_fadvise(fd, offset, count, os.POSIX_FADV_WILLNEED)
 
 
 def map_view(file: BinaryIO, offset: int, count: int) -> memoryview:

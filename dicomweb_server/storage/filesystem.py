@@ -11,7 +11,13 @@ from pathlib import Path
 from typing import BinaryIO, cast
 
 from dicomweb_server.errors import BackendUnavailableError, NotFoundError
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo, FileRegion, map_view
+from dicomweb_server.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    BlobInfo,
+    FileRegion,
+    check_and_read_ahead,
+    map_view,
+)
 
 __all__ = ["FilesystemBlobStore"]
 
@@ -33,11 +39,8 @@ def _check_key(key: str) -> str:
 def _map_span(path: Path, start: int, length: int) -> memoryview:
     """`length` bytes of a file from `start` as a read-only view of a shared mapping."""
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < start + length:
-            raise EOFError
+        check_and_read_ahead(handle.fileno(), start, length)
         view = map_view(cast(BinaryIO, handle), start, length)
-        if hasattr(os, "posix_fadvise"):  # Linux: start reading the pages in, without waiting
-            os.posix_fadvise(handle.fileno(), start, length, os.POSIX_FADV_WILLNEED)
     # Objects are never rewritten in place (a put renames a new file): the view cannot change.
     return view
 
@@ -194,10 +197,7 @@ class FilesystemBlobStore:
         path = self._path(key)
         try:
             with open(path, "rb") as handle:  # noqa: ASYNC230 - reads no data
-                if os.fstat(handle.fileno()).st_size < start + length:
-                    raise EOFError
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(handle.fileno(), start, length, os.POSIX_FADV_WILLNEED)
+                check_and_read_ahead(handle.fileno(), start, length)
         except (OSError, EOFError) as exc:
             raise _read_error(key, exc) from exc
         return FileRegion(str(path), start, length)

@@ -450,12 +450,20 @@ def multipart_framing(headers: Iterable[dict[str, str]], boundary: str) -> list[
     """The bytes `iter_multipart` writes around the bodies of parts with these headers: one
     piece before each body, then the closing delimiter."""
     marker = _marker(boundary)
-    pieces = [
-        (b"\r\n" if n else b"") + marker + b"\r\n" + _encode_part_headers(part) + b"\r\n"
-        for n, part in enumerate(headers)
-    ]
-    pieces.append((b"\r\n" if pieces else b"") + marker + b"--\r\n")
+    pieces = [_opening(marker, n > 0, part) for n, part in enumerate(headers)]
+    pieces.append(_closing(marker, bool(pieces)))
     return pieces
+
+
+def _opening(marker: bytes, after_part: bool, headers: dict[str, str]) -> bytes:
+    """What comes before a part's body: its delimiter (after the CRLF that ends the previous
+    part, which travels with it) and its headers."""
+    lead = b"\r\n" if after_part else b""
+    return lead + marker + b"\r\n" + _encode_part_headers(headers) + b"\r\n"
+
+
+def _closing(marker: bytes, after_part: bool) -> bytes:
+    return (b"\r\n" if after_part else b"") + marker + b"--\r\n"
 
 
 async def iter_multipart(
@@ -463,9 +471,9 @@ async def iter_multipart(
 ) -> AsyncIterator[bytes]:
     """Yield a multipart/related body part by part, passing body chunks through uncopied."""
     marker = _marker(boundary)
-    lead = b""  # the CRLF that ends the previous part travels with the next delimiter
+    after_part = False
     async for headers, body in parts:
-        yield lead + marker + b"\r\n" + _encode_part_headers(headers) + b"\r\n"
+        yield _opening(marker, after_part, headers)
         try:
             async for chunk in body:
                 if chunk:
@@ -474,5 +482,5 @@ async def iter_multipart(
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
                 await aclose()
-        lead = b"\r\n"
-    yield lead + marker + b"--\r\n"
+        after_part = True
+    yield _closing(marker, after_part)

@@ -24,7 +24,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
-from dicomweb_server.storage.base import FileRegion, map_view
+from dicomweb_server.storage.base import FileRegion, check_and_read_ahead, map_view
 
 __all__ = [
     "REGIONS",
@@ -290,10 +290,10 @@ def _open_region(region: FileRegion) -> int:
     """A region's file, checked to hold the region, its span read ahead."""
     file = os.open(region.path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        if os.fstat(file).st_size < region.offset + region.count:
-            raise RuntimeError(f"{region.path} ends before its region: the object is short")
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(file, region.offset, region.count, os.POSIX_FADV_WILLNEED)
+        check_and_read_ahead(file, region.offset, region.count)
+    except EOFError:
+        os.close(file)
+        raise RuntimeError(f"{region.path} ends before its region: the object is short") from None
     except BaseException:
         os.close(file)
         raise
