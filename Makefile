@@ -46,6 +46,18 @@ integration: install-test
 
 test: check  ## lint, types, then every test (starts PostgreSQL and S3 itself)
 	$(BIN)/pytest tests conformance -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory lowest
+
+# The lowest uvicorn pyproject.toml allows, laid over the venv's: `serve` must store, find and
+# retrieve with it, patches and all (serve/compat.py). Keep in step with pyproject.toml.
+LOWEST_UVICORN ?= 0.52.0
+.PHONY: lowest
+lowest: install-test
+	@test -d .lowest/uvicorn-$(LOWEST_UVICORN) || $(BIN)/python -m pip install -q --no-deps \
+		--target .lowest/uvicorn-$(LOWEST_UVICORN) uvicorn==$(LOWEST_UVICORN)
+	PYTHONPATH=$(abspath .lowest/uvicorn-$(LOWEST_UVICORN)) DICOMWEB_TEST_UVICORN=$(LOWEST_UVICORN) \
+		$(BIN)/pytest -q tests/integration/test_serve.py tests/integration/test_cli.py \
+		tests/integration/test_zerocopy.py $(PYTEST_ARGS)
 
 # The black-box PS3.18 suite over HTTP: `make conformance URL=http://host:port/dicomweb`;
 # without URL it starts its own server on a free loopback port.
@@ -69,7 +81,7 @@ e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, 
 		node --test --test-reporter=spec ohif.test.mjs
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf .lowest $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 # Benchmarks, not part of `make test` (BENCHMARKS.md). Flags pass through BENCH_ARGS, e.g.
 # `make bench BENCH_ARGS="--wait-max 1200"` waits for a quiet machine first.

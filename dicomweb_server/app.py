@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -19,13 +19,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import DicomwebError
-from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.index.base import ServerIndex
+from dicomweb_server.services.codec_pool import CodecPool
+from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.render import RenderService
-from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
-from dicomweb_server.web import balance, zerocopy
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
@@ -33,19 +34,18 @@ from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
 
 __all__ = [
+    "Backends",
     "RequestLimitsMiddleware",
-    "app_from_env",
     "create_app",
+    "open_backends",
     "open_blob_store",
     "open_index",
-    "tune_garbage_collector",
 ]
 
 access_log = logging.getLogger("dicomweb_server.access")
-_gc_frozen = False
 
 
-async def open_index(settings: Settings) -> InstanceIndex:
+async def open_index(settings: Settings) -> ServerIndex:
     """The index named by DICOMWEB_DATABASE_URL (default: SQLite under the data dir)."""
     url = settings.database_url
     if not url:
@@ -95,6 +95,31 @@ async def open_blob_store(settings: Settings) -> BlobStore:
             read_connections=settings.s3_read_connections,
         )
     raise ValueError(f"DICOMWEB_STORAGE_URL scheme {parsed.scheme!r} is not supported")
+
+
+@dataclass(slots=True)
+class Backends:
+    """The index and the blob store of one process, opened together, closed together."""
+
+    index: ServerIndex
+    blobs: BlobStore
+
+    async def close(self) -> None:
+        try:
+            await self.blobs.close()
+        finally:
+            await self.index.close()
+
+
+async def open_backends(settings: Settings) -> Backends:
+    """Open the index (migrating it) and the blob store the settings name."""
+    index = await open_index(settings)
+    try:
+        blobs = await open_blob_store(settings)
+    except BaseException:
+        await index.close()
+        raise
+    return Backends(index, blobs)
 
 
 class RequestContextMiddleware:
@@ -213,35 +238,14 @@ class RequestLimitsMiddleware:
                 self.stores -= 1
 
 
-def tune_garbage_collector(young_threshold: int) -> None:
-    """Collect less often, and never rescan what startup built (modules, codecs, pools).
-
-    A search answer builds thousands of small dicts; with Python's default threshold they set
-    off collections that walk the whole heap (measured: 130 ms → 40 ms for 1,400 studies).
-    Request objects hold no reference cycles worth collecting promptly.
-    """
-    global _gc_frozen
-    if young_threshold <= 0:
-        return
-    if not _gc_frozen:  # once per process: apps made again in one process (tests) add nothing
-        gc.collect()
-        gc.freeze()
-        _gc_frozen = True
-    _, older, oldest = gc.get_threshold()
-    gc.set_threshold(young_threshold, older, oldest)
-
-
 def create_app(settings: Settings) -> Starlette:
-    """The ASGI app: the DICOMweb root mounted at /dicomweb."""
+    """The ASGI app: the DICOMweb root mounted at /dicomweb. A plain ASGI app: nothing in it
+    or its lifespan changes the process (serve/ owns the server, patches and GC tuning)."""
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        index = await open_index(settings)
-        try:
-            blobs = await open_blob_store(settings)
-        except BaseException:
-            await index.close()
-            raise
+        backends = await open_backends(settings)
+        index, blobs = backends.index, backends.blobs
         limits = ParseLimits(
             bulk_data_threshold=settings.bulk_data_threshold,
             max_sequence_depth=settings.max_sequence_depth,
@@ -249,33 +253,40 @@ def create_app(settings: Settings) -> Starlette:
             max_pixel_bytes=settings.max_pixel_bytes,
             max_header_bytes=settings.max_header_bytes,
         )
-        app.state.dicomweb = AppState(
-            settings=settings,
-            index=index,
-            blobs=blobs,
-            store=StoreService(index, blobs, limits),
-            search=SearchService(index),
-            retrieve=RetrieveService(
-                index,
-                blobs,
-                codec_workers=settings.codec_workers,
-                cache_frames=bool(settings.frame_cache),
+        codecs = CodecPool(settings.codec_workers)
+        cache = DerivedCache(blobs, index, max_bytes=settings.cache_max_bytes)
+        retrieve = RetrieveService(
+            index,
+            blobs,
+            codecs,
+            frame_cache=cache if settings.frame_cache and cache.enabled else None,
+            read_ahead=ReadAhead(
+                objects=settings.wado_read_ahead_objects,
+                bytes=settings.wado_read_ahead_bytes,
+                sized_max_instances=settings.wado_sized_max_instances,
             ),
         )
-        app.state.dicomweb_render = RenderService(
-            app.state.dicomweb.retrieve,
+        render = RenderService(
+            retrieve,
+            codecs,
+            thumbnail_cache=cache if settings.thumbnail_cache and cache.enabled else None,
             thumbnail_size=settings.thumbnail_size,
-            cache_thumbnails=bool(settings.thumbnail_cache),
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
-        tune_garbage_collector(settings.gc_young_threshold)
+        app.state.backends = backends  # for tools and tests; the web layer uses services only
+        app.state.dicomweb = AppState(
+            settings=settings,
+            store=StoreService(index, blobs, limits),
+            search=SearchService(index),
+            retrieve=retrieve,
+            render=render,
+        )
         try:
             yield
         finally:
-            await app.state.dicomweb_render.flush()
-            app.state.dicomweb.retrieve.close()
-            await blobs.close()
-            await index.close()
+            await cache.close()
+            codecs.close()
+            await backends.close()
 
     app = Starlette(
         # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
@@ -292,13 +303,3 @@ def create_app(settings: Settings) -> Starlette:
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(RequestContextMiddleware)
     return app
-
-
-def app_from_env() -> Starlette:
-    """Factory for uvicorn workers: settings from DICOMWEB_* variables."""
-    settings = Settings.from_env()
-    # before the worker accepts its first connection
-    zerocopy.install(send_files=bool(settings.wado_zero_copy))
-    if settings.accept_balance:
-        balance.install()  # runs before uvicorn's startup opens the listening socket
-    return create_app(settings)

@@ -1,95 +1,148 @@
-"""A frozen `Settings`, read from DICOMWEB_* environment variables; every limit is named here."""
+"""A frozen `Settings`, read from DICOMWEB_* environment variables; every limit is named here.
+
+`Settings(...)` holds exactly what it is given (tests and tools build it in code);
+`Settings.from_env()` reads DICOMWEB_<FIELD> variables as well, the way `serve` and every CLI
+command do. Booleans take true/false/yes/no/on/off/1/0; a bad value is a `SettingsError` whose
+message is one readable line naming the variable.
+"""
 
 from __future__ import annotations
 
+import difflib
 import os
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
-__all__ = ["Settings"]
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "unknown_variables"]
+
+ENV_PREFIX = "DICOMWEB_"
+# Variables of ours that are not server settings (test, conformance and bench harnesses).
+_AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENCH_")
+
+Positive = Annotated[int, Field(ge=1)]
+NonNegative = Annotated[int, Field(ge=0)]
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class SettingsError(ValueError):
+    """A setting that cannot be used; the message is one line naming its variable."""
+
+
+class Settings(BaseSettings):
     """Server configuration; each field is also DICOMWEB_<FIELD_NAME_UPPER> in the environment."""
 
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, frozen=True, extra="forbid", validate_default=True
+    )
+
     host: str = "127.0.0.1"
-    port: int = 8080
-    workers: int = 0  # uvicorn worker processes; 0: one per CPU core
-    # 1: with several workers, the one serving fewest connections accepts first (web/balance.py)
-    accept_balance: int = 1
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    workers: NonNegative = 0  # uvicorn worker processes; 0: one per CPU core
+    # With several workers, the one serving fewest connections accepts first (serve/balance.py)
+    accept_balance: bool = True
     data_dir: Path = Path("data")
     # Public URL of the DICOMweb root, used in RetrieveURL and BulkDataURI values.
-    # Empty: http://{host}:{port}/dicomweb (never the request's Host header alone).
+    # Empty: http(s)://{host}:{port}/dicomweb (never the request's Host header alone).
     base_url: str = ""
+    log_level: LogLevel = "info"
+    # TLS: both files given, the server speaks HTTPS only (PEM certificate chain and key)
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
     # Backends: empty means the embedded pair under data_dir.
     database_url: str = ""
     storage_url: str = ""
     s3_endpoint_url: str = ""
     s3_region: str = ""
-    s3_multipart_threshold: int = 8 << 20  # objects above this upload in parts
-    s3_part_size: int = 8 << 20  # bytes buffered per part (S3's minimum is 5 MiB)
-    s3_read_connections: int = 64  # connections kept to the S3 endpoint for reads, per process
-    database_pool_size: int = 10  # PostgreSQL connections per worker process
-    backend_timeout: int = 30  # seconds before a slow index or store query becomes a 503
-    log_level: str = "info"
+    s3_multipart_threshold: Positive = 8 << 20  # objects above this upload in parts
+    s3_part_size: Annotated[int, Field(ge=5 << 20)] = 8 << 20  # S3's minimum is 5 MiB
+    s3_read_connections: Positive = 64  # connections kept to the S3 endpoint for reads
+    database_pool_size: Positive = 10  # PostgreSQL connections per worker process
+    backend_timeout: Positive = 30  # seconds before a slow index or store call becomes a 503
 
     # STOW-RS limits
-    max_request_bytes: int = 8 << 30  # a whole STOW body
-    max_part_bytes: int = 4 << 30  # one instance
-    max_parts: int = 10_000  # instances per request
-    spool_memory_bytes: int = 4 << 20  # a part above this spools to disk
+    max_request_bytes: Positive = 8 << 30  # a whole STOW body
+    max_part_bytes: Positive = 4 << 30  # one instance
+    max_parts: Positive = 10_000  # instances per request
+    spool_memory_bytes: NonNegative = 4 << 20  # a part above this spools to disk
     # Parts of one request parsed and written at once, each holding its spool (memory or disk):
     # one instance's fsync or upload overlaps the next one's parsing.
-    store_pipeline_depth: int = 4
-    store_index_batch: int = 50  # written instances indexed per transaction (one commit each)
+    store_pipeline_depth: Positive = 4
+    store_index_batch: Positive = 50  # written instances indexed per transaction (one commit)
     # Part 10 parsing limits
-    bulk_data_threshold: int = 1024  # binary values above this become BulkDataURIs
-    max_sequence_depth: int = 64
-    max_frames: int = 100_000
-    max_pixel_bytes: int = 4 << 30
+    bulk_data_threshold: Positive = 1024  # binary values above this become BulkDataURIs
+    max_sequence_depth: Positive = 64
+    max_frames: Positive = 100_000
+    max_pixel_bytes: Positive = 4 << 30
+    max_header_bytes: Positive = 64 << 20  # Part 10 bytes parsed into memory per instance
     # QIDO-RS limits
-    default_query_limit: int = 1000
-    max_query_limit: int = 10_000
-    max_query_offset: int = 10_000_000
+    default_query_limit: Positive = 1000
+    max_query_limit: Positive = 10_000
+    max_query_offset: NonNegative = 10_000_000
     # Request bounds against slow or many clients (hostile input hardening)
-    body_timeout: int = 60  # seconds to wait for the next chunk of a request body, else 408
-    request_timeout: int = 3600  # seconds a request may run before it is cut off (408 or 503)
-    max_concurrent_stores: int = 8  # STOW requests in flight per process; more get 429
-    max_header_bytes: int = 64 << 20  # Part 10 bytes parsed into memory per instance (not bulk)
-    # WADO-RS transcoding (passed to RetrieveService by app.py)
+    body_timeout: Positive = 60  # seconds to wait for the next chunk of a request body, else 408
+    request_timeout: Positive = 3600  # seconds a request may run before it is cut off
+    max_concurrent_stores: Positive = 8  # STOW requests in flight per process; more get 429
+    # WADO-RS transcoding and rendering
     # Threads for codec work per process (0 = one per core). Default 1: a full test run crashed
     # once in native code with concurrent transcodes, so codec calls are serialised per process
     # until the codecs move to a crash-isolated process pool; scale with --workers instead.
-    codec_workers: int = 1
-    frame_cache: int = 1  # 1: keep transcoded frames in the blob store under {site}/cache/
+    codec_workers: NonNegative = 1
+    frame_cache: bool = True  # keep transcoded frames in the blob store under {site}/cache/
+    # Derived data (transcoded frames, thumbnails) kept in the blob store, all sites together;
+    # past it the least recently used entries are evicted (services/derived_cache.py)
+    cache_max_bytes: NonNegative = 4 << 30
     # WADO-RS streaming: the next objects are fetched while the current one is sent
-    wado_read_ahead_objects: int = 8  # objects fetched ahead per response (1: none ahead)
-    wado_read_ahead_bytes: int = 16 << 20  # bytes held ahead per response; larger objects stream
+    wado_read_ahead_objects: Positive = 8  # objects fetched ahead per response (1: none ahead)
+    wado_read_ahead_bytes: NonNegative = 16 << 20  # bytes held ahead per response
     # A study or series of at most this many instances is listed before its first byte, so an
     # answer sent as stored carries a Content-Length (no chunked framing, one copy less)
-    wado_sized_max_instances: int = 2000
-    # 1: stored files in such answers are sent by the kernel (sendfile via the ASGI zero-copy
-    # extension, web/zerocopy.py) when served by `dicomweb-server serve`; 0: through the loop
-    wado_zero_copy: int = 1
+    wado_sized_max_instances: NonNegative = 2000
+    # Stored files in such answers are sent by the kernel (sendfile) when `dicomweb-server
+    # serve` runs on a uvicorn it supports (serve/zerocopy.py) without TLS
+    wado_zero_copy: bool = True
     # Rendered resources and thumbnails (PS3.18 10.4.1.1.3, 8.3.5)
-    thumbnail_size: int = 128  # default thumbnail viewport, pixels a side
-    thumbnail_cache: int = 1  # 1: keep thumbnails in the blob store under {site}/cache/
-    render_memory_cache_bytes: int = 32 << 20  # rendered images kept in memory per process
-    max_viewport: int = 4096  # largest viewport width or height a request may ask for
-    http_cache_max_age: int = 3600  # Cache-Control max-age of instance images, frames, metadata
+    thumbnail_size: Positive = 128  # default thumbnail viewport, pixels a side
+    thumbnail_cache: bool = True  # keep thumbnails in the blob store under {site}/cache/
+    render_memory_cache_bytes: NonNegative = 32 << 20  # rendered images kept in memory
+    max_viewport: Positive = 4096  # largest viewport width or height a request may ask for
+    http_cache_max_age: NonNegative = 3600  # Cache-Control max-age of instance answers
     # Browsers: CORS and compression
     cors_origins: str = "*"  # origins that may read, comma-separated ("*": any, "": none)
     cors_write_origins: str = ""  # origins that may also store (POST); same syntax
     cors_allow_headers: str = ""  # request headers a preflight may name ("": any it asks for)
-    cors_max_age: int = 600  # seconds a browser may cache a preflight answer
-    compress_json: int = 1  # 1: gzip or br JSON responses (QIDO, metadata) when accepted
-    compress_min_bytes: int = 1024  # smaller JSON bodies are sent as they are
+    cors_max_age: NonNegative = 600  # seconds a browser may cache a preflight answer
+    compress_json: bool = True  # gzip or br JSON responses (QIDO, metadata) when accepted
+    compress_min_bytes: NonNegative = 1024  # smaller JSON bodies are sent as they are
     # Python's cyclic garbage collector: objects allocated before a full collection runs. The
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
-    # startup objects are also frozen out of collection (app.py). 0 keeps Python's default.
-    gc_young_threshold: int = 20_000
+    # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.
+    gc_young_threshold: NonNegative = 20_000
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """`Settings(...)` is what it is given; `from_env` adds the environment."""
+        return (init_settings,)
+
+    @property
+    def tls(self) -> bool:
+        """True when the server speaks HTTPS."""
+        return bool(self.ssl_certfile)
 
     @property
     def root_url(self) -> str:
@@ -97,30 +150,94 @@ class Settings:
         if self.base_url:
             return self.base_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}/dicomweb"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}/dicomweb"
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then DICOMWEB_* variables, then explicit overrides (e.g. from the CLI)."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for field in fields(cls):
-            raw = env.get(f"DICOMWEB_{field.name.upper()}")
-            if raw is None:
-                continue
-            values[field.name] = _convert(field.name, field.type, raw)
-        settings = cls(**values)
-        given = {k: v for k, v in overrides.items() if v is not None}
-        return replace(settings, **given) if given else settings
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Defaults, then DICOMWEB_* variables, then explicit overrides (None: not given)."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        try:
+            return cls(**{**_EnvSettings(**given).model_dump(), **given})
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with `changes` applied and validated."""
+        try:
+            return type(self)(**{**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise SettingsError(_one_line(exc)) from None
+
+    def check(self) -> None:
+        """Raise SettingsError for combinations no single field can judge."""
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise SettingsError(
+                "DICOMWEB_SSL_CERTFILE and DICOMWEB_SSL_KEYFILE must be given together"
+            )
+        for name in ("ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise SettingsError(f"DICOMWEB_{name.upper()} {path!r} is not a readable file")
+        if self.default_query_limit > self.max_query_limit:
+            raise SettingsError(
+                "DICOMWEB_DEFAULT_QUERY_LIMIT must not exceed DICOMWEB_MAX_QUERY_LIMIT"
+            )
 
 
-def _convert(name: str, kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "Path":
-            return Path(raw)
-    except ValueError as exc:
-        raise ValueError(f"DICOMWEB_{name.upper()} must be an integer, got {raw!r}") from exc
-    return raw
+class _EnvSettings(Settings):
+    """Settings read from the process environment (and explicit values given)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A warning for each DICOMWEB_* variable that names no setting, with the closest one."""
+    env = os.environ if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    warnings = []
+    for name in sorted(env):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known:
+            continue
+        if upper.startswith(_AUXILIARY_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        warnings.append(f"{name} is not a setting and is ignored{hint}")
+    return warnings
+
+
+_MESSAGES = {
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "bool_parsing": "must be true or false (or 1/0, yes/no, on/off)",
+    "path_type": "must be a path",
+}
+
+
+def _one_line(exc: ValidationError) -> str:
+    """The first problem of a validation error, as `DICOMWEB_NAME must be ..., got 'x'`."""
+    error = exc.errors()[0]
+    name = ENV_PREFIX + ".".join(str(part) for part in error["loc"]).upper()
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{name} is not a setting"
+    if kind == "literal_error":
+        expected = error.get("ctx", {}).get("expected", "")
+        message = f"must be one of {expected}"
+    else:
+        message = _MESSAGES.get(kind) or error["msg"].replace("Input should", "must").replace(
+            "Value error, ", ""
+        )
+    return f"{name} {message}, got {error.get('input')!r}"

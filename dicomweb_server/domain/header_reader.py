@@ -84,6 +84,8 @@ _INT_FACTS = {
     "Columns": (0x00280011, "US"),
     "SamplesPerPixel": (0x00280002, "US"),
     "BitsAllocated": (0x00280100, "US"),
+    "BitsStored": (0x00280101, "US"),
+    "PixelRepresentation": (0x00280103, "US"),
 }
 _u16 = struct.Struct("<H").unpack_from
 _u32 = struct.Struct("<I").unpack_from

@@ -10,6 +10,7 @@ builder here turns either into the record.
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 from typing import Any, BinaryIO, cast
 
 import orjson
@@ -32,7 +33,13 @@ from dicomweb_server.domain.pydicom_header import (
     check_inflated_size,
     meta_transfer_syntax,
 )
-from dicomweb_server.domain.records import BulkSpan, FrameSpans, InstanceRecord, PixelLayout
+from dicomweb_server.domain.records import (
+    BulkSpan,
+    FrameSpans,
+    ImagePixel,
+    InstanceRecord,
+    PixelLayout,
+)
 
 __all__ = [
     "PIXEL_DATA",
@@ -232,9 +239,24 @@ def _pixel_layout(
     if length != 0xFFFFFFFF:
         if offset + length > size:
             raise InvalidInstanceError("Pixel Data runs past the end of the file", 0xC000)
-        return _native_layout(header, offset, length, frames, limits)
-    _check_declared_size(header, frames, limits)  # decoding allocates what the header declares
-    return _encapsulated_layout(header, fp, offset, size, frames)
+        layout = _native_layout(header, offset, length, frames, limits)
+    else:
+        _check_declared_size(header, frames, limits)  # decoding allocates what it declares
+        layout = _encapsulated_layout(header, fp, offset, size, frames)
+    return replace(layout, image=_image_pixel(header))
+
+
+def _image_pixel(header: Header) -> ImagePixel:
+    """The Image Pixel attributes transcoding decisions depend on (absent ones as 0 or "")."""
+    return ImagePixel(
+        rows=header.int_value("Rows") or 0,
+        columns=header.int_value("Columns") or 0,
+        samples_per_pixel=header.int_value("SamplesPerPixel") or 1,
+        bits_allocated=header.int_value("BitsAllocated") or 0,
+        bits_stored=header.int_value("BitsStored") or header.int_value("BitsAllocated") or 0,
+        pixel_representation=header.int_value("PixelRepresentation") or 0,
+        photometric_interpretation=header.text("PhotometricInterpretation") or "",
+    )
 
 
 def _check_declared_size(header: Header, frames: int, limits: ParseLimits) -> None:

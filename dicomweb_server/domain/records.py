@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from dicomweb_server.domain.identifiers import InstanceKey
+
 __all__ = [
     "BulkSpan",
     "FrameSpans",
+    "ImagePixel",
     "InstanceRecord",
     "PixelLayout",
+    "StoredInstance",
     "bulk_to_json",
     "pixel_from_json",
     "pixel_to_json",
@@ -37,6 +41,20 @@ class FrameSpans:
 
 
 @dataclass(frozen=True, slots=True)
+class ImagePixel:
+    """The Image Pixel attributes (PS3.3 C.7.6.3) that decide what a codec can do with an
+    instance; instances that share them share every transcoding decision."""
+
+    rows: int
+    columns: int
+    samples_per_pixel: int
+    bits_allocated: int
+    bits_stored: int
+    pixel_representation: int
+    photometric_interpretation: str
+
+
+@dataclass(frozen=True, slots=True)
 class PixelLayout:
     """Pixel Data as stored: native frames at fixed stride, or encapsulated fragments.
 
@@ -48,6 +66,7 @@ class PixelLayout:
     value_offset: int
     value_length: int  # 0xFFFFFFFF for undefined length (encapsulated)
     frames: tuple[FrameSpans, ...]
+    image: ImagePixel | None = None  # None for instances indexed before it was recorded
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +96,42 @@ class InstanceRecord:
     bulk: tuple[BulkSpan, ...] = field(default=())
 
 
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """An indexed instance: where its object is and how its pixel data is laid out."""
+
+    key: InstanceKey
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    blob_key: str
+    size: int
+    digest: str
+    number_of_frames: int
+    pixel: PixelLayout | None
+
+
 def pixel_to_json(pixel: PixelLayout | None) -> bytes | None:
     """Serialise a layout for the index (compact: lists of [offset, length])."""
     if pixel is None:
         return None
-    return orjson.dumps(
-        {
-            "e": pixel.encapsulated,
-            "o": pixel.value_offset,
-            "l": pixel.value_length,
-            "f": [list(map(list, frame.fragments)) for frame in pixel.frames],
-        }
-    )
+    document: dict[str, object] = {
+        "e": pixel.encapsulated,
+        "o": pixel.value_offset,
+        "l": pixel.value_length,
+        "f": [list(map(list, frame.fragments)) for frame in pixel.frames],
+    }
+    if pixel.image is not None:
+        image = pixel.image
+        document["i"] = [
+            image.rows,
+            image.columns,
+            image.samples_per_pixel,
+            image.bits_allocated,
+            image.bits_stored,
+            image.pixel_representation,
+            image.photometric_interpretation,
+        ]
+    return orjson.dumps(document)
 
 
 def pixel_from_json(data: bytes | str | None) -> PixelLayout | None:
@@ -101,7 +144,16 @@ def pixel_from_json(data: bytes | str | None) -> PixelLayout | None:
         value_offset=int(obj["o"]),
         value_length=int(obj["l"]),
         frames=tuple(FrameSpans(tuple((int(o), int(n)) for o, n in frame)) for frame in obj["f"]),
+        image=_image_from_json(obj.get("i")),
     )
+
+
+def _image_from_json(values: list[object] | None) -> ImagePixel | None:
+    if not values:
+        return None
+    *numbers, photometric = values
+    rows, columns, samples, allocated, stored, representation = (int(str(n)) for n in numbers)
+    return ImagePixel(rows, columns, samples, allocated, stored, representation, str(photometric))
 
 
 def bulk_to_json(bulk: tuple[BulkSpan, ...]) -> bytes:

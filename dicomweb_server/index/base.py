@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
-from dicomweb_server.domain.records import InstanceRecord, PixelLayout
+from dicomweb_server.domain.records import InstanceRecord, StoredInstance
 
-__all__ = ["AddOutcome", "InstanceIndex", "SearchPage", "StoredInstance"]
+__all__ = [
+    "AddOutcome",
+    "CacheLedger",
+    "InstanceIndex",
+    "SearchPage",
+    "ServerIndex",
+    "StoredInstance",
+]
 
 
 class AddOutcome(StrEnum):
@@ -20,20 +27,6 @@ class AddOutcome(StrEnum):
     CREATED = "created"  # new instance, now visible
     IDENTICAL = "identical"  # same SOP Instance UID with the same content digest: kept one copy
     CONFLICT = "conflict"  # same SOP Instance UID, different content or different study/series
-
-
-@dataclass(frozen=True, slots=True)
-class StoredInstance:
-    """An indexed instance: where its object is and how its pixel data is laid out."""
-
-    key: InstanceKey
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    blob_key: str
-    size: int
-    digest: str
-    number_of_frames: int
-    pixel: PixelLayout | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +90,31 @@ class InstanceIndex(Protocol):
         """Every blob key the index references (for orphan sweeps)."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the index answers a query; raise BackendUnavailableError otherwise."""
+        ...
+
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class CacheLedger(Protocol):
+    """Size and last use of each derived-data object (transcoded frames, thumbnails), so the
+    least recently used can be evicted past a budget. Shared by every server process."""
+
+    async def note_cache_use(
+        self, added: Sequence[tuple[str, int, float]], used: Sequence[tuple[str, float]]
+    ) -> int:
+        """Record new entries (key, size, time) and uses (key, time) in one transaction;
+        return the total size of every entry."""
+        ...
+
+    async def claim_cache_victims(self, at_least: int) -> list[tuple[str, int]]:
+        """Remove and return the least recently used entries, at least `at_least` bytes of
+        them (fewer if there are not so many); each entry is claimed by one caller only."""
+        ...
+
+
+class ServerIndex(InstanceIndex, CacheLedger, Protocol):
+    """Every role a server process needs of its index database, in one object."""

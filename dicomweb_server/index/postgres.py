@@ -50,6 +50,7 @@ _ADD_ATTEMPTS = 5  # serialization failures / deadlocks retried before giving up
 _RETRY_DELAY = 0.02  # seconds, doubled per attempt, jittered
 _ITER_BATCH = 64
 _BLOB_KEY_BATCH = 1000
+_CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _CLOSE_TIMEOUT = 10.0
 _NO_NUMBER = _INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
 _SERVER_SETTINGS = {
@@ -273,6 +274,60 @@ class PostgresInstanceIndex:
             return await conn.fetch(text, *args)
 
         return await self._with_connection(run)
+
+    async def note_cache_use(
+        self, added: Sequence[tuple[str, int, float]], used: Sequence[tuple[str, float]]
+    ) -> int:
+        async def run(conn: Connection) -> int:
+            async with conn.transaction():
+                if added:
+                    await conn.execute(
+                        "INSERT INTO derived_cache (key, size, last_used)"
+                        " SELECT * FROM unnest($1::text[], $2::bigint[], $3::float8[])"
+                        " ON CONFLICT (key) DO UPDATE SET size = excluded.size,"
+                        " last_used = excluded.last_used",
+                        [key for key, _, _ in added],
+                        [size for _, size, _ in added],
+                        [at for _, _, at in added],
+                    )
+                if used:
+                    await conn.execute(
+                        "UPDATE derived_cache SET last_used = u.at FROM"
+                        " unnest($1::text[], $2::float8[]) AS u(key, at)"
+                        " WHERE derived_cache.key = u.key",
+                        [key for key, _ in used],
+                        [at for _, at in used],
+                    )
+                total = await conn.fetchval("SELECT COALESCE(SUM(size), 0) FROM derived_cache")
+            return int(total)
+
+        return await self._with_connection(run)
+
+    async def claim_cache_victims(self, at_least: int) -> list[tuple[str, int]]:
+        async def run(conn: Connection) -> list[tuple[str, int]]:
+            async with conn.transaction():
+                rows = await conn.fetch(
+                    "SELECT key, size FROM derived_cache ORDER BY last_used, key LIMIT $1"
+                    " FOR UPDATE SKIP LOCKED",
+                    _CLAIM_BATCH,
+                )
+                claimed: list[tuple[str, int]] = []
+                freed = 0
+                for key, size in rows:
+                    if freed >= at_least:
+                        break
+                    claimed.append((str(key), int(size)))
+                    freed += int(size)
+                await conn.execute(
+                    "DELETE FROM derived_cache WHERE key = ANY($1::text[])",
+                    [key for key, _ in claimed],
+                )
+            return claimed
+
+        return await self._with_connection(run)
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1 FROM studies LIMIT 1")
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
         row = await self._fetchrow(

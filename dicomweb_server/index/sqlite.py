@@ -37,6 +37,7 @@ __all__ = ["SqliteInstanceIndex"]
 T = TypeVar("T")
 _READERS = 4
 _ITER_BATCH = 64
+_CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -237,6 +238,60 @@ class SqliteInstanceIndex:
             if len(batch) < 1000:
                 return
             after = int(batch[-1][0])
+
+    async def note_cache_use(
+        self, added: Sequence[tuple[str, int, float]], used: Sequence[tuple[str, float]]
+    ) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO derived_cache (key, size, last_used) VALUES (?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET size = excluded.size,"
+                    " last_used = excluded.last_used",
+                    added,
+                )
+                conn.executemany(
+                    "UPDATE derived_cache SET last_used = ? WHERE key = ?",
+                    [(at, key) for key, at in used],
+                )
+                total = conn.execute("SELECT COALESCE(SUM(size), 0) FROM derived_cache").fetchone()
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return int(total[0])
+
+        return await self._write(run)
+
+    async def claim_cache_victims(self, at_least: int) -> list[tuple[str, int]]:
+        def run(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                claimed: list[tuple[str, int]] = []
+                freed = 0
+                oldest = conn.execute(
+                    "SELECT key, size FROM derived_cache ORDER BY last_used, key LIMIT ?",
+                    (_CLAIM_BATCH,),
+                )
+                for key, size in oldest:
+                    if freed >= at_least:
+                        break
+                    claimed.append((str(key), int(size)))
+                    freed += int(size)
+                conn.executemany(
+                    "DELETE FROM derived_cache WHERE key = ?", [(key,) for key, _ in claimed]
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return claimed
+
+        return await self._write(run)
+
+    async def ping(self) -> None:
+        await self._read(lambda conn: conn.execute("SELECT 1 FROM studies LIMIT 1").fetchall())
 
     async def close(self) -> None:
         def close_all() -> None:

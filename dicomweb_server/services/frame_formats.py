@@ -16,14 +16,12 @@ from dicomweb_server.codecs.registry import (
     NATIVE_SYNTAXES,
     can_encode,
 )
-from dicomweb_server.index.base import StoredInstance
 
 __all__ = [
     "RANGED_NATIVE",
     "FrameFormat",
     "WantedFrames",
     "default_syntax",
-    "frame_cache_key",
     "frame_formats",
     "why_not",
 ]
@@ -106,11 +104,3 @@ def frame_formats(item: WantedFrames, stored: str, reasons: list[str]) -> list[F
         else:
             formats.append(FrameFormat(item.media_type, uid, False))
     return formats
-
-
-def frame_cache_key(instance: StoredInstance, number: int, target: str) -> str:
-    key = instance.key
-    return (
-        f"{key.site}/cache/{key.study_instance_uid}/{key.series_instance_uid}/"
-        f"{key.sop_instance_uid}/{instance.digest[:16]}/frames/{number}.{target}"
-    )

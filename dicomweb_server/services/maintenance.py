@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 
-from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.domain.blob_keys import parse_instance_blob_key
 from dicomweb_server.index.base import InstanceIndex
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["SweepReport", "sweep_orphans"]
 
 log = logging.getLogger("dicomweb_server.maintenance")
-
-# Instance objects only: {site}/{study}/{series}/{sop}/{digest}.dcm (see services.store).
-_INSTANCE_KEY = re.compile(
-    r"^(?P<site>[a-z0-9][a-z0-9_-]*)/(?P<study>[0-9.]+)/(?P<series>[0-9.]+)/(?P<sop>[0-9.]+)/[0-9a-f]+\.dcm$"
-)
 
 
 @dataclass(slots=True)
@@ -44,11 +38,10 @@ async def sweep_orphans(
     report = SweepReport()
     now = time.time()
     async for info in blobs.iter_objects():
-        match = _INSTANCE_KEY.match(info.key)
-        if match is None:
+        key = parse_instance_blob_key(info.key)
+        if key is None:
             continue  # caches and anything not an instance object are not ours to judge
         report.examined += 1
-        key = InstanceKey(match["site"], match["study"], match["series"], match["sop"])
         stored = await index.get_instance(key)
         if stored is not None and stored.blob_key == info.key:
             report.referenced += 1

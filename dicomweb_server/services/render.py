@@ -2,10 +2,9 @@
 
 A request is first planned: the instance and frames are found and an entity tag computed
 from the stored object's digest and the rendering options, so a conditional request is
-answered without touching pixels. Producing decodes and renders in the shared codec pool
-(RetrieveService.run_codec): one pool hop per image. Results are kept in a small in-memory
-LRU; thumbnails are also kept in the blob store under `{site}/cache/`, and the same
-rendering asked for by many clients at once runs once.
+answered without touching pixels. Producing decodes and renders in the shared codec pool:
+one pool hop per image. Results are kept in a small in-memory LRU; thumbnails are also kept
+in the derived-data cache, and the same rendering asked for by many clients at once runs once.
 """
 
 from __future__ import annotations
@@ -35,14 +34,12 @@ from dicomweb_server.codecs.rendering import (
     render,
     render_pixels,
 )
+from dicomweb_server.domain.blob_keys import rendered_cache_key
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
-from dicomweb_server.errors import (
-    BadRequestError,
-    DicomwebError,
-    NotAcceptableError,
-    NotFoundError,
-)
-from dicomweb_server.index.base import StoredInstance
+from dicomweb_server.domain.records import StoredInstance
+from dicomweb_server.errors import BadRequestError, NotAcceptableError, NotFoundError
+from dicomweb_server.services.codec_pool import CodecPool
+from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.single_flight import SingleFlight
 
@@ -101,8 +98,9 @@ class RenderService:
     """Rendered images and thumbnails, composed over the retrieve service."""
 
     retrieve: RetrieveService
+    codecs: CodecPool
+    thumbnail_cache: DerivedCache | None = None  # None: thumbnails are not kept
     thumbnail_size: int = 128
-    cache_thumbnails: bool = True
     memory_cache_bytes: int = 32 << 20
     _memory: _MemoryCache = field(init=False)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
@@ -112,7 +110,6 @@ class RenderService:
     _attributes_memo: OrderedDict[str, ImageAttributes] = field(
         default_factory=OrderedDict, init=False
     )
-    _writes: set[asyncio.Task[None]] = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
         self._memory = _MemoryCache(self.memory_cache_bytes)
@@ -147,7 +144,7 @@ class RenderService:
             instance = await self._representative(study, series_instance_uid)
         if frame is None:
             frame = (instance.number_of_frames + 1) // 2  # the middle of a multi-frame
-        return self._plan(instance, options, [frame], persistent=self.cache_thumbnails)
+        return self._plan(instance, options, [frame], persistent=self.thumbnail_cache is not None)
 
     def thumbnail_options(self, options: RenderOptions) -> RenderOptions:
         """Thumbnails: a small default viewport, never enlarged, no annotations."""
@@ -181,13 +178,9 @@ class RenderService:
                 raise NotFoundError(
                     f"frame {number} does not exist: the instance has {instance.number_of_frames}"
                 )
-        key = instance.key
         extension = options.media_type.rsplit("/", 1)[-1]
-        digest = hashlib.sha256(f"{_VERSION}|{frames}|{options.token}".encode()).hexdigest()
-        cache_key = (
-            f"{key.site}/cache/{key.study_instance_uid}/{key.series_instance_uid}/"
-            f"{key.sop_instance_uid}/{instance.digest[:16]}/rendered/{digest[:32]}.{extension}"
-        )
+        token = hashlib.sha256(f"{_VERSION}|{frames}|{options.token}".encode()).hexdigest()
+        cache_key = rendered_cache_key(instance.key, instance.digest, token[:32], extension)
         return Rendering(instance, tuple(frames), options, cache_key, persistent)
 
     async def _representative(
@@ -237,31 +230,15 @@ class RenderService:
         return data
 
     async def _load_or_render(self, rendering: Rendering) -> bytes:
-        blobs = self.retrieve.blobs
-        if rendering.persistent:
-            try:
-                return b"".join([chunk async for chunk in blobs.iter_get(rendering.cache_key)])
-            except NotFoundError:
-                pass
-            except DicomwebError as exc:
-                log.warning("thumbnail cache read failed: %s", exc.reason)
+        cache = self.thumbnail_cache if rendering.persistent else None
+        if cache is not None:
+            cached = await cache.get(rendering.cache_key)
+            if cached is not None:
+                return cached
         data = await self._render(rendering)
-        if rendering.persistent:  # written after the response: the client does not wait
-            task = asyncio.create_task(self._cache_put(rendering.cache_key, data))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
+        if cache is not None:  # written after the response: the client does not wait
+            cache.put_later(rendering.cache_key, data)
         return data
-
-    async def _cache_put(self, key: str, data: bytes) -> None:
-        try:
-            await self.retrieve.blobs.put(key, _one(data))
-        except DicomwebError as exc:  # the cache is an optimisation: serve regardless
-            log.warning("thumbnail cache write failed: %s", exc.reason)
-
-    async def flush(self) -> None:
-        """Wait for thumbnail cache writes in flight (before the blob store closes)."""
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
 
     async def _render(self, rendering: Rendering) -> bytes:
         instance, options = rendering.instance, rendering.options
@@ -271,7 +248,7 @@ class RenderService:
                 self._attributes(instance), self._stored_frames(instance, rendering.frames)
             )
             if stored is not None:
-                return await self.retrieve.run_codec(render, stored, syntax, attrs, options)
+                return await self.codecs.run(render, stored, syntax, attrs, options)
             # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
             # reads them from the whole object.
             return await self._render_from_object(instance, rendering.frames, attrs, options)
@@ -309,8 +286,7 @@ class RenderService:
 
     async def _read_attributes(self, instance: StoredInstance) -> ImageAttributes:
         """Rendering attributes from the stored metadata, with LUT bulk data fetched."""
-        metadata = await self.retrieve.index.get_metadata(instance.key)
-        model = orjson.loads(metadata) if metadata else None
+        model = orjson.loads(await self.retrieve.get_metadata(instance.key))
         if not isinstance(model, dict):
             raise CodecError("the instance has no stored metadata")
         bulk: dict[str, bytes] = {}
@@ -325,7 +301,7 @@ class RenderService:
     async def _attributes_from_object(self, instance: StoredInstance) -> ImageAttributes:
         spool = await self._spool(instance)
         try:
-            return await self.retrieve.run_codec(_attributes_from_file, spool)
+            return await self.codecs.run(_attributes_from_file, spool)
         finally:
             spool.close()
 
@@ -338,9 +314,7 @@ class RenderService:
     ) -> bytes:
         spool = await self._spool(instance)
         try:
-            return await self.retrieve.run_codec(
-                _render_from_file, spool, list(frames), attrs, options
-            )
+            return await self.codecs.run(_render_from_file, spool, list(frames), attrs, options)
         finally:
             spool.close()
 
@@ -388,10 +362,6 @@ def _render_from_file(
     from dicomweb_server.codecs.transcode import pixels_from_file
 
     return render_pixels(pixels_from_file(src, frames), attrs, options)  # type: ignore[arg-type]
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

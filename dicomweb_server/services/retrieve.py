@@ -1,20 +1,19 @@
 """Retrieve (WADO-RS): instances, metadata, frames and bulk data, transcoded on request.
 
-Codec work runs in a thread pool sized to the cores, one frame (or one instance) per task.
-Frames served as stored are ranged reads of the recorded spans; transcoded frames are cached
-in the blob store and a transcode requested by many clients at once runs once.
+Codec work runs in the shared codec pool, one frame (or one instance) per task. Frames served
+as stored are ranged reads of the recorded spans; transcoded frames are kept in the derived
+data cache and a transcode requested by many clients at once runs once. Study, series and
+instance answers are planned before their first byte (services/bodies.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import tempfile
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import TypeVar
 
 import orjson
 
@@ -35,36 +34,30 @@ from dicomweb_server.codecs.transcode import (
     encode_frame,
     pixels_from_file,
     transcode_frame,
-    transcode_instance,
 )
+from dicomweb_server.domain.blob_keys import frame_cache_key
 from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.part10 import PIXEL_DATA
+from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import (
     BadRequestError,
-    DicomwebError,
     NotAcceptableError,
     NotFoundError,
 )
-from dicomweb_server.index.base import InstanceIndex, StoredInstance
+from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.services.bodies import InstancesPlan
+from dicomweb_server.services.codec_pool import CodecPool
+from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.frame_formats import (
     RANGED_NATIVE,
     FrameFormat,
     WantedFrames,
-    default_syntax,
-    frame_cache_key,
     frame_formats,
-    why_not,
 )
-from dicomweb_server.services.read_ahead import iter_read_ahead
+from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead
 from dicomweb_server.services.single_flight import SingleFlight
-from dicomweb_server.services.streams import (
-    chain,
-    iter_spool,
-    one_chunk,
-    one_view,
-    opened,
-)
+from dicomweb_server.services.streams import chain
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = [
@@ -72,6 +65,7 @@ __all__ = [
     "NATIVE_SYNTAXES",
     "OCTET_STREAM_MEDIA_TYPE",
     "FrameFormat",
+    "ReadAhead",
     "RetrieveService",
     "WantedFrames",
     "canonical_media_type",
@@ -92,10 +86,14 @@ class RetrieveService:
 
     index: InstanceIndex
     blobs: BlobStore
-    codec_workers: int = 1  # 0: one per core (see Settings.codec_workers)
-    cache_frames: bool = True
-    _executor: ThreadPoolExecutor | None = field(default=None, init=False)
+    codecs: CodecPool
+    frame_cache: DerivedCache | None = None  # None: transcoded frames are not kept
+    read_ahead: ReadAhead = field(default_factory=ReadAhead)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
+    _answers: InstanceAnswers = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._answers = InstanceAnswers(self.index, self.blobs, self.codecs, self.read_ahead)
 
     # -- instances -------------------------------------------------------------------------
 
@@ -118,100 +116,27 @@ class RetrieveService:
 
     def iter_object(self, instance: StoredInstance) -> AsyncIterator[bytes]:
         """The stored Part 10 bytes, streamed."""
-        return self.blobs.iter_get(instance.blob_key, chunk_size=_STREAM_CHUNK)
+        return self._answers.iter_object(instance)
 
-    def serves_as_stored(self, instance: StoredInstance, wanted: Sequence[str | None]) -> bool:
-        """True when `open_instance` would send the stored bytes (its size is known ahead)."""
-        stored = instance.transfer_syntax_uid
-        for syntax in wanted:
-            target = default_syntax(stored) if syntax is None else syntax
-            if target in ("*", stored):
-                return True
-            if why_not(stored, target) is None:
-                return False  # transcoded (or refused: then no size matters)
-        return False
-
-    def iter_opened_instances(
+    async def plan_instances(
         self,
-        instances: AsyncIterator[StoredInstance],
+        study: StudyKey,
+        series_instance_uid: str | None,
         wanted: Sequence[str | None],
         *,
-        read_ahead_objects: int,
-        read_ahead_bytes: int,
-    ) -> AsyncGenerator[tuple[StoredInstance, tuple[str, AsyncIterator[bytes]]]]:
-        """Each instance opened as by `open_instance`, in order, the next ones fetched while
-        the current one is sent (at most `read_ahead_objects` objects and `read_ahead_bytes`).
-
-        An object served as stored that fits in `read_ahead_bytes` is read whole, in one ranged
-        read; a larger one is opened ahead and streamed; a transcode runs at its turn, alone.
-        """
-
-        def whole(instance: StoredInstance) -> bool:
-            return instance.size <= read_ahead_bytes and self.serves_as_stored(instance, wanted)
-
-        def cost(instance: StoredInstance) -> int:
-            if whole(instance):
-                return instance.size
-            if self.serves_as_stored(instance, wanted):
-                return _STREAM_CHUNK  # its first chunk, read when opened
-            return read_ahead_bytes  # a transcode spools the object: let it run alone
-
-        async def fetch(instance: StoredInstance) -> tuple[str, AsyncIterator[bytes]]:
-            if whole(instance):
-                data = await self.blobs.read_sendable(instance.blob_key, 0, instance.size)
-                return instance.transfer_syntax_uid, one_view(data)
-            return await self.open_instance(instance, wanted)
-
-        return iter_read_ahead(
-            instances, fetch, cost, max_items=read_ahead_objects, max_bytes=read_ahead_bytes
+        regions: bool,
+    ) -> InstancesPlan:
+        """A study or series answer, every instance decided before the first byte."""
+        return await self._answers.plan_instances(
+            study, series_instance_uid, wanted, regions=regions
         )
 
-    async def open_instance(
-        self, instance: StoredInstance, wanted: Sequence[str | None]
-    ) -> tuple[str, AsyncIterator[bytes]]:
-        """The instance in the first acceptable syntax we can produce: (syntax, bytes).
-
-        `wanted` items are UIDs, "*" (as stored) or None (PS3.18 8.7.3.4 default: explicit VR
-        little endian, unless the stored data is lossy-compressed: then as stored).
-        """
-        stored = instance.transfer_syntax_uid
-        reasons: list[str] = []
-        for syntax in wanted:
-            target = default_syntax(stored) if syntax is None else syntax
-            if target in ("*", stored):
-                # Read the first chunk now: a store that is down is a 503, not a cut-off 200.
-                return stored, await opened(self.iter_object(instance))
-            reason = why_not(stored, target)
-            if reason is None:
-                try:
-                    written, spool = await self._transcode_instance(instance, target)
-                except CodecError as exc:
-                    reason = str(exc)
-                else:
-                    return written, iter_spool(spool)
-            reasons.append(f"{target}: {reason}")
-        raise NotAcceptableError(
-            f"instance {instance.key.sop_instance_uid} (stored as {stored}) cannot be served"
-            " in any accepted transfer syntax: " + "; ".join(reasons[:4])
-        )
-
-    async def _transcode_instance(
-        self, instance: StoredInstance, target: str
-    ) -> tuple[str, IO[bytes]]:
-        source = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - closed below
-        try:
-            async for chunk in self.blobs.iter_get(instance.blob_key):
-                await asyncio.to_thread(source.write, chunk)
-            out = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
-            try:
-                written = await self._run(transcode_instance, source, target, out)
-            except BaseException:
-                out.close()
-                raise
-        finally:
-            source.close()
-        out.seek(0)
-        return written, out
+    async def plan_instance(
+        self, key: InstanceKey, wanted: Sequence[str | None], *, regions: bool
+    ) -> InstancesPlan:
+        """One instance's answer, decided before the first byte."""
+        instance = await self.get_instance(key)
+        return await self._answers.plan_instance(instance, wanted, regions=regions)
 
     # -- metadata --------------------------------------------------------------------------
 
@@ -231,6 +156,13 @@ class RetrieveService:
             yield b"]"
 
         return generate()
+
+    async def get_metadata(self, key: InstanceKey) -> bytes:
+        """One instance's stored DICOM JSON (BulkDataURIs relative), or NotFoundError."""
+        metadata = await self.index.get_metadata(key)
+        if metadata is None:
+            raise NotFoundError(f"instance {key.sop_instance_uid} not found")
+        return metadata
 
     async def instance_metadata(self, key: InstanceKey, root_url: str) -> bytes:
         """One instance's metadata as a JSON array of one object."""
@@ -327,10 +259,6 @@ class RetrieveService:
             return None
         return await self._read_span(instance, number)
 
-    async def run_codec(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run synchronous codec work (decoding, rendering) in the shared codec pool."""
-        return await self._run(function, *args)
-
     async def _read_span(self, instance: StoredInstance, number: int) -> bytes:
         assert instance.pixel is not None
         fragments = instance.pixel.frames[number - 1].fragments
@@ -341,22 +269,23 @@ class RetrieveService:
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str
     ) -> bytes:
         """One frame in `target`: from the cache, or transcoded once however many ask."""
-        key = frame_cache_key(instance, number, target)
-        if self.cache_frames:
-            cached = await self._cache_get(key)
+        key = frame_cache_key(instance.key, instance.digest, number, target)
+        cache = self.frame_cache
+        if cache is not None:
+            cached = await cache.get(key)
             if cached is not None:
                 return cached
 
         async def transcode() -> bytes:
             source = await self._read_span(instance, number)
-            encoded = await self._run(
+            encoded = await self.codecs.run(
                 transcode_frame, source, instance.transfer_syntax_uid, target, info
             )
             return encoded.data
 
         data, produced = await self._inflight.run(key, transcode)
-        if produced and self.cache_frames:
-            await self._cache_put(key, data)
+        if produced and cache is not None:
+            cache.put_later(key, data)
         return data
 
     async def _frames_from_object(
@@ -374,44 +303,9 @@ class RetrieveService:
                     for pixels in pixels_from_file(spool, numbers)  # type: ignore[arg-type]
                 ]
 
-            return await self._run(work)
+            return await self.codecs.run(work)
         finally:
             spool.close()
-
-    async def _cache_get(self, key: str) -> bytes | None:
-        try:
-            return b"".join([chunk async for chunk in self.blobs.iter_get(key)])
-        except NotFoundError:
-            return None
-        except DicomwebError as exc:
-            log.warning("frame cache read failed: %s", exc.reason)
-            return None
-
-    async def _cache_put(self, key: str, data: bytes) -> None:
-        try:
-            await self.blobs.put(key, one_chunk(data))
-        except DicomwebError as exc:  # the cache is an optimisation: serve regardless
-            log.warning("frame cache write failed: %s", exc.reason)
-
-    async def _run(self, function: Callable[..., _T], *args: Any) -> _T:
-        """Run codec work in the pool. A cancelled caller still waits for its worker: the
-        buffers and spool files it handed over must outlive the native code reading them."""
-        if self._executor is None:
-            workers = self.codec_workers or os.cpu_count() or 1
-            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="codec")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.wait({future})
-            raise
-
-    def close(self) -> None:
-        """Stop the codec workers (after the last request)."""
-        if self._executor is not None:
-            # Queued work is dropped; running work finishes before the pool's threads exit.
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
 
     # -- bulk data -------------------------------------------------------------------------
 

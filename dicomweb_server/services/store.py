@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, cast
 
+from dicomweb_server.domain.blob_keys import instance_blob_key
+from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.domain.part10 import (
     PREAMBLE_LENGTH,
     InvalidInstanceError,
@@ -30,21 +32,13 @@ from dicomweb_server.domain.stow_result import (
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
 from dicomweb_server.index.batch import NewInstance, add_instances
+from dicomweb_server.services.spool import Spool
 from dicomweb_server.storage.base import BlobStore
-from dicomweb_server.storage.spool import Spool
 
-__all__ = ["StoreRequest", "StoreService", "blob_key_for"]
+__all__ = ["StoreRequest", "StoreService"]
 
 log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
-
-
-def blob_key_for(site: str, record: InstanceRecord, digest: str) -> str:
-    """Object key: site/study/series/instance/digest, so different content never shares a key."""
-    return (
-        f"{site}/{record.study_instance_uid}/{record.series_instance_uid}/"
-        f"{record.sop_instance_uid}/{digest[:32]}.dcm"
-    )
 
 
 def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
@@ -101,7 +95,15 @@ class StoreService:
                     DATA_SET_DOES_NOT_MATCH,
                     f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
                 )
-            key = blob_key_for(site, record, digest)
+            key = instance_blob_key(
+                InstanceKey(
+                    site,
+                    record.study_instance_uid,
+                    record.series_instance_uid,
+                    record.sop_instance_uid,
+                ),
+                digest,
+            )
             stored_size = await self.blobs.put(key, spool.iter_chunks())
             return NewInstance(record, key, stored_size, digest)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import IO, cast
+from typing import IO, Any, cast
 
-from dicomweb_server.index.base import StoredInstance
+from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, FileRegion
 
 __all__ = ["chain", "close_stream", "iter_spool", "one_chunk", "one_view", "opened"]
@@ -26,7 +26,7 @@ async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
 
 async def one_view(data: bytes | memoryview | FileRegion) -> AsyncIterator[bytes]:
     # A view is sent as is: Starlette and uvicorn write any buffer without copying it; a file
-    # region is sent by the kernel where the server can (web/zerocopy.py), else mapped there.
+    # region is sent by the kernel where the server can (serve/zerocopy.py), else mapped.
     yield cast(bytes, data)
 
 
@@ -70,7 +70,7 @@ class _Opened:
         await close_stream(self._rest)
 
 
-async def close_stream(chunks: AsyncIterator[bytes]) -> None:
+async def close_stream(chunks: AsyncIterator[Any]) -> None:
     aclose = getattr(chunks, "aclose", None)
     if aclose is not None:
         await aclose()

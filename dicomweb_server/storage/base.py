@@ -1,4 +1,5 @@
-"""The BlobStore protocol: put a stream, read a stream or a range, delete, list."""
+"""The BlobStore protocol (put a stream, read a stream or a range, delete, list), the optional
+local-file capability, and the reads that use it when a store has it."""
 
 from __future__ import annotations
 
@@ -6,15 +7,21 @@ import mmap
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from dicomweb_server.errors import BackendUnavailableError, DicomwebError, NotFoundError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
     "BlobInfo",
     "BlobStore",
     "FileRegion",
+    "LocalFiles",
     "check_and_read_ahead",
+    "local_region",
     "map_view",
+    "read_sendable",
+    "read_view",
 ]
 
 DEFAULT_CHUNK_SIZE = 256 * 1024
@@ -77,9 +84,9 @@ def map_view(file: BinaryIO, offset: int, count: int) -> memoryview:
 class BlobStore(Protocol):
     """Immutable objects under string keys; a put is visible only once complete.
 
-    Keys are built by the services from validated UIDs (digits, dots, slashes, a hex digest);
-    implementations may still refuse anything else. Missing keys raise NotFoundError;
-    backend faults raise BackendUnavailableError.
+    Keys are built by the services from validated UIDs (digits, dots, slashes, a hex digest;
+    see `storage.keys`); implementations may still refuse anything else. Missing keys raise
+    NotFoundError; backend faults raise BackendUnavailableError.
     """
 
     async def put(self, key: str, chunks: AsyncIterator[bytes | memoryview]) -> int:
@@ -100,24 +107,6 @@ class BlobStore(Protocol):
         """Return exactly `length` bytes from `start` (a frame or a bulk value)."""
         ...
 
-    async def read_view(self, key: str, start: int, length: int) -> bytes | memoryview:
-        """`read_range`, possibly as a read-only view that needs no copy (a mapped file).
-
-        The view stays valid for as long as it is referenced, whatever happens to the key.
-        """
-        ...
-
-    async def read_sendable(
-        self, key: str, start: int, length: int
-    ) -> bytes | memoryview | FileRegion:
-        """`read_view`, or a region of a local file that a response can send without a copy."""
-        ...
-
-    def local_region(self, key: str, start: int, length: int) -> FileRegion | None:
-        """The span as a region of a local file, named without touching the disk (the sender
-        checks it), or None where objects are not local files."""
-        ...
-
     async def delete(self, key: str) -> None:
         """Remove the object; deleting a missing key is not an error."""
         ...
@@ -126,6 +115,72 @@ class BlobStore(Protocol):
         """Yield every object under `prefix` (for orphan sweeps and export)."""
         ...
 
+    async def ping(self) -> None:
+        """Return when the store answers; raise BackendUnavailableError when it does not."""
+        ...
+
     async def close(self) -> None:
         """Release clients and connections."""
         ...
+
+
+@runtime_checkable
+class LocalFiles(Protocol):
+    """A store whose objects are files on this machine: responses can send them by path."""
+
+    def local_path(self, key: str) -> str:
+        """The object's file path, named without touching the disk (the reader checks it)."""
+        ...
+
+
+# Views of at least this many bytes map the file instead of copying it into memory: the
+# socket then copies straight from the page cache (one copy, and no fresh pages to fault in).
+_MAP_MIN = 128 << 10
+
+
+def local_region(store: BlobStore, key: str, start: int, length: int) -> FileRegion | None:
+    """The span as a region of a local file, unchecked, or None where objects are not files."""
+    if isinstance(store, LocalFiles):
+        return FileRegion(store.local_path(key), start, length)
+    return None
+
+
+async def read_view(store: BlobStore, key: str, start: int, length: int) -> bytes | memoryview:
+    """`read_range`, or for a large span of a local file a read-only mapped view (no copy).
+
+    Mapping reads no data, so it runs on the event loop; the kernel is asked to read the span
+    ahead, so that by the time a read-ahead queue sends it the pages are usually in memory.
+    The view stays valid for as long as it is referenced: objects are never rewritten in place.
+    """
+    region = local_region(store, key, start, length)
+    if region is None or length < _MAP_MIN:
+        return await store.read_range(key, start, length)
+    try:
+        with region.open() as handle:
+            check_and_read_ahead(handle.fileno(), start, length)
+            return map_view(handle, start, length)
+    except (OSError, EOFError) as exc:
+        raise _read_error(key, exc) from exc
+
+
+async def read_sendable(
+    store: BlobStore, key: str, start: int, length: int
+) -> bytes | memoryview | FileRegion:
+    """A checked local file region a response can send without a copy, else the bytes."""
+    region = local_region(store, key, start, length)
+    if region is None:
+        return await store.read_range(key, start, length)
+    try:
+        with region.open() as handle:  # checking the size and reading ahead read no data
+            check_and_read_ahead(handle.fileno(), start, length)
+    except (OSError, EOFError) as exc:
+        raise _read_error(key, exc) from exc
+    return region
+
+
+def _read_error(key: str, exc: OSError | EOFError) -> DicomwebError:
+    if isinstance(exc, FileNotFoundError):
+        return NotFoundError(f"object {key} not found")
+    if isinstance(exc, EOFError):
+        return NotFoundError(f"object {key} is shorter than the requested range")
+    return BackendUnavailableError(f"blob store read failed: {exc.strerror}")

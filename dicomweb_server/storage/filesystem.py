@@ -8,22 +8,12 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import BinaryIO, cast
 
 from dicomweb_server.errors import BackendUnavailableError, NotFoundError
-from dicomweb_server.storage.base import (
-    DEFAULT_CHUNK_SIZE,
-    BlobInfo,
-    FileRegion,
-    check_and_read_ahead,
-    map_view,
-)
+from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
 
 __all__ = ["FilesystemBlobStore"]
 
-# Views of at least this many bytes map the file instead of copying it into memory: the
-# socket then copies straight from the page cache (one copy, and no fresh pages to fault in).
-_MAP_MIN = 128 << 10
 # Keys are built from validated UIDs and hex digests; anything else never touches the disk.
 _WRITE_BATCH = 8 << 20  # bytes of a put gathered before a worker thread writes them
 _MAX_IOV = 512  # buffers per writev call (Linux allows 1024)
@@ -34,15 +24,6 @@ def _check_key(key: str) -> str:
     if not _KEY_RE.match(key) or any(part in (".", "..") for part in key.split("/")):
         raise ValueError(f"invalid blob key {key!r}")
     return key
-
-
-def _map_span(path: Path, start: int, length: int) -> memoryview:
-    """`length` bytes of a file from `start` as a read-only view of a shared mapping."""
-    with open(path, "rb") as handle:
-        check_and_read_ahead(handle.fileno(), start, length)
-        view = map_view(cast(BinaryIO, handle), start, length)
-    # Objects are never rewritten in place (a put renames a new file): the view cannot change.
-    return view
 
 
 def _write_all(fd: int, tmp: Path, buffers: list[bytes | memoryview]) -> int:
@@ -75,14 +56,6 @@ def _finish(fd: int, tmp: Path, buffers: list[bytes | memoryview], path: Path) -
     except FileNotFoundError:  # the first object of its series: make the folders once
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
-
-
-def _read_error(key: str, exc: OSError | EOFError) -> Exception:
-    if isinstance(exc, FileNotFoundError):
-        return NotFoundError(f"object {key} not found")
-    if isinstance(exc, EOFError):
-        return NotFoundError(f"object {key} is shorter than the requested range")
-    return BackendUnavailableError(f"blob store read failed: {exc.strerror}")
 
 
 class FilesystemBlobStore:
@@ -173,38 +146,9 @@ class FilesystemBlobStore:
             raise NotFoundError(f"object {key} is shorter than the requested range")
         return data
 
-    async def read_view(self, key: str, start: int, length: int) -> bytes | memoryview:
-        """Large reads map the file: the socket then copies straight from the page cache,
-        with no copy into fresh memory (whose page faults cost as much as the copy).
-
-        Mapping reads no data, so it runs on the event loop like the `open` in `iter_get`;
-        the kernel is asked to read the span ahead, so that by the time a read-ahead queue
-        sends it the pages are usually in memory.
-        """
-        if length < _MAP_MIN:
-            return await self.read_range(key, start, length)
-        try:
-            return _map_span(self._path(key), start, length)
-        except (OSError, EOFError) as exc:
-            raise _read_error(key, exc) from exc
-
-    async def read_sendable(self, key: str, start: int, length: int) -> FileRegion:
-        """The span as a file region: the kernel can send it without a copy.
-
-        Checking the size and asking the kernel to read the span ahead read no data, so this
-        runs on the event loop like the `open` in `iter_get`.
-        """
-        path = self._path(key)
-        try:
-            with open(path, "rb") as handle:  # noqa: ASYNC230 - reads no data
-                check_and_read_ahead(handle.fileno(), start, length)
-        except (OSError, EOFError) as exc:
-            raise _read_error(key, exc) from exc
-        return FileRegion(str(path), start, length)
-
-    def local_region(self, key: str, start: int, length: int) -> FileRegion:
-        """The span as a region of the object's file; nothing is opened or checked here."""
-        return FileRegion(os.path.join(self._root_text, _check_key(key)), start, length)
+    def local_path(self, key: str) -> str:
+        """The object's file (LocalFiles): nothing is opened or checked here."""
+        return os.path.join(self._root_text, _check_key(key))
 
     async def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
@@ -230,6 +174,11 @@ class FilesystemBlobStore:
                     continue  # deleted while we listed
                 found.append(BlobInfo(key, stat.st_size, stat.st_mtime))
         return sorted(found, key=lambda info: info.key)
+
+    async def ping(self) -> None:
+        """The folder is there and writable."""
+        if not await asyncio.to_thread(os.access, self._tmp, os.W_OK | os.X_OK):
+            raise BackendUnavailableError("blob store folder is missing or not writable")
 
     async def close(self) -> None:
         return None

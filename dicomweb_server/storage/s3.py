@@ -398,18 +398,6 @@ class S3BlobStore:
             raise NotFoundError(f"object {key} is shorter than the requested range")
         return data
 
-    async def read_sendable(self, key: str, start: int, length: int) -> bytes | memoryview:
-        """An object has no local file to send from: the bytes as `read_view` reads them."""
-        return await self.read_view(key, start, length)
-
-    async def read_view(self, key: str, start: int, length: int) -> bytes:
-        return await self.read_range(key, start, length)
-
-    def local_region(self, key: str, start: int, length: int) -> None:
-        """Objects are not local files (the key is still checked, as everywhere)."""
-        _check_key(key)
-        return None
-
     async def delete(self, key: str) -> None:
         # S3 deletes are idempotent: a missing key answers 204 like a present one.
         with _wrapped("delete", key):
@@ -434,6 +422,11 @@ class S3BlobStore:
                         int(item.get("Size", 0)),
                         modified.timestamp() if modified is not None else 0.0,
                     )
+
+    async def ping(self) -> None:
+        """The bucket answers (HEAD bucket), within the client's timeouts."""
+        with _wrapped("bucket check", self._prefix or "/"):
+            await self._client.head_bucket(Bucket=self._bucket)
 
     async def close(self) -> None:
         await self._exit_stack.aclose()

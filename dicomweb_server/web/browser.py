@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomweb_server.config import Settings
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.rendered import if_none_match
-from dicomweb_server.web.zerocopy import as_body_message
+from dicomweb_server.web.responses import as_body_message
 
 __all__ = [
     "CompressionMiddleware",

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
-from dicomweb_server.storage.spool import Spool
+from dicomweb_server.services.spool import Spool
 
 __all__ = [
     "MultipartPart",

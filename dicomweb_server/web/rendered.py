@@ -45,7 +45,7 @@ _DEFAULT = RENDERED_MEDIA_TYPES[0]
 
 
 def _render(request: Request) -> RenderService:
-    service: RenderService = request.app.state.dicomweb_render
+    service: RenderService = request.app.state.dicomweb.render
     return service
 
 

@@ -10,9 +10,8 @@ from typing import cast
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from dicomweb_server.index.base import StoredInstance
+from dicomweb_server.services.bodies import FileRegion, InstancesPlan, PlannedInstance
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
-from dicomweb_server.storage.base import FileRegion
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.multipart import (
     iter_multipart,
@@ -22,8 +21,8 @@ from dicomweb_server.web.multipart import (
 )
 from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
 from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
+from dicomweb_server.web.responses import REGIONS, RegionStreamingResponse
 from dicomweb_server.web.state import AppState
-from dicomweb_server.web.zerocopy import REGIONS, RegionStreamingResponse
 
 __all__ = [
     "retrieve_bulkdata",
@@ -49,84 +48,52 @@ async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-async def _instances_response(
-    request: Request, state: AppState, instances: AsyncIterator[StoredInstance]
-) -> StreamingResponse:
+def _instance_headers(root: str, planned: PlannedInstance) -> dict[str, str]:
+    key = planned.instance.key
+    return {
+        "Content-Type": f"application/dicom; transfer-syntax={planned.transfer_syntax_uid}",
+        "Content-Location": (
+            f"{root}/studies/{key.study_instance_uid}/series/{key.series_instance_uid}"
+            f"/instances/{key.sop_instance_uid}"
+        ),
+    }
+
+
+def _instances_response(request: Request, plan: InstancesPlan) -> Response:
     """Multipart application/dicom, one instance at a time (PS3.18 10.4.1.1.1-3).
 
-    The next objects are read while one is sent (Settings.wado_read_ahead_*). The first
-    instance is prepared before the status is sent, so a transfer syntax we cannot produce is
-    a 406; a later instance that fails aborts the stream (and is logged). When every instance
-    is sent as stored and the listing is short, the response carries a Content-Length, and
-    where the objects are local files the server can send, it sends them in batches
-    (`_batches`).
+    Every instance's syntax was decided before this (a 406 names one we cannot produce).
+    When every instance is sent as stored and the listing is complete, the response carries
+    a Content-Length; when they are local files the server can send, it sends them in batches
+    of framing and file regions (`_batches`).
     """
-    settings = state.settings
-    wanted = accept_instances(request.headers.get("accept"))
-    listed, more = await _list_some(instances, settings.wado_sized_max_instances)
+    root = _state(request).settings.root_url
     boundary = new_boundary()
-    root = settings.root_url
-
-    def headers(instance: StoredInstance, syntax: str) -> dict[str, str]:
-        key = instance.key
-        return {
-            "Content-Type": f"application/dicom; transfer-syntax={syntax}",
-            "Content-Location": (
-                f"{root}/studies/{key.study_instance_uid}/series/{key.series_instance_uid}"
-                f"/instances/{key.sop_instance_uid}"
-            ),
-        }
-
     content_type = multipart_content_type("application/dicom", boundary)
     length: dict[str, str] = {}
-    if more is None and all(state.retrieve.serves_as_stored(i, wanted) for i in listed):
-        framing = multipart_framing([headers(i, i.transfer_syntax_uid) for i in listed], boundary)
-        length["Content-Length"] = str(sum(map(len, framing)) + sum(i.size for i in listed))
-        regions = _local_regions(state, listed)
-        if regions and REGIONS in (request.scope.get("extensions") or {}):
-            # A missing object is an error before the status, as on the other path.
-            await state.blobs.read_sendable(listed[0].blob_key, 0, listed[0].size)
-            batches = _batches(framing, regions, settings.wado_read_ahead_objects)
+    if plan.content_length_known:
+        framing = multipart_framing(
+            [_instance_headers(root, planned) for planned in plan.listed], boundary
+        )
+        total = sum(map(len, framing)) + sum(planned.instance.size for planned in plan.listed)
+        length["Content-Length"] = str(total)
+        if plan.regions is not None:
+            per_batch = _state(request).settings.wado_read_ahead_objects
             return RegionStreamingResponse(
-                cast(AsyncIterator[bytes], batches),  # lists of pieces: see the class
+                cast(AsyncIterator[bytes], _batches(framing, plan.regions, per_batch)),
                 headers=length,
                 media_type=content_type,
             )
-    opened = state.retrieve.iter_opened_instances(
-        _chain(listed, more),
-        wanted,
-        read_ahead_objects=settings.wado_read_ahead_objects,
-        read_ahead_bytes=settings.wado_read_ahead_bytes,
-    )
-    try:
-        first = await anext(opened)
-    except BaseException:
-        await opened.aclose()
-        raise
+    bodies = plan.bodies
+    assert bodies is not None  # a plan without regions streams its bodies
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        try:
-            instance, (syntax, body) = first
-            yield headers(instance, syntax), body
-            async for instance, (syntax, body) in opened:
-                yield headers(instance, syntax), body
-        finally:
-            await opened.aclose()
+        async for planned, body in bodies:
+            yield _instance_headers(root, planned), body
 
     return RegionStreamingResponse(
         _logged(iter_multipart(parts(), boundary)), headers=length, media_type=content_type
     )
-
-
-def _local_regions(state: AppState, listed: list[StoredInstance]) -> list[FileRegion] | None:
-    """Each instance's object as a region of a local file, or None if the store has none."""
-    regions = []
-    for instance in listed:
-        region = state.blobs.local_region(instance.blob_key, 0, instance.size)
-        if region is None:
-            return None
-        regions.append(region)
-    return regions
 
 
 async def _batches(
@@ -144,26 +111,9 @@ async def _batches(
     yield batch
 
 
-async def _list_some(
-    instances: AsyncIterator[StoredInstance], limit: int
-) -> tuple[list[StoredInstance], AsyncIterator[StoredInstance] | None]:
-    """Up to `limit` instances, and the iterator if it holds more (None when exhausted)."""
-    listed: list[StoredInstance] = []
-    async for instance in instances:
-        listed.append(instance)
-        if len(listed) > limit:
-            return listed, instances
-    return listed, None
-
-
-async def _chain(
-    listed: list[StoredInstance], more: AsyncIterator[StoredInstance] | None
-) -> AsyncIterator[StoredInstance]:
-    for instance in listed:
-        yield instance
-    if more is not None:
-        async for instance in more:
-            yield instance
+def _sends_regions(request: Request) -> bool:
+    """True when the server takes our regions extension (serve/zerocopy.py)."""
+    return REGIONS in (request.scope.get("extensions") or {})
 
 
 async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -179,30 +129,32 @@ async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 async def retrieve_study(request: Request) -> Response:
     """GET /studies/{study}."""
     state = _state(request)
-    accept_instances(request.headers.get("accept"))
-    instances = await state.retrieve.iter_instances(study_key(request))
-    return await _instances_response(request, state, instances)
+    wanted = accept_instances(request.headers.get("accept"))
+    plan = await state.retrieve.plan_instances(
+        study_key(request), None, wanted, regions=_sends_regions(request)
+    )
+    return _instances_response(request, plan)
 
 
 async def retrieve_series(request: Request) -> Response:
     """GET /studies/{study}/series/{series}."""
     state = _state(request)
-    accept_instances(request.headers.get("accept"))
+    wanted = accept_instances(request.headers.get("accept"))
     key = series_key(request)
-    instances = await state.retrieve.iter_instances(key.study, key.series_instance_uid)
-    return await _instances_response(request, state, instances)
+    plan = await state.retrieve.plan_instances(
+        key.study, key.series_instance_uid, wanted, regions=_sends_regions(request)
+    )
+    return _instances_response(request, plan)
 
 
 async def retrieve_instance(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/instances/{instance}."""
     state = _state(request)
-    accept_instances(request.headers.get("accept"))
-    instance = await state.retrieve.get_instance(instance_key(request))
-
-    async def single() -> AsyncIterator[StoredInstance]:
-        yield instance
-
-    return await _instances_response(request, state, single())
+    wanted = accept_instances(request.headers.get("accept"))
+    plan = await state.retrieve.plan_instance(
+        instance_key(request), wanted, regions=_sends_regions(request)
+    )
+    return _instances_response(request, plan)
 
 
 async def retrieve_study_metadata(request: Request) -> Response:

@@ -1,4 +1,4 @@
-"""Connections spread over uvicorn workers (web/balance.py): in-process listeners, then real
+"""Connections spread over uvicorn workers (serve/balance.py): in-process listeners, then real
 worker processes taking bursts of keep-alive connections."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from test_production import server_env, serving
 
-from dicomweb_server.web.balance import _Listener
+from dicomweb_server.serve.balance import _Listener
 
 
 class _Recorder(asyncio.Protocol):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import importlib.util
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ async def series(client: httpx.AsyncClient):  # type: ignore[no-untyped-def]
 
 
 async def _client_with(settings: Settings, **changes: object) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(dataclasses.replace(settings, **changes))  # type: ignore[arg-type]
+    app = create_app(settings.replace(**changes))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:

@@ -13,7 +13,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -184,7 +183,7 @@ async def test_hostile_instances_fail_cleanly(
 
 async def test_header_over_the_memory_budget_is_refused(settings: Settings) -> None:
     """Many small elements are read into memory: max_header_bytes bounds them."""
-    app = create_app(replace(settings, max_header_bytes=64 << 10))
+    app = create_app(settings.replace(max_header_bytes=64 << 10))
     ds = ct_dataset()
     ds.ImageComments = "x" * 60_000  # text is read into memory whatever its length
     for element in range(0x1000, 0x1400):
@@ -275,7 +274,7 @@ async def test_thousands_of_tiny_parts_are_bounded(
 
 
 async def test_more_parts_than_the_limit_is_413(settings: Settings) -> None:
-    app = create_app(replace(settings, max_parts=50))
+    app = create_app(settings.replace(max_parts=50))
     body, content_type = multipart_body([b"x"] * 51)
     async with (
         app.router.lifespan_context(app),

@@ -30,6 +30,7 @@ import httpx
 import pytest
 import services
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
+from index_cases import TcpProxy
 
 # Servers behind one public name share their DICOMWEB_BASE_URL, so their answers are comparable.
 ROOT = "http://dicomweb.test/dicomweb"
@@ -605,17 +606,33 @@ def test_postgres_outage_is_a_quick_503_and_heals_by_itself(
 def s3_up_and_down(
     tmp_path: Path, database_url: str, endpoint: services.S3Endpoint, bucket: str
 ) -> Iterator[tuple[Server, Server]]:
-    """Two servers on one index: one reaches S3, the other's S3 endpoint is a closed port."""
-    up = server_env(tmp_path / "up", database_url=database_url, bucket=bucket, endpoint=endpoint)
-    down = server_env(
-        tmp_path / "down",
-        database_url=database_url,
-        bucket=bucket,
-        endpoint=endpoint,
-        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
-    )
-    with serving(up, down, log_dir=tmp_path) as (good, bad):
-        yield good, bad
+    """Two servers on one index: one reaches S3; the other reached it through a relay that is
+    cut once it has started (a server refuses to start while its S3 is unreachable)."""
+    host_port = endpoint.endpoint_url.rsplit("/", 1)[-1]
+    host, port = host_port.rsplit(":", 1)
+    relay = TcpProxy(host, int(port))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        relayed = asyncio.run_coroutine_threadsafe(relay.start(), loop).result(10)
+        up = server_env(
+            tmp_path / "up", database_url=database_url, bucket=bucket, endpoint=endpoint
+        )
+        down = server_env(
+            tmp_path / "down",
+            database_url=database_url,
+            bucket=bucket,
+            endpoint=endpoint,
+            s3_endpoint_url=f"http://127.0.0.1:{relayed}",
+        )
+        with serving(up, down, log_dir=tmp_path) as (good, bad):
+            asyncio.run_coroutine_threadsafe(relay.stop(), loop).result(10)
+            yield good, bad
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def test_s3_outage_fails_stow_and_frames_with_503_while_qido_answers(

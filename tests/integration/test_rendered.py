@@ -193,14 +193,14 @@ async def test_thumbnails_at_every_level_are_small_and_honour_the_viewport(clien
 async def test_thumbnail_is_cached_in_the_blob_store_and_revalidates(client, stored, app) -> None:  # type: ignore[no-untyped-def]
     ds = stored[2][0]
     first = await client.get(_path(ds, "/thumbnail"))
-    service = app.state.dicomweb_render
+    service = app.state.dicomweb.render
     rendering = await service.plan_thumbnail(
         *_thumbnail_args(ds), options=service.thumbnail_options(_jpeg())
     )
     assert first.headers["etag"] == rendering.etag
-    await service.flush()  # the cache write runs after the response
+    await service.thumbnail_cache.wait_for_writes()  # the cache write runs after the response
     stored_bytes = b"".join(
-        [c async for c in app.state.dicomweb.blobs.iter_get(rendering.cache_key)]
+        [c async for c in app.state.backends.blobs.iter_get(rendering.cache_key)]
     )
     assert stored_bytes == first.content
     assert rendering.cache_key.startswith(f"{DEFAULT_SITE}/cache/")

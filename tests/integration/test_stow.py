@@ -206,11 +206,10 @@ async def test_malformed_study_uid_in_path_is_400(client: httpx.AsyncClient) -> 
 
 
 async def test_body_over_the_limit_is_413(tmp_path, settings) -> None:  # type: ignore[no-untyped-def]
-    from dataclasses import replace
 
     from dicomweb_server.app import create_app
 
-    app = create_app(replace(settings, max_request_bytes=10_000))  # a second app on the same store
+    app = create_app(settings.replace(max_request_bytes=10_000))  # a second app on the same store
     body, content_type = multipart_body([to_part10(ct_dataset(rows=128, columns=128))])
     async with (
         app.router.lifespan_context(app),

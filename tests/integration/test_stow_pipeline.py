@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import httpx
 import pytest_asyncio
@@ -16,7 +15,7 @@ from dicomweb_server.config import Settings
 @pytest_asyncio.fixture
 async def small_batches(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with batches of 2 and 3 parts in flight, so one request spans several batches."""
-    app = create_app(replace(settings, store_index_batch=2, store_pipeline_depth=3))
+    app = create_app(settings.replace(store_index_batch=2, store_pipeline_depth=3))
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(

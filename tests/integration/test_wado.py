@@ -81,7 +81,7 @@ async def test_metadata_carries_bulk_data_uri_and_no_pixels(client, series) -> N
 
 async def test_series_metadata_does_not_read_dicom_files(client, series, app) -> None:  # type: ignore[no-untyped-def]
     study, series_uid, _, _ = series
-    blobs = app.state.dicomweb.blobs
+    blobs = app.state.backends.blobs
     keys = [info.key async for info in blobs.iter_objects()]
     assert len(keys) == 3
     for key in keys:

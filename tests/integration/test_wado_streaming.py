@@ -6,7 +6,6 @@ import asyncio
 import io
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -73,8 +72,7 @@ async def test_transcoded_study_is_streamed_without_length(client: httpx.AsyncCl
 async def test_tight_bounds_serve_the_same_bytes(
     settings: Settings, objects: int, held: int, listed: int
 ) -> None:
-    tight = replace(
-        settings,
+    tight = settings.replace(
         wado_read_ahead_objects=objects,
         wado_read_ahead_bytes=held,
         wado_sized_max_instances=listed,

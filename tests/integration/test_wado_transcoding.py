@@ -17,8 +17,8 @@ from test_wado import _store
 
 from dicomweb_server.codecs.registry import LOSSY_SYNTAXES, can_encode
 from dicomweb_server.codecs.transcode import transcode_instance
+from dicomweb_server.domain.blob_keys import frame_cache_key
 from dicomweb_server.domain.identifiers import DEFAULT_SITE, InstanceKey
-from dicomweb_server.services.frame_formats import frame_cache_key
 
 EVRLE = "1.2.840.10008.1.2.1"
 IVRLE = "1.2.840.10008.1.2"
@@ -348,16 +348,19 @@ async def test_transcoded_frames_are_cached_and_run_once(client, app) -> None:  
     responses = await asyncio.gather(*(client.get(url, headers=accept) for _ in range(8)))
     bodies = {parse_multipart(r.content, r.headers["content-type"])[0][1] for r in responses}
     assert len(bodies) == 1
-    state = app.state.dicomweb
+    retrieve = app.state.dicomweb.retrieve
+    blobs = app.state.backends.blobs
     key = InstanceKey(DEFAULT_SITE, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
-    cache_key = frame_cache_key(await state.retrieve.get_instance(key), 1, JLS)
+    stored = await retrieve.get_instance(key)
+    cache_key = frame_cache_key(stored.key, stored.digest, 1, JLS)
     assert cache_key.startswith(f"default/cache/{ds.StudyInstanceUID}/")
-    assert b"".join([c async for c in state.blobs.iter_get(cache_key)]) in bodies
+    await retrieve.frame_cache.wait_for_writes()  # written after the responses, off their path
+    assert b"".join([c async for c in blobs.iter_get(cache_key)]) in bodies
 
     async def replaced():  # type: ignore[no-untyped-def]
         yield b"from the cache"
 
-    await state.blobs.put(cache_key, replaced())  # a second request must not transcode again
+    await blobs.put(cache_key, replaced())  # a second request must not transcode again
     response = await client.get(url, headers=accept)
     assert (
         parse_multipart(response.content, response.headers["content-type"])[0][1]

@@ -1,4 +1,4 @@
-"""Study retrieve over a real uvicorn with the zero-copy send extension (web/zerocopy.py).
+"""Study retrieve over a real uvicorn with the zero-copy send extension (serve/zerocopy.py).
 
 The stored files of a multipart answer with a Content-Length go to the socket by sendfile;
 these tests check the bytes, that the kernel really sent them, a reader slow enough to fill
@@ -8,6 +8,8 @@ the socket, a client that leaves mid-stream, and the fallbacks (HEAD, no extensi
 from __future__ import annotations
 
 import socket
+import ssl
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +20,9 @@ from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, u
 from live import serving
 
 from dicomweb_server.config import Settings
+from dicomweb_server.serve import zerocopy
 from dicomweb_server.storage.base import FileRegion
-from dicomweb_server.web import zerocopy
+from dicomweb_server.web import responses
 
 INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -211,11 +214,11 @@ def test_regions_message_becomes_one_body_for_middlewares(tmp_path: Path) -> Non
     path = tmp_path / "object"
     path.write_bytes(b"0123456789")
     message = {
-        "type": zerocopy.REGIONS,
+        "type": responses.REGIONS,
         "items": [b"ab", FileRegion(str(path), 2, 5), b"cd"],
         "more_body": True,
     }
-    body = zerocopy.as_body_message(message)
+    body = responses.as_body_message(message)
     assert body == {"type": "http.response.body", "body": b"ab23456cd", "more_body": True}
 
 
@@ -234,5 +237,57 @@ def test_regions_go_through_the_transport_when_the_socket_cannot_be_written_dire
     response = httpx.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES}, timeout=60)
     assert response.status_code == 200
     assert int(response.headers["content-length"]) == len(response.content)
+    assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
+    assert zerocopy.sent_by_kernel() == before
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_issue14_tls_study_is_byte_for_byte_and_never_written_to_the_raw_socket(
+    tmp_path: Path, certificate: tuple[str, str]
+) -> None:
+    """Under TLS nothing may reach the raw socket (sendfile would put plaintext into the
+    encrypted stream): the answer goes through the TLS transport, byte for byte."""
+    assert zerocopy.install()
+    cert, key = certificate
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    settings = Settings(data_dir=tmp_path / "tls", port=port, ssl_certfile=cert, ssl_keyfile=key)
+    assert settings.root_url.startswith("https://")
+    with serving(settings, http="httptools", ssl_certfile=cert, ssl_keyfile=key):
+        root = settings.root_url
+        study, series = uid(), uid()
+        files = {}
+        for number in range(6):
+            ds = ct_dataset(
+                study, series, rows=256, columns=256, instance_number=number, seed=number
+            )
+            files[ds.SOPInstanceUID] = to_part10(ds)
+        body, content_type = multipart_body(list(files.values()))
+        with httpx.Client(verify=ssl.create_default_context(cafile=cert), timeout=60) as client:
+            stored = client.post(
+                f"{root}/studies", content=body, headers={"Content-Type": content_type}
+            )
+            assert stored.status_code == 200, stored.text
+            before = zerocopy.sent_by_kernel()
+            response = client.get(f"{root}/studies/{study}", headers={"Accept": INSTANCES})
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    expected = {sop: b"\0" * 128 + data[128:] for sop, data in files.items()}
     assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
     assert zerocopy.sent_by_kernel() == before

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dicomweb_server.app import tune_garbage_collector
+from dicomweb_server.serve.gc_tuning import tune_garbage_collector
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dicomweb_server.errors import MalformedRequestError, PayloadTooLargeError
-from dicomweb_server.storage.spool import Spool
+from dicomweb_server.services.spool import Spool
 from dicomweb_server.web import multipart
 from dicomweb_server.web.multipart import (
     MultipartPart,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from dicomweb_server.storage.spool import Spool
+from dicomweb_server.services.spool import Spool
 
 
 def _data(size: int, seed: int = 0) -> bytes:

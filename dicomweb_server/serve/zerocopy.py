@@ -1,5 +1,8 @@
 """Stored objects sent by the kernel: the ASGI zero-copy send extension on uvicorn's httptools.
 
+Only `dicomweb-server serve` installs this, and only on a uvicorn it was tested with
+(serve/compat.py checks the version and every private attribute it relies on first).
+
 A whole study is mostly stored files sent as they are. Written through the event loop each
 byte is copied from the page cache into the socket by a `write` (a mapped file avoids only the
 read copy), and that copy was the largest single cost of a study retrieve. With `sendfile` the
@@ -7,10 +10,9 @@ kernel sends the pages themselves.
 
 uvicorn does not implement the extension (ASGI spec, "Zero Copy Send": a message of type
 `http.response.zerocopy` with `file`, `offset`, `count` and `more_body`), so `install()` gives
-its httptools protocol a request cycle that does, and advertises it in each request's scope.
-Responses use it only when the scope says so (`RegionStreamingResponse`); anywhere else (tests
-over httpx, other servers, a middleware that must see the bytes) a region is sent as a mapped
-view, byte for byte the same.
+its httptools protocol a request cycle that does, and advertises it in each request's scope
+(never on a TLS connection: the kernel would send plaintext into it). Responses use it only
+when the scope says so (web/responses.py).
 """
 
 from __future__ import annotations
@@ -21,25 +23,14 @@ import select
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from starlette.responses import StreamingResponse
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message
 
-from dicomweb_server.storage.base import FileRegion, check_and_read_ahead, map_view
+from dicomweb_server.serve import compat
+from dicomweb_server.storage.base import FileRegion, check_and_read_ahead
+from dicomweb_server.web.responses import REGIONS, ZEROCOPY, as_body_message
 
-__all__ = [
-    "REGIONS",
-    "ZEROCOPY",
-    "RegionStreamingResponse",
-    "as_body_message",
-    "install",
-    "sent_by_kernel",
-]
+__all__ = ["install", "install_problem", "sent_by_kernel"]
 
-ZEROCOPY = "http.response.zerocopy"
-# Our own extension: several body pieces (bytes, and file regions sent by the kernel) in one
-# message, {"type": REGIONS, "items": [...], "more_body": bool}. A study of small files sent
-# as one message per piece spent more CPU in Python per instance than the kernel did.
-REGIONS = "dicomweb.response.regions"
 _POLL_SLICE_MS = 200  # a wait for a full socket returns to the loop this often
 _POLL_THREADS = 8  # threads waiting for full sockets, per process (separate from codec work)
 _executor: ThreadPoolExecutor | None = None
@@ -49,75 +40,6 @@ _sent_by_kernel = 0  # bytes this process sent with sendfile (for tests and diag
 def sent_by_kernel() -> int:
     """Bytes sent with sendfile by this process since it started."""
     return _sent_by_kernel
-
-
-def as_body_message(message: Message) -> Message:
-    """A zero-copy message as the equivalent body message (the region mapped, not copied); a
-    regions message as one body (its pieces joined: a copy, for middlewares that must see the
-    bytes)."""
-    if message["type"] == REGIONS:
-        pieces = [
-            item.view() if isinstance(item, FileRegion) else item for item in message["items"]
-        ]
-        body: bytes | memoryview = b"".join(pieces)
-    elif message["type"] == ZEROCOPY:
-        count = int(message["count"])
-        body = map_view(message["file"], int(message.get("offset", 0)), count) if count else b""
-    else:
-        return message
-    return {
-        "type": "http.response.body",
-        "body": body,
-        "more_body": message.get("more_body", False),
-    }
-
-
-class RegionStreamingResponse(StreamingResponse):
-    """A streaming response whose body may hold `FileRegion`s, and lists of pieces (bytes and
-    regions): sent as zero-copy and regions messages when the server offers the extensions,
-    else piece by piece, regions as mapped views."""
-
-    _zerocopy = False
-    _regions = False
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        extensions = scope.get("extensions") or {}
-        self._zerocopy = ZEROCOPY in extensions
-        self._regions = REGIONS in extensions
-        await super().__call__(scope, receive, send)
-
-    async def stream_response(self, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        async for chunk in self.body_iterator:
-            if not isinstance(chunk, list):
-                await self._send_piece(send, chunk)
-            elif self._regions:
-                await send({"type": REGIONS, "items": chunk, "more_body": True})
-            else:
-                for piece in chunk:
-                    await self._send_piece(send, piece)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-    async def _send_piece(self, send: Send, chunk: Any) -> None:
-        if isinstance(chunk, FileRegion) and self._zerocopy:
-            with chunk.open() as file:
-                await send(
-                    {
-                        "type": ZEROCOPY,
-                        "file": file,
-                        "offset": chunk.offset,
-                        "count": chunk.count,
-                        "more_body": True,
-                    }
-                )
-            return
-        if isinstance(chunk, FileRegion):
-            body: bytes | memoryview = chunk.view()
-        else:
-            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
-        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 class _BodyChunks:
@@ -145,6 +67,13 @@ class _BodyChunks:
         if len(self._chunks) == 1:
             return self._chunks[0]
         return b"".join(self._chunks)
+
+
+def install_problem() -> str | None:
+    """Why the request cycle cannot be installed, or None (compat.py has the details)."""
+    if not hasattr(os, "sendfile") or not hasattr(select, "poll"):  # pragma: no cover
+        return "this platform has no sendfile or poll"
+    return compat.zerocopy_problem()
 
 
 def install(*, send_files: bool = True) -> bool:
@@ -180,7 +109,8 @@ def install(*, send_files: bool = True) -> bool:
         def __init__(self, scope: Any, *args: Any, **kwargs: Any) -> None:
             super().__init__(scope, *args, **kwargs)
             self.body = _BodyChunks()
-            if self._send_files:
+            # Never under TLS: bytes written to the raw socket would bypass the encryption.
+            if self._send_files and scope.get("scheme") != "https":
                 extensions = scope.setdefault("extensions", {})
                 extensions[ZEROCOPY] = {}
                 extensions[REGIONS] = {}
@@ -212,6 +142,8 @@ def install(*, send_files: bool = True) -> bool:
             socket = self.transport.get_extra_info("socket")
             return (
                 socket is not None
+                and self.transport.get_extra_info("sslcontext") is None
+                and self.scope.get("scheme") != "https"
                 and self.response_started
                 and not self.response_complete
                 and self.chunked_encoding is False  # a Content-Length: no chunk framing

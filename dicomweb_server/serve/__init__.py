@@ -1,0 +1,88 @@
+"""The only package that knows the HTTP server: uvicorn workers, patches, TLS, start-up checks.
+
+`run(settings)` checks the settings and reaches the backends once in this process, so a bad
+start exits non-zero with one readable line before any worker is forked; then it serves
+with one worker per core (or `workers`), each configured like this process (logging
+included), and returns the exit status: non-zero when a worker could not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import uvicorn
+
+from dicomweb_server.app import open_backends
+from dicomweb_server.config import Settings
+from dicomweb_server.errors import DicomwebError
+from dicomweb_server.serve.logs import log_config
+
+__all__ = ["StartupError", "check_backends", "run"]
+
+log = logging.getLogger("dicomweb_server.serve")
+
+_WORKER_FACTORY = "dicomweb_server.serve.worker:create_worker_app"
+_STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that failed before serving
+
+
+class StartupError(Exception):
+    """The server cannot start; the message is one line saying why."""
+
+
+async def _reach_backends(settings: Settings) -> None:
+    backends = await open_backends(settings)  # opening the index applies its migrations
+    try:
+        await backends.index.ping()
+        await backends.blobs.ping()
+    finally:
+        await backends.close()
+
+
+def check_backends(settings: Settings) -> None:
+    """Open the index and the blob store once and ping both; StartupError if they fail."""
+    try:
+        asyncio.run(_reach_backends(settings))
+    except DicomwebError as exc:
+        raise StartupError(exc.reason) from None
+    except (OSError, ValueError) as exc:
+        raise StartupError(str(exc) or type(exc).__name__) from None
+
+
+def worker_count(settings: Settings) -> int:
+    """Worker processes to start: the setting, or one per core."""
+    return settings.workers if settings.workers > 0 else os.cpu_count() or 1
+
+
+def run(settings: Settings) -> int:
+    """Serve until stopped; the exit status (StartupError before anything is served)."""
+    settings.check()
+    check_backends(settings)
+    workers = worker_count(settings)
+    config = uvicorn.Config(
+        _WORKER_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        access_log=False,  # ours logs paths without query strings (no PHI)
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level,
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
+    )
+    if workers == 1:
+        server = uvicorn.Server(config)
+        server.run()
+        return 0 if server.started else 1
+    from uvicorn.supervisors import Multiprocess
+
+    sock = config.bind_socket()
+    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor.run()
+    failed = [p for p in supervisor.processes if getattr(p, "exitcode", None) == _STARTUP_FAILURE]
+    if failed:
+        log.error("%d worker(s) failed to start; see the lines above", len(failed))
+        return 1
+    return 0

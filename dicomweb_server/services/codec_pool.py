@@ -1,0 +1,43 @@
+"""One pool of threads for synchronous codec work (decoding, encoding, rendering), per process.
+
+Retrieve and render share it, so `codec_workers` bounds all codec work of a process, never
+the event loop. A cancelled caller still waits for its task: the buffers and spool files it
+handed over must outlive the native code reading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+__all__ = ["CodecPool"]
+
+_T = TypeVar("_T")
+
+
+class CodecPool:
+    """Runs codec functions in `workers` threads (0: one per core), started on first use."""
+
+    def __init__(self, workers: int = 1) -> None:
+        self._workers = workers or os.cpu_count() or 1
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
+        """`function(*args)` in a codec thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="codec")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait({future})
+            raise
+
+    def close(self) -> None:
+        """Stop the threads: queued work is dropped, running work finishes first."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
