@@ -8,13 +8,14 @@ crop and scale to the viewport, burn in annotations and encode as JPEG, PNG or G
 
 Synchronous and CPU-bound: callers run `render` in the codec pool. Integer frames of up to
 16 bits go through one lookup table built per frame, which keeps a 512×512 CT under a
-few milliseconds before encoding.
+few milliseconds before encoding. Pixel work runs in row blocks, so its temporaries stay a
+few megabytes whatever the frame size.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,7 @@ DEFAULT_QUALITY = 90  # JPEG quality when none is asked (PS3.18 8.3.5.1.2 leaves
 _PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 doubles the time for a few percent in size
 _GIF_FRAME_MS = 100  # animated GIF frame duration when the instance has no Frame Time
 _MAX_LUT_DOMAIN = 1 << 16  # integer frames up to 16 bits map through one table
+_BLOCK_PIXELS = 1 << 18  # pixels per row block: each temporary stays a few megabytes
 
 
 class RenderParameterError(CodecError):
@@ -142,9 +144,7 @@ def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> A
     photometric = pixels.photometric_interpretation or attrs.info.photometric_interpretation
     window_used: Window | None = None
     if photometric == "PALETTE COLOR" and attrs.palette is not None:
-        values = _stored_values(array, attrs.info)
-        rgb = np.stack([_lut_to_8bit(lut, lut.apply(values)) for lut in attrs.palette], axis=-1)
-        image = Image.fromarray(rgb, "RGB")
+        image = Image.fromarray(_palette_8bit(array, attrs.info, attrs.palette), "RGB")
     elif array.ndim == 3 and array.shape[2] >= 3:
         image = Image.fromarray(_rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
     elif array.ndim == 2:
@@ -203,6 +203,12 @@ def _stored_values(array: np.ndarray[Any, Any], info: FrameInfo) -> np.ndarray[A
     return masked
 
 
+def _row_blocks(rows: int, columns: int) -> list[slice]:
+    """Row slices of about _BLOCK_PIXELS pixels each, covering the frame."""
+    step = max(1, _BLOCK_PIXELS // max(columns, 1))
+    return [slice(top, min(top + step, rows)) for top in range(0, rows, step)]
+
+
 def _grey(
     array: np.ndarray[Any, Any],
     attrs: ImageAttributes,
@@ -210,46 +216,82 @@ def _grey(
     invert: bool,
 ) -> tuple[np.ndarray[Any, Any], Window | None]:
     """Monochrome pixels → 8-bit display values, and the window applied (if any)."""
-    values = _stored_values(array, attrs.info)
-    if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
-        low, high = int(values.min()), int(values.max())
+    info = attrs.info
+    blocks = _row_blocks(array.shape[0], array.shape[1])
+    out = np.empty(array.shape, dtype=np.uint8)
+    if array.dtype.kind in "iu" and array.dtype.itemsize <= 2:
+        ranges = np.array([_min_max(_stored_values(array[rows], info)) for rows in blocks])
+        low, high = int(ranges[:, 0].min()), int(ranges[:, 1].max())
         if high - low < _MAX_LUT_DOMAIN:
-            # One table over the values present: the pipeline runs on at most 65536 numbers.
+            # One table over the values present: the pipeline runs on at most 65536 numbers,
+            # then each block is one lookup (whole-frame int64 indices cost 8 bytes a pixel).
             domain = np.arange(low, high + 1, dtype=np.int64)
-            table, window = _display(domain, attrs, requested, invert, (low, high))
-            return table[values.astype(np.int64) - low], window
-    out, window = _display(values, attrs, requested, invert, None)
+            modality = _modality(domain, attrs)
+            window = _window(attrs, requested, lambda: _min_max(modality))
+            table = _to_8bit(modality, attrs, window, invert)
+            for rows in blocks:
+                index = _stored_values(array[rows], info).astype(np.intp)
+                index -= low
+                out[rows] = table[index]
+            return out, window
+
+    def modality_range() -> tuple[float, float]:
+        ranges = np.array(
+            [_min_max(_modality(_stored_values(array[rows], info), attrs)) for rows in blocks],
+            dtype=np.float64,
+        )
+        return float(ranges[:, 0].min()), float(ranges[:, 1].max())  # NaN spreads as before
+
+    window = _window(attrs, requested, modality_range)
+    for rows in blocks:
+        modality = _modality(_stored_values(array[rows], info), attrs)
+        out[rows] = _to_8bit(modality, attrs, window, invert)
     return out, window
 
 
-def _display(
-    values: np.ndarray[Any, Any],
+def _min_max(values: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+    return values.min(), values.max()
+
+
+def _modality(values: np.ndarray[Any, Any], attrs: ImageAttributes) -> np.ndarray[Any, Any]:
+    """Stored values → float64 modality values (Modality LUT, or rescale slope and intercept)."""
+    if attrs.modality_lut is not None:
+        return attrs.modality_lut.apply(values).astype(np.float64)
+    scaled: np.ndarray[Any, Any] = (
+        values.astype(np.float64) * attrs.rescale_slope + attrs.rescale_intercept
+    )
+    return scaled
+
+
+def _window(
     attrs: ImageAttributes,
     requested: Window | None,
-    invert: bool,
-    stored_range: tuple[int, int] | None,
-) -> tuple[np.ndarray[Any, Any], Window | None]:
-    """Stored values → uint8 through the Modality LUT, the VOI LUT and the polarity."""
-    if attrs.modality_lut is not None:
-        modality = attrs.modality_lut.apply(values).astype(np.float64)
-    else:
-        modality = values.astype(np.float64) * attrs.rescale_slope + attrs.rescale_intercept
+    modality_range: Callable[[], tuple[float, float]],
+) -> Window | None:
+    """The window to apply: asked, the data set's first, or (with no VOI LUT either) the
+    frame's modality range; None when the VOI LUT Sequence applies instead."""
     window = requested
     if window is None and attrs.voi_lut is None and attrs.windows:
         window = attrs.windows[0]
+    if window is None and attrs.voi_lut is None:
+        low, high = (float(v) for v in modality_range())
+        window = Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
+    return window
+
+
+def _to_8bit(
+    modality: np.ndarray[Any, Any], attrs: ImageAttributes, window: Window | None, invert: bool
+) -> np.ndarray[Any, Any]:
+    """Modality values → uint8 through the window (or VOI LUT) and the polarity."""
     if window is not None:
         unit = _voi(modality, window)
-    elif attrs.voi_lut is not None:
-        lut = attrs.voi_lut
-        unit = lut.apply(modality).astype(np.float64) / float((1 << lut.bits) - 1)
     else:
-        # No window anywhere: the data range of this frame.
-        low, high = float(modality.min()), float(modality.max())
-        window = Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
-        unit = _voi(modality, window)
+        lut = attrs.voi_lut
+        assert lut is not None  # _window gives None only when there is a VOI LUT
+        unit = lut.apply(modality).astype(np.float64) / float((1 << lut.bits) - 1)
     if invert:
         unit = 1.0 - unit
-    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8), window
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
 
 
 def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
@@ -271,6 +313,20 @@ def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
 def _rgb_8bit(
     array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
 ) -> np.ndarray[Any, Any]:
+    """Three samples per pixel → 8-bit RGB, a block of rows at a time."""
+    if photometric not in ("RGB", "", "YBR_FULL", "YBR_FULL_422"):
+        raise CodecError(f"cannot render {photometric} colour pixels")
+    if array.dtype == np.uint8 and info.bits_stored <= 8 and photometric in ("RGB", ""):
+        return np.ascontiguousarray(array)
+    out = np.empty((array.shape[0], array.shape[1], 3), dtype=np.uint8)
+    for rows in _row_blocks(array.shape[0], array.shape[1]):
+        out[rows] = _rgb_block(array[rows], photometric, info)
+    return out
+
+
+def _rgb_block(
+    array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
+) -> np.ndarray[Any, Any]:
     """Three samples per pixel → 8-bit RGB (YBR_FULL converted as in PS3.3 C.7.6.3.1.2)."""
     if array.dtype != np.uint8 or info.bits_stored > 8:
         maximum = float((1 << max(info.bits_stored, 1)) - 1)
@@ -283,9 +339,19 @@ def _rgb_8bit(
         rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
         converted: np.ndarray[Any, Any] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         return converted
-    if photometric not in ("RGB", ""):
-        raise CodecError(f"cannot render {photometric} colour pixels")
-    return np.ascontiguousarray(array)
+    return array
+
+
+def _palette_8bit(
+    array: np.ndarray[Any, Any], info: FrameInfo, palette: tuple[Lut, Lut, Lut]
+) -> np.ndarray[Any, Any]:
+    """PALETTE COLOR indices → 8-bit RGB through the red, green and blue LUTs."""
+    out = np.empty((array.shape[0], array.shape[1], 3), dtype=np.uint8)
+    for rows in _row_blocks(array.shape[0], array.shape[1]):
+        values = _stored_values(array[rows], info)
+        for channel, lut in enumerate(palette):
+            out[rows, :, channel] = _lut_to_8bit(lut, lut.apply(values))
+    return out
 
 
 def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
