@@ -9,7 +9,8 @@ crop and scale to the viewport, burn in annotations and encode as JPEG, PNG or G
 Synchronous and CPU-bound: callers run `render` in the codec pool. Integer frames of up to
 16 bits go through one lookup table built per frame, which keeps a 512×512 CT under a
 few milliseconds before encoding. Pixel work runs in row blocks, so its temporaries stay a
-few megabytes whatever the frame size.
+few megabytes whatever the frame size, and a budget on decoded and output pixels
+(`check_render_budget`) refuses a rendering before any frame is decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
 from dicomweb_server.codecs.presentation import (
     WINDOW_FUNCTIONS,
     ImageAttributes,
@@ -37,15 +39,18 @@ from dicomweb_server.codecs.registry import (
 
 __all__ = [
     "ANNOTATIONS",
+    "MAX_RENDER_PIXELS",
     "RENDERED_MEDIA_TYPES",
     "WINDOW_FUNCTIONS",
     "ImageAttributes",
     "Lut",
+    "RenderBudgetError",
     "RenderOptions",
     "RenderParameterError",
     "Viewport",
     "Window",
     "bulk_paths",
+    "check_render_budget",
     "decode_for_rendering",
     "encode_images",
     "present",
@@ -59,11 +64,19 @@ DEFAULT_QUALITY = 90  # JPEG quality when none is asked (PS3.18 8.3.5.1.2 leaves
 _PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 doubles the time for a few percent in size
 _GIF_FRAME_MS = 100  # animated GIF frame duration when the instance has no Frame Time
 _MAX_LUT_DOMAIN = 1 << 16  # integer frames up to 16 bits map through one table
+# Default pixels one rendering may decode (frames × Rows × Columns) and, separately, output
+# (frames × the fitted viewport); Settings: DICOMWEB_MAX_RENDER_PIXELS. One 16384x16384
+# frame fits; 256 GIF frames at 4096x4096 (12.8 GB and two minutes, measured) do not.
+MAX_RENDER_PIXELS = 1 << 28
 _BLOCK_PIXELS = 1 << 18  # pixels per row block: each temporary stays a few megabytes
 
 
 class RenderParameterError(CodecError):
     """A request parameter does not fit this image (say, a viewport region outside it)."""
+
+
+class RenderBudgetError(CodecError):
+    """A rendering would decode or output more pixels than the configured budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +123,50 @@ class RenderOptions:
 
 
 def render(
-    frames: Sequence[bytes], syntax: str, attrs: ImageAttributes, options: RenderOptions
+    frames: Sequence[bytes],
+    syntax: str,
+    attrs: ImageAttributes,
+    options: RenderOptions,
+    max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES,
+    max_render_pixels: int = MAX_RENDER_PIXELS,
 ) -> bytes:
     """Stored frames (native bytes or a frame's fragments joined) → one encoded image.
 
-    Several frames make an animated GIF; the caller asks for one frame otherwise.
+    Several frames make an animated GIF; the caller asks for one frame otherwise. Each frame
+    is presented as soon as it is decoded, so one decoded frame is held at a time.
     """
-    pixels = [decode_for_rendering(data, syntax, attrs.info) for data in frames]
-    return render_pixels(pixels, attrs, options)
+    check_render_budget(len(frames), attrs.info, options, max_render_pixels)
+    images = [
+        present(decode_for_rendering(data, syntax, attrs.info, max_decoded_bytes), attrs, options)
+        for data in frames
+    ]
+    return encode_images(images, attrs, options)
+
+
+def check_render_budget(
+    frame_count: int,
+    info: FrameInfo,
+    options: RenderOptions,
+    max_render_pixels: int = MAX_RENDER_PIXELS,
+) -> None:
+    """Refuse, before any frame is read or decoded, a rendering whose decoded pixels (frames
+    × Rows × Columns) or output pixels (frames × the fitted viewport) exceed the budget."""
+    decoded = frame_count * info.rows * info.columns
+    if decoded > max_render_pixels:
+        raise RenderBudgetError(
+            f"rendering {frame_count} frame(s) of {info.columns}x{info.rows} decodes"
+            f" {decoded} pixels, over the {max_render_pixels}-pixel limit: ask for fewer frames"
+        )
+    width, height = info.columns, info.rows
+    if options.viewport is not None:
+        _, (width, height), _ = _placement(width, height, options.viewport, options.upscale)
+    output = frame_count * width * height
+    if output > max_render_pixels:
+        raise RenderBudgetError(
+            f"rendering {frame_count} frame(s) at {width}x{height} outputs {output} pixels,"
+            f" over the {max_render_pixels}-pixel limit: ask for a smaller viewport or fewer"
+            " frames"
+        )
 
 
 def render_pixels(
@@ -127,13 +176,15 @@ def render_pixels(
     return encode_images([present(p, attrs, options) for p in pixels], attrs, options)
 
 
-def decode_for_rendering(data: bytes, syntax: str, info: FrameInfo) -> Pixels:
+def decode_for_rendering(
+    data: bytes, syntax: str, info: FrameInfo, max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES
+) -> Pixels:
     """One stored frame → pixels, through the codec registry (native YBR_FULL_422 here)."""
     if syntax in NATIVE_SYNTAXES and info.photometric_interpretation == "YBR_FULL_422":
         return _native_ybr_422(data, info)
     from dicomweb_server.codecs.transcode import decode_frame
 
-    return decode_frame(data, syntax, info)
+    return decode_frame(data, syntax, info, max_decoded_bytes)
 
 
 def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> Any:
@@ -382,6 +433,33 @@ def _lut_to_8bit(lut: Lut, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]
 # -- geometry and annotation -------------------------------------------------------------------
 
 
+def _placement(
+    width: int, height: int, viewport: Viewport, upscale: bool
+) -> tuple[tuple[int, int, int, int] | None, tuple[int, int], tuple[bool, bool]]:
+    """Where a width×height image lands in a viewport: the crop box of its source region (or
+    None), the output size with the aspect ratio kept, and the flips (PS3.18 8.3.5.1.3)."""
+    box = None
+    flip_x = flip_y = False
+    if viewport.region is not None:
+        sx, sy, sw, sh = viewport.region
+        sw = width - sx if sw is None else sw
+        sh = height - sy if sh is None else sh
+        flip_x, flip_y = sw < 0, sh < 0
+        left, right = sorted((sx, sx + sw))
+        top, bottom = sorted((sy, sy + sh))
+        box = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise RenderParameterError(
+                f"the viewport region ({sx},{sy},{sw},{sh}) lies outside the {width}x{height} image"
+            )
+        width, height = box[2] - box[0], box[3] - box[1]
+    scale = min(viewport.width / width, viewport.height / height)
+    if not upscale:
+        scale = min(scale, 1.0)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return box, size, (flip_x, flip_y)
+
+
 def _fit(image: Any, viewport: Viewport | None, upscale: bool) -> Any:
     """Crop to the viewport's source region (flipping on negative sizes), then scale to fit
     its box with the aspect ratio kept (PS3.18 8.3.5.1.3)."""
@@ -389,25 +467,9 @@ def _fit(image: Any, viewport: Viewport | None, upscale: bool) -> Any:
 
     if viewport is None:
         return image
-    flip_x = flip_y = False
-    if viewport.region is not None:
-        sx, sy, sw, sh = viewport.region
-        sw = image.width - sx if sw is None else sw
-        sh = image.height - sy if sh is None else sh
-        flip_x, flip_y = sw < 0, sh < 0
-        left, right = sorted((sx, sx + sw))
-        top, bottom = sorted((sy, sy + sh))
-        box = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise RenderParameterError(
-                f"the viewport region ({sx},{sy},{sw},{sh}) lies outside the"
-                f" {image.width}x{image.height} image"
-            )
+    box, size, (flip_x, flip_y) = _placement(image.width, image.height, viewport, upscale)
+    if box is not None:
         image = image.crop(box)
-    scale = min(viewport.width / image.width, viewport.height / image.height)
-    if not upscale:
-        scale = min(scale, 1.0)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     if flip_x:

@@ -13,13 +13,16 @@ from pydicom.data import get_testdata_file
 
 from dicomweb_server.codecs.registry import CodecError, FrameInfo, Pixels
 from dicomweb_server.codecs.rendering import (
+    MAX_RENDER_PIXELS,
     ImageAttributes,
     Lut,
+    RenderBudgetError,
     RenderOptions,
     RenderParameterError,
     Viewport,
     Window,
     bulk_paths,
+    check_render_budget,
     present,
     render,
     render_pixels,
@@ -305,7 +308,7 @@ def test_pydicom_test_files_render_through_the_codec_registry(name: str, syntax:
         assert image.std() > 10  # a windowed greyscale image, not a flat one
 
 
-# -- memory --------------------------------------------------------------------------------
+# -- memory and budgets --------------------------------------------------------------------------
 
 
 def _present_array(array: np.ndarray, attrs: ImageAttributes, **options: object) -> np.ndarray:
@@ -377,3 +380,58 @@ def test_large_16_bit_frame_renders_without_whole_frame_int64_copies() -> None:
     finally:
         tracemalloc.stop()
     assert peak < array.nbytes, f"{peak / 2**20:.0f} MiB for a {array.nbytes / 2**20:.0f} MiB frame"
+
+
+def test_frames_are_decoded_and_presented_one_at_a_time() -> None:
+    """An animated GIF holds the small presented images, not every decoded frame at once."""
+    import tracemalloc
+
+    from dicomweb_server.codecs.transcode import encode_frame
+
+    attrs = _attrs(512, 512)
+    rng = np.random.default_rng(3)
+    frames = [
+        encode_frame(
+            Pixels(rng.integers(0, 4096, (512, 512), dtype=np.uint16), "MONOCHROME2"),
+            RLE,
+            attrs.info,
+        ).data
+        for _ in range(32)
+    ]
+    options = RenderOptions(media_type="image/gif", viewport=Viewport(64, 64))
+    render(frames[:1], RLE, attrs, options)  # warm up the codec imports
+    tracemalloc.start()
+    try:
+        render(frames, RLE, attrs, options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 512 * 512 * 2, f"{peak / 2**20:.1f} MiB: half the decoded frames or more"
+
+
+def test_render_budget_refuses_256_gif_frames_at_4096_before_decoding() -> None:
+    """Red team: 256 frames at viewport=4096,4096 (12.8 GB, two minutes measured) → refused
+    before the first frame is decoded: these frames are not even valid RLE."""
+    attrs = _attrs(256, 256, number_of_frames=256)
+    options = RenderOptions(media_type="image/gif", viewport=Viewport(4096, 4096))
+    with pytest.raises(RenderBudgetError, match=r"256 frame\(s\) at 4096x4096 outputs"):
+        render([b"not RLE"] * 256, RLE, attrs, options)
+    assert MAX_RENDER_PIXELS == 1 << 28
+
+
+def test_render_budget_counts_decoded_and_fitted_output_pixels() -> None:
+    info = _attrs(100, 200).info
+    check_render_budget(5, info, RenderOptions(), 5 * 100 * 200)  # exactly at the limit
+    with pytest.raises(RenderBudgetError, match=r"decodes 100000 pixels.*fewer frames"):
+        check_render_budget(5, info, RenderOptions(), 5 * 100 * 200 - 1)
+    big = RenderOptions(viewport=Viewport(1000, 1000))  # fitted: 1000x500, aspect kept
+    with pytest.raises(RenderBudgetError, match="at 1000x500 outputs 500000"):
+        check_render_budget(1, info, big, 400_000)
+    check_render_budget(
+        1, info, RenderOptions(viewport=Viewport(1000, 1000), upscale=False), 20_000
+    )
+    region = RenderOptions(viewport=Viewport(1000, 1000, (0, 0, 10, 10)))  # 10x10 → 1000x1000
+    with pytest.raises(RenderBudgetError, match="at 1000x1000"):
+        check_render_budget(1, info, region, 999_999)
+    with pytest.raises(RenderParameterError):
+        check_render_budget(1, info, RenderOptions(viewport=Viewport(9, 9, (900, 0, 5, 5))))
