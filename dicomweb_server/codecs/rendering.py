@@ -1,28 +1,25 @@
 """Frames → presentation images for rendered and thumbnail resources (PS3.18 8.3.5, 9.4).
 
-The grayscale pipeline is PS3.4 N.2.1: stored values (masked to Bits Stored, sign-extended)
-→ Modality LUT (rescale or LUT Sequence) → VOI LUT (a window: LINEAR, LINEAR_EXACT or
-SIGMOID, PS3.3 C.11.2.1.2; or a VOI LUT Sequence) → MONOCHROME1 inversion → 8 bits. Colour
-frames are converted to RGB (YBR_FULL, YBR_FULL_422, PALETTE COLOR through its LUTs). Then
-crop and scale to the viewport, burn in annotations and encode as JPEG, PNG or GIF.
+Decoded frames become 8-bit display values (`display`: the PS3.4 N.2.1 grayscale pipeline,
+colour to RGB), then are cropped and scaled to the viewport, annotated and encoded as
+JPEG, PNG or GIF.
 
-Synchronous and CPU-bound: callers run `render` in the codec pool. Integer frames of up to
-16 bits go through one lookup table built per frame, which keeps a 512×512 CT under a
-few milliseconds before encoding. Pixel work runs in row blocks, so its temporaries stay a
-few megabytes whatever the frame size, and a budget on decoded and output pixels
-(`check_render_budget`) refuses a rendering before any frame is decoded.
+Synchronous and CPU-bound: callers run `render` in the codec pool. A budget on decoded and
+output pixels (`check_render_budget`) refuses a rendering before any frame is decoded, and
+each frame is presented as soon as it is decoded.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
+from dicomweb_server.codecs.display import grey_8bit, palette_8bit, rgb_8bit
 from dicomweb_server.codecs.presentation import (
     WINDOW_FUNCTIONS,
     ImageAttributes,
@@ -63,12 +60,10 @@ ANNOTATIONS = ("patient", "technique")
 DEFAULT_QUALITY = 90  # JPEG quality when none is asked (PS3.18 8.3.5.1.2 leaves it to us)
 _PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 doubles the time for a few percent in size
 _GIF_FRAME_MS = 100  # animated GIF frame duration when the instance has no Frame Time
-_MAX_LUT_DOMAIN = 1 << 16  # integer frames up to 16 bits map through one table
 # Default pixels one rendering may decode (frames × Rows × Columns) and, separately, output
 # (frames × the fitted viewport); Settings: DICOMWEB_MAX_RENDER_PIXELS. One 16384x16384
 # frame fits; 256 GIF frames at 4096x4096 (12.8 GB and two minutes, measured) do not.
 MAX_RENDER_PIXELS = 1 << 28
-_BLOCK_PIXELS = 1 << 18  # pixels per row block: each temporary stays a few megabytes
 
 
 class RenderParameterError(CodecError):
@@ -195,11 +190,11 @@ def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> A
     photometric = pixels.photometric_interpretation or attrs.info.photometric_interpretation
     window_used: Window | None = None
     if photometric == "PALETTE COLOR" and attrs.palette is not None:
-        image = Image.fromarray(_palette_8bit(array, attrs.info, attrs.palette), "RGB")
+        image = Image.fromarray(palette_8bit(array, attrs.info, attrs.palette), "RGB")
     elif array.ndim == 3 and array.shape[2] >= 3:
-        image = Image.fromarray(_rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
+        image = Image.fromarray(rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
     elif array.ndim == 2:
-        grey, window_used = _grey(array, attrs, options.window, photometric == "MONOCHROME1")
+        grey, window_used = grey_8bit(array, attrs, options.window, photometric == "MONOCHROME1")
         image = Image.fromarray(grey, "L")
     else:
         raise CodecError(f"cannot render {photometric} pixels of shape {array.shape}")
@@ -237,172 +232,7 @@ def encode_images(images: Sequence[Any], attrs: ImageAttributes, options: Render
     return out.getvalue()
 
 
-# -- grayscale ---------------------------------------------------------------------------------
-
-
-def _stored_values(array: np.ndarray[Any, Any], info: FrameInfo) -> np.ndarray[Any, Any]:
-    """Native data may carry bits above Bits Stored (overlays): mask, then sign-extend."""
-    bits = info.bits_stored
-    if array.dtype.kind not in "iu" or bits >= array.dtype.itemsize * 8 or bits <= 0:
-        return array
-    if info.pixel_representation:
-        shift = array.dtype.itemsize * 8 - bits
-        signed = array.astype(np.dtype(f"i{array.dtype.itemsize}"), copy=False)
-        extended: np.ndarray[Any, Any] = (signed << shift) >> shift
-        return extended
-    masked: np.ndarray[Any, Any] = array & np.array((1 << bits) - 1, dtype=array.dtype)
-    return masked
-
-
-def _row_blocks(rows: int, columns: int) -> list[slice]:
-    """Row slices of about _BLOCK_PIXELS pixels each, covering the frame."""
-    step = max(1, _BLOCK_PIXELS // max(columns, 1))
-    return [slice(top, min(top + step, rows)) for top in range(0, rows, step)]
-
-
-def _grey(
-    array: np.ndarray[Any, Any],
-    attrs: ImageAttributes,
-    requested: Window | None,
-    invert: bool,
-) -> tuple[np.ndarray[Any, Any], Window | None]:
-    """Monochrome pixels → 8-bit display values, and the window applied (if any)."""
-    info = attrs.info
-    blocks = _row_blocks(array.shape[0], array.shape[1])
-    out = np.empty(array.shape, dtype=np.uint8)
-    if array.dtype.kind in "iu" and array.dtype.itemsize <= 2:
-        ranges = np.array([_min_max(_stored_values(array[rows], info)) for rows in blocks])
-        low, high = int(ranges[:, 0].min()), int(ranges[:, 1].max())
-        if high - low < _MAX_LUT_DOMAIN:
-            # One table over the values present: the pipeline runs on at most 65536 numbers,
-            # then each block is one lookup (whole-frame int64 indices cost 8 bytes a pixel).
-            domain = np.arange(low, high + 1, dtype=np.int64)
-            modality = _modality(domain, attrs)
-            window = _window(attrs, requested, lambda: _min_max(modality))
-            table = _to_8bit(modality, attrs, window, invert)
-            for rows in blocks:
-                index = _stored_values(array[rows], info).astype(np.intp)
-                index -= low
-                out[rows] = table[index]
-            return out, window
-
-    def modality_range() -> tuple[float, float]:
-        ranges = np.array(
-            [_min_max(_modality(_stored_values(array[rows], info), attrs)) for rows in blocks],
-            dtype=np.float64,
-        )
-        return float(ranges[:, 0].min()), float(ranges[:, 1].max())  # NaN spreads as before
-
-    window = _window(attrs, requested, modality_range)
-    for rows in blocks:
-        modality = _modality(_stored_values(array[rows], info), attrs)
-        out[rows] = _to_8bit(modality, attrs, window, invert)
-    return out, window
-
-
-def _min_max(values: np.ndarray[Any, Any]) -> tuple[Any, Any]:
-    return values.min(), values.max()
-
-
-def _modality(values: np.ndarray[Any, Any], attrs: ImageAttributes) -> np.ndarray[Any, Any]:
-    """Stored values → float64 modality values (Modality LUT, or rescale slope and intercept)."""
-    if attrs.modality_lut is not None:
-        return attrs.modality_lut.apply(values).astype(np.float64)
-    scaled: np.ndarray[Any, Any] = (
-        values.astype(np.float64) * attrs.rescale_slope + attrs.rescale_intercept
-    )
-    return scaled
-
-
-def _window(
-    attrs: ImageAttributes,
-    requested: Window | None,
-    modality_range: Callable[[], tuple[float, float]],
-) -> Window | None:
-    """The window to apply: asked, the data set's first, or (with no VOI LUT either) the
-    frame's modality range; None when the VOI LUT Sequence applies instead."""
-    window = requested
-    if window is None and attrs.voi_lut is None and attrs.windows:
-        window = attrs.windows[0]
-    if window is None and attrs.voi_lut is None:
-        low, high = (float(v) for v in modality_range())
-        window = Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
-    return window
-
-
-def _to_8bit(
-    modality: np.ndarray[Any, Any], attrs: ImageAttributes, window: Window | None, invert: bool
-) -> np.ndarray[Any, Any]:
-    """Modality values → uint8 through the window (or VOI LUT) and the polarity."""
-    if window is not None:
-        unit = _voi(modality, window)
-    else:
-        lut = attrs.voi_lut
-        assert lut is not None  # _window gives None only when there is a VOI LUT
-        unit = lut.apply(modality).astype(np.float64) / float((1 << lut.bits) - 1)
-    if invert:
-        unit = 1.0 - unit
-    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
-
-
-def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
-    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.1 (SIGMOID), C.11.2.1.3.2 (LINEAR_EXACT) → [0, 1]."""
-    c, w = window.center, window.width
-    if window.function == "SIGMOID":
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    if window.function == "LINEAR_EXACT":
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
-    if w <= 1:
-        return (x > c - 0.5).astype(np.float64)
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
-
-
-# -- colour ------------------------------------------------------------------------------------
-
-
-def _rgb_8bit(
-    array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
-) -> np.ndarray[Any, Any]:
-    """Three samples per pixel → 8-bit RGB, a block of rows at a time."""
-    if photometric not in ("RGB", "", "YBR_FULL", "YBR_FULL_422"):
-        raise CodecError(f"cannot render {photometric} colour pixels")
-    if array.dtype == np.uint8 and info.bits_stored <= 8 and photometric in ("RGB", ""):
-        return np.ascontiguousarray(array)
-    out = np.empty((array.shape[0], array.shape[1], 3), dtype=np.uint8)
-    for rows in _row_blocks(array.shape[0], array.shape[1]):
-        out[rows] = _rgb_block(array[rows], photometric, info)
-    return out
-
-
-def _rgb_block(
-    array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
-) -> np.ndarray[Any, Any]:
-    """Three samples per pixel → 8-bit RGB (YBR_FULL converted as in PS3.3 C.7.6.3.1.2)."""
-    if array.dtype != np.uint8 or info.bits_stored > 8:
-        maximum = float((1 << max(info.bits_stored, 1)) - 1)
-        array = np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255)
-        array = array.astype(np.uint8)
-    if photometric in ("YBR_FULL", "YBR_FULL_422"):
-        y, cb, cr = (array[:, :, i].astype(np.float32) for i in range(3))
-        cb -= 128.0
-        cr -= 128.0
-        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-        converted: np.ndarray[Any, Any] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-        return converted
-    return array
-
-
-def _palette_8bit(
-    array: np.ndarray[Any, Any], info: FrameInfo, palette: tuple[Lut, Lut, Lut]
-) -> np.ndarray[Any, Any]:
-    """PALETTE COLOR indices → 8-bit RGB through the red, green and blue LUTs."""
-    out = np.empty((array.shape[0], array.shape[1], 3), dtype=np.uint8)
-    for rows in _row_blocks(array.shape[0], array.shape[1]):
-        values = _stored_values(array[rows], info)
-        for channel, lut in enumerate(palette):
-            out[rows, :, channel] = _lut_to_8bit(lut, lut.apply(values))
-    return out
+# -- decoding ----------------------------------------------------------------------------------
 
 
 def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
@@ -422,12 +252,6 @@ def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
         out[:, 0::2, channel] = pairs[:, :, index]
         out[:, 1::2, channel] = pairs[:, :, index]
     return Pixels(out, "YBR_FULL_422")
-
-
-def _lut_to_8bit(lut: Lut, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    if lut.bits > 8:
-        return (values.astype(np.uint32) >> (lut.bits - 8)).astype(np.uint8)
-    return values.astype(np.uint8)
 
 
 # -- geometry and annotation -------------------------------------------------------------------

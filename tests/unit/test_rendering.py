@@ -355,14 +355,14 @@ def test_row_blocks_leave_output_pixels_unchanged(
     name: str, array: np.ndarray, attributes: dict[str, object], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pixel work runs in row blocks; one row per block gives the whole-frame result."""
-    from dicomweb_server.codecs import rendering
+    from dicomweb_server.codecs import display
 
     kwargs = dict(attributes)
     if "photometric" not in kwargs and array.ndim == 3:
         kwargs["photometric"] = "RGB"
     attrs = _attrs(*array.shape[:2], **kwargs)
     whole = _present_array(array, attrs)
-    monkeypatch.setattr(rendering, "_BLOCK_PIXELS", 1)
+    monkeypatch.setattr(display, "_BLOCK_PIXELS", 1)
     assert np.array_equal(_present_array(array, attrs), whole), name
 
 
