@@ -227,3 +227,13 @@ def test_native_instance_transcodes_unchanged_under_the_guards() -> None:
 
     source.seek(0)
     assert dcmread(io.BytesIO(back.getvalue())).PixelData == dcmread(source, force=True).PixelData
+
+
+def test_every_compressed_syntax_a_decoder_takes_has_a_header_reader() -> None:
+    """check_frame refuses compressed syntaxes it cannot read: a new decoder needs a reader."""
+    from dicomweb_server.codecs import registry
+    from dicomweb_server.codecs.decode_guards import UNCOMPRESSED_SYNTAXES
+    from dicomweb_server.codecs.frame_headers import HEADER_SYNTAXES
+
+    decodable = {uid for module in registry._DECODER_MODULES for uid in registry._table(module)[0]}
+    assert decodable - UNCOMPRESSED_SYNTAXES <= HEADER_SYNTAXES
