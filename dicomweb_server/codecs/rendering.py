@@ -1,14 +1,12 @@
 """Frames → presentation images for rendered and thumbnail resources (PS3.18 8.3.5, 9.4).
 
-The grayscale pipeline is PS3.4 N.2.1: stored values (masked to Bits Stored, sign-extended)
-→ Modality LUT (rescale or LUT Sequence) → VOI LUT (a window: LINEAR, LINEAR_EXACT or
-SIGMOID, PS3.3 C.11.2.1.2; or a VOI LUT Sequence) → MONOCHROME1 inversion → 8 bits. Colour
-frames are converted to RGB (YBR_FULL, YBR_FULL_422, PALETTE COLOR through its LUTs). Then
-crop and scale to the viewport, burn in annotations and encode as JPEG, PNG or GIF.
+Decoded frames become 8-bit display values (`display`: the PS3.4 N.2.1 grayscale pipeline,
+colour to RGB), then are cropped and scaled to the viewport, annotated and encoded as
+JPEG, PNG or GIF.
 
-Synchronous and CPU-bound: callers run `render` in the codec pool. Integer frames of up to
-16 bits go through one lookup table built per frame, which keeps a 512×512 CT under a
-few milliseconds before encoding.
+Synchronous and CPU-bound: callers run `render` in the codec pool. A budget on decoded and
+output pixels (`check_render_budget`) refuses a rendering before any frame is decoded, and
+each frame is presented as soon as it is decoded.
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
+from dicomweb_server.codecs.display import grey_8bit, palette_8bit, rgb_8bit
 from dicomweb_server.codecs.presentation import (
     WINDOW_FUNCTIONS,
     ImageAttributes,
@@ -36,15 +36,18 @@ from dicomweb_server.codecs.registry import (
 
 __all__ = [
     "ANNOTATIONS",
+    "MAX_RENDER_PIXELS",
     "RENDERED_MEDIA_TYPES",
     "WINDOW_FUNCTIONS",
     "ImageAttributes",
     "Lut",
+    "RenderBudgetError",
     "RenderOptions",
     "RenderParameterError",
     "Viewport",
     "Window",
     "bulk_paths",
+    "check_render_budget",
     "decode_for_rendering",
     "encode_images",
     "present",
@@ -57,11 +60,18 @@ ANNOTATIONS = ("patient", "technique")
 DEFAULT_QUALITY = 90  # JPEG quality when none is asked (PS3.18 8.3.5.1.2 leaves it to us)
 _PNG_COMPRESS_LEVEL = 3  # zlib level: level 6 doubles the time for a few percent in size
 _GIF_FRAME_MS = 100  # animated GIF frame duration when the instance has no Frame Time
-_MAX_LUT_DOMAIN = 1 << 16  # integer frames up to 16 bits map through one table
+# Default pixels one rendering may decode (frames × Rows × Columns) and, separately, output
+# (frames × the fitted viewport); Settings: DICOMWEB_MAX_RENDER_PIXELS. One 16384x16384
+# frame fits; 256 GIF frames at 4096x4096 (12.8 GB and two minutes, measured) do not.
+MAX_RENDER_PIXELS = 1 << 28
 
 
 class RenderParameterError(CodecError):
     """A request parameter does not fit this image (say, a viewport region outside it)."""
+
+
+class RenderBudgetError(CodecError):
+    """A rendering would decode or output more pixels than the configured budget."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,14 +118,50 @@ class RenderOptions:
 
 
 def render(
-    frames: Sequence[bytes], syntax: str, attrs: ImageAttributes, options: RenderOptions
+    frames: Sequence[bytes],
+    syntax: str,
+    attrs: ImageAttributes,
+    options: RenderOptions,
+    max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES,
+    max_render_pixels: int = MAX_RENDER_PIXELS,
 ) -> bytes:
     """Stored frames (native bytes or a frame's fragments joined) → one encoded image.
 
-    Several frames make an animated GIF; the caller asks for one frame otherwise.
+    Several frames make an animated GIF; the caller asks for one frame otherwise. Each frame
+    is presented as soon as it is decoded, so one decoded frame is held at a time.
     """
-    pixels = [decode_for_rendering(data, syntax, attrs.info) for data in frames]
-    return render_pixels(pixels, attrs, options)
+    check_render_budget(len(frames), attrs.info, options, max_render_pixels)
+    images = [
+        present(decode_for_rendering(data, syntax, attrs.info, max_decoded_bytes), attrs, options)
+        for data in frames
+    ]
+    return encode_images(images, attrs, options)
+
+
+def check_render_budget(
+    frame_count: int,
+    info: FrameInfo,
+    options: RenderOptions,
+    max_render_pixels: int = MAX_RENDER_PIXELS,
+) -> None:
+    """Refuse, before any frame is read or decoded, a rendering whose decoded pixels (frames
+    × Rows × Columns) or output pixels (frames × the fitted viewport) exceed the budget."""
+    decoded = frame_count * info.rows * info.columns
+    if decoded > max_render_pixels:
+        raise RenderBudgetError(
+            f"rendering {frame_count} frame(s) of {info.columns}x{info.rows} decodes"
+            f" {decoded} pixels, over the {max_render_pixels}-pixel limit: ask for fewer frames"
+        )
+    width, height = info.columns, info.rows
+    if options.viewport is not None:
+        _, (width, height), _ = _placement(width, height, options.viewport, options.upscale)
+    output = frame_count * width * height
+    if output > max_render_pixels:
+        raise RenderBudgetError(
+            f"rendering {frame_count} frame(s) at {width}x{height} outputs {output} pixels,"
+            f" over the {max_render_pixels}-pixel limit: ask for a smaller viewport or fewer"
+            " frames"
+        )
 
 
 def render_pixels(
@@ -125,13 +171,15 @@ def render_pixels(
     return encode_images([present(p, attrs, options) for p in pixels], attrs, options)
 
 
-def decode_for_rendering(data: bytes, syntax: str, info: FrameInfo) -> Pixels:
+def decode_for_rendering(
+    data: bytes, syntax: str, info: FrameInfo, max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES
+) -> Pixels:
     """One stored frame → pixels, through the codec registry (native YBR_FULL_422 here)."""
     if syntax in NATIVE_SYNTAXES and info.photometric_interpretation == "YBR_FULL_422":
         return _native_ybr_422(data, info)
     from dicomweb_server.codecs.transcode import decode_frame
 
-    return decode_frame(data, syntax, info)
+    return decode_frame(data, syntax, info, max_decoded_bytes)
 
 
 def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> Any:
@@ -142,13 +190,11 @@ def present(pixels: Pixels, attrs: ImageAttributes, options: RenderOptions) -> A
     photometric = pixels.photometric_interpretation or attrs.info.photometric_interpretation
     window_used: Window | None = None
     if photometric == "PALETTE COLOR" and attrs.palette is not None:
-        values = _stored_values(array, attrs.info)
-        rgb = np.stack([_lut_to_8bit(lut, lut.apply(values)) for lut in attrs.palette], axis=-1)
-        image = Image.fromarray(rgb, "RGB")
+        image = Image.fromarray(palette_8bit(array, attrs.info, attrs.palette), "RGB")
     elif array.ndim == 3 and array.shape[2] >= 3:
-        image = Image.fromarray(_rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
+        image = Image.fromarray(rgb_8bit(array[:, :, :3], photometric, attrs.info), "RGB")
     elif array.ndim == 2:
-        grey, window_used = _grey(array, attrs, options.window, photometric == "MONOCHROME1")
+        grey, window_used = grey_8bit(array, attrs, options.window, photometric == "MONOCHROME1")
         image = Image.fromarray(grey, "L")
     else:
         raise CodecError(f"cannot render {photometric} pixels of shape {array.shape}")
@@ -186,106 +232,7 @@ def encode_images(images: Sequence[Any], attrs: ImageAttributes, options: Render
     return out.getvalue()
 
 
-# -- grayscale ---------------------------------------------------------------------------------
-
-
-def _stored_values(array: np.ndarray[Any, Any], info: FrameInfo) -> np.ndarray[Any, Any]:
-    """Native data may carry bits above Bits Stored (overlays): mask, then sign-extend."""
-    bits = info.bits_stored
-    if array.dtype.kind not in "iu" or bits >= array.dtype.itemsize * 8 or bits <= 0:
-        return array
-    if info.pixel_representation:
-        shift = array.dtype.itemsize * 8 - bits
-        signed = array.astype(np.dtype(f"i{array.dtype.itemsize}"), copy=False)
-        extended: np.ndarray[Any, Any] = (signed << shift) >> shift
-        return extended
-    masked: np.ndarray[Any, Any] = array & np.array((1 << bits) - 1, dtype=array.dtype)
-    return masked
-
-
-def _grey(
-    array: np.ndarray[Any, Any],
-    attrs: ImageAttributes,
-    requested: Window | None,
-    invert: bool,
-) -> tuple[np.ndarray[Any, Any], Window | None]:
-    """Monochrome pixels → 8-bit display values, and the window applied (if any)."""
-    values = _stored_values(array, attrs.info)
-    if values.dtype.kind in "iu" and values.dtype.itemsize <= 2:
-        low, high = int(values.min()), int(values.max())
-        if high - low < _MAX_LUT_DOMAIN:
-            # One table over the values present: the pipeline runs on at most 65536 numbers.
-            domain = np.arange(low, high + 1, dtype=np.int64)
-            table, window = _display(domain, attrs, requested, invert, (low, high))
-            return table[values.astype(np.int64) - low], window
-    out, window = _display(values, attrs, requested, invert, None)
-    return out, window
-
-
-def _display(
-    values: np.ndarray[Any, Any],
-    attrs: ImageAttributes,
-    requested: Window | None,
-    invert: bool,
-    stored_range: tuple[int, int] | None,
-) -> tuple[np.ndarray[Any, Any], Window | None]:
-    """Stored values → uint8 through the Modality LUT, the VOI LUT and the polarity."""
-    if attrs.modality_lut is not None:
-        modality = attrs.modality_lut.apply(values).astype(np.float64)
-    else:
-        modality = values.astype(np.float64) * attrs.rescale_slope + attrs.rescale_intercept
-    window = requested
-    if window is None and attrs.voi_lut is None and attrs.windows:
-        window = attrs.windows[0]
-    if window is not None:
-        unit = _voi(modality, window)
-    elif attrs.voi_lut is not None:
-        lut = attrs.voi_lut
-        unit = lut.apply(modality).astype(np.float64) / float((1 << lut.bits) - 1)
-    else:
-        # No window anywhere: the data range of this frame.
-        low, high = float(modality.min()), float(modality.max())
-        window = Window((low + high) / 2, max(high - low, 1.0), "LINEAR_EXACT")
-        unit = _voi(modality, window)
-    if invert:
-        unit = 1.0 - unit
-    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8), window
-
-
-def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
-    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.1 (SIGMOID), C.11.2.1.3.2 (LINEAR_EXACT) → [0, 1]."""
-    c, w = window.center, window.width
-    if window.function == "SIGMOID":
-        with np.errstate(over="ignore"):
-            return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    if window.function == "LINEAR_EXACT":
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
-    if w <= 1:
-        return (x > c - 0.5).astype(np.float64)
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
-
-
-# -- colour ------------------------------------------------------------------------------------
-
-
-def _rgb_8bit(
-    array: np.ndarray[Any, Any], photometric: str, info: FrameInfo
-) -> np.ndarray[Any, Any]:
-    """Three samples per pixel → 8-bit RGB (YBR_FULL converted as in PS3.3 C.7.6.3.1.2)."""
-    if array.dtype != np.uint8 or info.bits_stored > 8:
-        maximum = float((1 << max(info.bits_stored, 1)) - 1)
-        array = np.clip(np.rint(array.astype(np.float64) * (255.0 / maximum)), 0, 255)
-        array = array.astype(np.uint8)
-    if photometric in ("YBR_FULL", "YBR_FULL_422"):
-        y, cb, cr = (array[:, :, i].astype(np.float32) for i in range(3))
-        cb -= 128.0
-        cr -= 128.0
-        rgb = np.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], axis=-1)
-        converted: np.ndarray[Any, Any] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-        return converted
-    if photometric not in ("RGB", ""):
-        raise CodecError(f"cannot render {photometric} colour pixels")
-    return np.ascontiguousarray(array)
+# -- decoding ----------------------------------------------------------------------------------
 
 
 def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
@@ -307,13 +254,34 @@ def _native_ybr_422(data: bytes, info: FrameInfo) -> Pixels:
     return Pixels(out, "YBR_FULL_422")
 
 
-def _lut_to_8bit(lut: Lut, values: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-    if lut.bits > 8:
-        return (values.astype(np.uint32) >> (lut.bits - 8)).astype(np.uint8)
-    return values.astype(np.uint8)
-
-
 # -- geometry and annotation -------------------------------------------------------------------
+
+
+def _placement(
+    width: int, height: int, viewport: Viewport, upscale: bool
+) -> tuple[tuple[int, int, int, int] | None, tuple[int, int], tuple[bool, bool]]:
+    """Where a width×height image lands in a viewport: the crop box of its source region (or
+    None), the output size with the aspect ratio kept, and the flips (PS3.18 8.3.5.1.3)."""
+    box = None
+    flip_x = flip_y = False
+    if viewport.region is not None:
+        sx, sy, sw, sh = viewport.region
+        sw = width - sx if sw is None else sw
+        sh = height - sy if sh is None else sh
+        flip_x, flip_y = sw < 0, sh < 0
+        left, right = sorted((sx, sx + sw))
+        top, bottom = sorted((sy, sy + sh))
+        box = (max(left, 0), max(top, 0), min(right, width), min(bottom, height))
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise RenderParameterError(
+                f"the viewport region ({sx},{sy},{sw},{sh}) lies outside the {width}x{height} image"
+            )
+        width, height = box[2] - box[0], box[3] - box[1]
+    scale = min(viewport.width / width, viewport.height / height)
+    if not upscale:
+        scale = min(scale, 1.0)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return box, size, (flip_x, flip_y)
 
 
 def _fit(image: Any, viewport: Viewport | None, upscale: bool) -> Any:
@@ -323,25 +291,9 @@ def _fit(image: Any, viewport: Viewport | None, upscale: bool) -> Any:
 
     if viewport is None:
         return image
-    flip_x = flip_y = False
-    if viewport.region is not None:
-        sx, sy, sw, sh = viewport.region
-        sw = image.width - sx if sw is None else sw
-        sh = image.height - sy if sh is None else sh
-        flip_x, flip_y = sw < 0, sh < 0
-        left, right = sorted((sx, sx + sw))
-        top, bottom = sorted((sy, sy + sh))
-        box = (max(left, 0), max(top, 0), min(right, image.width), min(bottom, image.height))
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise RenderParameterError(
-                f"the viewport region ({sx},{sy},{sw},{sh}) lies outside the"
-                f" {image.width}x{image.height} image"
-            )
+    box, size, (flip_x, flip_y) = _placement(image.width, image.height, viewport, upscale)
+    if box is not None:
         image = image.crop(box)
-    scale = min(viewport.width / image.width, viewport.height / image.height)
-    if not upscale:
-        scale = min(scale, 1.0)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     if size != image.size:
         image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
     if flip_x:

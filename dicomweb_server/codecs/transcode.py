@@ -12,6 +12,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from dicomweb_server.codecs.decode_guards import (
+    MAX_DECODED_FRAME_BYTES,
+    UNCOMPRESSED_SYNTAXES,
+    check_frame,
+)
 from dicomweb_server.codecs.registry import (
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
@@ -37,11 +42,15 @@ __all__ = [
 _EXTENDED_OFFSET_TABLES = (0x7FE00001, 0x7FE00002)
 
 
-def decode_frame(data: bytes, source: str, info: FrameInfo) -> Pixels:
-    """One stored frame (native bytes or the frame's fragments joined) → pixels."""
+def decode_frame(
+    data: bytes, source: str, info: FrameInfo, max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES
+) -> Pixels:
+    """One stored frame (native bytes or the frame's fragments joined) → pixels, once its
+    header agrees with `info` and fits the budget (decoders trust the frame's header)."""
     decoder = decoder_for(source)
     if decoder is None:
         raise CodecError(f"no installed codec decodes transfer syntax {source}")
+    check_frame(data, source, info, max_decoded_bytes)
     return decoder(data, info)
 
 
@@ -53,9 +62,15 @@ def encode_frame(pixels: Pixels, target: str, info: FrameInfo) -> Encoded:
     return encoder(pixels, info)
 
 
-def transcode_frame(data: bytes, source: str, target: str, info: FrameInfo) -> Encoded:
+def transcode_frame(
+    data: bytes,
+    source: str,
+    target: str,
+    info: FrameInfo,
+    max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES,
+) -> Encoded:
     """One stored frame in `source` → the same frame in `target`."""
-    return encode_frame(decode_frame(data, source, info), target, info)
+    return encode_frame(decode_frame(data, source, info, max_decoded_bytes), target, info)
 
 
 def frame_info(ds: Dataset) -> FrameInfo:
@@ -72,7 +87,9 @@ def frame_info(ds: Dataset) -> FrameInfo:
     )
 
 
-def pixels_from_file(src: BinaryIO, numbers: list[int]) -> list[Pixels]:
+def pixels_from_file(
+    src: BinaryIO, numbers: list[int], max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES
+) -> list[Pixels]:
     """Frames decoded from a whole Part 10 file (when frame offsets were not recorded)."""
     from pydicom.pixels.utils import pixel_array
 
@@ -81,6 +98,7 @@ def pixels_from_file(src: BinaryIO, numbers: list[int]) -> list[Pixels]:
     source = str(ds.file_meta.TransferSyntaxUID)
     out = []
     for n in numbers:
+        _check_file_frame(ds, source, n, max_decoded_bytes)
         try:
             array = pixel_array(ds, index=n - 1)
         except Exception as exc:  # pydicom's handlers raise many types
@@ -90,6 +108,30 @@ def pixels_from_file(src: BinaryIO, numbers: list[int]) -> list[Pixels]:
             photometric = "RGB"  # pixel_array converts to RGB (as_rgb)
         out.append(Pixels(array, photometric))
     return out
+
+
+def _check_file_frame(ds: Dataset, source: str, number: int, max_decoded_bytes: int) -> None:
+    """check_frame for a frame pydicom is about to decode from a whole data set."""
+    if source not in UNCOMPRESSED_SYNTAXES and "PixelData" in ds:
+        from pydicom.encaps import get_frame
+
+        try:
+            info = frame_info(ds)
+            frame = get_frame(
+                ds.PixelData,
+                number - 1,
+                number_of_frames=int(ds.get("NumberOfFrames", 1) or 1),
+                extended_offsets=_extended_offsets(ds),
+            )
+        except Exception as exc:  # missing attributes, a broken offset table: pydicom varies
+            raise CodecError(f"cannot find frame {number}: {str(exc)[:120]}") from exc
+        check_frame(frame, source, info, max_decoded_bytes)
+
+
+def _extended_offsets(ds: Dataset) -> tuple[bytes, bytes] | None:
+    if all(tag in ds for tag in _EXTENDED_OFFSET_TABLES):
+        return ds[_EXTENDED_OFFSET_TABLES[0]].value, ds[_EXTENDED_OFFSET_TABLES[1]].value
+    return None
 
 
 def _iter_stored_frames(ds: Dataset, source: str, info: FrameInfo, count: int) -> Any:
@@ -106,7 +148,9 @@ def _iter_stored_frames(ds: Dataset, source: str, info: FrameInfo, count: int) -
     yield from generate_frames(ds.PixelData, number_of_frames=count)
 
 
-def transcode_instance(src: BinaryIO, target: str, out: BinaryIO) -> str:
+def transcode_instance(
+    src: BinaryIO, target: str, out: BinaryIO, max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES
+) -> str:
     """Rewrite a Part 10 file in `target`; returns the syntax written.
 
     Instances without Pixel Data asked for in a compressed syntax are written in explicit VR
@@ -119,7 +163,7 @@ def transcode_instance(src: BinaryIO, target: str, out: BinaryIO) -> str:
         if target not in NATIVE_SYNTAXES:
             target = EXPLICIT_VR_LITTLE_ENDIAN
     elif not (source in NATIVE_SYNTAXES and target in NATIVE_SYNTAXES):
-        _transcode_pixels(ds, source, target)
+        _transcode_pixels(ds, source, target, max_decoded_bytes)
     ds.file_meta.TransferSyntaxUID = UID(target)
     ds.save_as(
         out,
@@ -130,13 +174,13 @@ def transcode_instance(src: BinaryIO, target: str, out: BinaryIO) -> str:
     return target
 
 
-def _transcode_pixels(ds: Dataset, source: str, target: str) -> None:
+def _transcode_pixels(ds: Dataset, source: str, target: str, max_decoded_bytes: int) -> None:
     info = frame_info(ds)
     count = int(ds.get("NumberOfFrames", 1) or 1)
     encoded: list[bytes] = []
     photometric = info.photometric_interpretation
     for frame in _iter_stored_frames(ds, source, info, count):
-        result = transcode_frame(frame, source, target, info)
+        result = transcode_frame(frame, source, target, info, max_decoded_bytes)
         encoded.append(result.data)
         photometric = result.photometric_interpretation
     if target in NATIVE_SYNTAXES:

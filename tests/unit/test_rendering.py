@@ -13,13 +13,16 @@ from pydicom.data import get_testdata_file
 
 from dicomweb_server.codecs.registry import CodecError, FrameInfo, Pixels
 from dicomweb_server.codecs.rendering import (
+    MAX_RENDER_PIXELS,
     ImageAttributes,
     Lut,
+    RenderBudgetError,
     RenderOptions,
     RenderParameterError,
     Viewport,
     Window,
     bulk_paths,
+    check_render_budget,
     present,
     render,
     render_pixels,
@@ -27,6 +30,7 @@ from dicomweb_server.codecs.rendering import (
 from dicomweb_server.codecs.transcode import frame_info
 
 EVRLE = "1.2.840.10008.1.2.1"
+RLE = "1.2.840.10008.1.2.5"
 
 
 def _attrs(rows: int = 4, columns: int = 4, **kwargs: object) -> ImageAttributes:
@@ -302,3 +306,132 @@ def test_pydicom_test_files_render_through_the_codec_registry(name: str, syntax:
         assert np.abs(image.astype(int) - expected.astype(int)).max() <= 3
     else:
         assert image.std() > 10  # a windowed greyscale image, not a flat one
+
+
+# -- memory and budgets --------------------------------------------------------------------------
+
+
+def _present_array(array: np.ndarray, attrs: ImageAttributes, **options: object) -> np.ndarray:
+    pixels = Pixels(array, attrs.info.photometric_interpretation)
+    return np.asarray(present(pixels, attrs, RenderOptions(**options)))  # type: ignore[arg-type]
+
+
+_rng = np.random.default_rng(7)
+_U16 = _rng.integers(0, 1 << 16, (90, 77), dtype=np.uint16)
+_RGB8 = _rng.integers(0, 256, (90, 77, 3), dtype=np.uint8)
+BLOCK_CASES = [
+    ("12 of 16 bits, overlay bits set", _U16, {}),
+    ("signed, rescaled", _U16.view(np.int16), {"pixel_representation": 1, "rescale_slope": 0.5}),
+    ("no window: data range", _U16, {"bits_stored": 16, "rescale_intercept": -1024.0}),
+    ("sigmoid", _U16, {"bits_stored": 16, "windows": (Window(30000, 9000, "SIGMOID"),)}),
+    ("monochrome1", _U16, {"photometric": "MONOCHROME1"}),
+    (
+        "modality and VOI LUTs",
+        _U16 % 4000,
+        {
+            "modality_lut": Lut(100, 16, _rng.integers(0, 4000, 3000)),
+            "voi_lut": Lut(0, 12, np.arange(4096)),
+        },
+    ),
+    ("float32, data range", _rng.normal(0, 100, (90, 77)).astype(np.float32), {}),
+    ("int32", _rng.integers(-(1 << 30), 1 << 30, (90, 77), dtype=np.int32), {"bits_stored": 32}),
+    ("16-bit RGB", _rng.integers(0, 1 << 16, (90, 77, 3), dtype=np.uint16), {"samples": 3}),
+    ("YBR_FULL", _RGB8, {"samples": 3, "bits_stored": 8, "photometric": "YBR_FULL"}),
+    (
+        "palette",
+        _RGB8[:, :, 0],
+        {
+            "bits_allocated": 8,
+            "bits_stored": 8,
+            "photometric": "PALETTE COLOR",
+            "palette": tuple(Lut(0, 16, _rng.integers(0, 1 << 16, 256)) for _ in range(3)),
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "array", "attributes"), BLOCK_CASES)
+def test_row_blocks_leave_output_pixels_unchanged(
+    name: str, array: np.ndarray, attributes: dict[str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pixel work runs in row blocks; one row per block gives the whole-frame result."""
+    from dicomweb_server.codecs import display
+
+    kwargs = dict(attributes)
+    if "photometric" not in kwargs and array.ndim == 3:
+        kwargs["photometric"] = "RGB"
+    attrs = _attrs(*array.shape[:2], **kwargs)
+    whole = _present_array(array, attrs)
+    monkeypatch.setattr(display, "_BLOCK_PIXELS", 1)
+    assert np.array_equal(_present_array(array, attrs), whole), name
+
+
+def test_large_16_bit_frame_renders_without_whole_frame_int64_copies() -> None:
+    """A 16000x16000 16-bit frame peaked at 2.7 GB over its 0.5 GB source (int64 indices and
+    float64 copies); now the 8-bit output plus a few megabytes. Here at 4096x4096."""
+    import tracemalloc
+
+    array = np.random.default_rng(1).integers(0, 1 << 16, (4096, 4096), dtype=np.uint16)
+    attrs = _attrs(4096, 4096, rescale_intercept=-1024.0)
+    tracemalloc.start()
+    try:
+        _present_array(array, attrs, viewport=Viewport(128, 128))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < array.nbytes, f"{peak / 2**20:.0f} MiB for a {array.nbytes / 2**20:.0f} MiB frame"
+
+
+def test_frames_are_decoded_and_presented_one_at_a_time() -> None:
+    """An animated GIF holds the small presented images, not every decoded frame at once."""
+    import tracemalloc
+
+    from dicomweb_server.codecs.transcode import encode_frame
+
+    attrs = _attrs(512, 512)
+    rng = np.random.default_rng(3)
+    frames = [
+        encode_frame(
+            Pixels(rng.integers(0, 4096, (512, 512), dtype=np.uint16), "MONOCHROME2"),
+            RLE,
+            attrs.info,
+        ).data
+        for _ in range(32)
+    ]
+    options = RenderOptions(media_type="image/gif", viewport=Viewport(64, 64))
+    render(frames[:1], RLE, attrs, options)  # warm up the codec imports
+    tracemalloc.start()
+    try:
+        render(frames, RLE, attrs, options)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 512 * 512 * 2, f"{peak / 2**20:.1f} MiB: half the decoded frames or more"
+
+
+def test_render_budget_refuses_256_gif_frames_at_4096_before_decoding() -> None:
+    """Red team: 256 frames at viewport=4096,4096 (12.8 GB, two minutes measured) → refused
+    before the first frame is decoded: these frames are not even valid RLE."""
+    attrs = _attrs(256, 256, number_of_frames=256)
+    options = RenderOptions(media_type="image/gif", viewport=Viewport(4096, 4096))
+    with pytest.raises(RenderBudgetError, match=r"256 frame\(s\) at 4096x4096 outputs"):
+        render([b"not RLE"] * 256, RLE, attrs, options)
+    assert MAX_RENDER_PIXELS == 1 << 28
+
+
+def test_render_budget_counts_decoded_and_fitted_output_pixels() -> None:
+    info = _attrs(100, 200).info
+    check_render_budget(5, info, RenderOptions(), 5 * 100 * 200)  # exactly at the limit
+    with pytest.raises(RenderBudgetError, match=r"decodes 100000 pixels.*fewer frames"):
+        check_render_budget(5, info, RenderOptions(), 5 * 100 * 200 - 1)
+    big = RenderOptions(viewport=Viewport(1000, 1000))  # fitted: 1000x500, aspect kept
+    with pytest.raises(RenderBudgetError, match="at 1000x500 outputs 500000"):
+        check_render_budget(1, info, big, 400_000)
+    check_render_budget(
+        1, info, RenderOptions(viewport=Viewport(1000, 1000), upscale=False), 20_000
+    )
+    region = RenderOptions(viewport=Viewport(1000, 1000, (0, 0, 10, 10)))  # 10x10 → 1000x1000
+    with pytest.raises(RenderBudgetError, match="at 1000x1000"):
+        check_render_budget(1, info, region, 999_999)
+    with pytest.raises(RenderParameterError):
+        check_render_budget(1, info, RenderOptions(viewport=Viewport(9, 9, (900, 0, 5, 5))))
