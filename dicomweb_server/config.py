@@ -39,6 +39,7 @@ class Settings:
     max_request_bytes: int = 8 << 30  # a whole STOW body
     max_part_bytes: int = 4 << 30  # one instance
     max_parts: int = 10_000  # instances per request
+    max_boundary_length: int = 256  # multipart boundary characters (RFC 2046: 70; Orthanc sends 73)
     spool_memory_bytes: int = 4 << 20  # a part above this spools to disk
     # Parts of one request parsed and written at once, each holding its spool (memory or disk):
     # one instance's fsync or upload overlaps the next one's parsing.
