@@ -34,8 +34,8 @@ format: install-test
 	$(BIN)/ruff format dicomweb_server tests
 
 check: install-test  ## formatting, lint and strict types: warnings are errors
-	$(BIN)/ruff format --check dicomweb_server tests deploy conformance bench
-	$(BIN)/ruff check dicomweb_server tests deploy conformance bench
+	$(BIN)/ruff format --check dicomweb_server tests deploy conformance bench interop
+	$(BIN)/ruff check dicomweb_server tests deploy conformance bench interop
 	$(BIN)/mypy dicomweb_server
 
 unit: install-test
@@ -79,6 +79,22 @@ e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, 
 	cd e2e && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	cd e2e && PYTHON=$(abspath $(BIN))/python CHROMIUM=$(CHROMIUM) \
 		node --test --test-reporter=spec ohif.test.mjs
+
+# Interop with a real Orthanc: Debian's orthanc 1.10 and orthanc-dicomweb (installed with apt-get
+# when missing) as a DICOMweb client of a server it starts itself. Orthanc's plugin stores two
+# synthetic studies to us (STOW-RS), finds them (QIDO-RS), and retrieves them back (WADO-RS)
+# byte for byte. Orthanc 1.10 cannot bind one address, so the run gets a private network
+# namespace with loopback only (`unshare -n`; `-rn`, a user namespace, when not root).
+# Orthanc's log and ours land in interop/results/. Under 10 s once installed; CI runs it last.
+ORTHANC ?= /usr/sbin/Orthanc
+PRIVATE_NETWORK = unshare $(if $(filter 0,$(shell id -u)),-n,-rn) -- \
+	sh -c 'ip link set lo up && exec "$$@"' sh
+.PHONY: interop
+interop: install-test  ## Orthanc's DICOMweb client against us: STOW, QIDO, WADO round trip
+	@{ test -x $(ORTHANC) && dpkg -s orthanc-dicomweb >/dev/null 2>&1 && command -v ip >/dev/null; } || \
+		{ $(SUDO) apt-get update -q && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -q --no-install-recommends orthanc orthanc-dicomweb iproute2; }
+	ORTHANC=$(ORTHANC) $(PRIVATE_NETWORK) $(BIN)/pytest interop -q $(PYTEST_ARGS)
 
 clean:
 	rm -rf .lowest $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     max_request_bytes: Positive = 8 << 30  # a whole STOW body
     max_part_bytes: Positive = 4 << 30  # one instance
     max_parts: Positive = 10_000  # instances per request
+    # Multipart boundary characters (RFC 2046 says 70; Orthanc's STOW client sends 73)
+    max_boundary_length: Annotated[int, Field(ge=70)] = 256
     spool_memory_bytes: NonNegative = 4 << 20  # a part above this spools to disk
     # Parts of one request parsed and written at once, each holding its spool (memory or disk):
     # one instance's fsync or upload overlaps the next one's parsing.

@@ -42,8 +42,11 @@ _PARAM_RE = re.compile(
 _QUOTED_PAIR_RE = re.compile(r"\\(.)", re.DOTALL)
 # Header text may hold HTAB but no other control character (a bare CR or LF included).
 _CTL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# RFC 2046 5.1.1 allows 1..70 characters; we accept any printable ASCII, space not last.
-_BOUNDARY_RE = re.compile(r"[\x20-\x7e]{0,69}[\x21-\x7e]")
+# RFC 2046 5.1.1 boundaries: printable ASCII, space not last. The RFC allows at most 70
+# characters, and we write no more; we read up to a configured length, as real clients send
+# more (Orthanc's DICOMweb plugin: 73).
+_BOUNDARY_RE = re.compile(r"[\x20-\x7e]*[\x21-\x7e]")
+_RFC_BOUNDARY_LENGTH = 70
 _MAX_REASON_INPUT = 100  # characters of offending input quoted in an error reason
 _PIECE = 1024  # bytes moved into the buffer at a time while boundary lines and headers are read
 
@@ -85,11 +88,17 @@ def parse_media_type(header: str) -> tuple[str, dict[str, str]]:
     return media_type, params
 
 
-def _check_boundary(boundary: str) -> bytes:
-    """Return a request's boundary as bytes, refusing what RFC 2046 5.1.1 would not allow."""
+def _check_boundary(boundary: str, max_length: int) -> bytes:
+    """Return a request's boundary as bytes: RFC 2046 5.1.1 characters, up to `max_length`."""
+    if len(boundary) > max_length:
+        raise MalformedRequestError(
+            f"multipart boundary of {len(boundary)} characters is longer than the limit of"
+            f" {max_length}"
+        )
     if not _BOUNDARY_RE.fullmatch(boundary):
         raise MalformedRequestError(
-            f"multipart boundary {_excerpt(boundary)} must be 1 to 70 printable ASCII characters"
+            f"multipart boundary {_excerpt(boundary)} must be printable ASCII characters"
+            " (at least one, the last not a space)"
         )
     return boundary.encode("ascii")
 
@@ -163,9 +172,10 @@ class _Reader:
         max_header_size: int,
         spool_memory: int,
         spool_dir: str | None,
+        max_boundary_length: int,
     ) -> None:
         self._boundary = boundary
-        self._delimiter = b"\r\n--" + _check_boundary(boundary)
+        self._delimiter = b"\r\n--" + _check_boundary(boundary, max_boundary_length)
         self._max_part_size = max_part_size
         self._max_parts = max_parts
         self._max_header_size = max_header_size
@@ -392,9 +402,18 @@ async def iter_parts(
     max_header_size: int = 16384,
     spool_memory: int = 1 << 20,
     spool_dir: str | None = None,
+    max_boundary_length: int = 256,
 ) -> AsyncIterator[MultipartPart]:
     """Yield each body part as its closing delimiter arrives, spooling bodies past a bound."""
-    reader = _Reader(boundary, max_part_size, max_parts, max_header_size, spool_memory, spool_dir)
+    reader = _Reader(
+        boundary,
+        max_part_size,
+        max_parts,
+        max_header_size,
+        spool_memory,
+        spool_dir,
+        max_boundary_length,
+    )
     try:
         async for chunk in chunks:
             for part in reader.feed(chunk):
@@ -441,7 +460,7 @@ def _encode_part_headers(headers: dict[str, str]) -> bytes:
 
 def _marker(boundary: str) -> bytes:
     # A bad boundary here is our bug, not the client's: a built-in error, never a 400.
-    if not _BOUNDARY_RE.fullmatch(boundary):
+    if len(boundary) > _RFC_BOUNDARY_LENGTH or not _BOUNDARY_RE.fullmatch(boundary):
         raise ValueError(f"invalid multipart boundary {boundary!r}")
     return b"--" + boundary.encode("ascii")
 

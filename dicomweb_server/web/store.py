@@ -78,6 +78,7 @@ async def store_instances(request: Request) -> Response:
         max_part_size=settings.max_part_bytes,
         max_parts=settings.max_parts,
         spool_memory=settings.spool_memory_bytes,
+        max_boundary_length=settings.max_boundary_length,
     )
     store = state.store.request(
         site,

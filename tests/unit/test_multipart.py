@@ -50,6 +50,7 @@ async def _read(
     max_parts: int = 10_000,
     max_header_size: int = 16384,
     spool_memory: int = 1 << 20,
+    max_boundary_length: int = 256,
 ) -> list[Part]:
     """Read every part back as (headers, body), closing each one."""
     result = []
@@ -61,6 +62,7 @@ async def _read(
             max_parts=max_parts,
             max_header_size=max_header_size,
             spool_memory=spool_memory,
+            max_boundary_length=max_boundary_length,
         )
     )
     async with aclosing(parts):
@@ -427,10 +429,43 @@ async def test_malformed_bodies(data: bytes, reason: str, chunk_size: int) -> No
         await _read(_iter_chunks(data, chunk_size))
 
 
-@pytest.mark.parametrize("boundary", ["", "x" * 71, "trailing ", "caf\xe9", "a\r\nb", "a\x00"])
+@pytest.mark.parametrize("boundary", ["", "x" * 257, "trailing ", "caf\xe9", "a\r\nb", "a\x00"])
 async def test_invalid_boundary(boundary: str) -> None:
     with pytest.raises(MalformedRequestError, match="boundary"):
         await _read(_iter_chunks(b"--x\r\n\r\n\r\n--x--", 64), boundary)
+
+
+# Orthanc's DICOMweb plugin joins two UUIDs: 73 characters, over RFC 2046's 70.
+ORTHANC_BOUNDARY = "568d6587-b4be-4912-919f-4a6cae7e9da1-568d6587-b4be-4912-919f-4a6cae7e9da1"
+
+
+@pytest.mark.parametrize("boundary", ["x" * 71, ORTHANC_BOUNDARY, "y" * 255 + "z"])
+async def test_boundaries_longer_than_rfc_2046_are_read_up_to_the_limit(boundary: str) -> None:
+    marker = b"--" + boundary.encode()
+    data = marker + b"\r\nA: 1\r\n\r\nfirst\r\n" + marker + b"\r\n\r\nsecond\r\n" + marker + b"--"
+    for chunk_size in (1, 7, 64 * 1024):
+        parts = await _read(_iter_chunks(data, chunk_size), boundary)
+        assert parts == [({"a": "1"}, b"first"), ({}, b"second")]
+
+
+@pytest.mark.parametrize(
+    ("boundary", "limit", "reason"),
+    [
+        ("x" * 257, 256, "multipart boundary of 257 characters is longer than the limit of 256"),
+        (
+            ORTHANC_BOUNDARY,
+            72,
+            "multipart boundary of 73 characters is longer than the limit of 72",
+        ),
+    ],
+)
+async def test_a_boundary_over_the_limit_is_refused_naming_the_limit(
+    boundary: str, limit: int, reason: str
+) -> None:
+    marker = b"--" + boundary.encode()
+    data = marker + b"\r\n\r\nbody\r\n" + marker + b"--"
+    with pytest.raises(MalformedRequestError, match=reason):
+        await _read(_iter_chunks(data, 64), boundary, max_boundary_length=limit)
 
 
 @pytest.mark.parametrize("boundary", ["x", "x" * 70, "a b", "'()+_,-./:=?"])
