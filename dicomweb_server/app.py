@@ -253,7 +253,11 @@ def create_app(settings: Settings) -> Starlette:
             max_pixel_bytes=settings.max_pixel_bytes,
             max_header_bytes=settings.max_header_bytes,
         )
-        codecs = CodecPool(settings.codec_workers)
+        codecs = CodecPool(
+            settings.codec_workers,
+            max_decoded_bytes=settings.max_decoded_frame_bytes,
+            max_render_pixels=settings.max_render_pixels,
+        )
         cache = DerivedCache(blobs, index, max_bytes=settings.cache_max_bytes)
         retrieve = RetrieveService(
             index,

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     # until the codecs move to a crash-isolated process pool; scale with --workers instead.
     codec_workers: NonNegative = 1
     frame_cache: bool = True  # keep transcoded frames in the blob store under {site}/cache/
+    # Bytes one decoded frame may take; checked against the frame's own header before any
+    # decoder runs (a 7 KB JPEG can declare 30000×30000). Larger frames are served as stored.
+    max_decoded_frame_bytes: Positive = 512 << 20
+    # Frames × pixels one rendered answer may decode or produce (an animated GIF of 256 frames
+    # at 4096×4096 took 12.8 GB): past it, a 400 naming the limit.
+    max_render_pixels: Positive = 1 << 28
     # Derived data (transcoded frames, thumbnails) kept in the blob store, all sites together;
     # past it the least recently used entries are evicted (services/derived_cache.py)
     cache_max_bytes: NonNegative = 4 << 30

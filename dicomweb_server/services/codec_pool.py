@@ -13,17 +13,29 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
+from dicomweb_server.codecs.rendering import MAX_RENDER_PIXELS
+
 __all__ = ["CodecPool"]
 
 _T = TypeVar("_T")
 
 
 class CodecPool:
-    """Runs codec functions in `workers` threads (0: one per core), started on first use."""
+    """Runs codec functions in `workers` threads (0: one per core), started on first use, and
+    carries the bounds every decode and rendering is checked against before it starts."""
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        *,
+        max_decoded_bytes: int = MAX_DECODED_FRAME_BYTES,
+        max_render_pixels: int = MAX_RENDER_PIXELS,
+    ) -> None:
         self._workers = workers or os.cpu_count() or 1
         self._executor: ThreadPoolExecutor | None = None
+        self.max_decoded_bytes = max_decoded_bytes  # one decoded frame, in bytes
+        self.max_render_pixels = max_render_pixels  # frames × pixels of one rendering
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         """`function(*args)` in a codec thread."""

@@ -324,7 +324,9 @@ class InstanceAnswers:
                 await asyncio.to_thread(source.write, chunk)
             out = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
             try:
-                written = await self.codecs.run(transcode_instance, source, target, out)
+                written = await self.codecs.run(
+                    transcode_instance, source, target, out, self.codecs.max_decoded_bytes
+                )
                 if written != target:
                     raise CodecError(f"the instance came out as {written}, not {target}")
             except BaseException:

@@ -27,10 +27,12 @@ from dicomweb_server.codecs.registry import (
 )
 from dicomweb_server.codecs.rendering import (
     ImageAttributes,
+    RenderBudgetError,
     RenderOptions,
     RenderParameterError,
     Viewport,
     bulk_paths,
+    check_render_budget,
     render,
     render_pixels,
 )
@@ -243,15 +245,31 @@ class RenderService:
     async def _render(self, rendering: Rendering) -> bytes:
         instance, options = rendering.instance, rendering.options
         syntax = instance.transfer_syntax_uid
+        codecs = self.codecs
         try:
-            attrs, stored = await asyncio.gather(
-                self._attributes(instance), self._stored_frames(instance, rendering.frames)
+            attrs = await self._attributes(instance)
+            # Before any frame is read or decoded: a rendering too large for the budget.
+            check_render_budget(
+                len(rendering.frames), attrs.info, options, codecs.max_render_pixels
             )
+            stored = await self._stored_frames(instance, rendering.frames)
             if stored is not None:
-                return await self.codecs.run(render, stored, syntax, attrs, options)
+                return await codecs.run(
+                    render,
+                    stored,
+                    syntax,
+                    attrs,
+                    options,
+                    codecs.max_decoded_bytes,
+                    codecs.max_render_pixels,
+                )
             # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
             # reads them from the whole object.
             return await self._render_from_object(instance, rendering.frames, attrs, options)
+        except RenderBudgetError as exc:
+            raise BadRequestError(
+                f"{exc}; ask for fewer frames or a smaller viewport (DICOMWEB_MAX_RENDER_PIXELS)"
+            ) from exc
         except RenderParameterError as exc:
             raise BadRequestError(str(exc)) from exc
         except CodecError as exc:
@@ -314,7 +332,14 @@ class RenderService:
     ) -> bytes:
         spool = await self._spool(instance)
         try:
-            return await self.codecs.run(_render_from_file, spool, list(frames), attrs, options)
+            return await self.codecs.run(
+                _render_from_file,
+                spool,
+                list(frames),
+                attrs,
+                options,
+                self.codecs.max_decoded_bytes,
+            )
         finally:
             spool.close()
 
@@ -357,11 +382,16 @@ def _attributes_from_file(src: IO[bytes]) -> ImageAttributes:
 
 
 def _render_from_file(
-    src: IO[bytes], frames: list[int], attrs: ImageAttributes, options: RenderOptions
+    src: IO[bytes],
+    frames: list[int],
+    attrs: ImageAttributes,
+    options: RenderOptions,
+    max_decoded_bytes: int,
 ) -> bytes:
     from dicomweb_server.codecs.transcode import pixels_from_file
 
-    return render_pixels(pixels_from_file(src, frames), attrs, options)  # type: ignore[arg-type]
+    pixels = pixels_from_file(src, frames, max_decoded_bytes)  # type: ignore[arg-type]
+    return render_pixels(pixels, attrs, options)
 
 
 async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -279,7 +279,12 @@ class RetrieveService:
         async def transcode() -> bytes:
             source = await self._read_span(instance, number)
             encoded = await self.codecs.run(
-                transcode_frame, source, instance.transfer_syntax_uid, target, info
+                transcode_frame,
+                source,
+                instance.transfer_syntax_uid,
+                target,
+                info,
+                self.codecs.max_decoded_bytes,
             )
             return encoded.data
 
@@ -300,7 +305,11 @@ class RetrieveService:
             def work() -> list[bytes]:
                 return [
                     encode_frame(pixels, target, info).data
-                    for pixels in pixels_from_file(spool, numbers)  # type: ignore[arg-type]
+                    for pixels in pixels_from_file(
+                        spool,  # type: ignore[arg-type]
+                        numbers,
+                        self.codecs.max_decoded_bytes,
+                    )
                 ]
 
             return await self.codecs.run(work)

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, cast
 
+from dicomweb_server.codecs.decode_guards import validate_encapsulated_frame
+from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.domain.blob_keys import instance_blob_key
 from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.domain.part10 import (
@@ -39,13 +41,41 @@ __all__ = ["StoreRequest", "StoreService"]
 
 log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
+_FRAME_CHECK_BYTES = 8 << 20  # a first fragment up to this size is checked at ingest
 
 
 def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
-    """Parse the header, zero the 128-byte preamble (it can carry executables) and digest."""
+    """Parse the header, check the first compressed frame's own header against it, zero the
+    128-byte preamble (it can carry executables) and digest."""
     record = parse_part10(cast(BinaryIO, spool), spool.size, limits)
+    _check_first_frame(spool, record)
     spool.overwrite_head(_ZERO_PREAMBLE)
     return record, spool.sha256()
+
+
+def _check_first_frame(spool: Spool, record: InstanceRecord) -> None:
+    """Refuse compressed pixel data whose first frame contradicts the DICOM header: decoders
+    trust the frame's own header, so such an instance could never be decoded (or would
+    decode to something else). Fragments too large to read here are left to decode time."""
+    pixel = record.pixel
+    if pixel is None or not pixel.encapsulated or not pixel.frames or pixel.image is None:
+        return
+    offset, length = pixel.frames[0].fragments[0]
+    if length > _FRAME_CHECK_BYTES:
+        return
+    spool.seek(offset)
+    image = pixel.image
+    try:
+        validate_encapsulated_frame(
+            record.transfer_syntax_uid,
+            spool.read(length),
+            image.rows,
+            image.columns,
+            image.samples_per_pixel,
+            image.bits_allocated,
+        )
+    except CodecError as exc:
+        raise InvalidInstanceError(f"the first frame of Pixel Data: {exc}", 0xC000) from exc
 
 
 @dataclass(frozen=True, slots=True)
