@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomweb_server.errors import DicomwebError, MalformedRequestError, PayloadTooLargeError
-from dicomweb_server.storage.spool import Spool
+from dicomweb_server.services.spool import Spool
 from dicomweb_server.web.multipart import MultipartPart, iter_parts
 
 try:
