@@ -18,15 +18,10 @@ from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord
 from dicomweb_server.errors import BackendUnavailableError, DicomwebError
+from dicomweb_server.index.aggregates import INT4_MAX, INT4_MIN, as_text
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.postgres_add import (
-    _INT4_MAX,
-    _INT4_MIN,
-    _InstanceValues,
-    _RowVanishedError,
-    _text,
-)
+from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.sql import build_search
@@ -52,7 +47,7 @@ _ITER_BATCH = 64
 _BLOB_KEY_BATCH = 1000
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _CLOSE_TIMEOUT = 10.0
-_NO_NUMBER = _INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
+_NO_NUMBER = INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
 _SERVER_SETTINGS = {
     "application_name": "dicomweb_server",
     # ESCAPE '\' in index/sql.py relies on a backslash in a literal being itself.
@@ -252,9 +247,9 @@ class PostgresInstanceIndex:
         sql = build_search(query, lambda n: f"${n}")
         # Every match condition is ANDed, and the last two parameters are LIMIT and OFFSET: an
         # integer match value out of int4 range (IS allows 12 digits) cannot match any row.
-        if any(isinstance(p, int) and not _INT4_MIN <= p <= _INT4_MAX for p in sql.params[:-2]):
+        if any(isinstance(p, int) and not INT4_MIN <= p <= INT4_MAX for p in sql.params[:-2]):
             return SearchPage([], False)
-        params = [_text(p) if isinstance(p, str) else p for p in sql.params]
+        params = [as_text(p) if isinstance(p, str) else p for p in sql.params]
 
         async def run(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(sql.text, *params)

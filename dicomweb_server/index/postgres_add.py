@@ -6,22 +6,26 @@ stores), then the series and the study rows are updated or inserted, in that fix
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
-import orjson
 
-from dicomweb_server.domain.query import fold_for_fuzzy
-from dicomweb_server.domain.records import InstanceRecord, bulk_to_json, pixel_to_json
+from dicomweb_server.domain.records import InstanceRecord
+from dicomweb_server.index.aggregates import (
+    instance_row,
+    merged_series_attributes,
+    merged_study,
+    new_series_row,
+    new_study_row,
+)
 from dicomweb_server.index.base import AddOutcome
-from dicomweb_server.index.rows import merge_attributes
+from dicomweb_server.index.batch import NewInstance
 
 if TYPE_CHECKING:
     from dicomweb_server.index.postgres import Connection
 
 __all__: list[str] = []  # internal to the PostgreSQL index
-
-_INT4_MIN, _INT4_MAX = -(2**31), 2**31 - 1  # PostgreSQL integer columns
 
 
 class _RowVanishedError(Exception):
@@ -69,27 +73,8 @@ class _InstanceValues:
 
     async def _add_in_transaction(self, conn: Connection) -> None:
         record = self.record
-        text, values = _insert(
-            "instances",
-            "site, sop_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                "sop_instance_uid": record.sop_instance_uid,
-                "sop_class_uid": record.sop_class_uid,
-                "instance_number": _int(record.instance_columns.get("instance_number")),
-                "transfer_syntax_uid": record.transfer_syntax_uid,
-                "blob_key": self.blob_key,
-                "size": self.size,
-                "digest": self.digest,
-                "number_of_frames": record.number_of_frames,
-                "pixel": pixel_to_json(record.pixel),
-                "bulk": bulk_to_json(record.bulk),
-                "attributes": orjson.dumps(record.instance_attributes),
-                "metadata": record.metadata,
-            },
-        )
+        new = NewInstance(record, self.blob_key, self.size, self.digest)
+        text, values = _insert("instances", "site, sop_instance_uid", instance_row(self.site, new))
         if await conn.fetchval(text, *values) is None:
             raise _Rollback(await self._existing_outcome(conn))
         series_created = await self._count_into_series(conn)
@@ -113,7 +98,6 @@ class _InstanceValues:
     async def _count_into_series(self, conn: Connection) -> bool:
         """Count the instance into its series (created if new); True when created."""
         record = self.record
-        se = record.series_columns
         row = await _update_or_insert(
             conn,
             "UPDATE series SET number_of_instances = number_of_instances + 1"
@@ -122,94 +106,51 @@ class _InstanceValues:
             (self.site, record.series_instance_uid),
             "series",
             "site, series_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                "series_instance_uid": record.series_instance_uid,
-                **{column: _text(se.get(column)) for column in _SERIES_TEXT_COLUMNS},
-                "series_number": _int(se.get("series_number")),
-                "number_of_instances": 1,
-                "attributes": orjson.dumps(record.series_attributes),
-            },
+            new_series_row(self.site, [record]),
         )
         if row is None:
             return True
         if row[1] != record.study_instance_uid:
             # PS3.4 C.6.2.1: in the information model a series sits in exactly one study.
             raise _Rollback(AddOutcome.CONFLICT)
-        merged = merge_attributes(row[2], record.series_attributes)
+        merged = merged_series_attributes(row[2], [record])
         if merged != row[2]:
             await conn.execute("UPDATE series SET attributes = $1 WHERE id = $2", merged, row[0])
         return False
 
     async def _count_into_study(self, conn: Connection, series_created: bool) -> None:
         """Count the instance (and a new series) into its study, created if new."""
-        record = self.record
-        sc = record.study_columns
-        modality = record.series_columns.get("modality")
-        new_series = 1 if series_created else 0
-        row = await _update_or_insert(
-            conn,
-            "UPDATE studies SET number_of_instances = number_of_instances + 1,"
-            " number_of_series = number_of_series + $3"
-            " WHERE site = $1 AND study_instance_uid = $2"
-            " RETURNING id, attributes, modalities_in_study, sop_classes_in_study",
-            (self.site, record.study_instance_uid, new_series),
-            "studies",
-            "site, study_instance_uid",
-            {
-                "site": self.site,
-                "study_instance_uid": record.study_instance_uid,
-                **{column: _text(sc.get(column)) for column in _STUDY_TEXT_COLUMNS},
-                "patient_name_fold": _fold(sc.get("patient_name")),
-                "referring_physician_name_fold": _fold(sc.get("referring_physician_name")),
-                "modalities_in_study": _add_to_set("", modality),
-                "sop_classes_in_study": _add_to_set("", record.sop_class_uid),
-                "number_of_series": new_series,
-                "number_of_instances": 1,
-                "attributes": orjson.dumps(record.study_attributes),
-            },
+        await count_into_study(conn, self.site, [self.record], 1 if series_created else 0)
+
+
+async def count_into_study(
+    conn: Connection, site: str, records: Sequence[InstanceRecord], new_series: int
+) -> None:
+    """Count `records` (of one study) and `new_series` series into their study row (created
+    if new), under the row's lock; its attributes and value sets rewritten when they grow."""
+    first = records[0]
+    row = await _update_or_insert(
+        conn,
+        "UPDATE studies SET number_of_instances = number_of_instances + $3,"
+        " number_of_series = number_of_series + $4"
+        " WHERE site = $1 AND study_instance_uid = $2"
+        " RETURNING id, attributes, modalities_in_study, sop_classes_in_study",
+        (site, first.study_instance_uid, len(records), new_series),
+        "studies",
+        "site, study_instance_uid",
+        new_study_row(site, records, new_series),
+    )
+    if row is None:
+        return
+    stored = (row[1], row[2], row[3])
+    merged = merged_study(stored, records)
+    if merged != stored:
+        await conn.execute(
+            "UPDATE studies SET attributes = $1, modalities_in_study = $2,"
+            " sop_classes_in_study = $3 WHERE id = $4",
+            *merged,
+            row[0],
         )
-        if row is None:
-            return
-        # PS3.18 10.6.3: ModalitiesInStudy and SOPClassesInStudy are sets over the study.
-        attributes = merge_attributes(row[1], record.study_attributes)
-        modalities = _add_to_set(row[2], modality)
-        sop_classes = _add_to_set(row[3], record.sop_class_uid)
-        if (attributes, modalities, sop_classes) != (row[1], row[2], row[3]):
-            await conn.execute(
-                "UPDATE studies SET attributes = $1, modalities_in_study = $2,"
-                " sop_classes_in_study = $3 WHERE id = $4",
-                attributes,
-                modalities,
-                sop_classes,
-                row[0],
-            )
-
-
-_STUDY_TEXT_COLUMNS = (
-    "patient_id",
-    "patient_name",
-    "issuer_of_patient_id",
-    "patient_birth_date",
-    "patient_sex",
-    "study_date",
-    "study_time",
-    "accession_number",
-    "study_id",
-    "referring_physician_name",
-    "study_description",
-)
-
-
-_SERIES_TEXT_COLUMNS = (
-    "modality",
-    "series_description",
-    "performed_procedure_step_start_date",
-    "performed_procedure_step_start_time",
-    "requested_procedure_id",
-    "scheduled_procedure_step_id",
-)
 
 
 def _insert(table: str, unique: str, row: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -245,31 +186,3 @@ async def _update_or_insert(
     if found is None:
         raise _RowVanishedError(table)
     return found
-
-
-def _text(value: str | int | None) -> str | None:
-    """A value for a text column; PostgreSQL text cannot hold NUL, which never matches anyway."""
-    return None if value is None else str(value).replace("\x00", "")
-
-
-def _int(value: str | int | None) -> int | None:
-    """A value for an integer column; out of int4 range it cannot be matched, so not stored."""
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        return None
-    return number if _INT4_MIN <= number <= _INT4_MAX else None
-
-
-def _fold(value: str | int | None) -> str | None:
-    return None if value is None else _text(fold_for_fuzzy(str(value)))
-
-
-def _add_to_set(joined: str, value: str | int | None) -> str:
-    """Add `value` to a backslash-joined sorted set (DICOM's multi-value separator)."""
-    items = {v for v in joined.split("\\") if v}
-    if value:
-        items.add(str(value).replace("\x00", ""))
-    return "\\".join(sorted(items))

@@ -12,66 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from dicomweb_server.domain.records import InstanceRecord, bulk_to_json, pixel_to_json
+from dicomweb_server.domain.records import InstanceRecord
+from dicomweb_server.index.aggregates import (
+    instance_row,
+    merged_series_attributes,
+    new_series_row,
+)
 from dicomweb_server.index.base import AddOutcome
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.postgres_add import (
-    _SERIES_TEXT_COLUMNS,
-    _STUDY_TEXT_COLUMNS,
-    _add_to_set,
-    _fold,
-    _int,
-    _RowVanishedError,
-    _text,
-    _update_or_insert,
-)
-from dicomweb_server.index.rows import merge_attributes
+from dicomweb_server.index.postgres_add import _RowVanishedError, count_into_study
 
 if TYPE_CHECKING:
     from dicomweb_server.index.postgres import Connection
 
 __all__ = ["add_batch"]
-
-_INSTANCE_INSERT_COLUMNS = (
-    "site",
-    "study_instance_uid",
-    "series_instance_uid",
-    "sop_instance_uid",
-    "sop_class_uid",
-    "instance_number",
-    "transfer_syntax_uid",
-    "blob_key",
-    "size",
-    "digest",
-    "number_of_frames",
-    "pixel",
-    "bulk",
-    "attributes",
-    "metadata",
-)
-
-
-def _instance_row(site: str, new: NewInstance) -> tuple[Any, ...]:
-    record = new.record
-    return (
-        site,
-        record.study_instance_uid,
-        record.series_instance_uid,
-        record.sop_instance_uid,
-        record.sop_class_uid,
-        _int(record.instance_columns.get("instance_number")),
-        record.transfer_syntax_uid,
-        new.blob_key,
-        new.size,
-        new.digest,
-        record.number_of_frames,
-        pixel_to_json(record.pixel),
-        bulk_to_json(record.bulk),
-        orjson.dumps(record.instance_attributes),
-        record.metadata,
-    )
 
 
 @dataclass(slots=True)
@@ -139,7 +93,7 @@ async def add_batch(
         if outcomes[position] is AddOutcome.CREATED:
             by_study.setdefault(new.record.study_instance_uid, []).append(new.record)
     for study in sorted(by_study):
-        await _count_into_study(conn, site, by_study[study], new_series.get(study, 0))
+        await count_into_study(conn, site, by_study[study], new_series.get(study, 0))
     return outcomes
 
 
@@ -147,15 +101,17 @@ async def _insert_instances(
     conn: Connection, site: str, instances: list[NewInstance]
 ) -> dict[str, int]:
     """Insert the rows (in the given order); {SOP Instance UID: id} of those not yet taken."""
-    width = len(_INSTANCE_INSERT_COLUMNS)
+    rows_to_insert = [instance_row(site, new) for new in instances]
+    columns = list(rows_to_insert[0])
+    width = len(columns)
     values = []
     args: list[Any] = []
-    for index, new in enumerate(instances):
+    for index, row in enumerate(rows_to_insert):
         marks = ", ".join(f"${index * width + n}" for n in range(1, width + 1))
         values.append(f"({marks})")
-        args.extend(_instance_row(site, new))
+        args.extend(row.values())
     rows = await conn.fetch(
-        f"INSERT INTO instances ({', '.join(_INSTANCE_INSERT_COLUMNS)}) VALUES"
+        f"INSERT INTO instances ({', '.join(columns)}) VALUES"
         f" {', '.join(values)} ON CONFLICT (site, sop_instance_uid) DO NOTHING"
         " RETURNING sop_instance_uid, id",
         *args,
@@ -199,21 +155,9 @@ async def _count_into_series(
         " RETURNING id, attributes"
     )
     update_args = (site, series_uid, study, len(records))
-    attributes = orjson.dumps(records[0].series_attributes)
-    for record in records[1:]:
-        attributes = merge_attributes(attributes, record.series_attributes)
     row = await conn.fetchrow(update, *update_args)
     if row is None:
-        se = records[0].series_columns
-        columns: dict[str, Any] = {
-            "site": site,
-            "study_instance_uid": study,
-            "series_instance_uid": series_uid,
-            **{column: _text(se.get(column)) for column in _SERIES_TEXT_COLUMNS},
-            "series_number": _int(se.get("series_number")),
-            "number_of_instances": len(records),
-            "attributes": attributes,
-        }
+        columns = new_series_row(site, records)
         marks = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
         inserted = await conn.fetchval(
             f"INSERT INTO series ({', '.join(columns)}) VALUES ({marks})"
@@ -236,64 +180,7 @@ async def _count_into_series(
         row = await conn.fetchrow(update, *update_args)
         if row is None:
             raise _RowVanishedError("series")
-    merged = row[1]
-    for record in records:
-        merged = merge_attributes(merged, record.series_attributes)
+    merged = merged_series_attributes(row[1], records)
     if merged != row[1]:
         await conn.execute("UPDATE series SET attributes = $1 WHERE id = $2", merged, row[0])
     return False
-
-
-async def _count_into_study(
-    conn: Connection, site: str, records: list[InstanceRecord], new_series: int
-) -> None:
-    """Count `records` (and `new_series` series) into their study, created if new."""
-    first = records[0]
-    sc = first.study_columns
-    attributes = orjson.dumps(first.study_attributes)
-    modalities = ""
-    sop_classes = ""
-    for record in records:
-        attributes = merge_attributes(attributes, record.study_attributes)
-        modalities = _add_to_set(modalities, record.series_columns.get("modality"))
-        sop_classes = _add_to_set(sop_classes, record.sop_class_uid)
-    row = await _update_or_insert(
-        conn,
-        "UPDATE studies SET number_of_instances = number_of_instances + $3,"
-        " number_of_series = number_of_series + $4"
-        " WHERE site = $1 AND study_instance_uid = $2"
-        " RETURNING id, attributes, modalities_in_study, sop_classes_in_study",
-        (site, first.study_instance_uid, len(records), new_series),
-        "studies",
-        "site, study_instance_uid",
-        {
-            "site": site,
-            "study_instance_uid": first.study_instance_uid,
-            **{column: _text(sc.get(column)) for column in _STUDY_TEXT_COLUMNS},
-            "patient_name_fold": _fold(sc.get("patient_name")),
-            "referring_physician_name_fold": _fold(sc.get("referring_physician_name")),
-            "modalities_in_study": modalities,
-            "sop_classes_in_study": sop_classes,
-            "number_of_series": new_series,
-            "number_of_instances": len(records),
-            "attributes": attributes,
-        },
-    )
-    if row is None:
-        return
-    # PS3.18 10.6.3: ModalitiesInStudy and SOPClassesInStudy are sets over the study.
-    merged = row[1]
-    stored_modalities, stored_classes = row[2], row[3]
-    for record in records:
-        merged = merge_attributes(merged, record.study_attributes)
-        stored_modalities = _add_to_set(stored_modalities, record.series_columns.get("modality"))
-        stored_classes = _add_to_set(stored_classes, record.sop_class_uid)
-    if (merged, stored_modalities, stored_classes) != (row[1], row[2], row[3]):
-        await conn.execute(
-            "UPDATE studies SET attributes = $1, modalities_in_study = $2,"
-            " sop_classes_in_study = $3 WHERE id = $4",
-            merged,
-            stored_modalities,
-            stored_classes,
-            row[0],
-        )

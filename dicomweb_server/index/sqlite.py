@@ -15,21 +15,21 @@ from typing import Any, TypeVar
 import orjson
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
-from dicomweb_server.domain.query import Query, fold_for_fuzzy
+from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import (
     InstanceRecord,
-    bulk_to_json,
-    pixel_to_json,
 )
 from dicomweb_server.errors import BackendUnavailableError
+from dicomweb_server.index.aggregates import (
+    instance_row,
+    merged_series_attributes,
+    merged_study,
+    new_series_row,
+    new_study_row,
+)
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
-from dicomweb_server.index.rows import (
-    INSTANCE_COLUMNS,
-    merge_attributes,
-    search_rows,
-    stored_instance,
-)
+from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["SqliteInstanceIndex"]
@@ -316,10 +316,7 @@ def _add_batch(
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcomes = [
-            _add_in_transaction(conn, site, new.record, new.blob_key, new.size, new.digest)
-            for new in instances
-        ]
+        outcomes = [_add_in_transaction(conn, site, new) for new in instances]
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -327,14 +324,9 @@ def _add_batch(
     return outcomes
 
 
-def _add_in_transaction(
-    conn: sqlite3.Connection,
-    site: str,
-    record: InstanceRecord,
-    blob_key: str,
-    size: int,
-    digest: str,
-) -> AddOutcome:
+def _add_in_transaction(conn: sqlite3.Connection, site: str, new: NewInstance) -> AddOutcome:
+    """Judge the instance, then write its row and count it into its series and study."""
+    record = new.record
     existing = conn.execute(
         "SELECT study_instance_uid, series_instance_uid, digest FROM instances"
         " WHERE site = ? AND sop_instance_uid = ?",
@@ -342,130 +334,47 @@ def _add_in_transaction(
     ).fetchone()
     if existing is not None:
         same_place = tuple(existing[:2]) == (record.study_instance_uid, record.series_instance_uid)
-        return AddOutcome.IDENTICAL if same_place and existing[2] == digest else AddOutcome.CONFLICT
+        same = same_place and existing[2] == new.digest
+        return AddOutcome.IDENTICAL if same else AddOutcome.CONFLICT
     series_row = conn.execute(
         "SELECT study_instance_uid, attributes FROM series"
         " WHERE site = ? AND series_instance_uid = ?",
         (site, record.series_instance_uid),
     ).fetchone()
     if series_row is not None and series_row[0] != record.study_instance_uid:
-        return AddOutcome.CONFLICT
+        return AddOutcome.CONFLICT  # PS3.4 C.6.2.1: a series sits in exactly one study
     study_row = conn.execute(
         "SELECT attributes, modalities_in_study, sop_classes_in_study FROM studies"
         " WHERE site = ? AND study_instance_uid = ?",
         (site, record.study_instance_uid),
     ).fetchone()
-
-    sc = record.study_columns
-    modality = record.series_columns.get("modality")
+    new_series = 1 if series_row is None else 0
     if study_row is None:
-        conn.execute(
-            "INSERT INTO studies (site, study_instance_uid, patient_id, patient_name,"
-            " patient_name_fold, issuer_of_patient_id, patient_birth_date, patient_sex, study_date,"
-            " study_time, accession_number, study_id, referring_physician_name,"
-            " referring_physician_name_fold, study_description, modalities_in_study,"
-            " sop_classes_in_study, number_of_series, number_of_instances, attributes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, 1, ?)",
-            (
-                site,
-                record.study_instance_uid,
-                sc.get("patient_id"),
-                sc.get("patient_name"),
-                _fold(sc.get("patient_name")),
-                sc.get("issuer_of_patient_id"),
-                sc.get("patient_birth_date"),
-                sc.get("patient_sex"),
-                sc.get("study_date"),
-                sc.get("study_time"),
-                sc.get("accession_number"),
-                sc.get("study_id"),
-                sc.get("referring_physician_name"),
-                _fold(sc.get("referring_physician_name")),
-                sc.get("study_description"),
-                _add_to_set("", modality),
-                _add_to_set("", record.sop_class_uid),
-                orjson.dumps(record.study_attributes),
-            ),
-        )
+        _insert(conn, "studies", new_study_row(site, [record], new_series))
     else:
+        attributes, modalities, sop_classes = merged_study(tuple(study_row), [record])
         conn.execute(
             "UPDATE studies SET number_of_instances = number_of_instances + 1,"
             " number_of_series = number_of_series + ?, modalities_in_study = ?,"
             " sop_classes_in_study = ?, attributes = ? WHERE site = ? AND study_instance_uid = ?",
-            (
-                1 if series_row is None else 0,
-                _add_to_set(study_row[1], modality),
-                _add_to_set(study_row[2], record.sop_class_uid),
-                merge_attributes(study_row[0], record.study_attributes),
-                site,
-                record.study_instance_uid,
-            ),
+            (new_series, modalities, sop_classes, attributes, site, record.study_instance_uid),
         )
-    se = record.series_columns
     if series_row is None:
-        conn.execute(
-            "INSERT INTO series (site, study_instance_uid, series_instance_uid, modality,"
-            " series_number, series_description, performed_procedure_step_start_date,"
-            " performed_procedure_step_start_time, requested_procedure_id,"
-            " scheduled_procedure_step_id, number_of_instances, attributes)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-            (
-                site,
-                record.study_instance_uid,
-                record.series_instance_uid,
-                modality,
-                se.get("series_number"),
-                se.get("series_description"),
-                se.get("performed_procedure_step_start_date"),
-                se.get("performed_procedure_step_start_time"),
-                se.get("requested_procedure_id"),
-                se.get("scheduled_procedure_step_id"),
-                orjson.dumps(record.series_attributes),
-            ),
-        )
+        _insert(conn, "series", new_series_row(site, [record]))
     else:
         conn.execute(
             "UPDATE series SET number_of_instances = number_of_instances + 1, attributes = ?"
             " WHERE site = ? AND series_instance_uid = ?",
             (
-                merge_attributes(series_row[1], record.series_attributes),
+                merged_series_attributes(series_row[1], [record]),
                 site,
                 record.series_instance_uid,
             ),
         )
-    conn.execute(
-        "INSERT INTO instances (site, study_instance_uid, series_instance_uid, sop_instance_uid,"
-        " sop_class_uid, instance_number, transfer_syntax_uid, blob_key, size, digest,"
-        " number_of_frames, pixel, bulk, attributes, metadata)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            site,
-            record.study_instance_uid,
-            record.series_instance_uid,
-            record.sop_instance_uid,
-            record.sop_class_uid,
-            record.instance_columns.get("instance_number"),
-            record.transfer_syntax_uid,
-            blob_key,
-            size,
-            digest,
-            record.number_of_frames,
-            pixel_to_json(record.pixel),
-            bulk_to_json(record.bulk),
-            orjson.dumps(record.instance_attributes),
-            record.metadata,
-        ),
-    )
+    _insert(conn, "instances", instance_row(site, new))
     return AddOutcome.CREATED
 
 
-def _fold(value: str | int | None) -> str | None:
-    return None if value is None else fold_for_fuzzy(str(value))
-
-
-def _add_to_set(joined: str, value: str | int | None) -> str:
-    """Add `value` to a backslash-joined sorted set (DICOM's multi-value separator)."""
-    items = {v for v in joined.split("\\") if v}
-    if value:
-        items.add(str(value))
-    return "\\".join(sorted(items))
+def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+    marks = ", ".join("?" * len(row))
+    conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
