@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
-from dicomweb_server.errors import DicomwebError
+from dicomweb_server.errors import RequestTimeoutError
 from dicomweb_server.index.base import ServerIndex
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
@@ -161,12 +161,6 @@ class RequestContextMiddleware:
             )
 
 
-class _BodyTimeoutError(DicomwebError):
-    """The client stopped sending its request body (RFC 9110 15.5.9)."""
-
-    status = 408
-
-
 class RequestLimitsMiddleware:
     """Bounds each request in time and the STOW requests in flight, so slow or many clients
     cannot starve the others: a body that stalls gets 408, a request over its time budget is
@@ -174,12 +168,19 @@ class RequestLimitsMiddleware:
     """
 
     def __init__(
-        self, app: ASGIApp, *, body_timeout: float, request_timeout: float, max_stores: int
+        self,
+        app: ASGIApp,
+        *,
+        body_timeout: float,
+        request_timeout: float,
+        max_stores: int,
+        min_upload_rate: int = 0,
     ) -> None:
         self.app = app
         self.body_timeout = body_timeout
         self.request_timeout = request_timeout
         self.max_stores = max_stores
+        self.min_upload_rate = min_upload_rate
         self.stores = 0  # one event loop per app: a plain counter is enough
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -197,21 +198,33 @@ class RequestLimitsMiddleware:
             return
         body_done = False
         started = False
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        received = 0
+        # STOW bodies must keep an average rate once the grace period is over: a deadline for
+        # the whole body, so dripping one byte a minute cannot hold a STOW slot for an hour.
+        min_rate = self.min_upload_rate if is_store else 0
 
         async def timed_receive() -> Message:
-            nonlocal body_done
+            nonlocal body_done, received
             if body_done:  # later receives wait for a disconnect while streaming a response
                 return await receive()
+            timeout = self.body_timeout
+            if min_rate:
+                # The time by which what has arrived, plus one more chunk's worth, is on rate.
+                due = began + self.body_timeout + received / min_rate
+                timeout = min(timeout, max(due - loop.time(), 0.0) + 1.0)
             try:
                 # A deadline on this task, not wait_for's extra task per chunk of body.
-                async with asyncio.timeout(self.body_timeout):
+                async with asyncio.timeout(timeout):
                     message = await receive()
             except TimeoutError:
-                raise _BodyTimeoutError(
-                    f"no request body bytes arrived for {self.body_timeout:g} seconds"
-                ) from None
+                raise RequestTimeoutError(self._too_slow(loop.time() - began, received)) from None
+            received += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
+            elif min_rate and loop.time() - began > self.body_timeout + received / min_rate:
+                raise RequestTimeoutError(self._too_slow(loop.time() - began, received))
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -236,6 +249,15 @@ class RequestLimitsMiddleware:
         finally:
             if is_store:
                 self.stores -= 1
+
+    def _too_slow(self, elapsed: float, received: int) -> str:
+        if self.min_upload_rate and elapsed > self.body_timeout:
+            return (
+                f"the request body arrived too slowly: {received} bytes in {elapsed:.0f} s;"
+                f" STOW bodies must average {self.min_upload_rate} bytes/s after"
+                f" {self.body_timeout:g} s (DICOMWEB_MIN_UPLOAD_RATE)"
+            )
+        return f"no request body bytes arrived for {self.body_timeout:g} seconds"
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -303,6 +325,7 @@ def create_app(settings: Settings) -> Starlette:
         body_timeout=settings.body_timeout,
         request_timeout=settings.request_timeout,
         max_stores=settings.max_concurrent_stores,
+        min_upload_rate=settings.min_upload_rate,
     )
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(RequestContextMiddleware)

@@ -85,7 +85,18 @@ class Settings(BaseSettings):
     max_query_limit: Positive = 10_000
     max_query_offset: NonNegative = 10_000_000
     # Request bounds against slow or many clients (hostile input hardening)
+    max_request_header_bytes: Annotated[int, Field(ge=4096)] = 64 << 10  # else 431
+    max_request_headers: Positive = 100  # header lines per request, else 431
+    header_timeout: Positive = (
+        15  # seconds from a request's first byte to its last header, else 408
+    )
+    keep_alive_timeout: Positive = 15  # seconds an idle kept-alive connection stays open
+    max_connections: NonNegative = 2000  # connections and requests per process (0: unbounded); 503
+    shutdown_grace_seconds: NonNegative = 30  # requests in flight may finish this long on SIGTERM
     body_timeout: Positive = 60  # seconds to wait for the next chunk of a request body, else 408
+    # A STOW body must arrive at this average rate once body_timeout has passed, else 408: one
+    # byte a minute would otherwise hold a STOW slot for the whole request_timeout
+    min_upload_rate: NonNegative = 64 << 10
     request_timeout: Positive = 3600  # seconds a request may run before it is cut off
     max_concurrent_stores: Positive = 8  # STOW requests in flight per process; more get 429
     # WADO-RS transcoding and rendering

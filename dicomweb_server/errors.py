@@ -7,6 +7,7 @@
     │   └── MalformedRequestError (400)      broken multipart, empty body
     ├── NotFoundError (404)
     ├── NotAcceptableError (406)             nothing in Accept can be produced
+    ├── RequestTimeoutError (408)            a request body that stalls or crawls
     ├── ConflictError (409)
     ├── PayloadTooLargeError (413)           a configured limit was exceeded
     ├── UnsupportedMediaTypeError (415)
@@ -28,6 +29,7 @@ __all__ = [
     "NotAcceptableError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "RequestTimeoutError",
     "UnsupportedMediaTypeError",
 ]
 
@@ -70,6 +72,12 @@ class NotAcceptableError(DicomwebError):
     """No media type or transfer syntax in Accept can be produced."""
 
     status = 406
+
+
+class RequestTimeoutError(DicomwebError):
+    """The client did not send its request body in time (RFC 9110 15.5.9)."""
+
+    status = 408
 
 
 class ConflictError(DicomwebError):

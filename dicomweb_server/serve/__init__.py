@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 import uvicorn
 
 from dicomweb_server.app import open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.serve import limits
 from dicomweb_server.serve.logs import log_config
 
-__all__ = ["StartupError", "check_backends", "run"]
+__all__ = ["StartupError", "check_backends", "run", "uvicorn_config", "worker_count"]
 
 log = logging.getLogger("dicomweb_server.serve")
 
@@ -55,23 +57,49 @@ def worker_count(settings: Settings) -> int:
     return settings.workers if settings.workers > 0 else os.cpu_count() or 1
 
 
+def uvicorn_config(
+    settings: Settings, app: Any = _WORKER_FACTORY, **options: Any
+) -> uvicorn.Config:
+    """uvicorn's configuration for these settings: listening, TLS, logging and the limits on
+    connections and request headers (serve/limits.py; uvicorn's h11 protocol with its own
+    header limit where the httptools one cannot be bounded)."""
+    values: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "access_log": False,  # ours logs paths without query strings (no PHI)
+        "log_config": log_config(settings.log_level),
+        "log_level": settings.log_level,
+        "ssl_certfile": settings.ssl_certfile or None,
+        "ssl_keyfile": settings.ssl_keyfile or None,
+        "timeout_keep_alive": settings.keep_alive_timeout,
+        "limit_concurrency": settings.max_connections or None,
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+    }
+    problem = limits.protocol_problem()
+    if problem is None:
+        header_limits = limits.HeaderLimits(
+            settings.max_request_header_bytes,
+            settings.max_request_headers,
+            settings.header_timeout,
+        )
+        values["http"] = limits.limit_headers(header_limits)
+    else:
+        log.warning("request headers bounded by uvicorn's h11 protocol: %s", problem)
+        values["http"] = "h11"
+        values["h11_max_incomplete_event_size"] = settings.max_request_header_bytes
+    values.update(options)
+    return uvicorn.Config(app, **values)
+
+
 def run(settings: Settings) -> int:
-    """Serve until stopped; the exit status (StartupError before anything is served)."""
+    """Serve until stopped; the exit status (StartupError before anything is served).
+
+    Worker processes read their settings from DICOMWEB_* variables, as the CLI sets them.
+    """
     settings.check()
     check_backends(settings)
     workers = worker_count(settings)
-    config = uvicorn.Config(
-        _WORKER_FACTORY,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=workers,
-        access_log=False,  # ours logs paths without query strings (no PHI)
-        log_config=log_config(settings.log_level),
-        log_level=settings.log_level,
-        ssl_certfile=settings.ssl_certfile or None,
-        ssl_keyfile=settings.ssl_keyfile or None,
-    )
+    config = uvicorn_config(settings, factory=True, workers=workers)
     if workers == 1:
         server = uvicorn.Server(config)
         server.run()

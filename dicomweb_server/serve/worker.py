@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
-from dicomweb_server.serve import balance, compat, zerocopy
+from dicomweb_server.serve import balance, compat, limits, zerocopy
 from dicomweb_server.serve.gc_tuning import tune_garbage_collector
 
 __all__ = ["AfterStartup", "create_worker_app", "install_patches"]
@@ -63,5 +63,13 @@ def create_worker_app() -> ASGIApp:
     """uvicorn's factory: the app from DICOMWEB_* settings, in a tuned process."""
     settings = Settings.from_env()
     install_patches(settings)
+    # The protocol class reaches a spawned worker by name: set its bounds here too.
+    limits.limit_headers(
+        limits.HeaderLimits(
+            settings.max_request_header_bytes,
+            settings.max_request_headers,
+            settings.header_timeout,
+        )
+    )
     app = create_app(settings)
     return AfterStartup(app, lambda: tune_garbage_collector(settings.gc_young_threshold))

@@ -9,13 +9,18 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb_server.config import Settings
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.stow_result import CANNOT_UNDERSTAND, StowResult
 from dicomweb_server.errors import (
+    DicomwebError,
     MalformedRequestError,
     PayloadTooLargeError,
+    RequestTimeoutError,
     UnsupportedMediaTypeError,
 )
+from dicomweb_server.services.spool import Spool
+from dicomweb_server.services.store import StoreRequest
 from dicomweb_server.web.multipart import iter_parts, parse_media_type
 from dicomweb_server.web.params import site_of
 from dicomweb_server.web.state import AppState
@@ -36,7 +41,15 @@ async def _limited(stream: AsyncIterator[bytes], limit: int) -> AsyncIterator[by
 
 
 async def store_instances(request: Request) -> Response:
-    """POST /studies[/{study}]: store each application/dicom part; report per instance."""
+    """POST /studies[/{study}]: store each application/dicom part; report per instance.
+
+    PS3.18 10.5: a multipart/related body of application/dicom parts (any boundary up to
+    DICOMWEB_MAX_BOUNDARY_LENGTH, the `type` parameter optional: parts say what they are),
+    or, as Microsoft's, Google's and AWS's services accept, a single application/dicom body.
+    A body that breaks off (malformed, over a limit, stalled) after some instances were
+    stored is answered 202 with those instances and a failure for the rest; before any was
+    stored it is the 4xx of the error, and nothing from the request stays.
+    """
     state: AppState = request.app.state.dicomweb
     settings = state.settings
     study = request.path_params.get("study")
@@ -46,63 +59,106 @@ async def store_instances(request: Request) -> Response:
     if not header:
         raise UnsupportedMediaTypeError(
             'STOW-RS needs Content-Type: multipart/related; type="application/dicom"'
+            " (or application/dicom for a single instance)"
         )
     media_type, params = parse_media_type(header)
-    if media_type != "multipart/related":
+    if media_type not in ("multipart/related", "application/dicom"):
         raise UnsupportedMediaTypeError(
-            'STOW-RS takes multipart/related; type="application/dicom", not '
-            + (media_type or "a request without Content-Type")
+            'STOW-RS takes multipart/related; type="application/dicom" or application/dicom,'
+            f" not {media_type or 'a request without Content-Type'}"
         )
     part_type = params.get("type", "").lower()
-    if part_type != "application/dicom":
+    if media_type == "multipart/related" and part_type not in ("", "application/dicom"):
         raise UnsupportedMediaTypeError(
-            f"multipart/related type {part_type or '(missing)'!r} is not supported;"
-            ' send type="application/dicom"'
+            f"multipart/related type {part_type!r} is not supported; send"
+            ' type="application/dicom" (metadata and bulk data parts are not stored here)'
         )
     boundary = params.get("boundary")
-    if not boundary:
+    if media_type == "multipart/related" and not boundary:
         raise MalformedRequestError("multipart/related Content-Type has no boundary parameter")
     if request.headers.get("content-encoding", "identity").lower() not in ("identity", ""):
         raise UnsupportedMediaTypeError("Content-Encoding is not supported for STOW-RS bodies")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > settings.max_request_bytes:
-        raise PayloadTooLargeError(
-            f"request body of {declared} bytes exceeds the limit of {settings.max_request_bytes}"
-        )
+    single = media_type == "application/dicom"
+    limit = settings.max_part_bytes if single else settings.max_request_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit}")
 
     result = StowResult()
-    site = site_of(request)
+    store = state.store.request(
+        site_of(request),
+        study,
+        result,
+        depth=settings.store_pipeline_depth,
+        batch=settings.store_index_batch,
+    )
+    body = _limited(request.stream(), limit)
+    broke_off: DicomwebError | None = None
+    async with store:
+        try:
+            if single:
+                await store.add(await _spooled(body, settings.spool_memory_bytes))
+            else:
+                assert boundary is not None
+                await _add_parts(store, body, boundary, settings)
+        except _BODY_ERRORS as exc:
+            broke_off = exc  # what came before it is stored as the context ends
+    if broke_off is not None:
+        if not result.stored:
+            raise broke_off
+        result.add_failed(
+            "",
+            "",
+            CANNOT_UNDERSTAND,
+            f"the request body broke off ({broke_off.reason}); the instances before it are"
+            " stored, the rest was not received",
+        )
+
+    payload = orjson.dumps(result.to_json(settings.root_url, study))
+    response = Response(payload, status_code=result.status, media_type="application/dicom+json")
+    for text in result.failure_texts[:_MAX_WARNINGS]:
+        response.headers.append("Warning", f'299 dicomweb-server "{_header_safe(text)}"')
+    if result.failed:
+        log.info("STOW stored %d, failed %d", len(result.stored), len(result.failed))
+    return response
+
+
+# Errors of the request body itself: instances stored before one are still reported.
+_BODY_ERRORS = (MalformedRequestError, PayloadTooLargeError, RequestTimeoutError)
+
+
+async def _add_parts(
+    store: StoreRequest, body: AsyncIterator[bytes], boundary: str, settings: Settings
+) -> None:
     parts = iter_parts(
-        _limited(request.stream(), settings.max_request_bytes),
+        body,
         boundary,
         max_part_size=settings.max_part_bytes,
         max_parts=settings.max_parts,
         spool_memory=settings.spool_memory_bytes,
         max_boundary_length=settings.max_boundary_length,
     )
-    store = state.store.request(
-        site,
-        study,
-        result,
-        depth=settings.store_pipeline_depth,
-        batch=settings.store_index_batch,
-    )
-    async with store:
-        async for part in parts:
-            reason = _unsupported_part(part.content_type)
-            if reason is None:
-                await store.add(part.file)  # the pipeline closes the part
-            else:
-                part.close()
-                store.add_failed(CANNOT_UNDERSTAND, reason)
+    async for part in parts:
+        reason = _unsupported_part(part.content_type)
+        if reason is None:
+            await store.add(part.file)  # the pipeline closes the part
+        else:
+            part.close()
+            store.add_failed(CANNOT_UNDERSTAND, reason)
 
-    body = orjson.dumps(result.to_json(settings.root_url, study))
-    response = Response(body, status_code=result.status, media_type="application/dicom+json")
-    for text in result.failure_texts[:_MAX_WARNINGS]:
-        response.headers.append("Warning", f'299 dicomweb-server "{_header_safe(text)}"')
-    if result.failed:
-        log.info("STOW stored %d, failed %d", len(result.stored), len(result.failed))
-    return response
+
+async def _spooled(body: AsyncIterator[bytes], memory_limit: int) -> Spool:
+    """A single-part body as a spool, as a multipart part would be."""
+    spool = Spool(memory_limit)
+    try:
+        async for chunk in body:
+            spool.write(chunk)
+        if not spool.size:
+            raise MalformedRequestError("the request body is empty: send one Part 10 instance")
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
 def _unsupported_part(content_type: str | None) -> str | None:

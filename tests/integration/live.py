@@ -13,19 +13,14 @@ import uvicorn
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
+from dicomweb_server.serve import uvicorn_config
 
 
 @contextmanager
 def serving(settings: Settings, **options: Any) -> Iterator[None]:
     """The app on a real uvicorn in a thread, at `settings.port`, until the block ends."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=settings.port,
-        log_level="warning",
-        access_log=False,
-        **options,
-    )
+    values = {"log_config": None, "log_level": "warning", "host": "127.0.0.1", **options}
+    config = uvicorn_config(settings, create_app(settings), **values)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
     thread.start()

@@ -222,7 +222,8 @@ async def test_header_over_the_memory_budget_is_refused(settings: Settings) -> N
         ('multipart/related; type="application/dicom"; boundary=b', b"--b\r\nBad\r\n\r\n", 400),
         ('multipart/related; type="application/dicom+json"; boundary=b', b"--b--", 415),
         ("application/dicom+json", b'[{"00100010": {"vr": "PN"}}]', 415),
-        ("application/dicom", to_part10(ct_dataset()), 415),
+        ("application/dicom", b"", 400),
+        ("application/octet-stream", to_part10(ct_dataset()), 415),
     ],
     ids=[
         "missing-boundary",
@@ -235,7 +236,8 @@ async def test_header_over_the_memory_budget_is_refused(settings: Settings) -> N
         "bad-part-header",
         "dicom-json-parts",
         "dicom-json-body",
-        "single-part-body",
+        "single-part-empty",
+        "octet-stream-body",
     ],
 )
 async def test_multipart_abuse_is_a_clean_4xx(

@@ -6,7 +6,11 @@ import httpx
 import pytest
 from dicomfiles import ct_dataset, multipart_body, to_part10, uid
 
+from dicomweb_server.app import create_app
+from dicomweb_server.config import Settings
+
 DICOM_JSON = "application/dicom+json"
+BASE = "http://t/dicomweb"
 
 
 async def _count_instances(client: httpx.AsyncClient) -> int:
@@ -161,8 +165,8 @@ async def test_part_without_content_type_fails(client: httpx.AsyncClient) -> Non
 @pytest.mark.parametrize(
     ("content_type", "status"),
     [
-        ("application/dicom", 415),
-        ("multipart/related; boundary=abc", 415),
+        ("application/dicom", 409),  # single part: this body is not a Part 10 instance
+        ("multipart/related; boundary=abc", 400),  # no type: parts say; no such boundary
         ('multipart/related; type="application/dicom+xml"; boundary=abc', 415),
         ('multipart/related; type="application/dicom"', 400),
         ("", 415),
@@ -174,7 +178,11 @@ async def test_bad_request_media_types(
     body, _ = multipart_body([to_part10(ct_dataset())])
     response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
     assert response.status_code == status
-    assert response.json()["reason"]
+    if status == 409:  # a STOW response: the instance failed, with its reason
+        assert response.json()["00081198"]["Value"][0]["00081197"]["Value"]
+        assert response.headers["warning"]
+    else:
+        assert response.json()["reason"]
 
 
 @pytest.mark.parametrize(
@@ -220,3 +228,79 @@ async def test_body_over_the_limit_is_413(tmp_path, settings) -> None:  # type: 
         response = await http.post("/studies", content=body, headers={"Content-Type": content_type})
         assert response.status_code == 413
         assert (await http.get("/instances")).json() == []
+
+
+@pytest.mark.parametrize("in_path", [False, True])
+async def test_issue15_single_part_stow_is_stored_like_a_one_part_request(
+    client: httpx.AsyncClient, in_path: bool
+) -> None:
+    ds = ct_dataset()
+    data = to_part10(ds)
+    url = f"/studies/{ds.StudyInstanceUID}" if in_path else "/studies"
+    single = await client.post(url, content=data, headers={"Content-Type": "application/dicom"})
+    assert single.status_code == 200, single.text
+    body, content_type = multipart_body([data])
+    again = await client.post(url, content=body, headers={"Content-Type": content_type})
+    assert again.status_code == 200
+    assert single.json() == again.json()  # the same response, and one stored copy
+    assert await _count_instances(client) == 1
+
+
+async def test_issue15_single_part_stow_refuses_an_empty_or_oversized_body(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    empty = await client.post(
+        "/studies", content=b"", headers={"Content-Type": "application/dicom"}
+    )
+    assert empty.status_code == 400 and "empty" in empty.json()["reason"]
+    app = create_app(settings.replace(max_part_bytes=1000))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as small:
+            big = await small.post(
+                "/studies",
+                content=to_part10(ct_dataset(rows=64, columns=64)),
+                headers={"Content-Type": "application/dicom"},
+            )
+    assert big.status_code == 413
+    assert "1000" in big.json()["reason"]
+
+
+async def test_issue15_multipart_without_a_type_parameter_is_taken_by_its_parts(
+    client: httpx.AsyncClient,
+) -> None:
+    body, content_type = multipart_body([to_part10(ct_dataset())])
+    bare = content_type.replace('type="application/dicom"; ', "").replace(
+        "type=application/dicom; ", ""
+    )
+    assert "type=" not in bare
+    response = await client.post("/studies", content=body, headers={"Content-Type": bare})
+    assert response.status_code == 200, response.text
+
+
+async def test_issue23_stow_that_breaks_off_reports_what_it_stored(
+    client: httpx.AsyncClient,
+) -> None:
+    """Three valid parts, then no close delimiter: the three are stored and reported (202),
+    with a failure naming the broken body, never a 400 that hides stored instances."""
+    files = [to_part10(ct_dataset(instance_number=n, seed=n)) for n in range(3)]
+    body, content_type = multipart_body(files)
+    cut = body[: body.rindex(b"--")]  # drop the close delimiter
+    response = await client.post("/studies", content=cut, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert len(result["00081199"]["Value"]) == 3
+    failure = result["00081198"]["Value"][0]
+    assert failure["00081197"]["Value"] == [0xC000]
+    assert "broke off" in response.headers["warning"]
+    assert await _count_instances(client) == 3
+
+
+async def test_issue23_stow_that_breaks_off_before_any_instance_stores_nothing(
+    client: httpx.AsyncClient,
+) -> None:
+    body, content_type = multipart_body([to_part10(ct_dataset())])
+    cut = body[: len(body) // 2]  # inside the first part
+    response = await client.post("/studies", content=cut, headers={"Content-Type": content_type})
+    assert response.status_code == 400
+    assert await _count_instances(client) == 0
