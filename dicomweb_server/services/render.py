@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -317,7 +316,7 @@ class RenderService:
         return ImageAttributes.from_json(model, bulk)
 
     async def _attributes_from_object(self, instance: StoredInstance) -> ImageAttributes:
-        spool = await self._spool(instance)
+        spool = await self.retrieve.spool_object(instance)
         try:
             return await self.codecs.run(_attributes_from_file, spool)
         finally:
@@ -330,7 +329,7 @@ class RenderService:
         attrs: ImageAttributes,
         options: RenderOptions,
     ) -> bytes:
-        spool = await self._spool(instance)
+        spool = await self.retrieve.spool_object(instance)
         try:
             return await self.codecs.run(
                 _render_from_file,
@@ -342,16 +341,6 @@ class RenderService:
             )
         finally:
             spool.close()
-
-    async def _spool(self, instance: StoredInstance) -> IO[bytes]:
-        spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
-        try:
-            async for chunk in self.retrieve.iter_object(instance):
-                await asyncio.to_thread(spool.write, chunk)
-        except BaseException:
-            spool.close()
-            raise
-        return spool
 
     # -- study and series ------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import IO, TypeVar
 
 import orjson
 
@@ -56,6 +56,7 @@ from dicomweb_server.services.frame_formats import (
     frame_formats,
 )
 from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead
+from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import chain
 from dicomweb_server.storage.base import BlobStore
@@ -74,7 +75,8 @@ __all__ = [
 
 log = logging.getLogger("dicomweb_server.retrieve")
 OCTET_STREAM_MEDIA_TYPE = OCTET_STREAM
-_SPOOL_MEMORY = 8 << 20  # a stored or transcoded instance above this spools to disk
+_SPOOL_MEMORY = 8 << 20  # a stored object above this spools to disk
+_OBJECT_BATCH = 16  # frames decoded per pass when the whole object must be parsed
 # Chunk size of a stored object streamed rather than read whole: fewer reads, fewer sends.
 _STREAM_CHUNK = 1 << 20
 _T = TypeVar("_T")
@@ -117,6 +119,18 @@ class RetrieveService:
     def iter_object(self, instance: StoredInstance) -> AsyncIterator[bytes]:
         """The stored Part 10 bytes, streamed."""
         return self._answers.iter_object(instance)
+
+    async def spool_object(self, instance: StoredInstance) -> IO[bytes]:
+        """The stored object in a spooled temporary file (memory, then disk), for decoders
+        that need the whole file; the caller closes it."""
+        spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
+        try:
+            async for chunk in self.iter_object(instance):
+                await asyncio.to_thread(spool.write, chunk)
+        except BaseException:
+            spool.close()
+            raise
+        return spool
 
     async def plan_instances(
         self,
@@ -173,17 +187,12 @@ class RetrieveService:
 
     # -- frames ----------------------------------------------------------------------------
 
-    async def read_native_frames(self, instance: StoredInstance, numbers: list[int]) -> list[bytes]:
-        """Frames as native little-endian pixels (PS3.18 8.7.3.5.2)."""
-        _, frames = await self.retrieve_frames(
-            instance, numbers, [WantedFrames(OCTET_STREAM, None)]
-        )
-        return frames
-
     async def retrieve_frames(
         self, instance: StoredInstance, numbers: list[int], wanted: Sequence[WantedFrames]
-    ) -> tuple[FrameFormat, list[bytes]]:
-        """Frames in the first acceptable representation we can produce (PS3.18 10.4.1.1.4)."""
+    ) -> tuple[FrameFormat, AsyncIterator[bytes]]:
+        """Frames in the first acceptable representation we can produce (PS3.18 10.4.1.1.4),
+        streamed: the first is produced before this returns (a representation that fails on
+        it is skipped), the next ones are read or transcoded ahead within ReadAhead bounds."""
         self._check_frames(instance, numbers)
         known: list[FrameInfo | None] = []
 
@@ -196,14 +205,43 @@ class RetrieveService:
         reasons: list[str] = []
         for item in wanted:
             for fmt in frame_formats(item, instance.transfer_syntax_uid, reasons):
+                producer = await self._frame_producer(instance, frame_info, numbers, fmt)
                 try:
-                    return fmt, await self._produce_frames(instance, frame_info, numbers, fmt)
+                    first = await producer.frame(numbers[0])
                 except CodecError as exc:
+                    producer.close()
                     reasons.append(f"{fmt.media_type} {fmt.transfer_syntax}: {exc}")
+                    continue
+                return fmt, self._iter_frames(producer, numbers, first)
         raise NotAcceptableError(
             f"frames stored as {instance.transfer_syntax_uid} cannot be served in any accepted"
             " representation: " + "; ".join(reasons[:4])
         )
+
+    async def _iter_frames(
+        self, producer: _Frames, numbers: list[int], first: bytes
+    ) -> AsyncIterator[bytes]:
+        try:
+            yield first
+
+            async def numbered() -> AsyncIterator[int]:
+                for number in numbers[1:]:
+                    yield number
+
+            ahead = iter_read_ahead(
+                numbered(),
+                producer.frame,
+                lambda _: len(first),  # frames of one instance are about the same size
+                max_items=self.read_ahead.objects,
+                max_bytes=self.read_ahead.bytes,
+            )
+            try:
+                async for _, data in ahead:
+                    yield data
+            finally:
+                await ahead.aclose()
+        finally:
+            producer.close()
 
     @staticmethod
     def _check_frames(instance: StoredInstance, numbers: list[int]) -> None:
@@ -224,32 +262,30 @@ class RetrieveService:
         model = orjson.loads(metadata)
         return FrameInfo.from_json(model) if isinstance(model, dict) else None
 
-    async def _produce_frames(
+    async def _frame_producer(
         self,
         instance: StoredInstance,
         frame_info: Callable[[], Awaitable[FrameInfo | None]],
         numbers: list[int],
         fmt: FrameFormat,
-    ) -> list[bytes]:
+    ) -> _Frames:
+        """How frames of `instance` become `fmt`: ranged reads, frame transcodes, or a decode
+        of the whole object (deflated, big endian, fragments not mapped to frames)."""
         pixel = instance.pixel
         spans = pixel.frames if pixel is not None else ()
         stored = instance.transfer_syntax_uid
         native_copy = fmt.transfer_syntax in NATIVE_SYNTAXES and stored in RANGED_NATIVE
         if fmt.as_stored or (native_copy and spans):
             if not spans:
-                raise CodecError("the stored frames could not be mapped to byte ranges")
-            return list(await asyncio.gather(*(self._read_span(instance, n) for n in numbers)))
+                return _Failing("the stored frames could not be mapped to byte ranges")
+            return _Frames(lambda n: self._read_span(instance, n))
         info = await frame_info()
         if info is None:
-            raise CodecError("the instance has no Image Pixel attributes")
+            return _Failing("the instance has no Image Pixel attributes")
         if not spans or stored == DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN or not can_decode(stored):
             # pydicom reads what no frame codec does (deflated, big endian, odd fragments)
-            return await self._frames_from_object(instance, info, numbers, fmt.transfer_syntax)
-        return list(
-            await asyncio.gather(
-                *(self._transcoded_frame(instance, info, n, fmt.transfer_syntax) for n in numbers)
-            )
-        )
+            return _ObjectFrames(self, instance, info, numbers, fmt.transfer_syntax)
+        return _Frames(lambda n: self._transcoded_frame(instance, info, n, fmt.transfer_syntax))
 
     async def read_stored_frame(self, instance: StoredInstance, number: int) -> bytes | None:
         """One frame as stored (fragments joined), or None when its bytes were not mapped
@@ -292,29 +328,6 @@ class RetrieveService:
         if produced and cache is not None:
             cache.put_later(key, data)
         return data
-
-    async def _frames_from_object(
-        self, instance: StoredInstance, info: FrameInfo, numbers: list[int], target: str
-    ) -> list[bytes]:
-        """Frames whose byte ranges were not recorded (deflated, unmappable fragments)."""
-        spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - closed below
-        try:
-            async for chunk in self.blobs.iter_get(instance.blob_key):
-                await asyncio.to_thread(spool.write, chunk)
-
-            def work() -> list[bytes]:
-                return [
-                    encode_frame(pixels, target, info).data
-                    for pixels in pixels_from_file(
-                        spool,  # type: ignore[arg-type]
-                        numbers,
-                        self.codecs.max_decoded_bytes,
-                    )
-                ]
-
-            return await self.codecs.run(work)
-        finally:
-            spool.close()
 
     # -- bulk data -------------------------------------------------------------------------
 
@@ -366,3 +379,73 @@ def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
     if series_instance_uid is None:
         return f"study {study.study_instance_uid} not found"
     return f"series {series_instance_uid} not found in study {study.study_instance_uid}"
+
+
+class _Frames:
+    """Produces one frame's bytes by number; `close` releases what it holds."""
+
+    def __init__(self, produce: Callable[[int], Awaitable[bytes]]) -> None:
+        self._produce = produce
+
+    async def frame(self, number: int) -> bytes:
+        return await self._produce(number)
+
+    def close(self) -> None:
+        return None
+
+
+class _Failing(_Frames):
+    """A representation that cannot be produced for this instance."""
+
+    def __init__(self, reason: str) -> None:
+        self._reason = reason
+
+    async def frame(self, number: int) -> bytes:
+        raise CodecError(self._reason)
+
+
+class _ObjectFrames(_Frames):
+    """Frames decoded from the whole stored object by pydicom, `_OBJECT_BATCH` requested
+    frames per decode: the object is spooled once, at most one batch is held."""
+
+    def __init__(
+        self,
+        service: RetrieveService,
+        instance: StoredInstance,
+        info: FrameInfo,
+        numbers: list[int],
+        target: str,
+    ) -> None:
+        self._service = service
+        self._instance = instance
+        self._info = info
+        self._numbers = numbers
+        self._target = target
+        self._spool: IO[bytes] | None = None
+        self._batch: dict[int, bytes] = {}
+
+    async def frame(self, number: int) -> bytes:
+        found = self._batch.get(number)
+        if found is not None:
+            return found
+        service = self._service
+        if self._spool is None:
+            self._spool = await service.spool_object(self._instance)
+        start = self._numbers.index(number)
+        batch = self._numbers[start : start + _OBJECT_BATCH]
+        spool, info, target = self._spool, self._info, self._target
+        limit = service.codecs.max_decoded_bytes
+
+        def work() -> dict[int, bytes]:
+            decoded = pixels_from_file(spool, batch, limit)  # type: ignore[arg-type]
+            encoded = (encode_frame(pixels, target, info).data for pixels in decoded)
+            return dict(zip(batch, encoded, strict=True))
+
+        self._batch = await service.codecs.run(work)
+        return self._batch[number]
+
+    def close(self) -> None:
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self._batch = {}

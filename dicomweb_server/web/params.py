@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.requests import Request
 
 from dicomweb_server.domain.identifiers import (
@@ -14,6 +16,8 @@ from dicomweb_server.domain.identifiers import (
 from dicomweb_server.errors import BadRequestError
 
 __all__ = ["frame_numbers", "instance_key", "series_key", "site_of", "study_key"]
+
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() takes "²" and "٣"
 
 
 def site_of(request: Request) -> str:
@@ -47,16 +51,19 @@ def instance_key(request: Request) -> InstanceKey:
 
 
 def frame_numbers(text: str, max_count: int = 10_000) -> list[int]:
-    """`1,3,5` → [1, 3, 5] (PS3.18 10.4.1.1.4); anything else is a 400."""
+    """`1,3,5` → [1, 3, 5] (PS3.18 10.4.1.1.4), each frame once in the order first asked for:
+    a repeated number is answered once (a 20 KB URL of one frame repeated must not become
+    gigabytes). Anything but ASCII digits, an empty item or too many frames is a 400."""
     items = text.split(",")
-    if len(items) > max_count:
-        raise BadRequestError(f"at most {max_count} frames may be requested at once")
-    numbers = []
+    numbers: dict[int, None] = {}
     for item in items:
         item = item.strip()
-        if not item.isdigit() or len(item) > 9:
+        if not _DIGITS.fullmatch(item):
             raise BadRequestError(
                 f"frame list {text[:64]!r} must be positive integers joined by ','"
+                + (" (an item is empty)" if not item else "")
             )
-        numbers.append(int(item))
-    return numbers
+        numbers[int(item)] = None
+        if len(numbers) > max_count:
+            raise BadRequestError(f"at most {max_count} different frames may be asked for at once")
+    return list(numbers)

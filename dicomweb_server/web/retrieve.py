@@ -201,11 +201,13 @@ async def retrieve_instance_frames(request: Request) -> Response:
     )
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        for number, data in zip(numbers, frames, strict=True):
-            yield {"Content-Type": content_type, "Content-Location": f"{base}{number}"}, _one(data)
+        numbered = iter(numbers)
+        async for data in frames:
+            location = f"{base}{next(numbered)}"
+            yield {"Content-Type": content_type, "Content-Location": location}, _one(data)
 
     return StreamingResponse(
-        iter_multipart(parts(), boundary),
+        _logged(iter_multipart(parts(), boundary)),
         media_type=multipart_content_type(fmt.media_type, boundary, fmt.transfer_syntax),
     )
 
