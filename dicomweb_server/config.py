@@ -9,6 +9,7 @@ message is one readable line naming the variable.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,11 @@ _AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENC
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+# Credentials DICOMWEB_AUTH may combine, in their canonical order
+_AUTH_METHODS = ("oidc", "apikey")
+# Asymmetric JWS algorithms only: an HS* token could be signed with the IdP's public key
+_OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
+_LOOPBACK_NAMES = ("localhost",)
 
 
 class SettingsError(ValueError):
@@ -140,11 +146,43 @@ class Settings(BaseSettings):
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
     # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.
     gc_young_threshold: NonNegative = 20_000
+    # Access control (services/authn.py). none: every caller may do everything (loopback only)
+    auth: str = "none"  # none, oidc, apikey or oidc,apikey: credentials accepted as Bearer
+    oidc_issuer: str = ""  # the identity provider's issuer URL; a token's iss must equal it
+    oidc_audience: str = ""  # the aud a token must name (this server's client id at the IdP)
+    oidc_jwks_url: str = ""  # empty: jwks_uri of {issuer}/.well-known/openid-configuration
+    oidc_grants_claim: str = "dicomweb_grants"  # claim with SITE:ROLE grants; dotted: nested
+    oidc_grant_prefix: str = ""  # only claim entries with this prefix are grants ("dicomweb:")
+    oidc_algorithms: str = "RS256,ES256,PS256"  # signatures accepted, comma-separated; never HS*
+    oidc_leeway_seconds: NonNegative = 60  # clock skew allowed on a token's exp, nbf and iat
+    max_token_bytes: Positive = 8192  # a longer bearer token or API key is refused unread
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _canonical_auth(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        names = {name.strip().lower() for name in value.split(",")} - {""}
+        if names == {"none"}:
+            return "none"
+        if not names or not names <= set(_AUTH_METHODS):
+            raise ValueError("must be none, oidc, apikey or oidc,apikey")
+        return ",".join(name for name in _AUTH_METHODS if name in names)
+
+    @field_validator("oidc_algorithms", mode="before")
+    @classmethod
+    def _known_algorithms(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        names = [name.strip().upper() for name in value.split(",") if name.strip()]
+        if not names or not set(names) <= set(_OIDC_ALGORITHMS):
+            raise ValueError(f"must name some of {', '.join(_OIDC_ALGORITHMS)}")
+        return ",".join(dict.fromkeys(names))
 
     @classmethod
     def settings_customise_sources(
@@ -162,6 +200,11 @@ class Settings(BaseSettings):
     def tls(self) -> bool:
         """True when the server speaks HTTPS."""
         return bool(self.ssl_certfile)
+
+    @property
+    def auth_methods(self) -> frozenset[str]:
+        """The credentials accepted (`oidc`, `apikey`); empty when DICOMWEB_AUTH is none."""
+        return frozenset() if self.auth == "none" else frozenset(self.auth.split(","))
 
     @property
     def root_url(self) -> str:
@@ -204,6 +247,22 @@ class Settings(BaseSettings):
                 "DICOMWEB_DEFAULT_QUERY_LIMIT must not exceed DICOMWEB_MAX_QUERY_LIMIT"
             )
 
+    def check_auth(self) -> None:
+        """Raise SettingsError for access-control settings that cannot work together.
+
+        OIDC needs an issuer and an audience. DICOMWEB_AUTH=none gives every caller every grant,
+        so it is refused unless the server listens on a loopback address only.
+        """
+        if "oidc" in self.auth_methods:
+            for name in ("oidc_issuer", "oidc_audience"):
+                if not getattr(self, name):
+                    raise SettingsError(f"DICOMWEB_AUTH={self.auth} needs DICOMWEB_{name.upper()}")
+        if self.auth == "none" and not _is_loopback(self.host):
+            raise SettingsError(
+                f"DICOMWEB_AUTH=none (no access control) needs a loopback DICOMWEB_HOST,"
+                f" got {self.host!r}: set DICOMWEB_AUTH to oidc, apikey or oidc,apikey"
+            )
+
 
 class _EnvSettings(Settings):
     """Settings read from the process environment (and explicit values given)."""
@@ -218,6 +277,16 @@ class _EnvSettings(Settings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings)
+
+
+def _is_loopback(host: str) -> bool:
+    """True for a loopback address or `localhost` (never for 0.0.0.0, :: or a name)."""
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:

@@ -4,7 +4,10 @@
     ├── BadRequestError (400)
     │   ├── InvalidIdentifierError (400)     malformed UID in a path or query
     │   ├── InvalidQueryError (400)          unknown key, bad date range, bad limit
+    │   ├── InvalidNameError (400)           a site name, grant or API key name breaking its rule
     │   └── MalformedRequestError (400)      broken multipart, empty body
+    ├── UnauthorizedError (401)              no, malformed, expired, revoked or unknown credentials
+    ├── ForbiddenError (403)                 authenticated, but no grant for this site and role
     ├── NotFoundError (404)
     ├── NotAcceptableError (406)             nothing in Accept can be produced
     ├── RequestTimeoutError (408)            a request body that stalls or crawls
@@ -14,6 +17,7 @@
     └── BackendUnavailableError (503)        index or blob store down or timing out
 
 Adapters wrap driver exceptions into these; no driver type crosses a Protocol.
+401 and 403 also carry an RFC 6750 `error` code; `challenge` is their WWW-Authenticate value.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ __all__ = [
     "BadRequestError",
     "ConflictError",
     "DicomwebError",
+    "ForbiddenError",
     "InvalidIdentifierError",
+    "InvalidNameError",
     "InvalidQueryError",
     "MalformedRequestError",
     "NotAcceptableError",
     "NotFoundError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
+    "UnauthorizedError",
     "UnsupportedMediaTypeError",
 ]
 
@@ -58,8 +65,53 @@ class InvalidQueryError(BadRequestError):
     """A QIDO parameter that is unknown or malformed."""
 
 
+class InvalidNameError(BadRequestError):
+    """A site name, `SITE:ROLE` grant or API key name that breaks its naming rule."""
+
+
 class MalformedRequestError(BadRequestError):
     """A body that does not follow its declared media type."""
+
+
+class UnauthorizedError(DicomwebError):
+    """The caller is not authenticated: credentials missing, malformed or not valid.
+
+    `error` is RFC 6750's code: None when no credentials were sent (the challenge then names
+    only the scheme), `invalid_request` for a malformed Authorization header, `invalid_token`
+    for a token or API key that does not verify. `reason` never quotes the credential.
+    """
+
+    status = 401
+
+    def __init__(self, reason: str, error: str | None = "invalid_token") -> None:
+        super().__init__(reason)
+        self.error = error
+
+    @property
+    def challenge(self) -> str:
+        """The WWW-Authenticate value: `Bearer error="...", error_description="..."`."""
+        return _bearer_challenge(self.error, self.reason)
+
+
+class ForbiddenError(DicomwebError):
+    """The caller is authenticated but holds no grant for this site and role."""
+
+    status = 403
+    error = "insufficient_scope"
+
+    @property
+    def challenge(self) -> str:
+        """The WWW-Authenticate value: `Bearer error="insufficient_scope", ...`."""
+        return _bearer_challenge(self.error, self.reason)
+
+
+def _bearer_challenge(error: str | None, description: str) -> str:
+    """An RFC 6750 challenge; the description keeps only the characters its grammar allows."""
+    if error is None:
+        return "Bearer"
+    # error-description: %x20-21 / %x23-5B / %x5D-7E (printable ASCII without '"' and '\\')
+    safe = "".join(c if " " <= c <= "~" and c not in '"\\' else "?" for c in description)
+    return f'Bearer error="{error}", error_description="{safe}"'
 
 
 class NotFoundError(DicomwebError):

@@ -1,0 +1,50 @@
+"""The ApiKeyStore protocol: API key records kept by the index (only a hash of each secret)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from dicomweb_server.domain.grants import Grant
+
+__all__ = ["ApiKeyRecord", "ApiKeyStore"]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """One API key as stored: never its secret, only `secret_hash` (services/apikeys.py).
+
+    `key_id` is the public part of the key (`dwk_<key_id>_<secret>`), the lookup key;
+    `name` is unique and is how people list and revoke keys. Times are timezone-aware UTC;
+    `expires` None never expires, `revoked` None is not revoked.
+    """
+
+    key_id: str
+    name: str
+    secret_hash: str
+    grants: frozenset[Grant]
+    created: datetime
+    expires: datetime | None = None
+    revoked: datetime | None = None
+
+
+class ApiKeyStore(Protocol):
+    """Where API key records live; backend faults raise BackendUnavailableError."""
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        """Store a new key; ConflictError if its name or key_id is taken (revoked keys too)."""
+        ...
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        """The key with this id, revoked or not, or None."""
+        ...
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked and expired ones included, ordered by name."""
+        ...
+
+    async def revoke_api_key(self, name: str, when: datetime) -> ApiKeyRecord | None:
+        """Mark the named key revoked at `when` (a revoked key keeps its first time);
+        the updated record, or None if no key has that name."""
+        ...
