@@ -29,9 +29,7 @@ KUBERNETES = DEPLOY / "kubernetes"
 EXAMPLE_SECRET = "secret.example.yaml"
 
 # DICOMWEB_* names deploy/ may set although no setting reads them yet.
-NOT_YET_SETTINGS = {
-    "DICOMWEB_SHUTDOWN_GRACE_SECONDS",  # added by issue 21's graceful shutdown
-}
+NOT_YET_SETTINGS: set[str] = set()
 
 
 # -- Dockerfile ----------------------------------------------------------------------------
