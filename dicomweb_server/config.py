@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     # Empty: http(s)://{host}:{port}/dicomweb (never the request's Host header alone).
     base_url: str = ""
     log_level: LogLevel = "info"
+    # The site STOW-RS at the DICOMweb root stores into, and whose copy the root serves first
+    # when several sites hold a study UID (issue 16; created at start-up if missing)
+    default_site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "default"
     # TLS: both files given, the server speaks HTTPS only (PEM certificate chain and key)
     ssl_certfile: str = ""
     ssl_keyfile: str = ""

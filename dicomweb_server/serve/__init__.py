@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from dicomweb_server.app import open_backends
+from dicomweb_server.backends import open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.serve import limits

@@ -28,6 +28,7 @@ from dicomweb_server.domain.query import MatchKind, parse_query
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.negotiation import parse_accept
+from dicomweb_server.web.params import root_url_of
 
 __all__ = [
     "JSON",
@@ -292,11 +293,14 @@ def _limits(settings: Settings) -> dict[str, int | float]:
     return {name: getattr(settings, name) for name in names if hasattr(settings, name)}
 
 
-def describe(resources: Sequence[Resource], settings: Settings, prefix: str = "") -> dict[str, Any]:
-    """The JSON capabilities document for the resources at or under `prefix`."""
+def describe(
+    resources: Sequence[Resource], settings: Settings, prefix: str = "", base: str = ""
+) -> dict[str, Any]:
+    """The JSON capabilities document for the resources at or under `prefix`, at `base`
+    (the DICOMweb root the request came in at; default: the enterprise root)."""
     chosen = [r for r in resources if _under(r.path, prefix)]
     return {
-        "base": settings.root_url,
+        "base": base or settings.root_url,
         "standard": "DICOM PS3.18",
         "resources": [
             {
@@ -433,7 +437,7 @@ class _CapabilitiesEndpoint:
         except NotAcceptableError as exc:
             return error_response(exc.status, exc.reason, headers)
         settings: Settings = request.app.state.dicomweb.settings
-        document = describe(self.resources, settings, self.prefix)
+        document = describe(self.resources, settings, self.prefix, root_url_of(request))
         body = orjson.dumps(document) if media == JSON else _wadl(document)
         return Response(body, media_type=media, headers=headers)
 

@@ -8,6 +8,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
+from dicomweb_server.services.sites import SiteService
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["AppState"]
@@ -18,6 +19,7 @@ class AppState:
     """Shared per-app objects, created in the lifespan."""
 
     settings: Settings
+    sites: SiteService
     store: StoreService
     search: SearchService
     retrieve: RetrieveService

@@ -22,7 +22,7 @@ from dicomweb_server.errors import (
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.services.store import StoreRequest
 from dicomweb_server.web.multipart import iter_parts, parse_media_type
-from dicomweb_server.web.params import site_of
+from dicomweb_server.web.params import root_url_of, store_site
 from dicomweb_server.web.state import AppState
 
 __all__ = ["store_instances"]
@@ -86,7 +86,7 @@ async def store_instances(request: Request) -> Response:
 
     result = StowResult()
     store = state.store.request(
-        site_of(request),
+        store_site(request),
         study,
         result,
         depth=settings.store_pipeline_depth,
@@ -114,7 +114,7 @@ async def store_instances(request: Request) -> Response:
             " stored, the rest was not received",
         )
 
-    payload = orjson.dumps(result.to_json(settings.root_url, study))
+    payload = orjson.dumps(result.to_json(root_url_of(request), study))
     response = Response(payload, status_code=result.status, media_type="application/dicom+json")
     for text in result.failure_texts[:_MAX_WARNINGS]:
         response.headers.append("Warning", f'299 dicomweb-server "{_header_safe(text)}"')
