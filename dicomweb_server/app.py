@@ -16,6 +16,7 @@ from dicomweb_server.backends import Backends, open_backends, open_index
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import RequestTimeoutError
+from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.render import RenderService
@@ -23,6 +24,7 @@ from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
 from dicomweb_server.services.store import StoreService
+from dicomweb_server.web.auth import AuthMiddleware
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
 from dicomweb_server.web.routes import ROUTES
@@ -212,8 +214,10 @@ def create_app(settings: Settings) -> Starlette:
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
         app.state.backends = backends  # for tools and tests; the web layer uses services only
+        authenticator = Authenticator.from_settings(settings, api_key_store=index)
         app.state.dicomweb = AppState(
             settings=settings,
+            authenticator=authenticator,
             sites=SiteService(index, settings.default_site),
             store=StoreService(index, blobs, limits),
             search=SearchService(index),
@@ -223,6 +227,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await authenticator.aclose()
             await cache.close()
             codecs.close()
             await backends.close()
@@ -240,6 +245,8 @@ def create_app(settings: Settings) -> Starlette:
         max_stores=settings.max_concurrent_stores,
         min_upload_rate=settings.min_upload_rate,
     )
+    # Inside CORS: a 401 or 403 carries CORS headers, so a browser viewer can read it.
+    app.add_middleware(AuthMiddleware)
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(RequestContextMiddleware)

@@ -11,6 +11,7 @@ from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
 from dicomweb_server.domain.sites import Site
+from dicomweb_server.index.api_keys import ApiKeyStore
 
 __all__ = [
     "AddOutcome",
@@ -146,5 +147,5 @@ class SiteCatalog(Protocol):
         ...
 
 
-class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, Protocol):
+class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, ApiKeyStore, Protocol):
     """Every role a server process needs of its index database, in one object."""

@@ -8,6 +8,7 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -25,6 +26,12 @@ from dicomweb_server.errors import (
     NotFoundError,
 )
 from dicomweb_server.index.aggregates import INT4_MAX, INT4_MIN, as_text
+from dicomweb_server.index.api_keys import (
+    API_KEY_COLUMNS,
+    ApiKeyRecord,
+    api_key_from_row,
+    api_key_values,
+)
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
@@ -376,6 +383,35 @@ class PostgresInstanceIndex:
             study_instance_uid,
         )
         return [str(row[0]) for row in rows]
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        marks = ", ".join(f"${n}" for n in range(1, len(API_KEY_COLUMNS) + 1))
+        inserted = await self._fetchrow(
+            f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) VALUES ({marks})"
+            " ON CONFLICT DO NOTHING RETURNING key_id",
+            *api_key_values(record),
+        )
+        if inserted is None:
+            raise ConflictError(f"an API key named {record.name!r} exists already")
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = $1", key_id
+        )
+        return None if row is None else api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._fetch(f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys ORDER BY name")
+        return [api_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, name: str, when: datetime) -> ApiKeyRecord | None:
+        row = await self._fetchrow(
+            "UPDATE api_keys SET revoked = COALESCE(revoked, $2) WHERE name = $1"
+            f" RETURNING {', '.join(API_KEY_COLUMNS)}",
+            name,
+            when.timestamp(),
+        )
+        return None if row is None else api_key_from_row(row)
 
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1 FROM studies LIMIT 1")

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +28,12 @@ from dicomweb_server.index.aggregates import (
     merged_study,
     new_series_row,
     new_study_row,
+)
+from dicomweb_server.index.api_keys import (
+    API_KEY_COLUMNS,
+    ApiKeyRecord,
+    api_key_from_row,
+    api_key_values,
 )
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
@@ -379,6 +386,50 @@ class SqliteInstanceIndex:
             ).fetchall()
         )
         return [str(row[0]) for row in rows]
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        marks = ", ".join("?" * len(API_KEY_COLUMNS))
+
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) VALUES ({marks})",
+                    api_key_values(record),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"an API key named {record.name!r} exists already") from None
+
+        await self._write(run)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        )
+        return None if row is None else api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys ORDER BY name"
+            ).fetchall()
+        )
+        return [api_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, name: str, when: datetime) -> ApiKeyRecord | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked = COALESCE(revoked, ?) WHERE name = ?",
+                (when.timestamp(), name),
+            )
+            row: tuple[Any, ...] | None = conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+            return row
+
+        row = await self._write(run)
+        return None if row is None else api_key_from_row(row)
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM studies LIMIT 1").fetchall())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 from dicomweb_server.domain.grants import check_site_name
@@ -52,10 +53,15 @@ class SiteService:
         if name not in await self.names():
             raise NotFoundError(f"site {name!r} does not exist")
 
-    async def site_for_study(self, study_instance_uid: str) -> str:
-        """The site whose copy of the study the enterprise root serves (the default site
-        when none holds it: the answer is then its 404)."""
+    async def site_for_study(
+        self, study_instance_uid: str, allowed: Callable[[str], bool] | None = None
+    ) -> str:
+        """The site whose copy of the study the enterprise root serves, among the `allowed`
+        sites (the caller's readable ones); the default site when none holds it: the
+        answer is then its 404 (or 403 for a caller who may not read it)."""
         holding = await self._catalog.sites_holding_study(study_instance_uid)
+        if allowed is not None:
+            holding = [site for site in holding if allowed(site)]
         return choose_site(holding, self.default_site) or self.default_site
 
     # -- management ------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
+from dicomweb_server.domain.grants import Role
 from dicomweb_server.domain.identifiers import (
     InstanceKey,
     SeriesKey,
@@ -14,6 +15,8 @@ from dicomweb_server.domain.identifiers import (
     validate_uid,
 )
 from dicomweb_server.errors import BadRequestError
+from dicomweb_server.services import access
+from dicomweb_server.web.auth import principal_of
 
 __all__ = [
     "frame_numbers",
@@ -36,8 +39,22 @@ def site_of(request: Request) -> str | None:
 
 
 def store_site(request: Request) -> str:
-    """The site a STOW stores into: the request's site, else the default site."""
-    return site_of(request) or _state(request).settings.default_site
+    """The site a STOW stores into: the request's site (authorized by web/auth.py), else the
+    default site, which the caller must be allowed to write."""
+    site = site_of(request)
+    if site is None:
+        site = _state(request).settings.default_site
+        access.check(principal_of(request), site, Role.WRITE)
+    return site
+
+
+def search_sites(request: Request) -> str:
+    """The site a search covers at the enterprise root, checked readable."""
+    site = site_of(request)
+    if site is None:
+        site = _state(request).settings.default_site
+        access.check(principal_of(request), site, Role.READ)
+    return site
 
 
 def root_url_of(request: Request) -> str:
@@ -56,8 +73,12 @@ async def study_key(request: Request) -> StudyKey:
     copy the root serves, services/sites.py)."""
     uid = validate_uid(request.path_params["study"], "StudyInstanceUID")
     site = site_of(request)
-    if site is None:
-        site = await _state(request).sites.site_for_study(uid)
+    if site is None:  # the enterprise root: a copy the caller may read (web/auth.py at a site)
+        principal = principal_of(request)
+        site = await _state(request).sites.site_for_study(
+            uid, lambda name: principal.allows(name, Role.READ)
+        )
+        access.check(principal, site, Role.READ)
     return StudyKey(site, uid)
 
 

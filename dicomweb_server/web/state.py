@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.config import Settings
+from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -19,6 +20,7 @@ class AppState:
     """Shared per-app objects, created in the lifespan."""
 
     settings: Settings
+    authenticator: Authenticator
     sites: SiteService
     store: StoreService
     search: SearchService
