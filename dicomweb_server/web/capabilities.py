@@ -55,7 +55,7 @@ _OCTET_PARTS = 'multipart/related; type="application/octet-stream"'
 _QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset")
 # Statuses any resource may answer (PS3.18 8.5): bad request (e.g. a malformed UID), not
 # acceptable, request timeout, and the server-side failures.
-_COMMON_STATUSES = (400, 406, 408, 500, 503)
+_COMMON_STATUSES = (400, 401, 403, 406, 408, 500, 503)  # 401/403: access control
 # Retrieve transcodes (services/retrieve.py): every syntax the registry encodes can be produced.
 _TRANSCODING = True
 
@@ -289,6 +289,14 @@ def _limits(settings: Settings) -> dict[str, int | float]:
         "body_timeout",
         "request_timeout",
         "max_concurrent_stores",
+        "max_boundary_length",
+        "min_upload_rate",
+        "max_request_header_bytes",
+        "max_request_headers",
+        "header_timeout",
+        "max_decoded_frame_bytes",
+        "max_render_pixels",
+        "max_token_bytes",
     )
     return {name: getattr(settings, name) for name in names if hasattr(settings, name)}
 
