@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 
 from dicomweb_server.errors import DicomwebError, NotFoundError
 from dicomweb_server.index.base import CacheLedger
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["DerivedCache"]
@@ -37,9 +38,12 @@ class DerivedCache:
         ledger: CacheLedger,
         *,
         max_bytes: int,
+        memory_bytes: int = 0,
         flush_interval: float = _FLUSH_INTERVAL,
     ) -> None:
         self._blobs = blobs
+        # In front of the store: a warm transcoded frame is a dict lookup, not an S3 GET.
+        self._memory = MemoryCache(memory_bytes)
         self._ledger = ledger
         self._max_bytes = max_bytes
         self._interval = flush_interval
@@ -58,6 +62,11 @@ class DerivedCache:
         """The entry's bytes, or None (missing, evicted, or the store failed)."""
         if not self.enabled:
             return None
+        data = self._memory.get(key)
+        if data is not None:
+            self._used[key] = time.time()
+            self._maybe_flush()
+            return data
         try:
             data = b"".join([chunk async for chunk in self._blobs.iter_get(key)])
         except NotFoundError:
@@ -66,6 +75,7 @@ class DerivedCache:
             log.warning("derived-data cache read failed: %s", exc.reason)
             return None
         self._used[key] = time.time()
+        self._memory.put(key, data)
         self._maybe_flush()
         return data
 
@@ -73,6 +83,7 @@ class DerivedCache:
         """Keep `data` under `key` (the caller does not wait when it uses `put_later`)."""
         if not self.enabled:
             return
+        self._memory.put(key, data)
         try:
             await self._blobs.put(key, _one(data))
         except DicomwebError as exc:
@@ -125,9 +136,15 @@ class DerivedCache:
             if not victims:
                 return
             for key, size in victims:
+                self._memory.discard_prefix(key)
                 await self._blobs.delete(key)
                 freed += size
         log.info("derived-data cache: evicted %d bytes (budget %d)", freed, self._max_bytes)
+
+    def forget_in_memory(self, prefix: str = "") -> None:
+        """Drop this process's in-memory copies (of keys under `prefix`): the store's copy
+        becomes the one served (deleted data, tests)."""
+        self._memory.discard_prefix(prefix)
 
     async def wait_for_writes(self) -> None:
         """Return once every background write started so far has finished."""

@@ -41,6 +41,7 @@ from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import BadRequestError, NotAcceptableError, NotFoundError
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.single_flight import SingleFlight
 
@@ -71,30 +72,6 @@ class Rendering:
 
 
 @dataclass(slots=True)
-class _MemoryCache:
-    """Rendered bytes by cache key, least recently used first out, bounded in bytes."""
-
-    limit: int
-    size: int = 0
-    entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
-
-    def get(self, key: str) -> bytes | None:
-        data = self.entries.get(key)
-        if data is not None:
-            self.entries.move_to_end(key)
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.limit // 4 or key in self.entries:
-            return
-        self.entries[key] = data
-        self.size += len(data)
-        while self.size > self.limit:
-            _, dropped = self.entries.popitem(last=False)
-            self.size -= len(dropped)
-
-
-@dataclass(slots=True)
 class RenderService:
     """Rendered images and thumbnails, composed over the retrieve service."""
 
@@ -103,7 +80,7 @@ class RenderService:
     thumbnail_cache: DerivedCache | None = None  # None: thumbnails are not kept
     thumbnail_size: int = 128
     memory_cache_bytes: int = 32 << 20
-    _memory: _MemoryCache = field(init=False)
+    _memory: MemoryCache = field(init=False)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
         default_factory=dict, init=False
@@ -113,7 +90,7 @@ class RenderService:
     )
 
     def __post_init__(self) -> None:
-        self._memory = _MemoryCache(self.memory_cache_bytes)
+        self._memory = MemoryCache(self.memory_cache_bytes)
 
     # -- planning --------------------------------------------------------------------------
 
