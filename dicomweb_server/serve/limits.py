@@ -82,7 +82,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
-            self._header_bytes += len(data)
+            counted = len(data)
+            if self._header_bytes + counted > self.limits.max_bytes:
+                # One read often holds the header block and the start of the body (a STOW):
+                # only the bytes up to the blank line that ends the headers are header bytes.
+                end = data.find(b"\r\n\r\n")
+                counted = end + 4 if end != -1 else counted
+            self._header_bytes += counted
             if self._header_bytes > self.limits.max_bytes:
                 self._refuse(431, f"request headers exceed {self.limits.max_bytes} bytes")
                 return
