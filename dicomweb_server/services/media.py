@@ -79,6 +79,8 @@ _FIRST_FRAME_BYTES = 8 << 20  # spooled to decode a first frame before spooling 
 _CHUNK = 1 << 20  # bytes per read of a temporary file
 _CACHE_HEADER = struct.Struct("<8sQ")  # magic, length of the MP4 that follows
 _CACHE_MAGIC = b"dwmp4v1\x00"
+_TS_PACKET = 188
+_MP4_BOXES = 64  # top-level boxes walked to find an MP4's own length (fragmented MP4: more)
 _RENDERED_EXCLUDED = frozenset({"video/mpeg2"})  # the bulk data name (Table 8.7.3-5) only
 
 
@@ -235,7 +237,9 @@ class MediaService:
             spans, head = await self._fragments(instance)
         except CodecError as exc:
             raise NotAcceptableError(f"the stored video cannot be read: {exc}") from exc
-        stream = _Stream(tuple(spans), sniff_container(head), sum(n for _, n in spans))
+        container = sniff_container(head)
+        spans = await self._without_pad_byte(instance.blob_key, spans, container)
+        stream = _Stream(tuple(spans), container, sum(n for _, n in spans))
         self._streams[instance.blob_key] = stream
         while len(self._streams) > _STREAM_MEMO:
             self._streams.popitem(last=False)
@@ -282,6 +286,43 @@ class MediaService:
             if len(head) >= _HEAD:
                 break
         return spans, head
+
+    async def _without_pad_byte(
+        self, blob_key: str, spans: list[Span], container: Container
+    ) -> list[Span]:
+        """The spans less the pad byte an odd-length stream got (PS3.5 A.4), where the
+        container tells: transport streams are 188-byte packets, MP4 a sequence of boxes.
+        Elementary and program streams keep it: trailing zero bytes are valid in them."""
+        total = sum(n for _, n in spans)
+        if total % 2 or not total:
+            return spans
+        if container == "ts":
+            padded = total % _TS_PACKET == 1
+        elif container == "mp4":
+            padded = await self._mp4_length(blob_key, spans, total) == total - 1
+        else:
+            padded = False
+        if not padded:
+            return spans
+        offset, length = spans[-1]
+        return [*spans[:-1], (offset, length - 1)] if length > 1 else spans[:-1]
+
+    async def _mp4_length(self, blob_key: str, spans: list[Span], total: int) -> int | None:
+        """Where the last top-level box of an MP4 ends (ISO 14496-12 4.2), or None when that
+        takes more than `_MP4_BOXES` boxes or a box runs to the end."""
+        position = 0
+        for _ in range(_MP4_BOXES):
+            if position + 8 > total:
+                return position
+            count = min(16, total - position)
+            header = b"".join([c async for c in self._iter_spans(blob_key, spans, position, count)])
+            size = struct.unpack(">I", header[:4])[0]
+            if size == 1 and len(header) == 16:
+                size = struct.unpack(">Q", header[8:16])[0]
+            if size < 8:
+                return None
+            position += size
+        return None
 
     async def _iter_spans(
         self, blob_key: str, spans: Sequence[Span], start: int, count: int
