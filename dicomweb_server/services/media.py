@@ -5,8 +5,8 @@ more fragments; an Encapsulated Document's value (0042,0011) is one file. Each i
 one body whose media type, length and entity tag are known before the first byte, so
 Content-Length and byte ranges (RFC 9110 14) work: browsers need both to play video.
 
-- As stored: the fragments' spans in the stored object, from a walk of the item headers (one
-  ranged read for the usual single fragment), remembered per stored object; ranged reads.
+- As stored: the stream's spans in the stored object (services/video_streams.py),
+  remembered per stored object; ranged reads.
 - Remuxed into MP4 (an H.264 or HEVC elementary, transport or program stream asked for as
   `video/mp4`): once however many ask at once (SingleFlight), in the codec pool, into the
   derived-data cache, behind a 16-byte header that records its length; then served by ranged
@@ -46,7 +46,6 @@ from dicomweb_server.codecs.video import (
     VideoOffer,
     decode_frames,
     remux_to_mp4,
-    sniff_container,
     video_codec,
     video_offers,
 )
@@ -63,24 +62,22 @@ from dicomweb_server.index.base import InstanceIndex
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.single_flight import SingleFlight
+from dicomweb_server.services.video_streams import (
+    Span,
+    VideoStream,
+    iter_spans,
+    read_video_stream,
+)
 from dicomweb_server.storage.base import BlobStore, local_region
 
 __all__ = ["MediaBody", "MediaService", "choose_media"]
 
-Span = tuple[int, int]
 _VERSION = "m1"  # part of entity tags and cache keys: bump when served bytes change
-_ITEM = 0xE000FFFE
-_SEQUENCE_DELIMITER = 0xE0DDFFFE
-_UNDEFINED = 0xFFFFFFFF
-_BLOCK = 64 << 10  # bytes read at once while walking item headers (and the stream's start)
-_HEAD = 512  # bytes of the stream that tell its container
 _STREAM_MEMO = 1024  # stored objects whose fragment spans are remembered
 _FIRST_FRAME_BYTES = 8 << 20  # spooled to decode a first frame before spooling everything
 _CHUNK = 1 << 20  # bytes per read of a temporary file
 _CACHE_HEADER = struct.Struct("<8sQ")  # magic, length of the MP4 that follows
 _CACHE_MAGIC = b"dwmp4v1\x00"
-_TS_PACKET = 188
-_MP4_BOXES = 64  # top-level boxes walked to find an MP4's own length (fragmented MP4: more)
 _RENDERED_EXCLUDED = frozenset({"video/mpeg2"})  # the bulk data name (Table 8.7.3-5) only
 
 
@@ -123,15 +120,6 @@ class MediaBody:
             yield chunk
 
 
-@dataclass(frozen=True, slots=True)
-class _Stream:
-    """A stored video stream: its fragments' spans in the object, container and length."""
-
-    spans: tuple[Span, ...]
-    container: Container
-    length: int
-
-
 @dataclass(slots=True)
 class MediaService:
     """Opens video and document bodies; NotAcceptableError names what can be served."""
@@ -141,7 +129,7 @@ class MediaService:
     codecs: CodecPool
     cache: DerivedCache | None = None  # None: remuxed video is not kept
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
-    _streams: OrderedDict[str, _Stream] = field(default_factory=OrderedDict, init=False)
+    _streams: OrderedDict[str, VideoStream] = field(default_factory=OrderedDict, init=False)
 
     # -- what an instance is ---------------------------------------------------------------
 
@@ -194,7 +182,7 @@ class MediaService:
                 chosen,
                 stream.length,
                 etag,
-                lambda start, count: self._iter_spans(blob_key, spans, start, count),
+                lambda start, count: iter_spans(self.blobs, blob_key, spans, start, count),
                 syntax,
             )
         return await self._remuxed(instance, stream)
@@ -211,7 +199,11 @@ class MediaService:
         return await self._decode(instance, stream, numbers, None)
 
     async def _decode(
-        self, instance: StoredInstance, stream: _Stream, numbers: Sequence[int], limit: int | None
+        self,
+        instance: StoredInstance,
+        stream: VideoStream,
+        numbers: Sequence[int],
+        limit: int | None,
     ) -> list[Any]:
         async with self._source(instance, stream, limit) as (path, spans):
             frames: list[Any] = await self.codecs.run(
@@ -225,7 +217,7 @@ class MediaService:
             )
             return frames
 
-    async def _stream(self, instance: StoredInstance) -> _Stream:
+    async def _stream(self, instance: StoredInstance) -> VideoStream:
         """The stored stream's layout: remembered per stored object (objects never change)."""
         found = self._streams.get(instance.blob_key)
         if found is not None:
@@ -234,115 +226,17 @@ class MediaService:
         if not self.is_video(instance):
             raise NotFoundError(f"instance {instance.key.sop_instance_uid} holds no video")
         try:
-            spans, head = await self._fragments(instance)
+            stream = await read_video_stream(self.blobs, instance)
         except CodecError as exc:
             raise NotAcceptableError(f"the stored video cannot be read: {exc}") from exc
-        container = sniff_container(head)
-        spans = await self._without_pad_byte(instance.blob_key, spans, container)
-        stream = _Stream(tuple(spans), container, sum(n for _, n in spans))
         self._streams[instance.blob_key] = stream
         while len(self._streams) > _STREAM_MEMO:
             self._streams.popitem(last=False)
         return stream
 
-    async def _fragments(self, instance: StoredInstance) -> tuple[list[Span], bytes]:
-        """The fragments' spans (Basic Offset Table skipped, PS3.5 A.4) and the stream's first
-        bytes, read in `_BLOCK`s: one read when the stream is one fragment, as usual."""
-        pixel = instance.pixel
-        assert pixel is not None
-        key = instance.blob_key
-        end = (
-            instance.size
-            if pixel.value_length == _UNDEFINED
-            else pixel.value_offset + pixel.value_length
-        )
-        block_start, block = pixel.value_offset, b""
-
-        async def read(at: int, count: int) -> bytes:
-            nonlocal block_start, block
-            if not (block_start <= at and at + count <= block_start + len(block)):
-                block_start = at
-                block = await self.blobs.read_range(key, at, max(count, min(_BLOCK, end - at)))
-            return block[at - block_start : at - block_start + count]
-
-        spans: list[Span] = []
-        position, first = pixel.value_offset, True
-        # The last 8 bytes of a recorded value are the sequence delimiter ingest checked.
-        while position + 8 < end:
-            tag, length = struct.unpack("<II", await read(position, 8))
-            if tag == _SEQUENCE_DELIMITER:
-                break
-            if tag != _ITEM or length == _UNDEFINED or position + 8 + length > end:
-                raise CodecError("encapsulated Pixel Data has a malformed item")
-            if not first and length:
-                spans.append((position + 8, length))
-            first = False
-            position += 8 + length
-        if not spans:
-            raise CodecError("encapsulated Pixel Data holds no stream")
-        head = b""
-        for offset, length in spans:
-            head += await read(offset, min(length, _HEAD - len(head)))
-            if len(head) >= _HEAD:
-                break
-        return spans, head
-
-    async def _without_pad_byte(
-        self, blob_key: str, spans: list[Span], container: Container
-    ) -> list[Span]:
-        """The spans less the pad byte an odd-length stream got (PS3.5 A.4), where the
-        container tells: transport streams are 188-byte packets, MP4 a sequence of boxes.
-        Elementary and program streams keep it: trailing zero bytes are valid in them."""
-        total = sum(n for _, n in spans)
-        if total % 2 or not total:
-            return spans
-        if container == "ts":
-            padded = total % _TS_PACKET == 1
-        elif container == "mp4":
-            padded = await self._mp4_length(blob_key, spans, total) == total - 1
-        else:
-            padded = False
-        if not padded:
-            return spans
-        offset, length = spans[-1]
-        return [*spans[:-1], (offset, length - 1)] if length > 1 else spans[:-1]
-
-    async def _mp4_length(self, blob_key: str, spans: list[Span], total: int) -> int | None:
-        """Where the last top-level box of an MP4 ends (ISO 14496-12 4.2), or None when that
-        takes more than `_MP4_BOXES` boxes or a box runs to the end."""
-        position = 0
-        for _ in range(_MP4_BOXES):
-            if position + 8 > total:
-                return position
-            count = min(16, total - position)
-            header = b"".join([c async for c in self._iter_spans(blob_key, spans, position, count)])
-            size = struct.unpack(">I", header[:4])[0]
-            if size == 1 and len(header) == 16:
-                size = struct.unpack(">Q", header[8:16])[0]
-            if size < 8:
-                return None
-            position += size
-        return None
-
-    async def _iter_spans(
-        self, blob_key: str, spans: Sequence[Span], start: int, count: int
-    ) -> AsyncIterator[bytes]:
-        """`count` bytes from `start` of the spans joined, as ranged reads of the object."""
-        end, position = start + count, 0
-        for offset, length in spans:
-            low, high = max(start, position), min(end, position + length)
-            if low < high:
-                async for chunk in self.blobs.iter_get(
-                    blob_key, offset + low - position, high - low
-                ):
-                    yield chunk
-            position += length
-            if position >= end:
-                return
-
     @asynccontextmanager
     async def _source(
-        self, instance: StoredInstance, stream: _Stream, limit: int | None = None
+        self, instance: StoredInstance, stream: VideoStream, limit: int | None = None
     ) -> AsyncIterator[tuple[str, tuple[Span, ...]]]:
         """A local file and the spans of the stream in it: the stored object itself when the
         store keeps files, else a temporary copy of the stream (its first `limit` bytes)."""
@@ -354,13 +248,13 @@ class MediaService:
         path = await asyncio.to_thread(_temporary, ".video")
         try:
             with open(path, "wb") as out:  # noqa: ASYNC230 - writes go to a thread below
-                async for chunk in self._iter_spans(instance.blob_key, stream.spans, 0, size):
+                async for chunk in iter_spans(self.blobs, instance.blob_key, stream.spans, 0, size):
                     await asyncio.to_thread(out.write, chunk)
             yield path, ((0, size),)
         finally:
             await asyncio.to_thread(_unlink, path)
 
-    async def _remuxed(self, instance: StoredInstance, stream: _Stream) -> MediaBody:
+    async def _remuxed(self, instance: StoredInstance, stream: VideoStream) -> MediaBody:
         """The MP4: from the cache, remuxed into it once however many ask, or privately."""
         etag = _etag(instance.blob_key, "video/mp4", _remux_token())
         cache = self.cache if self.cache is not None and self.cache.enabled else None
@@ -388,7 +282,7 @@ class MediaService:
         return body
 
     async def _remux_into_cache(
-        self, instance: StoredInstance, stream: _Stream, cache: DerivedCache, key: str
+        self, instance: StoredInstance, stream: VideoStream, cache: DerivedCache, key: str
     ) -> bool:
         path = await self._remux_to_file(instance, stream)
         try:
@@ -398,7 +292,7 @@ class MediaService:
         finally:
             await asyncio.to_thread(_unlink, path)
 
-    async def _remux_to_file(self, instance: StoredInstance, stream: _Stream) -> str:
+    async def _remux_to_file(self, instance: StoredInstance, stream: VideoStream) -> str:
         """Remux into a new temporary file (the caller removes it); 406 when it cannot be."""
         metadata = await self.index.get_metadata(instance.key)
         model = orjson.loads(metadata) if metadata is not None else None
