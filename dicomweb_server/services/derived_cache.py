@@ -1,4 +1,5 @@
-"""Derived data (transcoded frames, thumbnails) in the blob store, within a byte budget.
+"""Derived data (transcoded frames, thumbnails, remuxed video) in the blob store, within a
+byte budget.
 
 Entries are written under `{site}/cache/` (domain/blob_keys.py) and recorded in a ledger
 shared by every process (their size and last use). A hit or a write is noted in memory and
@@ -91,6 +92,41 @@ class DerivedCache:
             return
         self._added[key] = (len(data), time.time())
         self._maybe_flush()
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> bool:
+        """Keep a large entry written from `chunks` (never held whole); True once it is stored."""
+        if not self.enabled:
+            return False
+        try:
+            size = await self._blobs.put(key, chunks)
+        except DicomwebError as exc:
+            log.warning("derived-data cache write failed: %s", exc.reason)
+            return False
+        self._added[key] = (size, time.time())
+        self._maybe_flush()
+        return True
+
+    async def read(self, key: str, start: int, length: int) -> bytes | None:
+        """`length` bytes of an entry from `start` (a use of it), or None when it is missing,
+        evicted, shorter, or the store failed."""
+        if not self.enabled:
+            return None
+        try:
+            data = await self._blobs.read_range(key, start, length)
+        except NotFoundError:
+            return None
+        except DicomwebError as exc:
+            log.warning("derived-data cache read failed: %s", exc.reason)
+            return None
+        if len(data) != length:
+            return None
+        self._used[key] = time.time()
+        self._maybe_flush()
+        return data
+
+    def iter_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes of an entry from `start`, streamed (after `read` found it)."""
+        return self._blobs.iter_get(key, start, length)
 
     def put_later(self, key: str, data: bytes) -> None:
         """`put` in the background: the response does not wait for the write."""
