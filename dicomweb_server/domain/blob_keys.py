@@ -18,6 +18,7 @@ from dicomweb_server.domain.identifiers import InstanceKey
 __all__ = [
     "CACHE_FOLDER",
     "cache_prefix",
+    "derived_prefix",
     "frame_cache_key",
     "instance_blob_key",
     "parse_instance_blob_key",
@@ -68,3 +69,14 @@ def frame_cache_key(key: InstanceKey, digest: str, number: int, syntax: str) -> 
 def rendered_cache_key(key: InstanceKey, digest: str, token: str, extension: str) -> str:
     """A rendered image of the object with this digest; `token` hashes frames and options."""
     return f"{_instance_cache(key, digest)}/rendered/{token}.{extension}"
+
+
+def derived_prefix(
+    site: str,
+    study_instance_uid: str,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> str:
+    """The folder of the derived data of a study, a series or an instance (every digest)."""
+    parts = [study_instance_uid, series_instance_uid, sop_instance_uid]
+    return cache_prefix(site) + "".join(f"{part}/" for part in parts if part is not None)
