@@ -16,6 +16,7 @@ from datetime import UTC, date, datetime
 from dicomweb_server.errors import ConflictError
 
 __all__ = [
+    "DeleteTarget",
     "Hold",
     "HoldConflictError",
     "RetentionConflictError",
@@ -35,6 +36,16 @@ class HoldConflictError(ConflictError):
 
 class RetentionConflictError(ConflictError):
     """The study is younger than its site's minimum retention."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteTarget:
+    """What a delete names: a study, a series of it, or some of its instances."""
+
+    site: str
+    study_instance_uid: str
+    series_instance_uid: str | None = None
+    sop_instance_uids: tuple[str, ...] | None = None  # None: every instance of the above
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
-from dicomweb_server.domain.lifecycle import Hold, StudyFacts
+from dicomweb_server.domain.lifecycle import DeleteTarget, Hold, StudyFacts
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
 from dicomweb_server.domain.sites import Site
@@ -153,16 +153,6 @@ class SiteCatalog(Protocol):
     async def sites_holding_study(self, study_instance_uid: str) -> list[str]:
         """The sites that hold a study with this UID (for the enterprise root)."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteTarget:
-    """What a delete names: a study, a series of it, or some of its instances."""
-
-    site: str
-    study_instance_uid: str
-    series_instance_uid: str | None = None
-    sop_instance_uids: tuple[str, ...] | None = None  # None: every instance of the above
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,9 +17,9 @@ from starlette.responses import Response
 
 from dicomweb_server.domain.grants import Role
 from dicomweb_server.domain.identifiers import validate_uid
+from dicomweb_server.domain.lifecycle import DeleteTarget
 from dicomweb_server.domain.rejection import parse_rejection_code
 from dicomweb_server.errors import BadRequestError, NotFoundError
-from dicomweb_server.index.base import DeleteTarget
 from dicomweb_server.services import access
 from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.params import site_of
