@@ -18,8 +18,10 @@ from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import RequestTimeoutError
 from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.codec_pool import CodecPool
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.render import RenderService
+from dicomweb_server.services.retention import Maintenance
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
@@ -218,20 +220,31 @@ def create_app(settings: Settings) -> Starlette:
             thumbnail_size=settings.thumbnail_size,
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
+        deleter = DeleteService(index, index, index, blobs, grace_days=settings.delete_grace_days)
+        maintenance = Maintenance(
+            index,
+            index,
+            deleter,
+            interval=settings.maintenance_interval,
+            batch=settings.retention_batch,
+        )  # purge past the grace period and site retention, one process at a time
         app.state.backends = backends  # for tools and tests; the web layer uses services only
         authenticator = Authenticator.from_settings(settings, api_key_store=index)
         app.state.dicomweb = AppState(
             settings=settings,
             authenticator=authenticator,
             sites=SiteService(index, settings.default_site),
-            store=StoreService(index, blobs, limits),
+            store=StoreService(index, blobs, limits, lifecycle=deleter),
             search=SearchService(index),
             retrieve=retrieve,
             render=render,
+            delete=deleter,
         )
+        maintenance.start()
         try:
             yield
         finally:
+            await maintenance.stop()
             await authenticator.aclose()
             await cache.close()
             codecs.close()

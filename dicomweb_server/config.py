@@ -151,6 +151,14 @@ class Settings(BaseSettings):
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
     # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.
     gc_young_threshold: NonNegative = 20_000
+    # Correcting and removing data (issue 18; services/delete.py, services/retention.py).
+    # Deleted and rejected instances stay restorable this many days; then maintenance deletes
+    # their objects (`dicomweb-server purge` does it at once)
+    delete_grace_days: NonNegative = 7
+    # Seconds between maintenance runs (purge past the grace period, site retention), in one
+    # server process at a time across workers and machines (a lease in the index); 0: never
+    maintenance_interval: NonNegative = 3600
+    retention_batch: Positive = 100  # studies one maintenance run expires per site, at most
     # Access control (services/authn.py). none: every caller may do everything (loopback only)
     auth: str = "none"  # none, oidc, apikey or oidc,apikey: credentials accepted as Bearer
     # DICOMWEB_AUTH=none on a non-loopback address: every caller may do everything

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dicomweb_server.web import rendered, retrieve, search, store
+from dicomweb_server.web import delete, rendered, retrieve, search, store
 from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
@@ -46,6 +46,18 @@ ROUTES += [
     Route(_SERIES + "/thumbnail", rendered.retrieve_thumbnail_series, methods=["GET"]),
     Route(_INSTANCE + "/thumbnail", rendered.retrieve_thumbnail_instance, methods=["GET"]),
     Route(_FRAMES + "/thumbnail", rendered.retrieve_thumbnail_frame, methods=["GET"]),
+]
+
+# Deleting and rejecting (issue 18; not PS3.18 transactions): DELETE as the Microsoft and
+# Google DICOMweb services have it, reject as dcm4chee-arc has it (the OHIF Viewer calls it)
+_REJECT = "/reject/{code}"
+ROUTES += [
+    Route(_STUDY, delete.delete_study, methods=["DELETE"]),
+    Route(_SERIES, delete.delete_series, methods=["DELETE"]),
+    Route(_INSTANCE, delete.delete_instance, methods=["DELETE"]),
+    Route(_STUDY + _REJECT, delete.reject_study, methods=["POST"]),
+    Route(_SERIES + _REJECT, delete.reject_series, methods=["POST"]),
+    Route(_INSTANCE + _REJECT, delete.reject_instance, methods=["POST"]),
 ]
 
 # Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from dicomweb_server.config import Settings
 from dicomweb_server.services.authn import Authenticator
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -26,3 +27,4 @@ class AppState:
     search: SearchService
     retrieve: RetrieveService
     render: RenderService
+    delete: DeleteService
