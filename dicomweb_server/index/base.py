@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
+from dicomweb_server.domain.audit import AuditPage, AuditQuery, AuditRecord, AuditStudy
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
@@ -14,6 +15,7 @@ from dicomweb_server.domain.sites import Site
 
 __all__ = [
     "AddOutcome",
+    "AuditLog",
     "CacheLedger",
     "InstanceIndex",
     "SearchPage",
@@ -146,5 +148,31 @@ class SiteCatalog(Protocol):
         ...
 
 
-class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, Protocol):
+class AuditLog(Protocol):
+    """The audit trail (issue 17), append-only: nothing updates a record, and only
+    `expire_audit_records` deletes any. The backends enforce it with triggers, so no other
+    statement can either."""
+
+    async def append_audit_records(self, records: Sequence[AuditRecord]) -> None:
+        """Add records in one transaction."""
+        ...
+
+    async def query_audit_records(self, query: AuditQuery) -> AuditPage:
+        """Records matching every filter of `query`, newest first."""
+        ...
+
+    async def expire_audit_records(self, before: float) -> int | None:
+        """Remove records that ended before `before` (Unix seconds); how many. None when
+        another process is expiring right now (one at a time across processes)."""
+        ...
+
+    async def study_patients(
+        self, site: str | None, study_instance_uids: Sequence[str]
+    ) -> list[AuditStudy]:
+        """The patient of each study found among `study_instance_uids` at `site` (None: at
+        every site holding it), in one query."""
+        ...
+
+
+class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, AuditLog, Protocol):
     """Every role a server process needs of its index database, in one object."""

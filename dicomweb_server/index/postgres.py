@@ -25,6 +25,7 @@ from dicomweb_server.errors import (
     NotFoundError,
 )
 from dicomweb_server.index.aggregates import INT4_MAX, INT4_MIN, as_text
+from dicomweb_server.index.audit_postgres import PostgresAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
@@ -135,7 +136,7 @@ async def _apply_migrations(conn: Connection) -> list[int]:
     return applied
 
 
-class PostgresInstanceIndex:
+class PostgresInstanceIndex(PostgresAuditLog):
     """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes."""
 
     def __init__(

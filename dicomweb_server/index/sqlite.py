@@ -28,6 +28,7 @@ from dicomweb_server.index.aggregates import (
     new_series_row,
     new_study_row,
 )
+from dicomweb_server.index.audit_sqlite import SqliteAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
@@ -51,7 +52,7 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class SqliteInstanceIndex:
+class SqliteInstanceIndex(SqliteAuditLog):
     """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both."""
 
     def __init__(self, path: Path) -> None:
