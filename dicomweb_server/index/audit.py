@@ -155,8 +155,7 @@ def search_sql(query: AuditQuery, mark: Callable[[int], str]) -> AuditSql:
     if by_study:
         where.append(f"id IN (SELECT event_id FROM audit_studies WHERE {' AND '.join(by_study)})")
     if query.user is not None:
-        user = p(query.user)
-        where.append(f"(subject = {user} OR display_name = {user})")
+        where.append(f"(subject = {p(query.user)} OR display_name = {p(query.user)})")
     if query.site is not None:
         where.append(f"site = {p(query.site)}")
     if query.since is not None:
