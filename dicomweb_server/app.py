@@ -16,6 +16,7 @@ from dicomweb_server.backends import Backends, open_backends, open_index
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import RequestTimeoutError
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.render import RenderService
@@ -23,6 +24,7 @@ from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
 from dicomweb_server.services.store import StoreService
+from dicomweb_server.web.audit import AuditMiddleware
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
 from dicomweb_server.web.routes import ROUTES
@@ -211,6 +213,8 @@ def create_app(settings: Settings) -> Starlette:
             thumbnail_size=settings.thumbnail_size,
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
+        audit = AuditService.from_settings(index, settings)  # issue 17: writes in the background
+        await audit.start()
         app.state.backends = backends  # for tools and tests; the web layer uses services only
         app.state.dicomweb = AppState(
             settings=settings,
@@ -219,10 +223,12 @@ def create_app(settings: Settings) -> Starlette:
             search=SearchService(index),
             retrieve=retrieve,
             render=render,
+            audit=audit,
         )
         try:
             yield
         finally:
+            await audit.stop()  # queued events and open roll-ups are written first
             await cache.close()
             codecs.close()
             await backends.close()
@@ -242,5 +248,6 @@ def create_app(settings: Settings) -> Starlette:
     )
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(AuditMiddleware)  # sees every answer, refusals too (web/audit.py)
     app.add_middleware(RequestContextMiddleware)
     return app
