@@ -215,14 +215,17 @@ class AuditService:
         """Write everything queued and every open roll-up, then stop (the forwarder too)."""
         if self._task is None:
             return
-        self.record(_application_event("stop"))
         self._stopping = True
         self._wake.set()
         task, self._task = self._task, None
         try:
             await asyncio.wait_for(task, _STOP_TIMEOUT)
+            self.record(_application_event("stop"))  # after everything it ends
+            await asyncio.wait_for(self.flush(close_rollups=True), _STOP_TIMEOUT)
         except TimeoutError:
             log.error("the audit writer did not finish within %gs at shutdown", _STOP_TIMEOUT)
+        except Exception:
+            log.exception("audit write at shutdown failed")
         lost = len(self._queue) + len(self._pending) + len(self._rollups)
         if lost:
             log.error("%d audit events could not be written before shutdown", lost)
@@ -298,6 +301,9 @@ class AuditService:
         assert event.study is not None
         key = (event.subject, event.kind, event.client, event.site, event.study, event.outcome)
         rollup = self._rollups.get(key)
+        if rollup is not None and event.time - rollup.first.time >= self._settings.rollup_seconds:
+            self._pending.append(_rollup_record(self._rollups.pop(key)))  # its window is over
+            rollup = None
         if rollup is None:
             if len(self._rollups) >= MAX_OPEN_ROLLUPS:
                 oldest = min(self._rollups, key=lambda k: self._rollups[k].first.time)
