@@ -31,9 +31,9 @@ from dicomweb_server.services.audit import AuditService, AuditSettings, query_ke
 from dicomweb_server.services.principal import Principal
 from dicomweb_server.web.audit import AuditMiddleware, classify
 
-S, SE, I = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+S, SE, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 _STUDY = f"/dicomweb/studies/{S}"
-_INSTANCE = f"{_STUDY}/series/{SE}/instances/{I}"
+_INSTANCE = f"{_STUDY}/series/{SE}/instances/{SOP}"
 
 
 @pytest.mark.parametrize(
@@ -53,22 +53,22 @@ _INSTANCE = f"{_STUDY}/series/{SE}/instances/{I}"
         (
             "GET",
             f"{_INSTANCE}/rendered",
-            ("rendered", None, {"studies": S, "series": SE, "instances": I}),
+            ("rendered", None, {"studies": S, "series": SE, "instances": SOP}),
         ),
         (
             "GET",
             f"{_INSTANCE}/frames/1,2",
-            ("frames", None, {"studies": S, "series": SE, "instances": I, "frames": "1,2"}),
+            ("frames", None, {"studies": S, "series": SE, "instances": SOP, "frames": "1,2"}),
         ),
         (
             "GET",
             f"{_INSTANCE}/frames/1/rendered",
-            ("rendered", None, {"studies": S, "series": SE, "instances": I, "frames": "1"}),
+            ("rendered", None, {"studies": S, "series": SE, "instances": SOP, "frames": "1"}),
         ),
         (
             "GET",
             f"{_INSTANCE}/bulkdata/7FE00010",
-            ("bulkdata", None, {"studies": S, "series": SE, "instances": I}),
+            ("bulkdata", None, {"studies": S, "series": SE, "instances": SOP}),
         ),
         ("DELETE", f"{_STUDY}/series/{SE}", ("delete", None, {"studies": S, "series": SE})),
         ("POST", f"{_STUDY}/reject/113001^DCM", ("reject", None, {"studies": S})),
@@ -79,7 +79,7 @@ _INSTANCE = f"{_STUDY}/series/{SE}/instances/{I}"
         ("GET", "/healthz", None),
         ("PUT", "/dicomweb/studies", None),
         ("GET", "/dicomweb/series/1.2/instances", None),
-        ("GET", f"{_STUDY}/instances/{I}", None),
+        ("GET", f"{_STUDY}/instances/{SOP}", None),
         ("GET", f"{_INSTANCE}/frames/1/metadata", None),
         ("GET", f"{_STUDY}/bulkdata/x", None),
         ("DELETE", f"{_INSTANCE}/frames/1", None),
@@ -221,7 +221,7 @@ def _event(action: AuditAction, at: float, **changes: Any) -> AuditEvent:
         request_id=f"r{at}",
         study=S,
         series=SE,
-        instance=I,
+        instance=SOP,
     )
     for name, value in changes.items():
         setattr(event, name, value)
@@ -252,7 +252,7 @@ async def test_issue17_audit_rollup_window_and_patient_lookup_per_batch() -> Non
     assert (alice.subject, alice.action, alice.time, alice.end_time) == ("alice", "view", 100, 200)
     assert alice.counts == {"frames": 2, "rendered": 1}
     assert alice.studies == (AuditStudy(S, "a", "P1", "ISS"),)
-    assert (alice.series, alice.instances) == ((SE,), (I,))
+    assert (alice.series, alice.instances) == ((SE,), (SOP,))
     assert bob.counts == {"frames": 1}
     assert await service.flush(close_rollups=True, now=421) == 2
     invalid, again = memory.records[4:]
