@@ -42,6 +42,7 @@ from dicomweb_server.domain.audit import (
     AuditRecord,
     AuditStudy,
 )
+from dicomweb_server.domain.grants import is_valid_site_name
 from dicomweb_server.domain.sites import choose_site
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AuditLog
@@ -134,6 +135,7 @@ class AuditService:
         self._dropped_logged = 0
         self._last_drop_log = 0.0
         self._next_expiry = 0.0
+        self._failing_since: float | None = None
 
     @classmethod
     def from_settings(cls, log: AuditLog, settings: Settings) -> AuditService:
@@ -239,6 +241,16 @@ class AuditService:
             self._wake.clear()
             try:
                 await self.flush(close_rollups=self._stopping)
+                self._failing_since = None
+            except DicomwebError as exc:
+                now = time.monotonic()
+                if self._failing_since is None or now - self._failing_since >= 60.0:
+                    self._failing_since = now  # warned once a minute while the index is down
+                    log.warning(
+                        "audit write failed (%s): %d records kept and retried",
+                        exc.reason,
+                        len(self._pending),
+                    )
             except Exception:
                 log.exception("audit write failed; the records are kept and retried")
             if not self._stopping and time.monotonic() >= self._next_expiry:
@@ -388,6 +400,11 @@ def _uid(text: str) -> str:
     return text if _UID.fullmatch(text) else "invalid"
 
 
+def _site(text: str | None) -> str | None:
+    """A site name as stored (a path's bad one is not kept: the request was refused)."""
+    return text if text is None or is_valid_site_name(text) else "invalid"
+
+
 def _name(text: str) -> str:
     return text.replace("\x00", "")[:MAX_NAME_LENGTH]
 
@@ -422,7 +439,7 @@ def _base_record(event: AuditEvent) -> AuditRecord:
         display_name=_name(event.display_name),
         client=_name(event.client),
         action=str(event.action),
-        site=event.site,
+        site=_site(event.site),
         outcome=event.outcome,
         request_id=event.request_id,
     )
@@ -431,7 +448,8 @@ def _base_record(event: AuditEvent) -> AuditRecord:
 def _single_record(event: AuditEvent) -> AuditRecord:
     record = _base_record(event)
     uids = event.studies or ((event.study,) if event.study else ())
-    record.studies = tuple(AuditStudy(_uid(uid), event.site) for uid in dict.fromkeys(uids))
+    site = _site(event.site)
+    record.studies = tuple(AuditStudy(_uid(uid), site) for uid in dict.fromkeys(uids))
     record.series = (_uid(event.series),) if event.series else ()
     record.instances = (_uid(event.instance),) if event.instance else ()
     record.query_keys = query_keywords(event.query_keys)
@@ -444,7 +462,7 @@ def _rollup_record(rollup: _RollUp) -> AuditRecord:
     first = rollup.first
     record = replace(_base_record(first), end_time=rollup.end_time, action=str(AuditAction.VIEW))
     assert first.study is not None
-    record.studies = (AuditStudy(_uid(first.study), first.site),)
+    record.studies = (AuditStudy(_uid(first.study), _site(first.site)),)
     record.series = tuple(rollup.series)
     record.instances = tuple(rollup.instances)
     record.counts = dict(sorted(rollup.counts.items()))

@@ -265,7 +265,9 @@ async def test_issue17_audit_enterprise_root_read_gets_the_served_sites_patient(
     memory.studies = [AuditStudy(S, "zeta", "PZ", None), AuditStudy(S, "beta", "PB", None)]
     service = AuditService(memory, AuditSettings(rollup_seconds=0))
     service.record(_event(AuditAction.METADATA, 1, site=None))
+    service.record(_event(AuditAction.SEARCH, 2, site="Bad_Name", study=None))
     await service.flush()
+    assert memory.records[1].site == "invalid"  # a refused path's text is not kept
     assert memory.records[0].site == "beta"  # no default copy: the first by name
     assert memory.records[0].studies[0].patient_id == "PB"
 
