@@ -187,6 +187,9 @@ class AuditEvent:
     query_keys: tuple[str, ...] = ()  # QIDO: keywords (or tags) of the match keys, no values
     results: int | None = None  # QIDO: how many results were returned
     detail: str = ""  # APPLICATION: start or stop
+    # Patients known to the handler (a deletion, whose study rows are gone by write time):
+    # StudyInstanceUID → (PatientID, IssuerOfPatientID)
+    patients: dict[str, tuple[str, str | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

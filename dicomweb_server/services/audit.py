@@ -449,7 +449,11 @@ def _single_record(event: AuditEvent) -> AuditRecord:
     record = _base_record(event)
     uids = event.studies or ((event.study,) if event.study else ())
     site = _site(event.site)
-    record.studies = tuple(AuditStudy(_uid(uid), site) for uid in dict.fromkeys(uids))
+    known = event.patients or {}
+    record.studies = tuple(
+        AuditStudy(_uid(uid), site, *known[uid]) if uid in known else AuditStudy(_uid(uid), site)
+        for uid in dict.fromkeys(uids)
+    )
     record.series = (_uid(event.series),) if event.series else ()
     record.instances = (_uid(event.instance),) if event.instance else ()
     record.query_keys = query_keywords(event.query_keys)

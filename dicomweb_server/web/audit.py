@@ -10,7 +10,9 @@ DICOMweb root (/healthz, /metrics) and routes that touch no patient data are not
 The caller is `scope["state"]["principal"]`, put there by the auth middleware (absent when
 access control is off: ANONYMOUS); the STOW handler leaves the stored studies in
 `scope["state"]["audit_studies"]`, the QIDO handler the number of results in
-`scope["state"]["audit_results"]`.
+`scope["state"]["audit_results"]`. A handler that deletes studies leaves their patients in
+`scope["state"]["audit_patients"]` ({StudyInstanceUID: (PatientID, IssuerOfPatientID)}), as
+the index no longer has them when the record is written.
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ class AuditMiddleware:
             series=ids.get("series"),
             instance=ids.get("instances"),
         )
+        if "audit_patients" in state:  # a deletion's handler: the rows are gone by write time
+            event.patients = dict(state["audit_patients"])
         if action is AuditAction.STORE:
             event.studies = tuple(state.get("audit_studies", ()))
             event.site = site or audit.default_site

@@ -266,8 +266,11 @@ async def test_issue17_audit_enterprise_root_read_gets_the_served_sites_patient(
     service = AuditService(memory, AuditSettings(rollup_seconds=0))
     service.record(_event(AuditAction.METADATA, 1, site=None))
     service.record(_event(AuditAction.SEARCH, 2, site="Bad_Name", study=None))
+    service.record(_event(AuditAction.DELETE, 3, study="9.9", patients={"9.9": ("PD", None)}))
     await service.flush()
     assert memory.records[1].site == "invalid"  # a refused path's text is not kept
+    assert memory.records[2].studies == (AuditStudy("9.9", "a", "PD", None),)  # no lookup
+    assert memory.lookups == [(None, (S,))]
     assert memory.records[0].site == "beta"  # no default copy: the first by name
     assert memory.records[0].studies[0].patient_id == "PB"
 
