@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from dicomweb_server.domain.audit import AuditPage, AuditQuery, AuditRecord, AuditStudy
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.lifecycle import DeleteTarget, Hold, StudyFacts
 from dicomweb_server.domain.query import Query
@@ -16,6 +17,7 @@ from dicomweb_server.index.api_keys import ApiKeyStore
 
 __all__ = [
     "AddOutcome",
+    "AuditLog",
     "CacheLedger",
     "DeleteTarget",
     "InstanceIndex",
@@ -155,6 +157,32 @@ class SiteCatalog(Protocol):
         ...
 
 
+class AuditLog(Protocol):
+    """The audit trail (issue 17), append-only: nothing updates a record, and only
+    `expire_audit_records` deletes any. The backends enforce it with triggers, so no other
+    statement can either."""
+
+    async def append_audit_records(self, records: Sequence[AuditRecord]) -> None:
+        """Add records in one transaction."""
+        ...
+
+    async def query_audit_records(self, query: AuditQuery) -> AuditPage:
+        """Records matching every filter of `query`, newest first."""
+        ...
+
+    async def expire_audit_records(self, before: float) -> int | None:
+        """Remove records that ended before `before` (Unix seconds); how many. None when
+        another process is expiring right now (one at a time across processes)."""
+        ...
+
+    async def study_patients(
+        self, site: str | None, study_instance_uids: Sequence[str]
+    ) -> list[AuditStudy]:
+        """The patient of each study found among `study_instance_uids` at `site` (None: at
+        every site holding it), in one query."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """An IOCM rejection recorded with a delete: its code (`113001^DCM`), the rejection note
@@ -282,6 +310,7 @@ class ServerIndex(
     Lifecycle,
     RejectionLog,
     LegalHolds,
+    AuditLog,
     Protocol,
 ):
     """Every role a server process needs of its index database, in one object."""

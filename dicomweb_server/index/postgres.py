@@ -32,6 +32,7 @@ from dicomweb_server.index.api_keys import (
     api_key_from_row,
     api_key_values,
 )
+from dicomweb_server.index.audit_postgres import PostgresAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
@@ -143,7 +144,7 @@ async def _apply_migrations(conn: Connection) -> list[int]:
     return applied
 
 
-class PostgresInstanceIndex(PostgresLifecycle):
+class PostgresInstanceIndex(PostgresLifecycle, PostgresAuditLog):
     """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes.
 
     Deletion, restore, rejections and holds (issue 18) live in index/postgres_delete.py.

@@ -35,6 +35,7 @@ from dicomweb_server.index.api_keys import (
     api_key_from_row,
     api_key_values,
 )
+from dicomweb_server.index.audit_sqlite import SqliteAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
@@ -59,7 +60,7 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class SqliteInstanceIndex(SqliteLifecycle):
+class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog):
     """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both.
 
     Deletion, restore, rejections and holds (issue 18) live in index/sqlite_delete.py.

@@ -155,6 +155,15 @@ _OPERATIONS: dict[str, Operation] = {
     "reject_study": _reject("Reject Study"),
     "reject_series": _reject("Reject Series"),
     "reject_instance": _reject("Reject Instance"),
+    # Not PS3.18 ("-"): the audit trail as a FHIR R4 Bundle of AuditEvent resources (issue 17)
+    "search_audit_events": Operation(
+        "Search Audit Events",
+        "-",
+        (),
+        ("application/fhir+json",),
+        (200, 400, 401, 403, 406),
+        ("patient", "study", "user", "site", "since", "until", "_count", "_cursor"),
+    ),
 }
 
 
@@ -414,7 +423,9 @@ def _wadl(document: dict[str, Any]) -> bytes:
                 name=method["name"],
                 id=f"{method['transaction'].replace(' ', '')}{resource['path']}",
             )
-            ET.SubElement(element, q("doc"), title=f"PS3.18 {method['section']}")
+            section = method["section"]
+            title = f"PS3.18 {section}" if section != "-" else "not part of PS3.18"
+            ET.SubElement(element, q("doc"), title=title)
             request = ET.SubElement(element, q("request"))
             for param in method["queryParameters"]:
                 ET.SubElement(request, q("param"), name=param, style="query")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.config import Settings
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.render import RenderService
@@ -28,3 +29,4 @@ class AppState:
     retrieve: RetrieveService
     render: RenderService
     delete: DeleteService
+    audit: AuditService

@@ -114,6 +114,7 @@ async def store_instances(request: Request) -> Response:
             " stored, the rest was not received",
         )
 
+    request.state.audit_studies = sorted({stored[2] for stored in result.stored})  # web/audit.py
     payload = orjson.dumps(result.to_json(root_url_of(request), study))
     response = Response(payload, status_code=result.status, media_type="application/dicom+json")
     for text in result.failure_texts[:_MAX_WARNINGS]:
