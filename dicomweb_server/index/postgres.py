@@ -21,10 +21,12 @@ from dicomweb_server.errors import BackendUnavailableError, DicomwebError
 from dicomweb_server.index.aggregates import INT4_MAX, INT4_MIN, as_text
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.events_postgres import PostgresEventLog
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.sql import build_search
+from dicomweb_server.index.webhooks_postgres import PostgresWebhookLedger
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
 
@@ -128,7 +130,7 @@ async def _apply_migrations(conn: Connection) -> list[int]:
     return applied
 
 
-class PostgresInstanceIndex:
+class PostgresInstanceIndex(PostgresEventLog, PostgresWebhookLedger):
     """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes."""
 
     def __init__(
