@@ -25,6 +25,7 @@ ENV_PREFIX = "DICOMWEB_"
 _AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENCH_")
 
 Positive = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # Credentials DICOMWEB_AUTH may combine, in their canonical order
@@ -156,6 +157,17 @@ class Settings(BaseSettings):
     oidc_algorithms: str = "RS256,ES256,PS256"  # signatures accepted, comma-separated; never HS*
     oidc_leeway_seconds: NonNegative = 60  # clock skew allowed on a token's exp, nbf and iat
     max_token_bytes: Positive = 8192  # a longer bearer token or API key is refused unread
+    # Events: the change feed and webhooks (services/events.py, services/webhook_delivery.py).
+    # Every server process delivers, coordinated through the index: nothing else to run.
+    study_stable_seconds: Positive = 60  # no new instance this long: one study.stable event
+    webhook_timeout: Positive = 10  # seconds a receiver may take to answer one delivery
+    webhook_max_age: Positive = 86_400  # seconds a delivery is retried, then dead-lettered
+    webhook_retry_seconds: PositiveFloat = 2.0  # first retry; doubled each time (jittered), ≤ 1 h
+    webhook_concurrency: Positive = 8  # deliveries in flight per process
+    # Let every webhook target loopback, link-local and cloud metadata addresses (refused
+    # otherwise, unless the webhook was added with --allow-private)
+    webhook_allow_private: bool = False
+    events_poll_seconds: PositiveFloat = 1.0  # how often each process looks for work to do
 
     @field_validator("log_level", mode="before")
     @classmethod
