@@ -22,6 +22,7 @@ from dicomweb_server.errors import RequestTimeoutError
 from dicomweb_server.index.base import ServerIndex
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
+from dicomweb_server.services.events import ChangeFeedService, EventWorker
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -306,10 +307,13 @@ def create_app(settings: Settings) -> Starlette:
             search=SearchService(index),
             retrieve=retrieve,
             render=render,
+            changefeed=ChangeFeedService(index, settings.root_url),
         )
+        events = EventWorker.start_from_settings(index, settings)  # study.stable, webhooks
         try:
             yield
         finally:
+            await events.stop()
             await cache.close()
             codecs.close()
             await backends.close()

@@ -127,6 +127,18 @@ _OPERATIONS: dict[str, Operation] = {
     "retrieve_thumbnail_series": _thumbnail("Retrieve Series Thumbnail"),
     "retrieve_thumbnail_instance": _thumbnail("Retrieve Instance Thumbnail"),
     "retrieve_thumbnail_frame": _thumbnail("Retrieve Frame Thumbnail"),
+    # Not PS3.18 ("-"): Microsoft's DICOM change feed, as its DICOM service defines it
+    "read_change_feed": Operation(
+        "Read Change Feed",
+        "-",
+        (),
+        (JSON,),
+        (200, 400, 406),
+        ("offset", "limit", "startTime", "endTime", "includemetadata"),
+    ),
+    "read_latest_change_feed": Operation(
+        "Read Latest Change Feed", "-", (), (JSON,), (200, 204, 400, 406), ("includemetadata",)
+    ),
 }
 
 
@@ -375,7 +387,9 @@ def _wadl(document: dict[str, Any]) -> bytes:
                 name=method["name"],
                 id=f"{method['transaction'].replace(' ', '')}{resource['path']}",
             )
-            ET.SubElement(element, q("doc"), title=f"PS3.18 {method['section']}")
+            section = method["section"]
+            title = f"PS3.18 {section}" if section != "-" else "not part of PS3.18"
+            ET.SubElement(element, q("doc"), title=title)
             request = ET.SubElement(element, q("request"))
             for param in method["queryParameters"]:
                 ET.SubElement(request, q("param"), name=param, style="query")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dicomweb_server.web import rendered, retrieve, search, store
+from dicomweb_server.web import changefeed, rendered, retrieve, search, store
 from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
@@ -46,6 +46,12 @@ ROUTES += [
     Route(_SERIES + "/thumbnail", rendered.retrieve_thumbnail_series, methods=["GET"]),
     Route(_INSTANCE + "/thumbnail", rendered.retrieve_thumbnail_instance, methods=["GET"]),
     Route(_FRAMES + "/thumbnail", rendered.retrieve_thumbnail_frame, methods=["GET"]),
+]
+
+# Change feed (not PS3.18: Microsoft's DICOM service's, plus Site); issue 20
+ROUTES += [
+    Route("/changefeed", changefeed.read_change_feed, methods=["GET"]),
+    Route("/changefeed/latest", changefeed.read_latest_change_feed, methods=["GET"]),
 ]
 
 # Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a

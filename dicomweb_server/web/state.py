@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.config import Settings
+from dicomweb_server.services.events import ChangeFeedService
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -22,3 +23,4 @@ class AppState:
     search: SearchService
     retrieve: RetrieveService
     render: RenderService
+    changefeed: ChangeFeedService
