@@ -96,7 +96,7 @@ def test_every_route_handler_is_described() -> None:
     resources = describe_routes(ROUTES)
     routed = {(r.path, m) for r in resources for m in r.operations}
     assert ("/studies", "POST") in routed and ("/studies", "GET") in routed
-    assert len(routed) == 24
+    assert len(routed) == 26  # 24 PS3.18 resources and the change feed's two (issue 20)
 
 
 async def test_options_on_the_root_is_wadl_by_default(client: httpx.AsyncClient) -> None:
