@@ -159,8 +159,8 @@ class Settings(BaseSettings):
     max_token_bytes: Positive = 8192  # a longer bearer token or API key is refused unread
     # Events: the change feed and webhooks (services/events.py, services/webhook_delivery.py).
     # Every server process delivers, coordinated through the index: nothing else to run.
-    study_stable_seconds: Positive = 60  # no new instance this long: one study.stable event
-    webhook_timeout: Positive = 10  # seconds a receiver may take to answer one delivery
+    study_stable_seconds: PositiveFloat = 60.0  # no new instance this long: one study.stable
+    webhook_timeout: PositiveFloat = 10.0  # seconds a receiver may take to answer a delivery
     webhook_max_age: Positive = 86_400  # seconds a delivery is retried, then dead-lettered
     webhook_retry_seconds: PositiveFloat = 2.0  # first retry; doubled each time (jittered), ≤ 1 h
     webhook_concurrency: Positive = 8  # deliveries in flight per process
