@@ -90,12 +90,18 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a sender killed mid-request resets its connection: expected here
+
+
 @contextmanager
 def receiving(receiver: Receiver | None = None) -> Iterator[Receiver]:
     """Run `receiver` (a default one if None) until the block ends."""
     receiver = receiver or Receiver()
-    server = ThreadingHTTPServer(("127.0.0.1", receiver.port), _handler(receiver))
-    server.daemon_threads = True
+    server = _Server(("127.0.0.1", receiver.port), _handler(receiver))
     receiver.port = server.server_address[1]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
