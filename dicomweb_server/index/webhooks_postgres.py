@@ -123,6 +123,7 @@ class PostgresWebhookLedger:
 
     async def remove_webhook(self, webhook_id: int) -> bool:
         async def run(conn: Connection) -> bool:
+            # The subscription row, then its deliveries: the order every writer locks them in.
             async with conn.transaction():
                 gone = await conn.execute("DELETE FROM webhooks WHERE id = $1", webhook_id)
                 await conn.execute(
@@ -239,6 +240,15 @@ class PostgresWebhookLedger:
         async def run(conn: Connection) -> bool:
             held = True
             async with conn.transaction():
+                if failed is not None:
+                    # The subscription row first, as fan-out, replay and remove lock it before
+                    # deliveries: one lock order, no deadlock.
+                    await conn.execute(
+                        "UPDATE webhooks SET last_error = $1 WHERE id ="
+                        " (SELECT webhook_id FROM webhook_deliveries WHERE id = $2)",
+                        failed.error,
+                        failed.id,
+                    )
                 if delivered:
                     done = await conn.execute(
                         f"UPDATE webhook_deliveries SET state = 'delivered', finished = {NOW},"
@@ -262,12 +272,6 @@ class PostgresWebhookLedger:
                         failed.dead,
                     )
                     held = held and _count(done) == 1
-                    await conn.execute(
-                        "UPDATE webhooks SET last_error = $1 WHERE id ="
-                        " (SELECT webhook_id FROM webhook_deliveries WHERE id = $2)",
-                        failed.error,
-                        failed.id,
-                    )
                 if keep_seconds is None:
                     await conn.execute(
                         "UPDATE webhook_deliveries SET lease_token = NULL, lease_until = NULL"

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
@@ -46,6 +45,7 @@ _RUN = 50  # deliveries of one study claimed at once
 _SETTLE_EVERY = 1.0  # seconds between progress records within a run (they renew the lease)
 _CLOSE_GRACE = 2.0  # seconds runs in flight may finish when the process stops
 _USER_AGENT = "dicomweb-server-webhooks/1"
+_ANSWER_BYTES = 64 << 10  # of a receiver's answer read, at most (it is not used)
 
 
 def retry_delay(attempt: int, base: float, rng: random.Random | None = None) -> float:
@@ -94,13 +94,10 @@ class WebhookClient:
         if not secret:
             return f"environment variable {webhook.secret_env} (the signing secret) is not set"
         allowed = webhook.allow_private or self._allow_private
-        host = URL(webhook.url).host or ""
-        with contextlib.suppress(ValueError):
-            ipaddress.ip_address(host.strip("[]"))
-            # An address literal is not resolved, so it is checked here.
-            problem = host_problem(host, allowed)
-            if problem is not None:
-                return f"refused: {problem}"
+        # A name is checked by the resolver as it resolves; an address literal, here.
+        problem = host_problem(URL(webhook.url).host or "", allowed)
+        if problem is not None:
+            return f"refused: {problem}"
         headers = {
             "Content-Type": f"{CLOUDEVENTS_MEDIA_TYPE}; charset=utf-8",
             SIGNATURE_HEADER: sign(secret.encode(), int(time.time()), body),
@@ -110,6 +107,8 @@ class WebhookClient:
             async with self._session(allowed).post(
                 webhook.url, data=body, headers=headers, allow_redirects=False
             ) as response:
+                # A short answer is read so the connection is kept; a long one is cut off.
+                await response.content.read(_ANSWER_BYTES)
                 if 200 <= response.status < 300:
                     return None
                 return f"the receiver answered HTTP {response.status}"
