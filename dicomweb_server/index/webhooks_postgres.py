@@ -13,9 +13,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dicomweb_server.domain.events import Event, Webhook
-from dicomweb_server.index.base import DeliveryFailure, DeliveryRun, WebhookStatus
+from dicomweb_server.index.base import Delivery, DeliveryFailure, DeliveryRun, WebhookStatus
 from dicomweb_server.index.events import (
-    DELIVERY_SELECT,
     EVENT_COLUMNS,
     WEBHOOK_COLUMNS,
     delivery_from_row,
@@ -41,6 +40,43 @@ _DUE_HEADS = (
     f" WHERE d.state = 'pending' AND d.next_attempt <= {NOW}"
     f" AND (d.lease_until IS NULL OR d.lease_until < {NOW})"
     " ORDER BY d.next_attempt, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
+)
+
+
+_EVENT_COLUMNS_OF_E = ", ".join(f"e.{column.strip()}" for column in EVENT_COLUMNS.split(","))
+# One statement (one round trip): lock the due heads (SKIP LOCKED: claimers at once take
+# different groups), lease each head's run to its own token, and return the runs with their
+# events; the last column is the token.
+_CLAIM = (
+    f"WITH heads AS ({_DUE_HEADS}),"
+    " runs AS (SELECT r.id, h.id AS head FROM heads h CROSS JOIN LATERAL"
+    " (SELECT x.id FROM webhook_deliveries x WHERE x.webhook_id = h.webhook_id"
+    " AND x.site = h.site AND x.study_instance_uid = h.study_instance_uid"
+    " AND x.state = 'pending' ORDER BY x.id LIMIT $2) r),"
+    " leased AS (UPDATE webhook_deliveries d SET lease_token = $3 || ':' || runs.head,"
+    f" lease_until = {NOW} + $4 FROM runs WHERE d.id = runs.id"
+    " RETURNING d.id, d.webhook_id, d.attempts, d.created, d.sequence, d.lease_token)"
+    f" SELECT l.id, l.webhook_id, l.attempts, {NOW} - l.created, {_EVENT_COLUMNS_OF_E},"
+    " l.lease_token FROM leased l JOIN events e ON e.sequence = l.sequence"
+)
+# One statement for a lease holder's progress: the delivered ones, the failed one (retried
+# later or dead), and the rest of its run kept ($7 seconds more) or released ($7 NULL).
+# Each sub-statement touches other rows; the counts say whether the lease was still held.
+_SETTLE = (
+    "WITH done AS (UPDATE webhook_deliveries SET state = 'delivered',"
+    f" finished = {NOW}, attempts = attempts + 1, lease_token = NULL, lease_until = NULL"
+    " WHERE lease_token = $1 AND id = ANY($2::bigint[]) RETURNING id),"
+    " failed AS (UPDATE webhook_deliveries SET state = $4, attempts = attempts + 1,"
+    f" last_error = $5, next_attempt = {NOW} + $6::float8,"
+    f" finished = CASE WHEN $4 = 'dead' THEN {NOW} END, lease_token = NULL,"
+    " lease_until = NULL WHERE id = $3 AND lease_token = $1 RETURNING id),"
+    " rest AS (UPDATE webhook_deliveries SET"
+    " lease_token = CASE WHEN $7::float8 IS NULL THEN NULL ELSE lease_token END,"
+    f" lease_until = CASE WHEN $7::float8 IS NULL THEN NULL ELSE {NOW} + $7::float8 END"
+    " WHERE lease_token = $1 AND NOT id = ANY($2::bigint[]) AND id IS DISTINCT FROM $3"
+    " RETURNING id)"
+    " SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM failed),"
+    " (SELECT count(*) FROM rest)"
 )
 
 
@@ -199,36 +235,14 @@ class PostgresWebhookLedger:
     async def claim_deliveries(
         self, owner: str, groups: int, run: int, lease_seconds: float
     ) -> list[DeliveryRun]:
-        async def claim(conn: Connection) -> list[DeliveryRun]:
-            async with conn.transaction(isolation="read_committed"):
-                heads = await conn.fetch(_DUE_HEADS, groups)
-                runs: dict[str, list[int]] = {}
-                for head, webhook_id, site, study in heads:
-                    token = f"{owner}:{head}"
-                    ids = await conn.fetch(
-                        f"UPDATE webhook_deliveries SET lease_token = $5,"
-                        f" lease_until = {NOW} + $6 WHERE id IN (SELECT id FROM"
-                        " webhook_deliveries WHERE webhook_id = $1 AND site = $2"
-                        " AND study_instance_uid = $3 AND state = 'pending' ORDER BY id LIMIT $4)"
-                        " RETURNING id",
-                        webhook_id,
-                        site,
-                        study,
-                        run,
-                        token,
-                        lease_seconds,
-                    )
-                    runs[token] = sorted(int(row[0]) for row in ids)
-                every = [i for ids in runs.values() for i in ids]
-                rows = await conn.fetch(
-                    DELIVERY_SELECT.format(age=f"{NOW} - d.created")
-                    + " WHERE d.id = ANY($1::bigint[])",
-                    every,
-                )
-            found = {int(row[0]): delivery_from_row(row) for row in rows}
-            return [DeliveryRun(t, [found[i] for i in ids]) for t, ids in runs.items()]
+        async def claim(conn: Connection) -> list[Any]:
+            return await conn.fetch(_CLAIM, groups, run, owner, lease_seconds)
 
-        return await self._with_connection(claim, retry=False)
+        rows = await self._with_connection(claim, retry=False)
+        runs: dict[str, list[Delivery]] = {}
+        for row in sorted(rows, key=lambda row: int(row[0])):
+            runs.setdefault(str(row[-1]), []).append(delivery_from_row(row[:-1]))
+        return [DeliveryRun(token, deliveries) for token, deliveries in runs.items()]
 
     async def settle_deliveries(
         self,
@@ -237,59 +251,34 @@ class PostgresWebhookLedger:
         failed: DeliveryFailure | None,
         keep_seconds: float | None,
     ) -> bool:
-        async def run(conn: Connection) -> bool:
-            held = True
-            async with conn.transaction():
-                if failed is not None:
-                    # The subscription row first, as fan-out, replay and remove lock it before
-                    # deliveries: one lock order, no deadlock.
-                    await conn.execute(
-                        "UPDATE webhooks SET last_error = $1 WHERE id ="
-                        " (SELECT webhook_id FROM webhook_deliveries WHERE id = $2)",
-                        failed.error,
-                        failed.id,
-                    )
-                if delivered:
-                    done = await conn.execute(
-                        f"UPDATE webhook_deliveries SET state = 'delivered', finished = {NOW},"
-                        " attempts = attempts + 1, lease_token = NULL, lease_until = NULL"
-                        " WHERE lease_token = $1 AND id = ANY($2::bigint[])",
-                        token,
-                        list(delivered),
-                    )
-                    held = _count(done) == len(delivered)
-                if failed is not None:
-                    done = await conn.execute(
-                        "UPDATE webhook_deliveries SET state = $3, attempts = attempts + 1,"
-                        f" last_error = $4, next_attempt = {NOW} + $5,"
-                        f" finished = CASE WHEN $6 THEN {NOW} END, lease_token = NULL,"
-                        " lease_until = NULL WHERE id = $1 AND lease_token = $2",
-                        failed.id,
-                        token,
-                        "dead" if failed.dead else "pending",
-                        failed.error,
-                        failed.retry_in,
-                        failed.dead,
-                    )
-                    held = held and _count(done) == 1
-                if keep_seconds is None:
-                    await conn.execute(
-                        "UPDATE webhook_deliveries SET lease_token = NULL, lease_until = NULL"
-                        " WHERE lease_token = $1",
-                        token,
-                    )
-                else:
-                    kept = await conn.execute(
-                        f"UPDATE webhook_deliveries SET lease_until = {NOW} + $2"
-                        " WHERE lease_token = $1",
-                        token,
-                        keep_seconds,
-                    )
-                    if not delivered and failed is None:
-                        held = _count(kept) > 0
-            return held
+        args = (
+            token,
+            list(delivered),
+            None if failed is None else failed.id,
+            None if failed is None else ("dead" if failed.dead else "pending"),
+            None if failed is None else failed.error,
+            None if failed is None else failed.retry_in,
+            keep_seconds,
+        )
 
-        return await self._with_connection(run, retry=False)
+        async def run(conn: Connection) -> Any:
+            if failed is None:
+                return await conn.fetchrow(_SETTLE, *args)
+            async with conn.transaction():
+                # The subscription row first, as fan-out, replay and remove lock it before
+                # deliveries: one lock order, no deadlock.
+                await conn.execute(
+                    "UPDATE webhooks SET last_error = $1 WHERE id ="
+                    " (SELECT webhook_id FROM webhook_deliveries WHERE id = $2)",
+                    failed.error,
+                    failed.id,
+                )
+                return await conn.fetchrow(_SETTLE, *args)
+
+        done, failures, rest = await self._with_connection(run, retry=False)
+        if not delivered and failed is None:
+            return bool(rest)
+        return bool(done == len(delivered) and failures == (0 if failed is None else 1))
 
     async def prune_deliveries(self, older_than_seconds: float) -> int:
         async def run(conn: Connection) -> int:
