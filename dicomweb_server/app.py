@@ -21,6 +21,7 @@ from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.derived_cache import DerivedCache
+from dicomweb_server.services.events import ChangeFeedService, EventWorker
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retention import Maintenance
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
@@ -244,11 +245,14 @@ def create_app(settings: Settings) -> Starlette:
             render=render,
             delete=deleter,
             audit=audit,
+            changefeed=ChangeFeedService(index, settings.root_url),
         )
         maintenance.start()
+        events = EventWorker.start_from_settings(index, settings)  # study.stable, webhooks
         try:
             yield
         finally:
+            await events.stop()
             await maintenance.stop()
             await authenticator.aclose()
             await audit.stop()  # queued events and open roll-ups are written first

@@ -26,6 +26,7 @@ ENV_PREFIX = "DICOMWEB_"
 _AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENCH_")
 
 Positive = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 # Credentials DICOMWEB_AUTH may combine, in their canonical order
@@ -188,6 +189,17 @@ class Settings(BaseSettings):
     audit_syslog_certfile: str = ""  # tls://: this server's client certificate (mutual TLS)
     audit_syslog_keyfile: str = ""  # tls://: its private key (empty: in the certificate file)
     audit_syslog_queue_limit: Positive = 10_000  # unsent syslog messages kept; older dropped
+    # Events: the change feed and webhooks (services/events.py, services/webhook_delivery.py).
+    # Every server process delivers, coordinated through the index: nothing else to run.
+    study_stable_seconds: PositiveFloat = 60.0  # no new instance this long: one study.stable
+    webhook_timeout: PositiveFloat = 10.0  # seconds a receiver may take to answer a delivery
+    webhook_max_age: Positive = 86_400  # seconds a delivery is retried, then dead-lettered
+    webhook_retry_seconds: PositiveFloat = 2.0  # first retry; doubled each time (jittered), ≤ 1 h
+    webhook_concurrency: Positive = 8  # deliveries in flight per process
+    # Let every webhook target loopback, link-local and cloud metadata addresses (refused
+    # otherwise, unless the webhook was added with --allow-private)
+    webhook_allow_private: bool = False
+    events_poll_seconds: PositiveFloat = 1.0  # how often each process looks for work to do
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -35,12 +35,14 @@ from dicomweb_server.index.api_keys import (
 from dicomweb_server.index.audit_postgres import PostgresAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.events_postgres import PostgresEventLog
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_delete import PostgresLifecycle
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search
+from dicomweb_server.index.webhooks_postgres import PostgresWebhookLedger
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
 
@@ -144,7 +146,9 @@ async def _apply_migrations(conn: Connection) -> list[int]:
     return applied
 
 
-class PostgresInstanceIndex(PostgresLifecycle, PostgresAuditLog):
+class PostgresInstanceIndex(
+    PostgresLifecycle, PostgresAuditLog, PostgresEventLog, PostgresWebhookLedger
+):
     """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes.
 
     Deletion, restore, rejections and holds (issue 18) live in index/postgres_delete.py.

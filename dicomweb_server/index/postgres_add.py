@@ -21,6 +21,7 @@ from dicomweb_server.index.aggregates import (
 )
 from dicomweb_server.index.base import AddOutcome
 from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.events_postgres import append_created
 
 if TYPE_CHECKING:
     from dicomweb_server.index.postgres import Connection
@@ -75,10 +76,12 @@ class _InstanceValues:
         record = self.record
         new = NewInstance(record, self.blob_key, self.size, self.digest)
         text, values = _insert("instances", "site, sop_instance_uid", instance_row(self.site, new))
-        if await conn.fetchval(text, *values) is None:
+        instance_id = await conn.fetchval(text, *values)
+        if instance_id is None:
             raise _Rollback(await self._existing_outcome(conn))
         series_created = await self._count_into_series(conn)
         await self._count_into_study(conn, series_created)
+        await append_created(conn, self.site, [(record, instance_id)])  # the outbox, last
 
     async def _existing_outcome(self, conn: Connection) -> AddOutcome:
         """The SOP Instance UID is taken (and committed): is it this very instance?"""

@@ -20,6 +20,7 @@ from dicomweb_server.index.aggregates import (
 )
 from dicomweb_server.index.base import AddOutcome
 from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.events_postgres import append_created
 from dicomweb_server.index.postgres_add import _RowVanishedError, count_into_study
 
 if TYPE_CHECKING:
@@ -94,6 +95,16 @@ async def add_batch(
             by_study.setdefault(new.record.study_instance_uid, []).append(new.record)
     for study in sorted(by_study):
         await count_into_study(conn, site, by_study[study], new_series.get(study, 0))
+    # The outbox, last (it holds the event counter until COMMIT): in the order sent.
+    await append_created(
+        conn,
+        site,
+        [
+            (new.record, inserted[new.record.sop_instance_uid])
+            for position, new in enumerate(instances)
+            if outcomes[position] is AddOutcome.CREATED
+        ],
+    )
     return outcomes
 
 

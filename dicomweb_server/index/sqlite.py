@@ -38,10 +38,12 @@ from dicomweb_server.index.api_keys import (
 from dicomweb_server.index.audit_sqlite import SqliteAuditLog
 from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
+from dicomweb_server.index.events_sqlite import SqliteEventLog, append_created
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search
 from dicomweb_server.index.sqlite_delete import SqliteLifecycle
+from dicomweb_server.index.webhooks_sqlite import SqliteWebhookLedger
 
 __all__ = ["SqliteInstanceIndex"]
 
@@ -60,7 +62,7 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog):
+class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, SqliteWebhookLedger):
     """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both.
 
     Deletion, restore, rejections and holds (issue 18) live in index/sqlite_delete.py.
@@ -458,11 +460,14 @@ def _add_batch(
     row, then the aggregates.
 
     An instance that is not CREATED writes nothing (`_add_in_transaction` decides before its
-    first write), so the others' rows commit as if each had been added alone.
+    first write), so the others' rows commit as if each had been added alone. The created
+    ones' events (the outbox) are written last, in the same transaction.
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        outcomes = [_add_in_transaction(conn, site, new) for new in instances]
+        created: list[tuple[InstanceRecord, int]] = []
+        outcomes = [_add_in_transaction(conn, site, new, created) for new in instances]
+        append_created(conn, site, created)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
@@ -470,8 +475,14 @@ def _add_batch(
     return outcomes
 
 
-def _add_in_transaction(conn: sqlite3.Connection, site: str, new: NewInstance) -> AddOutcome:
-    """Judge the instance, then write its row and count it into its series and study."""
+def _add_in_transaction(
+    conn: sqlite3.Connection,
+    site: str,
+    new: NewInstance,
+    created: list[tuple[InstanceRecord, int]],
+) -> AddOutcome:
+    """Judge the instance, then write its row and count it into its series and study; a
+    created one is appended to `created` with its row id."""
     record = new.record
     existing = conn.execute(
         "SELECT study_instance_uid, series_instance_uid, digest FROM instances"
@@ -517,10 +528,14 @@ def _add_in_transaction(conn: sqlite3.Connection, site: str, new: NewInstance) -
                 record.series_instance_uid,
             ),
         )
-    _insert(conn, "instances", instance_row(site, new))
+    created.append((record, _insert(conn, "instances", instance_row(site, new))))
     return AddOutcome.CREATED
 
 
-def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> None:
+def _insert(conn: sqlite3.Connection, table: str, row: dict[str, Any]) -> int:
+    """Insert `row`; its id."""
     marks = ", ".join("?" * len(row))
-    conn.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values()))
+    cursor = conn.execute(
+        f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", tuple(row.values())
+    )
+    return int(cursor.lastrowid or 0)

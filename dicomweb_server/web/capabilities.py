@@ -164,6 +164,18 @@ _OPERATIONS: dict[str, Operation] = {
         (200, 400, 401, 403, 406),
         ("patient", "study", "user", "site", "since", "until", "_count", "_cursor"),
     ),
+    # Not PS3.18 ("-"): Microsoft's DICOM change feed, as its DICOM service defines it
+    "read_change_feed": Operation(
+        "Read Change Feed",
+        "-",
+        (),
+        (JSON,),
+        (200, 400, 406),
+        ("offset", "limit", "startTime", "endTime", "includemetadata"),
+    ),
+    "read_latest_change_feed": Operation(
+        "Read Latest Change Feed", "-", (), (JSON,), (200, 204, 400, 406), ("includemetadata",)
+    ),
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dicomweb_server.web import audit, delete, rendered, retrieve, search, store
+from dicomweb_server.web import audit, changefeed, delete, rendered, retrieve, search, store
 from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
@@ -62,6 +62,12 @@ ROUTES += [
 
 # The audit trail as FHIR R4 AuditEvent resources (not PS3.18; issue 17): needs the admin role
 ROUTES += [Route("/audit", audit.search_audit_events, methods=["GET"])]
+
+# Change feed (not PS3.18: Microsoft's DICOM service's, plus Site); issue 20
+ROUTES += [
+    Route("/changefeed", changefeed.read_change_feed, methods=["GET"]),
+    Route("/changefeed/latest", changefeed.read_latest_change_feed, methods=["GET"]),
+]
 
 # Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a
 # 405 whose Allow header lists every method of the path. Generated from the lines above.

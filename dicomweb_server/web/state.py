@@ -8,6 +8,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.events import ChangeFeedService
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -30,3 +31,4 @@ class AppState:
     render: RenderService
     delete: DeleteService
     audit: AuditService
+    changefeed: ChangeFeedService

@@ -110,7 +110,7 @@ def test_every_route_handler_is_described() -> None:
     resources = describe_routes(ROUTES)
     routed = {(r.path, m) for r in resources for m in r.operations}
     assert ("/studies", "POST") in routed and ("/studies", "GET") in routed
-    assert len(routed) == 31  # 24 PS3.18 transactions, DELETE and reject (18), audit (17)
+    assert len(routed) == 33  # 24 PS3.18, DELETE and reject (18), audit (17), change feed (20)
 
 
 async def test_options_on_the_root_is_wadl_by_default(client: httpx.AsyncClient) -> None:
