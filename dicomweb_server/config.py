@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     default_query_limit: Positive = 1000
     max_query_limit: Positive = 10_000
     max_query_offset: NonNegative = 10_000_000
+    # QIDO-RS on attributes without an index column (issue 15): they are matched in stored
+    # DICOM JSON, which may scan every row; past this many seconds such a search stops with a
+    # 413 asking for a narrower query (PostgreSQL statement_timeout, SQLite progress handler).
+    qido_scan_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # Request bounds against slow or many clients (hostile input hardening)
     body_timeout: Positive = 60  # seconds to wait for the next chunk of a request body, else 408
     request_timeout: Positive = 3600  # seconds a request may run before it is cut off

@@ -36,6 +36,7 @@ async def _search(request: Request, level: Level) -> Response:
         default_limit=settings.default_query_limit,
         max_limit=settings.max_query_limit,
         max_offset=settings.max_query_offset,
+        scan_timeout=settings.qido_scan_timeout,
     )
     outcome = await state.search.search(query, settings.root_url)
     # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
