@@ -14,6 +14,7 @@ from dicomweb_server.domain.attributes import (
     COMPUTED_TAGS,
     MATCH_KEYS,
     MAX_MATCH_SEQUENCE_DEPTH,
+    MULTI_VALUE_COLUMNS,
     NESTED_MATCH_KEYS,
     Level,
     attribute_by_tag,
@@ -181,8 +182,15 @@ def parse_query(
             if key.tag == 0x0020000E and series_instance_uid is not None:
                 continue
             match = _parse_match(key.tag, key.column, key.vr, value)
-            if match is not None:
-                matches.append(replace(match, path=key.path, stored=key.stored))
+            if match is None:
+                continue
+            if match.column in MULTI_VALUE_COLUMNS and match.kind is not MatchKind.SINGLE:
+                # A wildcard must match one item's value, not the items' values joined in the
+                # column: match it in the stored sequence instead.
+                match = replace(match, column="", path=path, stored=_stored_level(path[0]))
+            elif key.path:
+                match = replace(match, path=key.path, stored=key.stored)
+            matches.append(match)
     if fuzzy:
         warnings.append(
             "fuzzymatching: person names match case- and accent-insensitively and by"
@@ -265,6 +273,11 @@ def _key(path: tuple[int, ...], level: Level) -> _Key | str:
     if vr in BINARY_VRS:
         return f"{unsupported}: a binary value"
     return _Key(tag, vr, "", path, None if stored is None else stored.level)
+
+
+def _stored_level(tag: int) -> Level | None:
+    stored = attribute_by_tag(tag)
+    return None if stored is None else stored.level
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -309,6 +309,21 @@ async def test_sequence_matching_on_request_attributes(client: httpx.AsyncClient
     assert (await client.get("/series", params={"00400275.00401001": "RP"})).json() == []
 
 
+async def test_issue15_qido_wildcard_matches_one_request_attributes_item(
+    client: httpx.AsyncClient,
+) -> None:
+    """Not the items' values as the column joins them: `RP-2*` matches the second item."""
+    tagged = ct_dataset(patient_id="SEQ-W")
+    first, second = Dataset(), Dataset()
+    first.RequestedProcedureID, second.RequestedProcedureID = "RP_1", "RP-2"
+    tagged.RequestAttributesSequence = Sequence([first, second])
+    await _store(client, [tagged, ct_dataset(patient_id="SEQ-W")])
+    for value in ("RP-2*", "*_1", "RP?2"):
+        rows = (await client.get("/series", params={"00400275.00401001": value})).json()
+        assert [r["0020000E"]["Value"][0] for r in rows] == [tagged.SeriesInstanceUID], value
+    assert (await client.get("/series", params={"00400275.00401001": "*1\\RP*"})).json() == []
+
+
 async def test_includefield_at_study_level_reads_a_representative_instance(client, corpus) -> None:  # type: ignore[no-untyped-def]
     rows = await _search(
         client, "/studies", {"StudyInstanceUID": corpus["s3"], "includefield": "00280101"}

@@ -323,3 +323,14 @@ def test_issue15_unindexed_date_and_time_do_not_merge_into_a_datetime_range() ->
 def test_issue15_scan_timeout_travels_with_the_query() -> None:
     assert q().scan_timeout == 5.0
     assert q(scan_timeout=0.25).scan_timeout == 0.25
+
+
+def test_issue15_wildcard_on_a_joined_sequence_column_matches_in_the_stored_items() -> None:
+    (match,) = q(("00400275.00401001", "RP-2*"), level=Level.SERIES).matches
+    assert (match.indexed, match.path, match.stored) == (
+        False,
+        (0x00400275, 0x00401001),
+        Level.SERIES,
+    )
+    (match,) = q(("00400275.00401001", "RP-2"), level=Level.SERIES).matches
+    assert match.column == "requested_procedure_id"
