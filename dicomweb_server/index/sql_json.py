@@ -8,7 +8,7 @@ PS3.4 C.2.2.2 for its VR, as an indexed key's column does (index/sql.py).
 
 Parsing JSON is the cost, so each condition starts with a byte search of the raw document for
 what a match must contain: the key's tags and, where the value is a literal, its JSON-escaped
-text. Only documents holding them are parsed (SQLite's json_each, PostgreSQL's jsonb through
+text. Only documents holding them are parsed (SQLite's json_each, PostgreSQL's json through
 `dicomweb_json` of migration 005). Values are always bound; tags are hex digits we format.
 """
 
@@ -71,7 +71,7 @@ def _values(dialect: Dialect, document: str, path: tuple[int, ...]) -> str:
     parts = []
     for depth, key in enumerate(keys):
         alias = "v" if depth == len(keys) - 1 else f"q{depth}"
-        parts.append(f"jsonb_array_elements({current} -> '{key}' -> 'Value') AS {alias}(value)")
+        parts.append(f"json_array_elements({current} -> '{key}' -> 'Value') AS {alias}(value)")
         current = f"{alias}.value"
     return " CROSS JOIN LATERAL ".join(parts)
 
@@ -90,11 +90,11 @@ def _text(dialect: Dialect, vr: str) -> str:
         )
     # COLLATE "C": bytewise like the columns (migration 001), whatever the database's locale.
     if vr == "PN":
-        return "(v.value ->> 'Alphabetic') COLLATE \"C\""
+        return "(v.value ->> 'Alphabetic') COLLATE \"C\""  # NULL unless an object
     if vr:
-        return "(CASE jsonb_typeof(v.value) WHEN 'string' THEN v.value #>> '{}' END) COLLATE \"C\""
+        return "(CASE json_typeof(v.value) WHEN 'string' THEN v.value #>> '{}' END) COLLATE \"C\""
     return (
-        "(CASE jsonb_typeof(v.value) WHEN 'object' THEN v.value ->> 'Alphabetic'"
+        "(CASE json_typeof(v.value) WHEN 'object' THEN v.value ->> 'Alphabetic'"
         " ELSE v.value #>> '{}' END) COLLATE \"C\""
     )
 
@@ -113,7 +113,10 @@ def _predicate(dialect: Dialect, match: Match, fuzzy: bool, bind: Bind) -> str:
                 int(match.values[0]) if match.vr in INTEGER_VRS else float(match.values[0])
             )
             return f"v.type IN ('integer', 'real') AND v.value = {bind(number)}"
-        return f"v.value = to_jsonb(CAST({bind(match.values[0])} AS text)::numeric)"
+        return (
+            "CASE json_typeof(v.value) WHEN 'number' THEN (v.value #>> '{}')::numeric END"
+            f" = CAST({bind(match.values[0])} AS text)::numeric"
+        )
     text = _text(dialect, match.vr)
     values = match.values
     if match.vr == "PN":

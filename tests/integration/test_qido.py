@@ -627,8 +627,9 @@ async def test_issue15_qido_key_through_a_non_sequence_is_400(client, ai_cases) 
 
 async def test_issue15_qido_unindexed_search_survives_nul_in_stored_json(client) -> None:  # type: ignore[no-untyped-def]
     broken = _ai_dataset(patient_id="NUL", station="A\x00B", cohort="x\x00y")
+    escaped = _ai_dataset(patient_id="NUL", cohort="ends\\u0000")  # a backslash, not a NUL
     fine = _ai_dataset(patient_id="NUL", cohort="cohort-NUL")
-    await _store(client, [broken, fine])
+    await _store(client, [broken, escaped, fine])
     assert await _found(client, "/studies", {"00091001": "cohort-NUL"}) == [fine.StudyInstanceUID]
     assert await _found(client, "/studies", {"PatientID": "NUL", "PatientAge": "045Y"}) != []
 

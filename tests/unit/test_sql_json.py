@@ -77,7 +77,7 @@ def test_issue15_numbers_compare_as_numbers() -> None:
     _, params = _condition(_match("SliceThickness", "1.50"))
     assert 1.5 in params
     text, params = _condition(_match("SliceThickness", "1.50"), "postgres")
-    assert "::numeric" in text and "1.50" in params
+    assert "::numeric" in text and "1.50" in params and "json_typeof" in text
 
 
 def test_issue15_search_sql_orders_indexed_before_unindexed_and_names_them() -> None:
