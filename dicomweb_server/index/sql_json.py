@@ -153,9 +153,14 @@ def _escaped(text: str) -> bytes:
 
 def _needles(match: Match, fuzzy: bool) -> list[bytes]:
     """Byte strings every matching document contains: the key's tags, and a literal of the
-    value when there is one (each value is a JSON string; unknown VRs may be numbers)."""
+    value when there is one (a JSON string's text, or a number's; unknown VRs may be either)."""
     needles = [b'"' + tag_hex(tag).encode() + b'"' for tag in match.path]
-    if match.vr in _NUMERIC_VRS or (fuzzy and match.vr == "PN"):
+    if match.vr in INTEGER_VRS:
+        return [*needles, str(int(match.values[0])).encode()]
+    if match.vr in DECIMAL_VRS:
+        # orjson wrote the stored float (DS, FL, FD) as its shortest repr: equal floats, equal text.
+        return [*needles, orjson.dumps(float(match.values[0]))]
+    if fuzzy and match.vr == "PN":
         return needles
     quote = b'"' if match.vr else b""
     if match.kind is MatchKind.SINGLE:

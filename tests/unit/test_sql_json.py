@@ -45,7 +45,9 @@ def _needles(params: list[Any]) -> list[bytes]:
         ("OperatorsName", "*Jane", [b'"00081070"', b"Jane"]),  # PN: empty components may follow
         ("ImageComments", 'say "hi"\\', [b'"00204000"', b'"say \\"hi\\"\\\\"']),  # JSON-escaped
         ("00091001", "7.5", [b'"00091001"', b"7.5"]),  # unknown VR: may be a number
-        ("SliceThickness", "1.5", [b'"00180050"']),  # numbers: the key only
+        ("SliceThickness", "1.50", [b'"00180050"', b"1.5"]),  # as orjson writes the float
+        ("SliceThickness", "70", [b'"00180050"', b"70.0"]),
+        ("Rows", "+0512", [b'"00280010"', b"512"]),
         ("ImageType", "A,B", [b'"00080008"']),
         ("AcquisitionDate", "20240101-", [b'"00080022"']),
         ("AnatomicRegionSequence.CodeValue", "T1", [b'"00082218"', b'"00080100"', b'"T1"']),
