@@ -121,6 +121,16 @@ async def _qido(root: str, plans: list[Any], repeat: int) -> dict[str, dict[str,
     return out
 
 
+async def _server_version(database_url: str) -> str:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return str(await conn.fetchval("SHOW server_version")).split()[0]
+    finally:
+        await conn.close()
+
+
 def render_scale(document: dict[str, Any]) -> str:
     """The scale results as a markdown table: one column per step."""
     steps = document["steps"]
@@ -215,7 +225,7 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         "format": "dicomweb-server-bench-scale/1",
         "meta": {
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "description": f"{sizes.describe()} on embedded PostgreSQL 16 + SeaweedFS S3",
+            "description": f"{sizes.describe()} on embedded PostgreSQL + SeaweedFS S3",
             "cpus": os.cpu_count(),
             "workers": workers,
             "load_before": round(load_before, 2),
@@ -235,6 +245,10 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
 
     with contextlib.ExitStack() as stack:
         env = stack.enter_context(postgres_and_s3())
+        version = await _server_version(env["DICOMWEB_DATABASE_URL"])
+        document["meta"]["description"] = (
+            f"{sizes.describe()} on embedded PostgreSQL {version} + SeaweedFS S3"
+        )
         server = stack.enter_context(our_server("scale", workdir, workers=workers, env=env))
         async with client.new_session() as session:
             reqs = client.stow_requests(ct_files, 50)
