@@ -177,9 +177,9 @@ def parse_query(
                 if value:
                     warnings.append(key)
                 continue
-            if key.tag == 0x0020000D and study_instance_uid is not None:
+            if path == (0x0020000D,) and study_instance_uid is not None:
                 continue  # the path already scopes the study
-            if key.tag == 0x0020000E and series_instance_uid is not None:
+            if path == (0x0020000E,) and series_instance_uid is not None:
                 continue
             match = _parse_match(key.tag, key.column, key.vr, value)
             if match is None:
@@ -275,9 +275,10 @@ def _key(path: tuple[int, ...], level: Level) -> _Key | str:
     return _Key(tag, vr, "", path, None if stored is None else stored.level)
 
 
-def _stored_level(tag: int) -> Level | None:
+def _stored_level(tag: int) -> Level:
     stored = attribute_by_tag(tag)
-    return None if stored is None else stored.level
+    assert stored is not None, tag  # the sequences of NESTED_MATCH_KEYS are stored
+    return stored.level
 
 
 def _non_negative(name: str, value: str) -> int:

@@ -334,3 +334,21 @@ def test_issue15_wildcard_on_a_joined_sequence_column_matches_in_the_stored_item
     )
     (match,) = q(("00400275.00401001", "RP-2"), level=Level.SERIES).matches
     assert match.column == "requested_procedure_id"
+
+
+def test_issue15_a_uid_inside_a_sequence_is_matched_even_under_a_study_path() -> None:
+    query = q(("ReferencedStudySequence.StudyInstanceUID", "1.2"), study_instance_uid="1.3")
+    (match,) = query.matches
+    assert match.path == (0x00081110, 0x0020000D)
+
+
+def test_path_scoped_uids_offset_bound_and_includefield_all() -> None:
+    query = q(
+        ("SeriesInstanceUID", "1.2"),
+        ("includefield", "all"),
+        level=Level.INSTANCE,
+        series_instance_uid="1.2",
+    )
+    assert query.matches == () and query.include_all
+    with pytest.raises(InvalidQueryError, match="offset"):
+        q(("offset", "11"), max_offset=10)
