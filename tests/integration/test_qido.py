@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from conftest import BASE
 from dicomfiles import ct_dataset, multipart_body, to_part10, uid
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -13,6 +12,8 @@ from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
 
 pytestmark = pytest.mark.asyncio
+
+BASE = "http://testserver/dicomweb"  # as the `client` fixture's (tests/integration/conftest.py)
 
 
 @pytest.fixture
