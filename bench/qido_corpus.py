@@ -90,7 +90,7 @@ class QidoSizes:
         return (self.studies + 1) // 2
 
     def key(self) -> str:
-        return f"{self.studies}-{self.instances_per_series}-{self.studies_per_day}-v1"
+        return f"{self.studies}-{self.instances_per_series}-{self.studies_per_day}-v2"
 
     def describe(self) -> str:
         return (
@@ -196,6 +196,9 @@ def _template_dataset() -> Dataset:
     ds.PatientName = _P_NAME
     ds.PatientBirthDate = "19700101"
     ds.PatientSex = "O"
+    # Study attributes without an index column (issue 15: QIDO on any attribute).
+    ds.PatientAge = "045Y"
+    ds.PatientWeight = "70.5"
     ds.StudyDate = _P_DATE
     ds.StudyTime = "101500"
     ds.AccessionNumber = _P_ACCESSION

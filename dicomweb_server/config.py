@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     default_query_limit: Positive = 1000
     max_query_limit: Positive = 10_000
     max_query_offset: NonNegative = 10_000_000
+    # QIDO-RS on attributes without an index column (issue 15): they are matched in stored
+    # DICOM JSON, which may scan every row; past this many seconds such a search stops with a
+    # 413 asking for a narrower query (PostgreSQL statement_timeout, SQLite progress handler).
+    qido_scan_timeout: Annotated[float, Field(gt=0, le=3600)] = 5.0
     # Request bounds against slow or many clients (hostile input hardening)
     max_request_header_bytes: Annotated[int, Field(ge=4096)] = 64 << 10  # else 431
     max_request_headers: Positive = 100  # header lines per request, else 431

@@ -11,16 +11,20 @@ from pydicom import datadict
 from dicomweb_server.errors import InvalidQueryError
 
 __all__ = [
+    "BINARY_VRS",
     "COMPUTED_TAGS",
     "LEVEL_ATTRIBUTES",
     "MATCH_KEYS",
+    "MAX_MATCH_SEQUENCE_DEPTH",
     "MULTI_VALUE_COLUMNS",
     "NESTED_MATCH_KEYS",
     "Attribute",
     "Level",
     "attribute_by_tag",
+    "is_data_set_tag",
     "keyword_for_tag",
     "level_of_tag",
+    "matching_vr",
     "resolve_tag",
     "tag_hex",
 ]
@@ -83,12 +87,15 @@ _ATTRIBUTES: tuple[Attribute, ...] = (
     _a("SeriesInstanceUID", _SE, "series_instance_uid"),
     _a("SeriesDate", _SE),
     _a("SeriesTime", _SE),
-    _a("BodyPartExamined", _SE),
+    # What AI tools select cases by (issue 15): the General Series and General Equipment
+    # modules (PS3.3 C.7.3.1, C.7.5.1) are series-level, so these are series columns.
+    _a("BodyPartExamined", _SE, "body_part_examined"),
     _a("Laterality", _SE),
-    _a("Manufacturer", _SE),
-    _a("InstitutionName", _SE),
-    _a("StationName", _SE),
-    _a("ProtocolName", _SE),
+    _a("Manufacturer", _SE, "manufacturer"),
+    _a("ManufacturerModelName", _SE, "manufacturer_model_name"),
+    _a("InstitutionName", _SE, "institution_name"),
+    _a("StationName", _SE, "station_name"),
+    _a("ProtocolName", _SE, "protocol_name"),
     _a("PerformedProcedureStepStartDate", _SE, "performed_procedure_step_start_date"),
     _a("PerformedProcedureStepStartTime", _SE, "performed_procedure_step_start_time"),
     _a("RequestAttributesSequence", _SE),
@@ -139,6 +146,13 @@ COMPUTED_TAGS: dict[int, Level] = {
     0x00201209: _SE,  # NumberOfSeriesRelatedInstances
 }
 
+# Sequence matching on any attribute (PS3.18 8.3.4.1 `Sequence.Attribute`) reaches at most this
+# many sequences deep: `Seq.Attr` and `Seq.Seq.Attr`; deeper keys are answered with a warning.
+MAX_MATCH_SEQUENCE_DEPTH = 2
+
+# Values of these VRs are bulk or binary (InlineBinary / BulkDataURI in DICOM JSON): never matched.
+BINARY_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
 _BY_TAG: dict[int, Attribute] = {a.tag: a for a in _ATTRIBUTES}
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 _KEYWORD_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
@@ -175,3 +189,30 @@ def level_of_tag(tag: int) -> Level | None:
     if attr is not None:
         return attr.level
     return COMPUTED_TAGS.get(tag)
+
+
+def is_data_set_tag(tag: int) -> bool:
+    """Whether `tag` can name an attribute of a stored data set (PS3.5 7.1, 7.8).
+
+    Command (0000) and file meta (0002) groups, group lengths, item and delimiter tags
+    (FFFE) and the reserved private elements (gggg,0001-000F) are not attributes of one.
+    """
+    group, element = tag >> 16, tag & 0xFFFF
+    if group in (0x0000, 0x0002, 0xFFFE) or element == 0:
+        return False
+    return not (group & 1 and 0x0001 <= element <= 0x000F)
+
+
+def matching_vr(tag: int) -> str:
+    """The VR whose matching rules apply to `tag`; "" when unknown (private data elements).
+
+    A private creator (gggg,0010-00FF) is LO; of a dictionary's alternatives ("US or SS")
+    the first decides; a private or unknown tag has no VR until a data set gives it one.
+    """
+    group, element = tag >> 16, tag & 0xFFFF
+    if group & 1:
+        return "LO" if 0x0010 <= element <= 0x00FF else ""
+    try:
+        return str(datadict.dictionary_VR(tag)).split(" or ")[0]
+    except KeyError:
+        return ""

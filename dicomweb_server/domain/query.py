@@ -6,21 +6,36 @@ import datetime
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from dicomweb_server.domain.attributes import (
+    BINARY_VRS,
+    COMPUTED_TAGS,
     MATCH_KEYS,
+    MAX_MATCH_SEQUENCE_DEPTH,
+    MULTI_VALUE_COLUMNS,
     NESTED_MATCH_KEYS,
-    Attribute,
     Level,
+    attribute_by_tag,
+    is_data_set_tag,
     keyword_for_tag,
+    matching_vr,
     resolve_tag,
 )
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.errors import InvalidQueryError
 
-__all__ = ["Match", "MatchKind", "Query", "fold_for_fuzzy", "like_pattern", "parse_query"]
+__all__ = [
+    "DECIMAL_VRS",
+    "INTEGER_VRS",
+    "Match",
+    "MatchKind",
+    "Query",
+    "fold_for_fuzzy",
+    "like_pattern",
+    "parse_query",
+]
 
 
 class MatchKind(StrEnum):
@@ -35,7 +50,14 @@ class MatchKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    """One matching key: `column` names the index column (attributes.Attribute.column)."""
+    """One matching key: `column` names the index column (attributes.Attribute.column).
+
+    A key without a column ("") is matched unindexed, in stored DICOM JSON: `path` leads from
+    a top-level attribute through sequence items to the matched one (any item, any value
+    matching), and `stored` is the level whose stored attributes hold `path[0]`, or None for
+    an attribute no level stores, matched in each instance's metadata. `vr` is "" when
+    unknown (private data elements): values then match as text, singly or by wildcard.
+    """
 
     tag: int
     column: str
@@ -48,6 +70,18 @@ class Match:
     time_column: str | None = None
     lower_time: str | None = None
     upper_time: str | None = None
+    path: tuple[int, ...] = ()
+    stored: Level | None = None
+
+    @property
+    def indexed(self) -> bool:
+        """Whether an index column answers this key (else it is matched in stored JSON)."""
+        return bool(self.column)
+
+    @property
+    def shown(self) -> str:
+        """The key as a client would write it (`Seq.Keyword`), for messages."""
+        return ".".join(keyword_for_tag(t) for t in self.path or (self.tag,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +99,16 @@ class Query:
     limit: int
     offset: int
     warnings: tuple[str, ...] = ()
+    # Seconds the index may spend on a search with unindexed keys before it gives up (413).
+    scan_timeout: float = 5.0
 
 
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})
 _RANGE_VRS = frozenset({"DA", "TM", "DT"})
+# Numbers in DICOM JSON (PS3.18 F.2.3): matched by value, single value matching only.
+INTEGER_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
+DECIMAL_VRS = frozenset({"DS", "FD", "FL"})
+_DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,30}\.?\d{0,30}|\.\d{1,30})(?:[eE][+-]?\d{1,3})?")
 _DATE_RE = re.compile(r"^\d{8}$")
 _TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _DATETIME_RE = re.compile(
@@ -92,6 +132,7 @@ def parse_query(
     default_limit: int = 1000,
     max_limit: int = 10_000,
     max_offset: int = 10_000_000,
+    scan_timeout: float = 5.0,
 ) -> Query:
     """Turn already percent-decoded query parameters into a Query; raise a 400 on bad input."""
     matches: list[Match] = []
@@ -127,28 +168,29 @@ def parse_query(
                     include.add(resolve_tag(item))
         else:
             path = tuple(resolve_tag(part) for part in name.split("."))
-            tag = path[-1] if len(path) > 1 else path[0]
             if path in seen_paths:
                 raise InvalidQueryError(f"matching key {name[:64]!r} is given more than once")
             seen_paths.add(path)
             include.add(path[0])
-            attribute: Attribute | None
-            if len(path) > 1:
-                attribute = NESTED_MATCH_KEYS.get((path[0], path[1])) if len(path) == 2 else None
-            else:
-                attribute = MATCH_KEYS.get(tag)
-            if attribute is None or attribute.level not in _LEVEL_SCOPE[level]:
+            key = _key(path, level)
+            if isinstance(key, str):
                 if value:
-                    shown = ".".join(keyword_for_tag(t) for t in path)
-                    warnings.append(f"{shown} is not supported for matching")
+                    warnings.append(key)
                 continue
-            if attribute.tag == 0x0020000D and study_instance_uid is not None:
+            if path == (0x0020000D,) and study_instance_uid is not None:
                 continue  # the path already scopes the study
-            if attribute.tag == 0x0020000E and series_instance_uid is not None:
+            if path == (0x0020000E,) and series_instance_uid is not None:
                 continue
-            match = _parse_match(attribute.tag, attribute.column or "", attribute.vr, value)
-            if match is not None:
-                matches.append(match)
+            match = _parse_match(key.tag, key.column, key.vr, value)
+            if match is None:
+                continue
+            if match.column in MULTI_VALUE_COLUMNS and match.kind is not MatchKind.SINGLE:
+                # A wildcard must match one item's value, not the items' values joined in the
+                # column: match it in the stored sequence instead.
+                match = replace(match, column="", path=path, stored=_stored_level(path[0]))
+            elif key.path:
+                match = replace(match, path=key.path, stored=key.stored)
+            matches.append(match)
     if fuzzy:
         warnings.append(
             "fuzzymatching: person names match case- and accent-insensitively and by"
@@ -166,7 +208,77 @@ def parse_query(
         limit=limit,
         offset=offset,
         warnings=tuple(warnings),
+        scan_timeout=scan_timeout,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """Where a matching key is matched: an index column, or a path into stored DICOM JSON."""
+
+    tag: int
+    vr: str
+    column: str = ""
+    path: tuple[int, ...] = ()
+    stored: Level | None = None
+
+
+_PLURAL = {Level.STUDY: "studies", Level.SERIES: "series", Level.INSTANCE: "instances"}
+_LEVEL_NOUN = {
+    Level.STUDY: "a study attribute",
+    Level.SERIES: "a series attribute",
+    Level.INSTANCE: "an instance attribute",
+}
+
+
+def _key(path: tuple[int, ...], level: Level) -> _Key | str:
+    """What `path` is matched against when searching at `level`, or a warning saying why not.
+
+    Index columns first (today's keys and two sequence keys); then attributes a level stores
+    (matched in its stored attributes, if that level is this one or above it, PS3.18
+    10.6.1.2); then any other attribute, in each instance's metadata (a study or series
+    matches when one of its instances does). Refused with a warning: tags that are no data
+    set attribute, values computed by the server, binary values, a sequence itself, and keys
+    nested deeper than MAX_MATCH_SEQUENCE_DEPTH sequences.
+    """
+    shown = ".".join(keyword_for_tag(t) for t in path)
+    unsupported = f"{shown} is not supported for matching"
+    if not all(is_data_set_tag(t) for t in path):
+        return f"{unsupported}: not an attribute of a stored data set"
+    scope = _LEVEL_SCOPE[level]
+    top, tag = path[0], path[-1]
+    if len(path) == 1 and top in MATCH_KEYS:
+        attribute = MATCH_KEYS[top]
+        if attribute.level not in scope:
+            return (
+                f"{unsupported}: a {attribute.level} attribute, and this searches {_PLURAL[level]}"
+            )
+        return _Key(attribute.tag, attribute.vr, attribute.column or "")
+    nested = NESTED_MATCH_KEYS.get((top, tag)) if len(path) == 2 else None
+    if nested is not None and nested.level in scope:
+        return _Key(nested.tag, nested.vr, nested.column or "")
+    if len(path) - 1 > MAX_MATCH_SEQUENCE_DEPTH:
+        return f"{unsupported}: sequences nested more than {MAX_MATCH_SEQUENCE_DEPTH} deep"
+    for parent in path[:-1]:
+        if matching_vr(parent) not in ("SQ", ""):
+            raise InvalidQueryError(f"{keyword_for_tag(parent)} in {shown[:128]} is not a sequence")
+    if top in COMPUTED_TAGS:
+        return f"{unsupported}: computed by the server"
+    stored = attribute_by_tag(top)
+    if stored is not None and stored.level not in scope:
+        return f"{unsupported}: {_LEVEL_NOUN[stored.level]}, and this searches {_PLURAL[level]}"
+    vr = matching_vr(tag)
+    if vr == "SQ":
+        return f"{unsupported}: a sequence matches by its items' attributes ({shown}.Keyword=value)"
+    if vr in BINARY_VRS:
+        return f"{unsupported}: a binary value"
+    return _Key(tag, vr, "", path, None if stored is None else stored.level)
+
+
+def _stored_level(tag: int) -> Level:
+    stored = attribute_by_tag(tag)
+    assert stored is not None, tag  # the sequences of NESTED_MATCH_KEYS are stored
+    return stored.level
 
 
 def _non_negative(name: str, value: str) -> int:
@@ -188,10 +300,20 @@ def _parse_match(tag: int, column: str, vr: str, value: str) -> Match | None:
         return Match(tag, column, vr, kind, uids)
     if vr in _RANGE_VRS:
         return _parse_range(tag, column, vr, value, shown)
-    if vr == "IS":
-        if not re.fullmatch(r"[+-]?\d{1,12}", value.strip()):
+    if vr in INTEGER_VRS:
+        if not re.fullmatch(r"[+-]?\d{1,20}", value.strip()) or (
+            column and len(value.strip().lstrip("+-")) > 12
+        ):
             raise InvalidQueryError(f"{shown} must be an integer, got {value[:32]!r}")
         return Match(tag, column, vr, MatchKind.SINGLE, (str(int(value)),))
+    if vr in DECIMAL_VRS:
+        if not _DECIMAL_RE.fullmatch(value.strip()):
+            raise InvalidQueryError(f"{shown} must be a decimal number, got {value[:32]!r}")
+        return Match(tag, column, vr, MatchKind.SINGLE, (value.strip(),))
+    if not vr and ("*" in value or "?" in value):  # unknown VR (private): text wildcards
+        if value.strip("*") == "":
+            return None
+        return Match(tag, column, vr, MatchKind.WILDCARD, (value,))
     if vr in _WILDCARD_VRS and ("*" in value or "?" in value):
         if value.strip("*") == "":
             return None  # "*" alone is universal matching
@@ -267,7 +389,7 @@ _DATE_TIME_PAIRS = (
 
 def _combine_date_time(matches: list[Match]) -> tuple[Match, ...]:
     """Merge a date range and a time range on the same level into one date-time range."""
-    by_column = {m.column: m for m in matches}
+    by_column = {m.column: m for m in matches if m.indexed}
     for date_column, time_column in _DATE_TIME_PAIRS:
         date, time = by_column.get(date_column), by_column.get(time_column)
         if date is None or time is None:

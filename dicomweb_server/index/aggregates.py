@@ -57,6 +57,12 @@ SERIES_TEXT_COLUMNS = (
     "performed_procedure_step_start_time",
     "requested_procedure_id",
     "scheduled_procedure_step_id",
+    "body_part_examined",
+    "protocol_name",
+    "manufacturer",
+    "manufacturer_model_name",
+    "station_name",
+    "institution_name",
 )
 
 # (attributes, ModalitiesInStudy, SOPClassesInStudy) of a study row.

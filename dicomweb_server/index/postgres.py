@@ -41,7 +41,7 @@ from dicomweb_server.index.postgres_delete import PostgresLifecycle
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
-from dicomweb_server.index.sql import build_search
+from dicomweb_server.index.sql import build_search, scan_budget_exceeded
 from dicomweb_server.index.webhooks_postgres import PostgresWebhookLedger
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -267,15 +267,25 @@ class PostgresInstanceIndex(
         ]
 
     async def search(self, query: Query) -> SearchPage:
-        sql = build_search(query, lambda n: f"${n}")
+        sql = build_search(query, "postgres")
         # Every match condition is ANDed, and the last two parameters are LIMIT and OFFSET: an
         # integer match value out of int4 range (IS allows 12 digits) cannot match any row.
         if any(isinstance(p, int) and not INT4_MIN <= p <= INT4_MAX for p in sql.params[:-2]):
             return SearchPage([], False)
         params = [as_text(p) if isinstance(p, str) else p for p in sql.params]
+        budget_ms = max(1, round(query.scan_timeout * 1000))
 
         async def run(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.text, *params)
+            if not sql.unindexed:
+                return await conn.fetch(sql.text, *params)
+            # Unindexed keys may scan: PostgreSQL itself cancels the statement once the budget
+            # is spent (and frees the connection), whatever happens to this client meanwhile.
+            try:
+                async with conn.transaction(readonly=True):
+                    await conn.execute(f"SET LOCAL statement_timeout = {budget_ms}")
+                    return await conn.fetch(sql.text, *params)
+            except asyncpg.exceptions.QueryCanceledError as exc:
+                raise scan_budget_exceeded(sql, query.scan_timeout) from exc
 
         rows = await self._with_connection(run)
         more = len(rows) > query.limit

@@ -13,10 +13,17 @@ from dicomweb_server.domain.attributes import (
     Level,
 )
 from dicomweb_server.domain.query import Match, MatchKind, Query, fold_for_fuzzy, like_pattern
+from dicomweb_server.errors import PayloadTooLargeError
+from dicomweb_server.index.sql_json import Dialect, json_condition
 
-__all__ = ["SearchSql", "build_search"]
+__all__ = ["Dialect", "SearchSql", "build_search", "scan_budget_exceeded"]
 
 _ALIAS = {Level.STUDY: "s", Level.SERIES: "se", Level.INSTANCE: "i"}
+_UID_COLUMN = {Level.STUDY: "study_instance_uid", Level.SERIES: "series_instance_uid"}
+_PLACEHOLDERS: dict[Dialect, Callable[[int], str]] = {
+    "sqlite": lambda n: "?",
+    "postgres": lambda n: f"${n}",
+}
 _FOLD_COLUMNS = frozenset({"patient_name", "referring_physician_name"})
 _COLUMN_ALIAS = {
     a.column: _ALIAS[a.level]
@@ -27,15 +34,21 @@ _COLUMN_ALIAS = {
 
 @dataclass(frozen=True, slots=True)
 class SearchSql:
-    """A statement and its bound parameters; fetches limit + 1 rows to detect more."""
+    """A statement and its bound parameters; fetches limit + 1 rows to detect more.
+
+    `unindexed` names the keys matched in stored JSON: a search with any may scan, and the
+    index bounds its time (qido_scan_timeout).
+    """
 
     text: str
     params: list[Any]
+    unindexed: tuple[str, ...] = ()
 
 
-def build_search(query: Query, placeholder: Callable[[int], str]) -> SearchSql:
-    """Build the search for `query`; `placeholder(n)` renders the n-th (1-based) parameter."""
+def build_search(query: Query, dialect: Dialect) -> SearchSql:
+    """Build the search for `query` in `dialect`'s SQL (placeholders, JSON functions)."""
     params: list[Any] = []
+    placeholder = _PLACEHOLDERS[dialect]
 
     def bind(value: Any) -> str:
         params.append(value)
@@ -73,7 +86,7 @@ def build_search(query: Query, placeholder: Callable[[int], str]) -> SearchSql:
         )
         order = "i.id"
     base = _ALIAS[level]
-    where = [f"{base}.site = {bind(query.site)}"]
+    where = [_site_condition(base, query, bind)]
     # The UIDs of the path constrain the searched table itself (every table carries its
     # parents' UIDs), so its own index serves them whatever the planner knows of the joins:
     # on `se.`/`s.` alone, a PostgreSQL without fresh statistics walked all instances by id.
@@ -82,13 +95,69 @@ def build_search(query: Query, placeholder: Callable[[int], str]) -> SearchSql:
     if query.series_instance_uid is not None:
         alias = "i" if level is Level.INSTANCE else "se"
         where.append(f"{alias}.series_instance_uid = {bind(query.series_instance_uid)}")
-    for match in query.matches:
+    indexed = [m for m in query.matches if m.indexed]
+    unindexed = [m for m in query.matches if not m.indexed]
+    for match in indexed:
         where.append(_condition(match, query.fuzzy, bind))
+    # Unindexed keys last: both planners evaluate the cheap indexed conditions (and the
+    # index that serves them) first, and JSON is parsed only for rows those let through.
+    where += _unindexed_conditions(query, unindexed, dialect, bind)
     text = (
         f"SELECT {select} FROM {source} WHERE {' AND '.join(where)}"
         f" ORDER BY {order} LIMIT {bind(query.limit + 1)} OFFSET {bind(query.offset)}"
     )
-    return SearchSql(text, params)
+    return SearchSql(text, params, tuple(m.shown for m in unindexed))
+
+
+def scan_budget_exceeded(sql: SearchSql, seconds: float) -> PayloadTooLargeError:
+    """The error of a search whose unindexed keys took longer than the scan budget.
+
+    413: PS3.18's search status codes give it for a search the origin server cannot answer,
+    which the user agent may repeat narrower ("the query was too broad"). The same request
+    would fail the same way again, so it is no 503 (unavailable); it is well-formed, so no
+    400. The reason says what would make it answerable.
+    """
+    keys = ", ".join(sql.unindexed)
+    return PayloadTooLargeError(
+        f"the query is too broad: {keys} {'is' if len(sql.unindexed) == 1 else 'are'} not"
+        f" indexed, and finding matches took longer than {seconds:g} s"
+        " (DICOMWEB_QIDO_SCAN_TIMEOUT); add an indexed key (PatientID, StudyDate,"
+        " AccessionNumber, Modality, BodyPartExamined, ...) to narrow it"
+    )
+
+
+def _site_condition(alias: str, query: Query, bind: Callable[[Any], str]) -> str:
+    """The site partition of the searched table (the one place a list of sites would go)."""
+    return f"{alias}.site = {bind(query.site)}"
+
+
+def _unindexed_conditions(
+    query: Query, matches: list[Match], dialect: Dialect, bind: Callable[[Any], str]
+) -> list[str]:
+    """Keys in stored JSON: a level's attributes, else the metadata of the level's instances.
+
+    Keys no level stores are matched in instance metadata, all in one EXISTS at the study or
+    series level, so that one instance of it holds every such value (a study with an instance
+    by station A of manufacturer B, not one instance of each). The EXISTS is correlated by
+    the searched row's own site and UID, and served by the instances' (site, study) and
+    (site, series) indexes.
+    """
+    conditions = [
+        json_condition(dialect, f"{_ALIAS[m.stored]}.attributes", m, query.fuzzy, bind)
+        for m in matches
+        if m.stored is not None
+    ]
+    in_metadata = [m for m in matches if m.stored is None]
+    if not in_metadata:
+        return conditions
+    if query.level is Level.INSTANCE:
+        return conditions + [
+            json_condition(dialect, "i.metadata", m, query.fuzzy, bind) for m in in_metadata
+        ]
+    base, uid = _ALIAS[query.level], _UID_COLUMN[query.level]
+    inner = [f"m.site = {base}.site", f"m.{uid} = {base}.{uid}"]
+    inner += [json_condition(dialect, "m.metadata", m, query.fuzzy, bind) for m in in_metadata]
+    return [*conditions, f"EXISTS (SELECT 1 FROM instances m WHERE {' AND '.join(inner)})"]
 
 
 def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:

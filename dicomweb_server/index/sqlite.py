@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
-from dicomweb_server.domain.query import Query
+from dicomweb_server.domain.query import Query, fold_for_fuzzy
 from dicomweb_server.domain.records import (
     InstanceRecord,
 )
@@ -41,7 +42,8 @@ from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_sqlite import SqliteEventLog, append_created
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
-from dicomweb_server.index.sql import build_search
+from dicomweb_server.index.sql import build_search, scan_budget_exceeded
+from dicomweb_server.index.sql_json import FOLD_FUNCTION
 from dicomweb_server.index.sqlite_delete import SqliteLifecycle
 from dicomweb_server.index.webhooks_sqlite import SqliteWebhookLedger
 
@@ -51,6 +53,7 @@ T = TypeVar("T")
 _READERS = 4
 _ITER_BATCH = 64
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
+_PROGRESS_STEPS = 1000  # VM steps between scan-budget checks (tens of microseconds)
 
 
 def _migrations() -> list[tuple[int, str]]:
@@ -157,10 +160,26 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
         return await self._write(lambda conn: _add_batch(conn, site, instances))
 
     async def search(self, query: Query) -> SearchPage:
-        sql = build_search(query, lambda n: "?")
+        sql = build_search(query, "sqlite")
 
         def run(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
-            return conn.execute(sql.text, sql.params).fetchall()
+            if not sql.unindexed:
+                return conn.execute(sql.text, sql.params).fetchall()
+            if not getattr(self._local, "fold", False):
+                conn.create_function(FOLD_FUNCTION, 1, _fold, deterministic=True)
+                self._local.fold = True
+            # Unindexed keys may scan: the progress handler (called every _PROGRESS_STEPS
+            # virtual machine steps) interrupts the statement once the budget is spent.
+            deadline = time.monotonic() + query.scan_timeout
+            conn.set_progress_handler(lambda: time.monotonic() > deadline, _PROGRESS_STEPS)
+            try:
+                return conn.execute(sql.text, sql.params).fetchall()
+            except sqlite3.OperationalError as exc:
+                if time.monotonic() > deadline:
+                    raise scan_budget_exceeded(sql, query.scan_timeout) from exc
+                raise
+            finally:
+                conn.set_progress_handler(None, 0)
 
         rows = await self._read(run)
         more = len(rows) > query.limit
@@ -451,6 +470,11 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
         self._writer.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         await asyncio.to_thread(close_all)
+
+
+def _fold(value: str | None) -> str | None:
+    """fold_for_fuzzy as an SQL function (person names in stored JSON, fuzzy matching)."""
+    return None if value is None else fold_for_fuzzy(value)
 
 
 def _add_batch(

@@ -24,7 +24,15 @@ from starlette.types import Receive, Scope, Send
 
 from dicomweb_server.codecs.video import VIDEO_MEDIA_TYPES
 from dicomweb_server.config import Settings
-from dicomweb_server.domain.attributes import MATCH_KEYS, Level
+from dicomweb_server.domain.attributes import (
+    BINARY_VRS,
+    LEVEL_ATTRIBUTES,
+    MATCH_KEYS,
+    MAX_MATCH_SEQUENCE_DEPTH,
+    NESTED_MATCH_KEYS,
+    Level,
+    keyword_for_tag,
+)
 from dicomweb_server.domain.documents import DOCUMENT_MEDIA_TYPES
 from dicomweb_server.domain.query import MatchKind, parse_query
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
@@ -39,6 +47,7 @@ __all__ = [
     "QueryKey",
     "Resource",
     "SyntaxSupport",
+    "any_attribute",
     "capabilities_routes",
     "describe",
     "describe_routes",
@@ -75,7 +84,8 @@ class Operation:
 
 
 def _search(name: str) -> Operation:
-    return Operation(name, "10.6", (), (_DICOM_JSON, JSON), (200, 400, 406), _QIDO_PARAMS)
+    """Search: 413 when unindexed keys could not be matched within qido_scan_timeout."""
+    return Operation(name, "10.6", (), (_DICOM_JSON, JSON), (200, 400, 406, 413), _QIDO_PARAMS)
 
 
 def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -> Operation:
@@ -267,13 +277,17 @@ def transfer_syntaxes() -> tuple[SyntaxSupport, ...]:
 
 @dataclass(frozen=True, slots=True)
 class QueryKey:
-    """A QIDO-RS matching key and the PS3.4 C.2.2.2 matching types `parse_query` gives it."""
+    """A QIDO-RS matching key and the PS3.4 C.2.2.2 matching types `parse_query` gives it.
+
+    `indexed`: an index column answers it; else it is matched in the level's stored JSON.
+    """
 
     keyword: str
     tag: str
     vr: str
     level: str
     matching: tuple[str, ...]
+    indexed: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -282,6 +296,7 @@ class QueryKey:
             "vr": self.vr,
             "level": self.level,
             "matching": list(self.matching),
+            "indexed": self.indexed,
         }
 
 
@@ -296,29 +311,53 @@ _PROBES: dict[str, tuple[str, ...]] = {
 
 @functools.cache
 def query_keys() -> tuple[QueryKey, ...]:
-    """Each match key, with matching types found by asking `parse_query` itself."""
+    """Each attribute a level indexes or stores, with the matching types `parse_query` gives
+    it (found by asking it); any other attribute is matched too, as `any_attribute` says."""
     keys = []
-    for attribute in sorted(MATCH_KEYS.values(), key=lambda a: (list(Level).index(a.level), a.tag)):
+    stored = [(a.keyword, f"{a.tag:08X}", a) for level in Level for a in LEVEL_ATTRIBUTES[level]]
+    stored += [
+        (a.keyword, f"{a.tag:08X}", a) for a in MATCH_KEYS.values() if a.level is Level.STUDY
+    ]
+    stored += [
+        (f"{keyword_for_tag(sequence)}.{a.keyword}", f"{sequence:08X}.{a.tag:08X}", a)
+        for (sequence, _), a in NESTED_MATCH_KEYS.items()
+    ]
+    seen: set[str] = set()
+    for keyword, tag, attribute in sorted(stored, key=lambda k: (_LEVELS[k[2].level], k[1])):
+        if tag in seen or attribute.vr in BINARY_VRS or attribute.vr == "SQ":
+            continue  # not matched themselves (a sequence matches through its items)
+        seen.add(tag)
         kinds = ["universal"]
         for kind, probes in _PROBES.items():
             for value in probes:
                 try:
-                    query = parse_query([(attribute.keyword, value)], Level.INSTANCE, "probe")
+                    query = parse_query([(keyword, value)], Level.INSTANCE, "probe")
                 except BadRequestError:
                     continue
                 if any(m.kind is kind for m in query.matches):
                     kinds.append(str(kind))
                     break
+        indexed = attribute.column is not None
         keys.append(
-            QueryKey(
-                attribute.keyword,
-                f"{attribute.tag:08X}",
-                attribute.vr,
-                str(attribute.level),
-                tuple(kinds),
-            )
+            QueryKey(keyword, tag, attribute.vr, str(attribute.level), tuple(kinds), indexed)
         )
     return tuple(keys)
+
+
+_LEVELS = {level: n for n, level in enumerate(Level)}
+
+
+def any_attribute(settings: Settings) -> dict[str, Any]:
+    """What QIDO-RS does with a key not among `query_keys` (issue 15)."""
+    return {
+        "matched": True,
+        "indexed": False,
+        "matchedIn": "instance metadata: a study or series matches when one of its instances does",
+        "privateTags": "by tag (gggg,eeee); text or wildcard matching, the VR being unknown",
+        "maxSequenceDepth": MAX_MATCH_SEQUENCE_DEPTH,
+        "scanTimeout": settings.qido_scan_timeout,
+        "scanTimeoutStatus": 413,
+    }
 
 
 def _limits(settings: Settings) -> dict[str, int | float]:
@@ -334,6 +373,7 @@ def _limits(settings: Settings) -> dict[str, int | float]:
         "default_query_limit",
         "max_query_limit",
         "max_query_offset",
+        "qido_scan_timeout",
         "body_timeout",
         "request_timeout",
         "max_concurrent_stores",
@@ -379,6 +419,7 @@ def describe(
         ],
         "transferSyntaxes": [s.to_json() for s in transfer_syntaxes()],
         "queryKeys": [k.to_json() for k in query_keys()],
+        "anyAttribute": any_attribute(settings),
         "limits": _limits(settings),
     }
 
@@ -407,13 +448,18 @@ def _wadl(document: dict[str, Any]) -> bytes:
             {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in syntax.items()},
         )
     for key in document["queryKeys"]:
-        ET.SubElement(
-            doc,
-            ours("queryKey"),
-            {k: ",".join(v) if isinstance(v, list) else v for k, v in key.items()},
-        )
+        ET.SubElement(doc, ours("queryKey"), {k: _xml_value(v) for k, v in key.items()})
+    ET.SubElement(
+        doc, ours("anyAttribute"), {k: _xml_value(v) for k, v in document["anyAttribute"].items()}
+    )
     for name, value in document["limits"].items():
         ET.SubElement(doc, ours("limit"), name=name, value=str(value))
+    indexed = [k["keyword"] for k in document["queryKeys"] if k["indexed"]]
+    match_keys = (
+        f"Indexed: {', '.join(indexed)}. Any other attribute, private tags (by tag) and"
+        f" sequence items (at most {document['anyAttribute']['maxSequenceDepth']} sequences"
+        " deep) are matched unindexed (queryKey and anyAttribute above)."
+    )
     root = ET.SubElement(app, q("resources"), base=document["base"] + "/")
     nodes: dict[str, ET.Element] = {"": root}
     for resource in document["resources"]:
@@ -440,7 +486,9 @@ def _wadl(document: dict[str, Any]) -> bytes:
             ET.SubElement(element, q("doc"), title=title)
             request = ET.SubElement(element, q("request"))
             for param in method["queryParameters"]:
-                ET.SubElement(request, q("param"), name=param, style="query")
+                param_node = ET.SubElement(request, q("param"), name=param, style="query")
+                if param == "{attributeID}":
+                    ET.SubElement(param_node, q("doc"), title="Matching keys").text = match_keys
             if method["produces"]:
                 accept = ET.SubElement(request, q("param"), name="Accept", style="header")
                 for media in method["produces"]:
@@ -453,6 +501,14 @@ def _wadl(document: dict[str, Any]) -> bytes:
                     for media in method["produces"]:
                         ET.SubElement(response, q("representation"), mediaType=media)
     return bytes(ET.tostring(app, encoding="utf-8", xml_declaration=True))
+
+
+def _xml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(value)
+    return str(value)
 
 
 def _negotiate(header: str | None) -> str:

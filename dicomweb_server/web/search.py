@@ -36,6 +36,7 @@ async def _search(request: Request, level: Level) -> Response:
         default_limit=settings.default_query_limit,
         max_limit=settings.max_query_limit,
         max_offset=settings.max_query_offset,
+        scan_timeout=settings.qido_scan_timeout,
     )
     outcome = await state.search.search(query, root_url_of(request))
     request.state.audit_results = len(outcome.rows)  # web/audit.py

@@ -95,10 +95,51 @@ def test_statement_transfer_syntaxes_match_the_codec_registry() -> None:
 
 def test_statement_query_keys_match_the_query_parser() -> None:
     expected = {
-        (k["keyword"], k["tag"], k["level"], k["vr"], ", ".join(k["matching"]))
+        (
+            k["keyword"],
+            k["tag"],
+            k["level"],
+            k["vr"],
+            ", ".join(k["matching"]),
+            _yes(k["indexed"]),
+        )
         for k in _document()["queryKeys"]
     }
-    assert {tuple(row[:5]) for row in _table("query-keys")} == expected
+    assert {tuple(row[:6]) for row in _table("query-keys")} == expected
+
+
+def test_issue15_capabilities_say_any_attribute_is_matched_unindexed() -> None:
+    document = describe(describe_routes(ROUTES), Settings(qido_scan_timeout=2.5))
+    indexed = {k["keyword"] for k in document["queryKeys"] if k["indexed"]}
+    assert {"BodyPartExamined", "Manufacturer", "StationName", "InstitutionName"} <= indexed
+    assert {"ManufacturerModelName", "ProtocolName", "ReferringPhysicianName"} <= indexed
+    assert {"PatientAge", "SeriesDate"} <= {
+        k["keyword"] for k in document["queryKeys"] if not k["indexed"]
+    }
+    anything = document["anyAttribute"]
+    assert (anything["matched"], anything["indexed"], anything["scanTimeout"]) == (
+        True,
+        False,
+        2.5,
+    )
+    assert anything["maxSequenceDepth"] == 2 and anything["scanTimeoutStatus"] == 413
+    search = next(r for r in document["resources"] if r["path"] == "/studies")
+    (get,) = (m for m in search["methods"] if m["name"] == "GET")
+    assert 413 in get["statuses"]
+
+
+async def test_issue15_wadl_describes_matching_keys_where_query_parameters_are(
+    client: httpx.AsyncClient,
+) -> None:
+    root = ET.fromstring((await client.options("/studies")).content)
+    params = root.findall(f".//{WADL_NS}param[@name='{{attributeID}}']")
+    assert params
+    text = params[0].findtext(f"{WADL_NS}doc") or ""
+    assert "BodyPartExamined" in text and "matched unindexed" in text
+    ours = "{urn:dicomweb-server:capabilities}"
+    assert root.find(f".//{ours}anyAttribute") is not None
+    key = root.find(f".//{ours}queryKey[@keyword='PatientAge']")
+    assert key is not None and key.get("indexed") == "false"
 
 
 def test_statement_limits_match_the_settings_defaults() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import socket
+import sqlite3
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import orjson
 import pytest
 import pytest_asyncio
 from index_cases import Built, InstanceFactory, TcpProxy
@@ -26,7 +28,9 @@ from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.errors import BackendUnavailableError
+from dicomweb_server.index.aggregates import instance_row, new_series_row, new_study_row
 from dicomweb_server.index.base import AddOutcome, InstanceIndex, SearchPage
+from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
 from dicomweb_server.index.sqlite import SqliteInstanceIndex
 
@@ -643,5 +647,107 @@ async def test_killed_connections_are_replaced(
         built = factory.make(generate_uid(), generate_uid())
         assert await add(index, built) is AddOutcome.CREATED
         assert await index.get_instance(key_of(built)) is not None
+    finally:
+        await index.close()
+
+
+# --- issue 15: migrations fill the new columns of rows stored before them -------------------
+
+_NEW_SERIES_COLUMNS = (
+    "body_part_examined",
+    "protocol_name",
+    "manufacturer",
+    "manufacturer_model_name",
+    "station_name",
+    "institution_name",
+)
+
+
+def _rows_as_stored_before(built: Built) -> list[tuple[str, dict[str, Any]]]:
+    """The study, series and instance rows of an instance as the previous schema held them."""
+    record = built.record
+    series = new_series_row(SITE, [record])
+    for column in _NEW_SERIES_COLUMNS:
+        del series[column]
+    attributes = orjson.loads(series["attributes"])
+    del attributes["00081090"]  # ManufacturerModelName: not a series attribute before
+    series["attributes"] = orjson.dumps(attributes)
+    new = NewInstance(record, built.blob_key, built.size, built.digest)
+    return [
+        ("studies", new_study_row(SITE, [record], 1)),
+        ("series", series),
+        ("instances", instance_row(SITE, new)),
+    ]
+
+
+async def _store_before_migration(
+    backend: Backend, tmp_path: Path, request: Any, rows: Any
+) -> None:
+    """Create the schema without this change's migration and write `rows` into it."""
+    if backend.name == "sqlite":
+        scripts = sorted(
+            (Path(dicomweb_server.__file__).parent / "index/migrations/sqlite").glob("*.sql")
+        )
+        conn = sqlite3.connect(tmp_path / "index.sqlite")
+        for script in scripts[:5]:
+            conn.executescript(script.read_text())
+        conn.execute("PRAGMA user_version = 5")
+        for table, row in rows:
+            marks = ", ".join("?" * len(row))
+            conn.execute(
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", list(row.values())
+            )
+        conn.commit()
+        conn.close()
+        return
+    pg = await asyncpg.connect(request.getfixturevalue("pg_database_url"))
+    try:
+        await pg.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY,"
+            " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for script in sorted(_PG_MIGRATIONS.glob("*.sql"))[:4]:
+            await pg.execute(script.read_text())
+            await pg.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                int(script.name[:3]),
+                script.stem[4:],
+            )
+        for table, row in rows:
+            marks = ", ".join(f"${n}" for n in range(1, len(row) + 1))
+            await pg.execute(
+                f"INSERT INTO {table} ({', '.join(row)}) VALUES ({marks})", *row.values()
+            )
+    finally:
+        await pg.close()
+
+
+async def test_issue15_migration_fills_new_columns_of_existing_rows(
+    backend: Backend, factory: InstanceFactory, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    ct = factory.make(generate_uid(), generate_uid(), modality="CT")
+    mr = factory.make(generate_uid(), generate_uid(), modality="MR")
+    rows = _rows_as_stored_before(ct) + _rows_as_stored_before(mr)
+    await _store_before_migration(backend, tmp_path, request, rows)
+    index = await backend.open()  # applies this change's migration
+    try:
+        for key, wanted, expected in (
+            ("Manufacturer", "GE MEDICAL SYSTEMS", ct),
+            ("ManufacturerModelName", "MRT50H1", mr),
+            ("StationName", "CT01_OC0", ct),
+            ("InstitutionName", "TOSHIBA", mr),
+        ):
+            page = await search(index, Level.SERIES, [(key, wanted)])
+            assert uids(page, "0020000E") == [expected.record.series_instance_uid], key
+        (row,) = (await search(index, Level.SERIES, [("ManufacturerModelName", "RHAPSODE")])).rows
+        assert value(row, "00081090") == ["RHAPSODE"]  # back among the returned attributes
+        assert value(row, "00080070") == ["GE MEDICAL SYSTEMS"]
+        page = await search(index, Level.SERIES, [("BodyPartExamined", "*")])  # universal
+        assert len(page.rows) == 2
+        # New instances of the old series keep working with the migrated rows.
+        later = factory.make(ct.record.study_instance_uid, ct.record.series_instance_uid)
+        assert await add(index, later) is AddOutcome.CREATED
+        (row,) = (await search(index, Level.SERIES, [("StationName", "CT01_OC0")])).rows
+        assert value(row, "00201209") == [2]
     finally:
         await index.close()

@@ -5,8 +5,15 @@ from __future__ import annotations
 import httpx
 import pytest
 from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+
+from dicomweb_server.app import create_app
+from dicomweb_server.config import Settings
 
 pytestmark = pytest.mark.asyncio
+
+BASE = "http://testserver/dicomweb"  # as the `client` fixture's (tests/integration/conftest.py)
 
 
 @pytest.fixture
@@ -199,7 +206,7 @@ async def test_percent_encoded_values_are_decoded_once(client, corpus) -> None: 
 
 
 async def test_unsupported_matching_key_warns(client, corpus) -> None:  # type: ignore[no-untyped-def]
-    response = await client.get("/studies", params={"PatientAge": "030Y"})
+    response = await client.get("/studies", params={"SOPInstanceUID": "1.2.3"})
     assert response.status_code == 200
     assert "not supported for matching" in response.headers["warning"]
 
@@ -303,6 +310,21 @@ async def test_sequence_matching_on_request_attributes(client: httpx.AsyncClient
     assert (await client.get("/series", params={"00400275.00401001": "RP"})).json() == []
 
 
+async def test_issue15_qido_wildcard_matches_one_request_attributes_item(
+    client: httpx.AsyncClient,
+) -> None:
+    """Not the items' values as the column joins them: `RP-2*` matches the second item."""
+    tagged = ct_dataset(patient_id="SEQ-W")
+    first, second = Dataset(), Dataset()
+    first.RequestedProcedureID, second.RequestedProcedureID = "RP_1", "RP-2"
+    tagged.RequestAttributesSequence = Sequence([first, second])
+    await _store(client, [tagged, ct_dataset(patient_id="SEQ-W")])
+    for value in ("RP-2*", "*_1", "RP?2"):
+        rows = (await client.get("/series", params={"00400275.00401001": value})).json()
+        assert [r["0020000E"]["Value"][0] for r in rows] == [tagged.SeriesInstanceUID], value
+    assert (await client.get("/series", params={"00400275.00401001": "*1\\RP*"})).json() == []
+
+
 async def test_includefield_at_study_level_reads_a_representative_instance(client, corpus) -> None:  # type: ignore[no-untyped-def]
     rows = await _search(
         client, "/studies", {"StudyInstanceUID": corpus["s3"], "includefield": "00280101"}
@@ -334,3 +356,304 @@ async def test_paging_while_storing_never_repeats_or_skips(client: httpx.AsyncCl
     assert len(seen) == len(set(seen))
     total = (await client.get("/studies", params={"PatientID": "PAGE"})).json()
     assert sorted(seen) == sorted(r["0020000D"]["Value"][0] for r in total)
+
+
+# --- issue 15: QIDO on any attribute ---------------------------------------------------------
+
+
+def _ai_dataset(
+    study: str | None = None,
+    series: str | None = None,
+    *,
+    body_part: str = "CHEST",
+    manufacturer: str = "ACME Medical",
+    model: str = "Scanner 9000",
+    station: str = "CT01",
+    institution: str = "General Hospital",
+    protocol: str = "Chest routine",
+    patient_age: str = "045Y",
+    slice_thickness: str = "1.25",
+    cohort: str = "cohort-A",
+    code: str = "T-D3000",
+    operator: str = "Operator^Olga",
+    acquisition_date: str = "20240115",
+    patient_id: str = "AI-1",
+) -> Dataset:
+    """A CT instance carrying what AI case selection filters on, indexed or not."""
+    ds = ct_dataset(study, series, patient_id=patient_id)
+    ds.BodyPartExamined = body_part
+    ds.Manufacturer = manufacturer
+    ds.ManufacturerModelName = model
+    ds.StationName = station
+    ds.InstitutionName = institution
+    ds.ProtocolName = protocol
+    ds.PerformedProcedureStepStartDate = "20240115"
+    ds.PatientAge = patient_age  # stored at study level, no column
+    ds.PatientWeight = "70.5"
+    ds.NameOfPhysiciansReadingStudy = "Müller^Jörg"
+    ds.SeriesDate = acquisition_date  # stored at series level, no column
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # instance level, multi-valued
+    ds.SliceThickness = slice_thickness  # no level stores it: instance metadata
+    ds.OperatorsName = operator
+    ds.AcquisitionDate = acquisition_date
+    block = ds.private_block(0x0009, "ACME 1.0", create=True)
+    block.add_new(0x01, "LO", cohort)
+    procedure = Dataset()
+    procedure.CodeValue, procedure.CodingSchemeDesignator = "P-1", "LOCAL"
+    ds.ProcedureCodeSequence = Sequence([procedure])  # stored at study level
+    other, region = Dataset(), Dataset()
+    other.CodeValue, region.CodeValue = "T-00000", code
+    ds.AnatomicRegionSequence = Sequence([other, region])  # any item matches
+    protocol_code = Dataset()
+    protocol_code.CodeValue = f"PC-{body_part}"
+    request = Dataset()
+    request.RequestedProcedureID = "RP-AI"
+    request.ScheduledProtocolCodeSequence = Sequence([protocol_code])
+    ds.RequestAttributesSequence = Sequence([request])  # two sequences deep below
+    return ds
+
+
+@pytest.fixture
+async def ai_cases(client: httpx.AsyncClient) -> dict[str, str]:
+    """Three studies that differ in every attribute AI case selection uses."""
+    chest = _ai_dataset(patient_id="AI-1")
+    head = _ai_dataset(
+        body_part="HEAD",
+        manufacturer="Other Corp",
+        model="Model S",
+        station="MR-7",
+        institution="City Clinic",
+        protocol="Brain_MRI",
+        patient_age="070Y",
+        slice_thickness="5",
+        cohort="cohort-B",
+        code="T-A0100",
+        operator="Doe^John^^^",
+        acquisition_date="20230601",
+        patient_id="AI-2",
+    )
+    plain = ct_dataset(patient_id="AI-3")  # none of them
+    await _store(client, [chest, head, plain])
+    return {
+        "chest": chest.StudyInstanceUID,
+        "head": head.StudyInstanceUID,
+        "plain": plain.StudyInstanceUID,
+        "chest_series": chest.SeriesInstanceUID,
+        "head_series": head.SeriesInstanceUID,
+    }
+
+
+async def _found(client: httpx.AsyncClient, path: str, params: dict[str, str]) -> list[str]:
+    """Study UIDs of a search's rows, checking no key was left unmatched."""
+    response = await client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    assert "not supported for matching" not in response.headers.get("warning", ""), response.headers
+    return sorted(row["0020000D"]["Value"][0] for row in response.json())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("BodyPartExamined", "HEAD", ["head"]),
+        ("ProtocolName", "Chest*", ["chest"]),
+        ("Manufacturer", "ACME Medical", ["chest"]),
+        ("ManufacturerModelName", "Model ?", ["head"]),
+        ("StationName", "CT01", ["chest"]),
+        ("InstitutionName", "*Clinic", ["head"]),
+        ("SeriesDescription", "Axial", ["chest", "head", "plain"]),
+        ("PerformedProcedureStepStartDate", "20240101-20240131", ["chest", "head"]),
+        ("00180015", "CHEST", ["chest"]),  # by tag
+    ],
+)
+async def test_issue15_qido_matches_each_indexed_series_key(  # type: ignore[no-untyped-def]
+    client, ai_cases, key, value, expected
+) -> None:
+    assert await _found(client, "/series", {key: value}) == sorted(ai_cases[k] for k in expected)
+    # Series keys also match at the instance level (PS3.18 10.6.1.2: levels above).
+    assert await _found(client, "/instances", {key: value}) == sorted(ai_cases[k] for k in expected)
+
+
+async def test_issue15_qido_matches_body_part_examined(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    rows = (await client.get("/series", params={"BodyPartExamined": "CHEST"})).json()
+    assert [r["0020000E"]["Value"][0] for r in rows] == [ai_cases["chest_series"]]
+    assert rows[0]["00180015"]["Value"] == ["CHEST"]
+    assert rows[0]["00081090"]["Value"] == ["Scanner 9000"]  # a returned series attribute now
+
+
+async def test_issue15_qido_matches_referring_physician_name(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    found = await _found(client, "/studies", {"ReferringPhysicianName": "Who"})
+    assert found == sorted(ai_cases[k] for k in ("chest", "head", "plain"))
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "value", "expected"),
+    [
+        ("/studies", "PatientAge", "070Y", ["head"]),  # study attributes, AS
+        ("/studies", "PatientWeight", "70.50", ["chest", "head"]),  # DS, by value
+        ("/studies", "NameOfPhysiciansReadingStudy", "Müller", ["chest", "head"]),  # PN
+        ("/studies", "NameOfPhysiciansReadingStudy", "M?ller^*", ["chest", "head"]),
+        ("/series", "SeriesDate", "20240101-", ["chest"]),  # series attributes, DA range
+        ("/series", "SeriesDate", "-20231231", ["head"]),
+        ("/instances", "ImageType", "AXIAL", ["chest", "head"]),  # any of several values
+        ("/instances", "ImageType", "ORIGINAL\\DERIVED", ["chest", "head"]),  # CS list
+        ("/instances", "SliceThickness", "1.25", ["chest"]),  # in metadata only, DS
+        ("/series", "SliceThickness", "5", ["head"]),  # a series with such an instance
+        ("/studies", "SliceThickness", "5.0", ["head"]),
+        ("/studies", "OperatorsName", "Doe^John", ["head"]),  # PN, trailing ^ ignored
+        ("/studies", "OperatorsName", "Operator", ["chest"]),  # family name component
+        ("/studies", "OperatorsName", "*John", ["head"]),
+        ("/studies", "AcquisitionDate", "20230101-20231231", ["head"]),
+        ("/studies", "AcquisitionDate", "20240115", ["chest"]),
+    ],
+)
+async def test_issue15_qido_matches_unindexed_attributes(  # type: ignore[no-untyped-def]
+    client, ai_cases, path, key, value, expected
+) -> None:
+    assert await _found(client, path, {key: value}) == sorted(ai_cases[k] for k in expected)
+
+
+async def test_issue15_qido_unindexed_person_name_fuzzy(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    params = {"NameOfPhysiciansReadingStudy": "muller^jorg", "fuzzymatching": "true"}
+    assert await _found(client, "/studies", params) == sorted([ai_cases["chest"], ai_cases["head"]])
+    params = {"OperatorsName": "doe*", "fuzzymatching": "true"}
+    assert await _found(client, "/studies", params) == [ai_cases["head"]]
+    assert await _found(client, "/studies", {"OperatorsName": "doe*"}) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("00091001", "cohort-B", ["head"]),
+        ("00091001", "cohort-*", ["chest", "head"]),
+        ("00090010", "ACME 1.0", ["chest", "head"]),  # its private creator, matched as LO
+    ],
+)
+async def test_issue15_qido_matches_private_tag(client, ai_cases, key, value, expected) -> None:  # type: ignore[no-untyped-def]
+    assert await _found(client, "/studies", {key: value}) == sorted(ai_cases[k] for k in expected)
+    assert await _found(client, "/instances", {"00090010": "ACME 1.0", key: value}) == sorted(
+        ai_cases[k] for k in expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "key", "value", "expected"),
+    [
+        ("/studies", "ProcedureCodeSequence.CodeValue", "P-1", ["chest", "head"]),  # stored
+        ("/studies", "00081032.00080100", "P-2", []),
+        ("/series", "AnatomicRegionSequence.CodeValue", "T-A0100", ["head"]),  # second item
+        ("/studies", "AnatomicRegionSequence.CodeValue", "T-D*", ["chest"]),
+        ("/instances", "AnatomicRegionSequence.CodeValue", "T-00000", ["chest", "head"]),
+        (
+            "/series",
+            "RequestAttributesSequence.ScheduledProtocolCodeSequence.CodeValue",
+            "PC-HEAD",
+            ["head"],
+        ),
+        ("/series", "RequestAttributesSequence.RequestedProcedureID", "RP-AI", ["chest", "head"]),
+    ],
+)
+async def test_issue15_qido_matches_sequence_items(  # type: ignore[no-untyped-def]
+    client, ai_cases, path, key, value, expected
+) -> None:
+    assert await _found(client, path, {key: value}) == sorted(ai_cases[k] for k in expected)
+
+
+async def test_issue15_qido_combines_indexed_and_unindexed_keys(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    params = {"PatientID": "AI-*", "PatientAge": "045Y", "SliceThickness": "1.25"}
+    assert await _found(client, "/studies", params) == [ai_cases["chest"]]
+    params = {"BodyPartExamined": "HEAD", "00091001": "cohort-A"}
+    assert await _found(client, "/series", params) == []
+    # Keys no level stores hold for one and the same instance of the study.
+    params = {"SliceThickness": "5", "00091001": "cohort-A"}
+    assert await _found(client, "/studies", params) == []
+
+
+async def test_issue15_qido_unindexed_matching_values_are_just_values(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    for value in ("x' OR '1'='1", '"}]', "%", "\\", "cohort_A"):
+        assert await _found(client, "/studies", {"00091001": value}) == []
+        assert await _found(client, "/studies", {"OperatorsName": value}) == []
+
+
+async def test_issue15_qido_paging_with_unindexed_filters_is_stable(  # type: ignore[no-untyped-def]
+    client,
+) -> None:
+    wanted = [_ai_dataset(patient_id="PG-U", patient_age="033Y") for _ in range(5)]
+    others = [_ai_dataset(patient_id="PG-U", patient_age="034Y") for _ in range(4)]
+    await _store(client, [ds for pair in zip(wanted, others, strict=False) for ds in pair])
+    await _store(client, wanted[4:])
+    seen: list[str] = []
+    for offset in range(0, 6, 2):
+        response = await client.get(
+            "/studies",
+            params={"PatientAge": "033Y", "limit": "2", "offset": str(offset)},
+        )
+        seen += [r["0020000D"]["Value"][0] for r in response.json()]
+        assert ("more results" in response.headers.get("warning", "")) == (
+            offset == 0 or offset == 2
+        )
+    assert sorted(seen) == sorted(ds.StudyInstanceUID for ds in wanted)
+    assert len(seen) == len(set(seen)) == 5
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "why"),
+    [
+        ("/studies", "Modality=CT", "a series attribute"),  # lower level: use /series
+        ("/studies", "NumberOfStudyRelatedInstances=3", "computed"),
+        ("/instances", "PixelData=1", "binary"),
+        ("/studies", "00100000=1", "not an attribute"),  # a group length
+        ("/series", "RequestAttributesSequence=x", "items"),
+        (
+            "/studies",
+            "ReferencedStudySequence.ReferencedSeriesSequence.ReferencedImageSequence"
+            ".ReferencedSOPInstanceUID=1.2",
+            "nested more than 2 deep",
+        ),
+    ],
+)
+async def test_issue15_qido_warning_remains_for_what_is_not_matched(  # type: ignore[no-untyped-def]
+    client, ai_cases, path, query, why
+) -> None:
+    response = await client.get(f"{path}?{query}")
+    assert response.status_code == 200
+    assert "not supported for matching" in response.headers["warning"]
+    assert why in response.headers["warning"]
+
+
+async def test_issue15_qido_key_through_a_non_sequence_is_400(client, ai_cases) -> None:  # type: ignore[no-untyped-def]
+    response = await client.get("/studies?PatientName.PatientID=1")
+    assert response.status_code == 400
+    assert "not a sequence" in response.json()["reason"]
+
+
+async def test_issue15_qido_unindexed_search_survives_nul_in_stored_json(client) -> None:  # type: ignore[no-untyped-def]
+    broken = _ai_dataset(patient_id="NUL", station="A\x00B", cohort="x\x00y")
+    escaped = _ai_dataset(patient_id="NUL", cohort="ends\\u0000")  # a backslash, not a NUL
+    fine = _ai_dataset(patient_id="NUL", cohort="cohort-NUL")
+    await _store(client, [broken, escaped, fine])
+    assert await _found(client, "/studies", {"00091001": "cohort-NUL"}) == [fine.StudyInstanceUID]
+    assert await _found(client, "/studies", {"PatientID": "NUL", "PatientAge": "045Y"}) != []
+
+
+async def test_issue15_qido_scan_budget_is_a_413(settings: Settings) -> None:
+    """A search that only unindexed keys can answer stops at DICOMWEB_QIDO_SCAN_TIMEOUT."""
+    application = create_app(settings.replace(qido_scan_timeout=0.000001))
+    async with application.router.lifespan_context(application):
+        transport = httpx.ASGITransport(app=application)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as http:
+            # Enough instances, each with a long text value, that no scan of their metadata
+            # ends before the first check of the budget (SQLite: 1,000 VM steps, PostgreSQL:
+            # statement_timeout of 1 ms).
+            bulky = []
+            for n in range(120):
+                ds = _ai_dataset(patient_id=f"BUDGET-{n}")
+                ds.ImageComments = "lorem ipsum " * 400
+                bulky.append(ds)
+            await _store(http, bulky)
+            response = await http.get("/studies", params={"SliceThickness": "99"})
+            assert response.status_code == 413, response.text
+            reason = response.json()["reason"]
+            assert "SliceThickness" in reason and "DICOMWEB_QIDO_SCAN_TIMEOUT" in reason
+            # Indexed keys are never held to the budget; the index still answers.
+            response = await http.get("/studies", params={"PatientID": "BUDGET-3"})
+            assert response.status_code == 200 and len(response.json()) == 1

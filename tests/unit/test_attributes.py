@@ -55,3 +55,30 @@ def test_lookups() -> None:
     assert level_of_tag(0x00180050) is None
     assert attribute_by_tag(0x00100020) is not None
     assert attribute_by_tag(0x12345678) is None
+
+
+def test_issue15_data_set_tags() -> None:
+    from dicomweb_server.domain.attributes import is_data_set_tag
+
+    assert is_data_set_tag(0x00100020) and is_data_set_tag(0x00091001)
+    assert is_data_set_tag(0x00090010)  # a private creator
+    for tag in (0x00000900, 0x00020010, 0x00100000, 0xFFFEE000, 0x00090001, 0x0009000F):
+        assert not is_data_set_tag(tag), hex(tag)
+
+
+def test_issue15_matching_vr() -> None:
+    from dicomweb_server.domain.attributes import matching_vr
+
+    assert matching_vr(0x00180015) == "CS"
+    assert matching_vr(0x00280106) == "US"  # "US or SS": the first decides
+    assert matching_vr(0x7FE00010) == "OB"
+    assert matching_vr(0x00090010) == "LO"  # private creator
+    assert matching_vr(0x00091001) == ""  # private: no VR until a data set gives one
+    assert matching_vr(0x00101234) == ""  # not in the dictionary
+
+
+def test_issue15_series_columns_for_ai_case_selection() -> None:
+    columns = {MATCH_KEYS[resolve_tag(k)].column for k in ("BodyPartExamined", "StationName")}
+    assert columns == {"body_part_examined", "station_name"}
+    assert attribute_by_tag(resolve_tag("ManufacturerModelName")) is not None
+    assert level_of_tag(resolve_tag("InstitutionName")) is Level.SERIES

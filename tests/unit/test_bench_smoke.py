@@ -101,6 +101,24 @@ def test_scale_report_renders_steps() -> None:
     assert "50.0 | 45.0" in text
 
 
+def test_issue15_scale_report_shows_unindexed_targets_and_413s() -> None:
+    scan = {"label": "Scan", "p50": 600.0, "p95": 800.0, "errors": 0, "statuses": [200]}
+    metadata = {"label": "Meta", "p50": 5000.0, "p95": 5100.0, "errors": 3, "statuses": [413]}
+    step = {
+        "instances": 300,
+        "stow_mb_s": 50.0,
+        "qido": {"qido.unindexed_study_scan": scan, "qido.unindexed_metadata_scan": metadata},
+    }
+    document = {
+        "meta": {"started": "now", "description": "d", "cpus": 2, "load_before": 0.5,
+                 "workers": 2},
+        "steps": [step],
+    }  # fmt: skip
+    text = render_scale(document)
+    assert "| Scan | 600.0 / 800.0 | p95 ≤ 1 s |" in text
+    assert "| Meta | 5000.0 / 5100.0 (3× 413) |  |" in text
+
+
 def test_round_rewrite_keeps_lengths() -> None:
     uid = f"{ROOT}.1000.1.1.1.7"
     data = b"\0" * 10 + uid.encode() + b"\0" * 10

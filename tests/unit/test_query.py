@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from dicomweb_server.domain.attributes import Level
-from dicomweb_server.domain.query import MatchKind, fold_for_fuzzy, like_pattern, parse_query
+from dicomweb_server.domain.query import Match, MatchKind, fold_for_fuzzy, like_pattern, parse_query
 from dicomweb_server.errors import InvalidIdentifierError, InvalidQueryError
 
 
@@ -132,8 +132,10 @@ def test_sequence_keys_by_keyword_or_tag_path() -> None:
 
 
 def test_unsupported_sequence_key_warns() -> None:
-    query = q(("ReferencedStudySequence.ReferencedSOPInstanceUID", "1.2"))
+    key = "ReferencedStudySequence.ReferencedSeriesSequence.ReferencedImageSequence.CodeValue"
+    query = q((key, "1.2"))
     assert query.matches == () and "not supported for matching" in query.warnings[0]
+    assert "nested more than 2 deep" in query.warnings[0]
 
 
 def test_date_and_time_ranges_combine_into_one_datetime_range() -> None:
@@ -156,3 +158,197 @@ def test_single_date_with_time_range_stays_separate() -> None:
 def test_fuzzy_matching_says_what_it_does() -> None:
     query = q(("fuzzymatching", "true"))
     assert query.fuzzy and "phonetic matching is not supported" in query.warnings[0]
+
+
+# --- issue 15: any attribute ------------------------------------------------------------------
+
+
+def _one(pair: tuple[str, str], level: Level = Level.STUDY) -> Match:
+    query = q(pair, level=level)
+    assert query.warnings == (), query.warnings
+    (match,) = query.matches
+    return match
+
+
+@pytest.mark.parametrize(
+    ("key", "column"),
+    [
+        ("BodyPartExamined", "body_part_examined"),
+        ("ProtocolName", "protocol_name"),
+        ("Manufacturer", "manufacturer"),
+        ("ManufacturerModelName", "manufacturer_model_name"),
+        ("StationName", "station_name"),
+        ("InstitutionName", "institution_name"),
+        ("SeriesDescription", "series_description"),
+    ],
+)
+def test_issue15_series_keys_have_index_columns(key: str, column: str) -> None:
+    match = _one((key, "X"), Level.SERIES)
+    assert (match.column, match.indexed, match.path) == (column, True, ())
+    assert _one((key, "X"), Level.INSTANCE).column == column  # and at the level below
+
+
+def test_issue15_stored_attribute_without_column_matches_in_its_level() -> None:
+    match = _one(("PatientAge", "045Y"))
+    assert (match.indexed, match.path, match.stored, match.vr) == (
+        False,
+        (0x00101010,),
+        Level.STUDY,
+        "AS",
+    )
+    assert _one(("SeriesDate", "20240101"), Level.INSTANCE).stored is Level.SERIES
+
+
+def test_issue15_attribute_no_level_stores_matches_in_metadata() -> None:
+    for level in Level:
+        match = _one(("SliceThickness", "1.5"), level)
+        assert (match.stored, match.path, match.kind) == (None, (0x00180050,), MatchKind.SINGLE)
+    assert 0x00180050 in q(("SliceThickness", "1.5")).include_tags
+
+
+def test_issue15_private_tags_match_as_text_or_wildcard() -> None:
+    match = _one(("00091001", "cohort-A"))
+    assert (match.vr, match.kind, match.stored, match.shown) == (
+        "",
+        MatchKind.SINGLE,
+        None,
+        "00091001",
+    )
+    assert _one(("00091001", "cohort-*")).kind is MatchKind.WILDCARD
+    assert q(("00091001", "*")).matches == ()  # universal
+    creator = _one(("00090010", "ACME 1.0"))
+    assert (creator.vr, creator.kind) == ("LO", MatchKind.SINGLE)
+
+
+@pytest.mark.parametrize(
+    ("pair", "kind", "values"),
+    [
+        (("PatientWeight", " 70.50 "), MatchKind.SINGLE, ("70.50",)),  # DS
+        (("PatientWeight", "-1e3"), MatchKind.SINGLE, ("-1e3",)),
+        (("ExposureTime", "+12"), MatchKind.SINGLE, ("12",)),  # IS
+        (("Rows", "512"), MatchKind.SINGLE, ("512",)),  # US, stored at instance level
+        (("ReferencedFrameNumber", "3"), MatchKind.SINGLE, ("3",)),  # IS, 1-n
+        (("OperatorsName", "Doe^J*"), MatchKind.WILDCARD, ("Doe^J*",)),  # PN
+        (("ImageComments", "a?c"), MatchKind.WILDCARD, ("a?c",)),  # LT
+        (("PatientAge", "04*"), MatchKind.SINGLE, ("04*",)),  # AS: no wildcards
+        (("ImageType", "AXIAL,LOCALIZER"), MatchKind.LIST, ("AXIAL", "LOCALIZER")),  # CS
+        (("FrameOfReferenceUID", "1.2\\1.3"), MatchKind.LIST, ("1.2", "1.3")),  # UI
+        (("AcquisitionDate", "20240101-"), MatchKind.RANGE, ()),
+        (("AcquisitionTime", "-1200"), MatchKind.RANGE, ()),
+        (("AcquisitionDateTime", "20240101120000-20240102"), MatchKind.RANGE, ()),
+    ],
+)
+def test_issue15_matching_rules_follow_the_vr(
+    pair: tuple[str, str], kind: MatchKind, values: tuple[str, ...]
+) -> None:
+    match = _one(pair, Level.INSTANCE)
+    assert (match.kind, match.values, match.indexed) == (kind, values, False)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        ("PatientWeight", "heavy"),
+        ("PatientWeight", "7*"),  # no wildcards on numbers
+        ("Rows", "1.5"),
+        ("ExposureTime", "123456789012345678901"),
+        ("AcquisitionDate", "2024*"),
+        ("AcquisitionDate", "20240231"),
+        ("FrameOfReferenceUID", "1.2.x"),
+    ],
+)
+def test_issue15_malformed_values_of_unindexed_keys_are_400(pair: tuple[str, str]) -> None:
+    with pytest.raises((InvalidQueryError, InvalidIdentifierError)):
+        q(pair, level=Level.INSTANCE)
+
+
+def test_issue15_integer_columns_keep_their_twelve_digit_bound() -> None:
+    assert _one(("ExposureTime", "1234567890123"), Level.INSTANCE).values == ("1234567890123",)
+    with pytest.raises(InvalidQueryError, match="integer"):
+        q(("InstanceNumber", "1234567890123"), level=Level.INSTANCE)
+
+
+def test_issue15_sequence_keys_through_any_sequence() -> None:
+    match = _one(("ProcedureCodeSequence.CodeValue", "P-1"))
+    assert (match.path, match.stored, match.vr) == ((0x00081032, 0x00080100), Level.STUDY, "SH")
+    match = _one(("00082218.00080100", "T-D3000"), Level.SERIES)  # AnatomicRegionSequence
+    assert (match.stored, match.shown) == (None, "AnatomicRegionSequence.CodeValue")
+    key = "RequestAttributesSequence.ScheduledProtocolCodeSequence.CodeValue"
+    match = _one((key, "PC-1"), Level.SERIES)
+    assert (len(match.path), match.stored) == (3, Level.SERIES)
+    match = _one(("00091010.00100020", "X"), Level.INSTANCE)  # through a private sequence
+    assert match.path == (0x00091010, 0x00100020)
+    assert _one(("00091010.00091001", "x*")).vr == ""
+
+
+def test_issue15_a_key_through_a_non_sequence_is_400() -> None:
+    with pytest.raises(InvalidQueryError, match=r"PatientName in PatientName\.PatientID"):
+        q(("PatientName.PatientID", "x"))
+
+
+@pytest.mark.parametrize(
+    ("key", "level", "why"),
+    [
+        ("00100000", Level.STUDY, "not an attribute"),  # group length
+        ("00020010", Level.STUDY, "not an attribute"),  # file meta
+        ("00000900", Level.STUDY, "not an attribute"),  # command
+        ("FFFEE000", Level.STUDY, "not an attribute"),  # item
+        ("00090005", Level.STUDY, "not an attribute"),  # reserved private element
+        ("ProcedureCodeSequence.00100000", Level.STUDY, "not an attribute"),
+        ("NumberOfStudyRelatedInstances", Level.STUDY, "computed"),
+        ("SOPClassesInStudy", Level.STUDY, "computed"),
+        ("PixelData", Level.INSTANCE, "binary"),
+        ("RedPaletteColorLookupTableData", Level.INSTANCE, "binary"),
+        ("ProcedureCodeSequence", Level.STUDY, "items"),
+        ("Manufacturer", Level.STUDY, "a series attribute, and this searches studies"),
+        ("ImageType", Level.SERIES, "an instance attribute, and this searches series"),
+        ("RequestAttributesSequence.RequestedProcedureID", Level.STUDY, "a series attribute"),
+    ],
+)
+def test_issue15_what_is_not_matched_still_warns(key: str, level: Level, why: str) -> None:
+    query = q((key, "1"), level=level)
+    assert query.matches == ()
+    (warning,) = query.warnings
+    assert "not supported for matching" in warning and why in warning
+    assert q((key, ""), level=level).warnings == ()  # universal matching says nothing
+
+
+def test_issue15_unindexed_date_and_time_do_not_merge_into_a_datetime_range() -> None:
+    matches = q(
+        ("SeriesDate", "20240101-20240102"), ("SeriesTime", "1000-1200"), level=Level.SERIES
+    )
+    assert {m.kind for m in matches.matches} == {MatchKind.RANGE}
+
+
+def test_issue15_scan_timeout_travels_with_the_query() -> None:
+    assert q().scan_timeout == 5.0
+    assert q(scan_timeout=0.25).scan_timeout == 0.25
+
+
+def test_issue15_wildcard_on_a_joined_sequence_column_matches_in_the_stored_items() -> None:
+    (match,) = q(("00400275.00401001", "RP-2*"), level=Level.SERIES).matches
+    assert (match.indexed, match.path, match.stored) == (
+        False,
+        (0x00400275, 0x00401001),
+        Level.SERIES,
+    )
+    (match,) = q(("00400275.00401001", "RP-2"), level=Level.SERIES).matches
+    assert match.column == "requested_procedure_id"
+
+
+def test_issue15_a_uid_inside_a_sequence_is_matched_even_under_a_study_path() -> None:
+    query = q(("ReferencedStudySequence.StudyInstanceUID", "1.2"), study_instance_uid="1.3")
+    (match,) = query.matches
+    assert match.path == (0x00081110, 0x0020000D)
+
+
+def test_path_scoped_uids_offset_bound_and_includefield_all() -> None:
+    query = q(
+        ("SeriesInstanceUID", "1.2"),
+        ("includefield", "all"),
+        level=Level.INSTANCE,
+        series_instance_uid="1.2",
+    )
+    assert query.matches == () and query.include_all
+    with pytest.raises(InvalidQueryError, match="offset"):
+        q(("offset", "11"), max_offset=10)
