@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
     # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.
     gc_young_threshold: NonNegative = 20_000
+    # Bulk import (dicomweb-server import): zip bombs are stopped by the expanded size of one
+    # archive member and of a whole archive, checked against the declared sizes and counted
+    # while reading; files up to the spool bound are read in one read and kept in memory.
+    import_max_member_bytes: Positive = 4 << 30
+    import_max_archive_bytes: Positive = 64 << 30
+    import_spool_memory_bytes: NonNegative = 16 << 20
 
     @field_validator("log_level", mode="before")
     @classmethod
