@@ -8,13 +8,13 @@ import argparse
 import os
 import sys
 
-from dicomweb_server.cli import export, import_, maintenance, serve
+from dicomweb_server.cli import export, import_, integrity, maintenance, serve
 from dicomweb_server.config import Settings, SettingsError, unknown_variables
 from dicomweb_server.serve.logs import configure_logging
 
 __all__ = ["main"]
 
-_COMMANDS = (serve, maintenance, import_, export)
+_COMMANDS = (serve, maintenance, import_, export, integrity)
 
 
 def _parser() -> argparse.ArgumentParser:
