@@ -119,7 +119,7 @@ async def interruptible(command: str, stop: Callable[[], None]) -> AsyncIterator
         try:
             loop.add_signal_handler(number, interrupted)
             installed.append(number)
-        except (NotImplementedError, RuntimeError):  # not the main thread, or not Unix
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, not Unix
             pass
     try:
         yield
