@@ -4,7 +4,6 @@ server's studies through the STOW pipeline, resumes after an interruption, and r
 from __future__ import annotations
 
 import asyncio
-import gc
 import io
 import json
 import os
@@ -16,7 +15,6 @@ import subprocess
 import sys
 import tarfile
 import time
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -138,10 +136,7 @@ async def test_issue19_import_dicomdir_imports_the_files_it_references(
         ds.StudyID = "1"
         file_set.add(ds)
     file_set.write(media)
-    with warnings.catch_warnings():  # FileSet keeps a staging TemporaryDirectory until collected
-        warnings.simplefilter("ignore", ResourceWarning)
-        del file_set
-        gc.collect()
+    file_set._stage["t"].cleanup()  # its staging TemporaryDirectory, else a ResourceWarning
     referenced = sorted(p for p in media.rglob("*") if p.is_file() and p.name != "DICOMDIR")
     referenced[-1].unlink()  # referenced, but missing
     (media / "PT000000").rename(media / "pt000000")  # media mounted lower-case
