@@ -86,8 +86,12 @@ def _encode(record: Dataset) -> bytes:
 
 
 def _filled(ds: Dataset) -> Dataset:
-    """A shallow copy of `ds` whose Type 1 record keys have values."""
-    source = Dataset(ds)
+    """A copy of `ds` (its elements shared, not its mapping) whose Type 1 record keys have
+    values; `ds` itself is left as it is."""
+    source = Dataset()
+    source.update(ds)
+    if hasattr(ds, "file_meta"):
+        source.file_meta = ds.file_meta
     for keyword, value in _PLACEHOLDERS.items():
         if keyword not in source or source[keyword].VM == 0:
             setattr(source, keyword, value)
