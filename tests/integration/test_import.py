@@ -41,6 +41,10 @@ def _series(count_: int, *, study: str | None = None, patient: str = "PAT-1", ro
     return [to_part10(ds) for ds in datasets]
 
 
+def _files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
 def _zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> None:
     with zipfile.ZipFile(path, "w", compression=method) as archive:
         for name, data in members.items():
@@ -137,7 +141,7 @@ async def test_issue19_import_dicomdir_imports_the_files_it_references(
         file_set.add(ds)
     file_set.write(media)
     file_set._stage["t"].cleanup()  # its staging TemporaryDirectory, else a ResourceWarning
-    referenced = sorted(p for p in media.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    referenced = [p for p in _files(media) if p.name != "DICOMDIR"]
     referenced[-1].unlink()  # referenced, but missing
     (media / "PT000000").rename(media / "pt000000")  # media mounted lower-case
     (media / "EXTRA").write_bytes(_series(1)[0])  # next to it, not referenced
@@ -149,6 +153,10 @@ async def test_issue19_import_dicomdir_imports_the_files_it_references(
     walked = await run_cli(capsys, "import", media)  # walking the folder imports EXTRA too
     assert [count(walked.out, label) for label in ("stored", "identical", "failed")] == [1, 2, 1]
     assert await _instances(client) == 3
+    archive = tmp_path / "media.zip"  # the same set in a zip: its DICOMDIR is checked too
+    _zip(archive, {p.relative_to(media).as_posix(): p.read_bytes() for p in _files(media)})
+    zipped = await run_cli(capsys, "import", archive)
+    assert [count(zipped.out, label) for label in ("identical", "failed", "DICOMDIRs")] == [3, 1, 1]
 
 
 @pytest.mark.parametrize("backend", ["embedded"], indirect=True)
