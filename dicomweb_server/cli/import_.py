@@ -9,6 +9,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
@@ -172,6 +173,9 @@ async def _import(
     error = ""
     try:
         async with opened_backends(settings) as backends:
+            # Time counts from here, as a server's STOW rate does not count its start-up
+            # (opening an S3 client loads botocore's models: a second of CPU).
+            stats.started = time.monotonic()
             store = StoreService(backends.index, backends.blobs, parse_limits(settings))
             service = ImportService(store, site, journal=journal, listener=report, stats=stats)
             drawing = asyncio.create_task(progress.run())

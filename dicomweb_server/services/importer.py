@@ -224,10 +224,6 @@ class ImportService:
         self._stop.set()
         self.stats.stopped_early = True
 
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
     async def run(self, items: AsyncIterator[ImportItem], *, depth: int, batch: int) -> None:
         """Store every item until the source ends or `stop()`; raise what stopped the pipeline.
 
