@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="server workers (0: one per core)")
     parser.add_argument("--jobs", type=int, default=0, help="import --jobs (0: its default)")
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL + S3")
+    parser.add_argument("--no-embedded", action="store_true", help="skip SQLite + files")
     args = parser.parse_args(argv)
 
     corpus = load_corpus(CorpusSizes(ct_slices=args.slices), CACHE)
@@ -176,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     (REPO / ".bench").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="import-vs-stow-", dir=REPO / ".bench") as tmp:
         workdir = Path(tmp)
-        results["embedded (SQLite + files)"] = _measure_pair(
-            "embedded", {}, files, workdir, args.rounds, args.workers, args.jobs, 100
-        )
+        if not args.no_embedded:
+            results["embedded (SQLite + files)"] = _measure_pair(
+                "embedded", {}, files, workdir, args.rounds, args.workers, args.jobs, 100
+            )
         if not args.no_pg:
             with _production_env() as env:
                 if env is not None:

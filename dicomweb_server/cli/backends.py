@@ -53,7 +53,7 @@ def add_common(parser: Any, *, site_help: str, jobs: bool = True) -> None:
             "--jobs",
             type=int,
             default=None,
-            help=f"instances in flight (default: the CPU count, here {default_jobs()})",
+            help=f"parallel jobs (default: the CPU count, here {default_jobs()})",
         )
     parser.add_argument(
         "--progress-every",

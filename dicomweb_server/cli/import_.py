@@ -228,8 +228,9 @@ async def _files(
     scan = threading.Thread(target=scan_totals, args=(paths, stats, stop_scan), daemon=True)
     scan.start()
     try:
-        items = iter_file_items(paths, limits, journal, queue_size=jobs)
-        await service.run(items, depth=jobs, batch=settings.store_index_batch)
+        depth = settings.store_pipeline_depth
+        items = iter_file_items(paths, limits, journal, queue_size=jobs * depth)
+        await service.run(items, lanes=jobs, depth=depth, batch=settings.store_index_batch)
     finally:
         stop_scan.set()
 
@@ -260,7 +261,12 @@ async def _pull(
     async with source:
         studies = await source.list_studies(query)
         stats.studies_total = len(studies)
-        await service.run(source.iter_items(studies), depth=jobs, batch=settings.store_index_batch)
+        await service.run(
+            source.iter_items(studies),
+            lanes=jobs,
+            depth=settings.store_pipeline_depth,
+            batch=settings.store_index_batch,
+        )
 
 
 async def _parts(

@@ -1,10 +1,10 @@
 """Bulk import: items (files, archive members, pulled parts) through the STOW store pipeline.
 
-Sources yield `ImportItem`s in order; the ones holding bytes go through the same
-`StoreRequest` as a STOW request (same validation, duplicates, conflicts), `depth` parts in
-flight and indexed `batch` at a time. The pipeline reports outcomes strictly in the order
-parts were added, which is how each outcome finds its item. Counters live in `ImportStats`
-for a caller to show; nothing here prints.
+Sources yield `ImportItem`s in order; the ones holding bytes go through `StoreRequest`s
+like STOW requests (same validation, duplicates, conflicts), several at once, each with
+`depth` parts in flight and indexing `batch` at a time. A pipeline reports outcomes strictly
+in the order its parts were added, which is how each outcome finds its item. Counters live
+in `ImportStats` for a caller to show; nothing here prints.
 """
 
 from __future__ import annotations
@@ -113,28 +113,35 @@ OutcomeListener = Callable[[str, Outcome, str], None]  # label, outcome, reason
 
 
 class _OutcomeIndex:
-    """The index, noting each add's outcome by SOP Instance UID (stored or identical)."""
+    """The index, noting each add's outcome, so an instance reported stored can be told
+    created or identical. Outcomes are kept per task: each store pipeline adds and reports
+    its own batches in its own task, while the others' batches interleave."""
 
     def __init__(self, index: InstanceIndex) -> None:
         self._index = index
-        self.outcomes: dict[str, deque[AddOutcome]] = {}
-
-    def _note(self, instances: Sequence[NewInstance], outcomes: list[AddOutcome]) -> None:
-        for new, outcome in zip(instances, outcomes, strict=True):
-            self.outcomes.setdefault(new.record.sop_instance_uid, deque()).append(outcome)
+        self._outcomes: dict[object, deque[tuple[str, AddOutcome]]] = {}
 
     def take(self, sop_instance_uid: str) -> AddOutcome | None:
-        queue = self.outcomes.get(sop_instance_uid)
-        if not queue:
+        """The oldest outcome this task noted for the SOP Instance UID (and forget it)."""
+        noted = self._outcomes.get(asyncio.current_task())
+        if not noted:
             return None
-        outcome = queue.popleft()
-        if not queue:
-            del self.outcomes[sop_instance_uid]
-        return outcome
+        for position, (sop, outcome) in enumerate(noted):
+            if sop == sop_instance_uid:
+                del noted[position]
+                return outcome
+        return None
+
+    def forget_task(self) -> None:
+        self._outcomes.pop(asyncio.current_task(), None)
 
     async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
         outcomes = await add_instances(self._index, site, instances)
-        self._note(instances, outcomes)
+        noted = self._outcomes.setdefault(asyncio.current_task(), deque())
+        noted.extend(
+            (new.record.sop_instance_uid, outcome)
+            for new, outcome in zip(instances, outcomes, strict=True)
+        )
         return outcomes
 
     async def add_instance(
@@ -183,7 +190,9 @@ class _OutcomeIndex:
 class _Result(StowResult):
     """A StowResult that hands each outcome on instead of keeping it (memory stays flat)."""
 
-    def __init__(self, on_stored: Callable[[str], None], on_failed: Callable[[int, str], None]):
+    def __init__(
+        self, on_stored: Callable[[str], None], on_failed: Callable[[str, int, str], None]
+    ) -> None:
         super().__init__()
         self._on_stored = on_stored
         self._on_failed = on_failed
@@ -194,11 +203,24 @@ class _Result(StowResult):
         self._on_stored(sop_instance_uid)
 
     def add_failed(self, sop_class_uid: str, sop_instance_uid: str, reason: int, text: str) -> None:
-        self._on_failed(reason, text)
+        self._on_failed(sop_instance_uid, reason, text)
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One store pipeline and the items it holds, in the order it reports their outcomes."""
+
+    queue: asyncio.Queue[ImportItem | None]
+    in_flight: deque[ImportItem] = field(default_factory=deque)
+    trusted: bool = True  # False once it failed: its outcomes no longer map to items
 
 
 class ImportService:
-    """Runs one import: items in, outcomes counted, journaled and handed to a listener."""
+    """Runs one import: items in, outcomes counted, journaled and handed to a listener.
+
+    Items go to `lanes` store pipelines at once, like as many concurrent STOW requests: while
+    one indexes a batch (a transaction), the others keep parsing and writing.
+    """
 
     def __init__(
         self,
@@ -215,57 +237,102 @@ class ImportService:
         self._journal = journal
         self._listener = listener
         self.stats = stats or ImportStats()
-        self._in_flight: deque[ImportItem] = deque()  # added to the pipeline, in order
-        self._trusted = True  # False once the pipeline failed: outcomes no longer map to items
         self._stop = asyncio.Event()
+        self._halt = False  # a pipeline failed: take no new item
 
     def stop(self) -> None:
         """Take no new item; the ones in flight finish (a first Ctrl-C)."""
         self._stop.set()
         self.stats.stopped_early = True
 
-    async def run(self, items: AsyncIterator[ImportItem], *, depth: int, batch: int) -> None:
-        """Store every item until the source ends or `stop()`; raise what stopped the pipeline.
+    async def run(
+        self, items: AsyncIterator[ImportItem], *, lanes: int, depth: int, batch: int
+    ) -> None:
+        """Store every item until the source ends or `stop()`; raise what stopped a pipeline.
 
-        A DicomwebError (a store that is down or full) ends the run after the parts written
-        before it are indexed; cancelling abandons the parts in flight, whose objects are
-        then unindexed leftovers for the orphan sweep, never visible half-stored instances.
+        A DicomwebError (a store that is down or full) stops the import: every pipeline
+        indexes what it had written before it; cancelling abandons the parts in flight, whose
+        objects are then unindexed leftovers for the orphan sweep, never visible half-stored
+        instances.
         """
-        result = _Result(self._stored, self._failed)
-        source_error: ImportSourceError | None = None
+        if lanes < 1 or depth < 1:
+            raise ValueError("lanes and depth must be at least 1")
+        pipelines = [_Lane(asyncio.Queue(maxsize=depth)) for _ in range(lanes)]
+        errors: list[DicomwebError] = []
         try:
-            async with self._store.request(
-                self._site, None, result, depth=depth, batch=batch
-            ) as request:
-                try:
-                    async for item in items:
-                        if self._stop.is_set():
-                            if item.spool is not None:
-                                item.spool.close()
-                            break
-                        if item.spool is None:
-                            self._decided(item)
-                            continue
-                        if item.group is not None:
-                            item.group.pending += 1
-                        self._in_flight.append(item)
-                        try:
-                            await request.add(item.spool)
-                        except BaseException:
-                            self._trusted = False
-                            raise
-                except ImportSourceError as exc:
-                    source_error = exc
-        except DicomwebError as exc:
-            self.stats.error = exc.reason
-            raise
+            await asyncio.gather(
+                self._dispatch(items, pipelines, errors),
+                *(self._pipeline(lane, depth, batch, errors) for lane in pipelines),
+            )
         finally:
             if self._journal is not None:
                 self._journal.commit()
             await _aclose(items)
-        if source_error is not None:
-            self.stats.error = source_error.reason
-            raise source_error
+        if errors:
+            self.stats.error = errors[0].reason
+            raise errors[0]
+
+    async def _dispatch(
+        self, items: AsyncIterator[ImportItem], lanes: list[_Lane], errors: list[DicomwebError]
+    ) -> None:
+        """Hand each item to the pipeline with the most room (decided ones are counted)."""
+        turn = 0
+        try:
+            async for item in items:
+                if self._stop.is_set() or self._halt:
+                    if item.spool is not None:
+                        item.spool.close()
+                    break
+                if item.spool is None:
+                    self._decided(item)
+                    continue
+                if item.group is not None:
+                    item.group.pending += 1
+                turn += 1
+                count = len(lanes)
+                lane = min(
+                    (lanes[(turn + n) % count] for n in range(count)),
+                    key=lambda lane: lane.queue.qsize(),
+                )
+                await lane.queue.put(item)
+        except ImportSourceError as exc:
+            errors.append(exc)
+        finally:
+            for lane in lanes:
+                await lane.queue.put(None)
+
+    async def _pipeline(
+        self, lane: _Lane, depth: int, batch: int, errors: list[DicomwebError]
+    ) -> None:
+        result = _Result(
+            lambda sop: self._stored(lane, sop),
+            lambda sop, code, text: self._failed(lane, sop, code, text),
+        )
+        ended = False
+        try:
+            async with self._store.request(
+                self._site, None, result, depth=depth, batch=batch
+            ) as request:
+                while (item := await lane.queue.get()) is not None:
+                    assert item.spool is not None
+                    lane.in_flight.append(item)
+                    try:
+                        await request.add(item.spool)
+                    except BaseException:
+                        lane.trusted = False
+                        raise
+                ended = True
+        except DicomwebError as exc:
+            errors.append(exc)
+            self._halt = True
+        finally:
+            self._index.forget_task()
+            while not ended:  # keep taking items, so the dispatcher never waits on us
+                item = await lane.queue.get()
+                if item is None:
+                    break
+                if item.spool is not None:
+                    item.spool.close()
 
     # Outcomes.
 
@@ -280,17 +347,20 @@ class ImportService:
             item.group.broken = True
         self._finish(item, outcome, item.reason)
 
-    def _stored(self, sop_instance_uid: str) -> None:
+    def _stored(self, lane: _Lane, sop_instance_uid: str) -> None:
         added = self._index.take(sop_instance_uid)
         outcome = Outcome.IDENTICAL if added is AddOutcome.IDENTICAL else Outcome.STORED
-        self._pipeline_outcome(outcome, "")
+        self._pipeline_outcome(lane, outcome, "")
 
-    def _failed(self, reason: int, text: str) -> None:
-        outcome = Outcome.CONFLICT if reason == DUPLICATE_SOP_INSTANCE else Outcome.FAILED
-        self._pipeline_outcome(outcome, text)
+    def _failed(self, lane: _Lane, sop_instance_uid: str, reason: int, text: str) -> None:
+        outcome = Outcome.FAILED
+        if reason == DUPLICATE_SOP_INSTANCE:  # refused by the index: its outcome was noted
+            self._index.take(sop_instance_uid)
+            outcome = Outcome.CONFLICT
+        self._pipeline_outcome(lane, outcome, text)
 
-    def _pipeline_outcome(self, outcome: Outcome, reason: str) -> None:
-        item = self._in_flight.popleft() if self._trusted and self._in_flight else None
+    def _pipeline_outcome(self, lane: _Lane, outcome: Outcome, reason: str) -> None:
+        item = lane.in_flight.popleft() if lane.trusted and lane.in_flight else None
         if item is None:  # after a pipeline fault: count it, name nothing, journal nothing
             self.stats.counts[outcome] += 1
             self.stats.files_done += 1
@@ -313,7 +383,7 @@ class ImportService:
         stats.bytes_done += item.size
         if outcome is Outcome.SKIPPED:
             stats.skipped_bytes += item.size
-        elif item.journal_key is not None and self._journal is not None and self._trusted:
+        elif item.journal_key is not None and self._journal is not None:
             self._journal.record(item.journal_key, outcome.value)
         if self._listener is not None:
             self._listener(item.label, outcome, reason)
