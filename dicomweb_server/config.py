@@ -204,6 +204,12 @@ class Settings(BaseSettings):
     # otherwise, unless the webhook was added with --allow-private)
     webhook_allow_private: bool = False
     events_poll_seconds: PositiveFloat = 1.0  # how often each process looks for work to do
+    # Bulk import (dicomweb-server import): zip bombs are stopped by the expanded size of one
+    # archive member and of a whole archive, checked against the declared sizes and counted
+    # while reading; files up to the spool bound are read in one read and kept in memory.
+    import_max_member_bytes: Positive = 4 << 30
+    import_max_archive_bytes: Positive = 64 << 30
+    import_spool_memory_bytes: NonNegative = 16 << 20
 
     @field_validator("log_level", mode="before")
     @classmethod

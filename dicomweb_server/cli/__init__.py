@@ -8,13 +8,35 @@ import argparse
 import os
 import sys
 
-from dicomweb_server.cli import apikey, audit, lifecycle, maintenance, serve, sites, webhook
+from dicomweb_server.cli import (
+    apikey,
+    audit,
+    export,
+    import_,
+    integrity,
+    lifecycle,
+    maintenance,
+    serve,
+    sites,
+    webhook,
+)
 from dicomweb_server.config import Settings, SettingsError, unknown_variables
 from dicomweb_server.serve.logs import configure_logging
 
 __all__ = ["main"]
 
-_COMMANDS = (serve, maintenance, sites, apikey, lifecycle, audit, webhook)
+_COMMANDS = (
+    serve,
+    maintenance,
+    sites,
+    apikey,
+    lifecycle,
+    audit,
+    webhook,
+    import_,
+    export,
+    integrity,
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -1,0 +1,128 @@
+"""What the data commands share: the backends and parse limits of `serve`, site names, jobs,
+and Ctrl-C handling (a first one stops cleanly, a second one abandons what is in flight)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from dicomweb_server.app import Backends, open_backends
+from dicomweb_server.config import Settings
+from dicomweb_server.domain.part10 import ParseLimits
+
+__all__ = [
+    "SITE_PATTERN",
+    "add_common",
+    "check_site",
+    "default_jobs",
+    "interruptible",
+    "jobs_of",
+    "opened_backends",
+    "parse_limits",
+    "say",
+]
+
+SITE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+def say(command: str, message: str) -> None:
+    """One line on stderr, prefixed like every message of the tool."""
+    print(f"dicomweb-server {command}: {message}", file=sys.stderr, flush=True)
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def add_common(parser: Any, *, site_help: str, jobs: bool = True) -> None:
+    """--data-dir, --site, --jobs and --progress-every, alike on every data command."""
+    parser.add_argument("--data-dir", help="embedded storage folder (DICOMWEB_DATA_DIR)")
+    parser.add_argument("--site", default=None, help=site_help)
+    if jobs:
+        parser.add_argument(
+            "--jobs",
+            type=int,
+            default=None,
+            help=f"parallel jobs (default: the CPU count, here {default_jobs()})",
+        )
+    parser.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between progress lines when stderr is not a terminal (default 10)",
+    )
+
+
+def check_site(command: str, site: str) -> bool:
+    """True for a valid site name; else say why."""
+    if SITE_PATTERN.fullmatch(site):
+        return True
+    say(command, f"invalid site name {site[:80]!r}: use a-z, 0-9 and '-', at most 63 characters")
+    return False
+
+
+def jobs_of(args: argparse.Namespace) -> int:
+    jobs: int | None = getattr(args, "jobs", None)
+    return default_jobs() if jobs is None else jobs
+
+
+def parse_limits(settings: Settings) -> ParseLimits:
+    """The Part 10 parsing limits `serve` applies to STOW."""
+    return ParseLimits(
+        bulk_data_threshold=settings.bulk_data_threshold,
+        max_sequence_depth=settings.max_sequence_depth,
+        max_frames=settings.max_frames,
+        max_pixel_bytes=settings.max_pixel_bytes,
+        max_header_bytes=settings.max_header_bytes,
+    )
+
+
+@asynccontextmanager
+async def opened_backends(settings: Settings) -> AsyncIterator[Backends]:
+    backends = await open_backends(settings)
+    try:
+        yield backends
+    finally:
+        await backends.close()
+
+
+@asynccontextmanager
+async def interruptible(command: str, stop: Callable[[], None]) -> AsyncIterator[None]:
+    """A first Ctrl-C (or SIGTERM) calls `stop`; a second one cancels the current task."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    presses = 0
+
+    def interrupted() -> None:
+        nonlocal presses
+        presses += 1
+        if presses == 1:
+            say(command, "stopping after the work in flight (Ctrl-C again to abandon it)")
+            stop()
+        elif task is not None:
+            task.cancel()
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    installed = []
+    for number in signals:
+        try:
+            loop.add_signal_handler(number, interrupted)
+            installed.append(number)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, not Unix
+            pass
+    try:
+        yield
+    finally:
+        for number in installed:
+            loop.remove_signal_handler(number)

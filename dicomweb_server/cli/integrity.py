@@ -1,0 +1,161 @@
+"""`dicomweb-server verify` and `reindex`: check the stored objects against the index, and
+rebuild the index from the objects alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from typing import Any
+
+from dicomweb_server.cli.backends import (
+    add_common,
+    check_site,
+    interruptible,
+    jobs_of,
+    opened_backends,
+    parse_limits,
+    say,
+)
+from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
+from dicomweb_server.config import Settings
+from dicomweb_server.errors import DicomwebError
+from dicomweb_server.services.reindex import ReindexOutcome, ReindexService
+from dicomweb_server.services.verify import Finding, VerifyService
+
+__all__ = ["add_commands"]
+
+
+def add_commands(commands: Any) -> None:
+    verify = commands.add_parser(
+        "verify",
+        help="re-read every indexed object and compare its SHA-256 with the index",
+        description="Re-read every object the index references and compare its size and"
+        " SHA-256 with what was recorded at ingest. Lists missing and corrupt objects;"
+        " exits 1 when it finds any.",
+    )
+    add_common(verify, site_help="only this site (default: every site)")
+    verify.set_defaults(run=_verify)
+    reindex = commands.add_parser(
+        "reindex",
+        help="rebuild the index from the stored objects (disaster recovery)",
+        description="Parse every instance object in the blob store and add it to the index"
+        " under its existing key (derived data under {site}/cache/ is skipped). Instances"
+        " already indexed stay as they are; nothing in the blob store is changed.",
+    )
+    add_common(reindex, site_help="only this site (default: every site)")
+    reindex.set_defaults(run=_reindex)
+
+
+def _site(command: str, args: argparse.Namespace) -> tuple[bool, str | None]:
+    site: str | None = args.site
+    if site is not None and not check_site(command, site):
+        return False, None
+    if jobs_of(args) < 1:
+        say(command, "--jobs must be at least 1")
+        return False, None
+    return True, site
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    ok, site = _site("verify", args)
+    return asyncio.run(_verify_async(settings, args, site)) if ok else 2
+
+
+async def _verify_async(settings: Settings, args: argparse.Namespace, site: str | None) -> int:
+    def found(blob_key: str, finding: Finding, detail: str) -> None:
+        progress.clear()
+        print(f"{finding.value} {blob_key}: {detail}", flush=True)
+
+    error = ""
+    try:
+        async with opened_backends(settings) as backends:
+            service = VerifyService(backends.index, backends.blobs, found)
+            stats = service.stats
+            progress = Progress(
+                "verify",
+                lambda: Snapshot(stats.checked, stats.total, stats.bytes_read, None, "objects"),
+                every=args.progress_every,
+            )
+            drawing = asyncio.create_task(progress.run())
+            try:
+                async with interruptible("verify", service.stop):
+                    await service.run(site, jobs=jobs_of(args))
+            finally:
+                drawing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drawing
+    except DicomwebError as exc:
+        error = exc.reason
+    except asyncio.CancelledError:
+        error = "abandoned"
+    if error:
+        say("verify", f"stopped: {error}")
+        return 1
+    head = "interrupted after checking" if stats.stopped_early else "checked"
+    print(
+        f"{head} {stats.checked:,} objects, {format_bytes(stats.bytes_read)} in"
+        f" {format_duration(stats.elapsed)}: {stats.missing:,} missing, {stats.corrupt:,} corrupt",
+        flush=True,
+    )
+    if stats.problems:
+        return 1
+    return 130 if stats.stopped_early else 0
+
+
+def _reindex(settings: Settings, args: argparse.Namespace) -> int:
+    ok, site = _site("reindex", args)
+    return asyncio.run(_reindex_async(settings, args, site)) if ok else 2
+
+
+async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str | None) -> int:
+    def noted(blob_key: str, outcome: ReindexOutcome, detail: str) -> None:
+        if outcome in (ReindexOutcome.CONFLICT, ReindexOutcome.UNREADABLE):
+            progress.clear()
+            print(f"{outcome.value} {blob_key}: {detail}", flush=True)
+
+    error = ""
+    try:
+        async with opened_backends(settings) as backends:
+            service = ReindexService(
+                backends.index,
+                backends.blobs,
+                parse_limits(settings),
+                spool_memory=settings.import_spool_memory_bytes,
+                listener=noted,
+            )
+            stats = service.stats
+            progress = Progress(
+                "reindex",
+                lambda: Snapshot(stats.done, None, stats.bytes_read, None, "objects"),
+                every=args.progress_every,
+            )
+            drawing = asyncio.create_task(progress.run())
+            try:
+                async with interruptible("reindex", service.stop):
+                    await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
+            finally:
+                drawing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drawing
+    except DicomwebError as exc:
+        error = exc.reason
+    except asyncio.CancelledError:
+        error = "abandoned"
+    if error:
+        say("reindex", f"stopped: {error}")
+        return 1
+    counts = stats.counts
+    head = "interrupted after reading" if stats.stopped_early else "read"
+    print(
+        f"{head} {stats.done:,} instance objects, {format_bytes(stats.bytes_read)} in"
+        f" {format_duration(stats.elapsed)}: {counts[ReindexOutcome.INDEXED]:,} indexed,"
+        f" {counts[ReindexOutcome.ALREADY]:,} already indexed,"
+        f" {counts[ReindexOutcome.CONFLICT]:,} conflicts,"
+        f" {counts[ReindexOutcome.UNREADABLE]:,} unreadable;"
+        f" {stats.skipped:,} other objects (derived data) skipped",
+        flush=True,
+    )
+    if counts[ReindexOutcome.CONFLICT] or counts[ReindexOutcome.UNREADABLE]:
+        return 1
+    return 130 if stats.stopped_early else 0

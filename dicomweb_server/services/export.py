@@ -1,0 +1,431 @@
+"""Export: selected studies as PS3.10 media (files, DICOMDIR, MANIFEST.csv), optionally
+de-identified (PS3.15 Annex E, domain/deidentify.py).
+
+Studies are selected with the index's own study search (site, Patient ID, Study Instance
+UID, Study Date range), paged; each study's instances are streamed from the blob store to
+the sink one at a time, so memory stays flat whatever the size. Without de-identification
+the stored bytes are copied as they are and the DICOMDIR records come from the metadata the
+index keeps. With it, only the header (everything before Pixel Data) and any elements after
+Pixel Data are read into memory and de-identified; Pixel Data itself is streamed through
+unchanged, as the profile leaves it (its Clean Pixel Data Option is not offered: instances
+marked with burned-in annotation are left out instead).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import struct
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ImplicitVRLittleEndian,
+)
+
+from dicomweb_server.domain.attributes import Level
+from dicomweb_server.domain.deidentify import Deidentifier
+from dicomweb_server.domain.identifiers import StudyKey
+from dicomweb_server.domain.query import parse_query
+from dicomweb_server.domain.records import StoredInstance
+from dicomweb_server.errors import DicomwebError, NotFoundError
+from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.services.dicomdir import FileSetBuilder, Placement
+from dicomweb_server.services.export_sinks import ExportSink, SinkWriteError
+from dicomweb_server.storage.base import BlobStore
+
+__all__ = ["ExportError", "ExportSelection", "ExportService", "ExportStats"]
+
+_PAGE = 1000  # studies per index search
+_CHUNK = 1 << 20  # bytes per read of a stored object
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
+_SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_STUDY_UID = "0020000D"
+_PATIENT_ID = "00100020"
+_INSTANCES_IN_STUDY = "00201208"
+_MANIFEST_HEADER = ("path", "sop_instance_uid", "bytes", "sha256")
+
+
+class ExportError(DicomwebError):
+    """The export cannot go on (the destination refused a write, the selection is empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportSelection:
+    """Which studies: all of a site, narrowed by patient, study and Study Date (YYYYMMDD)."""
+
+    site: str
+    patient_id: str | None = None
+    study_instance_uid: str | None = None
+    since: str | None = None
+    until: str | None = None
+
+    def params(self) -> list[tuple[str, str]]:
+        """The selection as QIDO match keys."""
+        params = []
+        if self.patient_id is not None:
+            params.append(("PatientID", self.patient_id))
+        if self.study_instance_uid is not None:
+            params.append(("StudyInstanceUID", self.study_instance_uid))
+        if self.since or self.until:
+            params.append(("StudyDate", f"{self.since or ''}-{self.until or ''}"))
+        return params
+
+
+@dataclass(slots=True)
+class ExportStats:
+    """Counters of an export, for progress and the summary."""
+
+    studies: int = 0
+    instances_total: int | None = None
+    instances_done: int = 0
+    bytes_done: int = 0
+    written: int = 0
+    excluded: int = 0  # burned-in annotation, left out of a de-identified export
+    failed: int = 0
+    dicomdir_bytes: int = 0
+    started: float = field(default_factory=time.monotonic)
+    stopped_early: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One instance ready to write: its header dataset and its bytes as a stream."""
+
+    header: Dataset
+    chunks: AsyncIterator[bytes | memoryview]
+    size_hint: int
+
+
+class ExportService:
+    """Writes a selection to a sink; `deidentifier` set: de-identified on the way."""
+
+    def __init__(
+        self,
+        index: InstanceIndex,
+        blobs: BlobStore,
+        *,
+        deidentifier: Deidentifier | None = None,
+        max_in_memory_bytes: int = 64 << 20,
+        listener: Any = None,
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._deid = deidentifier
+        self._max_in_memory = max_in_memory_bytes
+        self._listener = listener  # callable(label, reason) for each failed instance
+        self.stats = ExportStats()
+        self._stop = False
+
+    def stop(self) -> None:
+        """Finish the instance being written, then write the DICOMDIR for what was written."""
+        self._stop = True
+        self.stats.stopped_early = True
+
+    async def list_studies(self, selection: ExportSelection) -> list[tuple[str, str]]:
+        """(Study Instance UID, Patient ID) of every selected study, counting the instances."""
+        studies: list[tuple[str, str]] = []
+        total = 0
+        offset = 0
+        while True:
+            query = parse_query(
+                [*selection.params(), ("limit", str(_PAGE)), ("offset", str(offset))],
+                Level.STUDY,
+                selection.site,
+                default_limit=_PAGE,
+                max_limit=_PAGE,
+            )
+            page = await self._index.search(query)
+            for row in page.rows:
+                uid = _first(row, _STUDY_UID)
+                if uid:
+                    studies.append((uid, _first(row, _PATIENT_ID)))
+                    count = _first(row, _INSTANCES_IN_STUDY)
+                    total += int(count) if count.isdigit() else 0
+            if not page.more or not page.rows:
+                break
+            offset += len(page.rows)
+        self.stats.studies = len(studies)
+        self.stats.instances_total = total
+        return studies
+
+    async def run(self, selection: ExportSelection, sink: ExportSink) -> None:
+        """Export the selection into `sink`, closing it (complete, or abandoned on error)."""
+        builder = FileSetBuilder("DICOMWEB")
+        manifest = tempfile.TemporaryFile("w+b")  # noqa: SIM115 - closed below
+        rows = io.TextIOWrapper(manifest, encoding="utf-8", newline="", write_through=True)
+        table = csv.writer(rows)
+        table.writerow(_MANIFEST_HEADER)
+        complete = False
+        try:
+            studies = await self.list_studies(selection)
+            if not studies:
+                raise ExportError("no study matches the selection; nothing written")
+            for study, patient in studies:
+                if self._stop:
+                    break
+                await self._export_study(selection.site, study, patient, builder, sink, table)
+            size_of = builder.write
+
+            def write_dicomdir(out: Any) -> None:
+                self.stats.dicomdir_bytes = size_of(out)
+
+            await sink.write_with("DICOMDIR", write_dicomdir)
+            rows.flush()
+            manifest.seek(0)
+            await sink.write_with("MANIFEST.csv", lambda out: _copy(manifest, out))
+            complete = True
+        except SinkWriteError as exc:
+            raise ExportError(exc.reason) from exc
+        finally:
+            try:
+                await sink.close(complete=complete)
+            finally:
+                rows.close()
+
+    async def _export_study(
+        self,
+        site: str,
+        study: str,
+        patient: str,
+        builder: FileSetBuilder,
+        sink: ExportSink,
+        table: Any,
+    ) -> None:
+        async for instance in self._index.iter_instances(StudyKey(site, study)):
+            if self._stop:
+                return
+            label = instance.blob_key
+            try:
+                prepared = await self._prepare(instance)
+            except NotFoundError:
+                self._failed(label, "the stored object is missing (run verify)")
+                continue
+            except _UnexportableError as exc:
+                self._failed(label, exc.reason)
+                continue
+            if prepared is None:
+                self.stats.excluded += 1
+                self.stats.instances_done += 1
+                continue
+            header = prepared.header
+            if self._deid is None:
+                placement = builder.place(patient, study, instance.key.series_instance_uid)
+            else:
+                placement = builder.place(
+                    str(header.get("PatientID", "")),
+                    str(header.StudyInstanceUID),
+                    str(header.SeriesInstanceUID),
+                )
+            try:
+                size, digest = await sink.write_file(
+                    placement.path, prepared.chunks, prepared.size_hint
+                )
+            except BaseException:
+                builder.forget(placement)
+                raise
+            finally:
+                await _aclose(prepared.chunks)
+            await self._describe(builder, placement, header, instance.transfer_syntax_uid)
+            table.writerow((placement.path, str(header.SOPInstanceUID), size, digest))
+            self.stats.written += 1
+            self.stats.instances_done += 1
+            self.stats.bytes_done += size
+
+    def _failed(self, label: str, reason: str) -> None:
+        self.stats.failed += 1
+        self.stats.instances_done += 1
+        if self._listener is not None:
+            self._listener(label, reason)
+
+    async def _describe(
+        self, builder: FileSetBuilder, placement: Placement, header: Dataset, syntax: str
+    ) -> None:
+        await asyncio.to_thread(builder.describe, placement, header, syntax)
+
+    async def _prepare(self, instance: StoredInstance) -> _Prepared | None:
+        """The instance's header and bytes; None when de-identification leaves it out."""
+        if self._deid is None:
+            chunks = await _opened(self._blobs.iter_get(instance.blob_key, chunk_size=_CHUNK))
+            metadata = await self._index.get_metadata(instance.key)
+            if metadata is None:
+                raise NotFoundError(f"no metadata for {instance.key.sop_instance_uid}")
+            header = await asyncio.to_thread(_from_json, metadata, instance.transfer_syntax_uid)
+            return _Prepared(header, chunks, instance.size)
+        return await self._deidentified(instance)
+
+    async def _read(self, instance: StoredInstance, start: int, length: int) -> bytes:
+        if length > self._max_in_memory:
+            raise _UnexportableError(
+                f"{length} bytes would have to be de-identified in memory, over"
+                f" DICOMWEB_MAX_HEADER_BYTES ({self._max_in_memory})"
+            )
+        if length <= 0:
+            return b""
+        return await self._blobs.read_range(instance.blob_key, start, length)
+
+    async def _deidentified(self, instance: StoredInstance) -> _Prepared | None:
+        deid = self._deid
+        assert deid is not None
+        split = await self._split(instance)
+        if split is None:  # no Pixel Data to stream around: the whole object in memory
+            data = await self._read(instance, 0, instance.size)
+            whole: Dataset = await asyncio.to_thread(dcmread, io.BytesIO(data))
+            if (await asyncio.to_thread(deid.apply, whole)).excluded:
+                return None
+            encoded = await asyncio.to_thread(_encode_file, whole)
+            return _Prepared(whole, _chunks_of(encoded), len(encoded))
+        header_bytes, pixel_tag, tag_offset, pixel_end, tail_bytes = split
+        syntax = instance.transfer_syntax_uid
+        ds = await asyncio.to_thread(_parse_split, header_bytes, tail_bytes, syntax)
+        if (await asyncio.to_thread(deid.apply, ds)).excluded:
+            return None
+        head, tail_encoded = await asyncio.to_thread(_encode_split, ds, pixel_tag, syntax)
+        pixel = self._blobs.iter_get(
+            instance.blob_key, tag_offset, pixel_end - tag_offset, chunk_size=_CHUNK
+        )
+        chunks = _concat(head, await _opened(pixel), tail_encoded)
+        hint = len(head) + (pixel_end - tag_offset) + len(tail_encoded)
+        return _Prepared(ds, chunks, hint)
+
+    async def _split(self, instance: StoredInstance) -> tuple[bytes, int, int, int, bytes] | None:
+        """(header before Pixel Data, its tag, its offset, where it ends, what follows), or
+        None when Pixel Data cannot be streamed around (none, deflated, unmapped)."""
+        pixel = instance.pixel
+        syntax = instance.transfer_syntax_uid
+        if pixel is None or syntax == DeflatedExplicitVRLittleEndian:
+            return None
+        if pixel.encapsulated and not pixel.frames:
+            return None
+        header = await self._read(instance, 0, pixel.value_offset)
+        tag_offset = pixel.value_offset - (8 if syntax == ImplicitVRLittleEndian else 12)
+        if tag_offset < 132:
+            return None
+        order = ">" if syntax == ExplicitVRBigEndian else "<"
+        group, element = struct.unpack_from(order + "HH", header, tag_offset)
+        pixel_tag = group << 16 | element
+        if pixel_tag not in _PIXEL_TAGS:
+            return None
+        if pixel.encapsulated:
+            end = max(o + n for frame in pixel.frames for o, n in frame.fragments)
+            rest = await self._read(instance, end, instance.size - end)
+            if not rest.startswith(_SEQUENCE_END):
+                return None
+            return header[:tag_offset], pixel_tag, tag_offset, end + 8, rest[8:]
+        end = pixel.value_offset + pixel.value_length
+        rest = await self._read(instance, end, instance.size - end)
+        return header[:tag_offset], pixel_tag, tag_offset, end, rest
+
+
+class _UnexportableError(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _first(row: dict[str, Any], tag: str) -> str:
+    try:
+        return str(row[tag]["Value"][0])
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+def _from_json(metadata: bytes, syntax: str) -> Dataset:
+    ds = Dataset.from_json(metadata, lambda tag, vr, uri: None)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = UID(syntax)
+    return ds
+
+
+def _parse_split(header: bytes, tail: bytes, syntax: str) -> Dataset:
+    ds = dcmread(io.BytesIO(header))
+    implicit = syntax == ImplicitVRLittleEndian
+    little = syntax != ExplicitVRBigEndian
+    following = read_dataset(io.BytesIO(tail), implicit, little) if tail else Dataset()
+    for element in following:
+        ds[element.tag] = element
+    return ds
+
+
+def _encode_file(ds: Dataset) -> bytes:
+    out = io.BytesIO()
+    dcmwrite(out, ds, enforce_file_format=True)
+    return out.getvalue()
+
+
+def _encode_split(ds: Dataset, pixel_tag: int, syntax: str) -> tuple[bytes, bytes]:
+    """The de-identified header (file meta included) and the elements after Pixel Data."""
+    after = Dataset()
+    for element in [element for element in ds if element.tag > pixel_tag]:
+        after[element.tag] = element
+        del ds[element.tag]
+    head = _encode_file(ds)
+    if not len(after):
+        return head, b""
+    fp = DicomBytesIO()
+    fp.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    fp.is_little_endian = syntax != ExplicitVRBigEndian
+    write_dataset(fp, after)
+    for element in after:  # back, so the DICOMDIR sees the whole data set
+        ds[element.tag] = element
+    return head, fp.getvalue()
+
+
+async def _opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes | memoryview]:
+    """`chunks` with its first one read already, so a missing object fails before a write."""
+    try:
+        first = await anext(chunks)
+    except StopAsyncIteration:
+        first = b""
+    except BaseException:
+        await _aclose(chunks)
+        raise
+    return _concat(first, chunks, b"")
+
+
+async def _concat(
+    head: bytes, body: AsyncIterator[Any], tail: bytes
+) -> AsyncIterator[bytes | memoryview]:
+    """head, then body's chunks, then tail; closing it closes `body` (and its file)."""
+    try:
+        if head:
+            yield head
+        async for chunk in body:
+            yield chunk
+        if tail:
+            yield tail
+    finally:
+        await _aclose(body)
+
+
+async def _aclose(chunks: AsyncIterator[Any]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        await close()
+
+
+async def _chunks_of(data: bytes) -> AsyncIterator[bytes | memoryview]:
+    view = memoryview(data)
+    for start in range(0, len(data), _CHUNK):
+        yield view[start : start + _CHUNK]
+
+
+def _copy(source: Any, out: Any) -> None:
+    while chunk := source.read(_CHUNK):
+        out.write(chunk)

@@ -1,0 +1,172 @@
+"""Where an export writes: a folder, or one streamed .zip with the same layout.
+
+Both take generated relative names only (`DICOM/P0000001/...`, `DICOMDIR`, `MANIFEST.csv`);
+nothing read from data ever becomes part of a path. Files are streamed and hashed as they
+are written, chunk by chunk in a worker thread, so memory stays flat whatever their size.
+Zip entries are STORED: DICOM pixel data is either compressed already or noise-like, and
+deflating it would cost a CPU core for a few percent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import time
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol, cast
+
+__all__ = ["ExportSink", "FolderSink", "SinkWriteError", "ZipSink"]
+
+_WRITE_BATCH = 4 << 20  # bytes gathered before a worker thread writes them
+_ZIP64_ABOVE = 1 << 30  # entries that may grow past this are written with zip64 sizes
+
+
+class SinkWriteError(Exception):
+    """The destination refused a write (a full disk, a permission); the export stops."""
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(f"cannot write {path}: {exc.strerror or exc}")
+        self.reason = str(self)
+
+
+class ExportSink(Protocol):
+    """A destination for generated names."""
+
+    async def write_file(
+        self, name: str, chunks: AsyncIterator[bytes | memoryview], size_hint: int
+    ) -> tuple[int, str]:
+        """Write a file from a stream; return its size and SHA-256 (hex)."""
+        ...
+
+    async def write_with(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        """Write a file by handing `writer` a binary stream (in a worker thread)."""
+        ...
+
+    async def close(self, *, complete: bool) -> None:
+        """Finish (complete) or abandon the export."""
+        ...
+
+
+def _write(file: IO[bytes], digest: Any, pending: list[bytes | memoryview]) -> None:
+    for chunk in pending:
+        digest.update(chunk)
+        file.write(chunk)
+
+
+async def _stream(file: IO[bytes], chunks: AsyncIterator[bytes | memoryview]) -> tuple[int, str]:
+    digest = hashlib.sha256()
+    pending: list[bytes | memoryview] = []
+    pending_bytes = 0
+    size = 0
+    async for chunk in chunks:
+        pending.append(chunk)
+        pending_bytes += len(chunk)
+        if pending_bytes >= _WRITE_BATCH:
+            await asyncio.to_thread(_write, file, digest, pending)
+            size += pending_bytes
+            pending, pending_bytes = [], 0
+    if pending:
+        await asyncio.to_thread(_write, file, digest, pending)
+        size += pending_bytes
+    return size, digest.hexdigest()
+
+
+class FolderSink:
+    """Files under `root` (created with the first file)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _open(self, name: str) -> IO[bytes]:
+        path = self.root.joinpath(*name.split("/"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "wb")
+
+    async def write_file(
+        self, name: str, chunks: AsyncIterator[bytes | memoryview], size_hint: int
+    ) -> tuple[int, str]:
+        try:
+            file = await asyncio.to_thread(self._open, name)
+            try:
+                return await _stream(file, chunks)
+            finally:
+                await asyncio.to_thread(file.close)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def write_with(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        def run() -> None:
+            with self._open(name) as file:
+                writer(cast(BinaryIO, file))
+
+        try:
+            await asyncio.to_thread(run)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def close(self, *, complete: bool) -> None:
+        return None
+
+
+class ZipSink:
+    """One .zip at `path`, written as `path.partial` and renamed once complete."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._partial = path.with_name(path.name + ".partial")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._zip = zipfile.ZipFile(
+                self._partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+            )
+        except OSError as exc:
+            raise SinkWriteError(str(path), exc) from exc
+
+    def _entry(self, name: str, size_hint: int) -> IO[bytes]:
+        info = zipfile.ZipInfo(name, time.localtime()[:6])
+        info.compress_type = zipfile.ZIP_STORED
+        info.external_attr = 0o644 << 16
+        return self._zip.open(info, "w", force_zip64=size_hint > _ZIP64_ABOVE)
+
+    async def write_file(
+        self, name: str, chunks: AsyncIterator[bytes | memoryview], size_hint: int
+    ) -> tuple[int, str]:
+        try:
+            entry = await asyncio.to_thread(self._entry, name, size_hint)
+            try:
+                return await _stream(entry, chunks)
+            finally:
+                await asyncio.to_thread(entry.close)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def write_with(self, name: str, writer: Callable[[BinaryIO], object]) -> None:
+        def run() -> None:
+            with self._entry(name, 0) as entry:
+                writer(cast(BinaryIO, entry))
+
+        try:
+            await asyncio.to_thread(run)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def close(self, *, complete: bool) -> None:
+        def finish() -> None:
+            try:
+                self._zip.close()
+            except OSError:
+                if complete:
+                    raise
+            if complete:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
+
+        try:
+            await asyncio.to_thread(finish)
+        except OSError as exc:
+            await asyncio.to_thread(self._partial.unlink, missing_ok=True)
+            raise SinkWriteError(str(self.path), exc) from exc

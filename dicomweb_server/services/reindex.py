@@ -1,0 +1,203 @@
+"""Reindex: rebuild the index from the stored objects alone (disaster recovery).
+
+Every instance object (`{site}/{study}/{series}/{sop}/{digest}.dcm`; derived data under
+`{site}/cache/` is skipped) is read into a spool, its header parsed with the same limits as
+STOW, its SHA-256 checked against the digest its key carries, and it is added to the index
+under its existing key, `batch` at a time per site. Nothing is ever written to or deleted
+from the blob store: an object that cannot be indexed is only reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO, cast
+
+from dicomweb_server.domain.blob_keys import parse_instance_blob_key
+from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.domain.part10 import InvalidInstanceError, ParseLimits, parse_part10
+from dicomweb_server.errors import NotFoundError
+from dicomweb_server.index.base import AddOutcome, InstanceIndex
+from dicomweb_server.index.batch import NewInstance, add_instances
+from dicomweb_server.services.spool import Spool
+from dicomweb_server.storage.base import BlobInfo, BlobStore
+
+__all__ = ["ReindexOutcome", "ReindexService", "ReindexStats"]
+
+_CHUNK = 1 << 20
+
+
+class ReindexOutcome(enum.StrEnum):
+    INDEXED = "indexed"
+    ALREADY = "already indexed"
+    CONFLICT = "conflict"  # another object of the same SOP Instance UID was indexed first
+    UNREADABLE = "unreadable"  # not parseable, or its bytes do not match its key
+
+
+@dataclass(slots=True)
+class ReindexStats:
+    """Counters of a reindex run."""
+
+    objects: int = 0  # instance objects seen
+    skipped: int = 0  # derived data and foreign objects
+    bytes_read: int = 0
+    counts: dict[ReindexOutcome, int] = field(
+        default_factory=lambda: dict.fromkeys(ReindexOutcome, 0)
+    )
+    started: float = field(default_factory=time.monotonic)
+    stopped_early: bool = False
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    @property
+    def done(self) -> int:
+        return sum(self.counts.values())
+
+
+ReindexListener = Callable[[str, ReindexOutcome, str], None]  # blob key, outcome, detail
+
+
+def _parse(spool: Spool, limits: ParseLimits) -> tuple[NewInstance | str, str]:
+    """(the record as a NewInstance without key, or why not; the digest), in a thread."""
+    digest = spool.sha256()
+    try:
+        record = parse_part10(cast(BinaryIO, spool), spool.size, limits)
+    except InvalidInstanceError as exc:
+        return exc.reason, digest
+    return NewInstance(record, "", spool.size, digest), digest
+
+
+class ReindexService:
+    """Adds every instance object the blob store holds to the index."""
+
+    def __init__(
+        self,
+        index: InstanceIndex,
+        blobs: BlobStore,
+        limits: ParseLimits,
+        *,
+        spool_memory: int = 16 << 20,
+        listener: ReindexListener | None = None,
+    ) -> None:
+        self._index = index
+        self._blobs = blobs
+        self._limits = limits
+        self._spool_memory = spool_memory
+        self._listener = listener
+        self.stats = ReindexStats()
+        self._stop = False
+        self._pending: dict[str, list[NewInstance]] = {}
+
+    def stop(self) -> None:
+        self._stop = True
+        self.stats.stopped_early = True
+
+    async def run(self, site: str | None, *, jobs: int, batch: int) -> None:
+        """Index the objects of `site` (None: every site), `jobs` read at once."""
+        objects: asyncio.Queue[tuple[BlobInfo, InstanceKey] | None] = asyncio.Queue(jobs * 2)
+        ready: asyncio.Queue[NewInstance | None] = asyncio.Queue(batch)
+
+        async def feed() -> None:
+            try:
+                async for info in self._blobs.iter_objects(f"{site}/" if site else ""):
+                    if self._stop:
+                        break
+                    key = parse_instance_blob_key(info.key)
+                    if key is None:
+                        self.stats.skipped += 1
+                        continue
+                    self.stats.objects += 1
+                    await objects.put((info, key))
+            finally:
+                for _ in range(jobs):
+                    await objects.put(None)
+
+        async def read() -> None:
+            while (entry := await objects.get()) is not None:
+                new = await self._read(*entry)
+                if new is not None:
+                    await ready.put(new)
+
+        async def readers() -> None:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(jobs):
+                        group.create_task(read())
+            finally:
+                await ready.put(None)
+
+        async def index() -> None:
+            while (new := await ready.get()) is not None:
+                site_of = cast(InstanceKey, parse_instance_blob_key(new.blob_key)).site
+                pending = self._pending.setdefault(site_of, [])
+                pending.append(new)
+                if len(pending) >= batch:
+                    await self._flush(site_of)
+            for name in list(self._pending):
+                await self._flush(name)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(feed())
+                group.create_task(readers())
+                group.create_task(index())
+        except BaseExceptionGroup as errors:  # the first failure, as itself (a DicomwebError)
+            raise _first_error(errors) from None
+
+    async def _read(self, info: BlobInfo, key: InstanceKey) -> NewInstance | None:
+        spool = Spool(self._spool_memory)
+        try:
+            try:
+                async for chunk in self._blobs.iter_get(info.key, chunk_size=_CHUNK):
+                    spool.write(chunk)
+            except NotFoundError:
+                self._note(info.key, ReindexOutcome.UNREADABLE, "deleted while listed")
+                return None
+            self.stats.bytes_read += spool.size
+            parsed, digest = await asyncio.to_thread(_parse, spool, self._limits)
+        finally:
+            spool.close()
+        expected = info.key.rsplit("/", 1)[-1].removesuffix(".dcm")
+        if not digest.startswith(expected):
+            self._note(info.key, ReindexOutcome.UNREADABLE, "its SHA-256 differs from its key")
+            return None
+        if isinstance(parsed, str):
+            self._note(info.key, ReindexOutcome.UNREADABLE, parsed)
+            return None
+        record = parsed.record
+        found = (record.study_instance_uid, record.series_instance_uid, record.sop_instance_uid)
+        if found != (key.study_instance_uid, key.series_instance_uid, key.sop_instance_uid):
+            self._note(info.key, ReindexOutcome.UNREADABLE, "its UIDs differ from its key")
+            return None
+        return NewInstance(record, info.key, parsed.size, parsed.digest)
+
+    async def _flush(self, site: str) -> None:
+        pending = self._pending.pop(site, [])
+        outcomes = await add_instances(self._index, site, pending)
+        for new, outcome in zip(pending, outcomes, strict=True):
+            if outcome is AddOutcome.CREATED:
+                self._note(new.blob_key, ReindexOutcome.INDEXED, "")
+            elif outcome is AddOutcome.IDENTICAL:
+                self._note(new.blob_key, ReindexOutcome.ALREADY, "")
+            else:
+                self._note(
+                    new.blob_key,
+                    ReindexOutcome.CONFLICT,
+                    f"SOP Instance {new.record.sop_instance_uid} is indexed with another object",
+                )
+
+    def _note(self, blob_key: str, outcome: ReindexOutcome, detail: str) -> None:
+        self.stats.counts[outcome] += 1
+        if self._listener is not None:
+            self._listener(blob_key, outcome, detail)
+
+
+def _first_error(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error

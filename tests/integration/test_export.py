@@ -1,0 +1,316 @@
+"""Issue 19: `dicomweb-server export` writes PS3.10 media (generated names, a DICOMDIR pydicom
+and dcmtk read back, MANIFEST.csv), selects by patient, study and date, de-identifies with a
+key of its own, and stops cleanly on a full disk."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import re
+import shutil
+import subprocess
+import warnings
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from cli_helpers import count, no_space, run_cli, stow, tiny_disk, use_settings
+from dicomfiles import ct_dataset, to_part10, uid
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.fileset import FileSet
+from pydicom.uid import RLELossless
+
+from dicomweb_server.config import Settings
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
+
+LAYOUT = re.compile(r"^DICOM/P\d{7}/S\d{7}/E\d{7}/I\d{7}$")
+KEY = "a-test-key-of-at-least-16-bytes"
+
+
+def _study(patient: str, date: str, sizes: tuple[int, ...], **extra: object) -> list[Dataset]:
+    study = uid()
+    out = []
+    for series_number, size in enumerate(sizes, 1):
+        series = uid()
+        for number in range(1, size + 1):
+            ds = ct_dataset(
+                study, series, patient_id=patient, patient_name=f"Doe^{patient}",
+                study_date=date, instance_number=number, seed=number,
+            )  # fmt: skip
+            ds.SeriesNumber = series_number
+            for keyword, value in extra.items():
+                setattr(ds, keyword, value)
+            out.append(ds)
+    return out
+
+
+def _corpus() -> tuple[list[Dataset], list[Dataset]]:
+    """Patient A in January (two series), patient B in February (an RLE multi-frame, one
+    with elements after Pixel Data, one without Pixel Data, one with burned-in text)."""
+    first = _study("PAT-A", "20240110", (2, 1))
+    second = _study("PAT-B", "20240220", (4,))
+    rle = second[0]
+    rle.NumberOfFrames = 2
+    rle.PixelData = bytes(16 * 16 * 2 * 2)
+    rle.compress(RLELossless, encoding_plugin="pydicom")
+    trailing = second[1]
+    trailing.add_new(0x7FE10010, "LO", "ACME")
+    trailing.add_new(0x7FE11001, "LO", "Doe^PAT-B in a private tag")
+    trailing.add_new(0xFFFCFFFC, "OB", bytes(4))
+    del second[2].PixelData
+    second[3].BurnedInAnnotation = "YES"
+    return first, second
+
+
+def _files(folder: Path) -> list[Path]:
+    return [path for path in folder.rglob("*") if path.is_file()]
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()
+
+
+def _manifest(dest: Path) -> list[dict[str, str]]:
+    with open(dest / "MANIFEST.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _read_file_set(dicomdir: Path) -> FileSet:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        file_set = FileSet(dicomdir)
+    return file_set
+
+
+def _drop(file_set: FileSet) -> None:
+    """Remove the staging TemporaryDirectory FileSet keeps (else a ResourceWarning later)."""
+    file_set._stage["t"].cleanup()
+
+
+async def test_issue19_export_writes_ps310_media_with_dicomdir_and_manifest(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    first, second = _corpus()
+    originals = {str(ds.SOPInstanceUID): to_part10(ds) for ds in first + second}
+    await stow(client, list(originals.values()))
+    dest = tmp_path / "media"
+
+    ran = await run_cli(capsys, "export", dest)
+
+    assert ran.code == 0, ran
+    assert [count(ran.out, label) for label in ("studies", "written", "failed")] == [2, 7, 0]
+    names = {p.relative_to(dest).as_posix() for p in _files(dest)}
+    assert {"DICOMDIR", "MANIFEST.csv"} < names
+    assert all(LAYOUT.match(name) for name in names - {"DICOMDIR", "MANIFEST.csv"})
+    rows = _manifest(dest)
+    assert len(rows) == 7 == len(names) - 2
+    for row in rows:
+        data = (dest / row["path"]).read_bytes()
+        assert data == originals[row["sop_instance_uid"]]  # the stored bytes, as sent
+        assert int(row["bytes"]) == len(data)
+        assert row["sha256"] == hashlib.sha256(data).hexdigest()
+    file_set = _read_file_set(dest / "DICOMDIR")
+    try:
+        assert len(file_set) == 7
+        for instance in file_set:
+            on_disk = dcmread(instance.path, stop_before_pixels=True)
+            assert on_disk.SOPInstanceUID == instance.SOPInstanceUID
+        patients = file_set.find_values("PatientID")
+        assert sorted(patients) == ["PAT-A", "PAT-B"]
+    finally:
+        _drop(file_set)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_export_dicomdir_reads_back_with_dcmdump(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dcmdump = shutil.which("dcmdump")
+    if dcmdump is None:
+        pytest.skip("dcmdump (dcmtk) is not installed: apt-get install -y dcmtk")
+    use_settings(settings, monkeypatch)
+    first, _ = _corpus()
+    await stow(client, [to_part10(ds) for ds in first])
+    assert (await run_cli(capsys, "export", tmp_path / "media")).code == 0
+    dumped = await asyncio.to_thread(
+        subprocess.run,
+        [dcmdump, "-q", str(tmp_path / "media" / "DICOMDIR")],
+        capture_output=True,
+        text=True,
+    )
+    assert dumped.returncode == 0, dumped.stderr
+    assert dumped.stdout.count('"Directory Record" IMAGE') == 3
+    assert "PATIENT" in dumped.stdout and "[PAT-A]" in dumped.stdout
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_export_selects_by_patient_study_and_date_into_a_zip(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    first, second = _corpus()
+    await stow(client, [to_part10(ds) for ds in first + second])
+    study_b = str(second[0].StudyInstanceUID)
+    cases = {
+        ("--patient", "PAT-A"): 3,
+        ("--study", study_b): 4,
+        ("--since", "2024-02-01"): 4,
+        ("--until", "20240131"): 3,
+        ("--since", "20240101", "--until", "2024-12-31"): 7,
+    }
+    for number, (flags, expected) in enumerate(cases.items()):
+        dest = tmp_path / f"out-{number}"
+        ran = await run_cli(capsys, "export", dest, *flags)
+        assert ran.code == 0, (flags, ran)
+        assert len(_manifest(dest)) == expected, flags
+
+    archive = tmp_path / "study-b.zip"
+    ran = await run_cli(capsys, "export", archive, "--zip", "--study", study_b)
+    assert ran.code == 0, ran
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+        assert {"DICOMDIR", "MANIFEST.csv"} <= set(names)
+        assert sum(bool(LAYOUT.match(name)) for name in names) == 4
+        assert all(info.compress_type == zipfile.ZIP_STORED for info in opened.infolist())
+        opened.extractall(tmp_path / "unzipped")
+    file_set = _read_file_set(tmp_path / "unzipped" / "DICOMDIR")
+    try:
+        assert len(file_set) == 4
+    finally:
+        _drop(file_set)
+    assert not _exists(Path(f"{archive}.partial"))
+    nothing = await run_cli(capsys, "export", tmp_path / "none", "--patient", "NOBODY")
+    assert nothing.code == 1 and "no study matches" in nothing.err
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_export_deidentifies_with_a_key_and_leaves_out_burned_in(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    monkeypatch.setenv("EXPORT_KEY", KEY)
+    first, second = _corpus()
+    originals = [to_part10(ds) for ds in first + second]
+    await stow(client, originals)
+    keyed = ("--deidentify", "basic", "--deid-key-env", "EXPORT_KEY")
+
+    one = await run_cli(capsys, "export", tmp_path / "one", *keyed)
+    two = await run_cli(capsys, "export", tmp_path / "two", *keyed)
+    random = await run_cli(capsys, "export", tmp_path / "random", "--deidentify", "basic")
+    kept = await run_cli(
+        capsys, "export", tmp_path / "kept", *keyed, "--include-burned-in"
+    )  # fmt: skip
+
+    assert one.code == two.code == random.code == kept.code == 0, (one, random)
+    assert [count(one.out, label) for label in ("written", "excluded")] == [6, 1]
+    assert count(kept.out, "written") == 7
+    assert "the key in $EXPORT_KEY" in one.out and "a random key" in random.out
+    secrets = [b"PAT-A", b"PAT-B", b"Doe^", b"ACME", str(first[0].StudyInstanceUID).encode()]
+    secrets += [str(ds.SOPInstanceUID).encode() for ds in first + second]
+    for path in _files(tmp_path / "one"):
+        assert not [s for s in secrets if s in path.read_bytes()], path
+    rows_one, rows_two = _manifest(tmp_path / "one"), _manifest(tmp_path / "two")
+    assert [r["sop_instance_uid"] for r in rows_one] == [r["sop_instance_uid"] for r in rows_two]
+    assert all(r["sop_instance_uid"].startswith("2.25.") for r in rows_one)
+    random_uids = {r["sop_instance_uid"] for r in _manifest(tmp_path / "random")}
+    assert not random_uids & {r["sop_instance_uid"] for r in rows_one}
+    by_number = {}
+    for row in rows_one:
+        ds = dcmread(tmp_path / "one" / row["path"])
+        assert ds.PatientIdentityRemoved == "YES"
+        assert 0x7FE11001 not in ds  # the private element after Pixel Data is gone
+        by_number[(str(ds.PatientID), int(ds.SeriesNumber), int(ds.InstanceNumber))] = ds
+    pseudonyms = {key[0] for key in by_number}
+    assert len(pseudonyms) == 2 and not pseudonyms & {"PAT-A", "PAT-B"}
+    pixel_sources = [ds for ds in first + second[:2] if "PixelData" in ds]
+    written_pixels = sorted(bytes(ds.PixelData) for ds in by_number.values() if "PixelData" in ds)
+    assert written_pixels == sorted(bytes(ds.PixelData) for ds in pixel_sources)  # unchanged
+    file_set = _read_file_set(tmp_path / "one" / "DICOMDIR")
+    try:
+        assert sorted(file_set.find_values("PatientID")) == sorted(pseudonyms)
+    finally:
+        _drop(file_set)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_export_names_are_generated_and_dest_is_protected(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    hostile = _study("../../escape/..\\x", "20240301", (2,))
+    await stow(client, [to_part10(ds) for ds in hostile])
+    dest = tmp_path / "media"
+    dest.mkdir()
+    (dest / "keep.txt").write_text("someone else's file")
+
+    refused = await run_cli(capsys, "export", dest)
+    assert refused.code == 2 and "not empty" in refused.err
+    forced = await run_cli(capsys, "export", dest, "--force")
+    assert forced.code == 0, forced
+    outside = [p for p in _files(tmp_path) if dest not in p.parents]
+    assert all(settings.data_dir in p.parents for p in outside)  # nothing escaped DEST
+    assert all(LAYOUT.match(r["path"]) for r in _manifest(dest))
+    assert (dest / "keep.txt").read_text() == "someone else's file"
+
+    bad_profile = await run_cli(capsys, "export", tmp_path / "x", "--deidentify", "strict")
+    assert bad_profile.code == 2 and "unknown de-identification profile" in bad_profile.err
+    objects = sorted((settings.data_dir / "objects").rglob("*.dcm"))
+    objects[0].unlink()  # lost from the store: reported, the rest is exported
+    partial = await run_cli(capsys, "export", tmp_path / "partial")
+    assert partial.code == 1
+    assert count(partial.out, "failed") == 1 and "missing" in partial.out
+    assert len(_manifest(tmp_path / "partial")) == 1
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_export_on_a_full_disk_stops_with_one_line(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    big = [to_part10(ct_dataset(rows=200, columns=200, seed=n)) for n in range(4)]
+    await stow(client, big)  # 80 KB each: more than the disk holds
+    with tiny_disk(tmp_path, "128k") as tiny:
+        if tiny is None:
+            from dicomweb_server.services import export_sinks
+
+            def full(*args: object) -> None:
+                raise no_space()
+
+            monkeypatch.setattr(export_sinks, "_write", full)
+            tiny = tmp_path / "elsewhere"
+        ran = await run_cli(capsys, "export", tiny / "media")
+        assert ran.code == 1
+        assert "No space left on device" in ran.err and "Traceback" not in ran.err
+        zipped = await run_cli(capsys, "export", tiny / "media.zip", "--zip")
+        assert zipped.code == 1 and "No space left on device" in zipped.err
+        assert not _exists(tiny / "media.zip") and not _exists(tiny / "media.zip.partial")

@@ -1,0 +1,381 @@
+"""Issue 19: `dicomweb-server import` stores folders, archives, DICOMDIR sets and another
+server's studies through the STOW pipeline, resumes after an interruption, and refuses bombs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from cli_helpers import app_client, count, no_space, run_cli, tiny_disk, use_settings
+from dicomfiles import PREFIX, ct_dataset, multipart_body, to_part10, uid
+from live import serving
+from pydicom.fileset import FileSet
+
+from dicomweb_server.config import Settings
+from dicomweb_server.services.pull import DicomwebSource
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
+
+
+def _series(count_: int, *, study: str | None = None, patient: str = "PAT-1", rows: int = 8):
+    study = study or uid()
+    series = uid()
+    datasets = (
+        ct_dataset(study, series, rows=rows, columns=rows, patient_id=patient, instance_number=n)
+        for n in range(1, count_ + 1)
+    )
+    return [to_part10(ds) for ds in datasets]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if path.is_file())
+
+
+def _zip(path: Path, members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> None:
+    with zipfile.ZipFile(path, "w", compression=method) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+async def _instances(client: httpx.AsyncClient) -> int:
+    response = await client.get("/instances", params={"limit": "10000"})
+    return 0 if response.status_code == 204 else len(response.json())
+
+
+async def test_issue19_import_stores_folders_and_archives_as_stow_would(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    first = _series(3)
+    second = _series(2, patient="PAT-2")
+    conflicting = ct_dataset(sop=_sop(first[0]), seed=99)
+    source = tmp_path / "in"
+    (source / "nested" / "deeper").mkdir(parents=True)
+    (source / "a-first.dcm").write_bytes(first[0])
+    (source / "b-identical-copy").write_bytes(first[0])
+    (source / "c-conflict.dcm").write_bytes(to_part10(conflicting))
+    (source / "d-notes.txt").write_text("not an image")
+    (source / "e-truncated.dcm").write_bytes(first[1][: len(first[1]) // 2])
+    (source / "nested" / "deeper" / "IM000001").write_bytes(first[1])
+    _zip(source / "f-batch.zip", {"one/IMG": first[2], "readme.txt": b"hello"})
+    _tar(source / "g-more.tar.gz", {"x/1": second[0], "x/2": second[1]})
+    report = tmp_path / "report.jsonl"
+
+    # One pipeline, so that the first of the files sharing a SOP Instance UID is the one kept.
+    ran = await run_cli(capsys, "import", source, "--report", report, "--jobs", "1")
+
+    assert ran.code == 1, ran  # a conflict and a truncated file are failures
+    assert [count(ran.out, label) for label in ("stored", "identical", "conflicts")] == [5, 1, 1]
+    assert [count(ran.out, label) for label in ("not DICOM", "failed", "skipped")] == [2, 1, 0]
+    entries = [json.loads(line) for line in report.read_text().splitlines()]
+    outcomes = sorted((Path(e["path"]).name, e["outcome"]) for e in entries)
+    assert outcomes == [
+        ("c-conflict.dcm", "conflict"),
+        ("d-notes.txt", "not-dicom"),
+        ("e-truncated.dcm", "failed"),
+        ("f-batch.zip!readme.txt", "not-dicom"),
+    ]
+    assert all(entry["reason"] for entry in entries)
+    assert await _instances(client) == 5
+    stored = (await client.get(f"/studies/{_study(first[0])}/instances")).json()
+    assert len(stored) == 3
+
+    again = await run_cli(capsys, "import", source)  # a finished import runs again in full
+    assert [count(again.out, label) for label in ("stored", "identical", "skipped")] == [0, 6, 0]
+    assert await _instances(client) == 5
+
+
+def _sop(data: bytes) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(io.BytesIO(data), stop_before_pixels=True).SOPInstanceUID)
+
+
+def _study(data: bytes) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(io.BytesIO(data), stop_before_pixels=True).StudyInstanceUID)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_import_dicomdir_imports_the_files_it_references(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    media = tmp_path / "media"
+    file_set = FileSet()
+    from pydicom import dcmread
+
+    for data in _series(3):
+        ds = dcmread(io.BytesIO(data))
+        ds.StudyID = "1"
+        file_set.add(ds)
+    file_set.write(media)
+    file_set._stage["t"].cleanup()  # its staging TemporaryDirectory, else a ResourceWarning
+    referenced = [p for p in _files(media) if p.name != "DICOMDIR"]
+    referenced[-1].unlink()  # referenced, but missing
+    (media / "PT000000").rename(media / "pt000000")  # media mounted lower-case
+    (media / "EXTRA").write_bytes(_series(1)[0])  # next to it, not referenced
+
+    ran = await run_cli(capsys, "import", media / "DICOMDIR")
+
+    assert [count(ran.out, label) for label in ("stored", "failed", "DICOMDIRs read")] == [2, 1, 1]
+    assert await _instances(client) == 2
+    walked = await run_cli(capsys, "import", media)  # walking the folder imports EXTRA too
+    assert [count(walked.out, label) for label in ("stored", "identical", "failed")] == [1, 2, 1]
+    assert await _instances(client) == 3
+    archive = tmp_path / "media.zip"  # the same set in a zip: its DICOMDIR is checked too
+    _zip(archive, {p.relative_to(media).as_posix(): p.read_bytes() for p in _files(media)})
+    zipped = await run_cli(capsys, "import", archive)
+    assert [count(zipped.out, label) for label in ("identical", "failed", "DICOMDIRs")] == [3, 1, 1]
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_import_refuses_zip_bombs_by_declared_and_counted_size(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    monkeypatch.setenv("DICOMWEB_IMPORT_MAX_MEMBER_BYTES", "200000")
+    monkeypatch.setenv("DICOMWEB_IMPORT_MAX_ARCHIVE_BYTES", "1000000")
+    good, late = _series(2)
+    zeros = bytes(190_000)
+    source = tmp_path / "in"
+    source.mkdir()
+    _zip(source / "1-member.zip", {"big.bin": bytes(300_000), "ok.dcm": good})
+    _zip(source / "2-archive.zip", {f"z{n}": zeros for n in range(6)})
+    _tar(source / "3-stream.tar.gz", {**{f"z{n}": zeros for n in range(6)}, "late.dcm": late})
+    _zip(source / "4-liar.zip", {"lie.dcm": late}, zipfile.ZIP_STORED)
+    _shrink_declared_size(source / "4-liar.zip", len(late), 200)
+    report = tmp_path / "report.jsonl"
+
+    ran = await run_cli(capsys, "import", source, "--report", report)
+
+    assert ran.code == 1
+    assert count(ran.out, "stored") == 1  # only ok.dcm: the rest is past a limit or corrupt
+    entries = map(json.loads, report.read_text().splitlines())
+    reasons = {Path(e["path"]).name: e["reason"] for e in entries}
+    assert "DICOMWEB_IMPORT_MAX_MEMBER_BYTES" in reasons["1-member.zip!big.bin"]
+    assert "DICOMWEB_IMPORT_MAX_ARCHIVE_BYTES" in reasons["2-archive.zip"]
+    assert "nothing read" in reasons["2-archive.zip"]
+    assert "DICOMWEB_IMPORT_MAX_ARCHIVE_BYTES" in reasons["3-stream.tar.gz!z5"]
+    assert "3-stream.tar.gz!late.dcm" not in reasons  # never reached, never read
+    assert "CRC" in reasons["4-liar.zip!lie.dcm"] or "Bad" in reasons["4-liar.zip!lie.dcm"]
+    assert await _instances(client) == 1
+
+
+def _shrink_declared_size(path: Path, actual: int, declared: int) -> None:
+    """Make a stored member declare fewer expanded bytes than it holds (local + central)."""
+    data = bytearray(path.read_bytes())
+    local = data.index(b"PK\x03\x04")
+    struct.pack_into("<I", data, local + 22, declared)
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 24, declared)
+    path.write_bytes(bytes(data))
+    assert actual != declared
+
+
+def _many_files(folder: Path, number: int) -> None:
+    folder.mkdir()
+    study, series = uid(), uid()
+    template = to_part10(ct_dataset(study, series, sop=f"{PREFIX}9.{10**9}", rows=4, columns=4))
+    marker = f"{PREFIX}9.{10**9}".encode()
+    for n in range(number):
+        sop = f"{PREFIX}9.{10**9 + n}".encode()
+        (folder / f"{n:05d}.dcm").write_bytes(template.replace(marker, sop))
+
+
+def _journal_rows(data_dir: Path) -> int:
+    total = 0
+    for path in data_dir.glob(".import-journal-*.sqlite"):
+        with sqlite3.connect(path) as conn:
+            total += conn.execute("SELECT count(*) FROM done").fetchone()[0]
+    return total
+
+
+def _stored_instances(settings: Settings) -> int:
+    async def run() -> int:
+        async with app_client(settings) as local:
+            return await _instances(local)
+
+    return asyncio.run(run())
+
+
+def test_issue19_import_stops_on_ctrl_c_and_resumes_after_a_kill(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    number = 2000
+    source = tmp_path / "many"
+    _many_files(source, number)
+    command = [
+        sys.executable, "-m", "dicomweb_server", "import", str(source),
+        "--data-dir", str(settings.data_dir), "--progress-every", "0.05", "--jobs", "2",
+    ]  # fmt: skip
+
+    interrupted = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert interrupted.stderr is not None
+    line = interrupted.stderr.readline()
+    while line and not line.startswith("import:"):  # the first progress line: it is running
+        line = interrupted.stderr.readline()
+    assert line.startswith("import:"), line
+    interrupted.send_signal(signal.SIGINT)
+    out, err = interrupted.communicate(timeout=60)
+    assert interrupted.returncode == 130, out + err
+    assert "stopping after the work in flight" in err
+    assert "interrupted after" in out and "run the same command again to resume" in out
+    first = _journal_rows(settings.data_dir)
+    assert 0 < first < number
+    assert _stored_instances(settings) == count(out, "stored")  # nothing half-indexed
+
+    killed = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while _journal_rows(settings.data_dir) <= first and killed.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    if killed.poll() is not None:  # it finished before a commit could be seen: no kill to test
+        assert killed.returncode == 0 and _stored_instances(settings) == number
+        return
+    killed.kill()
+    killed.wait()
+    done_before = _journal_rows(settings.data_dir)
+
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    skipped = count(finished.stdout, "skipped")
+    assert skipped == done_before > first
+    total = sum(count(finished.stdout, label) for label in ("stored", "identical"))
+    assert skipped + total == number
+    assert _stored_instances(settings) == number
+    assert _journal_rows(settings.data_dir) == 0  # a complete run leaves no journal
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_import_from_another_dicomweb_server(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    remote = Settings(data_dir=tmp_path / "remote", port=_free_port())
+    wanted = [_series(2, patient="PAT-A"), _series(3, patient="PAT-A")]
+    other = _series(1, patient="PAT-B")
+    with serving(remote):
+        async with httpx.AsyncClient(base_url=remote.root_url) as http:
+            for files in [*wanted, other]:
+                body, content_type = multipart_body(files)
+                reply = await http.post(
+                    "/studies", content=body, headers={"Content-Type": content_type}
+                )
+                assert reply.status_code == 200
+
+        async with DicomwebSource(remote.root_url, _no_parts, page_size=1) as source:
+            assert len(await source.list_studies([])) == 3  # paged one study at a time
+
+        pulled = await run_cli(
+            capsys, "import", "--from", remote.root_url, "--query", "PatientID=PAT-A",
+            "--header", "X-Test: yes",
+        )  # fmt: skip
+        assert pulled.code == 0, pulled
+        assert [count(pulled.out, label) for label in ("studies", "stored")] == [2, 5]
+        assert await _instances(client) == 5
+        again = await run_cli(
+            capsys, "import", "--from", remote.root_url, "--query", "PatientID=PAT-A"
+        )
+        assert [count(again.out, label) for label in ("stored", "identical")] == [0, 5]
+
+    unreachable = f"http://127.0.0.1:{_free_port()}/dicomweb"
+    failed = await run_cli(capsys, "import", "--from", unreachable)
+    assert failed.code == 1
+    assert f"cannot reach {unreachable}" in failed.err
+    assert len(failed.err.strip().splitlines()) == 1  # one clear line, no traceback
+
+
+def _no_parts(chunks, content_type):  # type: ignore[no-untyped-def]
+    raise AssertionError("not called when only listing")
+
+
+async def test_issue19_import_on_a_full_disk_stops_and_changes_nothing_stored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with tiny_disk(tmp_path, "1m") as tiny:
+        objects = tiny or tmp_path / "objects"
+        settings = Settings(
+            data_dir=tmp_path / "data",
+            database_url=f"sqlite://{tmp_path / 'index.sqlite'}",
+            storage_url=f"file://{objects}",
+        )
+        use_settings(settings, monkeypatch)
+        if tiny is None:  # not root: a write that fails the way a full disk does
+            from dicomweb_server.storage import filesystem
+
+            calls = iter(range(1000))
+
+            def full(*args: object) -> None:
+                if next(calls) >= 5:
+                    raise no_space()
+                real(*args)  # type: ignore[arg-type]
+
+            real = filesystem._finish
+            monkeypatch.setattr(filesystem, "_finish", full)
+        source = tmp_path / "in"
+        source.mkdir()
+        for n, data in enumerate(_series(24, rows=180)):  # 65 KB each, 1.5 MB in all
+            (source / f"{n:03d}.dcm").write_bytes(data)
+
+        ran = await run_cli(capsys, "import", source)
+
+        assert ran.code == 1
+        assert "No space left on device" in ran.err
+        assert "stopped:" in ran.err and "Traceback" not in ran.err
+        stored = count(ran.out, "stored")
+        async with app_client(settings) as local:
+            assert await _instances(local) == stored < 24
+            for row in (await local.get("/instances")).json() if stored else []:
+                study, series, sop = (
+                    row[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018")
+                )
+                retrieved = await local.get(f"/studies/{study}/series/{series}/instances/{sop}")
+                assert retrieved.status_code == 200  # every visible instance has its object
+        assert os.listdir(objects / ".tmp") == []  # no partial object left behind
