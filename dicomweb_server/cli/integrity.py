@@ -123,6 +123,7 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
                 parse_limits(settings),
                 spool_memory=settings.import_spool_memory_bytes,
                 listener=noted,
+                in_trash=backends.index.trash_references,
             )
             stats = service.stats
             progress = Progress(
@@ -152,7 +153,8 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
         f" {format_duration(stats.elapsed)}: {counts[ReindexOutcome.INDEXED]:,} indexed,"
         f" {counts[ReindexOutcome.ALREADY]:,} already indexed,"
         f" {counts[ReindexOutcome.CONFLICT]:,} conflicts,"
-        f" {counts[ReindexOutcome.UNREADABLE]:,} unreadable;"
+        f" {counts[ReindexOutcome.UNREADABLE]:,} unreadable,"
+        f" {counts[ReindexOutcome.TRASHED]:,} in the trash left out;"
         f" {stats.skipped:,} other objects (derived data) skipped",
         flush=True,
     )

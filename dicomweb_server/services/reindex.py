@@ -3,7 +3,9 @@
 Every instance object (`{site}/{study}/{series}/{sop}/{digest}.dcm`; derived data under
 `{site}/cache/` is skipped) is read into a spool, its header parsed with the same limits as
 STOW, its SHA-256 checked against the digest its key carries, and it is added to the index
-under its existing key, `batch` at a time per site. Nothing is ever written to or deleted
+under its existing key, `batch` at a time per site. An object the trash still references (a
+deleted instance within its grace period) is left out, so a reindex never undoes a delete
+while the index survives. Nothing is ever written to or deleted
 from the blob store: an object that cannot be indexed is only reported.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO, cast
 
@@ -35,6 +37,7 @@ class ReindexOutcome(enum.StrEnum):
     ALREADY = "already indexed"
     CONFLICT = "conflict"  # another object of the same SOP Instance UID was indexed first
     UNREADABLE = "unreadable"  # not parseable, or its bytes do not match its key
+    TRASHED = "in the trash"  # a deleted instance awaiting its purge: never brought back
 
 
 @dataclass(slots=True)
@@ -83,8 +86,10 @@ class ReindexService:
         *,
         spool_memory: int = 16 << 20,
         listener: ReindexListener | None = None,
+        in_trash: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self._index = index
+        self._in_trash = in_trash
         self._blobs = blobs
         self._limits = limits
         self._spool_memory = spool_memory
@@ -112,6 +117,9 @@ class ReindexService:
                         self.stats.skipped += 1
                         continue
                     self.stats.objects += 1
+                    if self._in_trash is not None and await self._in_trash(info.key):
+                        self._note(info.key, ReindexOutcome.TRASHED, "deleted, not yet purged")
+                        continue
                     await objects.put((info, key))
             finally:
                 for _ in range(jobs):

@@ -149,3 +149,26 @@ async def _all_objects(settings: Settings) -> list[str]:
         return [info.key async for info in backends.blobs.iter_objects()]
     finally:
         await backends.close()
+
+
+async def test_issue19_reindex_never_brings_back_a_deleted_instance_awaiting_purge(
+    settings: Settings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with app_client(settings) as client:
+        await stow(client, _files())
+        row = (await client.get("/series?PatientID=PAT-R2")).json()[0]
+        study, series = row["0020000D"]["Value"][0], row["0020000E"]["Value"][0]
+        deleted = await client.delete(f"/studies/{study}/series/{series}")
+        assert deleted.status_code == 204, deleted.text
+    use_settings(settings, monkeypatch)
+
+    ran = await run_cli(capsys, "reindex")
+
+    assert ran.code == 0, ran
+    assert "0 indexed, 4 already indexed" in ran.out and "2 in the trash left out" in ran.out
+    async with app_client(settings) as client:
+        assert _canonical(await client.get("/series?PatientID=PAT-R2")) == []
+        assert _canonical(await client.get(f"/studies/{study}/series/{series}/instances")) == []
+        assert len(_canonical(await client.get("/instances"))) == 4
