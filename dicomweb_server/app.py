@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -22,14 +19,18 @@ from dicomweb_server.errors import RequestTimeoutError
 from dicomweb_server.index.base import ServerIndex
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
+from dicomweb_server.services.instrumented import instrumented_blobs, instrumented_index
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
+from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.storage.base import BlobStore
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
+from dicomweb_server.web.observe import RequestContextMiddleware
+from dicomweb_server.web.ops import OPS_ROUTES
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
 
@@ -41,8 +42,6 @@ __all__ = [
     "open_blob_store",
     "open_index",
 ]
-
-access_log = logging.getLogger("dicomweb_server.access")
 
 
 async def open_index(settings: Settings) -> ServerIndex:
@@ -120,45 +119,6 @@ async def open_backends(settings: Settings) -> Backends:
         await index.close()
         raise
     return Backends(index, blobs)
-
-
-class RequestContextMiddleware:
-    """Gives each request an id (X-Request-ID) and logs method, path and status.
-
-    The query string is never logged: QIDO values are patient data.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            path = scope.get("path", "").encode("unicode_escape").decode("ascii")
-            access_log.info(
-                "%s %s %s %d %.1fms",
-                request_id,
-                scope.get("method", "-"),
-                path,
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
 
 
 class RequestLimitsMiddleware:
@@ -267,7 +227,8 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         backends = await open_backends(settings)
-        index, blobs = backends.index, backends.blobs
+        # Timed, counted and traced as the services use them (/metrics, OTEL traces)
+        index, blobs = instrumented_index(backends.index), instrumented_blobs(backends.blobs)
         limits = ParseLimits(
             bulk_data_threshold=settings.bulk_data_threshold,
             max_sequence_depth=settings.max_sequence_depth,
@@ -306,6 +267,7 @@ def create_app(settings: Settings) -> Starlette:
             search=SearchService(index),
             retrieve=retrieve,
             render=render,
+            status=StatusService(index, blobs, ready_timeout=settings.ready_timeout),
         )
         try:
             yield
@@ -316,7 +278,11 @@ def create_app(settings: Settings) -> Starlette:
 
     app = Starlette(
         # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
-        routes=[root_route("/dicomweb", ROUTES), Mount("/dicomweb", routes=ROUTES)],
+        routes=[
+            root_route("/dicomweb", ROUTES),
+            Mount("/dicomweb", routes=ROUTES),
+            *OPS_ROUTES,  # /healthz, /readyz, /metrics (web/ops.py)
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )

@@ -27,6 +27,7 @@ _AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENC
 Positive = Annotated[int, Field(ge=1)]
 NonNegative = Annotated[int, Field(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 # Credentials DICOMWEB_AUTH may combine, in their canonical order
 _AUTH_METHODS = ("oidc", "apikey")
 # Asymmetric JWS algorithms only: an HS* token could be signed with the IdP's public key
@@ -156,8 +157,15 @@ class Settings(BaseSettings):
     oidc_algorithms: str = "RS256,ES256,PS256"  # signatures accepted, comma-separated; never HS*
     oidc_leeway_seconds: NonNegative = 60  # clock skew allowed on a token's exp, nbf and iat
     max_token_bytes: Positive = 8192  # a longer bearer token or API key is refused unread
+    # Operations (issue 21): probes, logs, traces, the viewer
+    ready_timeout: Annotated[float, Field(gt=0)] = 2.0  # /readyz: seconds each backend may take
+    log_format: LogFormat = "text"  # json: one JSON object per line, for log collectors
+    # OpenTelemetry traces (serve/tracing.py); also on when OTEL_TRACES_EXPORTER or
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set. The OTEL_* variables configure the rest.
+    tracing: bool = False
+    viewer_dir: str = ""  # the installed OHIF Viewer (`viewer install`); empty: {data_dir}/viewer
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -200,6 +208,11 @@ class Settings(BaseSettings):
     def tls(self) -> bool:
         """True when the server speaks HTTPS."""
         return bool(self.ssl_certfile)
+
+    @property
+    def viewer_path(self) -> Path:
+        """Where `dicomweb-server viewer install` puts the viewer and the server finds it."""
+        return Path(self.viewer_dir) if self.viewer_dir else self.data_dir / "viewer"
 
     @property
     def auth_methods(self) -> frozenset[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
@@ -14,6 +14,10 @@ from dicomweb_server.domain.records import InstanceRecord, StoredInstance
 __all__ = [
     "AddOutcome",
     "CacheLedger",
+    "ConnectionPool",
+    "Connections",
+    "Counts",
+    "IndexCounts",
     "InstanceIndex",
     "SearchPage",
     "ServerIndex",
@@ -118,3 +122,40 @@ class CacheLedger(Protocol):
 
 class ServerIndex(InstanceIndex, CacheLedger, Protocol):
     """Every role a server process needs of its index database, in one object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """How much the index holds, all sites together; `exact` is False for estimates."""
+
+    studies: int
+    series: int
+    instances: int
+    exact: bool = True
+
+
+@runtime_checkable
+class IndexCounts(Protocol):
+    """Studies, series and instances held, cheaply enough for every page view."""
+
+    async def counts(self) -> Counts:
+        """Exact counts for a small index; for a large one, estimates that read no table."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """A process's database connections: open, in use (None: not known) and the limit."""
+
+    open: int
+    in_use: int | None
+    limit: int
+
+
+@runtime_checkable
+class ConnectionPool(Protocol):
+    """An index that holds database connections, for the connection gauges of /metrics."""
+
+    def connections(self) -> Connections:
+        """The connections now, without waiting for any."""
+        ...

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from dicomweb_server.errors import DicomwebError, NotFoundError
 from dicomweb_server.index.base import CacheLedger
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.telemetry import CACHE_LOOKUPS
 
 __all__ = ["DerivedCache"]
 
@@ -26,6 +27,11 @@ log = logging.getLogger("dicomweb_server.cache")
 _FLUSH_INTERVAL = 5.0  # seconds between ledger updates, at most
 _MAX_PENDING = 4096  # noted uses that force a ledger update however recent the last one
 _LOW_WATER = 0.9  # eviction stops at this fraction of the budget
+_LOOKUPS = {
+    (kind, result): CACHE_LOOKUPS.labels(kind, result)
+    for kind in ("frames", "rendered")
+    for result in ("hit", "miss")
+}
 
 
 class DerivedCache:
@@ -58,13 +64,17 @@ class DerivedCache:
         """The entry's bytes, or None (missing, evicted, or the store failed)."""
         if not self.enabled:
             return None
+        kind = "frames" if "/frames/" in key else "rendered"  # domain/blob_keys.py's layout
         try:
             data = b"".join([chunk async for chunk in self._blobs.iter_get(key)])
         except NotFoundError:
+            _LOOKUPS[kind, "miss"].inc()
             return None
         except DicomwebError as exc:
             log.warning("derived-data cache read failed: %s", exc.reason)
+            _LOOKUPS[kind, "miss"].inc()
             return None
+        _LOOKUPS[kind, "hit"].inc()
         self._used[key] = time.time()
         self._maybe_flush()
         return data

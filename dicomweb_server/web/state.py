@@ -8,6 +8,7 @@ from dicomweb_server.config import Settings
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
+from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["AppState"]
@@ -22,3 +23,4 @@ class AppState:
     search: SearchService
     retrieve: RetrieveService
     render: RenderService
+    status: StatusService
