@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"dicomweb-server: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = args.run(settings, args)
     except KeyboardInterrupt:
