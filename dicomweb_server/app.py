@@ -29,10 +29,12 @@ from dicomweb_server.storage.base import BlobStore
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
+from dicomweb_server.web.landing import LANDING_ROUTES
 from dicomweb_server.web.observe import RequestContextMiddleware
 from dicomweb_server.web.ops import OPS_ROUTES
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.state import AppState
+from dicomweb_server.web.viewer import VIEWER_ROUTES
 
 __all__ = [
     "Backends",
@@ -282,6 +284,8 @@ def create_app(settings: Settings) -> Starlette:
             root_route("/dicomweb", ROUTES),
             Mount("/dicomweb", routes=ROUTES),
             *OPS_ROUTES,  # /healthz, /readyz, /metrics (web/ops.py)
+            *LANDING_ROUTES,  # /, /api, /capabilities
+            *VIEWER_ROUTES,  # /viewer/ (once `dicomweb-server viewer install` ran)
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
