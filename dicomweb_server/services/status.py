@@ -11,7 +11,7 @@ from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import Counts, IndexCounts, InstanceIndex
 from dicomweb_server.storage.base import BlobStore
 
-__all__ = ["Readiness", "StatusService"]
+__all__ = ["Counts", "Readiness", "StatusService"]
 
 _COUNTS_TTL = 10.0  # seconds a count is reused: a landing page reloaded in a loop costs nothing
 

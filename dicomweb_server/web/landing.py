@@ -19,7 +19,7 @@ from starlette.routing import Route
 from dicomweb_server import telemetry
 from dicomweb_server.domain.identifiers import DEFAULT_SITE
 from dicomweb_server.errors import DicomwebError
-from dicomweb_server.index.base import Counts
+from dicomweb_server.services.status import Counts
 from dicomweb_server.services.viewer import PACKAGE, installed_viewer
 from dicomweb_server.web.capabilities import capabilities_response, describe_routes
 from dicomweb_server.web.negotiation import parse_accept
