@@ -1,9 +1,9 @@
 """The index and the blob store as the services see them: timed, counted and traced.
 
 Both are proxies that forward every attribute to the real object, wrapping each public
-coroutine and async generator method on first use. Nothing is re-declared, so the Protocols
-stay as they are, capabilities found by `isinstance` (LocalFiles, BatchInstanceIndex) are
-still found, and a method someone adds tomorrow is instrumented too.
+coroutine and async generator method on first use. Nothing is re-declared by hand, so the
+Protocols stay as they are, capabilities found by `isinstance` (LocalFiles,
+BatchInstanceIndex) are still found, and a method someone adds tomorrow is instrumented too.
 
 - Blob store: every request is timed into `dicomweb_object_store_duration_seconds` (a get until
   its first bytes arrive: afterwards the pace is the client's), failures counted, and spanned
@@ -33,26 +33,43 @@ _UNTOUCHED = frozenset({"close", "local_path"})
 _SAMPLE_INTERVAL = 1.0  # seconds between connection gauge samples, at most
 
 
+class _Forward:
+    """A method of the real object, found on the proxy's class (so `isinstance` checks that look
+    attributes up statically, as Python 3.12's runtime protocols do, find it too); on first
+    use it is wrapped and kept on the instance."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, proxy: _Proxy | None, owner: type) -> Any:
+        if proxy is None:
+            return self
+        return proxy._method(self.name)
+
+
 class _Proxy:
     """Forwards attributes to `inner`; public async methods are wrapped once and kept."""
-
-    _kind = ""
 
     def __init__(self, inner: Any) -> None:
         self._inner = inner
 
-    def __getattr__(self, name: str) -> Any:
+    def _method(self, name: str) -> Any:
         value = getattr(self._inner, name)
-        if name.startswith("_") or name in _UNTOUCHED:
-            return value
-        if inspect.iscoroutinefunction(value):
-            wrapped: Any = self._wrap_call(name, value)
+        if name in _UNTOUCHED:
+            wrapped: Any = value
+        elif inspect.iscoroutinefunction(value):
+            wrapped = self._wrap_call(name, value)
         elif inspect.isasyncgenfunction(value):
             wrapped = self._wrap_iter(name, value)
         else:
-            return value
-        self.__dict__[name] = wrapped  # found without __getattr__ from now on
+            wrapped = value
+        self.__dict__[name] = wrapped  # found before the class's _Forward from now on
         return wrapped
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_inner":  # not set yet: never recurse
+            raise AttributeError(name)
+        return getattr(self._inner, name)  # anything else: data attributes
 
     def _wrap_call(self, name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         raise NotImplementedError
@@ -62,6 +79,24 @@ class _Proxy:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._inner!r})"
+
+
+_classes: dict[tuple[type, type], type] = {}
+
+
+def _proxy(base: type[_Proxy], inner: Any) -> Any:
+    """A `base` proxy whose class has each public method of `inner`'s class."""
+    key = (base, type(inner))
+    cls = _classes.get(key)
+    if cls is None:
+        names = [
+            name
+            for name in dir(type(inner))
+            if not name.startswith("_") and callable(getattr(type(inner), name, None))
+        ]
+        cls = type(base.__name__, (base,), {name: _Forward(name) for name in names})
+        _classes[key] = cls
+    return cls(inner)
 
 
 def _failed(exc: BaseException) -> bool:
@@ -177,7 +212,7 @@ class _Index(_Proxy):
 
 def instrumented_blobs(blobs: T) -> T:
     """`blobs` with its requests timed, counted and traced."""
-    return cast(T, _Blobs(blobs))
+    return cast(T, _proxy(_Blobs, blobs))
 
 
 def instrumented_index(index: T) -> T:
@@ -185,4 +220,4 @@ def instrumented_index(index: T) -> T:
     nothing to do: no tracing and no connections to report)."""
     if telemetry.tracer() is None and not isinstance(index, ConnectionPool):
         return index
-    return cast(T, _Index(index))
+    return cast(T, _proxy(_Index, index))
