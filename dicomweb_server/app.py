@@ -5,122 +5,36 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dicomweb_server.backends import Backends, open_backends, open_index
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import RequestTimeoutError
-from dicomweb_server.index.base import ServerIndex
+from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.instrumented import instrumented_blobs, instrumented_index
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
+from dicomweb_server.services.sites import SiteService
 from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
-from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.web.auth import AuthMiddleware
 from dicomweb_server.web.browser import add_browser_middleware
-from dicomweb_server.web.capabilities import root_route
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
 from dicomweb_server.web.landing import LANDING_ROUTES
 from dicomweb_server.web.observe import RequestContextMiddleware
 from dicomweb_server.web.ops import OPS_ROUTES
 from dicomweb_server.web.routes import ROUTES
+from dicomweb_server.web.sites import TrailingSlashMiddleware, dicomweb_mounts
 from dicomweb_server.web.state import AppState
 from dicomweb_server.web.viewer import VIEWER_ROUTES
 
-__all__ = [
-    "Backends",
-    "RequestLimitsMiddleware",
-    "create_app",
-    "open_backends",
-    "open_blob_store",
-    "open_index",
-]
-
-
-async def open_index(settings: Settings) -> ServerIndex:
-    """The index named by DICOMWEB_DATABASE_URL (default: SQLite under the data dir)."""
-    url = settings.database_url
-    if not url:
-        from dicomweb_server.index.sqlite import SqliteInstanceIndex
-
-        return await SqliteInstanceIndex.open(settings.data_dir / "index.sqlite")
-    scheme = urlparse(url).scheme
-    if scheme == "sqlite":
-        from dicomweb_server.index.sqlite import SqliteInstanceIndex
-
-        return await SqliteInstanceIndex.open(Path(url.removeprefix("sqlite://")))
-    if scheme in ("postgresql", "postgres"):
-        from dicomweb_server.index.postgres import PostgresInstanceIndex
-
-        return await PostgresInstanceIndex.open(
-            url, max_size=settings.database_pool_size, command_timeout=settings.backend_timeout
-        )
-    raise ValueError(
-        f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported"
-        " (use postgresql://... or sqlite:///path)"
-    )
-
-
-async def open_blob_store(settings: Settings) -> BlobStore:
-    """The blob store named by DICOMWEB_STORAGE_URL (default: files under the data dir)."""
-    url = settings.storage_url
-    if not url:
-        from dicomweb_server.storage.filesystem import FilesystemBlobStore
-
-        return FilesystemBlobStore(settings.data_dir / "objects")
-    parsed = urlparse(url)
-    if parsed.scheme == "file":
-        from dicomweb_server.storage.filesystem import FilesystemBlobStore
-
-        return FilesystemBlobStore(Path(parsed.path))
-    if parsed.scheme == "s3":
-        from dicomweb_server.storage.s3 import S3BlobStore
-
-        return await S3BlobStore.create(
-            bucket=parsed.netloc,
-            prefix=parsed.path.strip("/"),
-            endpoint_url=settings.s3_endpoint_url or None,
-            region=settings.s3_region or None,
-            multipart_threshold=settings.s3_multipart_threshold,
-            part_size=settings.s3_part_size,
-            read_timeout=settings.backend_timeout,
-            read_connections=settings.s3_read_connections,
-        )
-    raise ValueError(f"DICOMWEB_STORAGE_URL scheme {parsed.scheme!r} is not supported")
-
-
-@dataclass(slots=True)
-class Backends:
-    """The index and the blob store of one process, opened together, closed together."""
-
-    index: ServerIndex
-    blobs: BlobStore
-
-    async def close(self) -> None:
-        try:
-            await self.blobs.close()
-        finally:
-            await self.index.close()
-
-
-async def open_backends(settings: Settings) -> Backends:
-    """Open the index (migrating it) and the blob store the settings name."""
-    index = await open_index(settings)
-    try:
-        blobs = await open_blob_store(settings)
-    except BaseException:
-        await index.close()
-        raise
-    return Backends(index, blobs)
+__all__ = ["Backends", "RequestLimitsMiddleware", "create_app", "open_backends", "open_index"]
 
 
 class RequestLimitsMiddleware:
@@ -263,8 +177,11 @@ def create_app(settings: Settings) -> Starlette:
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
         app.state.backends = backends  # for tools and tests; the web layer uses services only
+        authenticator = Authenticator.from_settings(settings, api_key_store=index)
         app.state.dicomweb = AppState(
             settings=settings,
+            authenticator=authenticator,
+            sites=SiteService(index, settings.default_site),
             store=StoreService(index, blobs, limits),
             search=SearchService(index),
             retrieve=retrieve,
@@ -274,15 +191,14 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await authenticator.aclose()
             await cache.close()
             codecs.close()
             await backends.close()
 
     app = Starlette(
-        # The root without its slash answers OPTIONS itself rather than redirecting (PS3.18 8.9).
         routes=[
-            root_route("/dicomweb", ROUTES),
-            Mount("/dicomweb", routes=ROUTES),
+            *dicomweb_mounts(ROUTES),
             *OPS_ROUTES,  # /healthz, /readyz, /metrics (web/ops.py)
             *LANDING_ROUTES,  # /, /api, /capabilities
             *VIEWER_ROUTES,  # /viewer/ (once `dicomweb-server viewer install` ran)
@@ -290,6 +206,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.redirect_slashes = False  # redirects would take their host from the request
     app.add_middleware(
         RequestLimitsMiddleware,
         body_timeout=settings.body_timeout,
@@ -297,6 +214,9 @@ def create_app(settings: Settings) -> Starlette:
         max_stores=settings.max_concurrent_stores,
         min_upload_rate=settings.min_upload_rate,
     )
+    # Inside CORS: a 401 or 403 carries CORS headers, so a browser viewer can read it.
+    app.add_middleware(AuthMiddleware)
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(RequestContextMiddleware, default_site=settings.default_site)
     return app

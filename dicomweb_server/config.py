@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # Empty: http(s)://{host}:{port}/dicomweb (never the request's Host header alone).
     base_url: str = ""
     log_level: LogLevel = "info"
+    # The site STOW-RS at the DICOMweb root stores into, and whose copy the root serves first
+    # when several sites hold a study UID (issue 16; created at start-up if missing)
+    default_site: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")] = "default"
     # TLS: both files given, the server speaks HTTPS only (PEM certificate chain and key)
     ssl_certfile: str = ""
     ssl_keyfile: str = ""
@@ -149,6 +152,8 @@ class Settings(BaseSettings):
     gc_young_threshold: NonNegative = 20_000
     # Access control (services/authn.py). none: every caller may do everything (loopback only)
     auth: str = "none"  # none, oidc, apikey or oidc,apikey: credentials accepted as Bearer
+    # DICOMWEB_AUTH=none on a non-loopback address: every caller may do everything
+    insecure_no_auth: bool = False
     oidc_issuer: str = ""  # the identity provider's issuer URL; a token's iss must equal it
     oidc_audience: str = ""  # the aud a token must name (this server's client id at the IdP)
     oidc_jwks_url: str = ""  # empty: jwks_uri of {issuer}/.well-known/openid-configuration
@@ -247,6 +252,7 @@ class Settings(BaseSettings):
 
     def check(self) -> None:
         """Raise SettingsError for combinations no single field can judge."""
+        self.check_auth()
         if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
             raise SettingsError(
                 "DICOMWEB_SSL_CERTFILE and DICOMWEB_SSL_KEYFILE must be given together"
@@ -270,10 +276,11 @@ class Settings(BaseSettings):
             for name in ("oidc_issuer", "oidc_audience"):
                 if not getattr(self, name):
                     raise SettingsError(f"DICOMWEB_AUTH={self.auth} needs DICOMWEB_{name.upper()}")
-        if self.auth == "none" and not _is_loopback(self.host):
+        if self.auth == "none" and not _is_loopback(self.host) and not self.insecure_no_auth:
             raise SettingsError(
                 f"DICOMWEB_AUTH=none (no access control) needs a loopback DICOMWEB_HOST,"
                 f" got {self.host!r}: set DICOMWEB_AUTH to oidc, apikey or oidc,apikey"
+                " (or serve --insecure-no-auth to accept every caller)"
             )
 
 

@@ -14,7 +14,9 @@
     ├── ConflictError (409)
     ├── PayloadTooLargeError (413)           a configured limit was exceeded
     ├── UnsupportedMediaTypeError (415)
-    └── BackendUnavailableError (503)        index or blob store down or timing out
+    └── BackendUnavailableError (503)        a backend down or timing out
+        ├── IndexUnavailableError (503)      the index database
+        └── StoreUnavailableError (503)      the object store
 
 Adapters wrap driver exceptions into these; no driver type crosses a Protocol.
 401 and 403 also carry an RFC 6750 `error` code; `challenge` is their WWW-Authenticate value.
@@ -28,6 +30,7 @@ __all__ = [
     "ConflictError",
     "DicomwebError",
     "ForbiddenError",
+    "IndexUnavailableError",
     "InvalidIdentifierError",
     "InvalidNameError",
     "InvalidQueryError",
@@ -36,6 +39,7 @@ __all__ = [
     "NotFoundError",
     "PayloadTooLargeError",
     "RequestTimeoutError",
+    "StoreUnavailableError",
     "UnauthorizedError",
     "UnsupportedMediaTypeError",
 ]
@@ -49,6 +53,11 @@ class DicomwebError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+    @property
+    def public_reason(self) -> str:
+        """What the HTTP client is told (the reason, unless it holds backend detail)."""
+        return self.reason
 
 
 class BadRequestError(DicomwebError):
@@ -151,6 +160,27 @@ class UnsupportedMediaTypeError(DicomwebError):
 
 
 class BackendUnavailableError(DicomwebError):
-    """The index or blob store is down or did not answer in time."""
+    """The index or blob store is down or did not answer in time.
+
+    `reason` is for the log and operators (it can name hosts, buckets and keys);
+    `public_reason` is what an HTTP client is told.
+    """
 
     status = 503
+    component = "a backend"
+
+    @property
+    def public_reason(self) -> str:
+        return f"{self.component} is unavailable or did not answer in time; try again later"
+
+
+class IndexUnavailableError(BackendUnavailableError):
+    """The index database is down or did not answer in time."""
+
+    component = "the index"
+
+
+class StoreUnavailableError(BackendUnavailableError):
+    """The object store is down or did not answer in time."""
+
+    component = "the object store"

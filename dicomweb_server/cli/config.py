@@ -166,8 +166,16 @@ ROWS: tuple[Row, ...] = (
         "allocations before Python's garbage collector runs (default 700 spent two thirds of a large search in collections); startup objects are frozen out of collection; 0 keeps Python's default",
     ),
     Row(
+        ("default_site",),
+        "the site STOW at `/dicomweb` stores into (created at start-up if missing)",
+    ),
+    Row(
         ("auth",),
-        "access control: `none` (only allowed on a loopback `DICOMWEB_HOST`), `oidc`, `apikey` or `oidc,apikey` (credentials accepted as Bearer)",
+        "access control: `none`, `oidc`, `apikey` or `oidc,apikey` (credentials accepted as Bearer; [Access control](#access-control))",
+    ),
+    Row(
+        ("insecure_no_auth",),
+        "1 lets `DICOMWEB_AUTH=none` serve a non-loopback address, where every caller may do everything (`serve --insecure-no-auth`)",
     ),
     Row(
         ("oidc_issuer", "oidc_audience"),

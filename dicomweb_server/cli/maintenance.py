@@ -36,7 +36,7 @@ async def _migrate(settings: Settings) -> int:
         applied = await migrate(settings.database_url, command_timeout=settings.backend_timeout)
         print(f"dicomweb-server: applied migrations {applied or 'none'}", flush=True)
         return 0
-    from dicomweb_server.app import open_index
+    from dicomweb_server.backends import open_index
 
     index = await open_index(settings)  # opening the SQLite index applies pending migrations
     await index.close()
@@ -49,7 +49,7 @@ def _sweep(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _sweep_async(settings: Settings, min_age: float, dry_run: bool) -> int:
-    from dicomweb_server.app import open_backends
+    from dicomweb_server.backends import open_backends
     from dicomweb_server.services.maintenance import sweep_orphans
 
     backends = await open_backends(settings)

@@ -12,7 +12,16 @@ from dicomweb_server.serve import StartupError, run, worker_count
 __all__ = ["OVERRIDES", "add_commands"]
 
 # Flags that override settings of the same name, for this command and the others.
-OVERRIDES = ("host", "port", "data_dir", "workers", "base_url", "ssl_certfile", "ssl_keyfile")
+OVERRIDES = (
+    "host",
+    "port",
+    "data_dir",
+    "workers",
+    "base_url",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "insecure_no_auth",
+)
 
 
 def add_commands(commands: Any) -> None:
@@ -30,6 +39,12 @@ def add_commands(commands: Any) -> None:
         "--ssl-certfile", help="serve HTTPS with this PEM certificate chain (DICOMWEB_SSL_CERTFILE)"
     )
     serve.add_argument("--ssl-keyfile", help="its PEM private key (DICOMWEB_SSL_KEYFILE)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_const",
+        const="true",
+        help="serve without access control on a non-loopback address (DICOMWEB_AUTH=none)",
+    )
     serve.set_defaults(run=_serve)
 
 

@@ -36,6 +36,7 @@ from dicomweb_server.domain.pydicom_header import (
 from dicomweb_server.domain.records import (
     BulkSpan,
     FrameSpans,
+    FrameTable,
     ImagePixel,
     InstanceRecord,
     PixelLayout,
@@ -297,9 +298,7 @@ def _native_layout(
         )
     if pixel_bits % 8:
         return PixelLayout(False, offset, length, ())  # bit-packed frames are not byte-aligned
-    frame_length = pixel_bits // 8
-    spans = tuple(FrameSpans(((offset + i * frame_length, frame_length),)) for i in range(frames))
-    return PixelLayout(False, offset, length, spans)
+    return PixelLayout(False, offset, length, FrameTable.regular(offset, pixel_bits // 8, frames))
 
 
 def _read_item_header(fp: BinaryIO) -> tuple[int, int]:

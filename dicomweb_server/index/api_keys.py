@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
-from dicomweb_server.domain.grants import Grant
+from dicomweb_server.domain.grants import Grant, parse_grants
 
-__all__ = ["ApiKeyRecord", "ApiKeyStore"]
+__all__ = [
+    "API_KEY_COLUMNS",
+    "ApiKeyRecord",
+    "ApiKeyStore",
+    "api_key_from_row",
+    "api_key_values",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +54,38 @@ class ApiKeyStore(Protocol):
         """Mark the named key revoked at `when` (a revoked key keeps its first time);
         the updated record, or None if no key has that name."""
         ...
+
+
+API_KEY_COLUMNS = ("key_id", "name", "secret_hash", "grants", "created", "expires", "revoked")
+
+
+def api_key_values(record: ApiKeyRecord) -> tuple[object, ...]:
+    """A record's values in API_KEY_COLUMNS order (times as seconds since the epoch)."""
+    return (
+        record.key_id,
+        record.name,
+        record.secret_hash,
+        " ".join(sorted(str(grant) for grant in record.grants)),
+        record.created.timestamp(),
+        None if record.expires is None else record.expires.timestamp(),
+        None if record.revoked is None else record.revoked.timestamp(),
+    )
+
+
+def api_key_from_row(row: Any) -> ApiKeyRecord:
+    """A row of API_KEY_COLUMNS (a tuple or an asyncpg Record) as a record."""
+
+    def when(value: float | None) -> datetime | None:
+        return None if value is None else datetime.fromtimestamp(float(value), UTC)
+
+    created = when(row[4])
+    assert created is not None
+    return ApiKeyRecord(
+        key_id=row[0],
+        name=row[1],
+        secret_hash=row[2],
+        grants=parse_grants(str(row[3]).split()),
+        created=created,
+        expires=when(row[5]),
+        revoked=when(row[6]),
+    )

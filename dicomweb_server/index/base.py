@@ -10,6 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
+from dicomweb_server.domain.sites import Site
+from dicomweb_server.index.api_keys import ApiKeyStore
 
 __all__ = [
     "AddOutcome",
@@ -21,6 +23,7 @@ __all__ = [
     "InstanceIndex",
     "SearchPage",
     "ServerIndex",
+    "SiteCatalog",
     "StoredInstance",
 ]
 
@@ -120,7 +123,35 @@ class CacheLedger(Protocol):
         ...
 
 
-class ServerIndex(InstanceIndex, CacheLedger, Protocol):
+class SiteCatalog(Protocol):
+    """The sites of the store; names are validated by domain/sites.py before they get here."""
+
+    async def list_sites(self) -> list[Site]:
+        """Every site, by name."""
+        ...
+
+    async def get_site(self, name: str) -> Site | None:
+        """The site, or None."""
+        ...
+
+    async def add_site(self, site: Site) -> None:
+        """Add a site; ConflictError when the name is taken."""
+        ...
+
+    async def update_site(self, site: Site) -> None:
+        """Replace a site's settings; NotFoundError when there is no such site."""
+        ...
+
+    async def remove_site(self, name: str) -> None:
+        """Remove an empty site; ConflictError when it holds a study, NotFoundError if none."""
+        ...
+
+    async def sites_holding_study(self, study_instance_uid: str) -> list[str]:
+        """The sites that hold a study with this UID (for the enterprise root)."""
+        ...
+
+
+class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, ApiKeyStore, Protocol):
     """Every role a server process needs of its index database, in one object."""
 
 

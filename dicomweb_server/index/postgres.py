@@ -8,6 +8,7 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from datetime import datetime
 from importlib import resources
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
@@ -17,13 +18,26 @@ import orjson
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord
-from dicomweb_server.errors import BackendUnavailableError, DicomwebError
+from dicomweb_server.domain.sites import Site
+from dicomweb_server.errors import (
+    ConflictError,
+    DicomwebError,
+    IndexUnavailableError,
+    NotFoundError,
+)
 from dicomweb_server.index.aggregates import INT4_MAX, INT4_MIN, as_text
+from dicomweb_server.index.api_keys import (
+    API_KEY_COLUMNS,
+    ApiKeyRecord,
+    api_key_from_row,
+    api_key_values,
+)
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
+from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -152,7 +166,7 @@ class PostgresInstanceIndex:
         command_timeout: float = 30,
         acquire_timeout: float | None = None,
     ) -> PostgresInstanceIndex:
-        """Connect a pool to `dsn` and migrate the schema; raise BackendUnavailableError if down.
+        """Connect a pool to `dsn` and migrate the schema; raise IndexUnavailableError if down.
 
         `acquire_timeout` bounds the wait for a free connection (default: `command_timeout`).
         """
@@ -205,7 +219,7 @@ class PostgresInstanceIndex:
         try:
             return await self._pool.acquire(timeout=self._acquire_timeout)
         except TimeoutError as exc:
-            raise BackendUnavailableError(
+            raise IndexUnavailableError(
                 "index unavailable: no PostgreSQL connection became free within"
                 f" {self._acquire_timeout:g}s"
             ) from exc
@@ -324,6 +338,84 @@ class PostgresInstanceIndex:
             return claimed
 
         return await self._with_connection(run)
+
+    async def list_sites(self) -> list[Site]:
+        rows = await self._fetch(f"SELECT {', '.join(SITE_COLUMNS)} FROM sites ORDER BY name")
+        return [site_from_row(row) for row in rows]
+
+    async def get_site(self, name: str) -> Site | None:
+        row = await self._fetchrow(
+            f"SELECT {', '.join(SITE_COLUMNS)} FROM sites WHERE name = $1", name
+        )
+        return None if row is None else site_from_row(row)
+
+    async def add_site(self, site: Site) -> None:
+        marks = ", ".join(f"${n}" for n in range(1, len(SITE_COLUMNS) + 1))
+        inserted = await self._fetchrow(
+            f"INSERT INTO sites ({', '.join(SITE_COLUMNS)}) VALUES ({marks})"
+            " ON CONFLICT (name) DO NOTHING RETURNING name",
+            *site_values(site),
+        )
+        if inserted is None:
+            raise ConflictError(f"site {site.name!r} already exists")
+
+    async def update_site(self, site: Site) -> None:
+        columns = SITE_COLUMNS[1:]
+        sets = ", ".join(f"{column} = ${n}" for n, column in enumerate(columns, start=2))
+        row = await self._fetchrow(
+            f"UPDATE sites SET {sets} WHERE name = $1 RETURNING name", *site_values(site)
+        )
+        if row is None:
+            raise NotFoundError(f"site {site.name!r} does not exist")
+
+    async def remove_site(self, name: str) -> None:
+        async def run(conn: Connection) -> None:
+            async with conn.transaction():
+                found = await conn.fetchval("SELECT 1 FROM sites WHERE name = $1 FOR UPDATE", name)
+                if found is None:
+                    raise NotFoundError(f"site {name!r} does not exist")
+                held = await conn.fetchval("SELECT 1 FROM studies WHERE site = $1 LIMIT 1", name)
+                if held is not None:
+                    raise ConflictError(f"site {name!r} holds studies: it cannot be removed")
+                await conn.execute("DELETE FROM sites WHERE name = $1", name)
+
+        await self._with_connection(run)
+
+    async def sites_holding_study(self, study_instance_uid: str) -> list[str]:
+        rows = await self._fetch(
+            "SELECT site FROM studies WHERE study_instance_uid = $1 ORDER BY site",
+            study_instance_uid,
+        )
+        return [str(row[0]) for row in rows]
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        marks = ", ".join(f"${n}" for n in range(1, len(API_KEY_COLUMNS) + 1))
+        inserted = await self._fetchrow(
+            f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) VALUES ({marks})"
+            " ON CONFLICT DO NOTHING RETURNING key_id",
+            *api_key_values(record),
+        )
+        if inserted is None:
+            raise ConflictError(f"an API key named {record.name!r} exists already")
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = $1", key_id
+        )
+        return None if row is None else api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._fetch(f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys ORDER BY name")
+        return [api_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, name: str, when: datetime) -> ApiKeyRecord | None:
+        row = await self._fetchrow(
+            "UPDATE api_keys SET revoked = COALESCE(revoked, $2) WHERE name = $1"
+            f" RETURNING {', '.join(API_KEY_COLUMNS)}",
+            name,
+            when.timestamp(),
+        )
+        return None if row is None else api_key_from_row(row)
 
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1 FROM studies LIMIT 1")
@@ -493,7 +585,7 @@ _WORD_RE = re.compile(r"(?<!^)(?=[A-Z])")
 
 @contextlib.contextmanager
 def _translate_errors(command_timeout: float) -> Iterator[None]:
-    """Turn driver and socket errors into BackendUnavailableError with a reason without values.
+    """Turn driver and socket errors into IndexUnavailableError with a reason without values.
 
     The reason reaches the HTTP client, so it names the failure class and SQLSTATE only:
     PostgreSQL messages can quote the values (patient data) a statement carried.
@@ -503,28 +595,26 @@ def _translate_errors(command_timeout: float) -> Iterator[None]:
     except DicomwebError:
         raise
     except TimeoutError as exc:
-        raise BackendUnavailableError(
+        raise IndexUnavailableError(
             f"index unavailable: PostgreSQL did not answer within {command_timeout:g}s"
         ) from exc
     except OSError as exc:
         what = exc.strerror or type(exc).__name__
-        raise BackendUnavailableError(
-            f"index unavailable: cannot reach PostgreSQL ({what})"
-        ) from exc
+        raise IndexUnavailableError(f"index unavailable: cannot reach PostgreSQL ({what})") from exc
     except _CONNECTION_LOST as exc:
-        raise BackendUnavailableError(
+        raise IndexUnavailableError(
             "index unavailable: the connection to PostgreSQL was lost"
         ) from exc
     except asyncpg.PostgresError as exc:
         words = _WORD_RE.sub(" ", type(exc).__name__.removesuffix("Error")).lower()
-        raise BackendUnavailableError(
+        raise IndexUnavailableError(
             f"index unavailable: PostgreSQL error {exc.sqlstate} ({words})"
         ) from exc
     except _RowVanishedError as exc:
-        raise BackendUnavailableError(
+        raise IndexUnavailableError(
             f"index unavailable: concurrent changes kept removing the {exc} row; try again"
         ) from exc
     except (asyncpg.InterfaceError, asyncpg.exceptions.InternalClientError) as exc:
-        raise BackendUnavailableError(
+        raise IndexUnavailableError(
             f"index unavailable: PostgreSQL client error ({type(exc).__name__})"
         ) from exc

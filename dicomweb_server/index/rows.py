@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -9,7 +10,7 @@ import orjson
 
 from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import InstanceKey
-from dicomweb_server.domain.records import pixel_from_json
+from dicomweb_server.domain.records import PixelLayout, pixel_from_json
 from dicomweb_server.index.base import StoredInstance
 
 __all__ = ["INSTANCE_COLUMNS", "merge_attributes", "search_row", "search_rows", "stored_instance"]
@@ -30,6 +31,11 @@ INSTANCE_COLUMNS = (
 )
 
 
+_LARGE_LAYOUT = 64 << 10  # pixel layouts of this many JSON bytes or more are remembered
+_LAYOUTS_KEPT = 64  # large layouts remembered per process (by object key: never stale)
+_layouts: OrderedDict[str, PixelLayout | None] = OrderedDict()
+
+
 def stored_instance(row: tuple[Any, ...] | Any) -> StoredInstance:
     """A row of INSTANCE_COLUMNS (a tuple or an asyncpg Record) as a StoredInstance."""
     return StoredInstance(
@@ -40,8 +46,22 @@ def stored_instance(row: tuple[Any, ...] | Any) -> StoredInstance:
         size=int(row[7]),
         digest=row[8],
         number_of_frames=int(row[9]),
-        pixel=pixel_from_json(row[10]),
+        pixel=_pixel_layout(row[6], row[10]),
     )
+
+
+def _pixel_layout(blob_key: str, data: bytes | str | None) -> PixelLayout | None:
+    """The layout of the stored object `blob_key`; large ones (objects of many thousand
+    frames) are parsed once per process, since each frame request reads the row again."""
+    if data is None or len(data) < _LARGE_LAYOUT:
+        return pixel_from_json(data)
+    if blob_key in _layouts:
+        _layouts.move_to_end(blob_key)
+        return _layouts[blob_key]
+    layout = _layouts[blob_key] = pixel_from_json(data)
+    while len(_layouts) > _LAYOUTS_KEPT:
+        _layouts.popitem(last=False)
+    return layout
 
 
 def merge_attributes(stored: bytes | str, new: dict[str, Any]) -> bytes:

@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,7 +20,8 @@ from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import (
     InstanceRecord,
 )
-from dicomweb_server.errors import BackendUnavailableError
+from dicomweb_server.domain.sites import Site
+from dicomweb_server.errors import ConflictError, IndexUnavailableError, NotFoundError
 from dicomweb_server.index.aggregates import (
     instance_row,
     merged_series_attributes,
@@ -27,9 +29,16 @@ from dicomweb_server.index.aggregates import (
     new_series_row,
     new_study_row,
 )
+from dicomweb_server.index.api_keys import (
+    API_KEY_COLUMNS,
+    ApiKeyRecord,
+    api_key_from_row,
+    api_key_values,
+)
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
+from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search
 
 __all__ = ["SqliteInstanceIndex"]
@@ -90,7 +99,7 @@ class SqliteInstanceIndex:
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, call)
         except sqlite3.Error as exc:
-            raise BackendUnavailableError(f"index unavailable: {exc}") from exc
+            raise IndexUnavailableError(f"index unavailable: {exc}") from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._writer, fn)
@@ -99,17 +108,36 @@ class SqliteInstanceIndex:
         return await self._run(self._readers, fn)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
-        # Worker processes open one file at the same moment: the first migrates while the
-        # others wait on the lock, then read a user_version with nothing left to apply.
-        # (executescript commits any open transaction, so BEGIN IMMEDIATE cannot span the read.)
+        """Apply every migration not yet applied, each in its own transaction.
+
+        Applied versions are recorded one by one (as on PostgreSQL), not as one high-water
+        mark, so a migration numbered below one already applied (branches merged in another
+        order) is still applied. Worker processes open one file at the same moment: the first
+        migrates while the others wait on the lock, then find nothing left to apply.
+        """
         with open(self._path.with_name(self._path.name + ".migrate-lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            if not done:  # an index migrated before versions were recorded one by one
+                high = conn.execute("PRAGMA user_version").fetchone()[0]
+                done = set(range(1, high + 1))
             for version, script in _migrations():
-                if version > current:
-                    conn.executescript(
-                        f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
-                    )
+                if version in done:
+                    continue
+                # (executescript commits any open transaction: BEGIN goes inside the script)
+                conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{script}\n"
+                    f"INSERT INTO schema_migrations (version) VALUES ({version});\nCOMMIT;"
+                )
+            known = [version for version, _ in _migrations()]
+            conn.executemany(
+                "INSERT OR IGNORE INTO schema_migrations (version) VALUES (?)",
+                [(version,) for version in known if version in done],
+            )
+            conn.execute(f"PRAGMA user_version = {max(known, default=0)}")  # for sqlite3 tools
 
     async def add_instance(
         self, site: str, record: InstanceRecord, blob_key: str, size: int, digest: str
@@ -289,6 +317,119 @@ class SqliteInstanceIndex:
             return claimed
 
         return await self._write(run)
+
+    async def list_sites(self) -> list[Site]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(SITE_COLUMNS)} FROM sites ORDER BY name"
+            ).fetchall()
+        )
+        return [site_from_row(row) for row in rows]
+
+    async def get_site(self, name: str) -> Site | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(SITE_COLUMNS)} FROM sites WHERE name = ?", (name,)
+            ).fetchone()
+        )
+        return None if row is None else site_from_row(row)
+
+    async def add_site(self, site: Site) -> None:
+        marks = ", ".join("?" * len(SITE_COLUMNS))
+
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO sites ({', '.join(SITE_COLUMNS)}) VALUES ({marks})",
+                    site_values(site),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"site {site.name!r} already exists") from None
+
+        await self._write(run)
+
+    async def update_site(self, site: Site) -> None:
+        columns = SITE_COLUMNS[1:]
+
+        def run(conn: sqlite3.Connection) -> None:
+            changed = conn.execute(
+                f"UPDATE sites SET {', '.join(f'{c} = ?' for c in columns)} WHERE name = ?",
+                (*site_values(site)[1:], site.name),
+            ).rowcount
+            if not changed:
+                raise NotFoundError(f"site {site.name!r} does not exist")
+
+        await self._write(run)
+
+    async def remove_site(self, name: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM sites WHERE name = ?", (name,)).fetchone() is None:
+                    raise NotFoundError(f"site {name!r} does not exist")
+                held = conn.execute("SELECT 1 FROM studies WHERE site = ? LIMIT 1", (name,))
+                if held.fetchone() is not None:
+                    raise ConflictError(f"site {name!r} holds studies: it cannot be removed")
+                conn.execute("DELETE FROM sites WHERE name = ?", (name,))
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+        await self._write(run)
+
+    async def sites_holding_study(self, study_instance_uid: str) -> list[str]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                "SELECT site FROM studies WHERE study_instance_uid = ? ORDER BY site",
+                (study_instance_uid,),
+            ).fetchall()
+        )
+        return [str(row[0]) for row in rows]
+
+    async def add_api_key(self, record: ApiKeyRecord) -> None:
+        marks = ", ".join("?" * len(API_KEY_COLUMNS))
+
+        def run(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    f"INSERT INTO api_keys ({', '.join(API_KEY_COLUMNS)}) VALUES ({marks})",
+                    api_key_values(record),
+                )
+            except sqlite3.IntegrityError:
+                raise ConflictError(f"an API key named {record.name!r} exists already") from None
+
+        await self._write(run)
+
+    async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
+        row = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?", (key_id,)
+            ).fetchone()
+        )
+        return None if row is None else api_key_from_row(row)
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._read(
+            lambda conn: conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys ORDER BY name"
+            ).fetchall()
+        )
+        return [api_key_from_row(row) for row in rows]
+
+    async def revoke_api_key(self, name: str, when: datetime) -> ApiKeyRecord | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            conn.execute(
+                "UPDATE api_keys SET revoked = COALESCE(revoked, ?) WHERE name = ?",
+                (when.timestamp(), name),
+            )
+            row: tuple[Any, ...] | None = conn.execute(
+                f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE name = ?", (name,)
+            ).fetchone()
+            return row
+
+        row = await self._write(run)
+        return None if row is None else api_key_from_row(row)
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM studies LIMIT 1").fetchall())

@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from dicomweb_server.app import open_backends
+from dicomweb_server.backends import open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.serve import limits
@@ -29,6 +29,7 @@ log = logging.getLogger("dicomweb_server.serve")
 
 _WORKER_FACTORY = "dicomweb_server.serve.worker:create_worker_app"
 _STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that failed before serving
+_WORKER_HEALTHCHECK = 30  # seconds
 
 
 class StartupError(Exception):
@@ -76,6 +77,10 @@ def uvicorn_config(
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.max_connections or None,
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        # The supervisor kills a worker that does not answer its ping within this: a worker
+        # starting on a loaded machine (imports before it can answer) took more than
+        # uvicorn's 5 s and was killed over and over.
+        "timeout_worker_healthcheck": _WORKER_HEALTHCHECK,
     }
     problem = limits.protocol_problem()
     if problem is None:

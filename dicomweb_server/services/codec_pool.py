@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from dicomweb_server import telemetry
 from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
+from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.codecs.rendering import MAX_RENDER_PIXELS
 
 __all__ = ["CodecPool"]
@@ -50,6 +51,12 @@ class CodecPool:
             except asyncio.CancelledError:
                 await asyncio.wait({future})
                 raise
+            except (Exception, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                # A native codec's panic (pyo3's PanicException derives from BaseException):
+                # broken pixel data, not a reason to take the request or the worker down.
+                raise CodecError(f"the codec failed on this data: {str(exc)[:160]}") from exc
 
     def close(self) -> None:
         """Stop the threads: queued work is dropped, running work finishes first."""

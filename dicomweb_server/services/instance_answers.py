@@ -79,15 +79,32 @@ class _Decisions:
         )
         known = self.known.get(kind)
         if known is None:
-            known = self.known[kind] = await self._first_of_kind(instance)
+            planned, shared = await self._first_of_kind(instance)
+            if not shared:
+                return planned
+            known = self.known[kind] = planned
         return PlannedInstance(instance, known.transfer_syntax_uid, known.as_stored)
 
-    async def _first_of_kind(self, instance: StoredInstance) -> PlannedInstance:
+    async def _first_of_kind(self, instance: StoredInstance) -> tuple[PlannedInstance, bool]:
+        """The instance's plan, and whether others of its kind can share it: a plan made
+        because this instance's own pixel data failed (sent as stored) is its alone."""
         refused: dict[str, str] = {}
         while True:
-            planned = self.answers.plan(instance, self.wanted, refused)
+            try:
+                planned = self.answers.plan(instance, self.wanted, refused)
+            except NotAcceptableError:
+                stored = instance.transfer_syntax_uid
+                if not refused or not _accepts_stored(self.wanted, stored):
+                    raise
+                log.warning(
+                    "instance %s sent as stored (%s): %s",
+                    instance.key.sop_instance_uid,
+                    stored,
+                    "; ".join(refused.values())[:300],
+                )
+                return PlannedInstance(instance, stored, as_stored=True), False
             if planned.as_stored or instance.number_of_frames == 0:
-                return planned
+                return planned, True
             target = planned.transfer_syntax_uid
             try:
                 spool = await self.answers.transcode(instance, target)
@@ -98,7 +115,7 @@ class _Decisions:
                 self.trials[instance.key] = spool
             else:
                 spool.close()
-            return planned
+            return planned, True
 
     def close(self) -> None:
         """Drop trial results nobody sent (the answer failed or was abandoned)."""

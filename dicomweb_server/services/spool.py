@@ -130,14 +130,23 @@ class Spool:
 
     def overwrite_head(self, data: bytes) -> None:
         """Replace the first len(data) bytes (the Part 10 preamble), without copying the rest."""
-        count = len(data)
+        self.replace_head(len(data), data)
+
+    def replace_head(self, count: int, data: bytes) -> None:
+        """Replace the first `count` bytes by `data` (of any length: a rewritten file meta
+        group); in memory without copying the rest, in a file by rewriting it when the length
+        changes."""
         if count > self.size:
-            raise ValueError("overwrite past the end of the spool")
+            raise ValueError("replace past the end of the spool")
         if self._file is not None:
-            self._file.seek(0)
-            self._file.write(data)
+            if len(data) == count:
+                self._file.seek(0)
+                self._file.write(data)
+            else:
+                self._rewrite_file(count, data)
+            self.size += len(data) - count
             return
-        chunks: list[Buffer] = [data]
+        chunks: list[Buffer] = [data] if data else []
         skip = count
         for chunk in self._chunks:
             if skip >= len(chunk):
@@ -151,6 +160,22 @@ class Spool:
         for chunk in chunks:
             total += len(chunk)
             self._ends.append(total)
+        self.size = total
+
+    def _rewrite_file(self, count: int, data: bytes) -> None:
+        old = self._file
+        assert old is not None
+        new = cast(BinaryIO, tempfile.TemporaryFile(dir=self._directory))  # noqa: SIM115
+        try:
+            new.write(data)
+            old.seek(count)
+            while block := old.read(_FILE_READ_SIZE):
+                new.write(block)
+        except BaseException:
+            new.close()
+            raise
+        old.close()
+        self._file = new
 
     def sha256(self) -> str:
         """The content's SHA-256 in hex (blocking: call it from a worker thread)."""

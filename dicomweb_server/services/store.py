@@ -18,6 +18,7 @@ from typing import BinaryIO, cast
 from dicomweb_server.codecs.decode_guards import validate_encapsulated_frame
 from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.domain.blob_keys import instance_blob_key
+from dicomweb_server.domain.file_meta import build_file_meta, meta_problems, read_file_meta
 from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.domain.part10 import (
     PREAMBLE_LENGTH,
@@ -42,14 +43,35 @@ __all__ = ["StoreRequest", "StoreService"]
 log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
 _FRAME_CHECK_BYTES = 8 << 20  # a first fragment up to this size is checked at ingest
+_META_READ = 64 << 10  # bytes read to find the file meta group (it is a few hundred)
 
 
 def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
     """Parse the header, check the first compressed frame's own header against it, zero the
-    128-byte preamble (it can carry executables) and digest."""
+    128-byte preamble (it can carry executables), rewrite a wrong file meta group, digest."""
     record = parse_part10(cast(BinaryIO, spool), spool.size, limits)
     _check_first_frame(spool, record)
-    spool.overwrite_head(_ZERO_PREAMBLE)
+    spool.seek(0)
+    meta = read_file_meta(spool.read(_META_READ))
+    problems = meta_problems(meta, record.sop_class_uid, record.sop_instance_uid)
+    if not problems:
+        spool.overwrite_head(_ZERO_PREAMBLE)
+        return record, spool.sha256()
+    group = build_file_meta(
+        meta, record.sop_class_uid, record.sop_instance_uid, record.transfer_syntax_uid
+    )
+    spool.replace_head(meta.end, _ZERO_PREAMBLE + b"DICM" + group)
+    try:
+        record = parse_part10(cast(BinaryIO, spool), spool.size, limits)  # offsets moved
+    except InvalidInstanceError as exc:
+        raise InvalidInstanceError(
+            f"the file meta group is wrong ({'; '.join(problems)}) and could not be rewritten:"
+            f" {exc.reason}",
+            exc.failure_code,
+        ) from exc
+    log.info(
+        "instance %s: file meta group rewritten (%s)", record.sop_instance_uid, "; ".join(problems)
+    )
     return record, spool.sha256()
 
 

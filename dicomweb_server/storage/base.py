@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from dicomweb_server.errors import BackendUnavailableError, DicomwebError, NotFoundError
+from dicomweb_server.errors import DicomwebError, NotFoundError, StoreUnavailableError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -116,7 +116,7 @@ class BlobStore(Protocol):
         ...
 
     async def ping(self) -> None:
-        """Return when the store answers; raise BackendUnavailableError when it does not."""
+        """Return when the store answers; raise StoreUnavailableError when it does not."""
         ...
 
     async def close(self) -> None:
@@ -128,8 +128,9 @@ class BlobStore(Protocol):
 class LocalFiles(Protocol):
     """A store whose objects are files on this machine: responses can send them by path."""
 
-    def local_path(self, key: str) -> str:
-        """The object's file path, named without touching the disk (the reader checks it)."""
+    def local_path(self, key: str) -> str | None:
+        """The object's file path, named without touching the disk (the reader checks it);
+        None when this object is not a local file."""
         ...
 
 
@@ -141,7 +142,9 @@ _MAP_MIN = 128 << 10
 def local_region(store: BlobStore, key: str, start: int, length: int) -> FileRegion | None:
     """The span as a region of a local file, unchecked, or None where objects are not files."""
     if isinstance(store, LocalFiles):
-        return FileRegion(store.local_path(key), start, length)
+        path = store.local_path(key)
+        if path is not None:
+            return FileRegion(path, start, length)
     return None
 
 
@@ -183,4 +186,4 @@ def _read_error(key: str, exc: OSError | EOFError) -> DicomwebError:
         return NotFoundError(f"object {key} not found")
     if isinstance(exc, EOFError):
         return NotFoundError(f"object {key} is shorter than the requested range")
-    return BackendUnavailableError(f"blob store read failed: {exc.strerror}")
+    return StoreUnavailableError(f"blob store read failed: {exc.strerror}")

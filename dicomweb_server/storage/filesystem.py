@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from dicomweb_server.errors import BackendUnavailableError, NotFoundError
+from dicomweb_server.errors import NotFoundError, StoreUnavailableError
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
 
 __all__ = ["FilesystemBlobStore"]
@@ -95,7 +95,7 @@ class FilesystemBlobStore:
             await asyncio.to_thread(_finish, fd, tmp, pending, path)
             fd = -1  # closed by _finish
         except OSError as exc:
-            raise BackendUnavailableError(f"blob store write failed: {exc.strerror}") from exc
+            raise StoreUnavailableError(f"blob store write failed: {exc.strerror}") from exc
         finally:
             if fd >= 0:
                 os.close(fd)
@@ -115,7 +115,7 @@ class FilesystemBlobStore:
         except FileNotFoundError as exc:
             raise NotFoundError(f"object {key} not found") from exc
         except OSError as exc:
-            raise BackendUnavailableError(f"blob store read failed: {exc.strerror}") from exc
+            raise StoreUnavailableError(f"blob store read failed: {exc.strerror}") from exc
         with handle:
             handle.seek(start)
             remaining = length
@@ -141,7 +141,7 @@ class FilesystemBlobStore:
         except FileNotFoundError as exc:
             raise NotFoundError(f"object {key} not found") from exc
         except OSError as exc:
-            raise BackendUnavailableError(f"blob store read failed: {exc.strerror}") from exc
+            raise StoreUnavailableError(f"blob store read failed: {exc.strerror}") from exc
         if len(data) != length:
             raise NotFoundError(f"object {key} is shorter than the requested range")
         return data
@@ -178,7 +178,7 @@ class FilesystemBlobStore:
     async def ping(self) -> None:
         """The folder is there and writable."""
         if not await asyncio.to_thread(os.access, self._tmp, os.W_OK | os.X_OK):
-            raise BackendUnavailableError("blob store folder is missing or not writable")
+            raise StoreUnavailableError("blob store folder is missing or not writable")
 
     async def close(self) -> None:
         return None

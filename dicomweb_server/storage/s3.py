@@ -22,10 +22,10 @@ from botocore.exceptions import (
 from yarl import URL
 
 from dicomweb_server.errors import (
-    BackendUnavailableError,
     DicomwebError,
     NotFoundError,
     PayloadTooLargeError,
+    StoreUnavailableError,
 )
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
 
@@ -73,7 +73,7 @@ def _client_error(exc: ClientError, action: str, key: str) -> DicomwebError:
         return NotFoundError(f"object {key} not found")
     message = str(error.get("Message", "")) or "no message"
     # Anything else (missing bucket, denied access, 5xx, throttling) is the backend's fault.
-    return BackendUnavailableError(f"S3 {action} of {key} failed: {code or status}: {message}")
+    return StoreUnavailableError(f"S3 {action} of {key} failed: {code or status}: {message}")
 
 
 def _translate(exc: Exception, action: str, key: str) -> DicomwebError:
@@ -88,7 +88,7 @@ def _translate(exc: Exception, action: str, key: str) -> DicomwebError:
         reason = "no AWS credentials found"
     else:
         reason = f"{type(exc).__name__}: {exc}"
-    return BackendUnavailableError(f"S3 {action} of {key} failed: {reason}")
+    return StoreUnavailableError(f"S3 {action} of {key} failed: {reason}")
 
 
 @contextmanager

@@ -28,6 +28,7 @@ from dicomweb_server.domain.query import MatchKind, parse_query
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.negotiation import parse_accept
+from dicomweb_server.web.params import root_url_of
 
 __all__ = [
     "JSON",
@@ -55,7 +56,7 @@ _OCTET_PARTS = 'multipart/related; type="application/octet-stream"'
 _QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset")
 # Statuses any resource may answer (PS3.18 8.5): bad request (e.g. a malformed UID), not
 # acceptable, request timeout, and the server-side failures.
-_COMMON_STATUSES = (400, 406, 408, 500, 503)
+_COMMON_STATUSES = (400, 401, 403, 406, 408, 500, 503)  # 401/403: access control
 # Retrieve transcodes (services/retrieve.py): every syntax the registry encodes can be produced.
 _TRANSCODING = True
 
@@ -289,15 +290,26 @@ def _limits(settings: Settings) -> dict[str, int | float]:
         "body_timeout",
         "request_timeout",
         "max_concurrent_stores",
+        "max_boundary_length",
+        "min_upload_rate",
+        "max_request_header_bytes",
+        "max_request_headers",
+        "header_timeout",
+        "max_decoded_frame_bytes",
+        "max_render_pixels",
+        "max_token_bytes",
     )
     return {name: getattr(settings, name) for name in names if hasattr(settings, name)}
 
 
-def describe(resources: Sequence[Resource], settings: Settings, prefix: str = "") -> dict[str, Any]:
-    """The JSON capabilities document for the resources at or under `prefix`."""
+def describe(
+    resources: Sequence[Resource], settings: Settings, prefix: str = "", base: str = ""
+) -> dict[str, Any]:
+    """The JSON capabilities document for the resources at or under `prefix`, at `base`
+    (the DICOMweb root the request came in at; default: the enterprise root)."""
     chosen = [r for r in resources if _under(r.path, prefix)]
     return {
-        "base": settings.root_url,
+        "base": base or settings.root_url,
         "standard": "DICOM PS3.18",
         "resources": [
             {
@@ -444,7 +456,7 @@ def capabilities_response(
     except NotAcceptableError as exc:
         return error_response(exc.status, exc.reason, headers)
     settings: Settings = request.app.state.dicomweb.settings
-    document = describe(resources, settings, prefix)
+    document = describe(resources, settings, prefix, root_url_of(request))
     body = orjson.dumps(document) if media == JSON else _wadl(document)
     return Response(body, media_type=media, headers=headers)
 

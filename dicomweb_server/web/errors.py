@@ -25,7 +25,10 @@ def error_response(status: int, reason: str, headers: dict[str, str] | None = No
 async def _dicomweb_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, DicomwebError)
     if exc.status >= 500:
-        log.warning("request %s failed: %s", _request_id(request), exc.reason)
+        # The detail (hosts, buckets, keys, SQLSTATEs) is for the log, never the client.
+        request_id = _request_id(request)
+        log.warning("request %s failed: %s", request_id, exc.reason)
+        return error_response(exc.status, f"{exc.public_reason} (request id {request_id})")
     return error_response(exc.status, exc.reason)
 
 

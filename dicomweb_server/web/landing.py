@@ -17,7 +17,6 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dicomweb_server import telemetry
-from dicomweb_server.domain.identifiers import DEFAULT_SITE
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.services.status import Counts
 from dicomweb_server.services.viewer import PACKAGE, installed_viewer
@@ -69,9 +68,14 @@ def _json(document: Any) -> Response:
     )
 
 
-def _sites(state: AppState) -> list[str]:
-    """The sites this server serves (only the default one until sites exist)."""
-    return [DEFAULT_SITE]
+async def _sites(state: AppState) -> list[str]:
+    """The sites this server serves, the default one first."""
+    try:
+        names = await state.sites.names()
+    except DicomwebError:
+        names = frozenset()
+    default = state.settings.default_site
+    return [default, *sorted(names - {default})]
 
 
 async def _counts(state: AppState) -> Counts | None:
@@ -85,7 +89,10 @@ async def landing(request: Request) -> Response:
     """GET /: version, how much is stored, the sites and the links to everything else."""
     state: AppState = request.app.state.dicomweb
     settings = state.settings
-    counts = await _counts(state)
+    # This page needs no credentials: with access control on it says nothing of the data.
+    private = bool(settings.auth_methods)
+    counts = None if private else await _counts(state)
+    sites = [] if private else await _sites(state)
     viewer = installed_viewer(settings.viewer_path)
     root = settings.root_url
     server = root.rsplit("/", 1)[0]
@@ -103,7 +110,7 @@ async def landing(request: Request) -> Response:
                     "instances": counts.instances,
                     "exact": counts.exact,
                 },
-                "sites": _sites(state),
+                "sites": sites,
                 "viewer": None
                 if viewer is None
                 else {"url": f"{server}/viewer/", "package": PACKAGE, "version": viewer.version},
@@ -117,7 +124,12 @@ async def landing(request: Request) -> Response:
             }
         )
     e = html.escape
-    if counts is None:
+    if private:
+        numbers = (
+            '<p class="muted">Access control is on: what is stored is shown to DICOMweb'
+            " clients with credentials, not here.</p>"
+        )
+    elif counts is None:
         numbers = '<p class="muted">The index did not answer; counts are not available.</p>'
     else:
         about = "" if counts.exact else "≈ "
@@ -143,14 +155,17 @@ async def landing(request: Request) -> Response:
             f'<li><a href="viewer/"><b>Open the viewer</b></a> (OHIF{version}): browse and'
             " view the studies stored here.</li>"
         )
-    sites = ", ".join(f"<code>{e(site)}</code>" for site in _sites(state))
+    shown_sites = ", ".join(f"<code>{e(site)}</code>" for site in sites)
+    site_roots = (
+        f" Sites: {shown_sites} (each also at <code>{e(root)}/sites/NAME</code>)." if sites else ""
+    )
     body = f"""<h1>dicomweb-server</h1>
 <p class="sub">An async DICOMweb (DICOM PS3.18) server · version {e(telemetry.server_version())}</p>
 <h2>Stored</h2>{numbers}
 <h2>Where to go</h2><ul>
 {viewer_item}
 <li>DICOMweb root: <code>{e(root)}</code> (STOW-RS, QIDO-RS, WADO-RS; point any DICOMweb
-client here). Sites: {sites}.</li>
+client here).{site_roots}</li>
 <li><a href="api">API summary</a>: every resource, its methods and PS3.18 transaction.</li>
 <li><a href="capabilities">Capabilities</a> (PS3.18 8.9, WADL); as JSON:
 <code>curl -X OPTIONS -H 'Accept: application/json' {e(root)}</code></li>

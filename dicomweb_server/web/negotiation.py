@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.codecs.media_types import FRAME_MEDIA_TYPES, canonical_media_type
-from dicomweb_server.errors import NotAcceptableError
+from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.services.frame_formats import WantedFrames
 
 __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",
+    "MAX_ACCEPT_LENGTH",
+    "MAX_ACCEPT_RANGES",
     "MediaRange",
     "WantedFrames",
     "accept_frames",
@@ -19,6 +21,8 @@ __all__ = [
 ]
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+MAX_ACCEPT_LENGTH = 8192  # characters of an Accept header (or the `accept` parameter)
+MAX_ACCEPT_RANGES = 64  # media ranges in one Accept header
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,9 +52,17 @@ def _split(header: str, sep: str) -> list[str]:
 
 
 def parse_accept(header: str | None) -> list[MediaRange]:
-    """Entries by descending q (stable); an absent or empty header means */*."""
+    """Entries by descending q (stable); an absent or empty header means */*.
+
+    A header longer than MAX_ACCEPT_LENGTH, or with more than MAX_ACCEPT_RANGES entries, is a
+    400: no client needs more, and parsing is per character (a 20 MiB header held a worker).
+    """
     if not header or not header.strip():
         return [MediaRange("*/*", {}, 1.0)]
+    if len(header) > MAX_ACCEPT_LENGTH:
+        raise BadRequestError(f"the Accept header is longer than {MAX_ACCEPT_LENGTH} characters")
+    if header.count(",") >= MAX_ACCEPT_RANGES:
+        raise BadRequestError(f"the Accept header has more than {MAX_ACCEPT_RANGES} entries")
     ranges = []
     for entry in _split(header, ","):
         pieces = _split(entry, ";")

@@ -57,7 +57,10 @@ def transaction_of(endpoint: Any) -> str:
     """The transaction label of a route's endpoint (handler function or ASGI app)."""
     if endpoint is None:
         return "other"
-    found = _known.get(endpoint)
+    try:
+        found = _known.get(endpoint)
+    except TypeError:  # unhashable: a mounted Router none of whose routes matched
+        return "other"
     if found is not None:
         return found
     name = getattr(endpoint, "__name__", "")

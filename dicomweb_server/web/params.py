@@ -3,36 +3,87 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from starlette.requests import Request
 
+from dicomweb_server.domain.grants import Role
 from dicomweb_server.domain.identifiers import (
-    DEFAULT_SITE,
     InstanceKey,
     SeriesKey,
     StudyKey,
     validate_uid,
 )
 from dicomweb_server.errors import BadRequestError
+from dicomweb_server.services import access
+from dicomweb_server.web.auth import principal_of
 
-__all__ = ["frame_numbers", "instance_key", "series_key", "site_of", "study_key"]
+__all__ = [
+    "frame_numbers",
+    "instance_key",
+    "root_url_of",
+    "series_key",
+    "site_of",
+    "site_root_url",
+    "store_site",
+    "study_key",
+]
 
 _DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII digits only: str.isdigit() takes "²" and "٣"
 
 
-def site_of(request: Request) -> str:
-    """The site (partition) of the request; only the default site is exposed for now."""
-    return DEFAULT_SITE
+def site_of(request: Request) -> str | None:
+    """The site whose root the request came in at; None at the enterprise root."""
+    site: str | None = request.path_params.get("site")
+    return site
 
 
-def study_key(request: Request) -> StudyKey:
-    return StudyKey(
-        site_of(request), validate_uid(request.path_params["study"], "StudyInstanceUID")
-    )
+def store_site(request: Request) -> str:
+    """The site a STOW stores into: the request's site (authorized by web/auth.py), else the
+    default site, which the caller must be allowed to write."""
+    site = site_of(request)
+    if site is None:
+        site = _state(request).settings.default_site
+        access.check(principal_of(request), site, Role.WRITE)
+    return site
 
 
-def series_key(request: Request) -> SeriesKey:
-    study = study_key(request)
+def search_sites(request: Request) -> str:
+    """The site a search covers at the enterprise root, checked readable."""
+    site = site_of(request)
+    if site is None:
+        site = _state(request).settings.default_site
+        access.check(principal_of(request), site, Role.READ)
+    return site
+
+
+def root_url_of(request: Request) -> str:
+    """The absolute DICOMweb root the request came in at (a site's root, or the enterprise
+    root), for RetrieveURLs, BulkDataURIs and Content-Locations."""
+    return site_root_url(_state(request).settings.root_url, site_of(request))
+
+
+def site_root_url(root_url: str, site: str | None) -> str:
+    """A site's DICOMweb root under the enterprise root (the root itself for None)."""
+    return root_url if site is None else f"{root_url}/sites/{site}"
+
+
+async def study_key(request: Request) -> StudyKey:
+    """The study in the path, at the request's site (at the enterprise root: the site whose
+    copy the root serves, services/sites.py)."""
+    uid = validate_uid(request.path_params["study"], "StudyInstanceUID")
+    site = site_of(request)
+    if site is None:  # the enterprise root: a copy the caller may read (web/auth.py at a site)
+        principal = principal_of(request)
+        site = await _state(request).sites.site_for_study(
+            uid, lambda name: principal.allows(name, Role.READ)
+        )
+        access.check(principal, site, Role.READ)
+    return StudyKey(site, uid)
+
+
+async def series_key(request: Request) -> SeriesKey:
+    study = await study_key(request)
     return SeriesKey(
         study.site,
         study.study_instance_uid,
@@ -40,14 +91,18 @@ def series_key(request: Request) -> SeriesKey:
     )
 
 
-def instance_key(request: Request) -> InstanceKey:
-    series = series_key(request)
+async def instance_key(request: Request) -> InstanceKey:
+    series = await series_key(request)
     return InstanceKey(
         series.site,
         series.study_instance_uid,
         series.series_instance_uid,
         validate_uid(request.path_params["instance"], "SOPInstanceUID"),
     )
+
+
+def _state(request: Request) -> Any:
+    return request.app.state.dicomweb
 
 
 def frame_numbers(text: str, max_count: int = 10_000) -> list[int]:

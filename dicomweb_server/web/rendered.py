@@ -24,7 +24,13 @@ from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.services.render import Rendering, RenderService
 from dicomweb_server.web.multipart import iter_multipart, multipart_content_type, new_boundary
 from dicomweb_server.web.negotiation import parse_accept
-from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
+from dicomweb_server.web.params import (
+    frame_numbers,
+    instance_key,
+    root_url_of,
+    series_key,
+    study_key,
+)
 
 __all__ = [
     "if_none_match",
@@ -215,7 +221,7 @@ async def _image_response(
 async def retrieve_rendered_instance(request: Request) -> Response:
     """GET .../instances/{instance}/rendered: the first frame, or an animated GIF."""
     options = parse_render_options(request)
-    rendering = await _render(request).plan_instance(instance_key(request), options)
+    rendering = await _render(request).plan_instance(await instance_key(request), options)
     return await _image_response(request, rendering)
 
 
@@ -223,7 +229,7 @@ async def retrieve_rendered_frames(request: Request) -> Response:
     """GET .../frames/{frames}/rendered: one frame, or several as an animated GIF."""
     options = parse_render_options(request)
     numbers = frame_numbers(request.path_params["frames"], max_count=1000)
-    rendering = await _render(request).plan_instance(instance_key(request), options, numbers)
+    rendering = await _render(request).plan_instance(await instance_key(request), options, numbers)
     return await _image_response(request, rendering)
 
 
@@ -231,11 +237,11 @@ async def _rendered_parts(request: Request, series_uid: str | None) -> Response:
     """multipart/related of each instance rendered, one at a time (PS3.18 10.4.1.1.3)."""
     options = parse_render_options(request)
     service = _render(request)
-    study = study_key(request)
+    study = await study_key(request)
     renderings = await service.iter_renderings(study, series_uid, options)
     first = await anext(renderings)
     first_data = await service.produce(first)  # a failure here is still a proper status
-    root = _settings(request).root_url
+    root = root_url_of(request)
     boundary = new_boundary()
 
     def headers(rendering: Rendering) -> dict[str, str]:
@@ -267,20 +273,20 @@ async def retrieve_rendered_study(request: Request) -> Response:
 
 async def retrieve_rendered_series(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/rendered: every image of the series, rendered."""
-    return await _rendered_parts(request, series_key(request).series_instance_uid)
+    return await _rendered_parts(request, (await series_key(request)).series_instance_uid)
 
 
 async def retrieve_thumbnail_study(request: Request) -> Response:
     """GET /studies/{study}/thumbnail: the middle image of its first series with images."""
     options = parse_render_options(request, thumbnail=True)
-    rendering = await _render(request).plan_thumbnail(study_key(request), options=options)
+    rendering = await _render(request).plan_thumbnail(await study_key(request), options=options)
     return await _image_response(request, rendering, revalidate=True)
 
 
 async def retrieve_thumbnail_series(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/thumbnail: the series' middle image."""
     options = parse_render_options(request, thumbnail=True)
-    key = series_key(request)
+    key = await series_key(request)
     rendering = await _render(request).plan_thumbnail(
         key.study, key.series_instance_uid, options=options
     )
@@ -290,7 +296,7 @@ async def retrieve_thumbnail_series(request: Request) -> Response:
 async def retrieve_thumbnail_instance(request: Request) -> Response:
     """GET .../instances/{instance}/thumbnail: the instance (its middle frame)."""
     options = parse_render_options(request, thumbnail=True)
-    key = instance_key(request)
+    key = await instance_key(request)
     rendering = await _render(request).plan_thumbnail(
         key.study, key.series_instance_uid, key.sop_instance_uid, options=options
     )
@@ -300,7 +306,7 @@ async def retrieve_thumbnail_instance(request: Request) -> Response:
 async def retrieve_thumbnail_frame(request: Request) -> Response:
     """GET .../frames/{frame}/thumbnail: one frame."""
     options = parse_render_options(request, thumbnail=True)
-    key = instance_key(request)
+    key = await instance_key(request)
     numbers = frame_numbers(request.path_params["frames"], max_count=1)
     rendering = await _render(request).plan_thumbnail(
         key.study, key.series_instance_uid, key.sop_instance_uid, numbers[0], options

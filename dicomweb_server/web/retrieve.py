@@ -20,7 +20,13 @@ from dicomweb_server.web.multipart import (
     new_boundary,
 )
 from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
-from dicomweb_server.web.params import frame_numbers, instance_key, series_key, study_key
+from dicomweb_server.web.params import (
+    frame_numbers,
+    instance_key,
+    root_url_of,
+    series_key,
+    study_key,
+)
 from dicomweb_server.web.responses import REGIONS, RegionStreamingResponse
 from dicomweb_server.web.state import AppState
 
@@ -67,7 +73,7 @@ def _instances_response(request: Request, plan: InstancesPlan) -> Response:
     a Content-Length; when they are local files the server can send, it sends them in batches
     of framing and file regions (`_batches`).
     """
-    root = _state(request).settings.root_url
+    root = root_url_of(request)
     boundary = new_boundary()
     content_type = multipart_content_type("application/dicom", boundary)
     length: dict[str, str] = {}
@@ -131,7 +137,7 @@ async def retrieve_study(request: Request) -> Response:
     state = _state(request)
     wanted = accept_instances(request.headers.get("accept"))
     plan = await state.retrieve.plan_instances(
-        study_key(request), None, wanted, regions=_sends_regions(request)
+        await study_key(request), None, wanted, regions=_sends_regions(request)
     )
     return _instances_response(request, plan)
 
@@ -140,7 +146,7 @@ async def retrieve_series(request: Request) -> Response:
     """GET /studies/{study}/series/{series}."""
     state = _state(request)
     wanted = accept_instances(request.headers.get("accept"))
-    key = series_key(request)
+    key = await series_key(request)
     plan = await state.retrieve.plan_instances(
         key.study, key.series_instance_uid, wanted, regions=_sends_regions(request)
     )
@@ -152,7 +158,7 @@ async def retrieve_instance(request: Request) -> Response:
     state = _state(request)
     wanted = accept_instances(request.headers.get("accept"))
     plan = await state.retrieve.plan_instance(
-        instance_key(request), wanted, regions=_sends_regions(request)
+        await instance_key(request), wanted, regions=_sends_regions(request)
     )
     return _instances_response(request, plan)
 
@@ -161,7 +167,7 @@ async def retrieve_study_metadata(request: Request) -> Response:
     """GET /studies/{study}/metadata."""
     state = _state(request)
     accept_json(request.headers.get("accept"))
-    body = await state.retrieve.iter_metadata(study_key(request), None, state.settings.root_url)
+    body = await state.retrieve.iter_metadata(await study_key(request), None, root_url_of(request))
     return StreamingResponse(body, media_type=_DICOM_JSON)
 
 
@@ -169,9 +175,9 @@ async def retrieve_series_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/metadata: stored JSON, never re-parsed DICOM."""
     state = _state(request)
     accept_json(request.headers.get("accept"))
-    key = series_key(request)
+    key = await series_key(request)
     body = await state.retrieve.iter_metadata(
-        key.study, key.series_instance_uid, state.settings.root_url
+        key.study, key.series_instance_uid, root_url_of(request)
     )
     return StreamingResponse(body, media_type=_DICOM_JSON)
 
@@ -180,7 +186,7 @@ async def retrieve_instance_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/instances/{instance}/metadata."""
     state = _state(request)
     accept_json(request.headers.get("accept"))
-    body = await state.retrieve.instance_metadata(instance_key(request), state.settings.root_url)
+    body = await state.retrieve.instance_metadata(await instance_key(request), root_url_of(request))
     return Response(body, media_type=_DICOM_JSON)
 
 
@@ -188,7 +194,7 @@ async def retrieve_instance_frames(request: Request) -> Response:
     """GET .../instances/{instance}/frames/{frames} (PS3.18 10.4.1.1.4): native or compressed
     frames, each part's Content-Type naming its media type and exact transfer syntax."""
     state = _state(request)
-    key = instance_key(request)
+    key = await instance_key(request)
     numbers = frame_numbers(request.path_params["frames"])
     wanted = accept_frames(request.headers.get("accept"))
     instance = await state.retrieve.get_instance(key)
@@ -196,7 +202,7 @@ async def retrieve_instance_frames(request: Request) -> Response:
     boundary = new_boundary()
     content_type = f"{fmt.media_type}; transfer-syntax={fmt.transfer_syntax}"
     base = (
-        f"{state.settings.root_url}/studies/{key.study_instance_uid}/series/"
+        f"{root_url_of(request)}/studies/{key.study_instance_uid}/series/"
         f"{key.series_instance_uid}/instances/{key.sop_instance_uid}/frames/"
     )
 
@@ -243,10 +249,12 @@ async def retrieve_bulkdata(request: Request) -> Response:
     Frames of encapsulated Pixel Data are labelled with their stored media type.
     """
     state = _state(request)
-    key = instance_key(request)
+    key = await instance_key(request)
     path = request.path_params["path"]
     boundary = new_boundary()
     range_header = request.headers.get("range")
+    if range_header is not None and "," in range_header:
+        range_header = None  # several ranges: RFC 9110 14.2 lets a server send the whole value
     if range_header is not None:
         instance, offset, length = await state.retrieve.bulk_span(key, path)
         selected = _byte_range(range_header, length)

@@ -10,7 +10,7 @@ from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.web.negotiation import accept_json
-from dicomweb_server.web.params import site_of
+from dicomweb_server.web.params import root_url_of, search_sites
 from dicomweb_server.web.state import AppState
 
 __all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
@@ -30,14 +30,14 @@ async def _search(request: Request, level: Level) -> Response:
     query = parse_query(
         request.query_params.multi_items(),
         level,
-        site_of(request),
+        search_sites(request),
         study,
         series,
         default_limit=settings.default_query_limit,
         max_limit=settings.max_query_limit,
         max_offset=settings.max_query_offset,
     )
-    outcome = await state.search.search(query, settings.root_url)
+    outcome = await state.search.search(query, root_url_of(request))
     # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
     body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
     response = Response(body, media_type="application/dicom+json")

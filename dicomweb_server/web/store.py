@@ -23,7 +23,7 @@ from dicomweb_server.errors import (
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.services.store import StoreRequest
 from dicomweb_server.web.multipart import iter_parts, parse_media_type
-from dicomweb_server.web.params import site_of
+from dicomweb_server.web.params import root_url_of, store_site
 from dicomweb_server.web.state import AppState
 
 __all__ = ["store_instances"]
@@ -86,7 +86,7 @@ async def store_instances(request: Request) -> Response:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit}")
 
     result = StowResult()
-    site = site_of(request)
+    site = store_site(request)
     store = state.store.request(
         site,
         study,
@@ -117,7 +117,7 @@ async def store_instances(request: Request) -> Response:
         )
 
     telemetry.record_stow(site, len(result.stored), [f.reason for f in result.failed])
-    payload = orjson.dumps(result.to_json(settings.root_url, study))
+    payload = orjson.dumps(result.to_json(root_url_of(request), study))
     response = Response(payload, status_code=result.status, media_type="application/dicom+json")
     for text in result.failure_texts[:_MAX_WARNINGS]:
         response.headers.append("Warning", f'299 dicomweb-server "{_header_safe(text)}"')

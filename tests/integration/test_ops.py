@@ -111,6 +111,8 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     assert metadata.status_code == 200
     missing = await client.get(f"/studies/{uid()}/metadata")
     assert missing.status_code == 404
+    unrouted = await client.get("/no/such/resource")  # a mounted router matched nothing
+    assert unrouted.status_code == 404
     series = datasets[0].SeriesInstanceUID
     sop = datasets[0].SOPInstanceUID
     frames = await client.get(
@@ -139,6 +141,7 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     assert delta(count, transaction="thumbnail", status="2xx", **site) == 1
     assert delta(count, transaction="capabilities", status="2xx", **site) == 1
     assert delta(count, transaction="other", status="2xx", **site) >= 1  # the first scrape
+    assert delta(count, transaction="other", status="4xx", **site) == 1
     assert delta("dicomweb_request_body_bytes_total", transaction="store", **site) == len(
         body
     ) + len(body2)

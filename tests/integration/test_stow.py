@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
@@ -304,3 +304,48 @@ async def test_issue23_stow_that_breaks_off_before_any_instance_stores_nothing(
     response = await client.post("/studies", content=cut, headers={"Content-Type": content_type})
     assert response.status_code == 400
     assert await _count_instances(client) == 0
+
+
+async def test_issue15_wrong_file_meta_is_rewritten_on_ingest(client: httpx.AsyncClient) -> None:
+    """A File Meta Information Group Length of 0xFFFFFFF0 (and a MediaStorageSOPInstanceUID
+    that names another instance) is stored with a correct group; a right group is kept as sent."""
+    import io
+    import struct
+
+    from pydicom import dcmread
+
+    from dicomweb_server.domain.file_meta import (
+        IMPLEMENTATION_CLASS_UID,
+        meta_problems,
+        read_file_meta,
+    )
+
+    ds = ct_dataset()
+    ds.file_meta.MediaStorageSOPInstanceUID = uid()
+    ds.file_meta.SourceApplicationEntityTitle = "MODALITY1"
+    sent = to_part10(ds)
+    broken = sent[:140] + struct.pack("<I", 0xFFFFFFF0) + sent[144:]
+    good = to_part10(ct_dataset())
+    body, content_type = multipart_body([broken, good])
+    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    response = await client.get(url, headers=accept)
+    ((_, served),) = parse_multipart(response.content, response.headers["content-type"])
+    meta = read_file_meta(served)
+    assert meta_problems(meta, ds.SOPClassUID, ds.SOPInstanceUID) == []
+    read = dcmread(io.BytesIO(served))
+    assert read.file_meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
+    assert read.file_meta.SourceApplicationEntityTitle == "MODALITY1"
+    assert served[meta.end :] == sent[read_file_meta(sent).end :]  # the data set untouched
+    frames = await client.get(
+        url + "/frames/1", headers={"Accept": "multipart/related; type=application/octet-stream"}
+    )
+    assert frames.status_code == 200  # offsets recorded after the rewrite
+    assert parse_multipart(frames.content, frames.headers["content-type"])[0][1] == ds.PixelData
+    other = dcmread(io.BytesIO(good))
+    url = f"/studies/{other.StudyInstanceUID}/series/{other.SeriesInstanceUID}/instances/{other.SOPInstanceUID}"
+    response = await client.get(url, headers=accept)
+    ((_, kept),) = parse_multipart(response.content, response.headers["content-type"])
+    assert kept[128:] == good[128:]  # a right group is kept byte for byte

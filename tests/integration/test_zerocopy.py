@@ -35,7 +35,7 @@ def zerocopy_server(tmp_path: Path) -> Iterator[tuple[str, int]]:
         sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
     settings = Settings(data_dir=tmp_path / "zc", port=port)
-    with serving(settings, http="httptools"):
+    with serving(settings):
         yield settings.root_url, port
 
 
@@ -269,7 +269,7 @@ def test_issue14_tls_study_is_byte_for_byte_and_never_written_to_the_raw_socket(
         port = int(sock.getsockname()[1])
     settings = Settings(data_dir=tmp_path / "tls", port=port, ssl_certfile=cert, ssl_keyfile=key)
     assert settings.root_url.startswith("https://")
-    with serving(settings, http="httptools", ssl_certfile=cert, ssl_keyfile=key):
+    with serving(settings, ssl_certfile=cert, ssl_keyfile=key):
         root = settings.root_url
         study, series = uid(), uid()
         files = {}
