@@ -78,7 +78,7 @@ e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, 
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; }
 	cd e2e && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	cd e2e && PYTHON=$(abspath $(BIN))/python CHROMIUM=$(CHROMIUM) \
-		node --test --test-reporter=spec ohif.test.mjs
+		node --test --test-concurrency=1 --test-reporter=spec ohif.test.mjs secured.test.mjs
 
 # Interop with a real Orthanc: Debian's orthanc 1.10 and orthanc-dicomweb (installed with apt-get
 # when missing) as a DICOMweb client of a server it starts itself. Orthanc's plugin stores two

@@ -157,7 +157,12 @@ def create_app(settings: Settings) -> Starlette:
             max_decoded_bytes=settings.max_decoded_frame_bytes,
             max_render_pixels=settings.max_render_pixels,
         )
-        cache = DerivedCache(blobs, index, max_bytes=settings.cache_max_bytes)
+        cache = DerivedCache(
+            blobs,
+            index,
+            max_bytes=settings.cache_max_bytes,
+            memory_bytes=settings.derived_memory_cache_bytes,
+        )
         retrieve = RetrieveService(
             index,
             blobs,

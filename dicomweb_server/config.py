@@ -124,6 +124,8 @@ class Settings(BaseSettings):
     # Derived data (transcoded frames, thumbnails) kept in the blob store, all sites together;
     # past it the least recently used entries are evicted (services/derived_cache.py)
     cache_max_bytes: NonNegative = 4 << 30
+    # Of that, kept in memory per process too (warm transcoded frames skip the object store)
+    derived_memory_cache_bytes: NonNegative = 64 << 20
     # WADO-RS streaming: the next objects are fetched while the current one is sent
     wado_read_ahead_objects: Positive = 8  # objects fetched ahead per response (1: none ahead)
     wado_read_ahead_bytes: NonNegative = 16 << 20  # bytes held ahead per response

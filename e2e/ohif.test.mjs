@@ -1,5 +1,7 @@
 // End to end: the OHIF Viewer's published build (npm @ohif/app, dist/) in Debian's headless
-// Chromium, driven by playwright-core, reading studies stored in dicomweb_server via STOW.
+// Chromium, driven by playwright-core, reading studies stored in dicomweb_server via STOW:
+// images (thumbnails, viewport pixels), an H.264 video (OHIF's video viewport plays what we
+// remux into MP4) and an Encapsulated PDF report (OHIF's PDF viewport loads it).
 //
 // Two loopback origins, as in a real deployment: OHIF on one port (a small static server
 // below, with our app-config.js), dicomweb_server on another, so CORS is exercised too.
@@ -96,7 +98,7 @@ function appConfig(dicomwebRoot) {
         thumbnailRequestStrategy: 'fetch',
         enableStudyLazyLoad: true,
         staticWado: false,
-        singlepart: 'bulkdata,video',
+        singlepart: 'bulkdata,video,pdf',
         bulkDataURI: { enabled: true, relativeResolution: 'studies' },
         omitQuotationForMultipartRequest: true,
       },
@@ -274,6 +276,7 @@ async function shownThumbnails(page) {
     }));
 }
 
+// CT, MR and the video (its first frame); OHIF shows the PDF series as a row without one.
 test('the study list finds the study and previews its series thumbnails', { timeout: TIMEOUT }, async () => {
   const page = await context.newPage();
   const thumbnails = [];
@@ -288,7 +291,7 @@ test('the study list finds the study and previews its series thumbnails', { time
     await page.waitForFunction(
       () => [...document.querySelectorAll('img')].filter(
         img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
-      ).length >= 2,
+      ).length >= 3,
       null,
       { timeout: 60_000 },
     );
@@ -296,7 +299,8 @@ test('the study list finds the study and previews its series thumbnails', { time
     await page.screenshot({ path: join(artifacts, 'study-list.png') });
   }
   const shown = await shownThumbnails(page);
-  assert.ok(shown.length >= 2, `series thumbnails in the study list: ${JSON.stringify(shown)}`);
+  assert.ok(shown.length >= 3, `series thumbnails in the study list: ${JSON.stringify(shown)}`);
+  assert.ok(thumbnails.some(([url]) => url.includes(seeded.videoSeries)), 'no video thumbnail asked for');
   assert.ok(shown.every(t => t.std > 10), `blank thumbnails: ${JSON.stringify(shown)}`);
   assert.ok(thumbnails.length >= 2 && thumbnails.every(([, status]) => status === 200),
     `thumbnail requests: ${JSON.stringify(thumbnails)}`);
@@ -405,5 +409,161 @@ test('the server serves the viewer at /viewer/ and it shows the study', { timeou
     assert.ok(Math.abs(level - expected[i]) <= 16, `quadrant ${i}: ${level}, expected ${expected[i]}`);
   });
   assert.deepEqual(failures.filter(url => !url.endsWith('/favicon.ico')), [], 'requests to the server failed');
+  await page.close();
+});
+
+// The responses of our server for one instance's resources, as the browser saw them.
+function recordResponses(page, sopInstanceUID) {
+  const seen = [];
+  page.on('response', response => {
+    const url = response.url();
+    if (url.startsWith(root) && url.includes(sopInstanceUID)) {
+      const headers = response.headers();
+      seen.push({
+        url: url.slice(root.length),
+        status: response.status(),
+        type: headers['content-type'],
+        range: headers['content-range'] || null,
+        requestRange: response.request().headers().range || null,
+      });
+    }
+  });
+  return seen;
+}
+
+// Cornerstone's video viewport draws its <video> on a canvas and may keep it out of the
+// document: remember every video element the page creates.
+function trackVideoElements() {
+  const create = Document.prototype.createElement;
+  window.__videos = [];
+  Document.prototype.createElement = function createElement(tag, ...rest) {
+    const element = create.call(this, tag, ...rest);
+    if (String(tag).toLowerCase() === 'video') window.__videos.push(element);
+    return element;
+  };
+}
+
+test('the video plays in OHIF\'s video viewport', { timeout: 180_000 }, async () => {
+  const page = await context.newPage();
+  await page.addInitScript(trackVideoElements);
+  const seen = recordResponses(page, seeded.videoInstance);
+  await page.goto(
+    `${viewerUrl}/viewer?StudyInstanceUIDs=${seeded.study}&initialSeriesInstanceUID=${seeded.videoSeries}`,
+    { waitUntil: 'domcontentloaded' },
+  );
+  let loaded;
+  try {
+    loaded = await page.waitForFunction(() => {
+      const videos = [...document.querySelectorAll('video'), ...(window.__videos || [])];
+      const video = videos.find(v => v.readyState >= 2);
+      if (!video) return null;
+      return {
+        readyState: video.readyState, duration: video.duration, src: video.currentSrc,
+        width: video.videoWidth, height: video.videoHeight, error: video.error && video.error.code,
+      };
+    }, null, { timeout: 120_000 }).then(handle => handle.jsonValue());
+  } finally {
+    await page.screenshot({ path: join(artifacts, 'video.png') });
+  }
+  assert.ok(loaded.readyState >= 2 && loaded.error === null, `video: ${JSON.stringify(loaded)}`);
+  assert.ok(Math.abs(loaded.duration - seeded.videoDuration) < 0.1,
+    `duration ${loaded.duration}, expected ${seeded.videoDuration}`);
+  assert.deepEqual([loaded.width, loaded.height], [320, 240]);
+  assert.ok(loaded.src.startsWith(root) && loaded.src.includes(seeded.videoInstance),
+    `the video comes from us: ${loaded.src}`);
+
+  // It plays (the decoder runs) and it seeks.
+  const played = await page.evaluate(async () => {
+    const videos = [...document.querySelectorAll('video'), ...(window.__videos || [])];
+    const video = videos.find(v => v.readyState >= 2);
+    video.muted = true;
+    await video.play();
+    const end = Date.now() + 10_000;
+    while (video.currentTime < 0.4 && Date.now() < end) await new Promise(r => setTimeout(r, 100));
+    const playedTo = video.currentTime;
+    video.pause();
+    const seeked = new Promise(resolve => video.addEventListener('seeked', resolve, { once: true }));
+    video.currentTime = 1.5;
+    await seeked;
+    return { playedTo, seekedTo: video.currentTime, readyState: video.readyState };
+  });
+  assert.ok(played.playedTo >= 0.4, `the video did not play: ${JSON.stringify(played)}`);
+  assert.ok(Math.abs(played.seekedTo - 1.5) < 0.05, `seek: ${JSON.stringify(played)}`);
+
+  // The right pictures: in frame n the white bar starts at x = 4n (seed.py). Read through a
+  // video element of our own (CORS, so its pixels are readable), seeking with Range.
+  const bars = await page.evaluate(async url => {
+    const video = document.createElement('video');
+    video.crossOrigin = 'anonymous';
+    video.muted = true;
+    video.preload = 'auto';
+    video.src = url;
+    await new Promise((resolve, reject) => {
+      video.addEventListener('loadeddata', resolve, { once: true });
+      video.addEventListener('error', () => reject(new Error(`video error ${video.error?.code}`)), { once: true });
+    });
+    const barAt = async seconds => {
+      const seeked = new Promise(resolve => video.addEventListener('seeked', resolve, { once: true }));
+      video.currentTime = seconds;
+      await seeked;
+      const canvas = new OffscreenCanvas(video.videoWidth, video.videoHeight);
+      const context = canvas.getContext('2d');
+      context.drawImage(video, 0, 0);
+      const row = context.getImageData(0, video.videoHeight >> 1, video.videoWidth, 1).data;
+      const lit = [];
+      for (let x = 0; x < video.videoWidth; x += 1) if (row[4 * x] > 235) lit.push(x);
+      return lit.length ? lit[0] : -1;
+    };
+    return [await barAt(0.02), await barAt(1.02), await barAt(1.5)];
+  }, loaded.src);
+  const expectedBars = [0, 100, 148];
+  assert.ok(bars.every((x, i) => Math.abs(x - expectedBars[i]) <= 4),
+    `the white bar of frames 0, 25 and 37 starts at ${bars}, expected 0, 100, 148`);
+  const media = seen.filter(r => r.url.endsWith('/rendered') || r.url.includes('/bulkdata/'));
+  assert.ok(media.length > 0, `no video request seen: ${JSON.stringify(seen)}`);
+  assert.ok(media.every(r => [200, 206].includes(r.status) && r.type === 'video/mp4'),
+    `video responses: ${JSON.stringify(media)}`);
+  assert.ok(media.some(r => r.status === 206 && r.range), `no ranged answer: ${JSON.stringify(media)}`);
+  await page.close();
+});
+
+test('the PDF report opens in OHIF\'s PDF viewport', { timeout: 180_000 }, async () => {
+  const page = await context.newPage();
+  const seen = recordResponses(page, seeded.pdfInstance);
+  await page.goto(
+    `${viewerUrl}/viewer?StudyInstanceUIDs=${seeded.study}&initialSeriesInstanceUID=${seeded.pdfSeries}`,
+    { waitUntil: 'domcontentloaded' },
+  );
+  let shown;
+  try {
+    shown = await page.waitForFunction(() => {
+      const object = document.querySelector('object[type="application/pdf"]');
+      const data = object && object.getAttribute('data');
+      return data ? { data, width: object.clientWidth, height: object.clientHeight,
+        pdfViewerEnabled: navigator.pdfViewerEnabled } : null;
+    }, null, { timeout: 120_000 }).then(handle => handle.jsonValue());
+    await page.waitForTimeout(3000); // the PDF viewer draws the page
+  } finally {
+    await page.screenshot({ path: join(artifacts, 'pdf.png') });
+  }
+  assert.ok(shown.data.startsWith(root) && shown.data.includes(seeded.pdfInstance),
+    `the PDF comes from us: ${JSON.stringify(shown)}`);
+  assert.ok(shown.width > 100 && shown.height > 100, `PDF viewport size: ${JSON.stringify(shown)}`);
+  const answered = seen.filter(r => r.url.endsWith('/rendered'));
+  assert.ok(answered.some(r => r.status === 200 && r.type === 'application/pdf'),
+    `PDF responses: ${JSON.stringify(seen)}`);
+  // The same URL, fetched by the page: the whole document, pad byte removed.
+  const fetched = await page.evaluate(async url => {
+    const response = await fetch(url);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    return { status: response.status, type: response.headers.get('content-type'),
+      length: bytes.length, head: String.fromCharCode(...bytes.slice(0, 5)) };
+  }, shown.data);
+  assert.deepEqual(fetched, { status: 200, type: 'application/pdf', length: seeded.pdfLength, head: '%PDF-' });
+  if (shown.pdfViewerEnabled) {
+    // Chromium's viewer runs in its own frame once the plugin has the document.
+    const viewer = page.frames().find(frame => frame.url().startsWith('chrome-extension://'));
+    assert.ok(viewer, `no PDF viewer frame: ${page.frames().map(f => f.url()).join(', ')}`);
+  }
   await page.close();
 });

@@ -51,9 +51,12 @@ def encode(
     height: int = 48,
     rate: Fraction = Fraction(25),
     noise: bool = False,
+    moving_bar: bool = False,
 ) -> bytes:
     """`frames` grey frames as an elementary stream ("es"), MPEG-TS ("ts") or MP4 ("mp4");
-    with `noise`, random pixels instead (a stream that does not compress)."""
+    with `noise`, random pixels instead (a stream that does not compress); with
+    `moving_bar`, a left-to-right ramp crossed by a white bar that moves each frame (a video
+    whose every frame, the first too, shows something)."""
     encoder = need_encoder(codec)
     fmt = {"es": ENCODERS[codec][1], "ts": "mpegts", "mp4": "mp4"}[container]
     out = io.BytesIO()
@@ -66,6 +69,11 @@ def encode(
             level = np.full((height, width, 3), (8 * i) % 256, np.uint8)
             if noise:
                 level = rng.integers(0, 256, (height, width, 3), np.uint8)
+            elif moving_bar:
+                ramp = np.linspace(32, 160, width, dtype=np.float64).astype(np.uint8)
+                level = np.broadcast_to(ramp[None, :, None], (height, width, 3)).copy()
+                left = (i * 4) % width
+                level[:, left : left + max(2, width // 16)] = 255
             frame = av.VideoFrame.from_ndarray(level, format="rgb24")
             frame.pts, frame.time_base = i, 1 / rate
             for packet in stream.encode(frame):

@@ -29,7 +29,7 @@ window.config = {
         thumbnailRequestStrategy: 'fetch',
         enableStudyLazyLoad: true,
         staticWado: false,
-        singlepart: 'bulkdata,video',
+        singlepart: 'bulkdata,video,pdf',
         bulkDataURI: { enabled: true, relativeResolution: 'studies' },
         omitQuotationForMultipartRequest: true,
       },

@@ -117,7 +117,10 @@ ROWS: tuple[Row, ...] = (
         ("codec_workers",),
         "threads for codec work per process (0: one per core). Codec calls are serialised by default: concurrent native codec calls crashed once under test; use `--workers` for parallelism",
     ),
-    Row(("frame_cache",), "0 stops caching transcoded frames in the blob store"),
+    Row(
+        ("frame_cache",),
+        "0 stops caching transcoded frames and remuxed video in the blob store (video is then remuxed for every request)",
+    ),
     Row(
         ("max_decoded_frame_bytes",),
         "bytes one decoded frame may take, checked against its header before any decoder runs; larger frames are served as stored",
@@ -128,7 +131,11 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("cache_max_bytes",),
-        "derived data (transcoded frames, thumbnails) kept in the blob store, all sites together; least recently used evicted past it (0: none kept)",
+        "derived data (transcoded frames, thumbnails, remuxed video) kept in the blob store, all sites together; least recently used evicted past it (0: none kept)",
+    ),
+    Row(
+        ("derived_memory_cache_bytes",),
+        "of that, kept in memory per process too: a warm transcoded frame skips the object store",
     ),
     Row(
         ("wado_read_ahead_objects", "wado_read_ahead_bytes"),

@@ -52,6 +52,20 @@ _LOSSY_METHODS = {
     "1.2.840.10008.1.2.4.91": "ISO_15444_1",
     "1.2.840.10008.1.2.4.203": "ISO_15444_15",
 }
+# Video (PS3.5 8.2.5-8.2.11) is always lossy: served as stored unless asked otherwise.
+_LOSSY_METHODS.update(
+    {f"1.2.840.10008.1.2.4.{n}{suffix}": "ISO_13818_2" for n in (100, 101) for suffix in ("", ".1")}
+)
+_LOSSY_METHODS.update(
+    {
+        f"1.2.840.10008.1.2.4.{n}{suffix}": "ISO_14496_10"
+        for n in range(102, 107)
+        for suffix in ("", ".1")
+    }
+)
+_LOSSY_METHODS.update(
+    {"1.2.840.10008.1.2.4.107": "ISO_23008_2", "1.2.840.10008.1.2.4.108": "ISO_23008_2"}
+)
 LOSSY_SYNTAXES = frozenset(_LOSSY_METHODS)
 
 # Library modules in order of preference; the first one offering a syntax wins. Decoding

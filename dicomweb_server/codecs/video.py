@@ -34,6 +34,7 @@ from dicomweb_server.codecs.registry import CodecError
 __all__ = [
     "H264_SYNTAXES",
     "HEVC_SYNTAXES",
+    "MAX_DECODED_VIDEO_FRAMES",
     "MPEG2_SYNTAXES",
     "VIDEO_MEDIA_TYPES",
     "VIDEO_SYNTAXES",
@@ -42,6 +43,7 @@ __all__ = [
     "Mp4Result",
     "VideoOffer",
     "can_remux",
+    "decode_frames",
     "encapsulated_fragments",
     "remux_to_mp4",
     "sniff_container",
@@ -100,6 +102,12 @@ _DEMUXERS: dict[tuple[Codec, Container], str] = {
     ("h264", "ps"): "mpeg",
     ("hevc", "ps"): "mpeg",
 }
+# Demuxers that decoding reads with (MPEG-2 too); an unknown container is probed.
+_DECODE_DEMUXERS: dict[Container, str] = {"ts": "mpegts", "ps": "mpeg", "mp4": "mov"}
+_ELEMENTARY: dict[Codec, str] = {"mpeg2": "mpegvideo", "h264": "h264", "hevc": "hevc"}
+# Frames decoded from the start to reach a requested one: a rendered frame or thumbnail of a
+# video costs at most this many decodes (about 10 s of 30 Hz video).
+MAX_DECODED_VIDEO_FRAMES = 300
 
 
 def video_codec(transfer_syntax_uid: str) -> Codec | None:
@@ -349,3 +357,57 @@ def _probe(av: Any, path: str) -> Mp4Result:
         return Mp4Result(
             video.frames, duration, video.codec_context.width, video.codec_context.height
         )
+
+
+def decode_frames(
+    stream: BinaryIO,
+    transfer_syntax_uid: str,
+    container: Container,
+    numbers: Sequence[int],
+    max_decoded_bytes: int,
+) -> list[Any]:
+    """Frames `numbers` (from 1, in presentation order) of the stored video `stream` as RGB
+    arrays (rows × columns × 3, uint8), in the order asked for; for rendered images and
+    thumbnails.
+
+    Decoding runs from the start of the stream up to the last frame asked for, so at most
+    MAX_DECODED_VIDEO_FRAMES frames in; one decoded frame is held at a time besides those
+    asked for. Raises CodecError when the stream cannot be decoded or ends first.
+    """
+    codec = video_codec(transfer_syntax_uid)
+    if codec is None:
+        raise CodecError(f"{transfer_syntax_uid} is not a video transfer syntax")
+    last = max(numbers)
+    if last > MAX_DECODED_VIDEO_FRAMES:
+        raise CodecError(
+            f"frame {last} of a video is decoded from its start; frames up to"
+            f" {MAX_DECODED_VIDEO_FRAMES} are rendered"
+        )
+    try:
+        import av
+    except ImportError as exc:
+        raise CodecError("video decoding needs PyAV (the 'av' package)") from exc
+    demuxer = _ELEMENTARY[codec] if container == "es" else _DECODE_DEMUXERS.get(container)
+    wanted = set(numbers)
+    found: dict[int, Any] = {}
+    try:
+        with av.open(stream, "r", format=demuxer) as source:
+            video = source.streams.video[0]
+            for number, frame in enumerate(source.decode(video), start=1):
+                if number in wanted:
+                    if frame.width * frame.height * 3 > max_decoded_bytes:
+                        raise CodecError(
+                            f"a {frame.width}x{frame.height} video frame is over the"
+                            f" {max_decoded_bytes}-byte decoding limit"
+                        )
+                    found[number] = frame.to_ndarray(format="rgb24")
+                if number >= last:
+                    break
+    except av.FFmpegError as exc:
+        raise CodecError(f"video stream cannot be decoded: {exc}") from exc
+    except IndexError as exc:
+        raise CodecError("the stored stream holds no video") from exc
+    missing = sorted(wanted - set(found))
+    if missing:
+        raise CodecError(f"the video ends before frame {missing[0]}")
+    return [found[n] for n in numbers]

@@ -3,6 +3,7 @@
     {site}/{study}/{series}/{sop}/{digest32}.dcm                    a stored instance
     {site}/cache/{study}/{series}/{sop}/{digest16}/frames/{n}.{ts}  a transcoded frame
     {site}/cache/{study}/{series}/{sop}/{digest16}/rendered/{h}.{x} a rendered image/thumbnail
+    {site}/cache/{study}/{series}/{sop}/{digest16}/video/{h}.mp4    stored video remuxed to MP4
 
 Keys are built only from validated UIDs, site names and hex digests, so they hold nothing a
 store must escape. Derived data is keyed by the stored object's digest: a new object under
@@ -22,6 +23,7 @@ __all__ = [
     "instance_blob_key",
     "parse_instance_blob_key",
     "rendered_cache_key",
+    "video_cache_key",
 ]
 
 CACHE_FOLDER = "cache"
@@ -68,3 +70,9 @@ def frame_cache_key(key: InstanceKey, digest: str, number: int, syntax: str) -> 
 def rendered_cache_key(key: InstanceKey, digest: str, token: str, extension: str) -> str:
     """A rendered image of the object with this digest; `token` hashes frames and options."""
     return f"{_instance_cache(key, digest)}/rendered/{token}.{extension}"
+
+
+def video_cache_key(key: InstanceKey, digest: str, token: str) -> str:
+    """The stored video of the object with this digest, remuxed into MP4; `token` names the
+    remuxer's version, so an upgrade never serves an older remux under a new entity tag."""
+    return f"{_instance_cache(key, digest)}/video/{token}.mp4"

@@ -16,6 +16,8 @@ from fractions import Fraction
 from typing import Any
 
 __all__ = [
+    "DOCUMENT_CLASSES",
+    "DOCUMENT_MEDIA_TYPES",
     "ENCAPSULATED_DOCUMENT",
     "EncapsulatedDocument",
     "VideoTiming",
@@ -25,6 +27,16 @@ __all__ = [
 ]
 
 ENCAPSULATED_DOCUMENT = "00420011"
+# The Encapsulated Document storage SOP classes (PS3.4 B.5) and a short name for each.
+DOCUMENT_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.104.1": "PDF",
+    "1.2.840.10008.5.1.4.1.1.104.2": "CDA",
+    "1.2.840.10008.5.1.4.1.1.104.3": "STL",
+    "1.2.840.10008.5.1.4.1.1.104.4": "OBJ",
+    "1.2.840.10008.5.1.4.1.1.104.5": "MTL",
+}
+# The media types those documents are served as (PS3.3 C.24.2.1, PS3.18 Table 8.7.4-1).
+DOCUMENT_MEDIA_TYPES = ("application/pdf", "text/xml", "model/stl", "model/obj", "model/mtl")
 _MIME_TYPE = "00420012"
 _DOCUMENT_LENGTH = "00420015"
 _BULKDATA = "/bulkdata/"

@@ -68,6 +68,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     _in_headers = True
     _header_bytes = 0
+    _tail = b""  # the last bytes seen, for a header end split across chunks
     _header_count = 0
     _refusal: tuple[int, str] | None = None
     _deadline: asyncio.TimerHandle | None = None
@@ -82,7 +83,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._in_headers:
-            self._header_bytes += len(data)
+            # Only the bytes up to the blank line that ends the headers count: a chunk may
+            # carry the start of the body too.
+            seen = self._tail + data
+            end = seen.find(b"\r\n\r\n")
+            self._header_bytes += len(data) if end < 0 else end + 4 - len(self._tail)
+            self._tail = seen[-3:]
             if self._header_bytes > self.limits.max_bytes:
                 self._refuse(431, f"request headers exceed {self.limits.max_bytes} bytes")
                 return
@@ -119,6 +125,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _start_headers(self) -> None:
         self._in_headers = True
         self._header_bytes = 0
+        self._tail = b""
         self._header_count = 0
         self._stop_deadline()
         self._deadline = asyncio.get_running_loop().call_later(

@@ -1,4 +1,5 @@
-"""Derived data (transcoded frames, thumbnails) in the blob store, within a byte budget.
+"""Derived data (transcoded frames, thumbnails, remuxed video) in the blob store, within a
+byte budget.
 
 Entries are written under `{site}/cache/` (domain/blob_keys.py) and recorded in a ledger
 shared by every process (their size and last use). A hit or a write is noted in memory and
@@ -17,6 +18,7 @@ from collections.abc import AsyncIterator
 
 from dicomweb_server.errors import DicomwebError, NotFoundError
 from dicomweb_server.index.base import CacheLedger
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.storage.base import BlobStore
 from dicomweb_server.telemetry import CACHE_LOOKUPS
 
@@ -27,11 +29,24 @@ log = logging.getLogger("dicomweb_server.cache")
 _FLUSH_INTERVAL = 5.0  # seconds between ledger updates, at most
 _MAX_PENDING = 4096  # noted uses that force a ledger update however recent the last one
 _LOW_WATER = 0.9  # eviction stops at this fraction of the budget
+# /metrics: lookups by entry kind (the folder domain/blob_keys.py puts it in) and result:
+# memory (the in-process LRU), hit (the blob store), miss.
+_KINDS = ("frames", "rendered", "video")
 _LOOKUPS = {
     (kind, result): CACHE_LOOKUPS.labels(kind, result)
-    for kind in ("frames", "rendered")
-    for result in ("hit", "miss")
+    for kind in _KINDS
+    for result in ("memory", "hit", "miss")
 }
+
+
+def _kind(key: str) -> str:
+    folder = key.rsplit("/", 2)[-2] if key.count("/") >= 2 else ""
+    return folder if folder in _KINDS else "other"
+
+
+def _lookup(kind: str, result: str) -> None:
+    counter = _LOOKUPS.get((kind, result))
+    (counter or CACHE_LOOKUPS.labels(kind, result)).inc()
 
 
 class DerivedCache:
@@ -43,9 +58,12 @@ class DerivedCache:
         ledger: CacheLedger,
         *,
         max_bytes: int,
+        memory_bytes: int = 0,
         flush_interval: float = _FLUSH_INTERVAL,
     ) -> None:
         self._blobs = blobs
+        # In front of the store: a warm transcoded frame is a dict lookup, not an S3 GET.
+        self._memory = MemoryCache(memory_bytes)
         self._ledger = ledger
         self._max_bytes = max_bytes
         self._interval = flush_interval
@@ -64,18 +82,25 @@ class DerivedCache:
         """The entry's bytes, or None (missing, evicted, or the store failed)."""
         if not self.enabled:
             return None
-        kind = "frames" if "/frames/" in key else "rendered"  # domain/blob_keys.py's layout
+        kind = _kind(key)
+        data = self._memory.get(key)
+        if data is not None:
+            _lookup(kind, "memory")
+            self._used[key] = time.time()
+            self._maybe_flush()
+            return data
         try:
             data = b"".join([chunk async for chunk in self._blobs.iter_get(key)])
         except NotFoundError:
-            _LOOKUPS[kind, "miss"].inc()
+            _lookup(kind, "miss")
             return None
         except DicomwebError as exc:
             log.warning("derived-data cache read failed: %s", exc.reason)
-            _LOOKUPS[kind, "miss"].inc()
+            _lookup(kind, "miss")
             return None
-        _LOOKUPS[kind, "hit"].inc()
+        _lookup(kind, "hit")
         self._used[key] = time.time()
+        self._memory.put(key, data)
         self._maybe_flush()
         return data
 
@@ -83,6 +108,7 @@ class DerivedCache:
         """Keep `data` under `key` (the caller does not wait when it uses `put_later`)."""
         if not self.enabled:
             return
+        self._memory.put(key, data)
         try:
             await self._blobs.put(key, _one(data))
         except DicomwebError as exc:
@@ -90,6 +116,46 @@ class DerivedCache:
             return
         self._added[key] = (len(data), time.time())
         self._maybe_flush()
+
+    async def put_stream(self, key: str, chunks: AsyncIterator[bytes]) -> bool:
+        """Keep a large entry written from `chunks` (never held whole); True once it is stored."""
+        if not self.enabled:
+            return False
+        try:
+            size = await self._blobs.put(key, chunks)
+        except DicomwebError as exc:
+            log.warning("derived-data cache write failed: %s", exc.reason)
+            return False
+        self._added[key] = (size, time.time())
+        self._maybe_flush()
+        return True
+
+    async def read(self, key: str, start: int, length: int) -> bytes | None:
+        """`length` bytes of an entry from `start` (a use of it), or None when it is missing,
+        evicted, shorter, or the store failed."""
+        if not self.enabled:
+            return None
+        kind = _kind(key)
+        try:
+            data = await self._blobs.read_range(key, start, length)
+        except NotFoundError:
+            _lookup(kind, "miss")
+            return None
+        except DicomwebError as exc:
+            log.warning("derived-data cache read failed: %s", exc.reason)
+            _lookup(kind, "miss")
+            return None
+        if len(data) != length:
+            _lookup(kind, "miss")
+            return None
+        _lookup(kind, "hit")
+        self._used[key] = time.time()
+        self._maybe_flush()
+        return data
+
+    def iter_range(self, key: str, start: int, length: int) -> AsyncIterator[bytes]:
+        """`length` bytes of an entry from `start`, streamed (after `read` found it)."""
+        return self._blobs.iter_get(key, start, length)
 
     def put_later(self, key: str, data: bytes) -> None:
         """`put` in the background: the response does not wait for the write."""
@@ -135,9 +201,15 @@ class DerivedCache:
             if not victims:
                 return
             for key, size in victims:
+                self._memory.discard_prefix(key)
                 await self._blobs.delete(key)
                 freed += size
         log.info("derived-data cache: evicted %d bytes (budget %d)", freed, self._max_bytes)
+
+    def forget_in_memory(self, prefix: str = "") -> None:
+        """Drop this process's in-memory copies (of keys under `prefix`): the store's copy
+        becomes the one served (deleted data, tests)."""
+        self._memory.discard_prefix(prefix)
 
     async def wait_for_writes(self) -> None:
         """Return once every background write started so far has finished."""

@@ -5,6 +5,10 @@ from the stored object's digest and the rendering options, so a conditional requ
 answered without touching pixels. Producing decodes and renders in the shared codec pool:
 one pool hop per image. Results are kept in a small in-memory LRU; thumbnails are also kept
 in the derived-data cache, and the same rendering asked for by many clients at once runs once.
+
+Video frames are decoded by PyAV from the start of the stream (a thumbnail shows the first
+frame: the cheapest to reach); an encapsulated document's thumbnail is a page icon naming its
+kind, as no document rasteriser is installed.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from typing import IO, Any
 
 import orjson
 
+from dicomweb_server.codecs.document_icon import render_document_icon
 from dicomweb_server.codecs.registry import (
     DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
     CodecError,
+    Pixels,
 )
 from dicomweb_server.codecs.rendering import (
     ImageAttributes,
@@ -36,11 +42,13 @@ from dicomweb_server.codecs.rendering import (
     render_pixels,
 )
 from dicomweb_server.domain.blob_keys import rendered_cache_key
+from dicomweb_server.domain.documents import DOCUMENT_CLASSES
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import BadRequestError, NotAcceptableError, NotFoundError
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.single_flight import SingleFlight
 
@@ -71,30 +79,6 @@ class Rendering:
 
 
 @dataclass(slots=True)
-class _MemoryCache:
-    """Rendered bytes by cache key, least recently used first out, bounded in bytes."""
-
-    limit: int
-    size: int = 0
-    entries: OrderedDict[str, bytes] = field(default_factory=OrderedDict)
-
-    def get(self, key: str) -> bytes | None:
-        data = self.entries.get(key)
-        if data is not None:
-            self.entries.move_to_end(key)
-        return data
-
-    def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.limit // 4 or key in self.entries:
-            return
-        self.entries[key] = data
-        self.size += len(data)
-        while self.size > self.limit:
-            _, dropped = self.entries.popitem(last=False)
-            self.size -= len(dropped)
-
-
-@dataclass(slots=True)
 class RenderService:
     """Rendered images and thumbnails, composed over the retrieve service."""
 
@@ -103,7 +87,7 @@ class RenderService:
     thumbnail_cache: DerivedCache | None = None  # None: thumbnails are not kept
     thumbnail_size: int = 128
     memory_cache_bytes: int = 32 << 20
-    _memory: _MemoryCache = field(init=False)
+    _memory: MemoryCache = field(init=False)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
         default_factory=dict, init=False
@@ -113,7 +97,7 @@ class RenderService:
     )
 
     def __post_init__(self) -> None:
-        self._memory = _MemoryCache(self.memory_cache_bytes)
+        self._memory = MemoryCache(self.memory_cache_bytes)
 
     # -- planning --------------------------------------------------------------------------
 
@@ -122,6 +106,12 @@ class RenderService:
     ) -> Rendering:
         """An instance (its first frame, or all of them as an animated GIF) or given frames."""
         instance = await self.retrieve.get_instance(key)
+        return self._plan(instance, options, frames, persistent=False)
+
+    def plan_for(
+        self, instance: StoredInstance, options: RenderOptions, frames: list[int] | None = None
+    ) -> Rendering:
+        """`plan_instance` for an instance already looked up."""
         return self._plan(instance, options, frames, persistent=False)
 
     async def plan_thumbnail(
@@ -143,14 +133,29 @@ class RenderService:
             )
         else:
             instance = await self._representative(study, series_instance_uid)
-        if frame is None:
+        persistent = self.thumbnail_cache is not None
+        if self.retrieve.is_document(instance) and frame is None:
+            return self._plan_icon(instance, options, persistent=persistent)
+        if frame is None and self.retrieve.is_video(instance):
+            frame = 1  # decoded from the start of the stream: the first frame is cheapest
+        elif frame is None:
             frame = (instance.number_of_frames + 1) // 2  # the middle of a multi-frame
-        return self._plan(instance, options, [frame], persistent=self.thumbnail_cache is not None)
+        return self._plan(instance, options, [frame], persistent=persistent)
 
     def thumbnail_options(self, options: RenderOptions) -> RenderOptions:
         """Thumbnails: a small default viewport, never enlarged, no annotations."""
         viewport = options.viewport or Viewport(self.thumbnail_size, self.thumbnail_size)
         return replace(options, viewport=viewport, upscale=False, annotations=())
+
+    def _plan_icon(
+        self, instance: StoredInstance, options: RenderOptions, *, persistent: bool
+    ) -> Rendering:
+        """A document's thumbnail: a page icon naming its kind (no frames)."""
+        extension = options.media_type.rsplit("/", 1)[-1]
+        label = DOCUMENT_CLASSES[instance.sop_class_uid]
+        token = hashlib.sha256(f"{_VERSION}|icon|{label}|{options.token}".encode()).hexdigest()
+        cache_key = rendered_cache_key(instance.key, instance.digest, token[:32], extension)
+        return Rendering(instance, (), options, cache_key, persistent)
 
     def _plan(
         self,
@@ -198,20 +203,24 @@ class RenderService:
             return remembered[1]
         instances = await self.retrieve.iter_instances(study, series_instance_uid)
         images: list[StoredInstance] = []
+        document: StoredInstance | None = None  # shown when there is no image at all
         try:
             async for instance in instances:
                 if images and instance.key.series_instance_uid != images[0].key.series_instance_uid:
                     break  # ordered by series: the first series with images is complete
                 if instance.number_of_frames > 0:
                     images.append(instance)
+                elif document is None and self.retrieve.is_document(instance):
+                    document = instance
         finally:
             aclose = getattr(instances, "aclose", None)
             if aclose is not None:
                 await aclose()
-        if not images:
+        if not images and document is None:
             level = "series" if series_instance_uid else "study"
-            raise NotFoundError(f"the {level} has no instance with pixel data")
-        chosen = images[(len(images) - 1) // 2]
+            raise NotFoundError(f"the {level} has no instance with pixel data or a document")
+        chosen = images[(len(images) - 1) // 2] if images else document
+        assert chosen is not None
         if len(self._representatives) > 4096:
             self._representatives.clear()
         self._representatives[memo_key] = (now + _REPRESENTATIVE_TTL, chosen)
@@ -245,12 +254,19 @@ class RenderService:
         instance, options = rendering.instance, rendering.options
         syntax = instance.transfer_syntax_uid
         codecs = self.codecs
+        if not rendering.frames:
+            label = DOCUMENT_CLASSES.get(instance.sop_class_uid, "DOC")
+            return await codecs.run(render_document_icon, label, options)
         try:
             attrs = await self._attributes(instance)
             # Before any frame is read or decoded: a rendering too large for the budget.
             check_render_budget(
                 len(rendering.frames), attrs.info, options, codecs.max_render_pixels
             )
+            if self.retrieve.is_video(instance):
+                arrays = await self.retrieve.video_frames(instance, rendering.frames)
+                pixels = [Pixels(array, "RGB") for array in arrays]
+                return await codecs.run(render_pixels, pixels, attrs, options)
             stored = await self._stored_frames(instance, rendering.frames)
             if stored is not None:
                 return await codecs.run(

@@ -1,5 +1,7 @@
 """Retrieve (WADO-RS): instances, metadata, frames and bulk data, transcoded on request.
 
+Video and encapsulated documents are single bodies (services/media.py), opened from here.
+
 Codec work runs in the shared codec pool, one frame (or one instance) per task. Frames served
 as stored are ranged reads of the recorded spans; transcoded frames are kept in the derived
 data cache and a transcode requested by many clients at once runs once. Study, series and
@@ -13,7 +15,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 import orjson
 
@@ -56,6 +58,7 @@ from dicomweb_server.services.frame_formats import (
     frame_formats,
 )
 from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead
+from dicomweb_server.services.media import MediaBody, MediaService
 from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import chain
@@ -66,6 +69,7 @@ __all__ = [
     "NATIVE_SYNTAXES",
     "OCTET_STREAM_MEDIA_TYPE",
     "FrameFormat",
+    "MediaBody",
     "ReadAhead",
     "RetrieveService",
     "WantedFrames",
@@ -89,13 +93,15 @@ class RetrieveService:
     index: InstanceIndex
     blobs: BlobStore
     codecs: CodecPool
-    frame_cache: DerivedCache | None = None  # None: transcoded frames are not kept
+    frame_cache: DerivedCache | None = None  # None: transcoded frames, remuxed video not kept
     read_ahead: ReadAhead = field(default_factory=ReadAhead)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _answers: InstanceAnswers = field(init=False)
+    _media: MediaService = field(init=False)
 
     def __post_init__(self) -> None:
         self._answers = InstanceAnswers(self.index, self.blobs, self.codecs, self.read_ahead)
+        self._media = MediaService(self.index, self.blobs, self.codecs, self.frame_cache)
 
     # -- instances -------------------------------------------------------------------------
 
@@ -329,6 +335,38 @@ class RetrieveService:
         if produced and cache is not None:
             cache.put_later(key, data)
         return data
+
+    # -- video and documents ---------------------------------------------------------------
+
+    def is_video(self, instance: StoredInstance) -> bool:
+        """Pixel Data in a video syntax: bulk data and rendered are one video body."""
+        return self._media.is_video(instance)
+
+    def is_document(self, instance: StoredInstance) -> bool:
+        """An Encapsulated Document: rendered is the document itself."""
+        return self._media.is_document(instance)
+
+    async def video_media_types(self, instance: StoredInstance, *, rendered: bool) -> list[str]:
+        """The media types the stored video can be served as, our preference first."""
+        offers = await self._media.video_offers(instance, rendered=rendered)
+        return [offer.media_type for offer in offers]
+
+    async def open_video(
+        self, instance: StoredInstance, accepted: Sequence[str], *, rendered: bool = False
+    ) -> MediaBody:
+        """The video as the first acceptable media type (`type`, `type/*`, `*/*`, in the
+        client's order): the stored bytes, or remuxed into MP4 (cached); else 406."""
+        return await self._media.open_video(instance, accepted, rendered=rendered)
+
+    async def open_document(
+        self, instance: StoredInstance, accepted: Sequence[str], *, rendered: bool = False
+    ) -> MediaBody:
+        """The encapsulated document, pad byte removed, in its own media type; else 406."""
+        return await self._media.open_document(instance, accepted, rendered=rendered)
+
+    async def video_frames(self, instance: StoredInstance, numbers: Sequence[int]) -> list[Any]:
+        """Frames of a video as RGB arrays, for rendering (CodecError when they cannot be)."""
+        return await self._media.video_frames(instance, numbers)
 
     # -- bulk data -------------------------------------------------------------------------
 

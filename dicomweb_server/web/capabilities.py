@@ -22,8 +22,10 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from dicomweb_server.codecs.video import VIDEO_MEDIA_TYPES
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.attributes import MATCH_KEYS, Level
+from dicomweb_server.domain.documents import DOCUMENT_MEDIA_TYPES
 from dicomweb_server.domain.query import MatchKind, parse_query
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.web.errors import error_response
@@ -83,12 +85,19 @@ def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
 _RENDERED_PARTS = tuple(f'multipart/related; type="{media}"' for media in _RENDERED)
+# Video and documents are one body each (services/media.py), single part or one part of
+# multipart/related; rendered video uses Table 8.7.4-1's names (video/mpeg, not video/mpeg2).
+_VIDEO = tuple(dict.fromkeys(m for types in VIDEO_MEDIA_TYPES.values() for m in types))
+_RENDERED_VIDEO = tuple(m for m in _VIDEO if m != "video/mpeg2")
+_BULKDATA = (_OCTET_PARTS, *_VIDEO, *DOCUMENT_MEDIA_TYPES)
+_RENDERED_INSTANCE = (*_RENDERED, *_RENDERED_VIDEO, *DOCUMENT_MEDIA_TYPES)
 _RENDERED_PARAMS = ("accept", "window", "viewport", "quality", "annotation", "iccprofile")
 
 
-def _rendered(name: str, produces: tuple[str, ...]) -> Operation:
+def _rendered(name: str, produces: tuple[str, ...], ranges: tuple[int, ...] = ()) -> Operation:
     """Rendered resources (10.4.1.1.3, 8.3.5): 304 answers a matching If-None-Match."""
-    return Operation(name, "10.4", (), produces, (200, 304, 400, 404, 406), _RENDERED_PARAMS)
+    statuses = tuple(sorted((200, 304, 400, 404, 406, *ranges)))
+    return Operation(name, "10.4", (), produces, statuses, _RENDERED_PARAMS)
 
 
 def _thumbnail(name: str) -> Operation:
@@ -120,10 +129,12 @@ _OPERATIONS: dict[str, Operation] = {
         "Retrieve Instance Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
     ),
     "retrieve_instance_frames": _retrieve("Retrieve Frames", (_OCTET_PARTS,), (200, 400, 404, 406)),
-    "retrieve_bulkdata": _retrieve("Retrieve Bulkdata", (_OCTET_PARTS,), (200, 404, 406)),
+    "retrieve_bulkdata": _retrieve("Retrieve Bulkdata", _BULKDATA, (200, 206, 304, 404, 406, 416)),
     "retrieve_rendered_study": _rendered("Retrieve Rendered Study", _RENDERED_PARTS),
     "retrieve_rendered_series": _rendered("Retrieve Rendered Series", _RENDERED_PARTS),
-    "retrieve_rendered_instance": _rendered("Retrieve Rendered Instance", _RENDERED),
+    "retrieve_rendered_instance": _rendered(
+        "Retrieve Rendered Instance", _RENDERED_INSTANCE, (206, 416)
+    ),
     "retrieve_rendered_frames": _rendered("Retrieve Rendered Frames", _RENDERED),
     "retrieve_thumbnail_study": _thumbnail("Retrieve Study Thumbnail"),
     "retrieve_thumbnail_series": _thumbnail("Retrieve Series Thumbnail"),

@@ -14,9 +14,11 @@ __all__ = [
     "MAX_ACCEPT_RANGES",
     "MediaRange",
     "WantedFrames",
+    "WantedMedia",
     "accept_frames",
     "accept_instances",
     "accept_json",
+    "accept_media",
     "parse_accept",
 ]
 
@@ -32,6 +34,16 @@ class MediaRange:
     type: str
     params: dict[str, str]
     q: float
+
+
+@dataclass(frozen=True, slots=True)
+class WantedMedia:
+    """An acceptable single body (video, a document): a media type (or `type/*`, `*/*`), sent
+    alone or as the one part of multipart/related; a transfer syntax when one is named."""
+
+    media_type: str
+    multipart: bool
+    transfer_syntax: str | None
 
 
 def _split(header: str, sep: str) -> list[str]:
@@ -154,3 +166,20 @@ def accept_json(header: str | None) -> None:
         ):
             return
     raise NotAcceptableError("this resource is available as application/dicom+json only")
+
+
+def accept_media(header: str | None, default_part: str) -> list[WantedMedia]:
+    """Accept entries for a single body, most preferred first (PS3.18 8.7.3.3.2, 8.7.4).
+
+    `multipart/related` without a type means `default_part` (octet-stream for bulk data).
+    """
+    wanted: list[WantedMedia] = []
+    for media in parse_accept(header):
+        if media.type == "multipart/related":
+            part = media.params.get("type", default_part).lower()
+            item = WantedMedia(part, True, media.params.get("transfer-syntax"))
+        else:
+            item = WantedMedia(media.type, False, media.params.get("transfer-syntax"))
+        if item not in wanted:
+            wanted.append(item)
+    return wanted

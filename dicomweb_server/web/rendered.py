@@ -3,11 +3,17 @@
 The `accept` query parameter wins over the Accept header (PS3.18 8.3.3.1): viewers send
 both. Each image carries a strong ETag computed before rendering, so If-None-Match is a
 304 without pixel work, and Cache-Control (private: these are patient images).
+
+A rendered video instance is the video (Table 8.7.4-1: video/mp4, video/mpeg, video/H265),
+unless only images are acceptable (then its first frame); a rendered Encapsulated Document
+is the document in its own media type (application/pdf, text/xml, model/...). Both are one
+body with byte ranges (web/media.py), as browsers' <video> and <object> elements ask.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -20,10 +26,14 @@ from dicomweb_server.codecs.rendering import (
     Window,
 )
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
+from dicomweb_server.services.media import choose_media
 from dicomweb_server.services.render import Rendering, RenderService
+from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.web.media import if_none_match, media_response
 from dicomweb_server.web.multipart import iter_multipart, multipart_content_type, new_boundary
-from dicomweb_server.web.negotiation import parse_accept
+from dicomweb_server.web.negotiation import accept_media, parse_accept
 from dicomweb_server.web.params import (
     frame_numbers,
     instance_key,
@@ -52,6 +62,11 @@ _DEFAULT = RENDERED_MEDIA_TYPES[0]
 
 def _render(request: Request) -> RenderService:
     service: RenderService = request.app.state.dicomweb.render
+    return service
+
+
+def _retrieve(request: Request) -> RetrieveService:
+    service: RetrieveService = request.app.state.dicomweb.retrieve
     return service
 
 
@@ -185,18 +200,6 @@ def parse_render_options(request: Request, *, thumbnail: bool = False) -> Render
     )
 
 
-def if_none_match(header: str | None, etag: str) -> bool:
-    """RFC 9110 13.1.2: weak comparison against each listed tag, or `*`."""
-    if not header:
-        return False
-    wanted = etag.removeprefix("W/")
-    for item in header.split(","):
-        item = item.strip()
-        if item == "*" or item.removeprefix("W/") == wanted:
-            return True
-    return False
-
-
 def _cache_control(settings: Settings, revalidate: bool) -> str:
     """Instance images never change; a study's or series' representative image may."""
     if revalidate:
@@ -219,10 +222,43 @@ async def _image_response(
 
 
 async def retrieve_rendered_instance(request: Request) -> Response:
-    """GET .../instances/{instance}/rendered: the first frame, or an animated GIF."""
+    """GET .../instances/{instance}/rendered: the first frame, or an animated GIF; a video
+    or a document as itself."""
+    instance = await _retrieve(request).get_instance(await instance_key(request))
+    media = await _media_rendered(request, instance)
+    if media is not None:
+        return media
     options = parse_render_options(request)
-    rendering = await _render(request).plan_instance(await instance_key(request), options)
+    rendering = _render(request).plan_for(instance, options)
     return await _image_response(request, rendering)
+
+
+async def _media_rendered(request: Request, instance: StoredInstance) -> Response | None:
+    """A video or document answer, or None when the instance renders as an image (a video
+    asked for as an image only: its first frame)."""
+    retrieve = _retrieve(request)
+    video = retrieve.is_video(instance)
+    if not video and not retrieve.is_document(instance):
+        return None
+    header = _one_value(request, "accept")
+    wanted = accept_media(header if header is not None else request.headers.get("accept"), "")
+    single = [replace(w, multipart=False) for w in wanted if w.media_type]  # 8.7.4: one part
+    accepted = [w.media_type for w in single]
+    cache_control = _cache_control(_settings(request), False)
+    if not video:
+        body = await retrieve.open_document(instance, accepted, rendered=True)
+        return media_response(request, body, single, cache_control)
+    offered = await retrieve.video_media_types(instance, rendered=True)
+    for media_type in accepted:
+        if choose_media(offered, [media_type]) is not None:
+            body = await retrieve.open_video(instance, [media_type], rendered=True)
+            return media_response(request, body, single, cache_control)
+        if choose_media(RENDERED_MEDIA_TYPES, [media_type]) is not None:
+            return None
+    raise NotAcceptableError(
+        f"this video is rendered as {', '.join(offered) or 'no video type here'}, or its first"
+        f" frame as {', '.join(RENDERED_MEDIA_TYPES)}; not as {', '.join(accepted[:4])}"
+    )
 
 
 async def retrieve_rendered_frames(request: Request) -> Response:

@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from dicomweb_server.domain.documents import ENCAPSULATED_DOCUMENT
+from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.services.bodies import FileRegion, InstancesPlan, PlannedInstance
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
 from dicomweb_server.web.errors import error_response
+from dicomweb_server.web.media import byte_range, media_response
 from dicomweb_server.web.multipart import (
     iter_multipart,
     multipart_content_type,
     multipart_framing,
     new_boundary,
 )
-from dicomweb_server.web.negotiation import accept_frames, accept_instances, accept_json
+from dicomweb_server.web.negotiation import (
+    accept_frames,
+    accept_instances,
+    accept_json,
+    accept_media,
+)
 from dicomweb_server.web.params import (
     frame_numbers,
     instance_key,
@@ -218,46 +225,30 @@ async def retrieve_instance_frames(request: Request) -> Response:
     )
 
 
-_RANGE_RE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
-
-
-def _byte_range(header: str, total: int) -> tuple[int, int] | None:
-    """RFC 9110 14.1.2: one `bytes=first-last` or `bytes=-suffix` range → (start, length).
-
-    None when the header cannot be satisfied; several ranges are not supported (also None).
-    """
-    match = _RANGE_RE.fullmatch(header.strip())
-    if match is None:
-        return None
-    first, last = match.groups()
-    if not first:
-        if not last or int(last) == 0:
-            return None
-        length = min(int(last), total)
-        return total - length, length
-    start = int(first)
-    end = min(int(last), total - 1) if last else total - 1
-    if start >= total or end < start:
-        return None
-    return start, end - start + 1
+_PIXEL_DATA_PATH = "7FE00010"
 
 
 async def retrieve_bulkdata(request: Request) -> Response:
     """GET .../instances/{instance}/bulkdata/{path}: values behind BulkDataURIs.
 
     A Range header (RFC 9110 14.2) selects bytes of one value: 206 with one part.
-    Frames of encapsulated Pixel Data are labelled with their stored media type.
+    Frames of encapsulated Pixel Data are labelled with their stored media type. Video
+    Pixel Data and an Encapsulated Document are one body each (`_media_bulkdata`).
     """
     state = _state(request)
     key = await instance_key(request)
     path = request.path_params["path"]
+    if path in (_PIXEL_DATA_PATH, ENCAPSULATED_DOCUMENT):
+        media = await _media_bulkdata(request, key, path)
+        if media is not None:
+            return media
     boundary = new_boundary()
     range_header = request.headers.get("range")
     if range_header is not None and "," in range_header:
         range_header = None  # several ranges: RFC 9110 14.2 lets a server send the whole value
     if range_header is not None:
         instance, offset, length = await state.retrieve.bulk_span(key, path)
-        selected = _byte_range(range_header, length)
+        selected = byte_range(range_header, length)
         if selected is None:
             return error_response(
                 416,
@@ -293,3 +284,25 @@ async def retrieve_bulkdata(request: Request) -> Response:
         iter_multipart(parts(), boundary),
         media_type=multipart_content_type(media_type, boundary),
     )
+
+
+async def _media_bulkdata(request: Request, key: InstanceKey, path: str) -> Response | None:
+    """Video Pixel Data (PS3.18 Table 8.7.3-5 Note 5: one part holding all frames) or the
+    Encapsulated Document: a single body in the media type asked for (the `accept` parameter
+    wins over the header, 8.3.3.1); None for Pixel Data that is not video."""
+    state = _state(request)
+    instance = await state.retrieve.get_instance(key)
+    parameter = request.query_params.get("accept")
+    header = parameter if parameter is not None else request.headers.get("accept")
+    wanted = accept_media(header, OCTET_STREAM_MEDIA_TYPE)
+    if path == _PIXEL_DATA_PATH:
+        if not state.retrieve.is_video(instance):
+            return None
+        stored = instance.transfer_syntax_uid
+        usable = [w for w in wanted if w.transfer_syntax in (None, "*", stored)]
+        body = await state.retrieve.open_video(instance, [w.media_type for w in usable])
+        wanted = usable
+    else:
+        body = await state.retrieve.open_document(instance, [w.media_type for w in wanted])
+    cache_control = f"private, max-age={state.settings.http_cache_max_age}"
+    return media_response(request, body, wanted, cache_control)

@@ -55,6 +55,17 @@ def test_statement_lists_exactly_the_routed_transactions() -> None:
     assert stated == expected
 
 
+def test_statement_lists_the_media_types_of_each_resource() -> None:
+    """Issue 15: video and document media types are stated where the server produces them."""
+    expected = {
+        (m["name"], r["path"], ", ".join(m["produces"]))
+        for r in _document()["resources"]
+        for m in r["methods"]
+    }
+    stated = {(row[0], row[1], row[5].replace("`", "")) for row in _table("resources")}
+    assert stated == expected
+
+
 def test_statement_lists_the_status_codes_of_each_transaction() -> None:
     expected = {
         (m["transaction"], ", ".join(str(s) for s in m["statuses"]))

@@ -99,6 +99,21 @@ def test_issue23_1_headers_that_never_finish_are_cut_off(live: tuple[str, int]) 
     assert time.monotonic() - silent < 6
 
 
+def test_issue23_1_a_body_in_the_headers_chunk_does_not_count_as_headers(
+    live: tuple[str, int],
+) -> None:
+    root, port = live
+    data = to_part10(ct_dataset(rows=128, columns=128))  # 32 KB, over the 16 KB header limit
+    body, content_type = multipart_body([data])
+    request = (
+        b"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    answer = _raw(port, request)  # one write: headers and body arrive together
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
+
+
 def test_issue23_1_headers_within_the_limits_are_served(live: tuple[str, int]) -> None:
     root, _ = live
     response = httpx.get(root + "/studies", headers={f"X-H{n}": "v" * 100 for n in range(10)})

@@ -76,6 +76,8 @@ async def test_parts_before_a_malformed_end_are_stored(small_batches: httpx.Asyn
     response = await small_batches.post(
         "/studies", content=cut, headers={"Content-Type": content_type}
     )
-    assert response.status_code == 400
-    # The last part never ended; the two before it were whole and are stored as if sent alone.
+    # The last part never ended; the two before it were whole, are stored as if sent alone,
+    # and are reported as stored (issue 23: never a 400 that hides stored instances).
+    assert response.status_code == 202
+    assert len(response.json()["00081199"]["Value"]) == 2
     assert len((await small_batches.get("/instances")).json()) == 2

@@ -361,6 +361,9 @@ async def test_transcoded_frames_are_cached_and_run_once(client, app) -> None:  
         yield b"from the cache"
 
     await blobs.put(cache_key, replaced())  # a second request must not transcode again
+    warm = await client.get(url, headers=accept)  # ...and a warm one is served from memory
+    assert parse_multipart(warm.content, warm.headers["content-type"])[0][1] in bodies
+    retrieve.frame_cache.forget_in_memory()
     response = await client.get(url, headers=accept)
     assert (
         parse_multipart(response.content, response.headers["content-type"])[0][1]

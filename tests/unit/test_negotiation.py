@@ -6,7 +6,12 @@ import pytest
 
 from dicomweb_server.errors import NotAcceptableError
 from dicomweb_server.services.frame_formats import WantedFrames
-from dicomweb_server.web.negotiation import accept_frames, accept_instances
+from dicomweb_server.web.negotiation import (
+    WantedMedia,
+    accept_frames,
+    accept_instances,
+    accept_media,
+)
 
 
 @pytest.mark.parametrize(
@@ -70,3 +75,21 @@ def test_accept_frames_refuses_unknown_media_types() -> None:
     with pytest.raises(NotAcceptableError) as raised:
         accept_frames('multipart/related; type="image/gif", text/html')
     assert "image/gif" in raised.value.reason
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, [WantedMedia("*/*", False, None)]),
+        ("video/mp4", [WantedMedia("video/mp4", False, None)]),
+        ("video/H265", [WantedMedia("video/h265", False, None)]),
+        (
+            "multipart/related; type=video/mp4; transfer-syntax=*, */*;q=0.1",
+            [WantedMedia("video/mp4", True, "*"), WantedMedia("*/*", False, None)],
+        ),
+        ("multipart/related", [WantedMedia("application/octet-stream", True, None)]),
+        ("application/pdf, application/pdf", [WantedMedia("application/pdf", False, None)]),
+    ],
+)
+def test_issue15_accept_media_single_or_one_part(header, expected) -> None:  # type: ignore[no-untyped-def]
+    assert accept_media(header, "application/octet-stream") == expected

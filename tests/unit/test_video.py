@@ -29,9 +29,11 @@ from dicomweb_server.codecs.annexb import (
 )
 from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.codecs.video import (
+    MAX_DECODED_VIDEO_FRAMES,
     VIDEO_SYNTAXES,
     FragmentReader,
     VideoOffer,
+    decode_frames,
     encapsulated_fragments,
     remux_to_mp4,
     sniff_container,
@@ -198,6 +200,45 @@ def test_what_is_not_remuxed_is_a_codec_error(tmp_path: Path) -> None:
         remux_to_mp4(io.BytesIO(b""), out, "1.2.840.10008.1.2.1", "es", None)
     with pytest.raises(CodecError, match="cannot be remuxed"):
         remux_to_mp4(io.BytesIO(b"\x00\x00\x01\x09" + bytes(64)), out, H264, "es", None)
+
+
+# -- decoding frames for rendering (issue 15) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("codec", "syntax", "container"),
+    [
+        ("h264", H264, "es"),
+        ("hevc", HEVC, "es"),
+        ("mpeg2", MPEG2, "es"),
+        ("h264", H264, "ts"),
+        ("h264", H264, "mp4"),
+    ],
+)
+def test_issue15_frames_decode_in_presentation_order(
+    codec: str, syntax: str, container: str
+) -> None:
+    """B-frames reorder decoding; frame n is the n-th shown (grey level 8*(n-1))."""
+    stream = encode(codec, container)
+    reader, _ = _reader(stream, syntax)
+    arrays = decode_frames(reader, syntax, sniff_container(stream[:512]), [13, 1, 24], 1 << 30)
+    assert [a.shape for a in arrays] == [(48, 64, 3)] * 3
+    assert [round(float(a.mean()) / 8) for a in arrays] == [12, 0, 23]
+
+
+def test_issue15_decoding_refuses_what_it_cannot_reach() -> None:
+    stream = encode("h264", "es")
+    reader, _ = _reader(stream, H264)
+    with pytest.raises(CodecError, match="ends before frame 25"):
+        decode_frames(reader, H264, "es", [25], 1 << 30)
+    with pytest.raises(CodecError, match="decoded from its start"):
+        decode_frames(reader, H264, "es", [MAX_DECODED_VIDEO_FRAMES + 1], 1 << 30)
+    with pytest.raises(CodecError, match="decoding limit"):
+        decode_frames(reader, H264, "es", [1], 100)
+    with pytest.raises(CodecError, match="not a video"):
+        decode_frames(reader, "1.2.840.10008.1.2.1", "es", [1], 1 << 30)
+    with pytest.raises(CodecError):
+        decode_frames(io.BytesIO(bytes(256)), H264, "es", [1], 1 << 30)
 
 
 # -- presentation order of elementary streams (annexb) -------------------------------------
