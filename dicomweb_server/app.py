@@ -13,16 +13,20 @@ from dicomweb_server.backends import Backends, open_backends, open_index
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import RequestTimeoutError
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.authn import Authenticator
 from dicomweb_server.services.codec_pool import CodecPool
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.instrumented import instrumented_blobs, instrumented_index
 from dicomweb_server.services.render import RenderService
+from dicomweb_server.services.retention import Maintenance
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
 from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
+from dicomweb_server.web.audit import AuditMiddleware
 from dicomweb_server.web.auth import AuthMiddleware
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
@@ -181,22 +185,37 @@ def create_app(settings: Settings) -> Starlette:
             thumbnail_size=settings.thumbnail_size,
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
+        deleter = DeleteService(index, index, index, blobs, grace_days=settings.delete_grace_days)
+        maintenance = Maintenance(
+            index,
+            index,
+            deleter,
+            interval=settings.maintenance_interval,
+            batch=settings.retention_batch,
+        )  # purge past the grace period and site retention, one process at a time
+        audit = AuditService.from_settings(index, settings)  # issue 17: writes in the background
+        await audit.start()
         app.state.backends = backends  # for tools and tests; the web layer uses services only
         authenticator = Authenticator.from_settings(settings, api_key_store=index)
         app.state.dicomweb = AppState(
             settings=settings,
             authenticator=authenticator,
             sites=SiteService(index, settings.default_site),
-            store=StoreService(index, blobs, limits),
+            store=StoreService(index, blobs, limits, lifecycle=deleter),
             search=SearchService(index),
             retrieve=retrieve,
             render=render,
+            delete=deleter,
+            audit=audit,
             status=StatusService(index, blobs, ready_timeout=settings.ready_timeout),
         )
+        maintenance.start()
         try:
             yield
         finally:
+            await maintenance.stop()
             await authenticator.aclose()
+            await audit.stop()  # queued events and open roll-ups are written first
             await cache.close()
             codecs.close()
             await backends.close()
@@ -223,5 +242,6 @@ def create_app(settings: Settings) -> Starlette:
     app.add_middleware(AuthMiddleware)
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(TrailingSlashMiddleware)
+    app.add_middleware(AuditMiddleware)  # sees every answer, refusals too (web/audit.py)
     app.add_middleware(RequestContextMiddleware, default_site=settings.default_site)
     return app

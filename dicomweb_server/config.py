@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -152,6 +153,14 @@ class Settings(BaseSettings):
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
     # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.
     gc_young_threshold: NonNegative = 20_000
+    # Correcting and removing data (issue 18; services/delete.py, services/retention.py).
+    # Deleted and rejected instances stay restorable this many days; then maintenance deletes
+    # their objects (`dicomweb-server purge` does it at once)
+    delete_grace_days: NonNegative = 7
+    # Seconds between maintenance runs (purge past the grace period, site retention), in one
+    # server process at a time across workers and machines (a lease in the index); 0: never
+    maintenance_interval: NonNegative = 3600
+    retention_batch: Positive = 100  # studies one maintenance run expires per site, at most
     # Access control (services/authn.py). none: every caller may do everything (loopback only)
     auth: str = "none"  # none, oidc, apikey or oidc,apikey: credentials accepted as Bearer
     # DICOMWEB_AUTH=none on a non-loopback address: every caller may do everything
@@ -164,6 +173,22 @@ class Settings(BaseSettings):
     oidc_algorithms: str = "RS256,ES256,PS256"  # signatures accepted, comma-separated; never HS*
     oidc_leeway_seconds: NonNegative = 60  # clock skew allowed on a token's exp, nbf and iat
     max_token_bytes: Positive = 8192  # a longer bearer token or API key is refused unread
+    # Audit trail (issue 17, services/audit.py): who read or changed which patient's data
+    audit_queue_limit: Positive = 10_000  # events awaiting the writer; more are dropped, counted
+    audit_batch_size: Positive = 200  # records written per transaction (a full batch wakes it)
+    audit_flush_seconds: Annotated[float, Field(gt=0)] = 1.0  # the writer's longest wait
+    # A user's image reads of one study (metadata, frames, rendered, thumbnails, bulk data)
+    # within this many seconds become one "view" record with counts; 0: a record per request
+    audit_rollup_seconds: NonNegative = 300
+    audit_retention_days: Positive = 2555  # records are kept this long (7 years), then expired
+    audit_expiry_interval_seconds: Positive = 3600  # how often each process tries the expiry
+    audit_source_id: str = ""  # AuditSourceID and FHIR source.observer; empty: the root URL
+    # Copies to an IHE ATNA repository: udp://host:514, tcp://host:601 or tls://host:6514
+    audit_syslog_url: str = ""
+    audit_syslog_ca_file: str = ""  # tls://: the CA bundle to trust (empty: the system's)
+    audit_syslog_certfile: str = ""  # tls://: this server's client certificate (mutual TLS)
+    audit_syslog_keyfile: str = ""  # tls://: its private key (empty: in the certificate file)
+    audit_syslog_queue_limit: Positive = 10_000  # unsent syslog messages kept; older dropped
     # Operations (issue 21): probes, logs, traces, the viewer
     ready_timeout: Annotated[float, Field(gt=0)] = 2.0  # /readyz: seconds each backend may take
     log_format: LogFormat = "text"  # json: one JSON object per line, for log collectors
@@ -188,6 +213,15 @@ class Settings(BaseSettings):
         if not names or not names <= set(_AUTH_METHODS):
             raise ValueError("must be none, oidc, apikey or oidc,apikey")
         return ",".join(name for name in _AUTH_METHODS if name in names)
+
+    @field_validator("audit_syslog_url")
+    @classmethod
+    def _syslog_url(cls, value: str) -> str:
+        if value and not re.fullmatch(
+            r"(udp|tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)(:[0-9]{1,5})?/?", value.strip()
+        ):
+            raise ValueError("must be udp://host[:port], tcp://host[:port] or tls://host[:port]")
+        return value.strip()
 
     @field_validator("oidc_algorithms", mode="before")
     @classmethod
@@ -225,6 +259,11 @@ class Settings(BaseSettings):
     def auth_methods(self) -> frozenset[str]:
         """The credentials accepted (`oidc`, `apikey`); empty when DICOMWEB_AUTH is none."""
         return frozenset() if self.auth == "none" else frozenset(self.auth.split(","))
+
+    @property
+    def audit_source(self) -> str:
+        """How audit records name this server (AuditSourceID, FHIR source.observer)."""
+        return self.audit_source_id or self.root_url
 
     @property
     def root_url(self) -> str:

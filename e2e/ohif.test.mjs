@@ -90,7 +90,7 @@ function appConfig(dicomwebRoot) {
         qidoRoot: '${dicomwebRoot}',
         wadoRoot: '${dicomwebRoot}',
         qidoSupportsIncludeField: true,
-        supportsReject: false,
+        supportsReject: true, // POST .../reject/113001^DCM (issue 18)
         supportsFuzzyMatching: true,
         supportsWildcard: true,
         imageRendering: 'wadors',
@@ -148,6 +148,8 @@ function serveOhif(config) {
 before(async () => {
   mkdirSync(artifacts, { recursive: true });
   const apiPort = await freePort();
+  const ohifPort = await freePort();
+  viewerUrl = `http://127.0.0.1:${ohifPort}`;
   root = `http://127.0.0.1:${apiPort}/dicomweb`;
   // The server's own viewer: installed from the package npm already fetched for this test.
   execFileSync(python, ['-m', 'dicomweb_server', 'viewer', 'install', '--from', ohifPackage,
@@ -156,17 +158,20 @@ before(async () => {
     python,
     ['-m', 'dicomweb_server', 'serve', '--host', '127.0.0.1', '--port', String(apiPort),
       '--data-dir', join(scratch, 'data')],
-    { cwd: repo, env: { ...process.env, DICOMWEB_LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] },
+    {
+      cwd: repo,
+      // The viewer's origin may write: its reject (a POST) must be readable across origins.
+      env: { ...process.env, DICOMWEB_LOG_LEVEL: 'info', DICOMWEB_CORS_WRITE_ORIGINS: viewerUrl },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
   );
   server.stdout.on('data', chunk => serverLog.push(chunk.toString()));
   server.stderr.on('data', chunk => serverLog.push(chunk.toString()));
   await waitFor(`${root}/studies?limit=1`);
   seeded = JSON.parse(execFileSync(python, [join(here, 'seed.py'), root], { encoding: 'utf8' }));
 
-  const ohifPort = await freePort();
   ohif = serveOhif(appConfig(root));
   await new Promise(resolve => ohif.listen(ohifPort, '127.0.0.1', resolve));
-  viewerUrl = `http://127.0.0.1:${ohifPort}`;
 
   context = await chromium.launchPersistentContext(join(scratch, 'profile'), {
     executablePath: chromiumPath,
@@ -565,5 +570,82 @@ test('the PDF report opens in OHIF\'s PDF viewport', { timeout: 180_000 }, async
     const viewer = page.frames().find(frame => frame.url().startsWith('chrome-extension://'));
     assert.ok(viewer, `no PDF viewer frame: ${page.frames().map(f => f.url()).join(', ')}`);
   }
+
+// Issue 18: OHIF rejects a series through its data source (supportsReject: true), which POSTs
+// dcm4chee's reject resource. The published @ohif/app 3.13.2 build has no menu item or button
+// that calls it: dataSource.reject.series is defined (extensions/default/src/DicomWebDataSource/
+// dcm4cheeReject.js) but its only UI caller, the measurement panel's "Reject annotations", has
+// the call commented out. So the test makes the call from the page, through the data source
+// OHIF built from our app-config.js. In 3.13.2 that call throws before sending anything
+// ("getAuthrorizationHeader is not a function": createDicomWebApi hands dcm4cheeReject its
+// getAuthorizationHeader before `initialize` assigns it); then the test sends the request
+// dcm4cheeReject.js builds (POST, same URL, OHIF's authorization headers, no body) with
+// XMLHttpRequest from the page, as that code would, and checks the viewer afterwards.
+test('OHIF rejects a series and the viewer no longer shows it', { timeout: 180_000 }, async () => {
+  const page = await context.newPage();
+  const rejects = [];
+  page.on('response', response => {
+    if (response.url().includes('/reject/')) {
+      rejects.push([response.request().method(), response.url(), response.status()]);
+    }
+  });
+  const blobImages = () => page.evaluate(() => [...document.querySelectorAll('img')].filter(
+    img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
+  ).length);
+  await page.goto(`${viewerUrl}/viewer?StudyInstanceUIDs=${seeded.study}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('img')].filter(
+      img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
+    ).length >= 2,
+    null,
+    { timeout: 90_000 },
+  );
+  const answer = await page.evaluate(async ({ wadoRoot, study, series }) => {
+    const dataSource = window.extensionManager.getActiveDataSource()[0];
+    if (typeof dataSource?.reject?.series !== 'function') return { error: 'no reject.series' };
+    try {
+      return { via: 'dataSource.reject.series', text: await dataSource.reject.series(study, series) };
+    } catch (error) {
+      if (!String(error).includes('is not a function')) return { error: String(error) };
+      const text = await new Promise((resolve, reject) => {
+        const xhr = new XMLHttpRequest();
+        xhr.open('POST', `${wadoRoot}/studies/${study}/series/${series}/reject/113001%5EDCM`, true);
+        const headers = window.services.userAuthenticationService.getAuthorizationHeader() || {};
+        for (const key in headers) xhr.setRequestHeader(key, headers[key]);
+        xhr.onreadystatechange = () => {
+          if (xhr.readyState !== 4) return;
+          if (xhr.status === 200 || xhr.status === 204) resolve(xhr.responseText);
+          else reject(new Error(`Unexpected status code: ${xhr.status}`));
+        };
+        xhr.send();
+      });
+      return { via: `XMLHttpRequest (OHIF's own call failed: ${error})`, text };
+    }
+  }, { wadoRoot: root, study: seeded.study, series: seeded.mrSeries });
+  console.log(`reject: ${JSON.stringify(answer)}`);
+  assert.equal(answer.text, '{"count":1}', `reject answered ${JSON.stringify(answer)}`);
+  assert.equal(rejects.length, 1, JSON.stringify(rejects));
+  const [method, url, status] = rejects[0];
+  assert.equal(method, 'POST');
+  assert.ok(url.endsWith(`/studies/${seeded.study}/series/${seeded.mrSeries}/reject/113001%5EDCM`), url);
+  assert.equal(status, 200);
+
+  // The server hides it at once: QIDO lists the CT series only, the MR series is a 404.
+  const series = await (await fetch(`${root}/studies/${seeded.study}/series`)).json();
+  assert.deepEqual(series.map(s => s['0020000E'].Value[0]), [seeded.ctSeries]);
+  assert.equal((await fetch(`${root}/studies/${seeded.study}/series/${seeded.mrSeries}/metadata`)).status, 404);
+
+  // And the viewer, opened again, shows one series where it showed two.
+  await page.goto(`${viewerUrl}/viewer?StudyInstanceUIDs=${seeded.study}`, { waitUntil: 'domcontentloaded' });
+  await page.waitForFunction(
+    () => [...document.querySelectorAll('img')].filter(
+      img => img.complete && img.naturalWidth > 0 && img.src.startsWith('blob:'),
+    ).length >= 1,
+    null,
+    { timeout: 90_000 },
+  );
+  await page.waitForTimeout(3000); // a second thumbnail would have arrived by now
+  await page.screenshot({ path: join(artifacts, 'viewer-after-reject.png') });
+  assert.equal(await blobImages(), 1, 'one series thumbnail after the rejection');
   await page.close();
 });

@@ -8,13 +8,13 @@ import argparse
 import os
 import sys
 
-from dicomweb_server.cli import apikey, config, maintenance, serve, sites, viewer
+from dicomweb_server.cli import apikey, audit, config, lifecycle, maintenance, serve, sites, viewer
 from dicomweb_server.config import Settings, SettingsError, unknown_variables
 from dicomweb_server.serve.logs import configure_logging
 
 __all__ = ["main"]
 
-_COMMANDS = (serve, maintenance, sites, apikey, viewer, config)
+_COMMANDS = (serve, maintenance, sites, apikey, lifecycle, audit, viewer, config)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -203,6 +203,41 @@ ROWS: tuple[Row, ...] = (
     Row(("oidc_leeway_seconds",), "clock skew allowed on a token's exp, nbf and iat"),
     Row(("max_token_bytes",), "a longer bearer token or API key is refused unread"),
     Row(
+        ("delete_grace_days",),
+        "days deleted and rejected instances stay restorable before maintenance deletes their objects",
+    ),
+    Row(
+        ("maintenance_interval",),
+        "seconds between maintenance runs (purge, retention), one process at a time; 0: never",
+    ),
+    Row(("retention_batch",), "studies one maintenance run expires per site, at most"),
+    Row(
+        ("audit_rollup_seconds",),
+        "a user's image reads of one study within this time are one audit record (0: one per request)",
+    ),
+    Row(("audit_retention_days",), "audit records are kept this long (7 years)"),
+    Row(
+        ("audit_queue_limit", "audit_batch_size", "audit_flush_seconds"),
+        "audit events waiting to be written (more are dropped and counted), records per write, longest wait between writes",
+    ),
+    Row(
+        ("audit_expiry_interval_seconds",),
+        "how often each process tries the retention expiry",
+    ),
+    Row(("audit_source_id",), "how audit records name this server", "(the root URL)"),
+    Row(
+        ("audit_syslog_url",),
+        "also send audit messages to an ATNA repository: `udp://`, `tcp://` or `tls://host:port`",
+    ),
+    Row(
+        ("audit_syslog_ca_file", "audit_syslog_certfile", "audit_syslog_keyfile"),
+        "`tls://`: the CA bundle to trust (empty: the system's), this server's client certificate and its key (empty: in the certificate file)",
+    ),
+    Row(
+        ("audit_syslog_queue_limit",),
+        "unsent syslog messages kept; older ones are dropped",
+    ),
+    Row(
         ("tracing",),
         "OpenTelemetry traces (needs the `tracing` extra); also on when `OTEL_TRACES_EXPORTER` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and configured by the standard `OTEL_*` variables",
     ),
@@ -228,6 +263,10 @@ _EMPTY = {
     "oidc_jwks_url": "(discovered)",
     "oidc_grant_prefix": "(none)",
     "viewer_dir": "`{data_dir}/viewer`",
+    "audit_syslog_url": "(none)",
+    "audit_syslog_ca_file": "(system)",
+    "audit_syslog_certfile": "(none)",
+    "audit_syslog_keyfile": "(none)",
 }
 
 

@@ -19,6 +19,7 @@ from dicomweb_server.domain.identifiers import InstanceKey
 __all__ = [
     "CACHE_FOLDER",
     "cache_prefix",
+    "derived_prefix",
     "frame_cache_key",
     "instance_blob_key",
     "parse_instance_blob_key",
@@ -76,3 +77,14 @@ def video_cache_key(key: InstanceKey, digest: str, token: str) -> str:
     """The stored video of the object with this digest, remuxed into MP4; `token` names the
     remuxer's version, so an upgrade never serves an older remux under a new entity tag."""
     return f"{_instance_cache(key, digest)}/video/{token}.mp4"
+
+
+def derived_prefix(
+    site: str,
+    study_instance_uid: str,
+    series_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+) -> str:
+    """The folder of the derived data of a study, a series or an instance (every digest)."""
+    parts = [study_instance_uid, series_instance_uid, sop_instance_uid]
+    return cache_prefix(site) + "".join(f"{part}/" for part in parts if part is not None)

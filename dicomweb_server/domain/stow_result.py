@@ -11,6 +11,7 @@ __all__ = [
     "DUPLICATE_SOP_INSTANCE",
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
+    "SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT",
     "StowResult",
 ]
 
@@ -20,6 +21,10 @@ DUPLICATE_SOP_INSTANCE = 0x0111  # same SOP Instance UID, different content: nev
 OUT_OF_RESOURCES = 0xA700  # a part or image larger than a configured limit
 DATA_SET_DOES_NOT_MATCH = 0xA900  # identity missing, or study differs from the request URL
 CANNOT_UNDERSTAND = 0xC000  # not DICOM Part 10, truncated, malformed
+# An instance an IOCM rejection named, sent again (issue 18). A refusal in PS3.4's A7xx range,
+# the value dcm4chee-arc gives it ("Subsequent occurrence of rejected Object"; its 0xA770 is
+# "Rejection Note already received").
+SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT = 0xA771
 
 
 @dataclass(slots=True)

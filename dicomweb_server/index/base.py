@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+from dicomweb_server.domain.audit import AuditPage, AuditQuery, AuditRecord, AuditStudy
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
+from dicomweb_server.domain.lifecycle import DeleteTarget, Hold, StudyFacts
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
 from dicomweb_server.domain.sites import Site
@@ -15,16 +17,24 @@ from dicomweb_server.index.api_keys import ApiKeyStore
 
 __all__ = [
     "AddOutcome",
+    "AuditLog",
     "CacheLedger",
     "ConnectionPool",
     "Connections",
     "Counts",
+    "DeleteTarget",
     "IndexCounts",
     "InstanceIndex",
+    "Judge",
+    "LegalHolds",
+    "Lifecycle",
+    "Rejection",
+    "RejectionLog",
     "SearchPage",
     "ServerIndex",
     "SiteCatalog",
     "StoredInstance",
+    "TrashedInstance",
 ]
 
 
@@ -151,7 +161,162 @@ class SiteCatalog(Protocol):
         ...
 
 
-class ServerIndex(InstanceIndex, CacheLedger, SiteCatalog, ApiKeyStore, Protocol):
+class AuditLog(Protocol):
+    """The audit trail (issue 17), append-only: nothing updates a record, and only
+    `expire_audit_records` deletes any. The backends enforce it with triggers, so no other
+    statement can either."""
+
+    async def append_audit_records(self, records: Sequence[AuditRecord]) -> None:
+        """Add records in one transaction."""
+        ...
+
+    async def query_audit_records(self, query: AuditQuery) -> AuditPage:
+        """Records matching every filter of `query`, newest first."""
+        ...
+
+    async def expire_audit_records(self, before: float) -> int | None:
+        """Remove records that ended before `before` (Unix seconds); how many. None when
+        another process is expiring right now (one at a time across processes)."""
+        ...
+
+    async def study_patients(
+        self, site: str | None, study_instance_uids: Sequence[str]
+    ) -> list[AuditStudy]:
+        """The patient of each study found among `study_instance_uids` at `site` (None: at
+        every site holding it), in one query."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An IOCM rejection recorded with a delete: its code (`113001^DCM`), the rejection note
+    (None for the reject resource), and every (series, SOP Instance) of the target's study it
+    names, present or not: a later store of any of them is refused."""
+
+    code: str
+    note_sop_instance_uid: str | None
+    references: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TrashedInstance:
+    """An instance in the trash: its row id there, where it was, and its object."""
+
+    id: int
+    key: InstanceKey
+    blob_key: str
+    digest: str
+    deleted_at: float
+
+
+# Decides, under the study row's lock, whether the study may lose instances: raises a
+# ConflictError naming the reason (domain/lifecycle.py `check_deletable`).
+Judge = Callable[[StudyFacts, list[Hold]], None]
+
+
+@runtime_checkable
+class Lifecycle(Protocol):
+    """Soft delete into a trash, restore, purge, and the maintenance lease (issue 18).
+
+    A delete moves instance rows into the trash and recomputes their series and study rows in
+    one transaction, locking in the add paths' order (instances, series, study); the objects
+    stay in the store until purge.
+    """
+
+    async def delete_instances(
+        self,
+        target: DeleteTarget,
+        *,
+        who: str,
+        reason: str,
+        now: float,
+        judge: Judge,
+        rejection: Rejection | None = None,
+    ) -> list[TrashedInstance]:
+        """Move the target's instances to the trash; NotFoundError when there are none (with
+        a `rejection`, which is recorded whatever is present, an empty list instead)."""
+        ...
+
+    async def restore_instances(
+        self, site: str, study_instance_uid: str, series_instance_uid: str | None
+    ) -> int:
+        """Move a study's (or series') trashed instances back; how many. NotFoundError when
+        the trash holds none, ConflictError when one was stored again meanwhile."""
+        ...
+
+    async def trashed_before(
+        self, cutoff: float, site: str | None, limit: int
+    ) -> list[TrashedInstance]:
+        """Trashed instances deleted before `cutoff` (oldest first), at most `limit`."""
+        ...
+
+    async def forget_trashed(self, ids: Sequence[int]) -> None:
+        """Remove trash rows (after their objects were deleted)."""
+        ...
+
+    async def blob_keys_in_use(self, keys: Sequence[str]) -> set[str]:
+        """Those of `keys` a live instance row references (stored again meanwhile)."""
+        ...
+
+    async def trash_references(self, blob_key: str) -> bool:
+        """True when a trash row references the object (not an orphan: restorable)."""
+        ...
+
+    async def forget_cache_entries(self, prefix: str) -> None:
+        """Remove the derived-data ledger's entries under `prefix`."""
+        ...
+
+    async def uid_level(self, site: str, uid: str) -> str | None:
+        """`study`, `series` or `instance` when a live row of the site has this UID."""
+        ...
+
+    async def expired_studies(
+        self, site: str, before_day: str, received_before: float, limit: int
+    ) -> list[str]:
+        """Studies of the site dated before `before_day` (YYYYMMDD), or without a StudyDate
+        and received before `received_before`; at most `limit`, oldest rows first."""
+        ...
+
+    async def claim_lease(self, name: str, holder: str, until: float, now: float) -> bool:
+        """Take (or renew) the named lease until `until` unless another holder's is live."""
+        ...
+
+
+class RejectionLog(Protocol):
+    """IOCM rejections recorded by `Lifecycle.delete_instances`."""
+
+    async def rejected_among(self, site: str, sop_instance_uids: Sequence[str]) -> dict[str, str]:
+        """{SOP Instance UID: rejection code} for those of the site that were rejected."""
+        ...
+
+
+class LegalHolds(Protocol):
+    """Legal holds: studies, or patients' studies, that must not be removed."""
+
+    async def add_hold(self, hold: Hold) -> Hold:
+        """Record the hold; returns it with its id."""
+        ...
+
+    async def list_holds(self) -> list[Hold]:
+        """Every hold, by id."""
+        ...
+
+    async def remove_hold(self, hold_id: int) -> Hold | None:
+        """Remove and return the hold, or None when there is no such hold."""
+        ...
+
+
+class ServerIndex(
+    InstanceIndex,
+    CacheLedger,
+    SiteCatalog,
+    ApiKeyStore,
+    Lifecycle,
+    RejectionLog,
+    LegalHolds,
+    AuditLog,
+    Protocol,
+):
     """Every role a server process needs of its index database, in one object."""
 
 

@@ -32,9 +32,11 @@ from dicomweb_server.index.api_keys import (
     api_key_from_row,
     api_key_values,
 )
+from dicomweb_server.index.audit_postgres import PostgresAuditLog
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
+from dicomweb_server.index.postgres_delete import PostgresLifecycle
 from dicomweb_server.index.postgres_write import add_batch
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
@@ -146,8 +148,11 @@ async def _apply_migrations(conn: Connection) -> list[int]:
     return applied
 
 
-class PostgresInstanceIndex:
-    """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes."""
+class PostgresInstanceIndex(PostgresLifecycle, PostgresAuditLog):
+    """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes.
+
+    Deletion, restore, rejections and holds (issue 18) live in index/postgres_delete.py.
+    """
 
     def __init__(
         self, pool: asyncpg.Pool[asyncpg.Record], command_timeout: float, acquire_timeout: float

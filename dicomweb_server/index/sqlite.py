@@ -35,11 +35,13 @@ from dicomweb_server.index.api_keys import (
     api_key_from_row,
     api_key_values,
 )
+from dicomweb_server.index.audit_sqlite import SqliteAuditLog
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search
+from dicomweb_server.index.sqlite_delete import SqliteLifecycle
 
 __all__ = ["SqliteInstanceIndex"]
 
@@ -58,8 +60,11 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class SqliteInstanceIndex:
-    """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both."""
+class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog):
+    """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both.
+
+    Deletion, restore, rejections and holds (issue 18) live in index/sqlite_delete.py.
+    """
 
     def __init__(self, path: Path) -> None:
         self._path = path

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from dicomweb_server.domain.blob_keys import parse_instance_blob_key
-from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.index.base import InstanceIndex, Lifecycle
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["SweepReport", "sweep_orphans"]
@@ -45,6 +45,9 @@ async def sweep_orphans(
         stored = await index.get_instance(key)
         if stored is not None and stored.blob_key == info.key:
             report.referenced += 1
+            continue
+        if isinstance(index, Lifecycle) and await index.trash_references(info.key):
+            report.referenced += 1  # a deleted instance's object: restorable until purged
             continue
         if now - info.modified < min_age_seconds:
             report.too_recent += 1

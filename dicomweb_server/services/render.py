@@ -194,13 +194,21 @@ class RenderService:
     ) -> StoredInstance:
         """The middle image of a series, or of a study's first series with images.
 
-        Remembered for a short while, so a cached thumbnail costs no index scan.
+        Remembered for a short while, so a cached thumbnail costs no index scan; the
+        remembered instance is looked up again (one row by key), so an instance deleted
+        meanwhile, by this process or another, is never planned (issue 18).
         """
         memo_key = (study.site, study.study_instance_uid, series_instance_uid or "")
         now = time.monotonic()
         remembered = self._representatives.get(memo_key)
         if remembered is not None and remembered[0] > now:
-            return remembered[1]
+            try:
+                current = await self.retrieve.get_instance(remembered[1].key)
+            except NotFoundError:
+                current = None
+            if current is not None and current.blob_key == remembered[1].blob_key:
+                return current
+            self._representatives.pop(memo_key, None)
         instances = await self.retrieve.iter_instances(study, series_instance_uid)
         images: list[StoredInstance] = []
         document: StoredInstance | None = None  # shown when there is no image at all

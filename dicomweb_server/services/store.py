@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, cast
 
+import orjson
+
 from dicomweb_server.codecs.decode_guards import validate_encapsulated_frame
 from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.domain.blob_keys import instance_blob_key
@@ -27,14 +29,22 @@ from dicomweb_server.domain.part10 import (
     parse_part10,
 )
 from dicomweb_server.domain.records import InstanceRecord
+from dicomweb_server.domain.rejection import (
+    KEY_OBJECT_SELECTION_DOCUMENT,
+    RejectionNote,
+    rejection_note,
+)
 from dicomweb_server.domain.stow_result import (
     DATA_SET_DOES_NOT_MATCH,
     DUPLICATE_SOP_INSTANCE,
+    PROCESSING_FAILURE,
+    SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
     StowResult,
 )
-from dicomweb_server.errors import DicomwebError
+from dicomweb_server.errors import ConflictError, DicomwebError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
 from dicomweb_server.index.batch import NewInstance, add_instances
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.storage.base import BlobStore
 
@@ -115,11 +125,16 @@ _Entry = NewInstance | _Failed
 
 @dataclass(slots=True)
 class StoreService:
-    """Stores spooled parts into `blobs` then `index`; one `StoreRequest` per STOW request."""
+    """Stores spooled parts into `blobs` then `index`; one `StoreRequest` per STOW request.
+
+    With `lifecycle` (issue 18), an instance an IOCM rejection named is refused, and a stored
+    rejection note hides the instances it names (services/delete.py).
+    """
 
     index: InstanceIndex
     blobs: BlobStore
     limits: ParseLimits
+    lifecycle: DeleteService | None = None
 
     def request(
         self,
@@ -247,11 +262,34 @@ class StoreRequest:
                 await self._flush()
 
     async def _flush(self) -> None:
-        """Index the ready instances in one transaction and record each outcome in order."""
+        """Index the ready instances in one transaction and record each outcome in order.
+
+        Rejected instances (issue 18) are refused before indexing. Rejection notes are
+        indexed after the others, each once its rejection is applied (so an instance it names
+        that came in the same batch is hidden too); one whose rejection is refused (a legal
+        hold) is not stored.
+        """
         ready, self._ready = self._ready, []
+        service, site, result = self._service, self._site, self._result
         written = [entry for entry in ready if isinstance(entry, NewInstance)]
-        outcomes = iter(await add_instances(self._service.index, self._site, written))
-        result = self._result
+        refused = await self._rejected(written)
+        notes: dict[int, RejectionNote] = {}
+        for item in written:
+            note = _rejection_note(item.record)
+            if note is not None and item.record.sop_instance_uid not in refused:
+                notes[id(item)] = note
+        plain = [
+            item
+            for item in written
+            if item.record.sop_instance_uid not in refused and id(item) not in notes
+        ]
+        outcomes: dict[int, AddOutcome | str] = dict(
+            zip(map(id, plain), await add_instances(service.index, site, plain), strict=True)
+        )
+        for item in written:
+            note = notes.get(id(item))
+            if note is not None:
+                outcomes[id(item)] = await self._add_note(item, note)
         for entry in ready:
             if isinstance(entry, _Failed):
                 result.add_failed(
@@ -259,10 +297,26 @@ class StoreRequest:
                 )
                 continue
             record = entry.record
-            outcome = next(outcomes)
+            code = refused.get(record.sop_instance_uid)
+            if code is not None:
+                await self._discard(entry.blob_key)
+                result.add_failed(
+                    record.sop_class_uid,
+                    record.sop_instance_uid,
+                    SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
+                    f"SOP Instance {record.sop_instance_uid} was rejected ({code}):"
+                    " a rejected instance is not stored again",
+                )
+                continue
+            outcome = outcomes[id(entry)]
+            if not isinstance(outcome, AddOutcome):  # a refused rejection note: the reason
+                result.add_failed(
+                    record.sop_class_uid, record.sop_instance_uid, PROCESSING_FAILURE, outcome
+                )
+                continue
             if outcome is AddOutcome.CONFLICT:
                 # Our object's key is unique to this content and place, so no row references it.
-                await self._service.blobs.delete(entry.blob_key)
+                await self._discard(entry.blob_key)
                 result.add_failed(
                     record.sop_class_uid,
                     record.sop_instance_uid,
@@ -279,6 +333,35 @@ class StoreRequest:
                 record.series_instance_uid,
             )
 
+    async def _rejected(self, written: list[NewInstance]) -> dict[str, str]:
+        """{SOP Instance UID: rejection code} of the written instances an IOCM rejection named."""
+        lifecycle = self._service.lifecycle
+        if lifecycle is None or not written:
+            return {}
+        return await lifecycle.rejected_among(
+            self._site, [entry.record.sop_instance_uid for entry in written]
+        )
+
+    async def _add_note(self, entry: NewInstance, note: RejectionNote) -> AddOutcome | str:
+        """Apply a rejection note, then index it; the reason it is refused otherwise."""
+        lifecycle = self._service.lifecycle
+        assert lifecycle is not None
+        uid = entry.record.sop_instance_uid
+        try:
+            await lifecycle.apply_rejection_note(self._site, note, uid, who=f"rejection note {uid}")
+        except ConflictError as exc:
+            await self._discard(entry.blob_key)
+            return f"the rejection note cannot be applied: {exc.reason}"
+        return (await add_instances(self._service.index, self._site, [entry]))[0]
+
+    async def _discard(self, blob_key: str) -> None:
+        """Delete an object no live row references, unless a trashed instance still needs it
+        (the same instance stored with the same content again has the same key)."""
+        lifecycle = self._service.lifecycle
+        if lifecycle is not None and await lifecycle.in_trash(blob_key):
+            return
+        await self._service.blobs.delete(blob_key)
+
     async def _cancel(self) -> None:
         """Stop every part in flight and wait until each has closed its file."""
         pending, self._pending = list(self._pending), deque()
@@ -290,3 +373,11 @@ class StoreRequest:
         for future in pending:
             if not future.cancelled():
                 future.exception()  # retrieved: it is the caller's exception that propagates
+
+
+def _rejection_note(record: InstanceRecord) -> RejectionNote | None:
+    """The rejection a Key Object Selection Document carries, if it is a rejection note."""
+    if record.sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT:
+        return None
+    metadata = orjson.loads(record.metadata)
+    return rejection_note(metadata) if isinstance(metadata, dict) else None

@@ -104,6 +104,16 @@ def _thumbnail(name: str) -> Operation:
     return Operation(name, "10.4", (), _RENDERED, (200, 304, 400, 404, 406), ("accept", "viewport"))
 
 
+def _delete(name: str) -> Operation:
+    """DELETE (issue 18): no PS3.18 transaction; 409 for a legal hold or minimum retention."""
+    return Operation(name, "-", (), (), (204, 404, 409))
+
+
+def _reject(name: str) -> Operation:
+    """IOCM rejection as dcm4chee-arc defines it: 200 with {"count": N}."""
+    return Operation(name, "-", (), (JSON,), (200, 404, 409))
+
+
 # Keyed by handler name: the only per-handler facts a Route does not carry.
 _OPERATIONS: dict[str, Operation] = {
     "store_instances": Operation(
@@ -140,6 +150,21 @@ _OPERATIONS: dict[str, Operation] = {
     "retrieve_thumbnail_series": _thumbnail("Retrieve Series Thumbnail"),
     "retrieve_thumbnail_instance": _thumbnail("Retrieve Instance Thumbnail"),
     "retrieve_thumbnail_frame": _thumbnail("Retrieve Frame Thumbnail"),
+    "delete_study": _delete("Delete Study"),
+    "delete_series": _delete("Delete Series"),
+    "delete_instance": _delete("Delete Instance"),
+    "reject_study": _reject("Reject Study"),
+    "reject_series": _reject("Reject Series"),
+    "reject_instance": _reject("Reject Instance"),
+    # Not PS3.18 ("-"): the audit trail as a FHIR R4 Bundle of AuditEvent resources (issue 17)
+    "search_audit_events": Operation(
+        "Search Audit Events",
+        "-",
+        (),
+        ("application/fhir+json",),
+        (200, 400, 401, 403, 406),
+        ("patient", "study", "user", "site", "since", "until", "_count", "_cursor"),
+    ),
 }
 
 
@@ -399,7 +424,9 @@ def _wadl(document: dict[str, Any]) -> bytes:
                 name=method["name"],
                 id=f"{method['transaction'].replace(' ', '')}{resource['path']}",
             )
-            ET.SubElement(element, q("doc"), title=f"PS3.18 {method['section']}")
+            section = method["section"]
+            title = f"PS3.18 {section}" if section != "-" else "not part of PS3.18"
+            ET.SubElement(element, q("doc"), title=title)
             request = ET.SubElement(element, q("request"))
             for param in method["queryParameters"]:
                 ET.SubElement(request, q("param"), name=param, style="query")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from dicomweb_server.web import rendered, retrieve, search, store
+from dicomweb_server.web import audit, delete, rendered, retrieve, search, store
 from dicomweb_server.web.capabilities import capabilities_routes
 
 __all__ = ["ROUTES"]
@@ -47,6 +47,21 @@ ROUTES += [
     Route(_INSTANCE + "/thumbnail", rendered.retrieve_thumbnail_instance, methods=["GET"]),
     Route(_FRAMES + "/thumbnail", rendered.retrieve_thumbnail_frame, methods=["GET"]),
 ]
+
+# Deleting and rejecting (issue 18; not PS3.18 transactions): DELETE as the Microsoft and
+# Google DICOMweb services have it, reject as dcm4chee-arc has it (the OHIF Viewer calls it)
+_REJECT = "/reject/{code}"
+ROUTES += [
+    Route(_STUDY, delete.delete_study, methods=["DELETE"]),
+    Route(_SERIES, delete.delete_series, methods=["DELETE"]),
+    Route(_INSTANCE, delete.delete_instance, methods=["DELETE"]),
+    Route(_STUDY + _REJECT, delete.reject_study, methods=["POST"]),
+    Route(_SERIES + _REJECT, delete.reject_series, methods=["POST"]),
+    Route(_INSTANCE + _REJECT, delete.reject_instance, methods=["POST"]),
+]
+
+# The audit trail as FHIR R4 AuditEvent resources (not PS3.18; issue 17): needs the admin role
+ROUTES += [Route("/audit", audit.search_audit_events, methods=["GET"])]
 
 # Retrieve Capabilities (8.9): OPTIONS on the root and on every resource; other methods get a
 # 405 whose Allow header lists every method of the path. Generated from the lines above.

@@ -38,6 +38,7 @@ async def _search(request: Request, level: Level) -> Response:
         max_offset=settings.max_query_offset,
     )
     outcome = await state.search.search(query, root_url_of(request))
+    request.state.audit_results = len(outcome.rows)  # web/audit.py
     # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
     body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
     response = Response(body, media_type="application/dicom+json")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dicomweb_server.config import Settings
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.authn import Authenticator
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
@@ -27,4 +29,6 @@ class AppState:
     search: SearchService
     retrieve: RetrieveService
     render: RenderService
+    delete: DeleteService
+    audit: AuditService
     status: StatusService

@@ -116,6 +116,7 @@ async def store_instances(request: Request) -> Response:
             " stored, the rest was not received",
         )
 
+    request.state.audit_studies = sorted({stored[2] for stored in result.stored})  # web/audit.py
     telemetry.record_stow(site, len(result.stored), [f.reason for f in result.failed])
     payload = orjson.dumps(result.to_json(root_url_of(request), study))
     response = Response(payload, status_code=result.status, media_type="application/dicom+json")

@@ -159,3 +159,19 @@ def test_issue17_no_auth_is_refused_off_loopback_unless_insecure(host: str) -> N
     Settings(host=host, insecure_no_auth=True).check()
     Settings(host="127.0.0.1").check()
     Settings(host=host, auth="apikey").check()
+
+
+async def test_issue17_the_audit_trail_needs_admin(secured: Starlette) -> None:
+    site_admin = await _key(secured, "admin-a", "hospital-a:admin")
+    everywhere = await _key(secured, "admin-all", "*:admin")
+    reader = await _key(secured, "reader-all", "*:read")
+    async with _client(secured, site_admin) as client:
+        assert (await client.get("/sites/hospital-a/audit")).status_code == 200
+        assert (await client.get("/sites/hospital-b/audit")).status_code == 403
+        assert (await client.get("/audit")).status_code == 403  # every site's trail
+    async with _client(secured, everywhere) as client:
+        response = await client.get("/audit")
+        assert response.status_code == 200
+        assert response.json()["resourceType"] == "Bundle"
+    async with _client(secured, reader) as client:
+        assert (await client.get("/sites/hospital-a/audit")).status_code == 403

@@ -1,0 +1,243 @@
+"""Delete, reject, restore and purge (issue 18): hiding data first, removing it later.
+
+Every way data disappears goes through one soft delete (`Lifecycle.delete_instances`): a
+DELETE request, an IOCM rejection (a stored rejection note, or the reject resource), and
+retention. It moves the instance rows into the trash in one transaction, so the data is gone
+from every search and retrieve at once, and removes the derived data (transcoded frames,
+thumbnails) kept for those instances. Objects stay in the store for `grace_days`, during
+which `restore` brings the instances back unchanged; `purge` (run by maintenance after the
+grace period, or by an operator) deletes the objects, then the trash rows. An answer planned
+before a delete keeps reading objects that are still there, so it completes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from dicomweb_server.domain.blob_keys import derived_prefix
+from dicomweb_server.domain.lifecycle import Hold, StudyFacts, check_deletable
+from dicomweb_server.domain.rejection import (
+    DATA_RETENTION_POLICY_EXPIRED,
+    RejectionCode,
+    RejectionNote,
+)
+from dicomweb_server.domain.sites import Site
+from dicomweb_server.errors import DicomwebError, NotFoundError
+from dicomweb_server.index.base import (
+    DeleteTarget,
+    Judge,
+    Lifecycle,
+    Rejection,
+    RejectionLog,
+    SiteCatalog,
+    TrashedInstance,
+)
+from dicomweb_server.storage.base import BlobStore
+
+__all__ = ["DeleteService", "PurgeReport"]
+
+log = logging.getLogger("dicomweb_server.delete")
+_DAY = 86400.0
+_PURGE_BATCH = 500
+
+
+@dataclass(slots=True)
+class PurgeReport:
+    """What a purge removed."""
+
+    instances: int = 0
+    objects: int = 0
+    kept: list[str] = field(default_factory=list)  # objects stored again since their delete
+
+
+@dataclass(slots=True)
+class DeleteService:
+    """Soft delete, rejection, restore and purge over the index's Lifecycle and the store."""
+
+    lifecycle: Lifecycle
+    rejections: RejectionLog
+    sites: SiteCatalog
+    blobs: BlobStore
+    grace_days: float = 7.0
+
+    async def delete(self, target: DeleteTarget, *, who: str, reason: str = "deleted") -> int:
+        """Trash the target's instances (NotFoundError when none); ConflictError naming a
+        legal hold or the site's minimum retention when the study may not be deleted."""
+        site = await self._site(target.site)
+        trashed = await self.lifecycle.delete_instances(
+            target, who=who, reason=reason, now=time.time(), judge=_judge(site, min_retain=True)
+        )
+        await self._forget_derived(target, trashed)
+        log.info(
+            "deleted %d instance(s) of study %s at site %s (%s, by %s)",
+            len(trashed),
+            target.study_instance_uid,
+            target.site,
+            reason,
+            who,
+        )
+        return len(trashed)
+
+    async def reject(self, target: DeleteTarget, code: RejectionCode, *, who: str) -> int:
+        """The reject resource: trash the target's instances and record them as rejected with
+        `code` (a later store of one is refused). NotFoundError when there are none."""
+        count = await self._reject(target, code, None, (), who)
+        if not count:
+            raise NotFoundError(
+                f"no instances of study {target.study_instance_uid} found for rejection"
+            )
+        return count
+
+    async def apply_rejection_note(
+        self, site: str, note: RejectionNote, note_sop_instance_uid: str, *, who: str
+    ) -> int:
+        """A stored rejection note: record every instance it names as rejected and trash those
+        present, study by study. ConflictError when a named study may not be changed."""
+        count = 0
+        for study in note.studies():
+            references = tuple(
+                (ref.series_instance_uid, ref.sop_instance_uid)
+                for ref in note.references
+                if ref.study_instance_uid == study
+            )
+            target = DeleteTarget(site, study, None, tuple(sop for _, sop in references))
+            count += await self._reject(target, note.code, note_sop_instance_uid, references, who)
+        return count
+
+    async def _reject(
+        self,
+        target: DeleteTarget,
+        code: RejectionCode,
+        note: str | None,
+        references: tuple[tuple[str, str], ...],
+        who: str,
+    ) -> int:
+        site = await self._site(target.site)
+        trashed = await self.lifecycle.delete_instances(
+            target,
+            who=who,
+            reason=f"rejected: {code} ({code.meaning})",
+            now=time.time(),
+            judge=_judge(site, min_retain=code == DATA_RETENTION_POLICY_EXPIRED),
+            rejection=Rejection(str(code), note, references),
+        )
+        await self._forget_derived(target, trashed)
+        if trashed:
+            log.info(
+                "rejected %d instance(s) of study %s at site %s (%s, by %s)",
+                len(trashed),
+                target.study_instance_uid,
+                target.site,
+                code,
+                who,
+            )
+        return len(trashed)
+
+    async def rejected_among(self, site: str, sop_instance_uids: Sequence[str]) -> dict[str, str]:
+        """{SOP Instance UID: rejection code} of those that were rejected at the site."""
+        if not sop_instance_uids:
+            return {}
+        return await self.rejections.rejected_among(site, sop_instance_uids)
+
+    async def uid_level(self, site: str, uid: str) -> str | None:
+        """`study`, `series` or `instance` when the site holds something with this UID."""
+        return await self.lifecycle.uid_level(site, uid)
+
+    async def in_trash(self, blob_key: str) -> bool:
+        """True when a trashed instance still needs this object (for restore)."""
+        return await self.lifecycle.trash_references(blob_key)
+
+    async def restore(self, site: str, study: str, series: str | None = None) -> int:
+        """Bring a study's (or series') trashed instances back, unchanged."""
+        await self._site(site)
+        count = await self.lifecycle.restore_instances(site, study, series)
+        log.info("restored %d instance(s) of study %s at site %s", count, study, site)
+        return count
+
+    async def purge(
+        self, *, older_than_days: float | None = None, site: str | None = None
+    ) -> PurgeReport:
+        """Delete the objects of instances trashed more than `older_than_days` ago (default:
+        the grace period), then their trash rows.
+
+        An object a live instance references again (the same instance stored again with the
+        same content has the same key), or written after the delete, is kept.
+        """
+        days = self.grace_days if older_than_days is None else older_than_days
+        cutoff = time.time() - days * _DAY
+        report = PurgeReport()
+        while True:
+            batch = await self.lifecycle.trashed_before(cutoff, site, _PURGE_BATCH)
+            if not batch:
+                return report
+            in_use = await self.lifecycle.blob_keys_in_use(sorted({t.blob_key for t in batch}))
+            done: set[str] = set()
+            for trashed in batch:
+                key = trashed.blob_key
+                if key in done:
+                    continue
+                done.add(key)
+                if key in in_use or await self._rewritten(trashed):
+                    report.kept.append(key)
+                    continue
+                await self.blobs.delete(key)
+                report.objects += 1
+            await self.lifecycle.forget_trashed([t.id for t in batch])
+            report.instances += len(batch)
+            log.info("purged %d trashed instance(s) (%d objects)", len(batch), report.objects)
+
+    async def _rewritten(self, trashed: TrashedInstance) -> bool:
+        """True when the object was written again after the instance was deleted."""
+        async for info in self.blobs.iter_objects(trashed.blob_key):
+            if info.key == trashed.blob_key and info.modified > trashed.deleted_at:
+                return True
+        return False
+
+    async def _site(self, name: str) -> Site:
+        site = await self.sites.get_site(name)
+        if site is None:
+            raise NotFoundError(f"site {name!r} does not exist")
+        return site
+
+    async def _forget_derived(self, target: DeleteTarget, trashed: list[TrashedInstance]) -> None:
+        """Remove the derived data of trashed instances: ledger entries, then objects. A
+        failure is logged: the instances are gone already, and derived data of an instance
+        that does not exist is never served (every answer looks the instance up first)."""
+        if not trashed:
+            return
+        if target.sop_instance_uids is None:
+            prefixes = {
+                derived_prefix(t.key.site, t.key.study_instance_uid, t.key.series_instance_uid)
+                for t in trashed
+            }
+        else:
+            prefixes = {
+                derived_prefix(
+                    t.key.site,
+                    t.key.study_instance_uid,
+                    t.key.series_instance_uid,
+                    t.key.sop_instance_uid,
+                )
+                for t in trashed
+            }
+        try:
+            for prefix in sorted(prefixes):
+                await self.lifecycle.forget_cache_entries(prefix)
+                async for info in self.blobs.iter_objects(prefix):
+                    await self.blobs.delete(info.key)
+        except DicomwebError as exc:
+            log.warning("derived data of deleted instances not removed: %s", exc.reason)
+
+
+def _judge(site: Site, *, min_retain: bool) -> Judge:
+    """Holds always; the site's minimum retention for deletes (not for quality rejections)."""
+    years = site.min_retain_years if min_retain else None
+    now = time.time()
+
+    def judge(facts: StudyFacts, holds: list[Hold]) -> None:
+        check_deletable(facts, holds, now=now, min_retain_years=years)
+
+    return judge

@@ -1,0 +1,83 @@
+"""`dicomweb-server hold`, `restore` and `purge` as an operator runs them (issue 18), on both
+index backends."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from dicomfiles import ct_dataset, to_part10, uid
+
+from dicomweb_server.backends import open_backends
+from dicomweb_server.config import Settings
+from dicomweb_server.domain.lifecycle import DeleteTarget
+from dicomweb_server.domain.part10 import ParseLimits
+from dicomweb_server.domain.stow_result import StowResult
+from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.spool import Spool
+from dicomweb_server.services.store import StoreService
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
+    values = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    values["DICOMWEB_DATA_DIR"] = str(tmp_path / "data")
+    values["USER"] = values["LOGNAME"] = "operator7"
+    if request.param == "postgresql":
+        values["DICOMWEB_DATABASE_URL"] = request.getfixturevalue("pg_database_url")
+    return values
+
+
+def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb_server", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_issue18_hold_restore_and_purge_from_the_command_line(env: dict[str, str]) -> None:
+    study = uid()
+    added = _run(env, "hold", "add", "--study", study, "--reason", "case 9")
+    assert added.returncode == 0, added.stderr
+    assert f"added legal hold 1 on study {study} in every site: case 9" in added.stdout
+    assert "legal hold 1 added by operator7" in added.stderr  # the log line for the audit trail
+    assert "case 9" in _run(env, "hold", "list").stdout
+    settings = Settings(
+        data_dir=Path(env["DICOMWEB_DATA_DIR"]),
+        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
+    )
+    backends = await open_backends(settings)
+    try:
+        spool = Spool(1 << 20)
+        spool.write(to_part10(ct_dataset(study)))
+        result = StowResult()
+        async with StoreService(backends.index, backends.blobs, ParseLimits()).request(
+            "default", None, result
+        ) as store:
+            await store.add(spool)
+        index = backends.index
+        deleter = DeleteService(index, index, index, backends.blobs)
+        with pytest.raises(Exception, match="legal hold 1"):
+            await deleter.delete(DeleteTarget("default", study), who="test")
+        assert _run(env, "hold", "remove", "1").returncode == 0
+        assert await deleter.delete(DeleteTarget("default", study), who="test") == 1
+    finally:
+        await backends.close()
+    restored = _run(env, "restore", "--study", study)
+    assert restored.returncode == 0, restored.stderr
+    assert f"restored 1 instance(s) of study {study} at site default" in restored.stdout
+    again = _run(env, "restore", "--study", study)
+    assert again.returncode == 1 and "holds nothing of study" in again.stderr
+    assert _run(env, "hold", "remove", "1").returncode == 1
+    purged = _run(env, "purge", "--older-than", "0")
+    assert purged.returncode == 0 and "purged 0 trashed instance(s)" in purged.stdout
+    assert (
+        _run(env, "hold", "add", "--study", study, "--patient", "P", "--reason", "x").returncode
+        == 2
+    )
