@@ -172,6 +172,7 @@ class RequestContextMiddleware:
             seconds = time.perf_counter() - started
             transaction = transaction_of(scope.get("endpoint"))
             site = fields.site or scope.get("path_params", {}).get("site") or self.default_site
+            fields.site = site  # the access line's JSON names it
             status_class = "5xx" if failed and not status else _STATUS_CLASSES.get(status // 100)
             _children.record(transaction, status_class or "5xx", site, seconds, received, sent)
             access_log.info(

@@ -127,6 +127,7 @@ def test_issue21_json_logs_are_one_object_per_line_for_ours_and_uvicorns(tmp_pat
     search = next(e for e in access if e["path"] == "/dicomweb/studies")
     assert search["method"] == "GET"
     assert search["status"] == 200
+    assert search["site"] == "default"
     assert isinstance(search["duration_ms"], float)
     assert len(search["request_id"]) == 16
     assert search["request_id"] in search["message"]
