@@ -570,6 +570,8 @@ test('the PDF report opens in OHIF\'s PDF viewport', { timeout: 180_000 }, async
     const viewer = page.frames().find(frame => frame.url().startsWith('chrome-extension://'));
     assert.ok(viewer, `no PDF viewer frame: ${page.frames().map(f => f.url()).join(', ')}`);
   }
+  await page.close();
+});
 
 // Issue 18: OHIF rejects a series through its data source (supportsReject: true), which POSTs
 // dcm4chee's reject resource. The published @ohif/app 3.13.2 build has no menu item or button
