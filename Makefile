@@ -57,7 +57,7 @@ lowest: install-test
 		--target .lowest/uvicorn-$(LOWEST_UVICORN) uvicorn==$(LOWEST_UVICORN)
 	PYTHONPATH=$(abspath .lowest/uvicorn-$(LOWEST_UVICORN)) DICOMWEB_TEST_UVICORN=$(LOWEST_UVICORN) \
 		$(BIN)/pytest -q tests/integration/test_serve.py tests/integration/test_cli.py \
-		tests/integration/test_zerocopy.py $(PYTEST_ARGS)
+		tests/integration/test_zerocopy.py tests/integration/test_serve_ops.py $(PYTEST_ARGS)
 
 # The black-box PS3.18 suite over HTTP: `make conformance URL=http://host:port/dicomweb`;
 # without URL it starts its own server on a free loopback port.

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -22,62 +19,27 @@ from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.events import ChangeFeedService, EventWorker
+from dicomweb_server.services.instrumented import instrumented_blobs, instrumented_index
 from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retention import Maintenance
 from dicomweb_server.services.retrieve import ReadAhead, RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
+from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
 from dicomweb_server.web.audit import AuditMiddleware
 from dicomweb_server.web.auth import AuthMiddleware
 from dicomweb_server.web.browser import add_browser_middleware
 from dicomweb_server.web.errors import EXCEPTION_HANDLERS, error_response
+from dicomweb_server.web.landing import LANDING_ROUTES
+from dicomweb_server.web.observe import RequestContextMiddleware
+from dicomweb_server.web.ops import OPS_ROUTES
 from dicomweb_server.web.routes import ROUTES
 from dicomweb_server.web.sites import TrailingSlashMiddleware, dicomweb_mounts
 from dicomweb_server.web.state import AppState
+from dicomweb_server.web.viewer import VIEWER_ROUTES
 
 __all__ = ["Backends", "RequestLimitsMiddleware", "create_app", "open_backends", "open_index"]
-
-access_log = logging.getLogger("dicomweb_server.access")
-
-
-class RequestContextMiddleware:
-    """Gives each request an id (X-Request-ID) and logs method, path and status.
-
-    The query string is never logged: QIDO values are patient data.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = uuid.uuid4().hex[:16]
-        scope.setdefault("state", {})["request_id"] = request_id
-        started = time.perf_counter()
-        status = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            path = scope.get("path", "").encode("unicode_escape").decode("ascii")
-            access_log.info(
-                "%s %s %s %d %.1fms",
-                request_id,
-                scope.get("method", "-"),
-                path,
-                status,
-                (time.perf_counter() - started) * 1000,
-            )
 
 
 class RequestLimitsMiddleware:
@@ -186,7 +148,8 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         backends = await open_backends(settings)
-        index, blobs = backends.index, backends.blobs
+        # Timed, counted and traced as the services use them (/metrics, OTEL traces)
+        index, blobs = instrumented_index(backends.index), instrumented_blobs(backends.blobs)
         limits = ParseLimits(
             bulk_data_threshold=settings.bulk_data_threshold,
             max_sequence_depth=settings.max_sequence_depth,
@@ -246,6 +209,7 @@ def create_app(settings: Settings) -> Starlette:
             delete=deleter,
             audit=audit,
             changefeed=ChangeFeedService(index, settings.root_url),
+            status=StatusService(index, blobs, ready_timeout=settings.ready_timeout),
         )
         maintenance.start()
         events = EventWorker.start_from_settings(index, settings)  # study.stable, webhooks
@@ -261,7 +225,12 @@ def create_app(settings: Settings) -> Starlette:
             await backends.close()
 
     app = Starlette(
-        routes=dicomweb_mounts(ROUTES),
+        routes=[
+            *dicomweb_mounts(ROUTES),
+            *OPS_ROUTES,  # /healthz, /readyz, /metrics (web/ops.py)
+            *LANDING_ROUTES,  # /, /api, /capabilities
+            *VIEWER_ROUTES,  # /viewer/ (once `dicomweb-server viewer install` ran)
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
@@ -278,5 +247,5 @@ def create_app(settings: Settings) -> Starlette:
     add_browser_middleware(app, settings)  # CORS, entity tags, JSON compression
     app.add_middleware(TrailingSlashMiddleware)
     app.add_middleware(AuditMiddleware)  # sees every answer, refusals too (web/audit.py)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, default_site=settings.default_site)
     return app

@@ -29,6 +29,7 @@ Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegative = Annotated[int, Field(ge=0)]
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+LogFormat = Literal["text", "json"]
 # Credentials DICOMWEB_AUTH may combine, in their canonical order
 _AUTH_METHODS = ("oidc", "apikey")
 # Asymmetric JWS algorithms only: an HS* token could be signed with the IdP's public key
@@ -210,8 +211,15 @@ class Settings(BaseSettings):
     import_max_member_bytes: Positive = 4 << 30
     import_max_archive_bytes: Positive = 64 << 30
     import_spool_memory_bytes: NonNegative = 16 << 20
+    # Operations (issue 21): probes, logs, traces, the viewer
+    ready_timeout: Annotated[float, Field(gt=0)] = 2.0  # /readyz: seconds each backend may take
+    log_format: LogFormat = "text"  # json: one JSON object per line, for log collectors
+    # OpenTelemetry traces (serve/tracing.py); also on when OTEL_TRACES_EXPORTER or
+    # OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set. The OTEL_* variables configure the rest.
+    tracing: bool = False
+    viewer_dir: str = ""  # the installed OHIF Viewer (`viewer install`); empty: {data_dir}/viewer
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower_log_level(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -263,6 +271,11 @@ class Settings(BaseSettings):
     def tls(self) -> bool:
         """True when the server speaks HTTPS."""
         return bool(self.ssl_certfile)
+
+    @property
+    def viewer_path(self) -> Path:
+        """Where `dicomweb-server viewer install` puts the viewer and the server finds it."""
+        return Path(self.viewer_dir) if self.viewer_dir else self.data_dir / "viewer"
 
     @property
     def auth_methods(self) -> frozenset[str]:

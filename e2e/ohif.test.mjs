@@ -5,6 +5,8 @@
 //
 // Two loopback origins, as in a real deployment: OHIF on one port (a small static server
 // below, with our app-config.js), dicomweb_server on another, so CORS is exercised too.
+// Then the same build as the server itself serves it at /viewer/ (`dicomweb-server viewer
+// install --from` this package, so nothing is downloaded twice), with its own app-config.js.
 // Run by `make e2e`; environment: PYTHON (the project's interpreter), CHROMIUM (default
 // /usr/bin/chromium), E2E_ARTIFACTS (where screenshots go, default e2e/results).
 
@@ -23,7 +25,8 @@ import { chromium } from 'playwright-core';
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = join(here, '..');
 const require = createRequire(import.meta.url);
-const dist = join(dirname(require.resolve('@ohif/app/package.json')), 'dist');
+const ohifPackage = dirname(require.resolve('@ohif/app/package.json'));
+const dist = join(ohifPackage, 'dist');
 const python = process.env.PYTHON || join(repo, '.venv', 'bin', 'python');
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 const artifacts = process.env.E2E_ARTIFACTS || join(here, 'results');
@@ -148,6 +151,9 @@ before(async () => {
   const ohifPort = await freePort();
   viewerUrl = `http://127.0.0.1:${ohifPort}`;
   root = `http://127.0.0.1:${apiPort}/dicomweb`;
+  // The server's own viewer: installed from the package npm already fetched for this test.
+  execFileSync(python, ['-m', 'dicomweb_server', 'viewer', 'install', '--from', ohifPackage,
+    '--data-dir', join(scratch, 'data')], { cwd: repo, stdio: 'pipe' });
   server = spawn(
     python,
     ['-m', 'dicomweb_server', 'serve', '--host', '127.0.0.1', '--port', String(apiPort),
@@ -372,6 +378,42 @@ test('the viewer shows the image and the study browser shows thumbnails', { time
   assert.ok(shown >= 2, 'two series thumbnails shown');
   assert.ok(thumbnails.some(([url, status]) => status === 200), `thumbnail requests: ${JSON.stringify(thumbnails)}`);
   assert.ok(thumbnailStats.every(t => t.std > 10), `blank thumbnails: ${JSON.stringify(thumbnailStats)}`);
+  await page.close();
+});
+
+test('the server serves the viewer at /viewer/ and it shows the study', { timeout: 180_000 }, async () => {
+  const origin = root.replace(/\/dicomweb$/, '');
+  const page = await context.newPage();
+  const failures = [];
+  page.on('response', response => {
+    if (response.url().startsWith(origin) && response.status() >= 400) {
+      failures.push(`${response.status()} ${response.url()}`);
+    }
+  });
+  // The landing page links to it
+  await page.goto(`${origin}/`, { waitUntil: 'domcontentloaded' });
+  await page.getByText('Open the viewer').click();
+  await page.getByText('E2E, Viewer').first().waitFor({ timeout: 60_000 });
+  await page.screenshot({ path: join(artifacts, 'served-study-list.png') });
+
+  await page.goto(`${origin}/viewer/viewer?StudyInstanceUIDs=${seeded.study}`, { waitUntil: 'domcontentloaded' });
+  let stats = null;
+  const end = Date.now() + 120_000;
+  while (Date.now() < end) {
+    stats = await viewportCanvasStats(page);
+    if (stats && stats.lit > 1000) break;
+    await page.waitForTimeout(500);
+  }
+  await page.waitForTimeout(1500);
+  stats = await viewportCanvasStats(page);
+  await page.screenshot({ path: join(artifacts, 'served-viewer.png') });
+  assert.ok(stats && !stats.error && stats.lit > 1000,
+    `the served viewer's canvas is blank: ${JSON.stringify(stats)}; failed: ${failures.join(', ')}`);
+  const expected = seeded.quadrantLevels;
+  stats.quadrants.forEach((level, i) => {
+    assert.ok(Math.abs(level - expected[i]) <= 16, `quadrant ${i}: ${level}, expected ${expected[i]}`);
+  });
+  assert.deepEqual(failures.filter(url => !url.endsWith('/favicon.ico')), [], 'requests to the server failed');
   await page.close();
 });
 

@@ -221,7 +221,7 @@ def store(root: str, datasets: list[Dataset]) -> None:
             "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
             "Accept": "application/dicom+json",
             # With access control on, the seed sends the test's API key.
-            **({"Authorization": f"Bearer {token}"} if (token := os.environ.get("E2E_TOKEN")) else {}),
+            **_authorization(),
         },
         timeout=60,
     )
@@ -237,3 +237,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _authorization() -> dict[str, str]:
+    """The test's API key as a bearer token, when access control is on (E2E_TOKEN)."""
+    token = os.environ.get("E2E_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -11,6 +11,7 @@ import sys
 from dicomweb_server.cli import (
     apikey,
     audit,
+    config,
     export,
     import_,
     integrity,
@@ -18,6 +19,7 @@ from dicomweb_server.cli import (
     maintenance,
     serve,
     sites,
+    viewer,
     webhook,
 )
 from dicomweb_server.config import Settings, SettingsError, unknown_variables
@@ -36,6 +38,8 @@ _COMMANDS = (
     import_,
     export,
     integrity,
+    viewer,
+    config,
 )
 
 
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"dicomweb-server: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         code: int = args.run(settings, args)
     except KeyboardInterrupt:

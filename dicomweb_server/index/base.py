@@ -20,12 +20,16 @@ __all__ = [
     "AddOutcome",
     "AuditLog",
     "CacheLedger",
+    "ConnectionPool",
+    "Connections",
+    "Counts",
     "DeleteTarget",
     "Delivery",
     "DeliveryFailure",
     "DeliveryRun",
     "EventLog",
     "FeedPage",
+    "IndexCounts",
     "InstanceIndex",
     "Judge",
     "LegalHolds",
@@ -463,3 +467,40 @@ class ServerIndex(
     Protocol,
 ):
     """Every role a server process needs of its index database, in one object."""
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """How much the index holds, all sites together; `exact` is False for estimates."""
+
+    studies: int
+    series: int
+    instances: int
+    exact: bool = True
+
+
+@runtime_checkable
+class IndexCounts(Protocol):
+    """Studies, series and instances held, cheaply enough for every page view."""
+
+    async def counts(self) -> Counts:
+        """Exact counts for a small index; for a large one, estimates that read no table."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Connections:
+    """A process's database connections: open, in use (None: not known) and the limit."""
+
+    open: int
+    in_use: int | None
+    limit: int
+
+
+@runtime_checkable
+class ConnectionPool(Protocol):
+    """An index that holds database connections, for the connection gauges of /metrics."""
+
+    def connections(self) -> Connections:
+        """The connections now, without waiting for any."""
+        ...

@@ -33,7 +33,7 @@ from dicomweb_server.index.api_keys import (
     api_key_values,
 )
 from dicomweb_server.index.audit_postgres import PostgresAuditLog
-from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
+from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_postgres import PostgresEventLog
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
@@ -65,6 +65,10 @@ _ITER_BATCH = 64
 _BLOB_KEY_BATCH = 1000
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _CLOSE_TIMEOUT = 10.0
+# counts(): tables with fewer rows than this (by the planner's estimate) are counted exactly,
+# with a count that stops at this many rows; larger ones report the estimate.
+_EXACT_COUNT_ROWS = 10_000
+_COUNTED = ("studies", "series", "instances")
 _NO_NUMBER = INT4_MIN  # sorts instances without InstanceNumber first, as SQLite does
 _SERVER_SETTINGS = {
     "application_name": "dicomweb_server",
@@ -434,6 +438,44 @@ class PostgresInstanceIndex(
 
     async def ping(self) -> None:
         await self._fetchrow("SELECT 1 FROM studies LIMIT 1")
+
+    async def counts(self) -> Counts:
+        """Exact below 10,000 rows a table, by a count that stops there; past it, the estimate
+        autovacuum and ANALYZE keep in pg_class.reltuples. No page view scans 10M rows."""
+        estimates = await self._fetchrow(
+            "SELECT "
+            + ", ".join(
+                f"(SELECT reltuples FROM pg_class WHERE oid = '{t}'::regclass)" for t in _COUNTED
+            )
+        )
+        assert estimates is not None
+        small = [t for t, e in zip(_COUNTED, estimates, strict=True) if e < _EXACT_COUNT_ROWS]
+        counted: dict[str, int] = {}
+        if small:
+            row = await self._fetchrow(
+                "SELECT "
+                + ", ".join(
+                    f"(SELECT count(*) FROM (SELECT 1 FROM {t} LIMIT $1) AS rows)" for t in small
+                ),
+                _EXACT_COUNT_ROWS,
+            )
+            assert row is not None
+            counted = dict(zip(small, (int(n) for n in row), strict=True))
+        values = []
+        exact = True
+        for table, estimate in zip(_COUNTED, estimates, strict=True):
+            found = counted.get(table)
+            if found is not None and found < _EXACT_COUNT_ROWS:
+                values.append(found)
+            else:  # large, or stale statistics under a table that reached the bound
+                values.append(max(int(estimate), found or 0))
+                exact = False
+        studies, series, instances = values
+        return Counts(studies, series, instances, exact=exact)
+
+    def connections(self) -> Connections:
+        size = self._pool.get_size()
+        return Connections(size, size - self._pool.get_idle_size(), self._pool.get_max_size())
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
         row = await self._fetchrow(

@@ -37,7 +37,7 @@ from dicomweb_server.index.api_keys import (
     api_key_values,
 )
 from dicomweb_server.index.audit_sqlite import SqliteAuditLog
-from dicomweb_server.index.base import AddOutcome, SearchPage, StoredInstance
+from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_sqlite import SqliteEventLog, append_created
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
@@ -459,6 +459,21 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1 FROM studies LIMIT 1").fetchall())
+
+    async def counts(self) -> Counts:
+        """Exact counts (SQLite counts a table by its smallest index: an embedded store's size)."""
+
+        def run(conn: sqlite3.Connection) -> tuple[int, int, int]:
+            row = conn.execute(
+                "SELECT (SELECT count(*) FROM studies), (SELECT count(*) FROM series),"
+                " (SELECT count(*) FROM instances)"
+            ).fetchone()
+            return int(row[0]), int(row[1]), int(row[2])
+
+        return Counts(*await self._read(run))
+
+    def connections(self) -> Connections:
+        return Connections(len(self._connections), None, 1 + _READERS)
 
     async def close(self) -> None:
         def close_all() -> None:

@@ -20,6 +20,8 @@ from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.serve import limits
 from dicomweb_server.serve.logs import log_config
+from dicomweb_server.serve.metrics import multiprocess_metrics
+from dicomweb_server.serve.tracing import tracing_problem
 
 __all__ = ["StartupError", "check_backends", "run", "uvicorn_config", "worker_count"]
 
@@ -27,6 +29,7 @@ log = logging.getLogger("dicomweb_server.serve")
 
 _WORKER_FACTORY = "dicomweb_server.serve.worker:create_worker_app"
 _STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that failed before serving
+_WORKER_HEALTHCHECK = 30  # seconds
 
 
 class StartupError(Exception):
@@ -67,13 +70,17 @@ def uvicorn_config(
         "host": settings.host,
         "port": settings.port,
         "access_log": False,  # ours logs paths without query strings (no PHI)
-        "log_config": log_config(settings.log_level),
+        "log_config": log_config(settings.log_level, settings.log_format),
         "log_level": settings.log_level,
         "ssl_certfile": settings.ssl_certfile or None,
         "ssl_keyfile": settings.ssl_keyfile or None,
         "timeout_keep_alive": settings.keep_alive_timeout,
         "limit_concurrency": settings.max_connections or None,
         "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
+        # The supervisor kills a worker that does not answer its ping within this: a worker
+        # starting on a loaded machine (imports before it can answer) took more than
+        # uvicorn's 5 s and was killed over and over.
+        "timeout_worker_healthcheck": _WORKER_HEALTHCHECK,
     }
     problem = limits.protocol_problem()
     if problem is None:
@@ -95,19 +102,29 @@ def run(settings: Settings) -> int:
     """Serve until stopped; the exit status (StartupError before anything is served).
 
     Worker processes read their settings from DICOMWEB_* variables, as the CLI sets them.
+    SIGTERM or SIGINT stop it gracefully: no new connections, requests in flight finish within
+    DICOMWEB_SHUTDOWN_GRACE_SECONDS, then 0 (serve/supervisor.py with several workers).
     """
     settings.check()
+    problem = tracing_problem(settings)
+    if problem is not None:
+        raise StartupError(problem)
     check_backends(settings)
     workers = worker_count(settings)
+    with multiprocess_metrics(workers):
+        return _serve(settings, workers)
+
+
+def _serve(settings: Settings, workers: int) -> int:
     config = uvicorn_config(settings, factory=True, workers=workers)
     if workers == 1:
         server = uvicorn.Server(config)
         server.run()
         return 0 if server.started else 1
-    from uvicorn.supervisors import Multiprocess
+    from dicomweb_server.serve.supervisor import Supervisor
 
     sock = config.bind_socket()
-    supervisor = Multiprocess(config, sockets=[sock])
+    supervisor = Supervisor(config, sockets=[sock])
     supervisor.run()
     failed = [p for p in supervisor.processes if getattr(p, "exitcode", None) == _STARTUP_FAILURE]
     if failed:

@@ -2,26 +2,80 @@
 
 uvicorn applies `log_config` in each worker process it starts, so a worker's access lines and
 warnings reach stderr like the parent's. uvicorn's own access log stays off: ours
-(app.RequestContextMiddleware) logs paths without query strings, which hold patient data.
+(web/observe.py) logs paths without query strings, which hold patient data.
+
+DICOMWEB_LOG_FORMAT=json writes each line, ours and uvicorn's alike, as one JSON object:
+time (UTC, ISO 8601), level, logger, message and pid, plus what the request context knows
+when the line belongs to a request: request_id, method, path, and site and user once set;
+access lines add status and duration_ms, and a traced request its trace_id.
 """
 
 from __future__ import annotations
 
+import logging
 import logging.config
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["configure_logging", "log_config"]
+import orjson
+
+from dicomweb_server import telemetry
+
+__all__ = ["JsonFormatter", "configure_logging", "log_config"]
 
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
+_ACCESS_FIELDS = ("status", "duration_ms")  # `extra` of the access line
 
 
-def log_config(level: str) -> dict[str, Any]:
+class JsonFormatter(logging.Formatter):
+    """A record as one line of JSON (orjson: never a newline inside a value's text)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        fields = telemetry.request_fields.get()
+        if fields is not None:
+            entry["request_id"] = fields.request_id
+            entry["method"] = fields.method
+            entry["path"] = fields.path
+            if fields.site is not None:
+                entry["site"] = fields.site
+            if fields.user is not None:
+                entry["user"] = fields.user
+            if telemetry.tracer() is not None:
+                from opentelemetry.trace import get_current_span
+
+                context = get_current_span().get_span_context()
+                if context.is_valid:
+                    entry["trace_id"] = f"{context.trace_id:032x}"
+        for name in _ACCESS_FIELDS:
+            value = record.__dict__.get(name)
+            if value is not None:
+                entry[name] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            entry["exception"] = record.exc_text
+        return orjson.dumps(entry, default=str).decode()
+
+
+def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """A `logging.config.dictConfig` dictionary: our loggers and uvicorn's at `level`."""
     upper = "DEBUG" if level.lower() == "trace" else level.upper()
+    formatter: dict[str, Any] = (
+        {"()": f"{__name__}.JsonFormatter"} if log_format == "json" else {"format": _FORMAT}
+    )
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": _FORMAT}},
+        "formatters": {"plain": formatter},
         "handlers": {
             "stderr": {
                 "class": "logging.StreamHandler",
@@ -42,6 +96,6 @@ def log_config(level: str) -> dict[str, Any]:
     }
 
 
-def configure_logging(level: str) -> None:
-    """Apply `log_config(level)` to this process."""
-    logging.config.dictConfig(log_config(level))
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """Apply `log_config(level, log_format)` to this process."""
+    logging.config.dictConfig(log_config(level, log_format))

@@ -2,7 +2,8 @@
 
 uvicorn calls `create_worker_app` (a factory) in every worker. The app itself is the plain
 ASGI app of `create_app`; this adds only what belongs to the process: the uvicorn patches
-when compat.py finds them safe, and the garbage-collector tuning once the app has started.
+when compat.py finds them safe, the tracer provider when tracing is on, and the
+garbage-collector tuning once the app has started.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
 from dicomweb_server.serve import balance, compat, limits, zerocopy
 from dicomweb_server.serve.gc_tuning import tune_garbage_collector
+from dicomweb_server.serve.tracing import configure_tracing
 
 __all__ = ["AfterStartup", "create_worker_app", "install_patches"]
 
@@ -71,5 +73,6 @@ def create_worker_app() -> ASGIApp:
             settings.header_timeout,
         )
     )
+    configure_tracing(settings)  # before the app, whose lifespan wraps the backends for spans
     app = create_app(settings)
     return AfterStartup(app, lambda: tune_garbage_collector(settings.gc_young_threshold))

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from dicomweb_server import telemetry
 from dicomweb_server.codecs.decode_guards import MAX_DECODED_FRAME_BYTES
 from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.codecs.rendering import MAX_RENDER_PIXELS
@@ -38,22 +39,24 @@ class CodecPool:
         self.max_decoded_bytes = max_decoded_bytes  # one decoded frame, in bytes
         self.max_render_pixels = max_render_pixels  # frames × pixels of one rendering
 
-    async def run(self, function: Callable[..., _T], *args: Any) -> _T:
-        """`function(*args)` in a codec thread."""
+    async def run(self, function: Callable[..., _T], *args: Any, kind: str = "codec") -> _T:
+        """`function(*args)` in a codec thread; `kind` (transcode, render, attributes) labels
+        its time in /metrics and its span."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(self._workers, thread_name_prefix="codec")
-        future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.wait({future})
-            raise
-        except (Exception, KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:
-            # A native codec's panic (pyo3's PanicException derives from BaseException):
-            # broken pixel data, not a reason to take the request or the worker down.
-            raise CodecError(f"the codec failed on this data: {str(exc)[:160]}") from exc
+        with telemetry.codec_run(kind):
+            future = asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+            try:
+                return await asyncio.shield(future)
+            except asyncio.CancelledError:
+                await asyncio.wait({future})
+                raise
+            except (Exception, KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:
+                # A native codec's panic (pyo3's PanicException derives from BaseException):
+                # broken pixel data, not a reason to take the request or the worker down.
+                raise CodecError(f"the codec failed on this data: {str(exc)[:160]}") from exc
 
     def close(self) -> None:
         """Stop the threads: queued work is dropped, running work finishes first."""

@@ -20,6 +20,7 @@ from dicomweb_server.errors import DicomwebError, NotFoundError
 from dicomweb_server.index.base import CacheLedger
 from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.telemetry import CACHE_LOOKUPS
 
 __all__ = ["DerivedCache"]
 
@@ -28,6 +29,24 @@ log = logging.getLogger("dicomweb_server.cache")
 _FLUSH_INTERVAL = 5.0  # seconds between ledger updates, at most
 _MAX_PENDING = 4096  # noted uses that force a ledger update however recent the last one
 _LOW_WATER = 0.9  # eviction stops at this fraction of the budget
+# /metrics: lookups by entry kind (the folder domain/blob_keys.py puts it in) and result:
+# memory (the in-process LRU), hit (the blob store), miss.
+_KINDS = ("frames", "rendered", "video")
+_LOOKUPS = {
+    (kind, result): CACHE_LOOKUPS.labels(kind, result)
+    for kind in _KINDS
+    for result in ("memory", "hit", "miss")
+}
+
+
+def _kind(key: str) -> str:
+    folder = key.rsplit("/", 2)[-2] if key.count("/") >= 2 else ""
+    return folder if folder in _KINDS else "other"
+
+
+def _lookup(kind: str, result: str) -> None:
+    counter = _LOOKUPS.get((kind, result))
+    (counter or CACHE_LOOKUPS.labels(kind, result)).inc()
 
 
 class DerivedCache:
@@ -63,18 +82,23 @@ class DerivedCache:
         """The entry's bytes, or None (missing, evicted, or the store failed)."""
         if not self.enabled:
             return None
+        kind = _kind(key)
         data = self._memory.get(key)
         if data is not None:
+            _lookup(kind, "memory")
             self._used[key] = time.time()
             self._maybe_flush()
             return data
         try:
             data = b"".join([chunk async for chunk in self._blobs.iter_get(key)])
         except NotFoundError:
+            _lookup(kind, "miss")
             return None
         except DicomwebError as exc:
             log.warning("derived-data cache read failed: %s", exc.reason)
+            _lookup(kind, "miss")
             return None
+        _lookup(kind, "hit")
         self._used[key] = time.time()
         self._memory.put(key, data)
         self._maybe_flush()
@@ -111,15 +135,20 @@ class DerivedCache:
         evicted, shorter, or the store failed."""
         if not self.enabled:
             return None
+        kind = _kind(key)
         try:
             data = await self._blobs.read_range(key, start, length)
         except NotFoundError:
+            _lookup(kind, "miss")
             return None
         except DicomwebError as exc:
             log.warning("derived-data cache read failed: %s", exc.reason)
+            _lookup(kind, "miss")
             return None
         if len(data) != length:
+            _lookup(kind, "miss")
             return None
+        _lookup(kind, "hit")
         self._used[key] = time.time()
         self._maybe_flush()
         return data

@@ -342,7 +342,12 @@ class InstanceAnswers:
             out = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # noqa: SIM115 - caller closes
             try:
                 written = await self.codecs.run(
-                    transcode_instance, source, target, out, self.codecs.max_decoded_bytes
+                    transcode_instance,
+                    source,
+                    target,
+                    out,
+                    self.codecs.max_decoded_bytes,
+                    kind="transcode",
                 )
                 if written != target:
                     raise CodecError(f"the instance came out as {written}, not {target}")

@@ -285,6 +285,7 @@ class RenderService:
                     options,
                     codecs.max_decoded_bytes,
                     codecs.max_render_pixels,
+                    kind="render",
                 )
             # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
             # reads them from the whole object.
@@ -342,7 +343,7 @@ class RenderService:
     async def _attributes_from_object(self, instance: StoredInstance) -> ImageAttributes:
         spool = await self.retrieve.spool_object(instance)
         try:
-            return await self.codecs.run(_attributes_from_file, spool)
+            return await self.codecs.run(_attributes_from_file, spool, kind="attributes")
         finally:
             spool.close()
 
@@ -362,6 +363,7 @@ class RenderService:
                 attrs,
                 options,
                 self.codecs.max_decoded_bytes,
+                kind="render",
             )
         finally:
             spool.close()

@@ -327,6 +327,7 @@ class RetrieveService:
                 target,
                 info,
                 self.codecs.max_decoded_bytes,
+                kind="transcode",
             )
             return encoded.data
 
@@ -479,7 +480,7 @@ class _ObjectFrames(_Frames):
             encoded = (encode_frame(pixels, target, info).data for pixels in decoded)
             return dict(zip(batch, encoded, strict=True))
 
-        self._batch = await service.codecs.run(work)
+        self._batch = await service.codecs.run(work, kind="transcode")
         return self._batch[number]
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dicomweb_server import telemetry
 from dicomweb_server.errors import DicomwebError, ForbiddenError, UnauthorizedError
 from dicomweb_server.services import access
 from dicomweb_server.services.principal import ANONYMOUS, Principal
@@ -53,6 +54,8 @@ class AuthMiddleware:
                 None if raw is None else raw.decode("latin-1")
             )
             scope.setdefault("state", {})["principal"] = principal
+            if principal is not ANONYMOUS:
+                telemetry.set_request_user(principal.subject)  # in this request's log lines
             if path.startswith(_SITES):
                 site = path[len(_SITES) :].split("/", 1)[0]
                 role = access.role_for_method(scope.get("method", "GET"), path)

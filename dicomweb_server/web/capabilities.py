@@ -48,6 +48,7 @@ __all__ = [
     "Resource",
     "SyntaxSupport",
     "any_attribute",
+    "capabilities_response",
     "capabilities_routes",
     "describe",
     "describe_routes",
@@ -546,14 +547,24 @@ class _CapabilitiesEndpoint:
             return error_response(
                 405, f"{method} is not allowed here; allowed: {self.allow}", headers
             )
-        try:
-            media = _negotiate(request.headers.get("accept"))
-        except NotAcceptableError as exc:
-            return error_response(exc.status, exc.reason, headers)
-        settings: Settings = request.app.state.dicomweb.settings
-        document = describe(self.resources, settings, self.prefix, root_url_of(request))
-        body = orjson.dumps(document) if media == JSON else _wadl(document)
-        return Response(body, media_type=media, headers=headers)
+        return capabilities_response(request, self.resources, self.prefix, headers)
+
+
+def capabilities_response(
+    request: Request,
+    resources: Sequence[Resource],
+    prefix: str = "",
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """The description of `prefix` and below as WADL, or JSON when Accept prefers it."""
+    try:
+        media = _negotiate(request.headers.get("accept"))
+    except NotAcceptableError as exc:
+        return error_response(exc.status, exc.reason, headers)
+    settings: Settings = request.app.state.dicomweb.settings
+    document = describe(resources, settings, prefix, root_url_of(request))
+    body = orjson.dumps(document) if media == JSON else _wadl(document)
+    return Response(body, media_type=media, headers=headers)
 
 
 def capabilities_routes(routes: Sequence[BaseRoute]) -> list[Route]:

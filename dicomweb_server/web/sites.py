@@ -65,8 +65,9 @@ class TrailingSlashMiddleware:
         if scope["type"] == "http":
             path: str = scope["path"]
             if path.startswith(ROOT + "/") and path.endswith("/"):
-                trimmed = path.rstrip("/")
-                scope = dict(scope, path=trimmed)
+                # In place, as the router updates it: the access log and the request metrics
+                # outside read the route the router records in this same scope.
+                scope["path"] = path.rstrip("/")
                 raw = scope.get("raw_path")
                 if isinstance(raw, bytes):
                     scope["raw_path"] = raw.rstrip(b"/")

@@ -13,6 +13,7 @@ from dicomweb_server.services.render import RenderService
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.search import SearchService
 from dicomweb_server.services.sites import SiteService
+from dicomweb_server.services.status import StatusService
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["AppState"]
@@ -32,3 +33,4 @@ class AppState:
     delete: DeleteService
     audit: AuditService
     changefeed: ChangeFeedService
+    status: StatusService

@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from dicomweb_server import telemetry
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.stow_result import CANNOT_UNDERSTAND, StowResult
@@ -85,8 +86,9 @@ async def store_instances(request: Request) -> Response:
         raise PayloadTooLargeError(f"request body of {declared} bytes exceeds the limit of {limit}")
 
     result = StowResult()
+    site = store_site(request)
     store = state.store.request(
-        store_site(request),
+        site,
         study,
         result,
         depth=settings.store_pipeline_depth,
@@ -115,6 +117,7 @@ async def store_instances(request: Request) -> Response:
         )
 
     request.state.audit_studies = sorted({stored[2] for stored in result.stored})  # web/audit.py
+    telemetry.record_stow(site, len(result.stored), [f.reason for f in result.failed])
     payload = orjson.dumps(result.to_json(root_url_of(request), study))
     response = Response(payload, status_code=result.status, media_type="application/dicom+json")
     for text in result.failure_texts[:_MAX_WARNINGS]:
