@@ -34,7 +34,7 @@ from dicomweb_server.index.events import (
 if TYPE_CHECKING:
     from dicomweb_server.index.postgres import Connection
 
-__all__ = ["NOW", "PostgresEventLog", "append_created", "append_deleted"]
+__all__ = ["NOW", "PostgresEventLog", "append_created", "append_deleted", "append_restored"]
 
 T = TypeVar("T")
 
@@ -77,9 +77,15 @@ async def append_created(
 ) -> None:
     """In the add transaction, after the study rows: each study's activity (sorted, like the
     study rows), then an instance.created event per (record, instance row id)."""
-    if not created:
+    await append_restored(conn, site, created_changes(created))
+
+
+async def append_restored(conn: Connection, site: str, changes: Sequence[InstanceChange]) -> None:
+    """In the add (or restore) transaction, as its last statements: each study's activity,
+    then an instance.created event per change (instances back in the index are created
+    again for a consumer)."""
+    if not changes:
         return
-    changes = created_changes(created)
     studies = sorted({change.study_instance_uid for change in changes})
     await conn.executemany(_TOUCH, [(site, study) for study in studies])
     await _append(conn, event_rows(site, INSTANCE_CREATED, changes))

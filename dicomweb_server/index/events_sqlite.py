@@ -28,7 +28,7 @@ from dicomweb_server.index.events import (
 if TYPE_CHECKING:
     from dicomweb_server.domain.events import FeedEntry
 
-__all__ = ["SqliteEventLog", "append_created", "append_deleted"]
+__all__ = ["SqliteEventLog", "append_created", "append_deleted", "append_restored"]
 
 T = TypeVar("T")
 
@@ -57,10 +57,15 @@ def append_created(
 ) -> None:
     """In the add transaction: an instance.created event per (record, instance row id), and
     each study's activity (last change, generation) for study.stable."""
-    if not created:
+    append_restored(conn, site, created_changes(created))
+
+
+def append_restored(conn: sqlite3.Connection, site: str, changes: Sequence[InstanceChange]) -> None:
+    """In the add (or restore) transaction: an instance.created event per change (instances
+    back in the index are created again for a consumer) and each study's activity."""
+    if not changes:
         return
     at = _event_time(conn)
-    changes = created_changes(created)
     _append(conn, event_rows(site, INSTANCE_CREATED, changes), at)
     conn.executemany(
         "INSERT INTO study_activity (site, study_instance_uid, last_change, generation)"

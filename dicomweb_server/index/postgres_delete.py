@@ -20,6 +20,8 @@ import asyncpg
 from dicomweb_server.domain.lifecycle import Hold, StudyFacts
 from dicomweb_server.errors import ConflictError, NotFoundError
 from dicomweb_server.index.base import DeleteTarget, Judge, Rejection, TrashedInstance
+from dicomweb_server.index.events import InstanceChange
+from dicomweb_server.index.events_postgres import append_deleted, append_restored
 from dicomweb_server.index.lifecycle_rows import (
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
@@ -228,7 +230,7 @@ async def _delete(
         args.append(list(target.sop_instance_uids))
         where += f" AND sop_instance_uid = ANY(${len(args)}::text[])"
     rows = await conn.fetch(
-        f"SELECT id, series_instance_uid FROM instances WHERE {where}"
+        f"SELECT id, series_instance_uid, sop_instance_uid FROM instances WHERE {where}"
         " ORDER BY sop_instance_uid FOR UPDATE",
         *args,
     )
@@ -269,6 +271,16 @@ async def _delete(
             conn, site, study, rejection.references + moved, rejection, now, who
         )
     await _recount(conn, site, study, sorted(by_series))
+    modalities = {row["series_instance_uid"]: row["modality"] or "" for row in series_rows}
+    # The outbox, last (it serialises commits): one instance.deleted per row that left
+    await append_deleted(
+        conn,
+        site,
+        [
+            InstanceChange(study, row[1], row[2], int(row[0]), modalities.get(row[1], ""))
+            for row in rows
+        ],
+    )
     return trashed
 
 
@@ -320,11 +332,8 @@ async def _record_deleted(
     reason: str,
     now: float,
 ) -> list[TrashedInstance]:
-    """Move the (locked) instance rows into the trash, series by series, one statement each.
-
-    The one place instances leave the index: an outbox of deletion events (`instance.deleted`)
-    written in this same transaction would insert one entry per moved row here.
-    """
+    """Move the (locked) instance rows into the trash, series by series, one statement each
+    (the one place instances leave the index; the caller writes their deletion events)."""
     trashed: list[TrashedInstance] = []
     for series_uid in sorted(by_series):
         rows = await conn.fetch(
@@ -430,7 +439,8 @@ async def _restore(conn: Connection, site: str, study: str, series: str | None) 
     inserted = await conn.fetch(
         f"INSERT INTO instances ({_INSTANCE_COLUMNS}) SELECT {_INSTANCE_COLUMNS}"
         " FROM deleted_instances WHERE id = ANY($1::bigint[]) ORDER BY sop_instance_uid"
-        " ON CONFLICT (site, sop_instance_uid) DO NOTHING RETURNING sop_instance_uid",
+        " ON CONFLICT (site, sop_instance_uid) DO NOTHING"
+        " RETURNING sop_instance_uid, id, series_instance_uid",
         ids,
     )
     if len(inserted) != len(ids):
@@ -467,7 +477,26 @@ async def _restore(conn: Connection, site: str, study: str, series: str | None) 
         site,
         [row[2] for row in chosen],
     )
-    await _recount(conn, site, study, sorted({row[1] for row in chosen}))
+    series_uids = sorted({row[1] for row in chosen})
+    await _recount(conn, site, study, series_uids)
+    modalities = {
+        row[0]: row[1] or ""
+        for row in await conn.fetch(
+            "SELECT series_instance_uid, modality FROM series"
+            " WHERE site = $1 AND series_instance_uid = ANY($2::text[])",
+            site,
+            series_uids,
+        )
+    }
+    # The instances are back: created again for consumers (last: it serialises commits)
+    await append_restored(
+        conn,
+        site,
+        [
+            InstanceChange(study, row[2], row[0], int(row[1]), modalities.get(row[2], ""))
+            for row in sorted(inserted, key=lambda row: int(row[1]))
+        ],
+    )
     return len(chosen)
 
 

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 from dicomweb_server.domain.lifecycle import Hold, StudyFacts
 from dicomweb_server.errors import ConflictError, NotFoundError
 from dicomweb_server.index.base import DeleteTarget, Judge, Rejection, TrashedInstance
+from dicomweb_server.index.events import InstanceChange
+from dicomweb_server.index.events_sqlite import append_deleted, append_restored
 from dicomweb_server.index.lifecycle_rows import (
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
@@ -264,7 +266,8 @@ def _delete(
         where += f" AND sop_instance_uid IN ({_marks(target.sop_instance_uids)})"
         params.extend(target.sop_instance_uids)
     rows = conn.execute(
-        f"SELECT id, series_instance_uid FROM instances WHERE {where} ORDER BY sop_instance_uid",
+        f"SELECT id, series_instance_uid, sop_instance_uid FROM instances WHERE {where}"
+        " ORDER BY sop_instance_uid",
         params,
     ).fetchall()
     cursor = conn.execute(
@@ -280,14 +283,40 @@ def _delete(
             return []
         raise NotFoundError(not_found(study, target.series_instance_uid, target.sop_instance_uids))
     by_series: dict[str, list[int]] = {}
-    for row_id, series_uid in rows:
+    for row_id, series_uid, _ in rows:
         by_series.setdefault(series_uid, []).append(int(row_id))
+    modalities = _modalities(conn, site, sorted(by_series))
     trashed = _record_deleted(conn, site, by_series, study_row, who, reason, now)
     if rejection is not None:
         moved = tuple((t.key.series_instance_uid, t.key.sop_instance_uid) for t in trashed)
         _record_rejections(conn, site, study, rejection.references + moved, rejection, now, who)
     _recount(conn, site, study, sorted(by_series))
+    # The outbox: one instance.deleted per row that left, committed with the delete
+    append_deleted(
+        conn,
+        site,
+        [
+            InstanceChange(study, series_uid, sop, int(row_id), modalities.get(series_uid, ""))
+            for row_id, series_uid, sop in rows
+        ],
+    )
     return trashed
+
+
+def _modalities(conn: sqlite3.Connection, site: str, series_uids: list[str]) -> dict[str, str]:
+    """Each series' modality (webhook filters match it), by Series Instance UID."""
+    found: dict[str, str] = {}
+    for start in range(0, len(series_uids), _CHUNK):
+        chunk = series_uids[start : start + _CHUNK]
+        found.update(
+            (uid, str(modality or ""))
+            for uid, modality in conn.execute(
+                "SELECT series_instance_uid, modality FROM series WHERE site = ?"
+                f" AND series_instance_uid IN ({_marks(chunk)})",
+                [site, *chunk],
+            )
+        )
+    return found
 
 
 def _facts(study_row: dict[str, Any]) -> StudyFacts:
@@ -340,11 +369,8 @@ def _record_deleted(
     reason: str,
     now: float,
 ) -> list[TrashedInstance]:
-    """Move the instance rows (by series) into the trash, with their series and study rows.
-
-    The one place instances leave the index: an outbox of deletion events (`instance.deleted`)
-    written in this same transaction would insert one entry per moved row here.
-    """
+    """Move the instance rows (by series) into the trash, with their series and study rows
+    (the one place instances leave the index; the caller writes their deletion events)."""
     study_snapshot = snapshot(study_row)
     trashed: list[TrashedInstance] = []
     for series_uid in sorted(by_series):
@@ -494,7 +520,21 @@ def _restore(conn: sqlite3.Connection, site: str, study: str, series: str | None
             f"DELETE FROM rejections WHERE site = ? AND sop_instance_uid IN ({_marks(chunk)})",
             [site, *chunk],
         )
-    _recount(conn, site, study, sorted({row[1] for row in chosen}))
+    series_uids = sorted({row[1] for row in chosen})
+    _recount(conn, site, study, series_uids)
+    modalities = _modalities(conn, site, series_uids)
+    back: list[InstanceChange] = []
+    for start in range(0, len(sops), _CHUNK):
+        chunk = sops[start : start + _CHUNK]
+        back.extend(
+            InstanceChange(study, series_uid, sop, int(row_id), modalities.get(series_uid, ""))
+            for row_id, series_uid, sop in conn.execute(
+                "SELECT id, series_instance_uid, sop_instance_uid FROM instances WHERE site = ?"
+                f" AND sop_instance_uid IN ({_marks(chunk)}) ORDER BY id",
+                [site, *chunk],
+            )
+        )
+    append_restored(conn, site, back)  # the instances are back: created again for consumers
     return len(chosen)
 
 

@@ -151,3 +151,33 @@ def test_issue20_feed_sites_is_the_access_control_seam() -> None:
     assert feed_sites("a", None) == {"a"}
     assert feed_sites("a", {"a", "b"}) == {"a"}
     assert feed_sites("c", {"a"}) == frozenset()  # a site root the caller may not read
+
+
+async def test_issue20_delete_reject_and_restore_are_in_the_feed(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """The delete transaction writes instance.deleted (the outbox), a restore writes
+    instance.created again; States follow (deleted, then current for the restored rows)."""
+    study = uid()
+    sops = await store(client, 2, study)
+    series = (await client.get("/changefeed?includemetadata=false")).json()[0]["SeriesInstanceUid"]
+    gone = await client.delete(f"/studies/{study}/series/{series}/instances/{sops[0]}")
+    assert gone.status_code == 204
+    entries = (await client.get("/changefeed?includemetadata=false")).json()
+    assert [(e["SopInstanceUid"], e["Action"], e["State"]) for e in entries] == [
+        (sops[0], "create", "deleted"),
+        (sops[1], "create", "current"),
+        (sops[0], "delete", "deleted"),
+    ]
+    rejected = await client.post(f"/studies/{study}/reject/113001%5EDCM")
+    assert rejected.status_code == 200, rejected.text
+    after_reject = (await client.get(f"/changefeed?offset={entries[-1]['Sequence']}")).json()
+    assert [(e["SopInstanceUid"], e["Action"]) for e in after_reject] == [(sops[1], "delete")]
+
+    assert await app.state.dicomweb.delete.restore("default", study) == 2
+    latest = (await client.get("/changefeed?includemetadata=false")).json()[-2:]
+    assert sorted((e["SopInstanceUid"], e["Action"], e["State"]) for e in latest) == sorted(
+        [(sops[0], "create", "current"), (sops[1], "create", "current")]
+    )
+    metadata = (await client.get("/changefeed/latest")).json()["Metadata"]
+    assert metadata["0020000D"]["Value"] == [study]
