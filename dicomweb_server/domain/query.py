@@ -101,6 +101,14 @@ class Query:
     warnings: tuple[str, ...] = ()
     # Seconds the index may spend on a search with unindexed keys before it gives up (413).
     scan_timeout: float = 5.0
+    # At the enterprise root: every site searched together (the caller's readable ones);
+    # empty: `site` alone (a site's root)
+    sites: tuple[str, ...] = ()
+
+    @property
+    def searched_sites(self) -> tuple[str, ...]:
+        """The sites whose rows may match, never empty."""
+        return self.sites or (self.site,)
 
 
 _WILDCARD_VRS = frozenset({"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
@@ -58,11 +58,13 @@ class AddOutcome(StrEnum):
 class SearchPage:
     """One page of QIDO results as DICOM JSON objects (stored and computed attributes).
 
-    `more` is True when results exist beyond this page.
+    `more` is True when results exist beyond this page; `sites[n]` is the site of `rows[n]`
+    (a search at the enterprise root covers several).
     """
 
     rows: list[dict[str, Any]]
     more: bool
+    sites: list[str] = field(default_factory=list)
 
 
 class InstanceIndex(Protocol):

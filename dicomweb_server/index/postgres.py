@@ -293,7 +293,8 @@ class PostgresInstanceIndex(
 
         rows = await self._with_connection(run)
         more = len(rows) > query.limit
-        return SearchPage(search_rows(query.level, rows[: query.limit]), more)
+        page = rows[: query.limit]
+        return SearchPage(search_rows(query.level, page), more, [row[11] for row in page])
 
     async def _fetchrow(self, text: str, *args: Any) -> asyncpg.Record | None:
         async def run(conn: Connection) -> asyncpg.Record | None:

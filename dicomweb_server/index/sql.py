@@ -58,7 +58,7 @@ def build_search(query: Query, dialect: Dialect) -> SearchSql:
     if level is Level.STUDY:
         select = (
             "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
-            " s.number_of_instances, s.study_instance_uid, NULL, NULL, NULL, NULL, NULL"
+            " s.number_of_instances, s.study_instance_uid, NULL, NULL, NULL, NULL, NULL, s.site"
         )
         source = "studies s"
         order = "s.id"
@@ -66,7 +66,7 @@ def build_search(query: Query, dialect: Dialect) -> SearchSql:
         select = (
             "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
             " s.number_of_instances, s.study_instance_uid, se.attributes,"
-            " se.number_of_instances, se.series_instance_uid, NULL, NULL"
+            " se.number_of_instances, se.series_instance_uid, NULL, NULL, se.site"
         )
         source = (
             "series se JOIN studies s"
@@ -77,7 +77,8 @@ def build_search(query: Query, dialect: Dialect) -> SearchSql:
         select = (
             "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
             " s.number_of_instances, s.study_instance_uid, se.attributes,"
-            " se.number_of_instances, se.series_instance_uid, i.attributes, i.sop_instance_uid"
+            " se.number_of_instances, se.series_instance_uid, i.attributes, i.sop_instance_uid,"
+            " i.site"
         )
         source = (
             "instances i JOIN series se"
@@ -127,8 +128,12 @@ def scan_budget_exceeded(sql: SearchSql, seconds: float) -> PayloadTooLargeError
 
 
 def _site_condition(alias: str, query: Query, bind: Callable[[Any], str]) -> str:
-    """The site partition of the searched table (the one place a list of sites would go)."""
-    return f"{alias}.site = {bind(query.site)}"
+    """The site partition of the searched table: one site, or the enterprise root's list
+    (each index leads with the site, so both planners probe it once per listed site)."""
+    sites = query.searched_sites
+    if len(sites) == 1:
+        return f"{alias}.site = {bind(sites[0])}"
+    return f"{alias}.site IN ({', '.join(bind(site) for site in sites)})"
 
 
 def _unindexed_conditions(

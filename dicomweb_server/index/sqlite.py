@@ -183,7 +183,8 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
 
         rows = await self._read(run)
         more = len(rows) > query.limit
-        return SearchPage(search_rows(query.level, rows[: query.limit]), more)
+        page = rows[: query.limit]
+        return SearchPage(search_rows(query.level, page), more, [row[11] for row in page])
 
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None

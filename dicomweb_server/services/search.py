@@ -43,8 +43,15 @@ class SearchService:
 
     index: InstanceIndex
 
-    async def search(self, query: Query, root_url: str) -> SearchOutcome:
-        """Run `query`; rows carry the level's required keys, includefields and RetrieveURL."""
+    async def search(
+        self, query: Query, root_url: str, *, default_site: str | None = None
+    ) -> SearchOutcome:
+        """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
+
+        `root_url` is the root the request came in at. At the enterprise root (`query.sites`)
+        a row's URLs point into its own site's root, except for `default_site`'s rows: the
+        enterprise root serves the default site's copy of a study first, so theirs stay there.
+        """
         page = await self.index.search(query)
         wanted = self._default_tags(query.level) | {tag_hex(t) for t in query.include_tags}
         # A row holds its levels' stored attributes (all wanted), the computed ones and, from
@@ -52,14 +59,18 @@ class SearchService:
         drop = () if query.include_all else tuple(k for k in _COMPUTED if k not in wanted)
         needs_metadata = query.include_all or self._needs_metadata(query)
         rows = page.rows
-        for row in rows:
+        sites = page.sites or [query.site] * len(rows)
+        for row, site in zip(rows, sites, strict=True):
+            row_root = root_url
+            if query.sites and site != default_site:
+                row_root = f"{root_url}/sites/{site}"
             if needs_metadata:
-                await self._add_from_metadata(row, query, root_url)
+                await self._add_from_metadata(row, query, site, row_root)
             for key in drop:
                 row.pop(key, None)
             row["00081190"] = {
                 "vr": "UR",
-                "Value": [self._retrieve_url(query.level, row, root_url)],
+                "Value": [self._retrieve_url(query.level, row, row_root)],
             }
         warnings = list(query.warnings)
         if page.more:
@@ -80,18 +91,19 @@ class SearchService:
     def _needs_metadata(query: Query) -> bool:
         return any(level_of_tag(t) is None for t in query.include_tags)
 
-    async def _add_from_metadata(self, row: dict[str, Any], query: Query, root_url: str) -> None:
+    async def _add_from_metadata(
+        self, row: dict[str, Any], query: Query, site: str, root_url: str
+    ) -> None:
         """Attributes no level stores come from the instance itself, or for a study or series
-        from its first instance (a representative, as PS3.18 10.6.3.3 allows)."""
+        from its first instance (a representative, as PS3.18 10.6.3.3 allows), in the row's
+        own site."""
         study = row["0020000D"]["Value"][0]
         if query.level is Level.INSTANCE:
-            key = InstanceKey(
-                query.site, study, row["0020000E"]["Value"][0], row["00080018"]["Value"][0]
-            )
+            key = InstanceKey(site, study, row["0020000E"]["Value"][0], row["00080018"]["Value"][0])
             metadata = await self.index.get_metadata(key)
         else:
             series = row["0020000E"]["Value"][0] if query.level is Level.SERIES else None
-            iterator = aiter(self.index.iter_metadata(StudyKey(query.site, study), series))
+            iterator = aiter(self.index.iter_metadata(StudyKey(site, study), series))
             metadata = await anext(iterator, None)
             await _close(iterator)
         if metadata is None:

@@ -15,8 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from dicomweb_server.domain.events import parse_time
+from dicomweb_server.domain.grants import EVERY_GRANT, Role
 from dicomweb_server.errors import BadRequestError
+from dicomweb_server.services import access
 from dicomweb_server.services.events import feed_sites
+from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.negotiation import accept_json
 from dicomweb_server.web.params import site_of
 from dicomweb_server.web.state import AppState
@@ -58,12 +61,20 @@ def _boolean(text: str | None) -> bool:
     return value == "true"
 
 
-def _sites(request: Request) -> frozenset[str] | None:
-    """What this request's feed shows: its site root's site, or every site at the enterprise
-    root; narrowed to the caller's readable sites once access control provides them."""
-    at_site_root = "site" in request.path_params
-    readable = None  # access control: the principal's readable sites (None: all)
-    return feed_sites(site_of(request) if at_site_root else None, readable)
+async def _sites(request: Request) -> frozenset[str] | None:
+    """What this request's feed shows: its site root's site, or at the enterprise root every
+    site the caller may read (None: every site, for a caller who may read them all)."""
+    site = site_of(request)
+    if site is not None:  # web/auth.py authorized the site root
+        return feed_sites(site, None)
+    principal = principal_of(request)
+    if principal.grants == EVERY_GRANT:
+        return None
+    state: AppState = request.app.state.dicomweb
+    readable = access.readable_sites(principal, sorted(await state.sites.names()))
+    if not readable:
+        access.check(principal, state.settings.default_site, Role.READ)  # names the grant
+    return feed_sites(None, set(readable))
 
 
 async def read_change_feed(request: Request) -> Response:
@@ -79,7 +90,7 @@ async def read_change_feed(request: Request) -> Response:
         raise BadRequestError("endTime must be after startTime")
     windowed = start is not None or end is not None
     body = await state.changefeed.read(
-        _sites(request),
+        await _sites(request),
         limit=limit,
         after=0 if windowed else offset,
         skip=offset if windowed else 0,
@@ -96,7 +107,7 @@ async def read_latest_change_feed(request: Request) -> Response:
     accept_json(request.headers.get("accept"))
     given = _parameters(request, ("includemetadata",))
     body = await state.changefeed.latest(
-        _sites(request), metadata=_boolean(given.get("includemetadata"))
+        await _sites(request), metadata=_boolean(given.get("includemetadata"))
     )
     if body is None:
         return Response(status_code=204)

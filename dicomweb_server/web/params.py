@@ -22,6 +22,7 @@ __all__ = [
     "frame_numbers",
     "instance_key",
     "root_url_of",
+    "search_sites",
     "series_key",
     "site_of",
     "site_root_url",
@@ -48,13 +49,21 @@ def store_site(request: Request) -> str:
     return site
 
 
-def search_sites(request: Request) -> str:
-    """The site a search covers at the enterprise root, checked readable."""
+async def search_sites(request: Request) -> tuple[str, ...]:
+    """The sites a search covers: its site root's (authorized by web/auth.py), or at the
+    enterprise root every site the caller may read (the default site first), never a 403
+    for the others; a 403 only for a caller who may read no site at all."""
     site = site_of(request)
-    if site is None:
-        site = _state(request).settings.default_site
-        access.check(principal_of(request), site, Role.READ)
-    return site
+    if site is not None:
+        return (site,)
+    state = _state(request)
+    principal = principal_of(request)
+    default = state.settings.default_site
+    names = sorted(await state.sites.names(), key=lambda name: (name != default, name))
+    readable = tuple(access.readable_sites(principal, names))
+    if not readable:
+        access.check(principal, default, Role.READ)  # names the missing grant
+    return readable
 
 
 def root_url_of(request: Request) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -10,7 +12,7 @@ from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.web.negotiation import accept_json
-from dicomweb_server.web.params import root_url_of, search_sites
+from dicomweb_server.web.params import root_url_of, search_sites, site_of
 from dicomweb_server.web.state import AppState
 
 __all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
@@ -26,11 +28,12 @@ async def _search(request: Request, level: Level) -> Response:
         validate_uid(study, "StudyInstanceUID")
     if series is not None:
         validate_uid(series, "SeriesInstanceUID")
+    sites = await search_sites(request)
     # Starlette percent-decodes the query string exactly once; values are used as they arrive.
     query = parse_query(
         request.query_params.multi_items(),
         level,
-        search_sites(request),
+        sites[0],
         study,
         series,
         default_limit=settings.default_query_limit,
@@ -38,7 +41,11 @@ async def _search(request: Request, level: Level) -> Response:
         max_offset=settings.max_query_offset,
         scan_timeout=settings.qido_scan_timeout,
     )
-    outcome = await state.search.search(query, root_url_of(request))
+    if site_of(request) is None:  # the enterprise root: every readable site at once
+        query = replace(query, sites=sites)
+    outcome = await state.search.search(
+        query, root_url_of(request), default_site=settings.default_site
+    )
     request.state.audit_results = len(outcome.rows)  # web/audit.py
     # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
     body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)

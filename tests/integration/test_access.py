@@ -175,3 +175,47 @@ async def test_issue17_the_audit_trail_needs_admin(secured: Starlette) -> None:
         assert response.json()["resourceType"] == "Bundle"
     async with _client(secured, reader) as client:
         assert (await client.get("/sites/hospital-a/audit")).status_code == 403
+
+
+async def test_issue17_enterprise_root_search_covers_only_readable_sites(secured: Starlette) -> None:
+    """At the root a search covers the sites the caller may read, never a 403 for the
+    others; a caller who may read no site at all gets the 403 naming the grant."""
+    admin = await _key(secured, "loader", "hospital-a:write", "hospital-b:write", "default:write")
+    async with _client(secured, admin) as client:
+        for path in ("/sites/hospital-a", "/sites/hospital-b", ""):
+            assert (await _stow(client, path)).status_code == 200
+    reader_a = await _key(secured, "reader-a-root", "hospital-a:read")
+    reader_ab = await _key(secured, "reader-ab-root", "hospital-a:read", "hospital-b:read")
+    writer = await _key(secured, "writer-only", "hospital-a:write")
+    async with _client(secured, reader_a) as client:
+        rows = (await client.get("/studies")).json()
+        assert [row["00081190"]["Value"][0].split("/studies/")[0] for row in rows] == [
+            f"{BASE}/sites/hospital-a"
+        ]
+    async with _client(secured, reader_ab) as client:
+        rows = (await client.get("/studies")).json()
+        assert sorted(row["00081190"]["Value"][0].split("/studies/")[0] for row in rows) == [
+            f"{BASE}/sites/hospital-a",
+            f"{BASE}/sites/hospital-b",
+        ]
+    async with _client(secured, writer) as client:
+        denied = await client.get("/studies")
+        assert denied.status_code == 403 and "default:read" in denied.json()["reason"]
+
+
+async def test_issue20_change_feed_shows_only_readable_sites(secured: Starlette) -> None:
+    loader = await _key(secured, "feed-loader", "hospital-a:write", "hospital-b:write")
+    async with _client(secured, loader) as client:
+        for path in ("/sites/hospital-a", "/sites/hospital-b"):
+            assert (await _stow(client, path)).status_code == 200
+    reader_a = await _key(secured, "feed-reader-a", "hospital-a:read")
+    async with _client(secured, reader_a) as client:
+        entries = (await client.get("/changefeed")).json()
+        assert [entry["Site"] for entry in entries] == ["hospital-a"]
+        uri = entries[0]["Metadata"]["7FE00010"]["BulkDataURI"]
+        assert uri.startswith(f"{BASE}/sites/hospital-a/studies/")
+        assert (await client.get("/changefeed/latest")).json()["Site"] == "hospital-a"
+        assert (await client.get("/sites/hospital-b/changefeed")).status_code == 403
+    async with _client(secured, loader) as client:
+        denied = await client.get("/changefeed")  # may read no site at all
+        assert denied.status_code == 403

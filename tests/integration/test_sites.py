@@ -166,3 +166,62 @@ async def test_issue16_a_site_keeps_its_objects_in_its_own_storage(
     assert served[128:] == data[128:]
     listed = [info.key async for info in blobs.iter_objects("eu/")]
     assert listed == own_keys  # the routed listing covers the site's own store
+
+
+def _urls(rows: list[dict[str, object]]) -> list[str]:
+    return sorted(row["00081190"]["Value"][0] for row in rows)  # type: ignore[index]
+
+
+async def test_issue16_enterprise_root_searches_every_site_with_each_row_in_its_site(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """QIDO at the root covers every site (the caller may read): each result's RetrieveURL
+    (and an includefield BulkDataURI) points into its own site's root; the default site's
+    rows stay at the root, which serves its copy first. One patient ID issued by two
+    hospitals is two patients: IssuerOfPatientID tells them apart."""
+    await _add_site(app, "east")
+    await _add_site(app, "west")
+    shared = uid()  # one study UID in two sites: two independent copies, two rows
+    east = ct_dataset(shared, patient_id="MRN-7")
+    east.IssuerOfPatientID = "EAST-HOSPITAL"
+    west = ct_dataset(shared, patient_id="MRN-7", seed=4)
+    west.IssuerOfPatientID = "WEST-HOSPITAL"
+    local = ct_dataset(patient_id="MRN-7")
+    local.IssuerOfPatientID = "EAST-HOSPITAL"
+    assert (await _stow(client, f"{BASE}/sites/east", [to_part10(east)])).status_code == 200
+    assert (await _stow(client, f"{BASE}/sites/west", [to_part10(west)])).status_code == 200
+    assert (await _stow(client, BASE, [to_part10(local)])).status_code == 200
+
+    found = (await client.get(f"{BASE}/studies", params={"PatientID": "MRN-7"})).json()
+    assert _urls(found) == sorted(
+        [
+            f"{BASE}/sites/east/studies/{shared}",
+            f"{BASE}/sites/west/studies/{shared}",
+            f"{BASE}/studies/{local.StudyInstanceUID}",
+        ]
+    )
+    by_issuer = await client.get(
+        f"{BASE}/studies", params={"PatientID": "MRN-7", "IssuerOfPatientID": "WEST-HOSPITAL"}
+    )
+    assert _urls(by_issuer.json()) == [f"{BASE}/sites/west/studies/{shared}"]
+    east_patient = await client.get(
+        f"{BASE}/studies", params={"PatientID": "MRN-7", "IssuerOfPatientID": "EAST-HOSPITAL"}
+    )
+    assert len(east_patient.json()) == 2  # one issuer's patient, in two sites
+
+    instances = (
+        await client.get(f"{BASE}/studies/{shared}/instances", params={"includefield": "all"})
+    ).json()
+    pixel_uris = sorted(row["7FE00010"]["BulkDataURI"] for row in instances)
+    assert [uri.split("/studies/")[0] for uri in pixel_uris] == [
+        f"{BASE}/sites/east",
+        f"{BASE}/sites/west",
+    ]
+    # A site's root still sees only its own rows, and paging runs across sites.
+    assert len((await client.get(f"{BASE}/sites/east/studies")).json()) == 1
+    pages = [
+        (await client.get(f"{BASE}/studies", params={"limit": 1, "offset": n})).json()
+        for n in range(4)
+    ]
+    assert [len(page) for page in pages] == [1, 1, 1, 0]
+    assert _urls([row for page in pages for row in page]) == _urls(found)
