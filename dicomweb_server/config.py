@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     default_query_limit: Positive = 1000
     max_query_limit: Positive = 10_000
     max_query_offset: NonNegative = 10_000_000
+    # Values all matching keys of one search list together (UID and code lists): each is
+    # one SQL parameter, and a URL may hold thousands
+    max_query_values: Positive = 1000
+    # Page size when results carry attributes from each instance's metadata (includefield=all
+    # or a key no level stores): one metadata read per result, held until the answer is sent
+    max_metadata_query_limit: Positive = 1000
     # QIDO-RS on attributes without an index column (issue 15): they are matched in stored
     # DICOM JSON, which may scan every row; past this many seconds such a search stops with a
     # 413 asking for a narrower query (PostgreSQL statement_timeout, SQLite progress handler).

@@ -151,6 +151,14 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(("default_query_limit", "max_query_limit"), "QIDO page size"),
     Row(("max_query_offset",), "largest QIDO offset"),
+    Row(
+        ("max_query_values",),
+        "values the matching keys of one search may list together (UID and code lists); more is a 400",
+    ),
+    Row(
+        ("max_metadata_query_limit",),
+        "largest QIDO page whose results take attributes from each instance's metadata (`includefield=all`, or a key no level stores); a larger `limit` is reduced, with a Warning",
+    ),
     Row(("thumbnail_size",), "default thumbnail size, pixels a side"),
     Row(("thumbnail_cache",), "0 stops keeping thumbnails in the blob store"),
     Row(

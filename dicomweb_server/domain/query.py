@@ -20,6 +20,7 @@ from dicomweb_server.domain.attributes import (
     attribute_by_tag,
     is_data_set_tag,
     keyword_for_tag,
+    level_of_tag,
     matching_vr,
     resolve_tag,
 )
@@ -116,11 +117,11 @@ _RANGE_VRS = frozenset({"DA", "TM", "DT"})
 # Numbers in DICOM JSON (PS3.18 F.2.3): matched by value, single value matching only.
 INTEGER_VRS = frozenset({"IS", "SL", "SS", "SV", "UL", "US", "UV"})
 DECIMAL_VRS = frozenset({"DS", "FD", "FL"})
-_DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,30}\.?\d{0,30}|\.\d{1,30})(?:[eE][+-]?\d{1,3})?")
-_DATE_RE = re.compile(r"^\d{8}$")
-_TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
+_DECIMAL_RE = re.compile(r"[+-]?(?:\d{1,30}\.?\d{0,30}|\.\d{1,30})(?:[eE][+-]?\d{1,3})?", re.ASCII)
+_DATE_RE = re.compile(r"^\d{8}$", re.ASCII)
+_TIME_RE = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$", re.ASCII)
 _DATETIME_RE = re.compile(
-    r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$"
+    r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$", re.ASCII
 )
 _CONTROL_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
 _LEVEL_SCOPE: dict[Level, frozenset[Level]] = {
@@ -141,8 +142,16 @@ def parse_query(
     max_limit: int = 10_000,
     max_offset: int = 10_000_000,
     scan_timeout: float = 5.0,
+    max_values: int = 1000,
+    max_metadata_limit: int = 1000,
 ) -> Query:
-    """Turn already percent-decoded query parameters into a Query; raise a 400 on bad input."""
+    """Turn already percent-decoded query parameters into a Query; raise a 400 on bad input.
+
+    `max_values` bounds the values all matching keys list together (UID and code lists
+    become SQL parameters); `max_metadata_limit` the page size when rows take attributes
+    from each instance's stored metadata (includefield=all, or a key no level stores).
+    """
+    values = 0
     matches: list[Match] = []
     include: set[int] = set()
     include_all = False
@@ -198,7 +207,21 @@ def parse_query(
                 match = replace(match, column="", path=path, stored=_stored_level(path[0]))
             elif key.path:
                 match = replace(match, path=key.path, stored=key.stored)
+            values += len(match.values)
+            if values > max_values:
+                raise InvalidQueryError(
+                    f"the matching keys list more than {max_values} values together"
+                    " (DICOMWEB_MAX_QUERY_VALUES): split the query"
+                )
             matches.append(match)
+    if limit > max_metadata_limit and (
+        include_all or any(level_of_tag(tag) is None for tag in include)
+    ):
+        warnings.append(
+            f"limit {limit} reduced to {max_metadata_limit}, the largest page whose results"
+            " carry attributes from each instance's metadata"
+        )
+        limit = max_metadata_limit
     if fuzzy:
         warnings.append(
             "fuzzymatching: person names match case- and accent-insensitively and by"
@@ -290,7 +313,8 @@ def _stored_level(tag: int) -> Level:
 
 
 def _non_negative(name: str, value: str) -> int:
-    if not value.isdigit() or len(value) > 12:
+    # ASCII digits only: str.isdigit() also takes "²", which int() then refuses
+    if not (value.isascii() and value.isdigit()) or len(value) > 12:
         raise InvalidQueryError(f"{name} must be a non-negative integer, got {value[:32]!r}")
     return int(value)
 
@@ -309,7 +333,7 @@ def _parse_match(tag: int, column: str, vr: str, value: str) -> Match | None:
     if vr in _RANGE_VRS:
         return _parse_range(tag, column, vr, value, shown)
     if vr in INTEGER_VRS:
-        if not re.fullmatch(r"[+-]?\d{1,20}", value.strip()) or (
+        if not re.fullmatch(r"[+-]?\d{1,20}", value.strip(), re.ASCII) or (
             column and len(value.strip().lstrip("+-")) > 12
         ):
             raise InvalidQueryError(f"{shown} must be an integer, got {value[:32]!r}")
@@ -327,7 +351,10 @@ def _parse_match(tag: int, column: str, vr: str, value: str) -> Match | None:
             return None  # "*" alone is universal matching
         return Match(tag, column, vr, MatchKind.WILDCARD, (value,))
     if vr == "CS" and ("," in value or "\\" in value):
-        return Match(tag, column, vr, MatchKind.LIST, tuple(re.split(r"[,\\]", value)))
+        items = tuple(item.strip() for item in re.split(r"[,\\]", value))
+        if "" in items:
+            raise InvalidQueryError(f"{shown} list {value[:40]!r} has an empty item")
+        return Match(tag, column, vr, MatchKind.LIST, items)
     return Match(tag, column, vr, MatchKind.SINGLE, (value,))
 
 
@@ -362,7 +389,7 @@ def _is_dt_range(value: str) -> bool:
         or value.endswith("-")
         or (
             value.count("-") >= 1
-            and any(len(side) >= 4 and side[:4].isdigit() for side in value.split("-")[1:])
+            and any(side[:4].isascii() and side[:4].isdigit() for side in value.split("-")[1:])
         )
     )
 

@@ -165,6 +165,15 @@ def _unindexed_conditions(
     return [*conditions, f"EXISTS (SELECT 1 FROM instances m WHERE {' AND '.join(inner)})"]
 
 
+def _any_of(items: list[str]) -> str:
+    """`(a OR b OR ...)` as a balanced tree: SQLite refuses an expression deeper than 1,000
+    ("Expression tree is too large"), which a flat chain of a long list would be."""
+    if len(items) <= 16:
+        return "(" + " OR ".join(items) + ")"
+    half = len(items) // 2
+    return f"({_any_of(items[:half])} OR {_any_of(items[half:])})"
+
+
 def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:
     if match.column == "modalities_in_study" and match.kind in (MatchKind.SINGLE, MatchKind.LIST):
         # The study row keeps its series' modalities backslash-joined (the returned value):
@@ -175,7 +184,7 @@ def _condition(match: Match, fuzzy: bool, bind: Callable[[Any], str]) -> str:
             f" LIKE {bind('%' + chr(92) + _bang_escape(v) + chr(92) + '%')} ESCAPE '!'"
             for v in match.values
         ]
-        return "(" + " OR ".join(items) + ")"
+        return _any_of(items)
     if match.column == "modalities_in_study":
         inner = _value_condition("x.modality", match, bind)
         return (

@@ -374,6 +374,8 @@ def _limits(settings: Settings) -> dict[str, int | float]:
         "default_query_limit",
         "max_query_limit",
         "max_query_offset",
+        "max_query_values",
+        "max_metadata_query_limit",
         "qido_scan_timeout",
         "body_timeout",
         "request_timeout",

@@ -40,6 +40,8 @@ async def _search(request: Request, level: Level) -> Response:
         max_limit=settings.max_query_limit,
         max_offset=settings.max_query_offset,
         scan_timeout=settings.qido_scan_timeout,
+        max_values=settings.max_query_values,
+        max_metadata_limit=settings.max_metadata_query_limit,
     )
     if site_of(request) is None:  # the enterprise root: every readable site at once
         query = replace(query, sites=sites)

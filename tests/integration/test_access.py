@@ -177,7 +177,9 @@ async def test_issue17_the_audit_trail_needs_admin(secured: Starlette) -> None:
         assert (await client.get("/sites/hospital-a/audit")).status_code == 403
 
 
-async def test_issue17_enterprise_root_search_covers_only_readable_sites(secured: Starlette) -> None:
+async def test_issue17_enterprise_root_search_covers_only_readable_sites(
+    secured: Starlette,
+) -> None:
     """At the root a search covers the sites the caller may read, never a 403 for the
     others; a caller who may read no site at all gets the 403 naming the grant."""
     admin = await _key(secured, "loader", "hospital-a:write", "hospital-b:write", "default:write")

@@ -341,3 +341,72 @@ async def test_issue23_10_an_object_of_100000_frames_serves_one_frame(
         )
     )
     assert repr(stored.pixel.frames) == "FrameTable(100000 frames)"  # built on demand
+
+
+# -- 7. includefield=all pages, 10. match lists, Unicode digits, empty items ------------------
+
+
+async def test_issue23_7_an_includefield_all_page_is_capped_with_a_warning(
+    settings: Settings,
+) -> None:
+    application = create_app(settings.replace(max_metadata_query_limit=2))
+    async with (
+        application.router.lifespan_context(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url=BASE) as client,
+    ):
+        study = uid()
+        await _stow(client, [to_part10(ct_dataset(study, instance_number=n)) for n in (1, 2, 3)])
+        full = await client.get("/instances", params={"includefield": "all", "limit": "100"})
+        assert full.status_code == 200 and len(full.json()) == 2
+        assert "reduced to 2" in full.headers["warning"]
+        plain = await client.get("/instances", params={"limit": "100"})
+        assert len(plain.json()) == 3 and "warning" not in plain.headers  # no metadata: no cap
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"limit": "²"},
+        {"offset": "²"},
+        {"limit": "١٠"},  # Arabic-Indic digits
+        {"StudyDate": "٢٠٢٤٠١٠١"},
+        {"StudyTime": "١٢"},
+        {"InstanceNumber": "٣"},
+    ],
+)
+async def test_issue23_10_unicode_digits_are_400(
+    client: httpx.AsyncClient, query: dict[str, str]
+) -> None:
+    response = await client.get("/instances", params=query)
+    assert response.status_code == 400, response.text
+    assert response.json()["reason"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"Modality": "CT,,MR"}, {"ModalitiesInStudy": "CT,"}, {"StudyInstanceUID": "1.2.3,,1.2.4"}],
+)
+async def test_issue23_10_empty_list_items_are_400(
+    client: httpx.AsyncClient, query: dict[str, str]
+) -> None:
+    level = "/series" if "Modality" in query else "/studies"
+    response = await client.get(level, params=query)
+    assert response.status_code == 400, response.text
+    assert "empty" in response.json()["reason"] or "UID" in response.json()["reason"]
+
+
+async def test_issue23_10_a_long_match_list_is_answered_or_refused_never_5xx(
+    client: httpx.AsyncClient,
+) -> None:
+    ds = ct_dataset(modality="MR")
+    await _stow(client, [to_part10(ds)])
+    codes = [f"X{n}" for n in range(999)] + ["MR"]  # 1,000: the default maximum
+    found = await client.get("/studies", params={"ModalitiesInStudy": ",".join(codes)})
+    assert found.status_code == 200, found.text  # no "Expression tree is too large"
+    assert [row["0020000D"]["Value"][0] for row in found.json()] == [ds.StudyInstanceUID]
+    uids = [f"1.2.{n}" for n in range(999)] + [ds.StudyInstanceUID]
+    by_uid = await client.get("/studies", params={"StudyInstanceUID": ",".join(uids)})
+    assert by_uid.status_code == 200 and len(by_uid.json()) == 1
+    too_many = await client.get("/studies", params={"ModalitiesInStudy": ",".join([*codes, "CT"])})
+    assert too_many.status_code == 400
+    assert "DICOMWEB_MAX_QUERY_VALUES" in too_many.json()["reason"]
