@@ -208,7 +208,7 @@ def create_app(settings: Settings) -> Starlette:
             render=render,
             delete=deleter,
             audit=audit,
-            changefeed=ChangeFeedService(index, settings.root_url, settings.default_site),
+            changefeed=ChangeFeedService(index, settings.root_url),
             status=StatusService(index, blobs, ready_timeout=settings.ready_timeout),
         )
         maintenance.start()

@@ -51,17 +51,14 @@ def feed_sites(request_site: str | None, readable: Set[str] | None) -> frozenset
 class ChangeFeedService:
     """Reads the change feed as JSON entries (Microsoft's shape, plus Site)."""
 
-    def __init__(self, log: EventLog, root_url: str, default_site: str = "default") -> None:
+    def __init__(self, log: EventLog, root_url: str) -> None:
         self._log = log
         self._root_url = root_url
-        self._default_site = default_site
 
     def _json(self, entry: FeedEntry) -> bytes:
         metadata = entry.metadata
-        if metadata is not None:  # BulkDataURIs into the entry's site (root for the default)
-            root = self._root_url
-            if entry.event.site != self._default_site:
-                root = f"{root}/sites/{entry.event.site}"
+        if metadata is not None:  # BulkDataURIs into the entry's own site's root
+            root = f"{self._root_url}/sites/{entry.event.site}"
             metadata = absolute_bulk_uris(metadata, root)
         return feed_entry_json(entry, metadata)
 

@@ -43,14 +43,12 @@ class SearchService:
 
     index: InstanceIndex
 
-    async def search(
-        self, query: Query, root_url: str, *, default_site: str | None = None
-    ) -> SearchOutcome:
+    async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
 
         `root_url` is the root the request came in at. At the enterprise root (`query.sites`)
-        a row's URLs point into its own site's root, except for `default_site`'s rows: the
-        enterprise root serves the default site's copy of a study first, so theirs stay there.
+        each row's URLs point into its own site's root, so a client can tell two sites'
+        copies of one study apart and fetch each.
         """
         page = await self.index.search(query)
         wanted = self._default_tags(query.level) | {tag_hex(t) for t in query.include_tags}
@@ -61,9 +59,7 @@ class SearchService:
         rows = page.rows
         sites = page.sites or [query.site] * len(rows)
         for row, site in zip(rows, sites, strict=True):
-            row_root = root_url
-            if query.sites and site != default_site:
-                row_root = f"{root_url}/sites/{site}"
+            row_root = f"{root_url}/sites/{site}" if query.sites else root_url
             if needs_metadata:
                 await self._add_from_metadata(row, query, site, row_root)
             for key in drop:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -19,6 +19,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
+from botocore.loaders import Loader, create_loader
 from yarl import URL
 
 from dicomweb_server.errors import (
@@ -113,6 +114,20 @@ def _is_invalid_range(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == "InvalidRange" or status == 416
 
 
+_loaders: list[Loader] = []
+
+
+def _session() -> AioSession:
+    """A session sharing one botocore data loader per process: the service model and endpoint
+    data (JSON) are then parsed once, not about 0.2 s again for every store opened (one per
+    site with its own bucket, every server start, every test)."""
+    session = get_session()
+    if not _loaders:
+        _loaders.append(create_loader(session.get_config_variable("data_path")))
+    session.register_component("data_loader", _loaders[0])
+    return session
+
+
 class S3BlobStore:
     """Objects under `prefix` in one bucket; puts of `multipart_threshold` or more go multipart.
 
@@ -174,7 +189,7 @@ class S3BlobStore:
         try:
             with _wrapped("client creation", bucket):
                 client = await exit_stack.enter_async_context(
-                    get_session().create_client(
+                    _session().create_client(
                         "s3", region_name=region, endpoint_url=endpoint_url, config=config
                     )
                 )

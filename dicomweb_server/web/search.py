@@ -45,9 +45,7 @@ async def _search(request: Request, level: Level) -> Response:
     )
     if site_of(request) is None:  # the enterprise root: every readable site at once
         query = replace(query, sites=sites)
-    outcome = await state.search.search(
-        query, root_url_of(request), default_site=settings.default_site
-    )
+    outcome = await state.search.search(query, root_url_of(request))
     request.state.audit_results = len(outcome.rows)  # web/audit.py
     # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
     body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)

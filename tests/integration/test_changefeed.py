@@ -58,7 +58,9 @@ async def test_issue20_changefeed_lists_stored_instances_with_metadata(
     assert [e["Sequence"] for e in entries] == sorted({e["Sequence"] for e in entries})
     metadata = first["Metadata"]
     assert metadata["00080018"]["Value"] == [sops[0]]
-    assert metadata["7FE00010"]["BulkDataURI"].startswith("http://testserver/dicomweb/studies/")
+    assert metadata["7FE00010"]["BulkDataURI"].startswith(
+        "http://testserver/dicomweb/sites/default/studies/"
+    )
     lean = (await client.get("/changefeed?includeMetadata=false")).json()
     assert [list(e) for e in lean] == [FIELDS] * 3
     latest = await client.get("/changefeed/latest", params={"includemetadata": "false"})

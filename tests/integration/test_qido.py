@@ -90,7 +90,10 @@ async def test_study_search_returns_required_and_computed_attributes(client, cor
     assert row["00201208"]["Value"] == [3]  # NumberOfStudyRelatedInstances
     assert row["00080061"]["Value"] == ["CT", "MR"]  # ModalitiesInStudy
     assert row["00100010"]["Value"] == [{"Alphabetic": "Smith^Anna"}]
-    assert row["00081190"]["Value"] == [f"http://testserver/dicomweb/studies/{corpus['s1']}"]
+    # At the enterprise root a result points into its site's root (PS3.18 10.6.3.3 RetrieveURL)
+    assert row["00081190"]["Value"] == [
+        f"http://testserver/dicomweb/sites/default/studies/{corpus['s1']}"
+    ]
     assert row["00080056"]["Value"] == ["ONLINE"]
 
 

@@ -176,9 +176,8 @@ async def test_issue16_enterprise_root_searches_every_site_with_each_row_in_its_
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     """QIDO at the root covers every site (the caller may read): each result's RetrieveURL
-    (and an includefield BulkDataURI) points into its own site's root; the default site's
-    rows stay at the root, which serves its copy first. One patient ID issued by two
-    hospitals is two patients: IssuerOfPatientID tells them apart."""
+    (and an includefield BulkDataURI) points into its own site's root. One patient ID
+    issued by two hospitals is two patients: IssuerOfPatientID tells them apart."""
     await _add_site(app, "east")
     await _add_site(app, "west")
     shared = uid()  # one study UID in two sites: two independent copies, two rows
@@ -197,7 +196,7 @@ async def test_issue16_enterprise_root_searches_every_site_with_each_row_in_its_
         [
             f"{BASE}/sites/east/studies/{shared}",
             f"{BASE}/sites/west/studies/{shared}",
-            f"{BASE}/studies/{local.StudyInstanceUID}",
+            f"{BASE}/sites/default/studies/{local.StudyInstanceUID}",
         ]
     )
     by_issuer = await client.get(
