@@ -205,6 +205,12 @@ def build() -> tuple[list[Dataset], dict[str, object]]:
     return datasets, summary
 
 
+def _authorization() -> dict[str, str]:
+    """The test's API key as a bearer token, when access control is on (E2E_TOKEN)."""
+    token = os.environ.get("E2E_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def store(root: str, datasets: list[Dataset]) -> None:
     boundary = uuid.uuid4().hex
     body = io.BytesIO()
@@ -237,9 +243,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _authorization() -> dict[str, str]:
-    """The test's API key as a bearer token, when access control is on (E2E_TOKEN)."""
-    token = os.environ.get("E2E_TOKEN")
-    return {"Authorization": f"Bearer {token}"} if token else {}
