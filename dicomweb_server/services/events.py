@@ -16,6 +16,7 @@ import time
 from collections.abc import Set
 from typing import Protocol
 
+from dicomweb_server import telemetry
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.events import FeedEntry, feed_entry_json
@@ -30,6 +31,7 @@ log = logging.getLogger("dicomweb_server.events")
 _ANNOUNCE_BATCH = 100  # studies announced per transaction
 _FAN_OUT_BATCH = 1000  # events queued per webhook per transaction
 _PRUNE_EVERY = 300.0  # seconds between prunes of delivered rows
+_BACKLOG_EVERY = 15.0  # seconds between counts of undelivered events (the metrics gauge)
 _ERROR_PAUSE = 5.0  # seconds to wait after the index failed
 
 
@@ -111,6 +113,7 @@ class EventWorker:
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pruned = time.monotonic()
+        self._counted = -_BACKLOG_EVERY  # the first round counts the backlog
 
     @classmethod
     def start_from_settings(cls, index: _EventIndex, settings: Settings) -> EventWorker:
@@ -160,7 +163,17 @@ class EventWorker:
         if time.monotonic() - self._pruned > _PRUNE_EVERY:
             self._pruned = time.monotonic()
             await self._ledger.prune_deliveries(self._keep_delivered)
+        if time.monotonic() - self._counted > _BACKLOG_EVERY:
+            self._counted = time.monotonic()
+            await self._count_backlog()
         return busy
+
+    async def _count_backlog(self) -> None:
+        """dicomweb_event_backlog: deliveries not yet made (queue "webhooks") and those given
+        up on (queue "dead"), over every webhook; each process reports, the highest shows."""
+        statuses = await self._ledger.list_webhooks()
+        telemetry.set_event_backlog(sum(s.pending for s in statuses), "webhooks")
+        telemetry.set_event_backlog(sum(s.dead for s in statuses), "dead")
 
     async def _loop(self) -> None:
         while not self._stop.is_set():

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from prometheus_client import REGISTRY
 from starlette.applications import Starlette
 from webhook_receiver import Delivery, Receiver, receiving
 
@@ -24,11 +25,13 @@ from dicomweb_server.config import Settings
 from dicomweb_server.domain.events import SIGNATURE_HEADER, Webhook, verify_signature
 from dicomweb_server.errors import BadRequestError
 from dicomweb_server.index.base import ServerIndex, WebhookStatus
+from dicomweb_server.services import events as events_service
 from dicomweb_server.services.webhooks import WebhookService
 
 SECRET = "whsec-issue20-test-secret"
 VARIABLE = "DICOMWEB_TEST_WEBHOOK_SECRET"
 CREATED_ONLY = "instance.created"
+DEAD_BACKLOG = ("dicomweb_event_backlog", {"queue": "dead"})
 
 
 @pytest.fixture
@@ -150,8 +153,9 @@ async def test_issue20_other_studies_are_not_held_up_by_a_failing_one(
 
 
 async def test_issue20_deliveries_past_the_maximum_age_are_dead_lettered(
-    settings: Settings,
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(events_service, "_BACKLOG_EVERY", 0.0)  # count every round
     async with running(settings.replace(webhook_max_age=1)) as (app, client):
         with receiving(Receiver(lambda delivery, attempt: 500)) as receiver:
             webhook = await service(app).add(
@@ -165,6 +169,9 @@ async def test_issue20_deliveries_past_the_maximum_age_are_dead_lettered(
                 await asyncio.sleep(0.1)
             assert (status.pending, status.delivered, status.dead) == (0, 0, 2)
             assert status.last_error is not None and "HTTP 500" in status.last_error
+            # /metrics: dicomweb_event_backlog{queue="dead"} (issue 21), counted by the worker
+            await until(lambda: REGISTRY.get_sample_value(*DEAD_BACKLOG) == 2)
+            assert REGISTRY.get_sample_value("dicomweb_event_backlog", {"queue": "webhooks"}) == 0
 
 
 async def test_issue20_deleted_instances_reach_webhooks_and_the_feed(
