@@ -7,6 +7,8 @@ PORT ?= 8080
 DATA ?= data
 WORKERS ?= 0
 PYTEST_ARGS ?=
+# pytest-xdist processes of `make test`, each with its own PostgreSQL and S3
+TEST_PROCESSES ?= 2
 
 .PHONY: run run-prod install install-test check format lint typecheck test unit integration clean e2e
 
@@ -45,7 +47,7 @@ integration: install-test
 	$(BIN)/pytest tests/integration -q $(PYTEST_ARGS)
 
 test: check  ## lint, types, then every test (starts PostgreSQL and S3 itself)
-	$(BIN)/pytest tests conformance -q $(PYTEST_ARGS)
+	$(BIN)/pytest tests conformance -q -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory lowest
 
 # The lowest uvicorn pyproject.toml allows, laid over the venv's: `serve` must store, find and

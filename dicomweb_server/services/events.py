@@ -150,6 +150,7 @@ class EventWorker:
     async def stop(self) -> None:
         """Stop the loop, then the deliveries in flight (what is left is redone later)."""
         self._stop.set()
+        self._dispatcher.idle.set()  # wakes the loop's sleep
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -191,16 +192,11 @@ class EventWorker:
             await self._sleep(pause)
 
     async def _sleep(self, seconds: float) -> None:
-        """Wait `seconds`, or less when stopping or when a delivery slot frees up."""
+        """Wait `seconds`, or less when stopping or when a delivery slot frees up (stop()
+        sets the dispatcher's idle event too: one event, and no task per round)."""
         if seconds <= 0:
             await asyncio.sleep(0)
             return
-        waits = [
-            asyncio.create_task(self._stop.wait()),
-            asyncio.create_task(self._dispatcher.idle.wait()),
-        ]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._dispatcher.idle.wait()
