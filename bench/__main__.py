@@ -29,6 +29,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-pg", action="store_true", help="skip PostgreSQL + S3")
     run.add_argument("--no-orthanc", action="store_true", help="skip Orthanc")
     run.add_argument("--no-ceiling", action="store_true", help="skip the replay ceiling")
+    run.add_argument(
+        "--with-auth",
+        action="store_true",
+        help="also run ours with API keys and audit over the same store (issue 17)",
+    )
     run.add_argument("--only", default="", help="comma-separated metric id prefixes")
     run.add_argument("--mix-seconds", type=float, default=6.0)
     run.add_argument(
@@ -114,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             with_pg=not args.no_pg,
             with_orthanc=not args.no_orthanc,
             with_ceiling=not args.no_ceiling,
+            with_auth=args.with_auth,
             only=tuple(o for o in args.only.split(",") if o),
             mix_seconds=args.mix_seconds,
             round_budget=args.round_budget,

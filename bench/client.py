@@ -71,11 +71,15 @@ def new_session(connections: int = 64) -> aiohttp.ClientSession:
     )
 
 
+# Headers every request to a root carries (the bench's API key for the server with auth on)
+ROOT_HEADERS: dict[str, dict[str, str]] = {}
+
+
 async def fetch(
     session: aiohttp.ClientSession, root: str, req: Req, *, keep: bool = False
 ) -> Result:
     """One request, timed from send to the last body byte."""
-    headers = {}
+    headers = dict(ROOT_HEADERS.get(root, {}))
     if req.accept is not None:
         headers["Accept"] = req.accept
     if req.content_type is not None:

@@ -10,9 +10,10 @@ from bench.stats import Metric, Summary, check_target, ratio, target_gap
 __all__ = ["SERVERS", "SERVER_LABELS", "metric_results", "render_markdown", "results_document"]
 
 # Report columns, in order: our server on its two backend pairs, Orthanc, the replay ceiling.
-SERVERS = ("ours", "ours_pg", "orthanc", "ceiling")
+SERVERS = ("ours", "ours_auth", "ours_pg", "orthanc", "ceiling")
 SERVER_LABELS = {
     "ours": "ours (SQLite+files)",
+    "ours_auth": "ours (SQLite+files, API keys + audit)",
     "ours_pg": "ours (PostgreSQL+S3)",
     "orthanc": "Orthanc",
     "ceiling": "ceiling",
@@ -36,6 +37,9 @@ def metric_results(metric: Metric, summaries: dict[str, Summary]) -> dict[str, A
             ),
             "ours/ceiling": _r(
                 ratio(ours, summaries["ceiling"]) if "ceiling" in summaries else None
+            ),
+            "ours_auth/ours": _r(
+                ratio(summaries["ours_auth"], ours) if "ours_auth" in summaries else None
             ),
             "ours_pg/orthanc": _r(
                 ratio(summaries["ours_pg"], summaries["orthanc"])

@@ -44,6 +44,7 @@ from bench.servers import (
     REPO,
     Server,
     ceiling_server,
+    create_api_key,
     in_private_network,
     orthanc_available,
     orthanc_server,
@@ -76,6 +77,7 @@ class Options:
     with_pg: bool = True
     with_orthanc: bool = True
     with_ceiling: bool = True
+    with_auth: bool = False  # also ours with DICOMWEB_AUTH=apikey over the same store
     only: tuple[str, ...] = ()  # metric id prefixes; empty: all
     qido_repeat: int = 20
     wado_repeat: int = 16
@@ -631,6 +633,22 @@ async def run(opts: Options) -> dict[str, Any]:
             " (uvloop, httptools)",
             "qido_preload_s": round(seconds, 1),
         }
+        if opts.with_auth:  # the same store, every request with an API key and audited
+            key = create_api_key(workdir / "ours" / "data", "bench", "*:read", "*:write")
+            servers["ours_auth"] = stack.enter_context(
+                our_server(
+                    "ours_auth",
+                    workdir / "ours_auth",
+                    workers=workers,
+                    env={"DICOMWEB_AUTH": "apikey"},
+                    data_dir=workdir / "ours" / "data",
+                )
+            )
+            client.ROOT_HEADERS[servers["ours_auth"].root] = {"Authorization": f"Bearer {key}"}
+            descriptions["ours_auth"] = {
+                "description": "the same server and store with DICOMWEB_AUTH=apikey: every"
+                " request carries an API key (checked, then audited)",
+            }
         if opts.with_pg:
             env = stack.enter_context(postgres_and_s3())
             seconds = await preload_postgres(env["DICOMWEB_DATABASE_URL"], opts.qido)

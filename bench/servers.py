@@ -152,15 +152,22 @@ def _wait_http(server: Server, url: str, timeout: float = START_TIMEOUT) -> None
 
 @contextlib.contextmanager
 def our_server(
-    name: str, workdir: Path, *, workers: int, env: dict[str, str] | None = None
+    name: str,
+    workdir: Path,
+    *,
+    workers: int,
+    env: dict[str, str] | None = None,
+    data_dir: Path | None = None,
 ) -> Iterator[Server]:
-    """`dicomweb-server serve` on a free port with its data under `workdir`."""
+    """`dicomweb-server serve` on a free port with its data under `workdir` (or `data_dir`,
+    another server's, to serve the same store)."""
     port = free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **(env or {})}
+    data = data_dir or workdir / "data"
     argv = [
         sys.executable, "-m", "dicomweb_server", "serve", "--host", "127.0.0.1",
-        "--port", str(port), "--data-dir", str(workdir / "data"), "--workers", str(workers),
+        "--port", str(port), "--data-dir", str(data), "--workers", str(workers),
     ]  # fmt: skip
     process = _spawn(name, argv, workdir / f"{name}.log", full_env, REPO)
     server = Server(name, f"http://127.0.0.1:{port}/dicomweb", process, workdir / f"{name}.log")
@@ -285,3 +292,13 @@ def ceiling_server(folder: Path, *, workers: int) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def create_api_key(data_dir: Path, name: str, *grants: str) -> str:
+    """A new API key in the embedded store at `data_dir` (`dicomweb-server apikey create`)."""
+    argv = [sys.executable, "-m", "dicomweb_server", "apikey", "create", "--name", name]
+    for grant in grants:
+        argv += ["--grant", grant]
+    argv += ["--data-dir", str(data_dir)]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=True, cwd=REPO)
+    return out.stdout.strip().splitlines()[-1]
