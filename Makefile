@@ -85,9 +85,10 @@ e2e: install-test  ## OHIF Viewer in headless Chromium: study list, thumbnails, 
 # Interop with a real Orthanc: Debian's orthanc 1.10 and orthanc-dicomweb (installed with apt-get
 # when missing) as a DICOMweb client of a server it starts itself. Orthanc's plugin stores two
 # synthetic studies to us (STOW-RS), finds them (QIDO-RS), and retrieves them back (WADO-RS)
-# byte for byte. Orthanc 1.10 cannot bind one address, so the run gets a private network
+# byte for byte; `dicomweb-server import --from` pulls two more from Orthanc's own DICOMweb
+# root, byte for byte. Orthanc 1.10 cannot bind one address, so the run gets a private network
 # namespace with loopback only (`unshare -n`; `-rn`, a user namespace, when not root).
-# Orthanc's log and ours land in interop/results/. Under 10 s once installed; CI runs it last.
+# Orthanc's log and ours land in interop/results/. Under 15 s once installed; CI runs it last.
 ORTHANC ?= /usr/sbin/Orthanc
 PRIVATE_NETWORK = unshare $(if $(filter 0,$(shell id -u)),-n,-rn) -- \
 	sh -c 'ip link set lo up && exec "$$@"' sh

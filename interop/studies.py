@@ -115,9 +115,9 @@ def _instance(ds: Dataset, transfer_syntax: str) -> Instance:
     )
 
 
-def _study_a() -> Study:
+def _study_a(prefix: str) -> Study:
     """Explicit VR: three CT slices (one with a sequence and a private block), a multi-frame MR."""
-    patient = ("INTEROP-A", "Interop^Alpha")
+    patient = (f"{prefix}-A", "Interop^Alpha")
     study = generate_uid(prefix=PREFIX)
     ct, mr = generate_uid(prefix=PREFIX), generate_uid(prefix=PREFIX)
     instances = []
@@ -133,9 +133,9 @@ def _study_a() -> Study:
     return Study(study, patient[0], patient[1], tuple(instances))
 
 
-def _study_b() -> Study:
+def _study_b(prefix: str) -> Study:
     """Two implicit VR CT slices and a two-frame RGB secondary capture in RLE Lossless."""
-    patient = ("INTEROP-B", "Interop^Bêta")
+    patient = (f"{prefix}-B", "Interop^Bêta")
     study = generate_uid(prefix=PREFIX)
     ct, sc = generate_uid(prefix=PREFIX), generate_uid(prefix=PREFIX)
     instances = []
@@ -157,6 +157,6 @@ def _study_b() -> Study:
     return Study(study, patient[0], patient[1], tuple(instances))
 
 
-def build_studies() -> list[Study]:
-    """The two studies, with fresh UIDs."""
-    return [_study_a(), _study_b()]
+def build_studies(prefix: str = "INTEROP") -> list[Study]:
+    """The two studies, with fresh UIDs, for patients `{prefix}-A` and `{prefix}-B`."""
+    return [_study_a(prefix), _study_b(prefix)]

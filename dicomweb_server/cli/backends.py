@@ -60,7 +60,7 @@ def add_common(parser: Any, *, site_help: str, jobs: bool = True) -> None:
         type=float,
         default=10.0,
         metavar="SECONDS",
-        help="seconds between progress lines when stderr is not a terminal (default 10)",
+        help="seconds between progress lines when stderr is not a terminal (default 10; 0: none)",
     )
 
 

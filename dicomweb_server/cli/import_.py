@@ -33,7 +33,7 @@ from dicomweb_server.services.importer import (
     ImportStats,
     Outcome,
 )
-from dicomweb_server.services.pull import DicomwebSource, ReceivedPart
+from dicomweb_server.services.pull import DicomwebSource, ReceivedPart, check_query
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["add_commands"]
@@ -100,8 +100,12 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         query = [_pair(text, "=", "--query") for text in args.query]
         headers = dict(_pair(text, ":", "--header") for text in args.header)
+        check_query(query)
     except ValueError as exc:
         say(_COMMAND, str(exc))
+        return 2
+    except DicomwebError as exc:
+        say(_COMMAND, f"--query: {exc.reason}")
         return 2
     return asyncio.run(_import(settings, args, site, paths, query, headers))
 

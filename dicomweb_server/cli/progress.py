@@ -3,7 +3,7 @@
 Commands hand a function that snapshots their counters; `Progress.run` draws it until
 cancelled. On a terminal the bar shows count, megabytes, MB/s and an ETA (when totals are
 known); in a log (stderr not a terminal) the same figures come as one line every `every`
-seconds, so a long run in CI or under systemd still says where it is.
+seconds (none when `every` is 0), so a long run in CI or under systemd still says where it is.
 """
 
 from __future__ import annotations
@@ -108,8 +108,11 @@ class Progress:
             self._drawn = False
 
     async def run(self) -> None:
-        """Redraw every interval until cancelled; the bar is cleared when done."""
+        """Redraw every interval until cancelled; the bar is cleared when done. An interval
+        of 0 or less (`--progress-every 0`) draws nothing: it was a busy loop of lines."""
         try:
+            if self._interval <= 0:
+                await asyncio.Event().wait()  # until cancelled
             while True:
                 await asyncio.sleep(self._interval)
                 self.draw()

@@ -154,7 +154,7 @@ class InstanceAnswers:
             target = default_syntax(stored) if syntax is None else syntax
             if target == "*":
                 target = stored
-            if instance.number_of_frames == 0 and target not in NATIVE_SYNTAXES:
+            elif instance.number_of_frames == 0 and target not in NATIVE_SYNTAXES:
                 target = EXPLICIT_VR_LITTLE_ENDIAN  # no Pixel Data: nothing to compress
             if target == stored:
                 return PlannedInstance(instance, stored, as_stored=True)

@@ -18,8 +18,9 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
+from dicomweb_server.domain.attributes import resolve_tag
 from dicomweb_server.domain.identifiers import is_valid_uid
-from dicomweb_server.errors import DicomwebError
+from dicomweb_server.errors import DicomwebError, InvalidQueryError
 from dicomweb_server.services.import_journal import ImportJournal, JournalKey
 from dicomweb_server.services.importer import (
     ImportItem,
@@ -30,12 +31,28 @@ from dicomweb_server.services.importer import (
 )
 from dicomweb_server.services.spool import Spool
 
-__all__ = ["DicomwebSource", "PartsReader", "ReceivedPart"]
+__all__ = ["DicomwebSource", "PartsReader", "ReceivedPart", "check_query"]
 
 STUDY_INSTANCE_UID = "0020000D"
 _ACCEPT_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 _CHUNK = 1 << 20  # bytes read from the response at a time
 _MAX_QIDO_BYTES = 64 << 20  # a page of study results larger than this is refused
+
+
+_QIDO_PARAMETERS = ("fuzzymatching", "includefield")
+_PAGING = ("limit", "offset")
+
+
+def check_query(query: Sequence[tuple[str, str]]) -> None:
+    """Refuse a match key that is no attribute before anything is sent: many servers
+    (Orthanc among them) ignore a key they do not know, so a misspelt one would pull every
+    study of the source. `limit` and `offset` are the pager's own."""
+    for name, _ in query:
+        if name in _PAGING:
+            raise InvalidQueryError(f"{name} is set by the import, which pages through results")
+        if name not in _QIDO_PARAMETERS:
+            for part in name.split("."):
+                resolve_tag(part)  # a keyword or a tag, else InvalidQueryError
 
 
 class ReceivedPart(Protocol):
@@ -132,11 +149,16 @@ class DicomwebSource:
                     return []
                 if reply.status != 200:
                     raise ImportSourceError(_status_reason(url, reply.status, reply.reason))
-                body = await reply.content.read(_MAX_QIDO_BYTES + 1)
+                # to the end: one read(n) returns what has arrived so far, part of a page
+                body = bytearray()
+                async for chunk in reply.content.iter_chunked(_CHUNK):
+                    body += chunk
+                    if len(body) > _MAX_QIDO_BYTES:
+                        raise ImportSourceError(
+                            f"{url} answered more than {_MAX_QIDO_BYTES} bytes of JSON"
+                        )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise ImportSourceError(f"cannot reach {self.root}: {_describe(exc)}") from exc
-        if len(body) > _MAX_QIDO_BYTES:
-            raise ImportSourceError(f"{url} answered more than {_MAX_QIDO_BYTES} bytes of JSON")
         try:
             rows = orjson.loads(body) if body.strip() else []
         except orjson.JSONDecodeError as exc:

@@ -42,7 +42,10 @@ __all__ = [
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _WRITE_METHODS = ("POST", "PUT", "DELETE")
 # Response headers a script may read (RFC 9110 names beyond the CORS-safelisted ones).
-_EXPOSED = "ETag, Content-Location, Content-Range, Accept-Ranges, Warning, Location, X-Request-ID"
+_EXPOSED = (
+    "ETag, Content-Location, Content-Range, Accept-Ranges, Warning, Location, X-Request-ID,"
+    " Content-Disposition"  # a zip download's file name, for a viewer that fetches it
+)
 _TAGGED_PATHS = re.compile(r"/(metadata|instances/[^/]+/frames/[^/]+)$")
 _INSTANCE_PATH = re.compile(r"/instances/[^/]+/")
 _ETAG_MAX_BYTES = 16 << 20  # bodies above this stream through untagged

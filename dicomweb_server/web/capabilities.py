@@ -64,6 +64,7 @@ _OUR_NS = "urn:dicomweb-server:capabilities"  # our additions inside WADL <doc> 
 _DICOM_JSON = "application/dicom+json"
 _DICOM_PARTS = 'multipart/related; type="application/dicom"'
 _OCTET_PARTS = 'multipart/related; type="application/octet-stream"'
+_ZIP = "application/zip"
 _QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset")
 # Statuses any resource may answer (PS3.18 8.5): bad request (e.g. a malformed UID), not
 # acceptable, request timeout, and the server-side failures.
@@ -91,6 +92,12 @@ def _search(name: str) -> Operation:
 
 def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -> Operation:
     return Operation(name, "10.4", (), produces, statuses)
+
+
+def _instances(name: str) -> Operation:
+    """Study, series and instance: multipart, or a zip of the stored files (web/retrieve.py);
+    the `accept` parameter replaces the Accept header (PS3.18 8.3.3.1)."""
+    return Operation(name, "10.4", (), (_DICOM_PARTS, _ZIP), (200, 404, 406), ("accept",))
 
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
@@ -136,9 +143,9 @@ _OPERATIONS: dict[str, Operation] = {
     "search_for_studies": _search("Search for Studies"),
     "search_for_series": _search("Search for Series"),
     "search_for_instances": _search("Search for Instances"),
-    "retrieve_study": _retrieve("Retrieve Study", (_DICOM_PARTS,), (200, 404, 406)),
-    "retrieve_series": _retrieve("Retrieve Series", (_DICOM_PARTS,), (200, 404, 406)),
-    "retrieve_instance": _retrieve("Retrieve Instance", (_DICOM_PARTS,), (200, 404, 406)),
+    "retrieve_study": _instances("Retrieve Study"),
+    "retrieve_series": _instances("Retrieve Series"),
+    "retrieve_instance": _instances("Retrieve Instance"),
     "retrieve_study_metadata": _retrieve(
         "Retrieve Study Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
     ),

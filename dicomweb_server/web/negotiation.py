@@ -12,6 +12,7 @@ __all__ = [
     "EXPLICIT_VR_LITTLE_ENDIAN",
     "MAX_ACCEPT_LENGTH",
     "MAX_ACCEPT_RANGES",
+    "ZIP",
     "MediaRange",
     "WantedFrames",
     "WantedMedia",
@@ -19,12 +20,14 @@ __all__ = [
     "accept_instances",
     "accept_json",
     "accept_media",
+    "accept_zip",
     "parse_accept",
 ]
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 MAX_ACCEPT_LENGTH = 8192  # characters of an Accept header (or the `accept` parameter)
 MAX_ACCEPT_RANGES = 64  # media ranges in one Accept header
+ZIP = "application/zip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,18 @@ def _matches(offered: str, wanted: str) -> bool:
     return wanted.endswith("/*") and offered.startswith(wanted[:-1])
 
 
+def _refused_for_instances(media: MediaRange) -> str | None:
+    """Why `media` is no multipart application/dicom answer, or None when it is one."""
+    if media.type == "multipart/related":
+        part_type = media.params.get("type", "application/dicom").lower()
+        return None if _matches("application/dicom", part_type) else f"type={part_type}"
+    return None if _matches("application/dicom", media.type) else media.type
+
+
+def _as_stored_zip(media: MediaRange) -> bool:
+    return media.type == ZIP and media.params.get("transfer-syntax", "*") == "*"
+
+
 def accept_instances(header: str | None) -> list[str | None]:
     """Transfer syntaxes acceptable for multipart application/dicom, most preferred first.
 
@@ -113,13 +128,9 @@ def accept_instances(header: str | None) -> list[str | None]:
     wanted: list[str | None] = []
     reasons = []
     for media in parse_accept(header):
-        if media.type == "multipart/related":
-            part_type = media.params.get("type", "application/dicom").lower()
-            if not _matches("application/dicom", part_type):
-                reasons.append(f"type={part_type}")
-                continue
-        elif not _matches("application/dicom", media.type):
-            reasons.append(media.type)
+        refused = _refused_for_instances(media)
+        if refused is not None:
+            reasons.append(refused)
             continue
         syntax = media.params.get("transfer-syntax")
         if syntax not in wanted:
@@ -128,9 +139,22 @@ def accept_instances(header: str | None) -> list[str | None]:
         raise NotAcceptableError(
             "cannot produce any of the accepted representations ("
             + ", ".join(reasons[:5])
-            + '); instances are served as multipart/related; type="application/dicom"'
+            + '); instances are served as multipart/related; type="application/dicom", and'
+            " studies, series and instances as application/zip"
         )
     return wanted
+
+
+def accept_zip(header: str | None) -> bool:
+    """True when a zip of the stored Part 10 files is preferred to multipart application/dicom
+    (dcm4chee-arc's `application/zip`, for a download in one click). Wildcards mean multipart:
+    only a client that names the zip gets one. A zip in another transfer syntax is not made."""
+    for media in parse_accept(header):
+        if _as_stored_zip(media):
+            return True
+        if _refused_for_instances(media) is None:
+            return False
+    return False
 
 
 def accept_frames(header: str | None) -> list[WantedFrames]:

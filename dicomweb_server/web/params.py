@@ -19,8 +19,10 @@ from dicomweb_server.services import access
 from dicomweb_server.web.auth import principal_of
 
 __all__ = [
+    "accept_of",
     "frame_numbers",
     "instance_key",
+    "query_value",
     "root_url_of",
     "search_sites",
     "series_key",
@@ -108,6 +110,21 @@ async def instance_key(request: Request) -> InstanceKey:
         series.series_instance_uid,
         validate_uid(request.path_params["instance"], "SOPInstanceUID"),
     )
+
+
+def query_value(request: Request, name: str) -> str | None:
+    """A query parameter given at most once (a 400 when repeated), or None."""
+    values = request.query_params.getlist(name)
+    if len(values) > 1:
+        raise BadRequestError(f"query parameter {name!r} is given more than once")
+    return values[0] if values else None
+
+
+def accept_of(request: Request) -> str | None:
+    """What the client accepts: the `accept` query parameter, which replaces the Accept header
+    when present (PS3.18 8.3.3.1: a link in a browser cannot set headers), else the header."""
+    parameter = query_value(request, "accept")
+    return parameter if parameter is not None else request.headers.get("accept")
 
 
 def _state(request: Request) -> Any:

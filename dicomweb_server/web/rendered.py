@@ -37,6 +37,7 @@ from dicomweb_server.web.negotiation import accept_media, parse_accept
 from dicomweb_server.web.params import (
     frame_numbers,
     instance_key,
+    query_value,
     root_url_of,
     series_key,
     study_key,
@@ -93,13 +94,6 @@ def rendered_media_type(accept_param: str | None, accept_header: str | None) -> 
         + ", ".join(RENDERED_MEDIA_TYPES)
         + f"; not as {', '.join(refused[:4])}"
     )
-
-
-def _one_value(request: Request, name: str) -> str | None:
-    values = request.query_params.getlist(name)
-    if len(values) > 1:
-        raise BadRequestError(f"query parameter {name!r} is given more than once")
-    return values[0] if values else None
 
 
 def _integer(text: str, name: str, low: int, high: int) -> int:
@@ -168,15 +162,15 @@ def parse_render_options(request: Request, *, thumbnail: bool = False) -> Render
 
     Thumbnails take `viewport` (and `accept`, `charset`) only (PS3.18 10.4.1.1.5).
     """
-    media_type = rendered_media_type(_one_value(request, "accept"), request.headers.get("accept"))
+    media_type = rendered_media_type(query_value(request, "accept"), request.headers.get("accept"))
     largest = _settings(request).max_viewport
-    viewport_text = _one_value(request, "viewport")
+    viewport_text = query_value(request, "viewport")
     viewport = _viewport(viewport_text, largest) if viewport_text is not None else None
     if thumbnail:
         return RenderOptions(media_type=media_type, viewport=viewport)
-    window_text = _one_value(request, "window")
-    quality_text = _one_value(request, "quality")
-    annotation_text = _one_value(request, "annotation")
+    window_text = query_value(request, "window")
+    quality_text = query_value(request, "quality")
+    annotation_text = query_value(request, "annotation")
     annotations: list[str] = []
     for item in (annotation_text or "").split(","):
         item = item.strip().lower()
@@ -188,7 +182,7 @@ def parse_render_options(request: Request, *, thumbnail: bool = False) -> Render
             )
         if item not in annotations:
             annotations.append(item)
-    icc = _one_value(request, "iccprofile")
+    icc = query_value(request, "iccprofile")
     if icc is not None and icc.strip().lower() not in ("no", ""):
         raise BadRequestError("iccprofile is not supported: only iccprofile=no")
     return RenderOptions(
@@ -240,7 +234,7 @@ async def _media_rendered(request: Request, instance: StoredInstance) -> Respons
     video = retrieve.is_video(instance)
     if not video and not retrieve.is_document(instance):
         return None
-    header = _one_value(request, "accept")
+    header = query_value(request, "accept")
     wanted = accept_media(header if header is not None else request.headers.get("accept"), "")
     single = [replace(w, multipart=False) for w in wanted if w.media_type]  # 8.7.4: one part
     accepted = [w.media_type for w in single]

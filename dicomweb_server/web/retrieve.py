@@ -1,4 +1,4 @@
-"""WADO-RS (PS3.18 10.4): instances, metadata, frames and bulk data."""
+"""WADO-RS (PS3.18 10.4): instances (multipart or a zip), metadata, frames and bulk data."""
 
 from __future__ import annotations
 
@@ -22,12 +22,15 @@ from dicomweb_server.web.multipart import (
     new_boundary,
 )
 from dicomweb_server.web.negotiation import (
+    ZIP,
     accept_frames,
     accept_instances,
     accept_json,
     accept_media,
+    accept_zip,
 )
 from dicomweb_server.web.params import (
+    accept_of,
     frame_numbers,
     instance_key,
     root_url_of,
@@ -36,6 +39,7 @@ from dicomweb_server.web.params import (
 )
 from dicomweb_server.web.responses import REGIONS, RegionStreamingResponse
 from dicomweb_server.web.state import AppState
+from dicomweb_server.web.zip_stream import ZipEntry, iter_zip, zip_length
 
 __all__ = [
     "retrieve_bulkdata",
@@ -50,6 +54,7 @@ __all__ = [
 
 log = logging.getLogger("dicomweb_server.retrieve")
 _DICOM_JSON = "application/dicom+json"
+_AS_STORED: tuple[str | None, ...] = ("*",)
 
 
 def _state(request: Request) -> AppState:
@@ -139,35 +144,78 @@ async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         raise
 
 
+def _negotiate_instances(request: Request) -> tuple[Sequence[str | None], bool]:
+    """(transfer syntaxes, zip?): a zip holds the stored files; else 406 or multipart."""
+    accept = accept_of(request)
+    if accept_zip(accept):
+        return _AS_STORED, True
+    return accept_instances(accept), False
+
+
 async def retrieve_study(request: Request) -> Response:
-    """GET /studies/{study}."""
+    """GET /studies/{study}: multipart application/dicom, or a zip."""
     state = _state(request)
-    wanted = accept_instances(request.headers.get("accept"))
-    plan = await state.retrieve.plan_instances(
-        await study_key(request), None, wanted, regions=_sends_regions(request)
-    )
+    wanted, zipped = _negotiate_instances(request)
+    key = await study_key(request)
+    regions = not zipped and _sends_regions(request)
+    plan = await state.retrieve.plan_instances(key, None, wanted, regions=regions)
+    if zipped:
+        return _zip_response(plan, key.study_instance_uid)
     return _instances_response(request, plan)
 
 
 async def retrieve_series(request: Request) -> Response:
-    """GET /studies/{study}/series/{series}."""
+    """GET /studies/{study}/series/{series}: multipart application/dicom, or a zip."""
     state = _state(request)
-    wanted = accept_instances(request.headers.get("accept"))
+    wanted, zipped = _negotiate_instances(request)
     key = await series_key(request)
+    regions = not zipped and _sends_regions(request)
     plan = await state.retrieve.plan_instances(
-        key.study, key.series_instance_uid, wanted, regions=_sends_regions(request)
+        key.study, key.series_instance_uid, wanted, regions=regions
     )
+    if zipped:
+        return _zip_response(plan, key.series_instance_uid)
     return _instances_response(request, plan)
 
 
 async def retrieve_instance(request: Request) -> Response:
-    """GET /studies/{study}/series/{series}/instances/{instance}."""
+    """GET /studies/{study}/series/{series}/instances/{instance}: multipart, or a zip."""
     state = _state(request)
-    wanted = accept_instances(request.headers.get("accept"))
-    plan = await state.retrieve.plan_instance(
-        await instance_key(request), wanted, regions=_sends_regions(request)
-    )
+    wanted, zipped = _negotiate_instances(request)
+    key = await instance_key(request)
+    regions = not zipped and _sends_regions(request)
+    plan = await state.retrieve.plan_instance(key, wanted, regions=regions)
+    if zipped:
+        return _zip_response(plan, key.sop_instance_uid)
     return _instances_response(request, plan)
+
+
+def _zip_name(key: InstanceKey) -> str:
+    """An entry's name: validated UIDs only, never text of the request or of the data."""
+    return f"{key.study_instance_uid}/{key.series_instance_uid}/{key.sop_instance_uid}.dcm"
+
+
+def _zip_response(plan: InstancesPlan, uid: str) -> Response:
+    """The planned instances' stored Part 10 files as one zip, streamed entry by entry
+    (web/zip_stream.py), as dcm4chee-arc answers `application/zip`; `uid` names the file.
+
+    Every instance was planned as stored, and the first one opened, before this: an unknown
+    study is a 404 and a store that is down a 503. Once the 200 is sent, a failure cuts the
+    body before the central directory, so no unzip takes a short archive for a whole one.
+    """
+    headers = {"Content-Disposition": f'attachment; filename="{uid}.zip"'}
+    if plan.content_length_known:
+        listed = ((_zip_name(p.instance.key), p.instance.size) for p in plan.listed)
+        headers["Content-Length"] = str(zip_length(listed))
+    bodies = plan.bodies
+    assert bodies is not None  # planned without regions
+
+    async def entries() -> AsyncIterator[ZipEntry]:
+        async for planned, body in bodies:
+            assert planned.as_stored  # "*": the stored bytes, whose size the index records
+            yield ZipEntry(_zip_name(planned.instance.key), planned.instance.size, body)
+
+    return RegionStreamingResponse(_logged(iter_zip(entries())), headers=headers, media_type=ZIP)
 
 
 async def retrieve_study_metadata(request: Request) -> Response:

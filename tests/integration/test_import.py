@@ -4,6 +4,7 @@ server's studies through the STOW pipeline, resumes after an interruption, and r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -16,6 +17,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -330,6 +332,93 @@ async def test_issue19_import_from_another_dicomweb_server(
     assert failed.code == 1
     assert f"cannot reach {unreachable}" in failed.err
     assert len(failed.err.strip().splitlines()) == 1  # one clear line, no traceback
+
+
+@contextlib.asynccontextmanager
+async def _slow_link(port: int) -> AsyncIterator[int]:
+    """A TCP relay to `port` on a port of its own, handing answers on in 4 KiB pieces 2 ms
+    apart, as a slow network would."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def relay(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pause: float
+    ) -> None:
+        try:
+            while data := await reader.read(4096):
+                writer.write(data)
+                await writer.drain()
+                await asyncio.sleep(pause)
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        both = asyncio.gather(
+            relay(reader, upstream_writer, 0), relay(upstream_reader, writer, 0.002)
+        )
+        tasks.add(both)  # type: ignore[arg-type]
+        await both
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue19_import_from_reads_a_search_page_that_arrives_in_pieces(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A QIDO page is read to its end: one read took what had arrived so far, so over a slow
+    link a page of more than a few studies was 'not DICOM JSON' and the import stopped."""
+    use_settings(settings, monkeypatch)
+    # uncompressed JSON, as Orthanc answers by default (gzip made the page one small piece)
+    remote = Settings(data_dir=tmp_path / "remote", port=_free_port(), compress_json=False)
+    files = [to_part10(ct_dataset(patient_id="PAT-SLOW", rows=2, columns=2)) for _ in range(40)]
+    with serving(remote):
+        async with httpx.AsyncClient(base_url=remote.root_url) as http:
+            body, content_type = multipart_body(files)
+            reply = await http.post(
+                "/studies", content=body, headers={"Content-Type": content_type}
+            )
+            assert reply.status_code == 200
+        async with _slow_link(remote.port) as port:
+            root = f"http://127.0.0.1:{port}/dicomweb"
+            pulled = await run_cli(
+                capsys, "import", "--from", root, "--query", "PatientID=PAT-SLOW"
+            )
+    assert pulled.code == 0, pulled
+    assert [count(pulled.out, label) for label in ("studies", "stored")] == [40, 40]
+    assert await _instances(client) == 40
+
+
+async def test_issue19_import_from_refuses_a_key_that_is_no_attribute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orthanc ignores a key it does not know: a misspelt key would pull every study."""
+    monkeypatch.setenv("DICOMWEB_DATA_DIR", str(tmp_path / "data"))
+    nowhere = f"http://127.0.0.1:{_free_port()}/dicomweb"  # refused before any request
+    for key, reason in [
+        ("PatientIdentifier=1", "unknown attribute 'PatientIdentifier'"),
+        ("ReferencedStudySequence.Nonsense=1", "unknown attribute 'Nonsense'"),
+        ("limit=5", "limit is set by the import"),
+    ]:
+        refused = await run_cli(capsys, "import", "--from", nowhere, "--query", key)
+        assert refused.code == 2, refused
+        assert reason in refused.err and "cannot reach" not in refused.err
+    for key in ("00100020=1", "StudyDate=2024-", "fuzzymatching=true", "ModalitiesInStudy=CT"):
+        reached = await run_cli(capsys, "import", "--from", nowhere, "--query", key)
+        assert reached.code == 1 and "cannot reach" in reached.err, reached
 
 
 def _no_parts(chunks, content_type):  # type: ignore[no-untyped-def]

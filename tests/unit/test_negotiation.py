@@ -11,6 +11,7 @@ from dicomweb_server.web.negotiation import (
     accept_frames,
     accept_instances,
     accept_media,
+    accept_zip,
 )
 
 
@@ -93,3 +94,27 @@ def test_accept_frames_refuses_unknown_media_types() -> None:
 )
 def test_issue15_accept_media_single_or_one_part(header, expected) -> None:  # type: ignore[no-untyped-def]
     assert accept_media(header, "application/octet-stream") == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, False),
+        ("*/*", False),
+        ("application/*", False),
+        ("application/zip", True),
+        ("application/zip; transfer-syntax=*", True),
+        ("application/zip; transfer-syntax=1.2.840.10008.1.2.1", False),  # stored files only
+        ('application/zip; q=0.4, multipart/related; type="application/dicom"', False),
+        ('multipart/related; type="application/dicom"; q=0.4, application/zip', True),
+        ("image/png, application/zip", True),
+        ("application/zip; q=0", False),
+    ],
+)
+def test_issue19_zip_accept_zip(header: str | None, expected: bool) -> None:
+    assert accept_zip(header) is expected
+
+
+def test_issue19_zip_refusal_names_the_zip() -> None:
+    with pytest.raises(NotAcceptableError, match="application/zip"):
+        accept_instances("image/png")

@@ -56,6 +56,20 @@ def test_run_draws_every_interval_until_cancelled() -> None:
     assert stream.getvalue().count("verify: ") >= 2
 
 
+def test_issue19_progress_every_0_draws_no_lines() -> None:
+    """`--progress-every 0` was a busy loop printing the same line thousands of times."""
+    stream = io.StringIO()
+    progress = Progress("pull", lambda: Snapshot(1, 2, 0, None), stream=stream, every=0)
+
+    async def run() -> None:
+        task = asyncio.create_task(progress.run())
+        await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(run())
+    assert stream.getvalue() == ""
+
+
 def test_formats() -> None:
     assert format_bytes(157_600_000) == "157.6 MB"
     assert format_duration(59.6) == "1:00" and format_duration(3725) == "1:02:05"
