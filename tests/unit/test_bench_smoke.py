@@ -206,6 +206,11 @@ def test_issue16_scale_report_compares_enterprise_and_site_roots() -> None:
                 "enterprise": side(2.0, 2.0 * ratio, 2), "site": side(1.5, 2.0, 2),
                 "ratio_p95": ratio,
             },
+            "qido.date_day": {
+                "label": "Studies of one day", "path": "/studies?StudyDate=20240105",
+                "enterprise": side(9.0, 12.0, 200), "site": side(2.0, 3.0, 21),
+                "ratio_p95": 4.0,
+            },
         }  # fmt: skip
         return {
             "instances": instances,
@@ -229,3 +234,5 @@ def test_issue16_scale_report_compares_enterprise_and_site_roots() -> None:
     assert "| Studies by PatientID | 2 / 2 | 2.0 / 5.0 | 1.5 / 2.0 | 2.50× |" in text
     verdict = document["verdicts"]["Studies by PatientID: enterprise root vs site-01"]
     assert verdict == "p95 5.0 vs 2.0 ms, 2.50× (missed: ≤ 2×)"
+    day = document["verdicts"]["Studies of one day: enterprise root vs site-01"]
+    assert day == "p95 12.0 vs 3.0 ms, 4.00× (missed: ≤ 2×; 200 vs 21 results)"
