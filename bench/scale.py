@@ -15,7 +15,8 @@ end in the 413 of DICOMWEB_QIDO_SCAN_TIMEOUT, and its cell says how many did.
 to the catalogue as `sites add` does. The table's queries then run at the enterprise root,
 which searches every site at once, and after each load step the viewer queries, for values
 held in site-01, run alternately at the enterprise root and at site-01's root: the
-enterprise root's p95 should stay within 2× of the site's.
+enterprise root's p95 should stay within 2× of the site's. Such a run writes
+bench/results/scale-sites-latest.{json,md}, leaving the one-site results in place.
 """
 
 from __future__ import annotations
@@ -428,13 +429,16 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
         "steps": [],
     }
 
+    # A run over sites keeps its own results, next to the one-site run's.
+    stem = "scale-latest" if sizes.sites == 1 else "scale-sites-latest"
+
     def save() -> None:
         document["verdicts"] = _verdicts(document["steps"])
         document["meta"]["load_after"] = round(load_average(), 2)
         if not args.no_save:
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "scale-latest.json").write_text(json.dumps(document, indent=1) + "\n")
-            (RESULTS / "scale-latest.md").write_text(render_scale(document))
+            (RESULTS / f"{stem}.json").write_text(json.dumps(document, indent=1) + "\n")
+            (RESULTS / f"{stem}.md").write_text(render_scale(document))
 
     from dicomweb_server.index.postgres import PostgresInstanceIndex
 
