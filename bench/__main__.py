@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
         default="0.1,0.25,0.5,1",
         help="fractions of --studies after which to measure (comma-separated)",
     )
+    scale.add_argument(
+        "--sites",
+        type=int,
+        default=1,
+        help="spread the studies over this many sites (site-01..) and compare the enterprise"
+        " root with site-01's root (issue 16)",
+    )
     scale.add_argument("--workers", type=int, default=0)
     scale.add_argument("--no-save", action="store_true")
     ceiling = commands.add_parser("ceiling", help="serve recorded responses (used by run)")

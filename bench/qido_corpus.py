@@ -10,7 +10,10 @@ no such door, so it gets the same files over STOW-RS.
 
 Shape: study s belongs to patient s // 2, has 1 + s % 4 series of `instances_per_series`
 instances, and is dated `start + (s % days)` where days = studies / studies_per_day, so a
-7-day StudyDate range returns 7 × studies_per_day studies (1,400 by default).
+7-day StudyDate range returns 7 × studies_per_day studies (1,400 by default). With
+`sites` > 1 (issue 16, `bench scale --sites`) each patient's studies live in one of the sites
+`site-01`.., chosen by a hash of the patient number so that every site holds its share of
+every day, name and page; with one site everything is in the default site.
 """
 
 from __future__ import annotations
@@ -30,19 +33,22 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from dicomweb_server.domain.identifiers import DEFAULT_SITE
 from dicomweb_server.domain.part10 import ParseLimits, parse_part10
 from dicomweb_server.domain.records import BulkSpan, InstanceRecord
-from dicomweb_server.index.base import AddOutcome, InstanceIndex
+from dicomweb_server.index.base import AddOutcome, InstanceIndex, SiteCatalog
 
 __all__ = [
     "QROOT",
     "QidoInstance",
     "QidoSizes",
     "QidoTemplate",
+    "add_corpus_sites",
     "check_templating",
+    "corpus_sites",
     "iter_instances",
     "load_index",
     "patient_id",
     "patient_name",
     "study_date",
+    "study_site",
     "study_uid",
 ]
 
@@ -71,11 +77,13 @@ _IS_SERIES = (b"\x20\x00\x11\x00IS\x02\x00", b"99", b'"00200011":{"vr":"IS","Val
 
 @dataclass(frozen=True, slots=True)
 class QidoSizes:
-    """Corpus shape; the default is 6,000 studies, 3,000 patients, 30,000 instances."""
+    """Corpus shape; the default is 6,000 studies, 3,000 patients, 30,000 instances, all in
+    the default site."""
 
     studies: int = 6000
     instances_per_series: int = 2
     studies_per_day: int = 200
+    sites: int = 1
 
     @property
     def days(self) -> int:
@@ -90,17 +98,38 @@ class QidoSizes:
         return (self.studies + 1) // 2
 
     def key(self) -> str:
-        return f"{self.studies}-{self.instances_per_series}-{self.studies_per_day}-v2"
+        """Names a cached corpus: the shape, and the sites when more than one (so a corpus
+        spread over sites is never taken for a one-site corpus, nor the other way round)."""
+        spread = f"-s{self.sites}" if self.sites > 1 else ""
+        return f"{self.studies}-{self.instances_per_series}-{self.studies_per_day}{spread}-v2"
 
     def describe(self) -> str:
+        where = f" in {self.sites} sites" if self.sites > 1 else ""
         return (
             f"{self.instances:,} small instances in {self.studies:,} studies of"
-            f" {self.patients:,} patients over {self.days} days"
+            f" {self.patients:,} patients over {self.days} days{where}"
         )
 
 
 def series_count(study: int) -> int:
     return 1 + study % 4
+
+
+def corpus_sites(sizes: QidoSizes) -> tuple[str, ...]:
+    """The sites the corpus's studies live in: `site-01`.. for several, else the default."""
+    if sizes.sites <= 1:
+        return (DEFAULT_SITE,)
+    width = max(2, len(str(sizes.sites)))
+    return tuple(f"site-{n:0{width}d}" for n in range(1, sizes.sites + 1))
+
+
+def study_site(sizes: QidoSizes, s: int) -> str:
+    """The site of study s: its patient's, by a multiplicative hash of the patient number
+    (a plain modulo would tie sites to days, which cycle with the study number too)."""
+    if sizes.sites <= 1:
+        return DEFAULT_SITE
+    mixed = ((s // 2) * 2654435761) & 0xFFFFFFFF
+    return corpus_sites(sizes)[(mixed >> 16) % sizes.sites]
 
 
 def study_uid(s: int) -> str:
@@ -146,6 +175,7 @@ class QidoInstance:
     modality: str
     series_number: int
     instance_number: int
+    site: str = DEFAULT_SITE  # where it is indexed; not in the file
 
     def substitutions(self) -> list[tuple[str, str]]:
         return [
@@ -164,6 +194,7 @@ def iter_instances(sizes: QidoSizes, first_study: int = 0) -> Iterator[QidoInsta
     """Every instance of the corpus, study by study, series by series."""
     for s in range(first_study, sizes.studies):
         p = s // 2
+        site = study_site(sizes, s)
         for k in range(series_count(s)):
             for j in range(sizes.instances_per_series):
                 yield QidoInstance(
@@ -177,6 +208,7 @@ def iter_instances(sizes: QidoSizes, first_study: int = 0) -> Iterator[QidoInsta
                     MODALITIES[(s + k) % len(MODALITIES)],
                     k + 1,
                     j + 1,
+                    site,
                 )
 
 
@@ -307,6 +339,21 @@ def check_templating(template: QidoTemplate, items: list[QidoInstance]) -> None:
             raise AssertionError(f"templated record differs from the parsed one for {item.sop}")
 
 
+async def add_corpus_sites(catalog: SiteCatalog, sizes: QidoSizes) -> list[str]:
+    """Add the corpus's sites to the catalogue (the ones missing), as `sites add` does;
+    return the names added."""
+    from dicomweb_server.services.sites import SiteService
+
+    service = SiteService(catalog, DEFAULT_SITE)
+    known = {site.name for site in await service.list_sites()}
+    added = []
+    for name in corpus_sites(sizes):
+        if name not in known:
+            await service.add_site(name, "bench QIDO corpus")
+            added.append(name)
+    return added
+
+
 async def load_index(
     index: InstanceIndex,
     sizes: QidoSizes,
@@ -317,46 +364,49 @@ async def load_index(
     progress: Any = None,
     batch: int = 50,
 ) -> int:
-    """Index every corpus instance (from `first_study`) as STOW-RS does, `batch` instances per
-    transaction (`dicomweb_server.index.batch.add_instances`); return how many were created."""
+    """Index every corpus instance (from `first_study`) as STOW-RS does, `batch` instances of
+    one site per transaction (`dicomweb_server.index.batch.add_instances`); return how many
+    were created. The sites must exist (`add_corpus_sites`)."""
     from dicomweb_server.index.batch import NewInstance, add_instances
 
     template = QidoTemplate()
     sample = list(iter_instances(QidoSizes(studies=3, instances_per_series=2)))
     check_templating(template, sample)
-    queue: asyncio.Queue[list[QidoInstance] | None] = asyncio.Queue(maxsize=concurrency * 2)
+    queue: asyncio.Queue[tuple[str, list[QidoInstance]] | None]
+    queue = asyncio.Queue(maxsize=concurrency * 2)
     created = 0
 
     def new_instance(item: QidoInstance) -> NewInstance:
         return NewInstance(
             record=template.record_for(item),
-            blob_key=f"{DEFAULT_SITE}/bench-qido/{item.sop}.dcm",  # index only: no object
+            blob_key=f"{item.site}/bench-qido/{item.sop}.dcm",  # index only: no object
             size=len(template.part10),
             digest=hashlib.sha256(item.sop.encode()).hexdigest(),
         )
 
     async def worker() -> None:
         nonlocal created
-        while (items := await queue.get()) is not None:
-            outcomes = await add_instances(index, DEFAULT_SITE, [new_instance(i) for i in items])
+        while (work := await queue.get()) is not None:
+            site, items = work
+            outcomes = await add_instances(index, site, [new_instance(i) for i in items])
             created += sum(1 for outcome in outcomes if outcome is AddOutcome.CREATED)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
     count = 0
-    pending: list[QidoInstance] = []
+    pending: dict[str, list[QidoInstance]] = {}
     try:
         for item in iter_instances(sizes, first_study):
             if limit is not None and count >= limit:
                 break
-            pending.append(item)
+            items = pending.setdefault(item.site, [])
+            items.append(item)
             count += 1
-            if len(pending) >= batch:
-                await queue.put(pending)
-                pending = []
+            if len(items) >= batch:
+                await queue.put((item.site, pending.pop(item.site)))
             if progress is not None and count % 50_000 == 0:
                 progress(count)
-        if pending:
-            await queue.put(pending)
+        for site, items in pending.items():
+            await queue.put((site, items))
         for _ in workers:
             await queue.put(None)
         await asyncio.gather(*workers)

@@ -272,9 +272,9 @@ class PostgresInstanceIndex(
 
     async def search(self, query: Query) -> SearchPage:
         sql = build_search(query, "postgres")
-        # Every match condition is ANDed, and the last two parameters are LIMIT and OFFSET: an
-        # integer match value out of int4 range (IS allows 12 digits) cannot match any row.
-        if any(isinstance(p, int) and not INT4_MIN <= p <= INT4_MAX for p in sql.params[:-2]):
+        # Every match condition is ANDed (LIMIT and OFFSET are no parameters): an integer
+        # match value out of int4 range (IS allows 12 digits) cannot match any row.
+        if any(isinstance(p, int) and not INT4_MIN <= p <= INT4_MAX for p in sql.params):
             return SearchPage([], False)
         params = [as_text(p) if isinstance(p, str) else p for p in sql.params]
         budget_ms = max(1, round(query.scan_timeout * 1000))

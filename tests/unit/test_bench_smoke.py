@@ -12,9 +12,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.ceiling import request_key
 from bench.client import multipart_body
 from bench.corpus import ROOT, uid_with_round, with_round
-from bench.qido_corpus import QidoSizes, QidoTemplate, check_templating, iter_instances
+from bench.qido_corpus import (
+    QidoSizes,
+    QidoTemplate,
+    accession,
+    add_corpus_sites,
+    check_templating,
+    corpus_sites,
+    iter_instances,
+    load_index,
+    patient_id,
+    study_site,
+    study_uid,
+)
 from bench.report import metric_results, render_markdown, results_document
-from bench.scale import render_scale
+from bench.scale import _VIEWER_QUERIES, _verdicts, render_scale, site_plans
 from bench.stats import Metric, Summary, Target, check_target, percentile, ratio, summarize
 
 
@@ -139,3 +151,88 @@ def test_multipart_and_ceiling_keys() -> None:
     assert b"\r\n\r\nabc\r\n" in body
     assert request_key("POST", "/dicomweb/studies?x=1", "a") == "POST /dicomweb/studies"
     assert request_key("GET", "/dicomweb/studies", None) == "GET /dicomweb/studies "
+
+
+def test_issue16_corpus_spread_over_sites_is_keyed_apart() -> None:
+    one, ten = QidoSizes(studies=400), QidoSizes(studies=400, sites=10)
+    assert one.key() == "400-2-200-v2"  # one site: the caches of before stay valid
+    assert ten.key() != one.key() and "s10" in ten.key()
+    assert corpus_sites(one) == ("default",)
+    assert corpus_sites(ten) == tuple(f"site-{n:02d}" for n in range(1, 11))
+    assert {study_site(one, s) for s in range(400)} == {"default"}
+    shares = [sum(1 for s in range(400) if study_site(ten, s) == n) for n in corpus_sites(ten)]
+    assert min(shares) > 10 and sum(shares) == 400
+    for s in range(0, 400, 2):  # a patient's two studies live in one site
+        assert study_site(ten, s) == study_site(ten, s + 1)
+    assert {i.site for i in iter_instances(ten) if i.study == study_uid(7)} == {study_site(ten, 7)}
+
+
+def test_issue16_site_plans_ask_for_what_the_site_holds() -> None:
+    sizes = QidoSizes(studies=400, sites=10)
+    plans = site_plans(sizes, "site-01", 300)  # 300 studies loaded so far
+    assert [p.metric.id for p in plans] == list(_VIEWER_QUERIES)
+    paths = {p.metric.id: p.requests(0)[0].path for p in plans}
+    held = [s for s in range(300) if study_site(sizes, s) == "site-01"]
+    patients = {patient_id(s // 2) for s in held if s + 1 in held or s - 1 in held}
+    assert paths["qido.patient_id"].split("=")[1] in patients
+    assert paths["qido.accession"].split("=")[1] in {accession(s) for s in held}
+    assert any(paths["qido.series_of_study"] == f"/studies/{study_uid(s)}/series" for s in held)
+    assert paths["qido.page100"] == f"/studies?limit=100&offset={max(0, len(held) - 100)}"
+
+
+async def test_issue16_corpus_loads_into_its_sites(tmp_path: Path) -> None:
+    from dicomweb_server.index.sqlite import SqliteInstanceIndex
+
+    sizes = QidoSizes(studies=12, instances_per_series=1, sites=3)
+    index = await SqliteInstanceIndex.open(tmp_path / "index.sqlite")
+    try:
+        assert await add_corpus_sites(index, sizes) == ["site-01", "site-02", "site-03"]
+        assert await add_corpus_sites(index, sizes) == []  # already there
+        assert await load_index(index, sizes, concurrency=2, batch=4) == sizes.instances
+        for s in range(sizes.studies):
+            assert await index.sites_holding_study(study_uid(s)) == [study_site(sizes, s)]
+    finally:
+        await index.close()
+
+
+def test_issue16_scale_report_compares_enterprise_and_site_roots() -> None:
+    def side(p50: float, p95: float, results: int) -> dict[str, object]:
+        return {"p50": p50, "p95": p95, "errors": 0, "statuses": [200], "results": results}
+
+    def step(instances: int, ratio: float) -> dict[str, object]:
+        queries = {
+            "qido.patient_id": {
+                "label": "Studies by PatientID", "path": "/studies?PatientID=P1",
+                "enterprise": side(2.0, 2.0 * ratio, 2), "site": side(1.5, 2.0, 2),
+                "ratio_p95": ratio,
+            },
+            "qido.date_day": {
+                "label": "Studies of one day", "path": "/studies?StudyDate=20240105",
+                "enterprise": side(9.0, 12.0, 200), "site": side(2.0, 3.0, 21),
+                "ratio_p95": 4.0,
+            },
+        }  # fmt: skip
+        return {
+            "instances": instances,
+            "stow_mb_s": 40.0,
+            "qido": {"qido.patient_id": {"label": "Studies by PatientID", "p50": 2.0,
+                                         "p95": 3.0, "errors": 0}},
+            "sites": {"sites": 10, "site": "site-01", "studies_in_site": 50, "queries": queries},
+        }  # fmt: skip
+
+    document = {
+        "meta": {"started": "now", "description": "d", "cpus": 2, "load_before": 0.5,
+                 "workers": 2, "sites": 10},
+        "steps": [{"instances": 300, "stow_mb_s": 40.0, "qido": {}}, step(1000, 1.25),
+                  step(2000, 2.5)],
+    }  # fmt: skip
+    document["verdicts"] = _verdicts(document["steps"])  # type: ignore[arg-type]
+    text = render_scale(document)
+    assert "10 sites: the table's queries run at the enterprise root" in text
+    assert "## Enterprise root (10 sites) vs site-01's root" in text
+    assert "| Studies by PatientID | 1.25× | 2.50× | ≤ 2× |" in text
+    assert "| Studies by PatientID | 2 / 2 | 2.0 / 5.0 | 1.5 / 2.0 | 2.50× |" in text
+    verdict = document["verdicts"]["Studies by PatientID: enterprise root vs site-01"]
+    assert verdict == "p95 5.0 vs 2.0 ms, 2.50× (missed: ≤ 2×)"
+    day = document["verdicts"]["Studies of one day: enterprise root vs site-01"]
+    assert day == "p95 12.0 vs 3.0 ms, 4.00× (missed: ≤ 2×; 200 vs 21 results)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -94,3 +95,11 @@ def test_issue15_search_sql_orders_indexed_before_unindexed_and_names_them() -> 
     assert "m.study_instance_uid = s.study_instance_uid" in where
     plain = build_search(parse_query([("PatientID", "P1")], Level.STUDY, "site"), "sqlite")
     assert plain.unindexed == () and "?" in plain.text
+
+
+def test_issue16_search_writes_limit_and_offset_so_generic_plans_know_them() -> None:
+    query = parse_query([("StudyDate", "20240105"), ("limit", "1000"), ("offset", "7")],
+                        Level.STUDY, "site")  # fmt: skip
+    sql = build_search(replace(query, sites=("a", "b")), "postgres")
+    assert sql.text.endswith(" LIMIT 1001 OFFSET 7")
+    assert sql.params == ["a", "b", "20240105"]
