@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filewriter import dcmwrite
 from pydicom.uid import UID
 
 from dicomweb_server.codecs.decode_guards import (
@@ -18,6 +20,7 @@ from dicomweb_server.codecs.decode_guards import (
     check_frame,
 )
 from dicomweb_server.codecs.registry import (
+    EXPLICIT_VR_BIG_ENDIAN,
     EXPLICIT_VR_LITTLE_ENDIAN,
     IMPLICIT_VR_LITTLE_ENDIAN,
     NATIVE_SYNTAXES,
@@ -159,19 +162,43 @@ def transcode_instance(
     src.seek(0)
     ds = dcmread(src)
     source = str(ds.file_meta.TransferSyntaxUID)
+    if source == EXPLICIT_VR_BIG_ENDIAN:
+        _swap_words(ds)  # from here on, the data set is explicit VR little endian
+        source = EXPLICIT_VR_LITTLE_ENDIAN
     if "PixelData" not in ds:
         if target not in NATIVE_SYNTAXES:
             target = EXPLICIT_VR_LITTLE_ENDIAN
     elif not (source in NATIVE_SYNTAXES and target in NATIVE_SYNTAXES):
         _transcode_pixels(ds, source, target, max_decoded_bytes)
     ds.file_meta.TransferSyntaxUID = UID(target)
-    ds.save_as(
+    dcmwrite(  # not save_as: that refuses to leave big endian (_swap_words did the bytes)
         out,
+        ds,
         enforce_file_format=True,
         implicit_vr=target == IMPLICIT_VR_LITTLE_ENDIAN,
         little_endian=True,
     )
     return target
+
+
+# Bytes per word of the VRs whose values pydicom keeps as raw bytes in the file's byte order.
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _swap_words(ds: Dataset) -> None:
+    """Turn the raw word values of a data set read from explicit VR big endian (retired,
+    PS3.5 A.3) into little endian, nested sequences included; pydicom converts the others
+    itself when the data set is written."""
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _swap_words(item)
+            continue
+        size = _WORD_SIZES.get(str(element.VR))
+        value = element.value
+        if size is None or not isinstance(value, bytes) or len(value) % size:
+            continue
+        element.value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def _transcode_pixels(ds: Dataset, source: str, target: str, max_decoded_bytes: int) -> None:

@@ -59,6 +59,10 @@ class SiteService:
         """The site whose copy of the study the enterprise root serves, among the `allowed`
         sites (the caller's readable ones); the default site when none holds it: the
         answer is then its 404 (or 403 for a caller who may not read it)."""
+        if await self.names() == {self.default_site}:
+            # One site (most stores): no query per request. A site another process added
+            # shows here within _KNOWN_TTL; until then the root serves the default site.
+            return self.default_site
         holding = await self._catalog.sites_holding_study(study_instance_uid)
         if allowed is not None:
             holding = [site for site in holding if allowed(site)]

@@ -7,7 +7,7 @@ import mmap
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, cast, runtime_checkable
 
 from dicomweb_server.errors import DicomwebError, NotFoundError, StoreUnavailableError
 
@@ -18,6 +18,7 @@ __all__ = [
     "FileRegion",
     "LocalFiles",
     "check_and_read_ahead",
+    "is_local_files",
     "local_region",
     "map_view",
     "read_sendable",
@@ -139,10 +140,23 @@ class LocalFiles(Protocol):
 _MAP_MIN = 128 << 10
 
 
+_LOCAL_TYPES: dict[type, bool] = {}
+
+
+def is_local_files(store: object) -> bool:
+    """isinstance(store, LocalFiles), remembered per class: a runtime protocol check walks the
+    protocol's members on every call (microseconds, per instance of a study retrieve)."""
+    kind = type(store)
+    known = _LOCAL_TYPES.get(kind)
+    if known is None:
+        known = _LOCAL_TYPES[kind] = isinstance(store, LocalFiles)
+    return known
+
+
 def local_region(store: BlobStore, key: str, start: int, length: int) -> FileRegion | None:
     """The span as a region of a local file, unchecked, or None where objects are not files."""
-    if isinstance(store, LocalFiles):
-        path = store.local_path(key)
+    if is_local_files(store):
+        path = cast(LocalFiles, store).local_path(key)
         if path is not None:
             return FileRegion(path, start, length)
     return None

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, cast
 
-from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo, BlobStore, LocalFiles
+from dicomweb_server.storage.base import (
+    DEFAULT_CHUNK_SIZE,
+    BlobInfo,
+    BlobStore,
+    LocalFiles,
+    is_local_files,
+)
 
 __all__ = ["SiteBlobStores", "SiteLocations"]
 
@@ -103,8 +109,8 @@ class SiteBlobStores:
     def local_path(self, key: str) -> str | None:
         """The object's file when its site's store is local and already known, else None."""
         store = self._by_site.get(key.split("/", 1)[0])
-        if isinstance(store, LocalFiles):
-            return store.local_path(key)
+        if store is not None and is_local_files(store):
+            return cast(LocalFiles, store).local_path(key)
         return None
 
     async def ping(self) -> None:

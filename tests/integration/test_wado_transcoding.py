@@ -480,3 +480,31 @@ async def test_big_endian_frames_are_decoded_to_native(client) -> None:  # type:
     assert response.status_code == 200, response.text
     frame = parse_multipart(response.content, response.headers["content-type"])[0][1]
     assert frame == ds.pixel_array.astype("<i2").tobytes()
+
+
+@pytest.mark.parametrize(
+    "accept",
+    [
+        None,
+        'multipart/related; type="application/dicom"',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.1',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2',
+        'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.5',
+    ],
+)
+async def test_big_endian_instance_is_served_little_endian(client, accept) -> None:  # type: ignore[no-untyped-def]
+    """PS3.18 8.7.3.5.2: an instance stored in explicit VR big endian (retired, but still
+    sent) is served in a little endian syntax with the same pixel values, never a 500."""
+    with open(get_testdata_file("MR_small_bigendian.dcm"), "rb") as handle:
+        data = handle.read()
+    await _store(client, [data])
+    ds = dcmread(io.BytesIO(data))
+    headers = {"Accept": accept} if accept else {}
+    response = await client.get(_url(ds), headers=headers)
+    assert response.status_code == 200, response.text
+    parts = parse_multipart(response.content, response.headers["content-type"])
+    served = dcmread(io.BytesIO(parts[0][1]))
+    wanted = accept.rsplit("transfer-syntax=", 1)[1] if accept and "syntax=" in accept else None
+    assert served.file_meta.TransferSyntaxUID == (wanted or "1.2.840.10008.1.2.1")
+    assert served.SOPInstanceUID == ds.SOPInstanceUID
+    assert (served.pixel_array == ds.pixel_array).all()
