@@ -402,3 +402,122 @@ def test_issue15_stow_body_arriving_with_the_headers_is_not_a_431(live_server: s
             b"GET /dicomweb/studies HTTP/1.1\r\nHost: x\r\nX-Big: %s\r\n\r\n" % (b"a" * (70 << 10))
         )
         assert sock.recv(1024).split(b" ", 2)[1] == b"431"
+
+
+_NATIVE = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+_JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_UNDECODABLE = "1.2.840.10008.1.2.4.112"  # JPEG XL: no installed codec decodes it
+
+
+def _into_study(name: str, study: str) -> Dataset:
+    """A pydicom test file moved into `study` (new instance UIDs), its encoding kept."""
+    from pydicom.data import get_testdata_file
+
+    ds = dcmread(get_testdata_file(name))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, uid(), uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    return ds
+
+
+def _written(ds: Dataset, encapsulated: bool = False) -> bytes:
+    """Part 10 in the data set's syntax (`encapsulated`: one pydicom does not know, written
+    as explicit VR little endian with encapsulated Pixel Data, as every such syntax is)."""
+    out = io.BytesIO()
+    if not encapsulated:
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset, write_file_meta_info
+
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    out.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(out, ds.file_meta, enforce_standard=True)
+    return out.getvalue() + body.getvalue()
+
+
+async def test_issue15_mixed_study_every_accept_is_decided_before_the_first_byte(
+    client: httpx.AsyncClient,
+) -> None:
+    """Issue 15 item 3 (PS3.18 8.7.3.5.2): a study mixing native, lossy JPEG, H.264 video, a
+    PDF, explicit VR big endian and a syntax no codec decodes. Every Accept is either a 200
+    whose every part is whole and says its syntax, or a 406 naming an instance: never a 5xx,
+    never a body cut short."""
+    study = uid()
+    ct = ct_dataset(study, uid(), instance_number=1, seed=3)
+    jpeg = _into_study("SC_rgb_jpeg_dcmtk.dcm", study)
+    big = _into_study("MR_small_bigendian.dcm", study)
+    video, _ = _video("h264", H264, study=study)
+    pdf = _document(_pdf(), "application/pdf", ENCAPSULATED_PDF, study=study)
+    opaque = _into_study("SC_rgb_jpeg_dcmtk.dcm", study)
+    opaque.file_meta.TransferSyntaxUID = _UNDECODABLE
+    files = {
+        ct.SOPInstanceUID: to_part10(ct),
+        jpeg.SOPInstanceUID: _written(jpeg),
+        big.SOPInstanceUID: _written(big),
+        video.SOPInstanceUID: to_part10(video),
+        pdf.SOPInstanceUID: to_part10(pdf),
+        opaque.SOPInstanceUID: _written(opaque, encapsulated=True),
+    }
+    await _store(client, list(files.values()))
+    stored_syntax = {
+        ct.SOPInstanceUID: "1.2.840.10008.1.2.1",
+        jpeg.SOPInstanceUID: _JPEG_BASELINE,
+        big.SOPInstanceUID: _BIG_ENDIAN,
+        video.SOPInstanceUID: H264,
+        pdf.SOPInstanceUID: "1.2.840.10008.1.2.1",
+        opaque.SOPInstanceUID: _UNDECODABLE,
+    }
+
+    async def served(accept: str | None) -> dict[str, str] | str:
+        """Each instance's served syntax for a 200, or the 406's reason."""
+        headers = {"Accept": accept} if accept else {}
+        response = await client.get(f"/studies/{study}", headers=headers)
+        if response.status_code == 406:
+            return str(response.json()["reason"])
+        assert response.status_code == 200, (accept, response.status_code, response.text[:300])
+        parts = parse_multipart(response.content, response.headers["content-type"])
+        syntaxes = {}
+        for part_headers, body in parts:
+            ds = dcmread(io.BytesIO(body))  # whole: pydicom reads to the end
+            syntax = str(ds.file_meta.TransferSyntaxUID)
+            assert part_headers["content-type"] == f"application/dicom; transfer-syntax={syntax}"
+            syntaxes[str(ds.SOPInstanceUID)] = syntax
+            if syntax == stored_syntax[ds.SOPInstanceUID] and syntax != _BIG_ENDIAN:
+                assert body[132:] == files[ds.SOPInstanceUID][132:] or syntax in _NATIVE
+        assert set(syntaxes) == set(files), accept
+        return syntaxes
+
+    multipart = 'multipart/related; type="application/dicom"'
+    # The default and an explicit multipart without a syntax: explicit VR little endian where
+    # it can be made, lossy and video and what no codec reads as stored (8.7.3.5.2).
+    for accept in (None, "*/*", multipart):
+        answer = await served(accept)
+        assert isinstance(answer, dict), (accept, answer)
+        assert answer == {
+            **{key: stored for key, stored in stored_syntax.items()},
+            big.SOPInstanceUID: "1.2.840.10008.1.2.1",
+        }, accept
+    # As stored, every one.
+    assert await served(f"{multipart}; transfer-syntax=*") == {
+        **stored_syntax,
+        big.SOPInstanceUID: _BIG_ENDIAN,
+    }
+    # Native asked for: the video and the undecodable instance cannot be: a 406 naming one.
+    for syntax in _NATIVE:
+        answer = await served(f"{multipart}; transfer-syntax={syntax}")
+        assert isinstance(answer, str), syntax
+        assert video.SOPInstanceUID in answer or opaque.SOPInstanceUID in answer, answer
+    # A lossless compressed syntax: the same 406 (video and JPEG XL cannot be re-encoded).
+    answer = await served(f"{multipart}; transfer-syntax=1.2.840.10008.1.2.5")
+    assert isinstance(answer, str)
+    # A multipart of several types: each instance in the first it can take, never a 5xx.
+    both = f"{multipart}; transfer-syntax=1.2.840.10008.1.2.1, {multipart}; transfer-syntax=*"
+    answer = await served(both)
+    assert isinstance(answer, dict), answer
+    assert answer[ct.SOPInstanceUID] == "1.2.840.10008.1.2.1"
+    assert answer[big.SOPInstanceUID] == "1.2.840.10008.1.2.1"
+    assert answer[video.SOPInstanceUID] == H264
+    assert answer[opaque.SOPInstanceUID] == _UNDECODABLE
