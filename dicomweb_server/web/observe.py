@@ -36,6 +36,10 @@ TRANSACTIONS = (
     "rendered",
     "thumbnail",
     "capabilities",
+    "delete",
+    "reject",
+    "changefeed",
+    "audit",
     "other",
 )
 _EXACT = {
@@ -45,11 +49,16 @@ _EXACT = {
     "retrieve_instance": "retrieve",
     "retrieve_instance_frames": "frames",
     "retrieve_bulkdata": "bulkdata",
+    "read_change_feed": "changefeed",
+    "read_latest_change_feed": "changefeed",
+    "search_audit_events": "audit",
 }
 _PREFIXES = (
     ("search_for_", "search"),
     ("retrieve_rendered_", "rendered"),
     ("retrieve_thumbnail_", "thumbnail"),
+    ("delete_", "delete"),
+    ("reject_", "reject"),
 )
 _known: dict[Any, str] = {}  # endpoint → transaction: handlers are few and live for the process
 

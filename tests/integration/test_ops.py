@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 
 from dicomweb_server.services.status import StatusService
+from dicomweb_server.web.observe import TRANSACTIONS
 from dicomweb_server.web.state import AppState
 
 ROOT = "http://testserver"
@@ -124,6 +125,14 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     assert thumbnail.status_code == 200
     options = await client.options("", headers={"Accept": "application/json"})
     assert options.status_code == 200
+    feed = await client.get("/changefeed")
+    assert feed.status_code == 200
+    other = datasets[1]
+    other_path = (
+        f"/studies/{study}/series/{other.SeriesInstanceUID}/instances/{other.SOPInstanceUID}"
+    )
+    rejected = await client.post(other_path + "/reject/113001%5EDCM")
+    deleted = await client.delete(f"/studies/{study}/series/{series}/instances/{sop}")
 
     after = await _metrics(client)
 
@@ -140,6 +149,12 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     assert delta(count, transaction="frames", status="2xx", **site) == 1
     assert delta(count, transaction="thumbnail", status="2xx", **site) == 1
     assert delta(count, transaction="capabilities", status="2xx", **site) == 1
+    assert delta(count, transaction="changefeed", status="2xx", **site) == 1
+    assert rejected.status_code // 100 in (2, 4), rejected.text  # refused or done: labelled
+    assert (
+        delta(count, transaction="reject", status=f"{rejected.status_code // 100}xx", **site) == 1
+    )
+    assert delta(count, transaction="delete", status=f"{deleted.status_code // 100}xx", **site) == 1
     assert delta(count, transaction="other", status="2xx", **site) >= 1  # the first scrape
     assert delta(count, transaction="other", status="4xx", **site) == 1
     assert delta("dicomweb_request_body_bytes_total", transaction="store", **site) == len(
@@ -156,10 +171,8 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     # Never a UID in a label
     text = (await client.get(f"{ROOT}/metrics")).text
     assert study not in text and sop not in text
-    assert not re.search(
-        r'transaction="(?!(store|search|retrieve|metadata|frames|bulkdata|rendered|thumbnail|capabilities|other)")',
-        text,
-    )
+    labels = "|".join(TRANSACTIONS)
+    assert not re.search(f'transaction="(?!({labels})")', text)
 
 
 async def test_issue21_metrics_report_the_index_connections_and_the_version(
