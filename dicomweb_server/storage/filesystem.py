@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from dicomweb_server.errors import NotFoundError, StoreUnavailableError
@@ -56,6 +57,41 @@ def _finish(fd: int, tmp: Path, buffers: list[bytes | memoryview], path: Path) -
     except FileNotFoundError:  # the first object of its series: make the folders once
         path.parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp, path)
+
+
+_LIST_BATCH = 1000  # objects listed per worker-thread hop
+
+
+def _take(found: Iterator[BlobInfo], count: int) -> list[BlobInfo]:
+    return list(itertools.islice(found, count))
+
+
+def _walk_folder(folder: Path, key_prefix: str, prefix: str) -> Iterator[BlobInfo]:
+    """Objects in and under `folder` whose key starts with `prefix`, in key order: a folder's
+    entries sort by their name with a `/` after folder names, which is the order of the keys."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = [
+                (entry.name + "/" if entry.is_dir(follow_symlinks=False) else entry.name, entry)
+                for entry in listing
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return  # nothing there (yet), or deleted while we listed
+    entries.sort(key=lambda pair: pair[0])
+    for name, entry in entries:
+        key = key_prefix + name
+        if name.endswith("/"):
+            if key == ".tmp/" or not (key.startswith(prefix) or prefix.startswith(key)):
+                continue  # partial writes, or a folder the prefix excludes
+            yield from _walk_folder(Path(entry.path), key, prefix)
+            continue
+        if not key.startswith(prefix) or not entry.is_file():
+            continue
+        try:
+            stat = entry.stat()
+        except FileNotFoundError:
+            continue  # deleted while we listed
+        yield BlobInfo(key, stat.st_size, stat.st_mtime)
 
 
 class FilesystemBlobStore:
@@ -154,26 +190,17 @@ class FilesystemBlobStore:
         self._path(key).unlink(missing_ok=True)
 
     async def iter_objects(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
-        files = await asyncio.to_thread(self._list_files, prefix)
-        for info in files:
-            yield info
+        """Every object under `prefix` in key order (as S3 lists), read a batch at a time: memory
+        holds one folder's names and one batch, never the whole listing."""
+        found = self._walk(prefix)
+        while batch := await asyncio.to_thread(_take, found, _LIST_BATCH):
+            for info in batch:
+                yield info
 
-    def _list_files(self, prefix: str) -> list[BlobInfo]:
-        found: list[BlobInfo] = []
-        for dirpath, dirnames, filenames in os.walk(self._root):
-            if Path(dirpath) == self._root and ".tmp" in dirnames:
-                dirnames.remove(".tmp")
-            for name in filenames:
-                path = Path(dirpath, name)
-                key = path.relative_to(self._root).as_posix()
-                if not key.startswith(prefix):
-                    continue
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:
-                    continue  # deleted while we listed
-                found.append(BlobInfo(key, stat.st_size, stat.st_mtime))
-        return sorted(found, key=lambda info: info.key)
+    def _walk(self, prefix: str) -> Iterator[BlobInfo]:
+        base = prefix.rpartition("/")[0]  # the deepest folder the prefix names whole
+        folder = self._root / base if base else self._root
+        yield from _walk_folder(folder, f"{base}/" if base else "", prefix)
 
     async def ping(self) -> None:
         """The folder is there and writable."""

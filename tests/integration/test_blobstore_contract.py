@@ -352,3 +352,17 @@ async def test_put_of_many_views_keeps_their_order(store: BlobStore) -> None:
 
     assert await store.put(KEY, views()) == len(data)
     assert await _read(store, KEY) == data
+
+
+async def test_iter_objects_lists_in_key_order_across_folders(store: BlobStore) -> None:
+    """The folder store lists in byte order of the keys, as S3 does: `a-b/x` < `a.b` < `a/b` <
+    `a0`, whatever the folders (SeaweedFS lists folder by folder: only the set is checked
+    there), and a prefix may end inside a folder's name."""
+    keys = ["s/a/b", "s/a-b/x", "s/a.b", "s/a0", "s/a/a/z", "s/ab/c", "t/a"]
+    for key in keys:
+        await store.put(key, _chunks(b"x"))
+    in_order = isinstance(store, FilesystemBlobStore)
+    for prefix in ("s/", "s/a", "s/a/", "s/a/a/z", "u/"):
+        listed = await _keys(store, prefix)
+        expected = sorted(k for k in keys if k.startswith(prefix))
+        assert (listed if in_order else sorted(listed)) == expected, prefix
