@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 import tomllib
 import urllib.request
 from dataclasses import dataclass, field
@@ -413,3 +416,31 @@ def test_issue21_service_hpa_and_pdb_act_on_the_server_pods() -> None:
     }
     assert [m["resource"]["name"] for m in hpa["metrics"]] == ["cpu"]
     assert hpa["minReplicas"] == deployment["spec"]["replicas"]
+
+
+def test_image_requirements_include_the_tracing_extra_and_never_the_test_one() -> None:
+    """The build stage's requirement list, run as Docker runs it: runtime dependencies plus the
+    EXTRAS build argument's groups (tracing by default, so DICOMWEB_TRACING works in the image)."""
+    build = _dockerfile()[0]
+    (default,) = [args for args in build.arguments("ARG") if args.startswith("EXTRAS=")]
+    (command,) = [args for args in build.arguments("RUN") if "tomllib" in args]
+    code = shlex.split(command.split(">", 1)[0])[2]  # python -c "<code>"
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def listed(extras: str) -> list[str]:
+        env = {**os.environ, "EXTRAS": extras}
+        ran = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert ran.returncode == 0, ran.stderr
+        return ran.stdout.splitlines()
+
+    with_tracing = listed(default.partition("=")[2])
+    assert with_tracing == pyproject["dependencies"] + pyproject["optional-dependencies"]["tracing"]
+    assert listed("") == pyproject["dependencies"]
+    tools = {
+        d
+        for d in pyproject["optional-dependencies"]["test"]
+        if d.startswith(("pytest", "ruff", "mypy"))
+    }
+    assert tools and not tools & set(with_tracing)
