@@ -48,12 +48,17 @@ def _install(settings: Settings, args: argparse.Namespace) -> int:
     folder = settings.viewer_path
     where = args.source or f"{PACKAGE}@{args.version} from the npm registry"
     print(f"dicomweb-server: installing the viewer from {where} into {folder}", flush=True)
-    shown = [0]
+    shown = [0, 0]
 
     def progress(received: int) -> None:
         if received - shown[0] >= 8 << 20:
             shown[0] = received
             print(f"  {received >> 20} MiB", flush=True)
+
+    def compressing(done: int) -> None:
+        if done - shown[1] >= 32 << 20:
+            shown[1] = done
+            print(f"  gzip twins: {done >> 20} MiB compressed", flush=True)
 
     try:
         viewer = install_viewer(
@@ -62,6 +67,7 @@ def _install(settings: Settings, args: argparse.Namespace) -> int:
             source=args.source,
             integrity=args.integrity,
             progress=progress,
+            compressing=compressing,
         )
     except ViewerInstallError as exc:
         print(f"dicomweb-server: viewer install failed: {exc}", file=sys.stderr)

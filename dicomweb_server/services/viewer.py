@@ -11,6 +11,10 @@ path instead: webpack's public path (`__webpack_require__.p = "/"`) becomes the 
 stylesheets and icon paths in the web app manifest become relative. index.html's links and
 PUBLIC_URL are set per request by the web layer, which knows the public path (web/viewer.py).
 
+Text and WebAssembly files of at least a kilobyte get a gzip twin (`name.gz`, level 9) when it
+is smaller, so the web layer can send a browser about a quarter of the JavaScript without
+compressing on every request (web/viewer.py).
+
 The folder holds `dist/` (served) and `viewer.json` (package, version, integrity, source).
 A new install is staged beside it and swapped in by renames: a server reading the old one
 never sees half a viewer.
@@ -19,6 +23,7 @@ never sees half a viewer.
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -37,6 +42,7 @@ from urllib.parse import quote
 __all__ = [
     "DEFAULT_VERSION",
     "PACKAGE",
+    "PRECOMPRESSED",
     "InstalledViewer",
     "ViewerInstallError",
     "install_viewer",
@@ -239,6 +245,33 @@ def _relocatable(dist: Path) -> None:
             path.write_bytes(fixed)
 
 
+# What gets a gzip twin: JavaScript, stylesheets, JSON, SVG and WebAssembly (source maps
+# are fetched only by developer tools: not worth the install time).
+PRECOMPRESSED = frozenset({".js", ".mjs", ".css", ".json", ".svg", ".wasm", ".txt", ".xml"})
+_PRECOMPRESS_MIN = 1024  # bytes: smaller files gain nothing
+_PRECOMPRESS_GAIN = 0.9  # a twin is kept only when at most this fraction of the original
+
+
+def _precompress(dist: Path, progress: Callable[[int], None]) -> int:
+    """Write `name.gz` beside each compressible file it shrinks (index.html is rewritten per
+    request and left out); the bytes compressed so far go to `progress`. Returns the count."""
+    done = 0
+    written = 0
+    for path in sorted(dist.rglob("*")):
+        if path.suffix.lower() not in PRECOMPRESSED or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if len(data) < _PRECOMPRESS_MIN:
+            continue
+        packed = gzip.compress(data, compresslevel=9, mtime=0)
+        done += len(data)
+        progress(done)
+        if len(packed) <= len(data) * _PRECOMPRESS_GAIN:
+            path.with_name(path.name + ".gz").write_bytes(packed)
+            written += 1
+    return written
+
+
 def _activate(staging: Path, folder: Path) -> None:
     """Swap the staged install in by renames (the old one, if any, is removed after)."""
     old = None
@@ -258,11 +291,13 @@ def install_viewer(
     integrity: str | None = None,
     registry: str = REGISTRY,
     progress: Callable[[int], None] = lambda received: None,
+    compressing: Callable[[int], None] = lambda done: None,
 ) -> InstalledViewer:
     """Install @ohif/app's dist/ into `folder` (replacing what is there) and describe it.
 
     `source`: an @ohif/app tarball (.tgz; checked against `integrity` when given) or a
     folder (the unpacked package, or its dist/) to install from instead of the registry.
+    `progress` hears the bytes downloaded, `compressing` the bytes given gzip twins so far.
     """
     folder = folder.absolute()
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -291,6 +326,7 @@ def install_viewer(
         if not (dist / "index.html").is_file():
             raise ViewerInstallError(f"{origin} holds no dist/index.html")
         _relocatable(dist)
+        _precompress(dist, compressing)
         about = {"package": PACKAGE, "version": version, "source": origin}
         if integrity:
             about["integrity"] = integrity

@@ -24,7 +24,8 @@ from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dicomweb_server.config import Settings
-from dicomweb_server.services.viewer import InstalledViewer, installed_viewer
+from dicomweb_server.services.viewer import PRECOMPRESSED, InstalledViewer, installed_viewer
+from dicomweb_server.web.browser import choose_encoding
 from dicomweb_server.web.state import AppState
 
 __all__ = ["VIEWER_ROUTES", "app_config", "public_paths"]
@@ -183,11 +184,23 @@ async def viewer_file(request: Request) -> Response:
     etag_base = f"{found.st_mtime}-{found.st_size}".encode()
     etag = f'"{hashlib.md5(etag_base, usedforsecurity=False).hexdigest()}"'
     headers = {"Cache-Control": cache, "ETag": etag}
-    asked = request.headers.get("if-none-match", "")
-    if etag in (tag.strip().removeprefix("W/") for tag in asked.split(",")):
-        return Response(status_code=304, headers=headers)
     media = _TYPES.get(file.suffix.lower(), "application/octet-stream")
-    return FileResponse(file, media_type=media, headers=headers, stat_result=found)
+    served, status = file, found
+    if file.suffix.lower() in PRECOMPRESSED:
+        headers["Vary"] = "Accept-Encoding"
+        if choose_encoding(request.headers.get("accept-encoding"), brotli=False) == "gzip":
+            twin = file.with_name(file.name + ".gz")
+            packed = await asyncio.to_thread(_regular_file, twin)
+            if packed is not None and packed.st_mtime >= found.st_mtime:
+                # Another representation: its own ETag, so a cache keeps the two apart.
+                headers["ETag"] = etag[:-1] + '-gzip"'
+                headers["Content-Encoding"] = "gzip"
+                served, status = twin, packed
+    asked = request.headers.get("if-none-match", "")
+    if headers["ETag"] in (tag.strip().removeprefix("W/") for tag in asked.split(",")):
+        headers.pop("Content-Encoding", None)
+        return Response(status_code=304, headers=headers)
+    return FileResponse(served, media_type=media, headers=headers, stat_result=status)
 
 
 def _regular_file(path: Path) -> os.stat_result | None:

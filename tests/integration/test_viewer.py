@@ -249,3 +249,50 @@ async def test_issue21_viewer_is_served_with_its_config_spa_routes_and_cache_hea
         "version": "9.8.7",
     }
     assert 'href="viewer/"' in (await client.get(f"{ROOT}/")).text
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_viewer_scripts_go_out_gzipped_from_twins_made_at_install(
+    app: Starlette, client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """A zero-footprint viewer's first load is mostly JavaScript: `viewer install` writes a
+    gzip twin of each compressible file it shrinks, and /viewer/ sends the twin to a browser
+    that accepts gzip (its own ETag, Vary: Accept-Encoding), the file itself to anyone else."""
+    big = b"".join(b"export const f%d = (x) => x * %d;\n" % (n, n) for n in range(2000))
+    FILES["package/dist/big.bundle.0123456789abcdef.js"] = BUNDLE + big
+    try:
+        archive = tmp_path / "app.tgz"
+        archive.write_bytes(_tarball())
+    finally:
+        del FILES["package/dist/big.bundle.0123456789abcdef.js"]
+    folder = app.state.dicomweb.settings.viewer_path
+    install_viewer(folder, source=archive)
+    dist = folder / "dist"
+    assert (dist / "big.bundle.0123456789abcdef.js.gz").is_file()
+    assert not (dist / "index.html.gz").exists()  # rewritten per request
+    assert not (dist / "app.bundle.css.gz").exists()  # under a kilobyte
+    assert not (dist / "assets" / "icon.png.gz").exists()  # not text
+    original = (dist / "big.bundle.0123456789abcdef.js").read_bytes()
+    url = f"{ROOT}/viewer/big.bundle.0123456789abcdef.js"
+
+    packed = await client.get(url, headers={"Accept-Encoding": "gzip"})
+    assert packed.status_code == 200
+    assert packed.headers["content-encoding"] == "gzip"
+    assert packed.headers["vary"] == "Accept-Encoding"
+    assert packed.headers["content-type"] == "text/javascript; charset=utf-8"
+    assert int(packed.headers["content-length"]) < len(original) // 4
+    assert packed.content == original  # httpx undoes the gzip
+    plain = await client.get(url, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.content == original and plain.headers["vary"] == "Accept-Encoding"
+    assert plain.headers["etag"] != packed.headers["etag"]
+    for headers, etag in (
+        ({"Accept-Encoding": "gzip"}, packed.headers["etag"]),
+        ({"Accept-Encoding": "identity"}, plain.headers["etag"]),
+    ):
+        again = await client.get(url, headers={**headers, "If-None-Match": etag})
+        assert again.status_code == 304, headers
+    changed = await client.get(
+        url, headers={"Accept-Encoding": "gzip", "If-None-Match": plain.headers["etag"]}
+    )
+    assert changed.status_code == 200 and changed.headers["content-encoding"] == "gzip"
