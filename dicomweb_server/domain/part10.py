@@ -194,11 +194,11 @@ def _nested_columns(model: dict[str, Any]) -> dict[str, str | int | None]:
         items = model.get(tag_hex(sequence_tag), {}).get("Value", [])
         values = sorted(
             {
-                str(value).strip()
+                _match_text(str(value))
                 for item in items
                 if isinstance(item, dict)
                 for value in item.get(tag_hex(tag), {}).get("Value", [])
-                if str(value).strip()
+                if _match_text(str(value))
             }
         )
         columns[attribute.column or ""] = "\\".join(values) or None
@@ -217,17 +217,24 @@ def _column_value(model: dict[str, Any], key: str, vr: str) -> str | int | None:
     first = element["Value"][0]
     if vr == "PN":
         # Trailing empty components carry nothing: "Doe^Jane^^" is "Doe^Jane" (PS3.5 6.2.1).
-        return str(first.get("Alphabetic", "")).rstrip("^ ") if isinstance(first, dict) else None
+        name = str(first.get("Alphabetic", "")) if isinstance(first, dict) else None
+        return None if name is None else name.replace("\0", "").rstrip("^ ")
     if vr == "IS":
         try:
             return int(first)
         except (TypeError, ValueError):
             return None
     if isinstance(first, str):
-        return first.strip()
+        return _match_text(first)
     if isinstance(first, (int, float)):
         return str(first)
     return None
+
+
+def _match_text(value: str) -> str:
+    """A value as the index matches it: NUL is no character of any text VR (PS3.5 6.1.2; only
+    a UID's padding), and PostgreSQL text cannot hold it, so it is dropped, not refused."""
+    return value.replace("\0", "").strip()
 
 
 def _pixel_layout(

@@ -102,7 +102,7 @@ async def store_instances(request: Request) -> Response:
                 await store.add(await _spooled(body, settings.spool_memory_bytes))
             else:
                 assert boundary is not None
-                await _add_parts(store, body, boundary, settings)
+                await _add_parts(store, body, boundary, settings, part_type or None)
         except _BODY_ERRORS as exc:
             broke_off = exc  # what came before it is stored as the context ends
     if broke_off is not None:
@@ -132,8 +132,14 @@ _BODY_ERRORS = (MalformedRequestError, PayloadTooLargeError, RequestTimeoutError
 
 
 async def _add_parts(
-    store: StoreRequest, body: AsyncIterator[bytes], boundary: str, settings: Settings
+    store: StoreRequest,
+    body: AsyncIterator[bytes],
+    boundary: str,
+    settings: Settings,
+    declared_type: str | None,
 ) -> None:
+    """Store each part; one without Content-Type is of the request's `type` when it has one
+    (RFC 2387 3.1: `type` names the parts' media type; Microsoft's server stores such parts)."""
     parts = iter_parts(
         body,
         boundary,
@@ -143,7 +149,7 @@ async def _add_parts(
         max_boundary_length=settings.max_boundary_length,
     )
     async for part in parts:
-        reason = _unsupported_part(part.content_type)
+        reason = _unsupported_part(part.content_type or declared_type)
         if reason is None:
             await store.add(part.file)  # the pipeline closes the part
         else:
@@ -168,7 +174,7 @@ async def _spooled(body: AsyncIterator[bytes], memory_limit: int) -> Spool:
 def _unsupported_part(content_type: str | None) -> str | None:
     """Why a part cannot be stored as an instance, or None for application/dicom."""
     if content_type is None:
-        return "a part has no Content-Type"
+        return 'a part has no Content-Type (and the request no type="application/dicom")'
     try:
         part_media, _ = parse_media_type(content_type)
     except MalformedRequestError as exc:

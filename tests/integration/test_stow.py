@@ -155,9 +155,16 @@ async def test_bad_parts_fail_with_reason_and_store_nothing(
     assert await _count_instances(client) == 0
 
 
-async def test_part_without_content_type_fails(client: httpx.AsyncClient) -> None:
+async def test_part_without_content_type_fails_without_a_type_parameter(
+    client: httpx.AsyncClient,
+) -> None:
     body, content_type = multipart_body([({}, to_part10(ct_dataset()))])
-    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    boundary = content_type.split("boundary=")[1]
+    response = await client.post(
+        "/studies",
+        content=body,
+        headers={"Content-Type": f"multipart/related; boundary={boundary}"},
+    )
     assert response.status_code == 409
     assert "no Content-Type" in response.headers["warning"]
 
