@@ -94,10 +94,12 @@ def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -
     return Operation(name, "10.4", (), produces, statuses)
 
 
-def _instances(name: str) -> Operation:
-    """Study, series and instance: multipart, or a zip of the stored files (web/retrieve.py);
-    the `accept` parameter replaces the Accept header (PS3.18 8.3.3.1)."""
-    return Operation(name, "10.4", (), (_DICOM_PARTS, _ZIP), (200, 404, 406), ("accept",))
+def _instances(name: str, single: bool = False) -> Operation:
+    """Study, series and instance: multipart, or a zip of the stored files (web/retrieve.py),
+    and for an instance its bare Part 10 file; the `accept` parameter replaces the Accept
+    header (PS3.18 8.3.3.1)."""
+    produces = (_DICOM_PARTS, _ZIP, "application/dicom") if single else (_DICOM_PARTS, _ZIP)
+    return Operation(name, "10.4", (), produces, (200, 404, 406), ("accept",))
 
 
 _RENDERED = ("image/jpeg", "image/png", "image/gif")
@@ -145,7 +147,7 @@ _OPERATIONS: dict[str, Operation] = {
     "search_for_instances": _search("Search for Instances"),
     "retrieve_study": _instances("Retrieve Study"),
     "retrieve_series": _instances("Retrieve Series"),
-    "retrieve_instance": _instances("Retrieve Instance"),
+    "retrieve_instance": _instances("Retrieve Instance", single=True),
     "retrieve_study_metadata": _retrieve(
         "Retrieve Study Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
     ),

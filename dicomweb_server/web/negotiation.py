@@ -145,6 +145,17 @@ def accept_instances(header: str | None) -> list[str | None]:
     return wanted
 
 
+def accept_single_part(header: str | None) -> bool:
+    """True when bare `application/dicom` (one Part 10 body, no multipart) is the most preferred
+    acceptable answer for one instance. PS3.18 defines multipart for the Studies Service;
+    Microsoft's and Google's services answer a bare file to this Accept, and their clients
+    expect it: a multipart answer would be one the client did not accept."""
+    for media in parse_accept(header):
+        if _refused_for_instances(media) is None or _as_stored_zip(media):
+            return media.type == "application/dicom"
+    return False
+
+
 def accept_zip(header: str | None) -> bool:
     """True when a zip of the stored Part 10 files is preferred to multipart application/dicom
     (dcm4chee-arc's `application/zip`, for a download in one click). Wildcards mean multipart:

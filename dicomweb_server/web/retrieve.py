@@ -27,6 +27,7 @@ from dicomweb_server.web.negotiation import (
     accept_instances,
     accept_json,
     accept_media,
+    accept_single_part,
     accept_zip,
 )
 from dicomweb_server.web.params import (
@@ -183,11 +184,33 @@ async def retrieve_instance(request: Request) -> Response:
     state = _state(request)
     wanted, zipped = _negotiate_instances(request)
     key = await instance_key(request)
-    regions = not zipped and _sends_regions(request)
+    single = not zipped and accept_single_part(accept_of(request))
+    regions = not zipped and not single and _sends_regions(request)
     plan = await state.retrieve.plan_instance(key, wanted, regions=regions)
     if zipped:
         return _zip_response(plan, key.sop_instance_uid)
+    if single:
+        return _single_part_response(request, plan)
     return _instances_response(request, plan)
+
+
+def _single_part_response(request: Request, plan: InstancesPlan) -> Response:
+    """One instance as its Part 10 body, `application/dicom; transfer-syntax=...`, decided
+    before the first byte like a multipart answer (a length when sent as stored)."""
+    (planned,) = plan.listed
+    headers = _instance_headers(root_url_of(request), planned)
+    media_type = headers.pop("Content-Type")
+    if planned.as_stored:
+        headers["Content-Length"] = str(planned.instance.size)
+    bodies = plan.bodies
+    assert bodies is not None  # planned without regions
+
+    async def body() -> AsyncIterator[bytes]:
+        async for _, chunks in bodies:
+            async for chunk in chunks:
+                yield chunk
+
+    return RegionStreamingResponse(_logged(body()), headers=headers, media_type=media_type)
 
 
 def _zip_name(key: InstanceKey) -> str:

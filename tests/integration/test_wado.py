@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import httpx
 import orjson
 import pytest
@@ -178,3 +180,41 @@ async def test_unproducible_accept_is_406(client, series) -> None:  # type: igno
     response = await client.get(f"/studies/{study}/metadata", headers={"Accept": "image/png"})
     assert response.status_code == 406
     assert response.json()["reason"]
+
+
+@pytest.mark.parametrize(
+    ("accept", "single"),
+    [
+        ("application/dicom", True),
+        ("application/dicom; transfer-syntax=*", True),
+        ("application/dicom; transfer-syntax=1.2.840.10008.1.2.1", True),
+        ('application/dicom, multipart/related; type="application/dicom"; q=0.5', True),
+        ('multipart/related; type="application/dicom"', False),
+        ('multipart/related; type="application/dicom"; q=0.9, application/dicom; q=0.5', False),
+        ("*/*", False),
+        (None, False),
+    ],
+)
+async def test_instance_as_one_part10_body_when_application_dicom_is_preferred(
+    client: httpx.AsyncClient, accept: str | None, single: bool
+) -> None:
+    """`Accept: application/dicom` on an instance gets the Part 10 file itself, as Microsoft's
+    and Google's services answer and their clients expect (a multipart answer would be one
+    the client did not accept); multipart stays the default (PS3.18 10.4.1.1.1)."""
+    ds = ct_dataset(uid(), seed=5)
+    data = to_part10(ds)
+    await _store(client, [data])
+    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    response = await client.get(url, headers={"Accept": accept} if accept else {})
+    assert response.status_code == 200, response.text
+    if not single:
+        assert response.headers["content-type"].startswith("multipart/related")
+        return
+    assert response.headers["content-type"] == (
+        "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    )
+    assert response.headers["content-location"].endswith(url)
+    assert int(response.headers["content-length"]) == len(response.content)
+    served = dcmread(io.BytesIO(response.content))
+    assert served.SOPInstanceUID == ds.SOPInstanceUID
+    assert served.PixelData == ds.PixelData
