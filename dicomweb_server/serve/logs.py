@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +22,7 @@ import orjson
 
 from dicomweb_server import telemetry
 
-__all__ = ["JsonFormatter", "configure_logging", "log_config"]
+__all__ = ["JsonFormatter", "StderrHandler", "configure_logging", "log_config"]
 
 _FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s %(message)s"
 _ACCESS_FIELDS = ("status", "duration_ms")  # `extra` of the access line
@@ -66,6 +67,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Lines to whatever `sys.stderr` is when they are written, not the one of configuration
+    time (a test runner swaps it per test and closes the old one; a server never does)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stderr
+
+
 def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """A `logging.config.dictConfig` dictionary: our loggers and uvicorn's at `level`."""
     upper = "DEBUG" if level.lower() == "trace" else level.upper()
@@ -77,11 +94,7 @@ def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
         "disable_existing_loggers": False,
         "formatters": {"plain": formatter},
         "handlers": {
-            "stderr": {
-                "class": "logging.StreamHandler",
-                "formatter": "plain",
-                "stream": "ext://sys.stderr",
-            }
+            "stderr": {"()": f"{__name__}.StderrHandler", "formatter": "plain"}
         },
         "loggers": {
             "dicomweb_server": {"level": upper},
