@@ -385,9 +385,14 @@ test('the server serves the viewer at /viewer/ and it shows the study', { timeou
   const origin = root.replace(/\/dicomweb$/, '');
   const page = await context.newPage();
   const failures = [];
-  page.on('response', response => {
+  const scripts = [];  // the viewer's JavaScript as the browser got it: gzip twins from install
+  page.on('response', async response => {
     if (response.url().startsWith(origin) && response.status() >= 400) {
       failures.push(`${response.status()} ${response.url()}`);
+    }
+    if (response.url().startsWith(`${origin}/viewer/`) && response.url().endsWith('.js')
+        && response.status() === 200) {
+      scripts.push((await response.allHeaders())['content-encoding'] || 'identity');
     }
   });
   // The landing page links to it
@@ -414,6 +419,8 @@ test('the server serves the viewer at /viewer/ and it shows the study', { timeou
     assert.ok(Math.abs(level - expected[i]) <= 16, `quadrant ${i}: ${level}, expected ${expected[i]}`);
   });
   assert.deepEqual(failures.filter(url => !url.endsWith('/favicon.ico')), [], 'requests to the server failed');
+  assert.ok(scripts.length > 0 && scripts.filter(encoding => encoding === 'gzip').length >= scripts.length / 2,
+    `most of the viewer's scripts should come gzipped: ${JSON.stringify(scripts)}`);
   await page.close();
 });
 
