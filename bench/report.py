@@ -162,7 +162,10 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"{meta.get('rounds', '?')}; duration {meta.get('duration_s', '?')} s",
         f"- Corpus: {meta.get('corpus_text', '')}",
     ]
-    for name in SERVERS:
+    # The auth column only when that server ran (bench run --with-auth); the others always,
+    # n/a saying why (Orthanc not installed, a metric it does not support).
+    shown = [name for name in SERVERS if name != "ours_auth" or name in servers]
+    for name in shown:
         info = servers.get(name)
         if info:
             lines.append(f"- {SERVER_LABELS[name]}: {info.get('description', '')}")
@@ -172,21 +175,21 @@ def render_markdown(document: dict[str, Any]) -> str:
         " 5 % (over rounds). Ratios compare medians of ours (SQLite+files) with the column named.",
         "",
         "| Metric | Unit | "
-        + " | ".join(SERVER_LABELS[name] for name in SERVERS)
+        + " | ".join(SERVER_LABELS[name] for name in shown)
         + " | ours/Orthanc | ours/ceiling | Target | Met? |",
-        "|---|---|" + "---|" * len(SERVERS) + "---|---|---|---|",
+        "|---|---|" + "---|" * len(shown) + "---|---|---|---|",
     ]
     group = None
     for entry in document["metrics"]:
         if entry["group"] != group:
             group = entry["group"]
-            lines.append(f"| **{group}** |" + " |" * (len(SERVERS) + 5))
+            lines.append(f"| **{group}** |" + " |" * (len(shown) + 5))
         results = entry["results"]
         target_text, verdict = _target_text(entry)
         cells = [
             entry["label"],
             entry["unit"],
-            *(_figure(results.get(name), entry["unit"]) for name in SERVERS),
+            *(_figure(results.get(name), entry["unit"]) for name in shown),
             _ratio_text(entry["ratios"].get("ours/orthanc")),
             _ratio_text(entry["ratios"].get("ours/ceiling")),
             target_text,
