@@ -10,11 +10,12 @@ from bench.stats import Metric, Summary, check_target, ratio, target_gap
 __all__ = ["SERVERS", "SERVER_LABELS", "metric_results", "render_markdown", "results_document"]
 
 # Report columns, in order: our server on its two backend pairs, Orthanc, the replay ceiling.
-SERVERS = ("ours", "ours_auth", "ours_pg", "orthanc", "ceiling")
+SERVERS = ("ours", "ours_auth", "ours_pg", "s3_replay", "orthanc", "ceiling")
 SERVER_LABELS = {
     "ours": "ours (SQLite+files)",
     "ours_auth": "ours (SQLite+files, API keys + audit)",
     "ours_pg": "ours (PostgreSQL+S3)",
+    "s3_replay": "S3 replay",
     "orthanc": "Orthanc",
     "ceiling": "ceiling",
 }
@@ -40,6 +41,11 @@ def metric_results(metric: Metric, summaries: dict[str, Summary]) -> dict[str, A
             ),
             "ours_auth/ours": _r(
                 ratio(summaries["ours_auth"], ours) if "ours_auth" in summaries else None
+            ),
+            "ours_pg/s3_replay": _r(
+                ratio(summaries["ours_pg"], summaries["s3_replay"])
+                if "ours_pg" in summaries and "s3_replay" in summaries
+                else None
             ),
             "ours_pg/orthanc": _r(
                 ratio(summaries["ours_pg"], summaries["orthanc"])
@@ -162,9 +168,10 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"{meta.get('rounds', '?')}; duration {meta.get('duration_s', '?')} s",
         f"- Corpus: {meta.get('corpus_text', '')}",
     ]
-    # The auth column only when that server ran (bench run --with-auth); the others always,
+    # The auth and S3 replay columns only when they ran (--with-auth; PostgreSQL + S3 and the
+    # study retrieve); the others always,
     # n/a saying why (Orthanc not installed, a metric it does not support).
-    shown = [name for name in SERVERS if name != "ours_auth" or name in servers]
+    shown = [name for name in SERVERS if name not in ("ours_auth", "s3_replay") or name in servers]
     for name in shown:
         info = servers.get(name)
         if info:

@@ -40,6 +40,7 @@ from bench.corpus import Corpus, CorpusSizes, load_corpus, with_round
 from bench.plans import Plan, ViewerMix, build_plans
 from bench.qido_corpus import QidoSizes, QidoTemplate, iter_instances, load_index
 from bench.report import SERVERS, metric_results, render_markdown, results_document
+from bench.s3_replay import S3Replay, s3_replay
 from bench.servers import (
     REPO,
     Server,
@@ -52,6 +53,8 @@ from bench.servers import (
     postgres_and_s3,
 )
 from bench.stats import Summary, percentile, summarize
+from dicomweb_server.config import Settings
+from dicomweb_server.domain.identifiers import DEFAULT_SITE
 
 __all__ = ["Options", "log", "run", "wait_for_quiet"]
 
@@ -330,6 +333,13 @@ async def _latency_round(
             into.samples.append(result.seconds * 1000)
 
 
+async def _replay_round(replay: S3Replay, plan: Plan, r: int, into: Collected) -> None:
+    """As many whole fetches of the study's objects as the plan has study retrieves."""
+    for _ in plan.requests(r):
+        size, seconds = await replay.fetch_all()
+        into.samples.append(size / seconds / 1e6)
+
+
 async def _stow_round(
     server: Server,
     plan: Plan,
@@ -474,9 +484,10 @@ async def _measure(
     corpus: Corpus,
     opts: Options,
     workdir: Path,
+    replay: S3Replay | None = None,
 ) -> list[dict[str, Any]]:
     metrics = []
-    names = [n for n in SERVERS if n in servers]
+    names = [n for n in SERVERS if n in servers or (n == "s3_replay" and replay is not None)]
     async with client.new_session() as session:
         for plan_number, plan in enumerate(plans):
             metric = plan.metric
@@ -491,11 +502,15 @@ async def _measure(
             for r in range(rounds):
                 order = active if r % 2 == 0 else list(reversed(active))
                 for name in order:
-                    server = servers[name]
                     if plan.kind in _SETTLE_EACH:
                         # A heavy plan leaves work behind (SeaweedFS after a study retrieve,
                         # writeback after a STOW) that would land on whoever runs next.
                         await settle(max_wait=_SETTLE_EACH_MAX)
+                    if name == "s3_replay":
+                        assert replay is not None
+                        await _replay_round(replay, plan, r, collected[name])
+                        continue
+                    server = servers[name]
                     profiling = name == "ours" and metric.id in opts.profile
                     output = workdir / f"profile-{metric.id}-r{r}.txt"
                     guard = _profiled(server, output) if profiling else contextlib.nullcontext()
@@ -649,8 +664,9 @@ async def run(opts: Options) -> dict[str, Any]:
                 "description": "the same server and store with DICOMWEB_AUTH=apikey: every"
                 " request carries an API key (checked, then audited)",
             }
+        pg_env: dict[str, str] | None = None
         if opts.with_pg:
-            env = stack.enter_context(postgres_and_s3())
+            env = pg_env = stack.enter_context(postgres_and_s3())
             seconds = await preload_postgres(env["DICOMWEB_DATABASE_URL"], opts.qido)
             log(f"QIDO corpus in PostgreSQL ({seconds:.1f}s)")
             servers["ours_pg"] = stack.enter_context(
@@ -716,7 +732,22 @@ async def run(opts: Options) -> dict[str, Any]:
         load_start = load_average()
         log(f"measuring {len(plans)} plans on {', '.join(servers)} (load {load_start:.2f})")
         measured_at = time.time()
-        metrics = await _measure(plans, mix, servers, available, corpus, opts, workdir)
+        async with contextlib.AsyncExitStack() as replays:
+            replay = None
+            if pg_env is not None and any(p.metric.id == "wado.study" for p in plans):
+                concurrency = int(Settings.model_fields["wado_read_ahead_objects"].default)
+                replay = await replays.enter_async_context(
+                    s3_replay(pg_env, DEFAULT_SITE, corpus.series["ct"].study, concurrency)
+                )
+                descriptions["s3_replay"] = {
+                    "description": "the CT study's objects fetched straight from the SeaweedFS"
+                    f" gateway of ours (PostgreSQL+S3), {concurrency} at a time as our server"
+                    " reads ahead, with aiobotocore: no DICOM work (issue 22)",
+                }
+                for plan in plans:
+                    if plan.metric.id != "wado.study":
+                        available.setdefault(plan.metric.id, {})["s3_replay"] = "n/a"
+            metrics = await _measure(plans, mix, servers, available, corpus, opts, workdir, replay)
         load_after = load_average()
     meta = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(began)),
