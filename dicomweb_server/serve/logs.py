@@ -93,9 +93,7 @@ def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": formatter},
-        "handlers": {
-            "stderr": {"()": f"{__name__}.StderrHandler", "formatter": "plain"}
-        },
+        "handlers": {"stderr": {"()": f"{__name__}.StderrHandler", "formatter": "plain"}},
         "loggers": {
             "dicomweb_server": {"level": upper},
             "uvicorn": {"level": upper},

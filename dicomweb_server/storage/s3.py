@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -29,6 +30,7 @@ from dicomweb_server.errors import (
     StoreUnavailableError,
 )
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, BlobInfo
+from dicomweb_server.storage.s3_presign import Credentials, Presigner, learn_presigner
 
 if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
@@ -144,6 +146,7 @@ class S3BlobStore:
         multipart_threshold: int = 8 << 20,
         part_size: int = 8 << 20,
         http: aiohttp.ClientSession | None = None,
+        credentials: Any = None,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
@@ -156,6 +159,11 @@ class S3BlobStore:
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
         self._http = http  # reads by presigned URL when set; else every call goes by botocore
+        # The session's credentials, for URLs signed here once botocore's first one showed
+        # how (storage/s3_presign.py); None: botocore signs every URL.
+        self._credentials: Any = credentials
+        self._presigner: Presigner | None = None
+        self._presigner_checked = credentials is None
 
     @classmethod
     async def create(
@@ -187,12 +195,14 @@ class S3BlobStore:
         )
         exit_stack = AsyncExitStack()
         try:
+            session = _session()
             with _wrapped("client creation", bucket):
                 client = await exit_stack.enter_async_context(
-                    _session().create_client(
+                    session.create_client(
                         "s3", region_name=region, endpoint_url=endpoint_url, config=config
                     )
                 )
+                credentials = await session.get_credentials()
             http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=read_connections),
                 timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
@@ -207,6 +217,7 @@ class S3BlobStore:
                 multipart_threshold=multipart_threshold,
                 part_size=part_size,
                 http=http,
+                credentials=credentials,
             )
         except BaseException:
             await exit_stack.aclose()
@@ -317,11 +328,8 @@ class S3BlobStore:
         if self._http is None:
             yield None
             return
-        params = {"Bucket": self._bucket, "Key": self._object_key(key)}
         with _wrapped("get", key):
-            url = await self._client.generate_presigned_url(
-                "get_object", Params=params, ExpiresIn=_PRESIGNED_SECONDS
-            )
+            url = await self._presign(self._object_key(key))
         headers = {} if range_header is None else {"Range": range_header}
         try:
             response = await self._http.get(URL(url, encoded=True), headers=headers)
@@ -341,6 +349,28 @@ class S3BlobStore:
                     response.status,
                 )
                 yield None
+
+    async def _presign(self, object_key: str) -> str:
+        """A presigned GET of `object_key`: signed here once the first URL botocore signed
+        showed the layout and the signature agreed, else by botocore."""
+        if self._presigner is not None:
+            frozen = await self._credentials.get_frozen_credentials()
+            credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+            now = datetime.datetime.now(datetime.UTC)
+            return self._presigner.url(object_key, credentials, now, _PRESIGNED_SECONDS)
+        url: str = await self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": self._bucket, "Key": object_key},
+            ExpiresIn=_PRESIGNED_SECONDS,
+        )
+        if not self._presigner_checked:
+            self._presigner_checked = True
+            frozen = await self._credentials.get_frozen_credentials()
+            credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+            self._presigner = learn_presigner(url, object_key, credentials)
+            if self._presigner is None:
+                logger.info("read URLs stay signed by botocore: their layout is not SigV4 as known")
+        return url
 
     async def _get_object(
         self, key: str, range_header: str | None

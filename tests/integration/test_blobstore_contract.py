@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import random
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from services import S3Endpoint, aws_environment, pending_uploads
+from yarl import URL
 
 from dicomweb_server.errors import BackendUnavailableError, NotFoundError
 from dicomweb_server.storage.base import (
@@ -23,6 +25,7 @@ from dicomweb_server.storage.base import (
 )
 from dicomweb_server.storage.filesystem import FilesystemBlobStore
 from dicomweb_server.storage.s3 import MIN_PART_SIZE, S3BlobStore
+from dicomweb_server.storage.s3_presign import Credentials
 
 MIB = 1 << 20
 PART_SIZE = MIN_PART_SIZE  # the smallest S3 allows, so multipart tests stay small
@@ -366,3 +369,36 @@ async def test_iter_objects_lists_in_key_order_across_folders(store: BlobStore) 
         listed = await _keys(store, prefix)
         expected = sorted(k for k in keys if k.startswith(prefix))
         assert (listed if in_order else sorted(listed)) == expected, prefix
+
+
+async def test_s3_reads_are_signed_here_once_botocore_agrees(
+    s3_endpoint: S3Endpoint, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first read URL is botocore's; it shows the layout, and once our signature of it is
+    botocore's the store signs later read URLs itself (storage/s3_presign.py), which the
+    gateway accepts: whole objects, ranges, a missing key is still NotFoundError."""
+    _use_endpoint(monkeypatch, s3_endpoint)
+    store = await _s3_store(s3_endpoint, s3_bucket)
+    try:
+        data = _data(300_000, seed=7)
+        await store.put(KEY, _chunks(data))
+        assert store._presigner is None  # nothing read yet
+        assert await _read(store, KEY) == data  # botocore's URL
+        assert store._presigner is not None
+        assert await _read(store, KEY) == data  # ours
+        # The gateway checks signatures: a URL signed with another secret is refused.
+        forged = store._presigner.url(
+            "blobs/" + KEY,
+            Credentials(s3_endpoint.access_key, "not-the-secret", None),
+            datetime.datetime.now(datetime.UTC),
+            60,
+        )
+        assert store._http is not None
+        async with store._http.get(URL(forged, encoded=True)) as refused:
+            assert refused.status == 403
+        assert await store.read_range(KEY, 1000, 5000) == data[1000:6000]
+        assert await _read(store, KEY, 299_990) == data[299_990:]
+        with pytest.raises(NotFoundError):
+            await store.read_range(KEY + ".missing", 0, 10)
+    finally:
+        await store.close()
