@@ -236,6 +236,24 @@ def build_plans(
             ceiling_alias=lambda req: frame_req("mf", 0, mf.frames, TO_JPEG),
         )
     )  # fmt: skip
+    # The same transcodes with the cache warm (issue 22): the frame the probe asked for, again
+    # and again; on PostgreSQL + S3 this is the in-process cache in front of the object store.
+    warm_j2k = frame_req("j2k", len(j2k.sops) - 1, 1, OCTETS)
+    warm_jpeg = frame_req("mf", 0, mf.frames, TO_JPEG)
+    plans.append(
+        Plan(
+            Metric("wado.frame_j2k_warm", "WADO-RS", "JPEG 2000 frame → native, cache warm",
+                   "ms", False, None, "the same transcoded frame again (derived-data cache)"),
+            "latency", requests=lambda r: [warm_j2k] * unique, probe=warm_j2k,
+        )
+    )  # fmt: skip
+    plans.append(
+        Plan(
+            Metric("wado.frame_to_jpeg_warm", "WADO-RS", "Native frame → JPEG, cache warm", "ms",
+                   False, None, "the same JPEG-encoded frame again (derived-data cache)"),
+            "latency", requests=lambda r: [warm_jpeg] * unique, probe=warm_jpeg,
+        )
+    )  # fmt: skip
     last_ct = len(ct.sops) - 1
     plans.append(
         Plan(
