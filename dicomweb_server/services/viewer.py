@@ -23,7 +23,6 @@ never sees half a viewer.
 from __future__ import annotations
 
 import base64
-import gzip
 import hashlib
 import json
 import os
@@ -33,6 +32,7 @@ import tarfile
 import tempfile
 import time
 import urllib.request
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -254,21 +254,28 @@ _PRECOMPRESS_GAIN = 0.9  # a twin is kept only when at most this fraction of the
 
 def _precompress(dist: Path, progress: Callable[[int], None]) -> int:
     """Write `name.gz` beside each compressible file it shrinks (index.html is rewritten per
-    request and left out); the bytes compressed so far go to `progress`. Returns the count."""
+    request and left out), streamed `_CHUNK` at a time; the bytes compressed so far go to
+    `progress`. Returns how many twins were kept."""
     done = 0
     written = 0
     for path in sorted(dist.rglob("*")):
         if path.suffix.lower() not in PRECOMPRESSED or not path.is_file():
             continue
-        data = path.read_bytes()
-        if len(data) < _PRECOMPRESS_MIN:
+        size = path.stat().st_size
+        if size < _PRECOMPRESS_MIN:
             continue
-        packed = gzip.compress(data, compresslevel=9, mtime=0)
-        done += len(data)
-        progress(done)
-        if len(packed) <= len(data) * _PRECOMPRESS_GAIN:
-            path.with_name(path.name + ".gz").write_bytes(packed)
+        twin = path.with_name(path.name + ".gz")
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip framing, no name, mtime 0
+        with path.open("rb") as source, twin.open("wb") as out:
+            while chunk := source.read(_CHUNK):
+                out.write(packer.compress(chunk))
+                done += len(chunk)
+                progress(done)
+            out.write(packer.flush())
+        if twin.stat().st_size <= size * _PRECOMPRESS_GAIN:
             written += 1
+        else:
+            twin.unlink()
     return written
 
 
