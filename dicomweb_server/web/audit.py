@@ -146,10 +146,14 @@ class AuditMiddleware:
                 status = message["status"]
             await send(message)
 
+        cut = False
         try:
             await self.app(scope, receive, send_status)
+        except BaseException:
+            cut = status != 0  # a 200 went out and then the body broke off: not a success
+            raise
         finally:
-            self._record(scope, target, status or 500)
+            self._record(scope, target, 500 if cut else status or 500)
 
     def _record(self, scope: Scope, target: Target, status: int) -> None:
         state: dict[str, Any] = scope.get("state") or {}

@@ -359,3 +359,43 @@ async def test_issue17_audit_cli_table_and_ndjson(
     assert events[0]["type"]["code"] == "110104"
     bad = await asyncio.to_thread(run, "--since", "last week")
     assert bad.returncode == 2 and "--since" in bad.stderr
+
+
+async def test_issue17_audit_a_body_cut_after_its_200_is_recorded_as_a_failure(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """Once a 200 has started, a failure can only cut the body: the client did not get the
+    study, so the trail must not say it did (outcome 8, "HTTP 500")."""
+    from dicomweb_server.web.audit import AuditMiddleware
+
+    ds = ct_dataset(patient_id="P17-CUT")
+    await _stow(client, [to_part10(ds)])
+
+    async def breaks_off(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"--part", "more_body": True})
+        raise OSError("the object store went away")
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        pass
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": f"/dicomweb/studies/{ds.StudyInstanceUID}",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [],
+        "client": ("127.0.0.1", 1234),
+        "app": app,
+        "state": {},
+    }
+    with pytest.raises(OSError):
+        await AuditMiddleware(breaks_off)(scope, receive, send)
+    await _audit(app).flush(close_rollups=True)
+    events = _events(await _bundle(client, f"{BASE}/audit?patient=P17-CUT"))
+    retrieve = next(e for e in events if _action(e) == "retrieve")
+    assert (retrieve["outcome"], retrieve.get("outcomeDesc")) == ("8", "HTTP 500")
