@@ -20,13 +20,15 @@ from dicomweb_server.domain.events import (
     Webhook,
 )
 from dicomweb_server.domain.records import InstanceRecord
-from dicomweb_server.index.base import Delivery, FeedPage
+from dicomweb_server.index.base import Delivery, FeedPage, WebhookStatus
 
 __all__ = [
     "DELIVERY_SELECT",
     "EVENT_COLUMNS",
     "INSERT_COLUMNS",
     "WEBHOOK_COLUMNS",
+    "WEBHOOK_COUNTS_QUERY",
+    "WEBHOOK_STATUS_QUERY",
     "FeedQuery",
     "InstanceChange",
     "created_changes",
@@ -38,6 +40,7 @@ __all__ = [
     "latest_query",
     "webhook_from_row",
     "webhook_row",
+    "webhook_statuses",
 ]
 
 # Columns of an event row as read back, in `event_from_row` order.
@@ -228,6 +231,34 @@ def webhook_from_row(row: Sequence[Any] | Any) -> Webhook:
         allow_private=bool(row[6]),
         created=float(row[7]),
     )
+
+
+# `list_webhooks`: the subscriptions with what was pruned and the last error, then the
+# deliveries counted by state (both read in one snapshot by the caller).
+WEBHOOK_STATUS_QUERY = (
+    f"SELECT {WEBHOOK_COLUMNS}, delivered_pruned, last_error FROM webhooks ORDER BY id"
+)
+WEBHOOK_COUNTS_QUERY = (
+    "SELECT webhook_id, state, count(*) FROM webhook_deliveries GROUP BY webhook_id, state"
+)
+
+
+def webhook_statuses(
+    hooks: Sequence[Sequence[Any] | Any], counted: Sequence[Sequence[Any] | Any]
+) -> list[WebhookStatus]:
+    """The rows of WEBHOOK_STATUS_QUERY and WEBHOOK_COUNTS_QUERY as statuses (delivered
+    counts what is still in the table plus what was pruned)."""
+    counts = {(int(r[0]), str(r[1])): int(r[2]) for r in counted}
+    return [
+        WebhookStatus(
+            webhook_from_row(row),
+            pending=counts.get((int(row[0]), "pending"), 0),
+            delivered=counts.get((int(row[0]), "delivered"), 0) + int(row[8]),
+            dead=counts.get((int(row[0]), "dead"), 0),
+            last_error=row[9],
+        )
+        for row in hooks
+    ]
 
 
 # A claimed delivery with its event: delivery columns, then EVENT_COLUMNS of `e`.

@@ -17,10 +17,13 @@ from dicomweb_server.index.base import Delivery, DeliveryFailure, DeliveryRun, W
 from dicomweb_server.index.events import (
     EVENT_COLUMNS,
     WEBHOOK_COLUMNS,
+    WEBHOOK_COUNTS_QUERY,
+    WEBHOOK_STATUS_QUERY,
     delivery_from_row,
     event_from_row,
     webhook_from_row,
     webhook_row,
+    webhook_statuses,
 )
 from dicomweb_server.index.events_postgres import NOW
 
@@ -135,25 +138,9 @@ class PostgresWebhookLedger:
     async def list_webhooks(self) -> list[WebhookStatus]:
         async def run(conn: Connection) -> list[WebhookStatus]:
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                hooks = await conn.fetch(
-                    f"SELECT {WEBHOOK_COLUMNS}, delivered_pruned, last_error FROM webhooks"
-                    " ORDER BY id"
-                )
-                counted = await conn.fetch(
-                    "SELECT webhook_id, state, count(*) FROM webhook_deliveries"
-                    " GROUP BY webhook_id, state"
-                )
-            counts = {(int(r[0]), str(r[1])): int(r[2]) for r in counted}
-            return [
-                WebhookStatus(
-                    webhook_from_row(row),
-                    pending=counts.get((int(row[0]), "pending"), 0),
-                    delivered=counts.get((int(row[0]), "delivered"), 0) + int(row[8]),
-                    dead=counts.get((int(row[0]), "dead"), 0),
-                    last_error=row[9],
-                )
-                for row in hooks
-            ]
+                hooks = await conn.fetch(WEBHOOK_STATUS_QUERY)
+                counted = await conn.fetch(WEBHOOK_COUNTS_QUERY)
+            return webhook_statuses(hooks, counted)
 
         return await self._with_connection(run)
 

@@ -18,10 +18,13 @@ from dicomweb_server.index.events import (
     DELIVERY_SELECT,
     EVENT_COLUMNS,
     WEBHOOK_COLUMNS,
+    WEBHOOK_COUNTS_QUERY,
+    WEBHOOK_STATUS_QUERY,
     delivery_from_row,
     event_from_row,
     webhook_from_row,
     webhook_row,
+    webhook_statuses,
 )
 
 __all__ = ["SqliteWebhookLedger"]
@@ -109,29 +112,11 @@ class SqliteWebhookLedger:
         def run(conn: sqlite3.Connection) -> list[WebhookStatus]:
             conn.execute("BEGIN")  # one snapshot for both reads
             try:
-                hooks = conn.execute(
-                    f"SELECT {WEBHOOK_COLUMNS}, delivered_pruned, last_error FROM webhooks"
-                    " ORDER BY id"
-                ).fetchall()
-                counts: dict[tuple[int, str], int] = {
-                    (int(w), str(s)): int(n)
-                    for w, s, n in conn.execute(
-                        "SELECT webhook_id, state, count(*) FROM webhook_deliveries"
-                        " GROUP BY webhook_id, state"
-                    )
-                }
+                hooks = conn.execute(WEBHOOK_STATUS_QUERY).fetchall()
+                counted = conn.execute(WEBHOOK_COUNTS_QUERY).fetchall()
             finally:
                 conn.execute("COMMIT")
-            return [
-                WebhookStatus(
-                    webhook_from_row(row),
-                    pending=counts.get((int(row[0]), "pending"), 0),
-                    delivered=counts.get((int(row[0]), "delivered"), 0) + int(row[8]),
-                    dead=counts.get((int(row[0]), "dead"), 0),
-                    last_error=row[9],
-                )
-                for row in hooks
-            ]
+            return webhook_statuses(hooks, counted)
 
         return await self._read(run)
 
