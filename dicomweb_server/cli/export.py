@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import re
 import secrets
@@ -164,14 +163,8 @@ async def _export(
                 every=args.progress_every,
             )
             sink: ExportSink = ZipSink(args.dest) if args.zip else FolderSink(args.dest)
-            drawing = asyncio.create_task(progress.run())
-            try:
-                async with interruptible(_COMMAND, service.stop):
-                    await service.run(selection, sink)
-            finally:
-                drawing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drawing
+            async with progress.shown(), interruptible(_COMMAND, service.stop):
+                await service.run(selection, sink)
     except asyncio.CancelledError:
         error = "abandoned"
     except (DicomwebError, SinkWriteError) as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sqlite3
 import threading
@@ -182,21 +181,19 @@ async def _import(
             stats.started = time.monotonic()
             store = StoreService(backends.index, backends.blobs, parse_limits(settings))
             service = ImportService(store, site, journal=journal, listener=report, stats=stats)
-            drawing = asyncio.create_task(progress.run())
-            try:
-                async with interruptible(_COMMAND, service.stop):
-                    if args.source:
-                        await _pull(settings, args, service, stats, journal, query, headers, jobs)
-                    else:
-                        await _files(settings, service, stats, journal, paths, jobs)
-            except asyncio.CancelledError:
-                interrupted = True
-            except DicomwebError as exc:  # a source that cannot be read, a store that fails
-                error = exc.reason
-            finally:
-                drawing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drawing
+            async with progress.shown():
+                try:
+                    async with interruptible(_COMMAND, service.stop):
+                        if args.source:
+                            await _pull(
+                                settings, args, service, stats, journal, query, headers, jobs
+                            )
+                        else:
+                            await _files(settings, service, stats, journal, paths, jobs)
+                except asyncio.CancelledError:
+                    interrupted = True
+                except DicomwebError as exc:  # a source that cannot be read, a store that fails
+                    error = exc.reason
     except DicomwebError as exc:  # the backends did not open
         error = exc.reason
     finally:

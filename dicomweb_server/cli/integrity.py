@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 from typing import Any
 
 from dicomweb_server.cli.backends import (
@@ -77,14 +76,8 @@ async def _verify_async(settings: Settings, args: argparse.Namespace, site: str 
                 lambda: Snapshot(stats.checked, stats.total, stats.bytes_read, None, "objects"),
                 every=args.progress_every,
             )
-            drawing = asyncio.create_task(progress.run())
-            try:
-                async with interruptible("verify", service.stop):
-                    await service.run(site, jobs=jobs_of(args))
-            finally:
-                drawing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drawing
+            async with progress.shown(), interruptible("verify", service.stop):
+                await service.run(site, jobs=jobs_of(args))
     except DicomwebError as exc:
         error = exc.reason
     except asyncio.CancelledError:
@@ -131,14 +124,8 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
                 lambda: Snapshot(stats.done, None, stats.bytes_read, None, "objects"),
                 every=args.progress_every,
             )
-            drawing = asyncio.create_task(progress.run())
-            try:
-                async with interruptible("reindex", service.stop):
-                    await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
-            finally:
-                drawing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await drawing
+            async with progress.shown(), interruptible("reindex", service.stop):
+                await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
     except DicomwebError as exc:
         error = exc.reason
     except asyncio.CancelledError:

@@ -9,10 +9,11 @@ seconds (none when `every` is 0), so a long run in CI or under systemd still say
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -106,6 +107,17 @@ class Progress:
             self._stream.write("\r\x1b[K")
             self._stream.flush()
             self._drawn = False
+
+    @contextlib.asynccontextmanager
+    async def shown(self) -> AsyncIterator[None]:
+        """Redraw while the block runs (`run` in a task); cleared once it ends, however."""
+        drawing = asyncio.create_task(self.run())
+        try:
+            yield
+        finally:
+            drawing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await drawing
 
     async def run(self) -> None:
         """Redraw every interval until cancelled; the bar is cleared when done. An interval
