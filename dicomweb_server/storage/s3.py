@@ -354,9 +354,8 @@ class S3BlobStore:
         """A presigned GET of `object_key`: signed here once the first URL botocore signed
         showed the layout and the signature agreed, else by botocore."""
         if self._presigner is not None:
-            frozen = await self._credentials.get_frozen_credentials()
-            credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
             now = datetime.datetime.now(datetime.UTC)
+            credentials = await self._signing_credentials()
             return self._presigner.url(object_key, credentials, now, _PRESIGNED_SECONDS)
         url: str = await self._client.generate_presigned_url(
             "get_object",
@@ -365,12 +364,16 @@ class S3BlobStore:
         )
         if not self._presigner_checked:
             self._presigner_checked = True
-            frozen = await self._credentials.get_frozen_credentials()
-            credentials = Credentials(frozen.access_key, frozen.secret_key, frozen.token)
+            credentials = await self._signing_credentials()
             self._presigner = learn_presigner(url, object_key, credentials)
             if self._presigner is None:
                 logger.info("read URLs stay signed by botocore: their layout is not SigV4 as known")
         return url
+
+    async def _signing_credentials(self) -> Credentials:
+        """The session's keys as they are now (refreshable ones renew themselves)."""
+        frozen = await self._credentials.get_frozen_credentials()
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     async def _get_object(
         self, key: str, range_header: str | None
