@@ -252,12 +252,11 @@ _PRECOMPRESS_MIN = 1024  # bytes: smaller files gain nothing
 _PRECOMPRESS_GAIN = 0.9  # a twin is kept only when at most this fraction of the original
 
 
-def _precompress(dist: Path, progress: Callable[[int], None]) -> int:
+def _precompress(dist: Path, progress: Callable[[int], None]) -> None:
     """Write `name.gz` beside each compressible file it shrinks (index.html is rewritten per
     request and left out), streamed `_CHUNK` at a time; the bytes compressed so far go to
-    `progress`. Returns how many twins were kept."""
+    `progress`."""
     done = 0
-    written = 0
     for path in sorted(dist.rglob("*")):
         if path.suffix.lower() not in PRECOMPRESSED or not path.is_file():
             continue
@@ -272,11 +271,8 @@ def _precompress(dist: Path, progress: Callable[[int], None]) -> int:
                 done += len(chunk)
                 progress(done)
             out.write(packer.flush())
-        if twin.stat().st_size <= size * _PRECOMPRESS_GAIN:
-            written += 1
-        else:
+        if twin.stat().st_size > size * _PRECOMPRESS_GAIN:
             twin.unlink()
-    return written
 
 
 def _activate(staging: Path, folder: Path) -> None:
