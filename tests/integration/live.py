@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import uvicorn
 
 from dicomweb_server.app import create_app
@@ -34,3 +35,19 @@ def serving(settings: Settings, **options: Any) -> Iterator[None]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def reach_every_worker(url: str, workers: int = 2, timeout: float = 30) -> int:
+    """GET `url` on fresh connections until each of `workers` processes has answered one.
+
+    `/readyz` answers once the first worker is up; on a busy machine the others start later,
+    and kept-alive connections opened before then all stay with the first. A request id
+    starts with its process's prefix. Returns how many requests it made."""
+    prefixes: set[str] = set()
+    made = 0
+    deadline = time.monotonic() + timeout
+    while len(prefixes) < workers and time.monotonic() < deadline:
+        with httpx.Client() as probe:
+            prefixes.add(probe.get(url).headers["x-request-id"][:8])
+        made += 1
+    return made

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10
+from live import reach_every_worker
 
 ALL_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
@@ -154,13 +155,7 @@ def test_issue14_every_worker_logs_its_access_lines(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}/dicomweb"
     command = [sys.executable, "-m", "dicomweb_server", "serve", "--port", str(port)]
     with _running(command, _env(data_dir=str(tmp_path), workers="2"), url) as process:
-        # The first worker answers before the second has started on a busy machine: wait
-        # until new connections reach both (a request id starts with its process's prefix).
-        prefixes: set[str] = set()
-        deadline = time.monotonic() + 30
-        while len(prefixes) < 2 and time.monotonic() < deadline:
-            with httpx.Client() as probe:
-                prefixes.add(probe.get(url + "/studies").headers["x-request-id"][:8])
+        reach_every_worker(url + "/studies")
         clients = [httpx.Client() for _ in range(6)]  # kept-alive connections, spread out
         for _ in range(5):
             for client in clients:
