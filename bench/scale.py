@@ -59,12 +59,13 @@ _PAGE_MS = 30.0
 _STOW_DRIFT = 0.20
 _VIEWER_QUERIES = (
     "qido.patient_id", "qido.patient_name", "qido.accession", "qido.series_of_study",
-    "qido.instance_by_uid", "qido.date_day", "qido.page100",
+    "qido.instance_by_uid", "qido.date_day", "qido.ohif_worklist", "qido.page100",
 )  # fmt: skip
 _UNINDEXED_P95 = 1000.0
 _UNINDEXED_STUDY = ("qido.unindexed_study_scan", "qido.unindexed_study_page")
 _SLOW_REPEAT = 3  # requests of a query that may run until the scan budget (seconds each)
 _SITE_RATIO = 2.0  # issue 16 item 7: enterprise-root p95 at most this × one site's root's
+_OHIF_STUDY_FIELDS = "00081030,00080060,00080090,00100030"
 
 
 def _unindexed_plans(sizes: QidoSizes) -> list[Plan]:
@@ -134,6 +135,11 @@ def site_plans(sizes: QidoSizes, site: str, studies: int) -> list[Plan]:
         ("qido.instance_by_uid", "Instance by SOPInstanceUID",
          "/instances" + q(SOPInstanceUID=sop_uid(s, 0, 0))),
         ("qido.date_day", "Studies of one day", "/studies" + q(StudyDate=day, limit=1000)),
+        # What OHIF's study list sends for a day (its dicomweb data source: limit 101 and
+        # four includefields, in @ohif/app's bundle that `make e2e` installs).
+        ("qido.ohif_worklist", "OHIF's study list for a day (limit 101)",
+         "/studies" + q(StudyDate=f"{day}-{day}", limit=101, offset=0,
+                        fuzzymatching="false", includefield=_OHIF_STUDY_FIELDS)),
         ("qido.page100", f"A page of 100 studies (offset {offset})",
          "/studies" + q(limit=100, offset=offset)),
     ]  # fmt: skip

@@ -78,35 +78,42 @@ def _values(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
-class _Parsed:
-    """Parsed study and series attributes by their bytes, for the rows of one page.
+_PARSED_KEPT = 2048  # parsed study and series attribute blobs kept per process (~5 KB each)
 
-    A page of a series' instances repeats the same study and series attributes in every row:
-    parse them once. Callers get a shallow copy; nested values are shared and never mutated.
+
+class _ParsedAttributes:
+    """Parsed study and series attributes by their stored bytes, kept across requests.
+
+    A viewer's worklist asks for the same studies again and again, and a page of a series'
+    instances repeats the same study and series attributes in every row: each blob is parsed
+    once. The key is the blob itself, so a changed study is a new key, never a stale answer.
+    Callers get a shallow copy; nested values are shared and must never be mutated.
     """
 
-    __slots__ = ("_cache",)
-    _BOUND = 256  # distinct attribute blobs kept; a page of studies has no repeats
+    __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._cache: dict[bytes, dict[str, Any]] = {}
+        self._kept: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 
     def __call__(self, raw: bytes | str) -> dict[str, Any]:
         key = raw if isinstance(raw, bytes) else raw.encode()
-        parsed = self._cache.get(key)
+        kept = self._kept
+        parsed = kept.get(key)
         if parsed is None:
-            if len(self._cache) >= self._BOUND:
-                self._cache.clear()
-            parsed = self._cache[key] = orjson.loads(key)
+            parsed = kept[key] = orjson.loads(key)
+            if len(kept) > _PARSED_KEPT:
+                kept.popitem(last=False)
+        else:
+            kept.move_to_end(key)
         return dict(parsed)
 
 
+_parsed_attributes = _ParsedAttributes()
+
+
 def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
-    """Search rows as DICOM JSON objects, parsing repeated parent attributes once."""
-    parsed = _Parsed()
-    if level is Level.STUDY:
-        return [search_row(level, row) for row in rows]
-    return [search_row(level, row, parsed) for row in rows]
+    """Search rows as DICOM JSON objects, parsing each stored attribute blob once."""
+    return [search_row(level, row, _parsed_attributes) for row in rows]
 
 
 def search_row(

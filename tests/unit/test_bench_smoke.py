@@ -178,6 +178,9 @@ def test_issue16_site_plans_ask_for_what_the_site_holds() -> None:
     assert paths["qido.accession"].split("=")[1] in {accession(s) for s in held}
     assert any(paths["qido.series_of_study"] == f"/studies/{study_uid(s)}/series" for s in held)
     assert paths["qido.page100"] == f"/studies?limit=100&offset={max(0, len(held) - 100)}"
+    worklist = paths["qido.ohif_worklist"]  # what OHIF's study list sends for a day
+    assert "limit=101&offset=0&fuzzymatching=false" in worklist
+    assert "includefield=00081030%2C00080060%2C00080090%2C00100030" in worklist
 
 
 async def test_issue16_corpus_loads_into_its_sites(tmp_path: Path) -> None:

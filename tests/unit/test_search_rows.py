@@ -1,0 +1,56 @@
+"""index/rows.py: search rows parse each stored attribute blob once per process, and a
+changed study is never answered from an older parse."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from dicomweb_server.domain.attributes import Level
+from dicomweb_server.index import rows
+
+
+def _study_row(name: str, instances: int = 3) -> tuple[object, ...]:
+    attributes = {
+        "0020000D": {"vr": "UI", "Value": ["1.2.3"]},
+        "00100010": {"vr": "PN", "Value": [{"Alphabetic": name}]},
+    }
+    return (orjson.dumps(attributes), "CT\\MR", "1.2.840.10008.5.1.4.1.1.2", 2, instances)
+
+
+def test_issue16_a_study_row_reads_its_stored_attributes_and_aggregates() -> None:
+    (row,) = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane")])
+    assert row["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+    assert row["00080061"] == {"vr": "CS", "Value": ["CT", "MR"]}
+    assert row["00201208"] == {"vr": "IS", "Value": [3]}
+
+
+def test_issue16_a_changed_blob_is_parsed_anew_never_answered_from_the_old_parse() -> None:
+    first = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane")])[0]
+    renamed = rows.search_rows(Level.STUDY, [_study_row("Roe^Rick")])[0]
+    assert first["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+    assert renamed["00100010"]["Value"] == [{"Alphabetic": "Roe^Rick"}]
+
+
+def test_issue16_rows_of_one_blob_are_independent_at_the_top_level() -> None:
+    one, two = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane"), _study_row("Doe^Jane", 9)])
+    one.pop("00100010")  # what the search service does to a row (drop, add RetrieveURL)
+    one["00081190"] = {"vr": "UR", "Value": ["http://x/studies/1.2.3"]}
+    assert two["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+    assert "00081190" not in two
+    assert two["00201208"]["Value"] == [9]
+    (again,) = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane")])
+    assert again["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+
+
+def test_issue16_the_parse_cache_keeps_a_bounded_number_of_blobs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(rows, "_PARSED_KEPT", 4)
+    cache = rows._ParsedAttributes()
+    for n in range(10):
+        assert cache(orjson.dumps({"n": n})) == {"n": n}
+    assert len(cache._kept) == 4
+    kept = len(cache._kept)
+    assert cache(orjson.dumps({"n": 9}).decode()) == {"n": 9}  # a str (asyncpg) is the same key
+    assert len(cache._kept) == kept
