@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     cache_max_bytes: NonNegative = 4 << 30
     # Of that, kept in memory per process too (warm transcoded frames skip the object store)
     derived_memory_cache_bytes: NonNegative = 64 << 20
+    # Stored frames read from an S3 store, kept in memory per process (a local folder has the
+    # page cache): a frame asked for again (another viewer, a scroll back) skips the store
+    frame_memory_cache_bytes: NonNegative = 128 << 20
     # WADO-RS streaming: the next objects are fetched while the current one is sent
     wado_read_ahead_objects: Positive = 8  # objects fetched ahead per response (1: none ahead)
     wado_read_ahead_bytes: NonNegative = 16 << 20  # bytes held ahead per response

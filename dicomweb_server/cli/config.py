@@ -138,6 +138,10 @@ ROWS: tuple[Row, ...] = (
         "of that, kept in memory per process too: a warm transcoded frame skips the object store",
     ),
     Row(
+        ("frame_memory_cache_bytes",),
+        "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store (0: none)",
+    ),
+    Row(
         ("wado_read_ahead_objects", "wado_read_ahead_bytes"),
         "objects (and bytes) of a study or series fetched ahead while one is sent",
     ),

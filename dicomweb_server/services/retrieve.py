@@ -59,10 +59,11 @@ from dicomweb_server.services.frame_formats import (
 )
 from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead
 from dicomweb_server.services.media import MediaBody, MediaService
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import chain
-from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.storage.base import BlobStore, local_region
 
 __all__ = [
     "FRAME_MEDIA_TYPES",
@@ -95,13 +96,20 @@ class RetrieveService:
     codecs: CodecPool
     frame_cache: DerivedCache | None = None  # None: transcoded frames, remuxed video not kept
     read_ahead: ReadAhead = field(default_factory=ReadAhead)
+    # Stored frames kept in memory when the store is remote (S3); a local folder has the page
+    # cache. Objects never change under their keys (the key holds the content's digest), so
+    # an entry is never stale, and a deleted instance's frames are unreachable (no row).
+    frame_memory_bytes: int = 0
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _answers: InstanceAnswers = field(init=False)
     _media: MediaService = field(init=False)
+    _frames_kept: MemoryCache | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self._answers = InstanceAnswers(self.index, self.blobs, self.codecs, self.read_ahead)
         self._media = MediaService(self.index, self.blobs, self.codecs, self.frame_cache)
+        if self.frame_memory_bytes > 0:
+            self._frames_kept = MemoryCache(self.frame_memory_bytes)
 
     # -- instances -------------------------------------------------------------------------
 
@@ -303,9 +311,18 @@ class RetrieveService:
 
     async def _read_span(self, instance: StoredInstance, number: int) -> bytes:
         assert instance.pixel is not None
+        kept = self._frames_kept
+        if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is not None:
+            kept = None  # a local file: the page cache keeps it
+        key = f"{instance.blob_key}#{number}"
+        if kept is not None and (data := kept.get(key)) is not None:
+            return data
         fragments = instance.pixel.frames[number - 1].fragments
         pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if kept is not None:
+            kept.put(key, data)
+        return data
 
     async def _transcoded_frame(
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str

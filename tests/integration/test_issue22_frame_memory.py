@@ -1,0 +1,74 @@
+"""Issue 22: stored frames read from S3 are kept in memory per process (a frame asked for again
+skips the object store); a local folder relies on the page cache and keeps none."""
+
+from __future__ import annotations
+
+import httpx
+from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+
+from dicomweb_server.web.state import AppState
+
+_READS = "dicomweb_object_store_duration_seconds_count"
+
+
+async def _range_reads(client: httpx.AsyncClient) -> float:
+    text = (await client.get("http://testserver/metrics")).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == _READS and sample.labels.get("operation") == "read_range":
+                return float(sample.value)
+    return 0.0
+
+
+def _parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
+    return parse_multipart(response.content, response.headers["content-type"])
+
+
+async def _frame(client: httpx.AsyncClient, path: str, number: int) -> httpx.Response:
+    return await client.get(
+        f"{path}/frames/{number}",
+        headers={"Accept": "multipart/related; type=application/octet-stream"},
+    )
+
+
+async def test_issue22_a_frame_asked_for_again_is_not_read_from_the_store_again(
+    app: Starlette, client: httpx.AsyncClient, backend: str
+) -> None:
+    ds = ct_dataset(rows=32, columns=32, frames=3)
+    body, content_type = multipart_body([to_part10(ds)])
+    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    path = (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    state: AppState = app.state.dicomweb
+    kept = state.retrieve._frames_kept
+    assert kept is not None
+
+    before = await _range_reads(client)
+    first = await _frame(client, path, 2)
+    after_first = await _range_reads(client)
+    again = await _frame(client, path, 2)
+    after_again = await _range_reads(client)
+    other = await _frame(client, path, 3)
+    after_other = await _range_reads(client)
+
+    assert first.status_code == again.status_code == other.status_code == 200
+    frame_two = _parts(first)[0][1]
+    assert _parts(again)[0][1] == frame_two
+    assert len(frame_two) == 32 * 32 * 2
+    assert _parts(other)[0][1] != frame_two
+    if backend == "embedded":  # the page cache keeps a local folder's frames
+        assert not kept.entries
+    else:
+        assert len(kept.entries) == 2
+        assert after_first - before == 1
+        assert after_again == after_first  # from memory
+        assert after_other - after_again == 1  # another frame is another read
+
+    # Deleted data is never answered from memory: the index is asked first.
+    assert (await client.delete(path)).status_code == 204
+    assert (await _frame(client, path, 2)).status_code == 404
