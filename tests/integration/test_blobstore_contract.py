@@ -381,7 +381,9 @@ async def test_s3_reads_are_signed_here_once_botocore_agrees(
     store = await _s3_store(s3_endpoint, s3_bucket)
     try:
         data = _data(300_000, seed=7)
-        await store.put(KEY, _chunks(data))
+        await store.put(KEY + ".first", _chunks(data))  # botocore's PUT URL
+        assert store._put_presigner is not None
+        await store.put(KEY, _chunks(data))  # ours
         assert store._presigner is None  # nothing read yet
         assert await _read(store, KEY) == data  # botocore's URL
         assert store._presigner is not None
@@ -396,6 +398,17 @@ async def test_s3_reads_are_signed_here_once_botocore_agrees(
         assert store._http is not None
         async with store._http.get(URL(forged, encoded=True)) as refused:
             assert refused.status == 403
+        forged_put = store._put_presigner.url(
+            "blobs/" + KEY + ".forged",
+            Credentials(s3_endpoint.access_key, "not-the-secret", None),
+            datetime.datetime.now(datetime.UTC),
+            60,
+        )
+        async with store._http.put(URL(forged_put, encoded=True), data=b"x") as refused:
+            assert refused.status == 403
+        with pytest.raises(NotFoundError):
+            await store.read_range(KEY + ".forged", 0, 1)
+        assert await _read(store, KEY + ".first") == data
         assert await store.read_range(KEY, 1000, 5000) == data[1000:6000]
         assert await _read(store, KEY, 299_990) == data[299_990:]
         with pytest.raises(NotFoundError):

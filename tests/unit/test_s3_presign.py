@@ -17,7 +17,7 @@ KEY = "objects/default/1.2.3/1.2.3.4/1.2.3.4.5/0123456789abcdef0123456789abcdef.
 
 
 async def _botocore_url(
-    endpoint: str | None, region: str, credentials: Credentials, key: str
+    endpoint: str | None, region: str, credentials: Credentials, key: str, method: str = "GET"
 ) -> str:
     config = AioConfig(
         s3={"addressing_style": "path" if endpoint else "auto"}, signature_version="s3v4"
@@ -31,12 +31,14 @@ async def _botocore_url(
         aws_session_token=credentials.token,
         config=config,
     ) as client:
+        operation = {"GET": "get_object", "PUT": "put_object"}[method]
         url: str = await client.generate_presigned_url(
-            "get_object", Params={"Bucket": "bucket-1", "Key": key}, ExpiresIn=300
+            operation, Params={"Bucket": "bucket-1", "Key": key}, ExpiresIn=300
         )
         return url
 
 
+@pytest.mark.parametrize("method", ["GET", "PUT"])
 @pytest.mark.parametrize(
     ("endpoint", "region", "token"),
     [
@@ -47,14 +49,16 @@ async def _botocore_url(
     ],
 )
 def test_urls_signed_here_are_botocores(
-    endpoint: str | None, region: str, token: str | None
+    endpoint: str | None, region: str, token: str | None, method: str
 ) -> None:
     credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
-    first = asyncio.run(_botocore_url(endpoint, region, credentials, KEY))
-    presigner = learn_presigner(first, KEY, credentials)
+    first = asyncio.run(_botocore_url(endpoint, region, credentials, KEY, method))
+    presigner = learn_presigner(first, KEY, credentials, method)
     assert presigner is not None, first
+    other = "PUT" if method == "GET" else "GET"
+    assert learn_presigner(first, KEY, credentials, other) is None  # one method's URL only
     other_key = KEY.replace("1.2.3.4.5", "1.2.3.4.6")
-    expected = asyncio.run(_botocore_url(endpoint, region, credentials, other_key))
+    expected = asyncio.run(_botocore_url(endpoint, region, credentials, other_key, method))
     expected_parts = urlsplit(expected)
     expected_query = dict(parse_qsl(expected_parts.query))
     when = datetime.datetime.strptime(expected_query["X-Amz-Date"], "%Y%m%dT%H%M%SZ")
