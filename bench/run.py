@@ -742,7 +742,8 @@ async def run(opts: Options) -> dict[str, Any]:
                 descriptions["s3_replay"] = {
                     "description": "the CT study's objects fetched straight from the SeaweedFS"
                     f" gateway of ours (PostgreSQL+S3), {concurrency} at a time as our server"
-                    " reads ahead, with aiobotocore: no DICOM work (issue 22)",
+                    " reads ahead, by GETs presigned once and sent with aiohttp: no DICOM work"
+                    " (issue 22)",
                 }
                 for plan in plans:
                     if plan.metric.id != "wado.study":
