@@ -109,11 +109,29 @@ class _ParsedAttributes:
 
 
 _parsed_attributes = _ParsedAttributes()
+# Whole study rows by what makes them (stored attributes and aggregates): a worklist's rows
+# are built once, not once per request. Same rules as the parsed blobs: a changed study is
+# a new key, and callers get a shallow copy.
+_study_rows: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
 
 def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
     """Search rows as DICOM JSON objects, parsing each stored attribute blob once."""
+    if level is Level.STUDY:
+        return [_study_row(row) for row in rows]
     return [search_row(level, row, _parsed_attributes) for row in rows]
+
+
+def _study_row(row: tuple[Any, ...] | Any) -> dict[str, Any]:
+    key = (row[0], row[1], row[2], row[3], row[4])
+    built = _study_rows.get(key)
+    if built is None:
+        built = _study_rows[key] = search_row(Level.STUDY, row, _parsed_attributes)
+        if len(_study_rows) > _PARSED_KEPT:
+            _study_rows.popitem(last=False)
+    else:
+        _study_rows.move_to_end(key)
+    return dict(built)
 
 
 def search_row(
