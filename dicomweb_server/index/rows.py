@@ -13,7 +13,14 @@ from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.domain.records import PixelLayout, pixel_from_json
 from dicomweb_server.index.base import StoredInstance
 
-__all__ = ["INSTANCE_COLUMNS", "merge_attributes", "search_row", "search_rows", "stored_instance"]
+__all__ = [
+    "INSTANCE_COLUMNS",
+    "StudyRow",
+    "merge_attributes",
+    "search_row",
+    "search_rows",
+    "stored_instance",
+]
 
 # The instance columns both indexes select for a StoredInstance, in this order.
 INSTANCE_COLUMNS = (
@@ -115,6 +122,18 @@ _parsed_attributes = _ParsedAttributes()
 _study_rows: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
 
 
+class StudyRow(dict[str, Any]):
+    """A study search row that knows what it was built from (`key`: the stored attributes and
+    aggregates), so a caller may keep what it derives from the row by that key. Serialised
+    as the plain dict it is."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: tuple[Any, ...], values: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.key = key
+
+
 def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
     """Search rows as DICOM JSON objects, parsing each stored attribute blob once."""
     if level is Level.STUDY:
@@ -122,7 +141,7 @@ def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dic
     return [search_row(level, row, _parsed_attributes) for row in rows]
 
 
-def _study_row(row: tuple[Any, ...] | Any) -> dict[str, Any]:
+def _study_row(row: tuple[Any, ...] | Any) -> StudyRow:
     key = (row[0], row[1], row[2], row[3], row[4])
     built = _study_rows.get(key)
     if built is None:
@@ -131,7 +150,7 @@ def _study_row(row: tuple[Any, ...] | Any) -> dict[str, Any]:
             _study_rows.popitem(last=False)
     else:
         _study_rows.move_to_end(key)
-    return dict(built)
+    return StudyRow(key, built)
 
 
 def search_row(

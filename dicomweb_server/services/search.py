@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.index.rows import StudyRow
 
 __all__ = ["SearchOutcome", "SearchService"]
 
@@ -31,10 +33,37 @@ _COMPUTED = ("00080056", "00080061", "00080062", "00201206", "00201208", "002012
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
     """Result objects (keys not yet in order: serialise with orjson.OPT_SORT_KEYS, as
-    PS3.18 F.2.2 orders attributes) plus the Warning texts the response must carry."""
+    PS3.18 F.2.2 orders attributes), some already serialised in that order (a Fragment),
+    plus the Warning texts the response must carry."""
 
-    rows: list[dict[str, Any]]
+    rows: list[dict[str, Any] | orjson.Fragment]
     warnings: list[str]
+
+
+_ANSWERS_KEPT = 4096  # serialised study answers kept per process (~1 KB each)
+
+
+class _StudyAnswers:
+    """Study rows as answered, serialised, by what they were built from, the root they point
+    into and the keys dropped: a worklist asked again serialises nothing. The row's key is
+    its stored bytes and aggregates, so a changed study is a new key, never a stale answer."""
+
+    __slots__ = ("_kept",)
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[tuple[Any, ...], orjson.Fragment] = OrderedDict()
+
+    def get(self, key: tuple[Any, ...]) -> orjson.Fragment | None:
+        found = self._kept.get(key)
+        if found is not None:
+            self._kept.move_to_end(key)
+        return found
+
+    def put(self, key: tuple[Any, ...], row: dict[str, Any]) -> orjson.Fragment:
+        answer = self._kept[key] = orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
+        if len(self._kept) > _ANSWERS_KEPT:
+            self._kept.popitem(last=False)
+        return answer
 
 
 @dataclass(slots=True)
@@ -42,6 +71,7 @@ class SearchService:
     """QIDO-RS over an InstanceIndex."""
 
     index: InstanceIndex
+    _answers: _StudyAnswers = field(default_factory=_StudyAnswers, init=False)
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
@@ -56,10 +86,18 @@ class SearchService:
         # metadata, only what was asked: dropping the unasked computed keys is all the shaping.
         drop = () if query.include_all else tuple(k for k in _COMPUTED if k not in wanted)
         needs_metadata = query.include_all or self._needs_metadata(query)
-        rows = page.rows
-        sites = page.sites or [query.site] * len(rows)
-        for row, site in zip(rows, sites, strict=True):
+        rows: list[dict[str, Any] | orjson.Fragment] = []
+        sites = page.sites or [query.site] * len(page.rows)
+        answers = self._answers
+        for row, site in zip(page.rows, sites, strict=True):
             row_root = f"{root_url}/sites/{site}" if query.sites else root_url
+            kept = None
+            if isinstance(row, StudyRow) and not needs_metadata:
+                kept = (row.key, row_root, drop)
+                answer = answers.get(kept)
+                if answer is not None:
+                    rows.append(answer)
+                    continue
             if needs_metadata:
                 await self._add_from_metadata(row, query, site, row_root)
             for key in drop:
@@ -68,6 +106,7 @@ class SearchService:
                 "vr": "UR",
                 "Value": [self._retrieve_url(query.level, row, row_root)],
             }
+            rows.append(row if kept is None else answers.put(kept, row))
         warnings = list(query.warnings)
         if page.more:
             warnings.append(

@@ -224,3 +224,42 @@ async def test_issue16_enterprise_root_searches_every_site_with_each_row_in_its_
     ]
     assert [len(page) for page in pages] == [1, 1, 1, 0]
     assert _urls([row for page in pages for row in page]) == _urls(found)
+
+
+async def test_issue16_a_study_answered_again_follows_its_changes_and_its_root(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """Study rows and their serialised answers are kept per process (index/rows.py,
+    services/search.py): asked again, a study's answer is the same; once it changes, or at
+    another root, or with other return keys, it is that answer, never the one kept."""
+    await _add_site(app, "hospital-a")
+    study = uid()
+    first = ct_dataset(study=study, patient_id="KEPT-1")
+    assert (await _stow(client, f"{BASE}/sites/hospital-a", [to_part10(first)])).status_code == 200
+
+    async def found(root: str, extra: str = "") -> dict[str, dict[str, object]]:
+        response = await client.get(f"{root}/studies?PatientID=KEPT-1{extra}")
+        assert response.status_code == 200, response.text
+        (row,) = response.json()
+        return dict(row)
+
+    site_root = f"{BASE}/sites/hospital-a"
+    once = await found(site_root)
+    assert await found(site_root) == once
+    assert once["00201208"]["Value"] == [1]
+    assert once["00081190"]["Value"] == [f"{site_root}/studies/{study}"]
+    enterprise = await found(BASE)  # the same row, pointing into its site from the root
+    assert enterprise["00081190"] == once["00081190"]
+    assert "00080062" not in once
+    asked = await found(site_root, "&includefield=SOPClassesInStudy")
+    assert asked["00080062"]["Value"] == [str(first.SOPClassUID)]
+
+    second = ct_dataset(study=study, series=uid(), patient_id="KEPT-1", modality="MR")
+    assert (await _stow(client, site_root, [to_part10(second)])).status_code == 200
+    changed = await found(site_root)
+    assert changed["00201208"]["Value"] == [2]
+    assert changed["00201206"]["Value"] == [2]
+    assert changed["00080061"]["Value"] == ["CT", "MR"]
+    assert (await client.delete(f"{site_root}/studies/{study}")).status_code == 204
+    gone = await client.get(f"{site_root}/studies?PatientID=KEPT-1")
+    assert gone.status_code == 200 and gone.json() == []
