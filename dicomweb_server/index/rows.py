@@ -117,15 +117,20 @@ class _ParsedAttributes:
 
 _parsed_attributes = _ParsedAttributes()
 # Whole study rows by what makes them (stored attributes and aggregates): a worklist's rows
-# are built once, not once per request. Same rules as the parsed blobs: a changed study is
-# a new key, and callers get a shallow copy.
-_study_rows: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+# are built once, not once per request, and handed out as they are (read-only). A changed
+# study is a new key, never a stale row.
+_study_rows: OrderedDict[tuple[Any, ...], StudyRow] = OrderedDict()
+
+
+def _read_only(self: StudyRow, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("a study row is shared between requests: change a copy (dict(row))")
 
 
 class StudyRow(dict[str, Any]):
-    """A study search row that knows what it was built from (`key`: the stored attributes and
-    aggregates), so a caller may keep what it derives from the row by that key. Serialised
-    as the plain dict it is."""
+    """A study search row, shared by every request that finds the study (so read-only: a
+    caller changes `dict(row)`), that knows what it was built from (`key`: the stored
+    attributes and aggregates) so a caller may keep what it derives from it by that key.
+    Serialised as the plain dict it is."""
 
     __slots__ = ("key",)
 
@@ -133,9 +138,13 @@ class StudyRow(dict[str, Any]):
         super().__init__(values)
         self.key = key
 
+    __setitem__ = __delitem__ = pop = popitem = setdefault = update = clear = _read_only
+    __ior__ = _read_only
+
 
 def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
-    """Search rows as DICOM JSON objects, parsing each stored attribute blob once."""
+    """Search rows as DICOM JSON objects, parsing each stored attribute blob once; study rows
+    are shared and read-only (`StudyRow`), other rows are the caller's."""
     if level is Level.STUDY:
         return [_study_row(row) for row in rows]
     return [search_row(level, row, _parsed_attributes) for row in rows]
@@ -145,12 +154,13 @@ def _study_row(row: tuple[Any, ...] | Any) -> StudyRow:
     key = (row[0], row[1], row[2], row[3], row[4])
     built = _study_rows.get(key)
     if built is None:
-        built = _study_rows[key] = search_row(Level.STUDY, row, _parsed_attributes)
+        built = StudyRow(key, search_row(Level.STUDY, row, _parsed_attributes))
+        _study_rows[key] = built
         if len(_study_rows) > _PARSED_KEPT:
             _study_rows.popitem(last=False)
     else:
         _study_rows.move_to_end(key)
-    return StudyRow(key, built)
+    return built
 
 
 def search_row(

@@ -89,15 +89,20 @@ class SearchService:
         rows: list[dict[str, Any] | orjson.Fragment] = []
         sites = page.sites or [query.site] * len(page.rows)
         answers = self._answers
+        roots: dict[str, str] = {}
         for row, site in zip(page.rows, sites, strict=True):
-            row_root = f"{root_url}/sites/{site}" if query.sites else root_url
+            row_root = roots.get(site)
+            if row_root is None:
+                row_root = roots[site] = f"{root_url}/sites/{site}" if query.sites else root_url
             kept = None
-            if isinstance(row, StudyRow) and not needs_metadata:
-                kept = (row.key, row_root, drop)
-                answer = answers.get(kept)
-                if answer is not None:
-                    rows.append(answer)
-                    continue
+            if isinstance(row, StudyRow):
+                if not needs_metadata:
+                    kept = (row.key, row_root, drop)
+                    answer = answers.get(kept)
+                    if answer is not None:
+                        rows.append(answer)
+                        continue
+                row = dict(row)  # shared between requests: shape a copy
             if needs_metadata:
                 await self._add_from_metadata(row, query, site, row_root)
             for key in drop:

@@ -32,15 +32,26 @@ def test_issue16_a_changed_blob_is_parsed_anew_never_answered_from_the_old_parse
     assert renamed["00100010"]["Value"] == [{"Alphabetic": "Roe^Rick"}]
 
 
-def test_issue16_rows_of_one_blob_are_independent_at_the_top_level() -> None:
+def test_issue16_study_rows_are_shared_read_only_and_a_copy_is_the_callers() -> None:
     one, two = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane"), _study_row("Doe^Jane", 9)])
-    one.pop("00100010")  # what the search service does to a row (drop, add RetrieveURL)
-    one["00081190"] = {"vr": "UR", "Value": ["http://x/studies/1.2.3"]}
-    assert two["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
-    assert "00081190" not in two
-    assert two["00201208"]["Value"] == [9]
     (again,) = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane")])
-    assert again["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+    assert again is one  # the same study found again: built once
+    assert two is not one and two["00201208"]["Value"] == [9]  # other aggregates: another row
+    for change in (
+        lambda: one.pop("00100010"),
+        lambda: one.__setitem__("00081190", {}),
+        lambda: one.update({}),
+        lambda: one.setdefault("x", 1),
+        lambda: one.clear(),
+    ):
+        with pytest.raises(TypeError, match="shared between requests"):
+            change()
+    copy = dict(one)  # what the search service shapes (drop keys, add RetrieveURL)
+    copy.pop("00100010")
+    copy["00081190"] = {"vr": "UR", "Value": ["http://x/studies/1.2.3"]}
+    assert one["00100010"]["Value"] == [{"Alphabetic": "Doe^Jane"}]
+    assert "00081190" not in one
+    assert orjson.loads(orjson.dumps(one)) == dict(one)  # serialised as the dict it is
 
 
 def test_issue16_the_parse_cache_keeps_a_bounded_number_of_blobs(
