@@ -45,6 +45,7 @@ MIN_PART_SIZE = 5 << 20  # S3 rejects smaller parts, except the last
 # Reads: a GET through botocore costs ~2 ms of CPU before the first byte (events, endpoint
 # rules, signing, parsing); signing a URL and fetching it on our own pool costs a quarter.
 _PRESIGNED_SECONDS = 300  # lifetime of a read URL, fetched at once
+_PRESIGNED_OPERATIONS = {"GET": "get_object", "PUT": "put_object"}
 _MAX_PARTS = 10_000  # S3's limit on parts per multipart upload
 
 # Keys are built from validated UIDs and hex digests, as for the filesystem store.
@@ -163,10 +164,11 @@ class S3BlobStore:
         # The session's credentials, for URLs signed here once botocore's first one showed
         # how (storage/s3_presign.py); None: botocore signs every URL.
         self._credentials: Any = credentials
-        self._presigner: Presigner | None = None
-        self._presigner_checked = credentials is None
-        self._put_presigner: Presigner | None = None
-        self._put_presigner_checked = credentials is None
+        # By method, once botocore's first URL for it was checked (None: not a layout we sign);
+        # without credentials neither is ever learned.
+        self._presigners: dict[str, Presigner | None] = (
+            {} if credentials is not None else dict.fromkeys(_PRESIGNED_OPERATIONS)
+        )
 
     @classmethod
     async def create(
@@ -253,7 +255,7 @@ class S3BlobStore:
         if self._http is None:
             return False
         with _wrapped("put", key):
-            url = await self._presign_put(object_key)
+            url = await self._presign("PUT", object_key)
         if url is None:
             return False
         with warnings.catch_warnings():
@@ -273,28 +275,6 @@ class S3BlobStore:
         except _TRANSPORT_ERRORS as exc:
             logger.info("presigned PUT of %s failed (%s): retrying through botocore", key, exc)
         return False
-
-    async def _presign_put(self, object_key: str) -> str | None:
-        """A presigned PUT of `object_key` signed here, or botocore's URL for the first put
-        (which shows the layout), or None: botocore puts it (its layout is not one we sign)."""
-        if self._put_presigner is not None:
-            now = datetime.datetime.now(datetime.UTC)
-            credentials = await self._signing_credentials()
-            return self._put_presigner.url(object_key, credentials, now, _PRESIGNED_SECONDS)
-        if self._put_presigner_checked:
-            return None
-        self._put_presigner_checked = True
-        url: str = await self._client.generate_presigned_url(
-            "put_object",
-            Params={"Bucket": self._bucket, "Key": object_key},
-            ExpiresIn=_PRESIGNED_SECONDS,
-        )
-        credentials = await self._signing_credentials()
-        self._put_presigner = learn_presigner(url, object_key, credentials, method="PUT")
-        if self._put_presigner is None:
-            logger.info("writes stay with botocore: its PUT URLs are not SigV4 as known")
-            return None
-        return url
 
     async def _put_multipart(
         self,
@@ -384,7 +364,10 @@ class S3BlobStore:
             yield None
             return
         with _wrapped("get", key):
-            url = await self._presign(self._object_key(key))
+            url = await self._presign("GET", self._object_key(key))
+        if url is None:  # never for a GET: botocore's URL stands in for ours
+            yield None
+            return
         headers = {} if range_header is None else {"Range": range_header}
         try:
             response = await self._http.get(URL(url, encoded=True), headers=headers)
@@ -405,24 +388,33 @@ class S3BlobStore:
                 )
                 yield None
 
-    async def _presign(self, object_key: str) -> str:
-        """A presigned GET of `object_key`: signed here once the first URL botocore signed
-        showed the layout and the signature agreed, else by botocore."""
-        if self._presigner is not None:
+    async def _presign(self, method: str, object_key: str) -> str | None:
+        """A presigned GET or PUT of `object_key`, signed here once botocore's first URL for
+        that method showed the layout and our signature of it was botocore's. Otherwise
+        botocore's URL: always the first one, and every GET whose layout we do not sign;
+        None for a PUT we do not sign (the caller puts by botocore)."""
+        presigner = self._presigners.get(method)
+        if presigner is not None:
             now = datetime.datetime.now(datetime.UTC)
             credentials = await self._signing_credentials()
-            return self._presigner.url(object_key, credentials, now, _PRESIGNED_SECONDS)
+            return presigner.url(object_key, credentials, now, _PRESIGNED_SECONDS)
+        learned = method in self._presigners
+        if learned and method == "PUT":
+            return None
         url: str = await self._client.generate_presigned_url(
-            "get_object",
+            _PRESIGNED_OPERATIONS[method],
             Params={"Bucket": self._bucket, "Key": object_key},
             ExpiresIn=_PRESIGNED_SECONDS,
         )
-        if not self._presigner_checked:
-            self._presigner_checked = True
+        if method not in self._presigners:  # learned once, whoever else asked meanwhile
+            self._presigners[method] = None
             credentials = await self._signing_credentials()
-            self._presigner = learn_presigner(url, object_key, credentials)
-            if self._presigner is None:
-                logger.info("read URLs stay signed by botocore: their layout is not SigV4 as known")
+            presigner = self._presigners[method] = learn_presigner(
+                url, object_key, credentials, method
+            )
+            if presigner is None:
+                logger.info("%s URLs stay signed by botocore: not SigV4 as known", method)
+                return url if method == "GET" else None
         return url
 
     async def _signing_credentials(self) -> Credentials:

@@ -382,14 +382,16 @@ async def test_s3_reads_are_signed_here_once_botocore_agrees(
     try:
         data = _data(300_000, seed=7)
         await store.put(KEY + ".first", _chunks(data))  # botocore's PUT URL
-        assert store._put_presigner is not None
+        assert store._presigners["PUT"] is not None
         await store.put(KEY, _chunks(data))  # ours
-        assert store._presigner is None  # nothing read yet
+        assert "GET" not in store._presigners  # nothing read yet
         assert await _read(store, KEY) == data  # botocore's URL
-        assert store._presigner is not None
+        assert store._presigners["GET"] is not None
         assert await _read(store, KEY) == data  # ours
         # The gateway checks signatures: a URL signed with another secret is refused.
-        forged = store._presigner.url(
+        get_presigner = store._presigners["GET"]
+        assert get_presigner is not None
+        forged = get_presigner.url(
             "blobs/" + KEY,
             Credentials(s3_endpoint.access_key, "not-the-secret", None),
             datetime.datetime.now(datetime.UTC),
@@ -398,7 +400,9 @@ async def test_s3_reads_are_signed_here_once_botocore_agrees(
         assert store._http is not None
         async with store._http.get(URL(forged, encoded=True)) as refused:
             assert refused.status == 403
-        forged_put = store._put_presigner.url(
+        put_presigner = store._presigners["PUT"]
+        assert put_presigner is not None
+        forged_put = put_presigner.url(
             "blobs/" + KEY + ".forged",
             Credentials(s3_endpoint.access_key, "not-the-secret", None),
             datetime.datetime.now(datetime.UTC),
