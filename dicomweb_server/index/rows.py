@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -15,6 +15,7 @@ from dicomweb_server.index.base import StoredInstance
 
 __all__ = [
     "INSTANCE_COLUMNS",
+    "Kept",
     "StudyRow",
     "merge_attributes",
     "search_row",
@@ -85,7 +86,35 @@ def _values(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
-_PARSED_KEPT = 2048  # parsed study and series attribute blobs kept per process (~5 KB each)
+_PARSED_KEPT = 2048  # parsed attribute blobs, and study rows, kept per process (~5 KB each)
+
+_K = TypeVar("_K", bound=Hashable)
+_V = TypeVar("_V")
+
+
+class Kept(Generic[_K, _V]):
+    """At most `limit` values by key, per process, the least recently used dropped first."""
+
+    __slots__ = ("_limit", "_values")
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._values: OrderedDict[_K, _V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key: _K) -> _V | None:
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+        return value
+
+    def put(self, key: _K, value: _V) -> _V:
+        self._values[key] = value
+        if len(self._values) > self._limit:
+            self._values.popitem(last=False)
+        return value
 
 
 class _ParsedAttributes:
@@ -100,18 +129,13 @@ class _ParsedAttributes:
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._kept: Kept[bytes, dict[str, Any]] = Kept(_PARSED_KEPT)
 
     def __call__(self, raw: bytes | str) -> dict[str, Any]:
         key = raw if isinstance(raw, bytes) else raw.encode()
-        kept = self._kept
-        parsed = kept.get(key)
+        parsed = self._kept.get(key)
         if parsed is None:
-            parsed = kept[key] = orjson.loads(key)
-            if len(kept) > _PARSED_KEPT:
-                kept.popitem(last=False)
-        else:
-            kept.move_to_end(key)
+            parsed = self._kept.put(key, orjson.loads(key))
         return dict(parsed)
 
 
@@ -119,7 +143,7 @@ _parsed_attributes = _ParsedAttributes()
 # Whole study rows by what makes them (stored attributes and aggregates): a worklist's rows
 # are built once, not once per request, and handed out as they are (read-only). A changed
 # study is a new key, never a stale row.
-_study_rows: OrderedDict[tuple[Any, ...], StudyRow] = OrderedDict()
+_study_rows: Kept[tuple[Any, ...], StudyRow] = Kept(_PARSED_KEPT)
 
 
 def _read_only(self: StudyRow, *args: Any, **kwargs: Any) -> Any:
@@ -154,12 +178,9 @@ def _study_row(row: tuple[Any, ...] | Any) -> StudyRow:
     key = (row[0], row[1], row[2], row[3], row[4])
     built = _study_rows.get(key)
     if built is None:
-        built = StudyRow(key, search_row(Level.STUDY, row, _parsed_attributes))
-        _study_rows[key] = built
-        if len(_study_rows) > _PARSED_KEPT:
-            _study_rows.popitem(last=False)
-    else:
-        _study_rows.move_to_end(key)
+        built = _study_rows.put(
+            key, StudyRow(key, search_row(Level.STUDY, row, _parsed_attributes))
+        )
     return built
 
 

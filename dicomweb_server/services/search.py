@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +13,7 @@ from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.index.base import InstanceIndex
-from dicomweb_server.index.rows import StudyRow
+from dicomweb_server.index.rows import Kept, StudyRow
 
 __all__ = ["SearchOutcome", "SearchService"]
 
@@ -51,19 +50,13 @@ class _StudyAnswers:
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: OrderedDict[tuple[Any, ...], orjson.Fragment] = OrderedDict()
+        self._kept: Kept[tuple[Any, ...], orjson.Fragment] = Kept(_ANSWERS_KEPT)
 
     def get(self, key: tuple[Any, ...]) -> orjson.Fragment | None:
-        found = self._kept.get(key)
-        if found is not None:
-            self._kept.move_to_end(key)
-        return found
+        return self._kept.get(key)
 
     def put(self, key: tuple[Any, ...], row: dict[str, Any]) -> orjson.Fragment:
-        answer = self._kept[key] = orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
-        if len(self._kept) > _ANSWERS_KEPT:
-            self._kept.popitem(last=False)
-        return answer
+        return self._kept.put(key, orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)))
 
 
 @dataclass(slots=True)
