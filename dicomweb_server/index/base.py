@@ -101,6 +101,19 @@ class InstanceIndex(Protocol):
         """The stored DICOM JSON of each instance, in `iter_instances` order."""
         ...
 
+    async def list_instances(
+        self, study: StudyKey, series_instance_uid: str | None, most: int
+    ) -> list[tuple[int, str]] | None:
+        """(row, digest) of each instance of a study (or one series) in `iter_instances` order,
+        or None when there are more than `most`. A row is never updated in place, so the list
+        names the exact rows (and contents) a response built from it holds."""
+        ...
+
+    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
+        """The stored DICOM JSON of the rows `rows` (named by `list_instances`), by row; a row
+        deleted since is absent."""
+        ...
+
     async def get_metadata(self, key: InstanceKey) -> bytes | None:
         """The stored DICOM JSON of one instance, or None."""
         ...

@@ -61,7 +61,8 @@ _MIGRATION_LOCK_KEY = 0x6469_636F_6D77_6562  # "dicomweb" in ASCII
 _MAX_CONNECT_TIMEOUT = 10.0  # seconds to open one connection, at most
 _ADD_ATTEMPTS = 5  # serialization failures / deadlocks retried before giving up
 _RETRY_DELAY = 0.02  # seconds, doubled per attempt, jittered
-_ITER_BATCH = 64
+_ITER_BATCH = 64  # instance rows per query when iterating
+_ORDER_PAGE = 1024  # instances ordered per query when iterating (small columns only)
 _BLOB_KEY_BATCH = 1000
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _CLOSE_TIMEOUT = 10.0
@@ -484,37 +485,80 @@ class PostgresInstanceIndex(
         )
         return None if row is None else stored_instance(row)
 
+    async def _order(
+        self,
+        study: StudyKey,
+        series_instance_uid: str | None,
+        after: tuple[int, int, int] | None,
+        most: int,
+    ) -> list[asyncpg.Record]:
+        """Up to `most` (series row, instance number, row, digest) in `iter_instances` order,
+        after the `after` key: the sort carries these small columns only, never a blob."""
+        params: list[Any] = [study.site, study.study_instance_uid]
+        number = f"COALESCE(i.instance_number, {_NO_NUMBER})"
+        if series_instance_uid is None:
+            text = (
+                f"SELECT se.id, {number}, i.id, i.digest"
+                " FROM instances i JOIN series se ON se.site = i.site"
+                " AND se.series_instance_uid = i.series_instance_uid"
+                " WHERE i.site = $1 AND i.study_instance_uid = $2"
+            )
+            if after is not None:
+                params += after
+                text += f" AND (se.id, {number}, i.id) > ($3, $4, $5)"
+            text += " ORDER BY 1, 2, 3"
+        else:
+            # One series: its series row is the same for all of its instances.
+            params.append(series_instance_uid)
+            text = (
+                f"SELECT 0, {number}, i.id, i.digest FROM instances i"
+                " WHERE i.site = $1 AND i.study_instance_uid = $2 AND i.series_instance_uid = $3"
+            )
+            if after is not None:
+                params += after[1:]
+                text += f" AND ({number}, i.id) > ($4, $5)"
+            text += " ORDER BY 2, 3"
+        params.append(most)
+        return await self._fetch(f"{text} LIMIT ${len(params)}", *params)
+
+    async def _by_row(self, columns: str, rows: Sequence[int]) -> dict[int, asyncpg.Record]:
+        """`columns` of the instance rows `rows`, by row (a row deleted meanwhile is absent)."""
+        found = await self._fetch(
+            f"SELECT i.id AS row_id, {columns} FROM instances i WHERE i.id = ANY($1::bigint[])",
+            list(rows),
+        )
+        return {row["row_id"]: row for row in found}
+
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None
-    ) -> AsyncIterator[asyncpg.Record]:
-        """Rows in (series, instance number) order, a batch per query by keyset paging.
-
-        No connection is held between batches, so a slow WADO client cannot pin the pool.
-        """
-        params: list[Any] = [study.site, study.study_instance_uid]
-        series_filter = ""
-        if series_instance_uid is not None:
-            params.append(series_instance_uid)
-            series_filter = f" AND i.series_instance_uid = ${len(params)}"
-        n = len(params)
-        text = (
-            f"SELECT {columns}, se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id"
-            " FROM instances i JOIN series se ON se.site = i.site"
-            " AND se.series_instance_uid = i.series_instance_uid"
-            f" WHERE i.site = $1 AND i.study_instance_uid = $2{series_filter}"
-            f" AND (se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id)"
-            f" > (${n + 1}, ${n + 2}, ${n + 3})"
-            f" ORDER BY se.id, COALESCE(i.instance_number, {_NO_NUMBER}), i.id LIMIT ${n + 4}"
-        )
-        after: tuple[int, int, int] = (-1, _NO_NUMBER, -1)
+    ) -> AsyncIterator[tuple[Any, ...]]:
+        """Rows in (series, instance number) order: a page of the order by keyset paging, then
+        its rows `_ITER_BATCH` at a time by row id. No connection is held between queries, so
+        a slow WADO client cannot pin the pool."""
+        after: tuple[int, int, int] | None = None
         while True:
-            batch = await self._fetch(text, *params, *after, _ITER_BATCH)
-            for row in batch:
-                yield row
-            if len(batch) < _ITER_BATCH:
+            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
+            for start in range(0, len(page), _ITER_BATCH):
+                ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
+                found = await self._by_row(columns, ids)
+                for row_id in ids:
+                    row = found.get(row_id)
+                    if row is not None:
+                        yield tuple(row)[1:]
+            if len(page) < _ORDER_PAGE:
                 return
-            last = batch[-1]
-            after = (last[-3], last[-2], last[-1])
+            last = page[-1]
+            after = (last[0], last[1], last[2])
+
+    async def list_instances(
+        self, study: StudyKey, series_instance_uid: str | None, most: int
+    ) -> list[tuple[int, str]] | None:
+        page = await self._order(study, series_instance_uid, None, most + 1)
+        return None if len(page) > most else [(entry[2], entry[3]) for entry in page]
+
+    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
+        found = await self._by_row("i.metadata", rows)
+        return {row_id: bytes(row[1]) for row_id, row in found.items()}
 
     async def iter_instances(
         self, study: StudyKey, series_instance_uid: str | None = None

@@ -51,7 +51,8 @@ __all__ = ["SqliteInstanceIndex"]
 
 T = TypeVar("T")
 _READERS = 4
-_ITER_BATCH = 64
+_ITER_BATCH = 64  # instance rows per query when iterating
+_ORDER_PAGE = 1024  # instances ordered per query when iterating (small columns only)
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _PROGRESS_STEPS = 1000  # VM steps between scan-budget checks (tens of microseconds)
 
@@ -186,38 +187,86 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
         page = rows[: query.limit]
         return SearchPage(search_rows(query.level, page), more, [row[11] for row in page])
 
+    async def _order(
+        self,
+        study: StudyKey,
+        series_instance_uid: str | None,
+        after: tuple[int, int, int] | None,
+        most: int,
+    ) -> list[tuple[int, int, int, str]]:
+        """Up to `most` (series row, instance number, row, digest) in `iter_instances` order,
+        after the `after` key: the sort carries these small columns only, never a blob."""
+        params: list[Any] = [study.site]
+        if series_instance_uid is None:
+            params.append(study.study_instance_uid)
+            text = (
+                "SELECT se.id, COALESCE(i.instance_number, -2147483648), i.id, i.digest"
+                " FROM instances i JOIN series se ON se.site = i.site"
+                " AND se.series_instance_uid = i.series_instance_uid"
+                " WHERE i.site = ? AND i.study_instance_uid = ?"
+            )
+            if after is not None:
+                text += " AND (se.id, COALESCE(i.instance_number, -2147483648), i.id) > (?, ?, ?)"
+                params += after
+            text += " ORDER BY 1, 2, 3 LIMIT ?"
+        else:
+            # One series: its rows come by the (site, series, number) index (the `+` keeps the
+            # planner off the study index), and its series row is the same for all of them.
+            params += [series_instance_uid, study.study_instance_uid]
+            text = (
+                "SELECT 0, COALESCE(i.instance_number, -2147483648), i.id, i.digest"
+                " FROM instances i WHERE i.site = ? AND i.series_instance_uid = ?"
+                " AND +i.study_instance_uid = ?"
+            )
+            if after is not None:
+                text += " AND (COALESCE(i.instance_number, -2147483648), i.id) > (?, ?)"
+                params += after[1:]
+            text += " ORDER BY 2, 3 LIMIT ?"
+        params.append(most)
+
+        def run(conn: sqlite3.Connection) -> list[tuple[int, int, int, str]]:
+            return conn.execute(text, params).fetchall()
+
+        return await self._read(run)
+
+    async def _by_row(self, columns: str, rows: Sequence[int]) -> dict[int, tuple[Any, ...]]:
+        """`columns` of the instance rows `rows`, by row (a row deleted meanwhile is absent)."""
+        marks = ", ".join("?" * len(rows))
+        text = f"SELECT i.id, {columns} FROM instances i WHERE i.id IN ({marks})"
+
+        def run(conn: sqlite3.Connection) -> dict[int, tuple[Any, ...]]:
+            return {row[0]: row[1:] for row in conn.execute(text, list(rows))}
+
+        return await self._read(run)
+
     async def _iter(
         self, columns: str, study: StudyKey, series_instance_uid: str | None
     ) -> AsyncIterator[tuple[Any, ...]]:
-        """Rows in (series, instance number) order, fetched in batches by keyset paging."""
-        after: tuple[int, int, int] = (-1, -1, -1)
-        series_filter = "" if series_instance_uid is None else " AND i.series_instance_uid = ?"
+        """Rows in (series, instance number) order: a page of the order by keyset paging, then
+        its rows `_ITER_BATCH` at a time by row id."""
+        after: tuple[int, int, int] | None = None
         while True:
-            params: list[Any] = [study.site, study.study_instance_uid]
-            if series_instance_uid is not None:
-                params.append(series_instance_uid)
-            params += [after[0], after[0], after[1], after[1], after[2], _ITER_BATCH]
-            text = (
-                f"SELECT {columns}, se.id, COALESCE(i.instance_number, -2147483648), i.id"
-                " FROM instances i JOIN series se ON se.site = i.site"
-                " AND se.series_instance_uid = i.series_instance_uid"
-                f" WHERE i.site = ? AND i.study_instance_uid = ?{series_filter}"
-                " AND (se.id > ? OR (se.id = ? AND (COALESCE(i.instance_number, -2147483648) > ?"
-                " OR (COALESCE(i.instance_number, -2147483648) = ? AND i.id > ?))))"
-                " ORDER BY se.id, COALESCE(i.instance_number, -2147483648), i.id LIMIT ?"
-            )
-
-            def run(
-                conn: sqlite3.Connection, text: str = text, params: list[Any] = params
-            ) -> list[Any]:
-                return conn.execute(text, params).fetchall()
-
-            batch = await self._read(run)
-            for row in batch:
-                yield row[:-3]
-            if len(batch) < _ITER_BATCH:
+            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
+            for start in range(0, len(page), _ITER_BATCH):
+                ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
+                found = await self._by_row(columns, ids)
+                for row_id in ids:
+                    row = found.get(row_id)
+                    if row is not None:
+                        yield row
+            if len(page) < _ORDER_PAGE:
                 return
-            after = (batch[-1][-3], batch[-1][-2], batch[-1][-1])
+            after = page[-1][:3]
+
+    async def list_instances(
+        self, study: StudyKey, series_instance_uid: str | None, most: int
+    ) -> list[tuple[int, str]] | None:
+        page = await self._order(study, series_instance_uid, None, most + 1)
+        return None if len(page) > most else [(entry[2], entry[3]) for entry in page]
+
+    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
+        found = await self._by_row("i.metadata", rows)
+        return {row_id: bytes(row[0]) for row_id, row in found.items()}
 
     async def iter_instances(
         self, study: StudyKey, series_instance_uid: str | None = None

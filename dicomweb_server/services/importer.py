@@ -168,6 +168,14 @@ class _OutcomeIndex:
     ) -> AsyncIterator[bytes]:
         return self._index.iter_metadata(study, series_instance_uid)
 
+    async def list_instances(
+        self, study: StudyKey, series_instance_uid: str | None, most: int
+    ) -> list[tuple[int, str]] | None:
+        return await self._index.list_instances(study, series_instance_uid, most)
+
+    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
+        return await self._index.metadata_by_row(rows)
+
     async def get_metadata(self, key: InstanceKey) -> bytes | None:
         return await self._index.get_metadata(key)
 

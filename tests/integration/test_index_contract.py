@@ -26,10 +26,13 @@ from pydicom.uid import generate_uid
 import dicomweb_server
 from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
+from dicomweb_server.domain.lifecycle import DeleteTarget, Hold, StudyFacts
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.errors import BackendUnavailableError
+from dicomweb_server.index import postgres as postgres_index
+from dicomweb_server.index import sqlite as sqlite_index
 from dicomweb_server.index.aggregates import instance_row, new_series_row, new_study_row
-from dicomweb_server.index.base import AddOutcome, InstanceIndex, SearchPage
+from dicomweb_server.index.base import AddOutcome, InstanceIndex, Lifecycle, SearchPage
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
 from dicomweb_server.index.sqlite import SqliteInstanceIndex
@@ -415,6 +418,65 @@ async def test_iter_instances_pages_through_a_long_series(
     assert [s.key async for s in index.iter_instances(key)] == [key_of(b) for b in expected]
     metadata = [m async for m in index.iter_metadata(key, series)]
     assert metadata == [b.record.metadata for b in expected]
+
+
+async def test_iter_pages_the_order_and_the_rows(
+    index: InstanceIndex, factory: InstanceFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order is found a page at a time and the rows fetched a batch at a time: with both
+    smaller than a series, two series with unnumbered instances still come back in order."""
+    for module in (sqlite_index, postgres_index):
+        monkeypatch.setattr(module, "_ORDER_PAGE", 7)
+        monkeypatch.setattr(module, "_ITER_BATCH", 3)
+    study, first, second = generate_uid(), generate_uid(), generate_uid()
+    numbers: list[int | None] = [None, None, *range(10)]
+    built: list[tuple[int, int | None, Built]] = []
+    for place, series in enumerate((first, second)):
+        shuffled = numbers[:]
+        random.Random(place).shuffle(shuffled)
+        for n in shuffled:
+            made = factory.make(study, series, modality="CT-lean", instance_number=n)
+            assert await add(index, made) is AddOutcome.CREATED
+            built.append((place, n, made))
+    # Unnumbered first (in storage order), then by number; the first-stored series first.
+    expected = [b for _, _, b in sorted(built, key=lambda t: (t[0], -1 if t[1] is None else t[1]))]
+    key = StudyKey(SITE, study)
+    assert [s.key async for s in index.iter_instances(key)] == [key_of(b) for b in expected]
+    in_second = [m async for m in index.iter_metadata(key, second)]
+    assert in_second == [b.record.metadata for b in expected[len(numbers) :]]
+
+
+async def test_list_instances_names_the_rows_a_document_holds(
+    index: InstanceIndex, catalogue: Catalogue
+) -> None:
+    """list_instances: (row, digest) in iter order, None above `most`; metadata_by_row reads
+    those rows, and a row deleted since is absent."""
+    c = catalogue
+    study = StudyKey(SITE, c.study_a)
+    expected = [c.a1[3], c.a1[1], c.a1[2], c.a1[0], *c.a2]
+    listed = await index.list_instances(study, None, 6)
+    assert listed is not None
+    assert [digest for _, digest in listed] == [b.digest for b in expected]
+    assert await index.list_instances(study, None, 5) is None
+    in_series = await index.list_instances(study, c.series_a2, 2)
+    assert in_series == listed[4:]
+    assert await index.list_instances(StudyKey(SITE, generate_uid()), None, 10) == []
+    assert await index.list_instances(StudyKey("elsewhere", c.study_a), None, 10) == []
+    rows = [row for row, _ in listed]
+    found = await index.metadata_by_row(rows)
+    assert [found[row] for row in rows] == [b.record.metadata for b in expected]
+    assert isinstance(index, Lifecycle)
+    gone = c.a2[0].record
+    target = DeleteTarget(SITE, c.study_a, gone.series_instance_uid, (gone.sop_instance_uid,))
+    await index.delete_instances(target, who="test", reason="test", now=time.time(), judge=_allow)
+    after = await index.metadata_by_row(rows)
+    assert rows[4] not in after and set(after) == set(rows) - {rows[4]}
+    again = await index.list_instances(study, None, 6)
+    assert again == listed[:4] + listed[5:]
+
+
+def _allow(facts: StudyFacts, holds: list[Hold]) -> None:
+    """A Judge that lets every delete through."""
 
 
 async def test_series_exists_and_blob_keys(index: InstanceIndex, catalogue: Catalogue) -> None:
