@@ -142,6 +142,10 @@ ROWS: tuple[Row, ...] = (
         "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store (0: none)",
     ),
     Row(
+        ("metadata_memory_cache_bytes",),
+        "study and series metadata answers kept in memory per process, by the rows they hold (0: none)",
+    ),
+    Row(
         ("wado_read_ahead_objects", "wado_read_ahead_bytes"),
         "objects (and bytes) of a study or series fetched ahead while one is sent",
     ),

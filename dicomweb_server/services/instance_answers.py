@@ -200,7 +200,7 @@ class InstanceAnswers:
                     break
                 listed.append(await decisions.decide(instance))
             if not seen:
-                raise NotFoundError(_not_found(study, series_instance_uid))
+                raise NotFoundError(not_found(study, series_instance_uid))
             complete = decisions.keep_trials
             if complete:
                 return await self._plan_listed(listed, regions, decisions)
@@ -360,7 +360,8 @@ class InstanceAnswers:
         return out
 
 
-def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
+def not_found(study: StudyKey, series_instance_uid: str | None) -> str:
+    """What a 404 for a study (or a series of it) with no instance says."""
     if series_instance_uid is None:
         return f"study {study.study_instance_uid} not found"
     return f"series {series_instance_uid} not found in study {study.study_instance_uid}"

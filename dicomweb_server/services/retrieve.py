@@ -57,9 +57,10 @@ from dicomweb_server.services.frame_formats import (
     WantedFrames,
     frame_formats,
 )
-from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead
+from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead, not_found
 from dicomweb_server.services.media import MediaBody, MediaService
 from dicomweb_server.services.memory_cache import MemoryCache
+from dicomweb_server.services.metadata_documents import MetadataDocument, MetadataDocuments
 from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import chain
@@ -100,14 +101,18 @@ class RetrieveService:
     # cache. Objects never change under their keys (the key holds the content's digest), so
     # an entry is never stale, and a deleted instance's frames are unreachable (no row).
     frame_memory_bytes: int = 0
+    # Study and series metadata documents kept in memory per process, by content
+    metadata_memory_bytes: int = 0
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _answers: InstanceAnswers = field(init=False)
     _media: MediaService = field(init=False)
     _frames_kept: MemoryCache | None = field(default=None, init=False)
+    _documents: MetadataDocuments = field(init=False)
 
     def __post_init__(self) -> None:
         self._answers = InstanceAnswers(self.index, self.blobs, self.codecs, self.read_ahead)
         self._media = MediaService(self.index, self.blobs, self.codecs, self.frame_cache)
+        self._documents = MetadataDocuments(self.index, self.metadata_memory_bytes)
         if self.frame_memory_bytes > 0:
             self._frames_kept = MemoryCache(self.frame_memory_bytes)
 
@@ -120,7 +125,7 @@ class RetrieveService:
         iterator = aiter(self.index.iter_instances(study, series_instance_uid))
         first = await anext(iterator, None)
         if first is None:
-            raise NotFoundError(_not_found(study, series_instance_uid))
+            raise NotFoundError(not_found(study, series_instance_uid))
         return chain(first, iterator)
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance:
@@ -168,22 +173,12 @@ class RetrieveService:
 
     # -- metadata --------------------------------------------------------------------------
 
-    async def iter_metadata(
+    async def study_metadata(
         self, study: StudyKey, series_instance_uid: str | None, root_url: str
-    ) -> AsyncIterator[bytes]:
-        """A JSON array of stored instance metadata, streamed without re-parsing DICOM."""
-        iterator = aiter(self.index.iter_metadata(study, series_instance_uid))
-        first = await anext(iterator, None)
-        if first is None:
-            raise NotFoundError(_not_found(study, series_instance_uid))
-
-        async def generate() -> AsyncIterator[bytes]:
-            yield b"[" + absolute_bulk_uris(first, root_url)
-            async for metadata in iterator:
-                yield b"," + absolute_bulk_uris(metadata, root_url)
-            yield b"]"
-
-        return generate()
+    ) -> MetadataDocument | AsyncIterator[bytes]:
+        """A study's (or series') metadata: a JSON array of the stored instance metadata, never
+        re-parsed DICOM; one document kept by content when small, streamed when large."""
+        return await self._documents.answer(study, series_instance_uid, root_url)
 
     async def get_metadata(self, key: InstanceKey) -> bytes:
         """One instance's stored DICOM JSON (BulkDataURIs relative), or NotFoundError."""
@@ -429,12 +424,6 @@ class RetrieveService:
     def iter_range(self, instance: StoredInstance, start: int, length: int) -> AsyncIterator[bytes]:
         """`length` bytes of the stored object from `start`, streamed."""
         return self.blobs.iter_get(instance.blob_key, start, length)
-
-
-def _not_found(study: StudyKey, series_instance_uid: str | None) -> str:
-    if series_instance_uid is None:
-        return f"study {study.study_instance_uid} not found"
-    return f"series {series_instance_uid} not found in study {study.study_instance_uid}"
 
 
 class _Frames:

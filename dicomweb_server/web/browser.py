@@ -37,6 +37,7 @@ __all__ = [
     "EntityTagMiddleware",
     "add_browser_middleware",
     "choose_encoding",
+    "weak_etag",
 ]
 
 _READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -186,10 +187,13 @@ class EntityTagMiddleware:
         start: Message | None = None
         chunks: list[bytes] = []
         size = 0
-        passing = False  # over the bound, or not a 200: stream as it comes
+        passing = False  # over the bound, not a 200, or tagged by the app: stream as it comes
+        dropping = False  # a 304 for a body the app tagged: its body is not sent
 
         async def buffered(message: Message) -> None:
-            nonlocal start, size, passing
+            nonlocal start, size, passing, dropping
+            if dropping:
+                return
             if passing:
                 await send(message)
                 return
@@ -198,6 +202,19 @@ class EntityTagMiddleware:
                 if message["status"] != 200:
                     passing = True
                     await send(message)
+                    return
+                headers = MutableHeaders(scope=start)
+                tag = headers.get("etag")
+                if tag is not None:  # computed by the app once for the body it keeps
+                    headers.setdefault("Cache-Control", cache_control)
+                    if if_none_match(condition, tag):
+                        _not_modified(start)
+                        dropping = True
+                        await send(start)
+                        await send({"type": "http.response.body", "body": b""})
+                        return
+                    passing = True
+                    await send(start)
                 return
             message = as_body_message(message)  # a file region: its bytes are hashed
             if message["type"] != "http.response.body":
@@ -223,10 +240,7 @@ class EntityTagMiddleware:
             etag = _weak_etag(b"".join(chunks), headers.get("content-type", ""))
             headers["ETag"] = etag
             if if_none_match(condition, etag):
-                for name in ("content-type", "content-length", "content-encoding"):
-                    if name in headers:
-                        del headers[name]
-                start["status"] = 304
+                _not_modified(start)
                 await send(start)
                 await send({"type": "http.response.body", "body": b""})
                 return
@@ -240,7 +254,22 @@ def _weak_etag(body: bytes, content_type: str) -> str:
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if match:
         body = body.replace(match.group(1).encode("latin-1", "replace"), b"")
-    return 'W/"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+    return weak_etag(hashlib.sha256(body).hexdigest())
+
+
+def weak_etag(sha256_hex: str) -> str:
+    """The weak entity tag of a body whose SHA-256 is `sha256_hex` (computed here or by the
+    app, which may tag a body it keeps so that it is not hashed again per request)."""
+    return 'W/"' + sha256_hex[:32] + '"'
+
+
+def _not_modified(start: Message) -> None:
+    """Turn a 200's start message into a 304's: no body headers."""
+    headers = MutableHeaders(scope=start)
+    for name in ("content-type", "content-length", "content-encoding"):
+        if name in headers:
+            del headers[name]
+    start["status"] = 304
 
 
 class _Encoder:

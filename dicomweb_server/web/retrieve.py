@@ -12,7 +12,9 @@ from starlette.responses import Response, StreamingResponse
 from dicomweb_server.domain.documents import ENCAPSULATED_DOCUMENT
 from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.services.bodies import FileRegion, InstancesPlan, PlannedInstance
+from dicomweb_server.services.metadata_documents import MetadataDocument
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
+from dicomweb_server.web.browser import weak_etag
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.media import byte_range, media_response
 from dicomweb_server.web.multipart import (
@@ -245,8 +247,10 @@ async def retrieve_study_metadata(request: Request) -> Response:
     """GET /studies/{study}/metadata."""
     state = _state(request)
     accept_json(request.headers.get("accept"))
-    body = await state.retrieve.iter_metadata(await study_key(request), None, root_url_of(request))
-    return StreamingResponse(body, media_type=_DICOM_JSON)
+    answer = await state.retrieve.study_metadata(
+        await study_key(request), None, root_url_of(request)
+    )
+    return _metadata_response(answer)
 
 
 async def retrieve_series_metadata(request: Request) -> Response:
@@ -254,10 +258,19 @@ async def retrieve_series_metadata(request: Request) -> Response:
     state = _state(request)
     accept_json(request.headers.get("accept"))
     key = await series_key(request)
-    body = await state.retrieve.iter_metadata(
+    answer = await state.retrieve.study_metadata(
         key.study, key.series_instance_uid, root_url_of(request)
     )
-    return StreamingResponse(body, media_type=_DICOM_JSON)
+    return _metadata_response(answer)
+
+
+def _metadata_response(answer: MetadataDocument | AsyncIterator[bytes]) -> Response:
+    """A whole document goes with the entity tag computed once for it; a streamed one is
+    tagged (or not, when large) by EntityTagMiddleware."""
+    if isinstance(answer, MetadataDocument):
+        headers = {"ETag": weak_etag(answer.digest)}
+        return Response(answer, media_type=_DICOM_JSON, headers=headers)
+    return StreamingResponse(answer, media_type=_DICOM_JSON)
 
 
 async def retrieve_instance_metadata(request: Request) -> Response:
