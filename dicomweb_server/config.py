@@ -166,6 +166,9 @@ class Settings(BaseSettings):
     cors_max_age: NonNegative = 600  # seconds a browser may cache a preflight answer
     compress_json: bool = True  # gzip or br JSON responses (QIDO, metadata) when accepted
     compress_min_bytes: NonNegative = 1024  # smaller JSON bodies are sent as they are
+    # Compressed bytes of whole JSON answers tagged by their content (study and series
+    # metadata), kept per process per encoding: a series opened again is not compressed again
+    compressed_memory_cache_bytes: NonNegative = 32 << 20
     # Python's cyclic garbage collector: objects allocated before a full collection runs. The
     # default (700) made a 1,400-study QIDO answer spend two thirds of its time in collections;
     # startup objects are also frozen out of collection (serve/worker.py). 0: Python's default.

@@ -185,6 +185,10 @@ ROWS: tuple[Row, ...] = (
         "gzip/br JSON responses when accepted, from this size",
     ),
     Row(
+        ("compressed_memory_cache_bytes",),
+        "compressed bytes of study and series metadata answers kept per process per encoding, so a series opened again is not compressed again (0: none)",
+    ),
+    Row(
         ("gc_young_threshold",),
         "allocations before Python's garbage collector runs (default 700 spent two thirds of a large search in collections); startup objects are frozen out of collection; 0 keeps Python's default",
     ),

@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb_server.config import Settings
+from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.rendered import if_none_match
 from dicomweb_server.web.responses import as_body_message
@@ -321,12 +322,18 @@ def choose_encoding(accept_encoding: str | None, brotli: bool) -> str | None:
 
 
 class CompressionMiddleware:
-    """br or gzip for JSON responses of at least `min_bytes` when the client accepts it."""
+    """br or gzip for JSON responses of at least `min_bytes` when the client accepts it.
 
-    def __init__(self, app: ASGIApp, *, min_bytes: int = 1024) -> None:
+    A whole body the app tagged with an ETag of its content (study and series metadata) is
+    compressed once per encoding and kept, up to `kept_bytes` per process: a viewer opening a
+    series again gets the same compressed bytes without the compression work.
+    """
+
+    def __init__(self, app: ASGIApp, *, min_bytes: int = 1024, kept_bytes: int = 0) -> None:
         self.app = app
         self.min_bytes = min_bytes
         self.brotli = _brotli_available()
+        self.kept = MemoryCache(kept_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope.get("method") == "HEAD":
@@ -341,9 +348,10 @@ class CompressionMiddleware:
         pending_size = 0
         encoder: _Encoder | None = None
         passing = False
+        kept_as: str | None = None  # the key a tagged whole body's compressed bytes go under
 
         async def compressing(message: Message) -> None:
-            nonlocal start, pending_size, encoder, passing
+            nonlocal start, pending_size, encoder, passing, kept_as
             if passing:
                 await send(message)
                 return
@@ -361,6 +369,9 @@ class CompressionMiddleware:
                     await send(message)
                     return
                 start = message
+                tag = headers.get("etag")
+                if tag is not None and self.kept.limit:
+                    kept_as = f"{encoding} {tag} {scope.get('path', '')}"
                 return
             message = as_body_message(message)  # a file region: its bytes are compressed
             if message["type"] != "http.response.body":
@@ -369,6 +380,10 @@ class CompressionMiddleware:
             assert start is not None
             body = message.get("body", b"")
             more = message.get("more_body", False)
+            single = encoder is None and not pending and not more and len(body) >= self.min_bytes
+            if kept_as is not None and single:  # a tagged whole body: compressed once, kept
+                await _send_kept(send, start, encoding, self._compressed(kept_as, body))
+                return
             if encoder is None:
                 pending.append(body)
                 pending_size += len(body)
@@ -397,11 +412,32 @@ class CompressionMiddleware:
 
         await self.app(scope, receive, compressing)
 
+    def _compressed(self, key: str, body: bytes) -> bytes:
+        data = self.kept.get(key)
+        if data is None:
+            encoder = _Encoder(key.partition(" ")[0])
+            data = encoder.compress(body) + encoder.finish()
+            self.kept.put(key, data)
+        return data
+
+
+async def _send_kept(send: Send, start: Message, encoding: str, data: bytes) -> None:
+    headers = MutableHeaders(scope=start)
+    headers["Content-Encoding"] = encoding
+    _append_vary(headers, "Accept-Encoding")
+    headers["Content-Length"] = str(len(data))
+    await send(start)
+    await send({"type": "http.response.body", "body": data})
+
 
 def add_browser_middleware(app: Starlette, settings: Settings) -> None:
     """Install compression, entity tags and CORS (outermost last) on `app`."""
     if settings.compress_json:
-        app.add_middleware(CompressionMiddleware, min_bytes=settings.compress_min_bytes)
+        app.add_middleware(
+            CompressionMiddleware,
+            min_bytes=settings.compress_min_bytes,
+            kept_bytes=settings.compressed_memory_cache_bytes,
+        )
     app.add_middleware(EntityTagMiddleware, max_age=settings.http_cache_max_age)
     if settings.cors_origins or settings.cors_write_origins:
         app.add_middleware(

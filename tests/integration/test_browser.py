@@ -194,6 +194,68 @@ async def test_gzip_body_is_a_valid_stream() -> None:
     assert gzip.decompress(body) == b"".join(b'{"n":%d},' % n * 20 for n in range(50))
 
 
+async def _through(middleware: object, tag: bytes | None, body: bytes, more: bool = False) -> bytes:
+    """The bytes `middleware` sends for one response of `body` (tagged with `tag` if given;
+    `more`: in two body messages, as a streamed answer)."""
+    sent: list[dict[str, object]] = []
+
+    async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        headers = [(b"content-type", b"application/dicom+json")]
+        if tag is not None:
+            headers.append((b"etag", tag))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        if more:
+            await send({"type": "http.response.body", "body": body[:10], "more_body": True})
+            body_rest = body[10:]
+        else:
+            body_rest = body
+        await send({"type": "http.response.body", "body": body_rest})
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x",
+        "headers": [(b"accept-encoding", b"gzip")],
+    }
+    middleware.app = app  # type: ignore[attr-defined]
+    await middleware(scope, receive, send)  # type: ignore[operator]
+    start = sent[0]
+    headers = dict(start["headers"])  # type: ignore[call-overload]
+    data = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
+    assert headers[b"content-encoding"] == b"gzip"
+    if b"content-length" in headers:
+        assert int(headers[b"content-length"]) == len(data)
+    return gzip.decompress(data)
+
+
+async def test_issue22_a_tagged_whole_body_is_compressed_once_and_kept() -> None:
+    """Study and series metadata carry a tag of their content: their compressed bytes are kept
+    by tag and encoding; untagged or streamed bodies are compressed as they pass."""
+    from dicomweb_server.web.browser import CompressionMiddleware
+
+    middleware = CompressionMiddleware(None, kept_bytes=1 << 20)  # type: ignore[arg-type]
+    body = b'[{"n":1}' + b',{"n":2}' * 500 + b"]"
+    assert await _through(middleware, b'W/"a"', body) == body
+    assert len(middleware.kept.entries) == 1
+    assert await _through(middleware, b'W/"a"', body) == body  # from the kept bytes
+    assert len(middleware.kept.entries) == 1
+    other = body.replace(b"2", b"3")
+    assert await _through(middleware, b'W/"b"', other) == other  # another tag: another entry
+    assert len(middleware.kept.entries) == 2
+    assert await _through(middleware, None, body) == body
+    assert await _through(middleware, b'W/"c"', body, more=True) == body
+    assert len(middleware.kept.entries) == 2
+    none_kept = CompressionMiddleware(None)  # type: ignore[arg-type]
+    assert await _through(none_kept, b'W/"a"', body) == body
+    assert not none_kept.kept.entries
+
+
 @pytest.mark.parametrize(
     ("header", "brotli", "chosen"),
     [
