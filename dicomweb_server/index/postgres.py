@@ -536,9 +536,8 @@ class PostgresInstanceIndex(
         its rows `_ITER_BATCH` at a time by row id. No connection is held between queries, so
         a slow WADO client cannot pin the pool."""
         after: tuple[int, int, int] | None = None
-        most = _ITER_BATCH  # a first page no larger than a batch: many callers stop early
         while True:
-            page = await self._order(study, series_instance_uid, after, most)
+            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
             for start in range(0, len(page), _ITER_BATCH):
                 ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
                 found = await self._by_row(columns, ids)
@@ -546,9 +545,8 @@ class PostgresInstanceIndex(
                     row = found.get(row_id)
                     if row is not None:
                         yield tuple(row)[1:]
-            if len(page) < most:
+            if len(page) < _ORDER_PAGE:
                 return
-            most = _ORDER_PAGE
             last = page[-1]
             after = (last[0], last[1], last[2])
 

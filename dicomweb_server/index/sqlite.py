@@ -245,9 +245,8 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
         """Rows in (series, instance number) order: a page of the order by keyset paging, then
         its rows `_ITER_BATCH` at a time by row id."""
         after: tuple[int, int, int] | None = None
-        most = _ITER_BATCH  # a first page no larger than a batch: many callers stop early
         while True:
-            page = await self._order(study, series_instance_uid, after, most)
+            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
             for start in range(0, len(page), _ITER_BATCH):
                 ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
                 found = await self._by_row(columns, ids)
@@ -255,9 +254,8 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
                     row = found.get(row_id)
                     if row is not None:
                         yield row
-            if len(page) < most:
+            if len(page) < _ORDER_PAGE:
                 return
-            most = _ORDER_PAGE
             after = page[-1][:3]
 
     async def list_instances(
