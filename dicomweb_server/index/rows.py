@@ -16,7 +16,7 @@ from dicomweb_server.index.base import StoredInstance
 __all__ = [
     "INSTANCE_COLUMNS",
     "Kept",
-    "StudyRow",
+    "SharedRow",
     "merge_attributes",
     "search_row",
     "search_rows",
@@ -86,7 +86,7 @@ def _values(vr: str, values: list[Any]) -> dict[str, Any]:
     return {"vr": vr, "Value": values} if values else {"vr": vr}
 
 
-_PARSED_KEPT = 2048  # parsed attribute blobs, and study rows, kept per process (~5 KB each)
+_PARSED_KEPT = 2048  # parsed attribute blobs, and search rows per level, kept per process
 
 _K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
@@ -140,21 +140,25 @@ class _ParsedAttributes:
 
 
 _parsed_attributes = _ParsedAttributes()
-# Whole study rows by what makes them (stored attributes and aggregates): a worklist's rows
-# are built once, not once per request, and handed out as they are (read-only). A changed
-# study is a new key, never a stale row.
-_study_rows: Kept[tuple[Any, ...], StudyRow] = Kept(_PARSED_KEPT)
+# Whole search rows by what makes them (stored attributes and aggregates), per level: a
+# worklist's study rows and a series' instance rows are built once, not once per request, and
+# handed out as they are (read-only). A changed study, series or instance is a new key, never
+# a stale row. Each level has its own bound, so a long instance list never pushes out the
+# worklist.
+_shared_rows: dict[Level, Kept[tuple[Any, ...], SharedRow]] = {}
+# The columns of a search row (index/sql.py's SELECT lists) its content is built from.
+_KEY_COLUMNS = {Level.STUDY: 5, Level.SERIES: 8, Level.INSTANCE: 10}
 
 
-def _read_only(self: StudyRow, *args: Any, **kwargs: Any) -> Any:
-    raise TypeError("a study row is shared between requests: change a copy (dict(row))")
+def _read_only(self: SharedRow, *args: Any, **kwargs: Any) -> Any:
+    raise TypeError("a search row is shared between requests: change a copy (dict(row))")
 
 
-class StudyRow(dict[str, Any]):
-    """A study search row, shared by every request that finds the study (so read-only: a
-    caller changes `dict(row)`), that knows what it was built from (`key`: the stored
-    attributes and aggregates) so a caller may keep what it derives from it by that key.
-    Serialised as the plain dict it is."""
+class SharedRow(dict[str, Any]):
+    """A search row, shared by every request that finds it (so read-only: a caller changes
+    `dict(row)`), that knows what it was built from (`key`: its level, stored attributes and
+    aggregates) so a caller may keep what it derives from it by that key. Serialised as the
+    plain dict it is."""
 
     __slots__ = ("key",)
 
@@ -167,21 +171,20 @@ class StudyRow(dict[str, Any]):
 
 
 def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
-    """Search rows as DICOM JSON objects, parsing each stored attribute blob once; study rows
-    are shared and read-only (`StudyRow`), other rows are the caller's."""
-    if level is Level.STUDY:
-        return [_study_row(row) for row in rows]
-    return [search_row(level, row, _parsed_attributes) for row in rows]
-
-
-def _study_row(row: tuple[Any, ...] | Any) -> StudyRow:
-    key = (row[0], row[1], row[2], row[3], row[4])
-    built = _study_rows.get(key)
-    if built is None:
-        built = _study_rows.put(
-            key, StudyRow(key, search_row(Level.STUDY, row, _parsed_attributes))
-        )
-    return built
+    """Search rows as DICOM JSON objects, shared and read-only (`SharedRow`), each built once
+    per process from what it is made of."""
+    kept = _shared_rows.get(level)
+    if kept is None:
+        kept = _shared_rows[level] = Kept(_PARSED_KEPT)
+    width = _KEY_COLUMNS[level]
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        key = (level, *(row[n] for n in range(width)))
+        built = kept.get(key)
+        if built is None:
+            built = kept.put(key, SharedRow(key, search_row(level, row, _parsed_attributes)))
+        out.append(built)
+    return out
 
 
 def search_row(

@@ -13,7 +13,7 @@ from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.index.base import InstanceIndex
-from dicomweb_server.index.rows import Kept, StudyRow
+from dicomweb_server.index.rows import Kept, SharedRow
 
 __all__ = ["SearchOutcome", "SearchService"]
 
@@ -39,24 +39,29 @@ class SearchOutcome:
     warnings: list[str]
 
 
-_ANSWERS_KEPT = 4096  # serialised study answers kept per process (~1 KB each)
+_ANSWERS_KEPT = 4096  # serialised answers kept per process and level (~1 KB each)
 
 
-class _StudyAnswers:
-    """Study rows as answered, serialised, by what they were built from, the root they point
-    into and the keys dropped: a worklist asked again serialises nothing. The row's key is
-    its stored bytes and aggregates, so a changed study is a new key, never a stale answer."""
+class _Answers:
+    """Rows as answered, serialised, by what they were built from (the row's key, which
+    starts with its level), the root they point into and the keys dropped: a worklist or a
+    series' instance list asked again serialises nothing. The row's key is its stored bytes
+    and aggregates, so a changed study, series or instance is a new key, never a stale answer.
+    Each level has its own bound."""
 
     __slots__ = ("_kept",)
 
     def __init__(self) -> None:
-        self._kept: Kept[tuple[Any, ...], orjson.Fragment] = Kept(_ANSWERS_KEPT)
+        self._kept: dict[Level, Kept[tuple[Any, ...], orjson.Fragment]] = {
+            level: Kept(_ANSWERS_KEPT) for level in Level
+        }
 
     def get(self, key: tuple[Any, ...]) -> orjson.Fragment | None:
-        return self._kept.get(key)
+        return self._kept[key[0][0]].get(key)
 
     def put(self, key: tuple[Any, ...], row: dict[str, Any]) -> orjson.Fragment:
-        return self._kept.put(key, orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS)))
+        answer = orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
+        return self._kept[key[0][0]].put(key, answer)
 
 
 @dataclass(slots=True)
@@ -64,7 +69,7 @@ class SearchService:
     """QIDO-RS over an InstanceIndex."""
 
     index: InstanceIndex
-    _answers: _StudyAnswers = field(default_factory=_StudyAnswers, init=False)
+    _answers: _Answers = field(default_factory=_Answers, init=False)
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
@@ -88,7 +93,7 @@ class SearchService:
             if row_root is None:
                 row_root = roots[site] = f"{root_url}/sites/{site}" if query.sites else root_url
             kept = None
-            if isinstance(row, StudyRow):
+            if isinstance(row, SharedRow):
                 if not needs_metadata:
                     kept = (row.key, row_root, drop)
                     answer = answers.get(kept)

@@ -263,3 +263,45 @@ async def test_issue16_a_study_answered_again_follows_its_changes_and_its_root(
     assert (await client.delete(f"{site_root}/studies/{study}")).status_code == 204
     gone = await client.get(f"{site_root}/studies?PatientID=KEPT-1")
     assert gone.status_code == 200 and gone.json() == []
+
+
+async def test_issue22_a_series_instance_list_asked_again_follows_its_changes(
+    client: httpx.AsyncClient,
+) -> None:
+    """Instance rows and their answers are kept per process too: a series' instance list is
+    the same asked again, and follows a new instance, a delete and its return keys."""
+    study, series = uid(), uid()
+    first = [ct_dataset(study=study, series=series, instance_number=n) for n in (1, 2)]
+    assert (await _stow(client, BASE, [to_part10(ds) for ds in first])).status_code == 200
+    path = f"{BASE}/studies/{study}/series/{series}/instances"
+
+    async def listed(extra: str = "") -> list[dict[str, dict[str, object]]]:
+        response = await client.get(f"{path}{extra}")
+        assert response.status_code == 200, response.text
+        return list(response.json())
+
+    once = await listed()
+    assert await listed() == once
+    assert all("00201209" not in row for row in once)  # not asked for
+    counted = await listed("?includefield=00201209")
+    assert [row["00201209"]["Value"] for row in counted] == [[2], [2]]
+    into = f"{BASE}/sites/default/studies/{study}/series/{series}/instances"  # its site's copy
+    urls = {row["00081190"]["Value"][0] for row in once}  # type: ignore[index]
+    assert urls == {f"{into}/{ds.SOPInstanceUID}" for ds in first}
+    asked = await listed("?includefield=00280101")  # BitsStored: from each instance's metadata
+    assert [row["00280101"]["Value"] for row in asked] == [[first[0].BitsStored]] * 2
+    assert all("00280101" not in row for row in await listed())
+    sop = first[0].SOPInstanceUID
+
+    late = ct_dataset(study=study, series=series, instance_number=3)
+    assert (await _stow(client, BASE, [to_part10(late)])).status_code == 200
+    grown = await listed("?includefield=00201209")
+    assert len(grown) == 3 and [row["00201209"]["Value"] for row in grown] == [[3]] * 3
+    deleted = await client.delete(f"{path}/{sop}")
+    assert deleted.status_code == 204
+    shrunk = await listed("?includefield=00201209")
+    assert {row["00080018"]["Value"][0] for row in shrunk} == {  # type: ignore[index]
+        first[1].SOPInstanceUID,
+        late.SOPInstanceUID,
+    }
+    assert [row["00201209"]["Value"] for row in shrunk] == [[2], [2]]

@@ -65,3 +65,29 @@ def test_issue16_the_parse_cache_keeps_a_bounded_number_of_blobs(
     kept = len(cache._kept)
     assert cache(orjson.dumps({"n": 9}).decode()) == {"n": 9}  # a str (asyncpg) is the same key
     assert len(cache._kept) == kept
+
+
+def _instance_row(sop: str, series_count: int = 2, name: str = "Doe^Jane") -> tuple[object, ...]:
+    series = {"0020000E": {"vr": "UI", "Value": ["1.2.3.4"]}}
+    instance = {"00080018": {"vr": "UI", "Value": [sop]}}
+    study = _study_row(name)
+    return (*study, "1.2.3", orjson.dumps(series), series_count, "1.2.3.4", orjson.dumps(instance))
+
+
+def test_issue22_instance_rows_are_shared_by_what_makes_them() -> None:
+    """A series' instance list asked again is built once; a new instance in the series (its
+    count), another study name or another instance is another row."""
+    one, two = rows.search_rows(Level.INSTANCE, [_instance_row("1.9.1"), _instance_row("1.9.2")])
+    assert one["00080018"]["Value"] == ["1.9.1"] and two["00080018"]["Value"] == ["1.9.2"]
+    assert one["00201209"]["Value"] == [2]
+    (again,) = rows.search_rows(Level.INSTANCE, [_instance_row("1.9.1")])
+    assert again is one and isinstance(one, rows.SharedRow)
+    (grown,) = rows.search_rows(Level.INSTANCE, [_instance_row("1.9.1", series_count=3)])
+    assert grown is not one and grown["00201209"]["Value"] == [3]
+    (renamed,) = rows.search_rows(Level.INSTANCE, [_instance_row("1.9.1", name="Roe^Rick")])
+    assert renamed["00100010"]["Value"] == [{"Alphabetic": "Roe^Rick"}]
+    with pytest.raises(TypeError, match="shared between requests"):
+        one["00081190"] = {}
+    # A study row of the same stored study is a row of its own level.
+    (study,) = rows.search_rows(Level.STUDY, [_study_row("Doe^Jane")])
+    assert "00080018" not in study and study.key[0] is Level.STUDY
