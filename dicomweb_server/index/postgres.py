@@ -36,6 +36,7 @@ from dicomweb_server.index.audit_postgres import PostgresAuditLog
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_postgres import PostgresEventLog
+from dicomweb_server.index.ordered import OrderedInstances
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_delete import PostgresLifecycle
 from dicomweb_server.index.postgres_write import add_batch
@@ -61,8 +62,6 @@ _MIGRATION_LOCK_KEY = 0x6469_636F_6D77_6562  # "dicomweb" in ASCII
 _MAX_CONNECT_TIMEOUT = 10.0  # seconds to open one connection, at most
 _ADD_ATTEMPTS = 5  # serialization failures / deadlocks retried before giving up
 _RETRY_DELAY = 0.02  # seconds, doubled per attempt, jittered
-_ITER_BATCH = 64  # instance rows per query when iterating
-_ORDER_PAGE = 1024  # instances ordered per query when iterating (small columns only)
 _BLOB_KEY_BATCH = 1000
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _CLOSE_TIMEOUT = 10.0
@@ -152,7 +151,11 @@ async def _apply_migrations(conn: Connection) -> list[int]:
 
 
 class PostgresInstanceIndex(
-    PostgresLifecycle, PostgresAuditLog, PostgresEventLog, PostgresWebhookLedger
+    PostgresLifecycle,
+    PostgresAuditLog,
+    PostgresEventLog,
+    PostgresWebhookLedger,
+    OrderedInstances,
 ):
     """InstanceIndex on PostgreSQL through an asyncpg pool, safe across many server processes.
 
@@ -491,7 +494,7 @@ class PostgresInstanceIndex(
         series_instance_uid: str | None,
         after: tuple[int, int, int] | None,
         most: int,
-    ) -> list[asyncpg.Record]:
+    ) -> list[tuple[Any, ...]]:
         """Up to `most` (series row, instance number, row, digest) in `iter_instances` order,
         after the `after` key: the sort carries these small columns only, never a blob."""
         params: list[Any] = [study.site, study.study_instance_uid]
@@ -519,59 +522,13 @@ class PostgresInstanceIndex(
                 text += f" AND ({number}, i.id) > ($4, $5)"
             text += " ORDER BY 2, 3"
         params.append(most)
-        return await self._fetch(f"{text} LIMIT ${len(params)}", *params)
+        return [tuple(row) for row in await self._fetch(f"{text} LIMIT ${len(params)}", *params)]
 
-    async def _by_row(self, columns: str, rows: Sequence[int]) -> dict[int, asyncpg.Record]:
-        """`columns` of the instance rows `rows`, by row (a row deleted meanwhile is absent)."""
+    async def _by_row(self, columns: str, rows: Sequence[int]) -> dict[int, tuple[Any, ...]]:
         found = await self._fetch(
-            f"SELECT i.id AS row_id, {columns} FROM instances i WHERE i.id = ANY($1::bigint[])",
-            list(rows),
+            f"SELECT i.id, {columns} FROM instances i WHERE i.id = ANY($1::bigint[])", list(rows)
         )
-        return {row["row_id"]: row for row in found}
-
-    async def _iter(
-        self, columns: str, study: StudyKey, series_instance_uid: str | None
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Rows in (series, instance number) order: a page of the order by keyset paging, then
-        its rows `_ITER_BATCH` at a time by row id. No connection is held between queries, so
-        a slow WADO client cannot pin the pool."""
-        after: tuple[int, int, int] | None = None
-        while True:
-            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
-            for start in range(0, len(page), _ITER_BATCH):
-                ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
-                found = await self._by_row(columns, ids)
-                for row_id in ids:
-                    row = found.get(row_id)
-                    if row is not None:
-                        yield tuple(row)[1:]
-            if len(page) < _ORDER_PAGE:
-                return
-            last = page[-1]
-            after = (last[0], last[1], last[2])
-
-    async def list_instances(
-        self, study: StudyKey, series_instance_uid: str | None, most: int
-    ) -> list[tuple[int, str]] | None:
-        page = await self._order(study, series_instance_uid, None, most + 1)
-        return None if len(page) > most else [(entry[2], entry[3]) for entry in page]
-
-    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
-        found = await self._by_row("i.metadata", rows)
-        return {row_id: bytes(row[1]) for row_id, row in found.items()}
-
-    async def iter_instances(
-        self, study: StudyKey, series_instance_uid: str | None = None
-    ) -> AsyncIterator[StoredInstance]:
-        columns = ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS)
-        async for row in self._iter(columns, study, series_instance_uid):
-            yield stored_instance(row)
-
-    async def iter_metadata(
-        self, study: StudyKey, series_instance_uid: str | None = None
-    ) -> AsyncIterator[bytes]:
-        async for row in self._iter("i.metadata", study, series_instance_uid):
-            yield bytes(row[0])
+        return {row[0]: tuple(row)[1:] for row in found}
 
     async def get_metadata(self, key: InstanceKey) -> bytes | None:
         row = await self._fetchrow(f"SELECT metadata FROM instances WHERE {_BY_KEY}", *_key(key))

@@ -40,6 +40,7 @@ from dicomweb_server.index.audit_sqlite import SqliteAuditLog
 from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPage, StoredInstance
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_sqlite import SqliteEventLog, append_created
+from dicomweb_server.index.ordered import OrderedInstances
 from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search, scan_budget_exceeded
@@ -51,8 +52,6 @@ __all__ = ["SqliteInstanceIndex"]
 
 T = TypeVar("T")
 _READERS = 4
-_ITER_BATCH = 64  # instance rows per query when iterating
-_ORDER_PAGE = 1024  # instances ordered per query when iterating (small columns only)
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _PROGRESS_STEPS = 1000  # VM steps between scan-budget checks (tens of microseconds)
 
@@ -66,7 +65,9 @@ def _migrations() -> list[tuple[int, str]]:
     return sorted(found)
 
 
-class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, SqliteWebhookLedger):
+class SqliteInstanceIndex(
+    SqliteLifecycle, SqliteAuditLog, SqliteEventLog, SqliteWebhookLedger, OrderedInstances
+):
     """InstanceIndex on SQLite: one writer thread, a few reader threads, WAL for both.
 
     Deletion, restore, rejections and holds (issue 18) live in index/sqlite_delete.py.
@@ -230,7 +231,6 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
         return await self._read(run)
 
     async def _by_row(self, columns: str, rows: Sequence[int]) -> dict[int, tuple[Any, ...]]:
-        """`columns` of the instance rows `rows`, by row (a row deleted meanwhile is absent)."""
         marks = ", ".join("?" * len(rows))
         text = f"SELECT i.id, {columns} FROM instances i WHERE i.id IN ({marks})"
 
@@ -238,48 +238,6 @@ class SqliteInstanceIndex(SqliteLifecycle, SqliteAuditLog, SqliteEventLog, Sqlit
             return {row[0]: row[1:] for row in conn.execute(text, list(rows))}
 
         return await self._read(run)
-
-    async def _iter(
-        self, columns: str, study: StudyKey, series_instance_uid: str | None
-    ) -> AsyncIterator[tuple[Any, ...]]:
-        """Rows in (series, instance number) order: a page of the order by keyset paging, then
-        its rows `_ITER_BATCH` at a time by row id."""
-        after: tuple[int, int, int] | None = None
-        while True:
-            page = await self._order(study, series_instance_uid, after, _ORDER_PAGE)
-            for start in range(0, len(page), _ITER_BATCH):
-                ids = [entry[2] for entry in page[start : start + _ITER_BATCH]]
-                found = await self._by_row(columns, ids)
-                for row_id in ids:
-                    row = found.get(row_id)
-                    if row is not None:
-                        yield row
-            if len(page) < _ORDER_PAGE:
-                return
-            after = page[-1][:3]
-
-    async def list_instances(
-        self, study: StudyKey, series_instance_uid: str | None, most: int
-    ) -> list[tuple[int, str]] | None:
-        page = await self._order(study, series_instance_uid, None, most + 1)
-        return None if len(page) > most else [(entry[2], entry[3]) for entry in page]
-
-    async def metadata_by_row(self, rows: Sequence[int]) -> dict[int, bytes]:
-        found = await self._by_row("i.metadata", rows)
-        return {row_id: bytes(row[0]) for row_id, row in found.items()}
-
-    async def iter_instances(
-        self, study: StudyKey, series_instance_uid: str | None = None
-    ) -> AsyncIterator[StoredInstance]:
-        columns = ", ".join(f"i.{c}" for c in INSTANCE_COLUMNS)
-        async for row in self._iter(columns, study, series_instance_uid):
-            yield stored_instance(row)
-
-    async def iter_metadata(
-        self, study: StudyKey, series_instance_uid: str | None = None
-    ) -> AsyncIterator[bytes]:
-        async for row in self._iter("i.metadata", study, series_instance_uid):
-            yield bytes(row[0])
 
     async def _instance_row(self, columns: str, key: InstanceKey) -> tuple[Any, ...] | None:
         """`columns` of one instance row, or None."""

@@ -29,8 +29,7 @@ from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.lifecycle import DeleteTarget, Hold, StudyFacts
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.errors import BackendUnavailableError
-from dicomweb_server.index import postgres as postgres_index
-from dicomweb_server.index import sqlite as sqlite_index
+from dicomweb_server.index import ordered
 from dicomweb_server.index.aggregates import instance_row, new_series_row, new_study_row
 from dicomweb_server.index.base import AddOutcome, InstanceIndex, Lifecycle, SearchPage
 from dicomweb_server.index.batch import NewInstance
@@ -425,9 +424,8 @@ async def test_iter_pages_the_order_and_the_rows(
 ) -> None:
     """The order is found a page at a time and the rows fetched a batch at a time: with both
     smaller than a series, two series with unnumbered instances still come back in order."""
-    for module in (sqlite_index, postgres_index):
-        monkeypatch.setattr(module, "_ORDER_PAGE", 7)
-        monkeypatch.setattr(module, "_ITER_BATCH", 3)
+    monkeypatch.setattr(ordered, "_ORDER_PAGE", 7)
+    monkeypatch.setattr(ordered, "_ITER_BATCH", 3)
     study, first, second = generate_uid(), generate_uid(), generate_uid()
     numbers: list[int | None] = [None, None, *range(10)]
     built: list[tuple[int, int | None, Built]] = []
