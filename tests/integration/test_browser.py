@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -157,6 +158,26 @@ async def test_json_is_gzipped_when_accepted_and_multipart_never(
     assert small.status_code == 404 and "content-encoding" not in small.headers
 
 
+async def _sent(middleware: Any) -> list[dict[str, object]]:
+    """The messages `middleware` sends for a GET of / that accepts gzip."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message) -> None:  # type: ignore[no-untyped-def]
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "headers": [(b"accept-encoding", b"gzip")],
+    }
+    await middleware(scope, receive, send)
+    return sent
+
+
 async def test_gzip_body_is_a_valid_stream() -> None:
     """Check the bytes on the wire, not httpx's decoding of them."""
     from dicomweb_server.web.browser import CompressionMiddleware
@@ -175,21 +196,7 @@ async def test_gzip_body_is_a_valid_stream() -> None:
             )
         await send({"type": "http.response.body", "body": b""})
 
-    sent: list[dict[str, object]] = []
-
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message) -> None:  # type: ignore[no-untyped-def]
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "headers": [(b"accept-encoding", b"gzip")],
-    }
-    await CompressionMiddleware(app)(scope, receive, send)
+    sent = await _sent(CompressionMiddleware(app))
     body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
     assert gzip.decompress(body) == b"".join(b'{"n":%d},' % n * 20 for n in range(50))
 
@@ -197,7 +204,6 @@ async def test_gzip_body_is_a_valid_stream() -> None:
 async def _through(middleware: object, tag: bytes | None, body: bytes, more: bool = False) -> bytes:
     """The bytes `middleware` sends for one response of `body` (tagged with `tag` if given;
     `more`: in two body messages, as a streamed answer)."""
-    sent: list[dict[str, object]] = []
 
     async def app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         headers = [(b"content-type", b"application/dicom+json")]
@@ -211,20 +217,8 @@ async def _through(middleware: object, tag: bytes | None, body: bytes, more: boo
             body_rest = body
         await send({"type": "http.response.body", "body": body_rest})
 
-    async def receive() -> dict[str, object]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message) -> None:  # type: ignore[no-untyped-def]
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/x",
-        "headers": [(b"accept-encoding", b"gzip")],
-    }
     middleware.app = app  # type: ignore[attr-defined]
-    await middleware(scope, receive, send)  # type: ignore[operator]
+    sent = await _sent(middleware)
     start = sent[0]
     headers = dict(start["headers"])  # type: ignore[call-overload]
     data = b"".join(m.get("body", b"") for m in sent[1:])  # type: ignore[misc]
