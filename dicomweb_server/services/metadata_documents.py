@@ -65,22 +65,17 @@ class MetadataDocuments:
         if kept is not None:
             assert isinstance(kept, MetadataDocument)
             return kept
-        rows = [row for row, _ in listed]
+        batches = _batches(self.index, [row for row, _ in listed], root_url)
         bound = max(self._kept.limit // 4, _SMALLEST_BUILT)
         parts: list[bytes] = []
         size = 0
         complete = True
-        for start in range(0, len(rows), _BATCH):
-            batch = rows[start : start + _BATCH]
-            found = await self.index.metadata_by_row(batch)
-            complete = complete and len(found) == len(batch)
-            for row in batch:
-                metadata = found.get(row)
-                if metadata is not None:
-                    parts.append(absolute_bulk_uris(metadata, root_url))
-                    size += len(parts[-1]) + 1
+        async for found, whole in batches:
+            complete = complete and whole
+            parts += found
+            size += sum(len(part) + 1 for part in found)
             if size > bound:  # too large to hold: send what is built, then stream the rest
-                return _continued(self.index, parts, rows[start + _BATCH :], root_url)
+                return _continued(parts, batches)
         if not parts:  # every row deleted since it was listed
             raise NotFoundError(not_found(study, series_instance_uid))
         document = MetadataDocument(b"[" + b",".join(parts) + b"]")
@@ -106,18 +101,27 @@ class MetadataDocuments:
         return generate()
 
 
-async def _continued(
-    index: InstanceIndex, built: list[bytes], rows: Sequence[int], root_url: str
-) -> AsyncIterator[bytes]:
-    """An answer begun in memory (`built`, not empty) and finished from the remaining rows."""
-    yield b"[" + b",".join(built)
-    built.clear()
+async def _batches(
+    index: InstanceIndex, rows: Sequence[int], root_url: str
+) -> AsyncIterator[tuple[list[bytes], bool]]:
+    """The metadata of `rows`, `_BATCH` rows per index query, with absolute BulkDataURIs; each
+    batch says whether all of its rows were found (none deleted since they were listed)."""
     for start in range(0, len(rows), _BATCH):
         batch = rows[start : start + _BATCH]
         found = await index.metadata_by_row(batch)
-        chunk = [absolute_bulk_uris(found[row], root_url) for row in batch if row in found]
-        if chunk:
-            yield b"," + b",".join(chunk)
+        pieces = [absolute_bulk_uris(found[row], root_url) for row in batch if row in found]
+        yield pieces, len(found) == len(batch)
+
+
+async def _continued(
+    built: list[bytes], rest: AsyncIterator[tuple[list[bytes], bool]]
+) -> AsyncIterator[bytes]:
+    """An answer begun in memory (`built`, not empty) and finished from the batches left."""
+    yield b"[" + b",".join(built)
+    built.clear()
+    async for pieces, _ in rest:
+        if pieces:
+            yield b"," + b",".join(pieces)
     yield b"]"
 
 
