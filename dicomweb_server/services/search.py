@@ -39,29 +39,15 @@ class SearchOutcome:
     warnings: list[str]
 
 
+# Rows as answered, serialised, per level, by what they were built from (the row's key: its
+# stored bytes and aggregates), the root they point into and the keys dropped: a worklist or a
+# series' instance list asked again serialises nothing, and a changed study, series or
+# instance is a new key, never a stale answer.
 _ANSWERS_KEPT = 4096  # serialised answers kept per process and level (~1 KB each)
 
 
-class _Answers:
-    """Rows as answered, serialised, by what they were built from (the row's key, which
-    starts with its level), the root they point into and the keys dropped: a worklist or a
-    series' instance list asked again serialises nothing. The row's key is its stored bytes
-    and aggregates, so a changed study, series or instance is a new key, never a stale answer.
-    Each level has its own bound."""
-
-    __slots__ = ("_kept",)
-
-    def __init__(self) -> None:
-        self._kept: dict[Level, Kept[tuple[Any, ...], orjson.Fragment]] = {
-            level: Kept(_ANSWERS_KEPT) for level in Level
-        }
-
-    def get(self, key: tuple[Any, ...]) -> orjson.Fragment | None:
-        return self._kept[key[0][0]].get(key)
-
-    def put(self, key: tuple[Any, ...], row: dict[str, Any]) -> orjson.Fragment:
-        answer = orjson.Fragment(orjson.dumps(row, option=orjson.OPT_SORT_KEYS))
-        return self._kept[key[0][0]].put(key, answer)
+def _answers_by_level() -> dict[Level, Kept[tuple[Any, ...], orjson.Fragment]]:
+    return {level: Kept(_ANSWERS_KEPT) for level in Level}
 
 
 @dataclass(slots=True)
@@ -69,7 +55,9 @@ class SearchService:
     """QIDO-RS over an InstanceIndex."""
 
     index: InstanceIndex
-    _answers: _Answers = field(default_factory=_Answers, init=False)
+    _answers: dict[Level, Kept[tuple[Any, ...], orjson.Fragment]] = field(
+        default_factory=_answers_by_level, init=False
+    )
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
@@ -86,7 +74,7 @@ class SearchService:
         needs_metadata = query.include_all or self._needs_metadata(query)
         rows: list[dict[str, Any] | orjson.Fragment] = []
         sites = page.sites or [query.site] * len(page.rows)
-        answers = self._answers
+        answers = self._answers[query.level]
         roots: dict[str, str] = {}
         for row, site in zip(page.rows, sites, strict=True):
             row_root = roots.get(site)
@@ -109,7 +97,11 @@ class SearchService:
                 "vr": "UR",
                 "Value": [self._retrieve_url(query.level, row, row_root)],
             }
-            rows.append(row if kept is None else answers.put(kept, row))
+            if kept is not None:
+                serialised = orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
+                rows.append(answers.put(kept, orjson.Fragment(serialised)))
+            else:
+                rows.append(row)
         warnings = list(query.warnings)
         if page.more:
             warnings.append(
