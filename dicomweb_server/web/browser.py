@@ -382,7 +382,8 @@ class CompressionMiddleware:
             more = message.get("more_body", False)
             single = encoder is None and not pending and not more and len(body) >= self.min_bytes
             if kept_as is not None and single:  # a tagged whole body: compressed once, kept
-                await _send_kept(send, start, encoding, self._compressed(kept_as, body))
+                data = self._compressed(kept_as, encoding, body)
+                await _send_kept(send, start, encoding, data)
                 return
             if encoder is None:
                 pending.append(body)
@@ -412,10 +413,10 @@ class CompressionMiddleware:
 
         await self.app(scope, receive, compressing)
 
-    def _compressed(self, key: str, body: bytes) -> bytes:
+    def _compressed(self, key: str, encoding: str, body: bytes) -> bytes:
         data = self.kept.get(key)
         if data is None:
-            encoder = _Encoder(key.partition(" ")[0])
+            encoder = _Encoder(encoding)
             data = encoder.compress(body) + encoder.finish()
             self.kept.put(key, data)
         return data
