@@ -205,7 +205,7 @@ def create_app(settings: Settings) -> Starlette:
             authenticator=authenticator,
             sites=SiteService(index, settings.default_site),
             store=StoreService(index, blobs, limits, lifecycle=deleter),
-            search=SearchService(index),
+            search=SearchService(index, answers_memory_bytes=settings.qido_memory_cache_bytes),
             retrieve=retrieve,
             render=render,
             delete=deleter,

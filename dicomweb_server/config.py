@@ -141,9 +141,12 @@ class Settings(BaseSettings):
     # Stored frames read from an S3 store, kept in memory per process (a local folder has the
     # page cache): a frame asked for again (another viewer, a scroll back) skips the store
     frame_memory_cache_bytes: NonNegative = 128 << 20
-    # Study and series metadata answers kept in memory per process, by the rows they hold (a
+    # Study and series metadata answers kept in memory per process, by the study's version (a
     # viewer opening a series again is answered after one small index query)
     metadata_memory_cache_bytes: NonNegative = 64 << 20
+    # Whole QIDO answers scoped to one study (its series, its instances, the study by its UID)
+    # kept in memory per process, by the study's version, like metadata
+    qido_memory_cache_bytes: NonNegative = 32 << 20
     # WADO-RS streaming: the next objects are fetched while the current one is sent
     wado_read_ahead_objects: Positive = 8  # objects fetched ahead per response (1: none ahead)
     wado_read_ahead_bytes: NonNegative = 16 << 20  # bytes held ahead per response

@@ -143,7 +143,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("metadata_memory_cache_bytes",),
-        "study and series metadata answers kept in memory per process, by the rows they hold (0: none)",
+        "study and series metadata answers kept in memory per process, by the study's version: a series opened again costs one small index query (0: none)",
     ),
     Row(
         ("wado_read_ahead_objects", "wado_read_ahead_bytes"),
@@ -158,6 +158,10 @@ ROWS: tuple[Row, ...] = (
         "`dicomweb-server serve` sends the stored files of such answers with sendfile, `DICOMWEB_WADO_READ_AHEAD_OBJECTS` files at a time, read ahead together (0: through the event loop)",
     ),
     Row(("default_query_limit", "max_query_limit"), "QIDO page size"),
+    Row(
+        ("qido_memory_cache_bytes",),
+        "whole QIDO answers scoped to one study (its series, its instances, the study by its UID) kept in memory per process, by the study's version (0: none)",
+    ),
     Row(("max_query_offset",), "largest QIDO offset"),
     Row(
         ("max_query_values",),

@@ -126,6 +126,13 @@ class InstanceIndex(Protocol):
         """True when the series has at least one instance."""
         ...
 
+    async def study_versions(self, sites: Sequence[str], study_instance_uid: str) -> dict[str, int]:
+        """{site: version} of the study in each of `sites` that has it. A version changes with
+        every change to the study there (an instance or series stored, deleted, rejected or
+        restored) and is never used again, by any study; an answer built after reading it may
+        be kept by it."""
+        ...
+
     def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         """Every blob key the index references (for orphan sweeps)."""
         ...

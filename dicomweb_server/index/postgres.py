@@ -551,6 +551,15 @@ class PostgresInstanceIndex(
         )
         return row is not None
 
+    async def study_versions(self, sites: Sequence[str], study_instance_uid: str) -> dict[str, int]:
+        rows = await self._fetch(
+            "SELECT site, version FROM studies WHERE site = ANY($1::text[])"
+            " AND study_instance_uid = $2",
+            list(sites),
+            study_instance_uid,
+        )
+        return {str(row[0]): int(row[1]) for row in rows}
+
     async def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         after = 0
         while True:

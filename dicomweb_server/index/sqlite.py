@@ -278,6 +278,17 @@ class SqliteInstanceIndex(
 
         return await self._read(run)
 
+    async def study_versions(self, sites: Sequence[str], study_instance_uid: str) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(
+                f"SELECT site, version FROM studies WHERE site IN ({', '.join('?' * len(sites))})"
+                " AND study_instance_uid = ?",
+                (*sites, study_instance_uid),
+            ).fetchall()
+            return {str(site): int(version) for site, version in rows}
+
+        return await self._read(run) if sites else {}
+
     async def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         after = 0
         while True:

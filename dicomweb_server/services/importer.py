@@ -185,6 +185,9 @@ class _OutcomeIndex:
     async def series_exists(self, key: SeriesKey) -> bool:
         return await self._index.series_exists(key)
 
+    async def study_versions(self, sites: Sequence[str], study_instance_uid: str) -> dict[str, int]:
+        return await self._index.study_versions(sites, study_instance_uid)
+
     def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         return self._index.iter_blob_keys(site)
 

@@ -1,11 +1,11 @@
 """Study and series metadata (WADO-RS, PS3.18 10.4.1.1.2) built once per content, kept per process.
 
-A metadata answer is the stored DICOM JSON of each instance in order. The index first names
-the exact rows such an answer holds (`list_instances`: each row and its object's digest, in
-order). A row is never updated in place, so that list is the answer's identity: the same list
-(and public root) is the same bytes, and any store, delete, rejection or restore changes the
-list and so the key. A viewer opening a series again, or another viewer opening it, is
-answered from memory after that one small query, with the entity tag computed once.
+A metadata answer is the stored DICOM JSON of each instance in order. It is kept by the
+study's version (`InstanceIndex.study_version`): a number every store, delete, rejection or
+restore in the study replaces with one never used before. A viewer opening a series again, or
+another viewer opening it, is answered from memory after that one point query, with the entity
+tag computed once. The version is read before the rows, so what is kept under it is never
+older than it.
 
 Bounds: a study or series of more than `listed_most` instances is streamed as before without
 being listed whole; a document is built in memory up to the cache's largest entry, and one
@@ -55,16 +55,21 @@ class MetadataDocuments:
     ) -> MetadataDocument | AsyncIterator[bytes]:
         """The answer as one document, or streamed when it is too large; NotFoundError when the
         study (or series) has no instance."""
+        version = (await self.index.study_versions((study.site,), study.study_instance_uid)).get(
+            study.site
+        )
+        if version is None:
+            raise NotFoundError(not_found(study, series_instance_uid))
+        key = _key(study, series_instance_uid, root_url, version)
+        kept = self._kept.get(key)
+        if kept is not None:
+            assert isinstance(kept, MetadataDocument)
+            return kept
         listed = await self.index.list_instances(study, series_instance_uid, self.listed_most)
         if listed is None:
             return await self._streamed(study, series_instance_uid, root_url)
         if not listed:
             raise NotFoundError(not_found(study, series_instance_uid))
-        key = _key(study, series_instance_uid, root_url, listed)
-        kept = self._kept.get(key)
-        if kept is not None:
-            assert isinstance(kept, MetadataDocument)
-            return kept
         batches = _batches(self.index, [row for row, _ in listed], root_url)
         bound = max(self._kept.limit // 4, _SMALLEST_BUILT)
         parts: list[bytes] = []
@@ -80,7 +85,7 @@ class MetadataDocuments:
             raise NotFoundError(not_found(study, series_instance_uid))
         document = MetadataDocument(b"[" + b",".join(parts) + b"]")
         document.digest = hashlib.sha256(document).hexdigest()
-        if complete:  # a row deleted meanwhile: this answer is right now but not under `key`
+        if complete:  # a row deleted meanwhile: this answer is right now, but kept by nothing
             self._kept.put(key, document)
         return document
 
@@ -125,11 +130,8 @@ async def _continued(
     yield b"]"
 
 
-def _key(
-    study: StudyKey, series_instance_uid: str | None, root_url: str, listed: list[tuple[int, str]]
-) -> str:
-    content = hashlib.blake2b(digest_size=16)
-    for row, digest in listed:
-        content.update(b"%d:%s;" % (row, digest.encode()))
-    where = f"{study.site}\n{study.study_instance_uid}\n{series_instance_uid or ''}\n{root_url}"
-    return f"{where}\n{content.hexdigest()}"
+def _key(study: StudyKey, series_instance_uid: str | None, root_url: str, version: int) -> str:
+    return (
+        f"{study.site}\n{study.study_instance_uid}\n{series_instance_uid or ''}\n{root_url}"
+        f"\n{version}"
+    )

@@ -11,11 +11,12 @@ import orjson
 from dicomweb_server.domain.attributes import LEVEL_ATTRIBUTES, Level, level_of_tag, tag_hex
 from dicomweb_server.domain.dicom_json import absolute_bulk_uris
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
-from dicomweb_server.domain.query import Query
+from dicomweb_server.domain.query import MatchKind, Query
 from dicomweb_server.index.base import InstanceIndex
 from dicomweb_server.index.rows import Kept, SharedRow
+from dicomweb_server.services.memory_cache import MemoryCache
 
-__all__ = ["SearchOutcome", "SearchService"]
+__all__ = ["SearchAnswer", "SearchOutcome", "SearchService"]
 
 _LEVEL_ORDER = {Level.STUDY: 0, Level.SERIES: 1, Level.INSTANCE: 2}
 _ALWAYS = {
@@ -39,6 +40,14 @@ class SearchOutcome:
     warnings: list[str]
 
 
+class SearchAnswer(bytes):
+    """A whole answer body (a JSON array, attributes in tag order), with the number of results
+    and the Warning texts the response must carry."""
+
+    results: int
+    warnings: tuple[str, ...]
+
+
 # Rows as answered, serialised, per level, by what they were built from (the row's key: its
 # stored bytes and aggregates), the root they point into and the keys dropped: a worklist or a
 # series' instance list asked again serialises nothing, and a changed study, series or
@@ -52,12 +61,46 @@ def _answers_by_level() -> dict[Level, Kept[tuple[Any, ...], orjson.Fragment]]:
 
 @dataclass(slots=True)
 class SearchService:
-    """QIDO-RS over an InstanceIndex."""
+    """QIDO-RS over an InstanceIndex.
+
+    A whole answer scoped to one study (`answer`) is kept by the study's version, up to
+    `answers_memory_bytes` per process: a viewer listing a study's series or a series'
+    instances again is answered after one point query. Every change to the study replaces its
+    version, and the version is read before the search, so a kept answer is never older than
+    the version it is kept by.
+    """
 
     index: InstanceIndex
+    answers_memory_bytes: int = 0
     _answers: dict[Level, Kept[tuple[Any, ...], orjson.Fragment]] = field(
         default_factory=_answers_by_level, init=False
     )
+    _whole: MemoryCache = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._whole = MemoryCache(self.answers_memory_bytes)
+
+    async def answer(self, query: Query, root_url: str) -> SearchAnswer:
+        """Run `query` (see `search`) and serialise it: PS3.18 F.2.2 orders the attributes."""
+        study = _one_study(query)
+        key = None
+        if study is not None and self._whole.limit:
+            sites = query.searched_sites
+            versions = await self.index.study_versions(sites, study)
+            if versions:
+                stamp = ",".join(str(versions.get(site, "")) for site in sites)
+                key = f"{stamp}\n{root_url}\n{query!r}"
+                kept = self._whole.get(key)
+                if kept is not None:
+                    assert isinstance(kept, SearchAnswer)
+                    return kept
+        outcome = await self.search(query, root_url)
+        answer = SearchAnswer(orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS))
+        answer.results = len(outcome.rows)
+        answer.warnings = tuple(outcome.warnings)
+        if key is not None:
+            self._whole.put(key, answer)
+        return answer
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
@@ -163,6 +206,21 @@ class SearchService:
         if level is Level.INSTANCE:
             url += f"/instances/{row['00080018']['Value'][0]}"
         return url
+
+
+def _one_study(query: Query) -> str | None:
+    """The one study a query can only find rows of, in each site it searches (its path's, or
+    a single StudyInstanceUID match), or None."""
+    if query.study_instance_uid is not None:
+        return query.study_instance_uid
+    for match in query.matches:
+        if (
+            match.column == "study_instance_uid"
+            and match.kind in (MatchKind.SINGLE, MatchKind.LIST)
+            and len(match.values) == 1
+        ):
+            return match.values[0]
+    return None
 
 
 async def _close(iterator: AsyncIterator[bytes]) -> None:

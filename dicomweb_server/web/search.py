@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -45,12 +44,10 @@ async def _search(request: Request, level: Level) -> Response:
     )
     if site_of(request) is None:  # the enterprise root: every readable site at once
         query = replace(query, sites=sites)
-    outcome = await state.search.search(query, root_url_of(request))
-    request.state.audit_results = len(outcome.rows)  # web/audit.py
-    # PS3.18 F.2.2: attributes in ascending tag order, sorted here in one pass over all rows.
-    body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
-    response = Response(body, media_type="application/dicom+json")
-    for text in outcome.warnings:
+    answer = await state.search.answer(query, root_url_of(request))
+    request.state.audit_results = answer.results  # web/audit.py
+    response = Response(answer, media_type="application/dicom+json")
+    for text in answer.warnings:
         response.headers.append("Warning", f'299 dicomweb-server "{text}"')
     return response
 

@@ -31,7 +31,13 @@ from dicomweb_server.domain.query import parse_query
 from dicomweb_server.errors import BackendUnavailableError
 from dicomweb_server.index import ordered
 from dicomweb_server.index.aggregates import instance_row, new_series_row, new_study_row
-from dicomweb_server.index.base import AddOutcome, InstanceIndex, Lifecycle, SearchPage
+from dicomweb_server.index.base import (
+    AddOutcome,
+    InstanceIndex,
+    Lifecycle,
+    Rejection,
+    SearchPage,
+)
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
 from dicomweb_server.index.sqlite import SqliteInstanceIndex
@@ -477,6 +483,71 @@ def _allow(facts: StudyFacts, holds: list[Hold]) -> None:
     """A Judge that lets every delete through."""
 
 
+async def test_issue22_study_version_changes_with_every_change_of_the_study(
+    index: InstanceIndex, catalogue: Catalogue, factory: InstanceFactory
+) -> None:
+    """study_versions: a new number for every store, delete, rejection and restore in the
+    study, none for a repeat store or another study's changes, never one used before."""
+    c = catalogue
+    assert isinstance(index, Lifecycle)
+    study = StudyKey(SITE, c.study_a)
+    other = StudyKey(SITE, c.study_b)
+
+    async def version(key: StudyKey) -> int | None:
+        return (await index.study_versions((key.site,), key.study_instance_uid)).get(key.site)
+
+    assert await index.study_versions((SITE,), generate_uid()) == {}
+    assert await index.study_versions(("elsewhere",), c.study_a) == {}
+    assert await index.study_versions((), c.study_a) == {}
+    assert list(await index.study_versions(("elsewhere", SITE), c.study_a)) == [SITE]
+    seen: list[int] = []
+
+    async def changed() -> None:
+        now = await version(study)
+        assert now is not None and now not in seen, (now, seen)
+        seen.append(now)
+
+    await changed()
+    other_version = await version(other)
+    assert other_version is not None and other_version not in seen
+    assert await add(index, c.a1[0]) is AddOutcome.IDENTICAL
+    assert await version(study) == seen[-1]
+    added = factory.make(c.study_a, c.series_a2, instance_number=9, series_number=2)
+    assert await add(index, added) is AddOutcome.CREATED
+    await changed()
+    batch = [factory.make(c.study_a, generate_uid(), series_number=7) for _ in range(2)]
+    outcomes = await index.add_instances(
+        SITE, [NewInstance(b.record, b.blob_key, b.size, b.digest) for b in batch]
+    )
+    assert outcomes == [AddOutcome.CREATED, AddOutcome.CREATED]
+    await changed()
+    assert await version(other) == other_version
+    gone = added.record
+    target = DeleteTarget(SITE, c.study_a, gone.series_instance_uid, (gone.sop_instance_uid,))
+    await index.delete_instances(target, who="test", reason="test", now=time.time(), judge=_allow)
+    await changed()
+    rejected = c.a1[1].record
+    references = ((rejected.series_instance_uid, rejected.sop_instance_uid),)
+    await index.delete_instances(
+        DeleteTarget(SITE, c.study_a, rejected.series_instance_uid, (rejected.sop_instance_uid,)),
+        who="test",
+        reason="rejected",
+        now=time.time(),
+        judge=_allow,
+        rejection=Rejection("113001^DCM", None, references),
+    )
+    await changed()
+    assert await index.restore_instances(SITE, c.study_a, gone.series_instance_uid) == 1
+    await changed()
+    await index.delete_instances(
+        DeleteTarget(SITE, c.study_a), who="test", reason="test", now=time.time(), judge=_allow
+    )
+    assert await version(study) is None
+    assert await index.restore_instances(SITE, c.study_a, None) >= 1
+    await changed()
+    assert await version(other) == other_version
+
+
 async def test_series_exists_and_blob_keys(index: InstanceIndex, catalogue: Catalogue) -> None:
     c = catalogue
     assert await index.series_exists(SeriesKey(SITE, c.study_a, c.series_a1))
@@ -791,6 +862,12 @@ async def test_issue15_migration_fills_new_columns_of_existing_rows(
     await _store_before_migration(backend, tmp_path, request, rows)
     index = await backend.open()  # applies this change's migration
     try:
+        # Issue 22: the studies that existed were each given a version of their own.
+        versions = [
+            (await index.study_versions((SITE,), b.record.study_instance_uid))[SITE]
+            for b in (ct, mr)
+        ]
+        assert 0 not in versions and len(set(versions)) == 2
         for key, wanted, expected in (
             ("Manufacturer", "GE MEDICAL SYSTEMS", ct),
             ("ManufacturerModelName", "MRT50H1", mr),

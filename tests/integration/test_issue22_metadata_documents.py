@@ -1,9 +1,9 @@
 """Issue 22: study and series metadata built once per content and kept per process.
 
-The key is the list of rows the answer holds (and the public root), so every change to the
-study or series is a new key: these tests follow one series through stores, a delete and a
-second root, and check that the large-answer paths (streamed, begun in memory then streamed)
-send the same bytes as a whole document.
+The key is the study's version (and the public root), which every change to the study
+replaces: these tests follow one series through stores, a delete and a second root, and check
+that the large-answer paths (streamed, begun in memory then streamed) send the same bytes as a
+whole document.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _kept(app: Starlette) -> int:
     return len(state.retrieve._documents._kept.entries)
 
 
-async def test_issue22_series_metadata_is_kept_by_the_rows_it_holds(
+async def test_issue22_series_metadata_is_kept_by_the_study_version(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
     study, series, other = generate_uid(), generate_uid(), generate_uid()
@@ -66,7 +66,7 @@ async def test_issue22_series_metadata_is_kept_by_the_rows_it_holds(
 
     again = await client.get(path, headers=JSON)
     assert again.content == answer.content and again.headers["etag"] == tag
-    assert _kept(app) == 1  # the same rows: the same entry
+    assert _kept(app) == 1  # the same version: the same entry
     zipped = await client.get(path, headers={**JSON, "Accept-Encoding": "gzip"})
     assert zipped.headers["content-encoding"] == "gzip"
     assert zipped.content == answer.content and zipped.headers["etag"] == tag
@@ -78,7 +78,13 @@ async def test_issue22_series_metadata_is_kept_by_the_rows_it_holds(
     assert len(_sops(whole)) == 4
     assert _kept(app) == 2
 
-    # A new instance is a new list of rows: the answer follows at once, with a new tag.
+    # Another series of the study changed: a new version, the series' answer built again.
+    await _store(client, [ct_dataset(study, other, instance_number=2)])
+    rebuilt = await client.get(path, headers={**JSON, "If-None-Match": tag})
+    assert rebuilt.status_code == 304 and rebuilt.headers["etag"] == tag
+    assert _kept(app) == 3
+
+    # A new instance of the series: the answer follows at once, with a new tag.
     late = ct_dataset(study, series, instance_number=4)
     await _store(client, [late])
     grown = await client.get(path, headers={**JSON, "If-None-Match": tag})

@@ -1,0 +1,114 @@
+"""Issue 22: whole QIDO answers scoped to one study, kept per process by the study's version.
+
+A study's series list, a series' instance list and the study found by its UID are answered
+from memory when asked again, and follow every change at once: a store into the study, a
+delete, the same study stored into another site (the enterprise root searches both), the root
+asked at and the return keys asked for. Both backend pairs.
+"""
+
+from __future__ import annotations
+
+import httpx
+from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from pydicom.dataset import Dataset
+from starlette.applications import Starlette
+
+from dicomweb_server.web.state import AppState
+
+BASE = "http://testserver/dicomweb"
+JSON = {"Accept": "application/dicom+json"}
+
+
+async def _store(client: httpx.AsyncClient, root: str, datasets: list[Dataset]) -> None:
+    body, content_type = multipart_body([to_part10(ds) for ds in datasets])
+    stored = await client.post(
+        f"{root}/studies", content=body, headers={"Content-Type": content_type}
+    )
+    assert stored.status_code == 200, stored.text
+
+
+def _kept(app: Starlette) -> int:
+    state: AppState = app.state.dicomweb
+    return len(state.search._whole.entries)
+
+
+async def _rows(client: httpx.AsyncClient, url: str) -> list[dict[str, dict[str, list[object]]]]:
+    response = await client.get(url, headers=JSON)
+    assert response.status_code == 200, response.text
+    return list(response.json())
+
+
+def _values(rows: list[dict[str, dict[str, list[object]]]], tag: str) -> list[object]:
+    return [row[tag]["Value"][0] for row in rows]
+
+
+async def test_issue22_answers_scoped_to_one_study_follow_every_change(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    study, first, second = uid(), uid(), uid()
+    await _store(
+        client,
+        BASE,
+        [
+            ct_dataset(study=study, series=first, instance_number=1),
+            ct_dataset(study=study, series=first, instance_number=2),
+            ct_dataset(study=study, series=second, instance_number=1),
+        ],
+    )
+    site = f"{BASE}/sites/default"
+    series_list = f"{site}/studies/{study}/series"
+    instances = f"{site}/studies/{study}/series/{second}/instances"
+    by_uid = f"{site}/studies?StudyInstanceUID={study}"
+
+    listed = await _rows(client, series_list)
+    assert sorted(_values(listed, "0020000E")) == sorted([first, second])  # type: ignore[type-var]
+    assert await _rows(client, series_list) == listed
+    found = await _rows(client, by_uid)
+    assert _values(found, "00201208") == [3]
+    assert _values(await _rows(client, instances), "00200013") == [1]
+    kept = _kept(app)
+    assert kept == 3
+    assert await _rows(client, by_uid) == found
+    assert _kept(app) == kept  # asked again: the same entries
+
+    # A store into the study: every answer follows at once.
+    late = ct_dataset(study=study, series=second, instance_number=2)
+    await _store(client, BASE, [late])
+    assert _values(await _rows(client, by_uid), "00201208") == [4]
+    grown = await _rows(client, series_list)
+    counts = dict(zip(_values(grown, "0020000E"), _values(grown, "00201209"), strict=True))
+    assert counts == {first: 2, second: 2}
+    assert _values(await _rows(client, instances), "00200013") == [1, 2]
+
+    # Return keys, and the root asked at, are part of what is kept.
+    bits = await _rows(client, f"{instances}?includefield=00280101")  # from each instance
+    assert _values(bits, "00280101") == [late.BitsStored, late.BitsStored]
+    assert all("00280101" not in row for row in await _rows(client, instances))
+    everywhere = await _rows(client, f"{BASE}/studies/{study}/series/{second}/instances")
+    urls = _values(everywhere, "00081190")
+    assert urls == [f"{instances}/{sop}" for sop in _values(everywhere, "00080018")]
+    assert all(str(url).startswith(f"{site}/") for url in urls)
+
+    # A delete: gone from the next answer.
+    deleted = await client.delete(f"{site}/studies/{study}/series/{first}")
+    assert deleted.status_code == 204
+    assert _values(await _rows(client, series_list), "0020000E") == [second]
+    assert _values(await _rows(client, by_uid), "00201208") == [2]
+
+    # The same study stored into a second site: the enterprise root finds both copies.
+    await app.state.dicomweb.sites.add_site("annex", "test site annex", "")
+    at_root = f"{BASE}/studies?StudyInstanceUID={study}"
+    assert len(await _rows(client, at_root)) == 1
+    await _store(client, f"{BASE}/sites/annex", [ct_dataset(study=study, series=uid())])
+    both = await _rows(client, at_root)
+    assert sorted(map(str, _values(both, "00081190"))) == [
+        f"{BASE}/sites/annex/studies/{study}",
+        f"{site}/studies/{study}",
+    ]
+    assert _values(await _rows(client, by_uid), "00201208") == [2]  # the site's own copy
+
+    # The whole study deleted: nothing is found, not a kept answer.
+    assert (await client.delete(f"{site}/studies/{study}")).status_code == 204
+    assert await _rows(client, by_uid) == []
+    assert await _rows(client, series_list) == []
+    assert len(await _rows(client, at_root)) == 1
