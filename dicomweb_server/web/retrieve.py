@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import cast
@@ -306,7 +307,15 @@ async def retrieve_instance_frames(request: Request) -> Response:
     return StreamingResponse(
         _logged(iter_multipart(parts(), boundary)),
         media_type=multipart_content_type(fmt.media_type, boundary, fmt.transfer_syntax),
+        headers={"ETag": _frames_tag(instance.digest, numbers, content_type)},
     )
+
+
+def _frames_tag(digest: str, numbers: Sequence[int], content_type: str) -> str:
+    """The weak entity tag of frames: what they are made of (the stored object's digest, the
+    frame numbers, the media type and transfer syntax), so their bytes need no hashing."""
+    made_of = f"{digest}\n{','.join(map(str, numbers))}\n{content_type}"
+    return weak_etag(hashlib.sha256(made_of.encode()).hexdigest())
 
 
 _PIXEL_DATA_PATH = "7FE00010"

@@ -133,6 +133,13 @@ async def test_metadata_and_frames_have_etags_and_answer_304(
         cached = await client.get(path, headers={"If-None-Match": etag})
         assert cached.status_code == 304 and cached.content == b"", path
         assert cached.headers["etag"] == etag
+    # Frames are tagged by what they are made of (issue 22: never hashed per request): each
+    # selection of frames of each instance has its own tag.
+    frames = f"{instance}/frames/"
+    tags = {(await client.get(frames + numbers)).headers["etag"] for numbers in ("1", "2", "1,2")}
+    other = f"/studies/{study}/series/{series_uid}/instances/{datasets[1].SOPInstanceUID}"
+    tags.add((await client.get(f"{other}/frames/1")).headers["etag"])
+    assert len(tags) == 4
     await _store(client, [to_part10(ct_dataset(study, series_uid, instance_number=9, seed=9))])
     changed = await client.get(f"/studies/{study}/metadata", headers={"If-None-Match": etag})
     assert changed.status_code == 200
