@@ -4,7 +4,9 @@ The corpus is the benchmark's CT series (bench/corpus.py: 512×512 16-bit slices
 each), written as files. Each round stores a fresh copy of it (new UIDs, `with_round`) into
 the same store twice, alternately: once with STOW-RS (50 instances per request, 8 requests
 in flight, our server with one worker per core, exactly as `make bench`'s STOW metric) and
-once with `dicomweb-server import FOLDER` (a separate process with the same settings). Rates
+once with `dicomweb-server import FOLDER` (a separate process with the same settings), and
+once as raw writes (bench/raw_writes.py: the same files put straight into the same blob store,
+8 at once, no DICOM work, no index: the ceiling both paths share). Rates
 are stored megabytes over wall time: from the first request to the last answer for STOW,
 and the import's own elapsed time (from the summary it prints) for import, so neither counts
 process start-up. Nothing is deleted until the end (on this ext4, creating files right
@@ -59,6 +61,20 @@ def _drop_caches_hint(folder: Path) -> None:
     """Read the files once so both methods start from the page cache (STOW reads memory)."""
     for path in folder.iterdir():
         path.read_bytes()
+
+
+def _raw_writes(folder: Path, data_dir: Path, env: dict[str, str], prefix: str) -> float:
+    """Seconds bench/raw_writes.py took to put the folder's files into the store."""
+    argv = [
+        sys.executable, "-m", "bench.raw_writes", str(folder), "--data-dir", str(data_dir),
+        "--parallel", str(IN_FLIGHT), "--prefix", prefix,
+    ]  # fmt: skip
+    done = subprocess.run(
+        argv, env={**os.environ, **env}, capture_output=True, text=True, cwd=REPO, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"raw writes failed ({done.returncode}):\n{done.stderr}")
+    return float(done.stdout.split()[-1])
 
 
 def _children_cpu() -> float:
@@ -122,7 +138,9 @@ def _measure_pair(
     jobs: int,
     first_round: int,
 ) -> dict[str, list[float]]:
-    rates: dict[str, list[float]] = {"stow": [], "import": [], "stow_cpu": [], "import_cpu": []}
+    rates: dict[str, list[float]] = {
+        "stow": [], "import": [], "raw": [], "stow_cpu": [], "import_cpu": []
+    }  # fmt: skip
     with our_server(name, workdir / f"{name}-server", workers=workers, env=env) as server:
         # Both write the same store: the server's data dir for the embedded pair, the same
         # database and bucket for the production pair.
@@ -135,7 +153,8 @@ def _measure_pair(
             import_volume = _write_round(files, folder, round_number + 1)
             _drop_caches_hint(folder)
             stow_files = [with_round(data, round_number) for data in files]
-            order = ("stow", "import") if number % 2 == 0 else ("import", "stow")
+            methods = ("stow", "import", "raw")
+            order = methods[number % 3 :] + methods[: number % 3]
             for method in order:
                 if method == "stow":
                     volume = sum(map(len, stow_files))
@@ -144,6 +163,10 @@ def _measure_pair(
                     cpu = server.cpu_seconds() + time.process_time() - cpu
                     rates["stow"].append(volume / seconds / 1e6)
                     rates["stow_cpu"].append(cpu / len(files) * 1000)
+                elif method == "raw":
+                    prefix = f"default/raw-writes/{round_number}"
+                    seconds = _raw_writes(folder, data_dir, env, prefix)
+                    rates["raw"].append(import_volume / seconds / 1e6)
                 else:
                     cpu = _children_cpu()
                     seconds, stored = _import(folder, data_dir, env, jobs)
@@ -155,7 +178,7 @@ def _measure_pair(
             del stow_files
             log(
                 f"{name} round {number + 1}: STOW {rates['stow'][-1]:.1f} MB/s,"
-                f" import {rates['import'][-1]:.1f} MB/s"
+                f" import {rates['import'][-1]:.1f} MB/s, raw writes {rates['raw'][-1]:.1f} MB/s"
             )
     return rates
 
@@ -191,19 +214,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nImport vs STOW-RS ({PER_REQUEST} per request, {IN_FLIGHT} in flight), medians")
     print(
         f"{'backend pair':<30} {'STOW MB/s':>10} {'import MB/s':>12} {'ratio':>7}"
+        f" {'raw MB/s':>9} {'raw / STOW':>11}"
         f" {'STOW CPU ms/inst':>17} {'import CPU ms/inst':>19}"
     )
     for pair, rates in results.items():
         stow = statistics.median(rates["stow"])
         imported = statistics.median(rates["import"])
+        raw = statistics.median(rates["raw"])
         print(
             f"{pair:<30} {stow:>10.1f} {imported:>12.1f} {imported / stow:>6.2f}×"
+            f" {raw:>9.1f} {raw / stow:>10.2f}×"
             f" {statistics.median(rates['stow_cpu']):>17.2f}"
             f" {statistics.median(rates['import_cpu']):>19.2f}"
         )
     print(
         "CPU: STOW is our server's processes plus the client's; import is the import process,"
-        " start-up included; PostgreSQL and the S3 gateway are in neither."
+        " start-up included; PostgreSQL and the S3 gateway are in neither. Raw writes: the"
+        " same files put straight into the same store, no DICOM work (the shared ceiling)."
     )
     return 0
 

@@ -40,9 +40,18 @@ class SearchOutcome:
     warnings: list[str]
 
 
-class SearchAnswer(bytes):
+@dataclass(frozen=True, slots=True)
+class SearchAnswer:
     """A whole answer body (a JSON array, attributes in tag order), with the number of results
     and the Warning texts the response must carry."""
+
+    body: bytes
+    results: int
+    warnings: tuple[str, ...]
+
+
+class _KeptAnswer(bytes):
+    """An answer's body as kept (`MemoryCache` holds bytes), with the rest of the answer."""
 
     results: int
     warnings: tuple[str, ...]
@@ -91,15 +100,15 @@ class SearchService:
                 stamp = ",".join(str(versions.get(site, "")) for site in sites)
                 key = f"{stamp}\n{root_url}\n{query!r}"
                 kept = self._whole.get(key)
-                if kept is not None:
-                    assert isinstance(kept, SearchAnswer)
-                    return kept
+                if isinstance(kept, _KeptAnswer):
+                    return SearchAnswer(kept, kept.results, kept.warnings)
         outcome = await self.search(query, root_url)
-        answer = SearchAnswer(orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS))
-        answer.results = len(outcome.rows)
-        answer.warnings = tuple(outcome.warnings)
-        if key is not None:
-            self._whole.put(key, answer)
+        body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
+        answer = SearchAnswer(body, len(outcome.rows), tuple(outcome.warnings))
+        if key is not None:  # kept as a copy that carries the rest of the answer
+            copy = _KeptAnswer(body)
+            copy.results, copy.warnings = answer.results, answer.warnings
+            self._whole.put(key, copy)
         return answer
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:

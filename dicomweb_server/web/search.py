@@ -46,7 +46,7 @@ async def _search(request: Request, level: Level) -> Response:
         query = replace(query, sites=sites)
     answer = await state.search.answer(query, root_url_of(request))
     request.state.audit_results = answer.results  # web/audit.py
-    response = Response(answer, media_type="application/dicom+json")
+    response = Response(answer.body, media_type="application/dicom+json")
     for text in answer.warnings:
         response.headers.append("Warning", f'299 dicomweb-server "{text}"')
     return response
