@@ -1,7 +1,7 @@
 """Study and series metadata (WADO-RS, PS3.18 10.4.1.1.2) built once per content, kept per process.
 
 A metadata answer is the stored DICOM JSON of each instance in order. It is kept by the
-study's version (`InstanceIndex.study_version`): a number every store, delete, rejection or
+study's version (`InstanceIndex.study_versions`): a number every store, delete, rejection or
 restore in the study replaces with one never used before. A viewer opening a series again, or
 another viewer opening it, is answered from memory after that one point query, with the entity
 tag computed once. The version is read before the rows, so what is kept under it is never
