@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar, overload
 
 import orjson
 
@@ -64,7 +64,7 @@ from dicomweb_server.services.metadata_documents import MetadataDocument, Metada
 from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
 from dicomweb_server.services.streams import chain
-from dicomweb_server.storage.base import BlobStore, local_region
+from dicomweb_server.storage.base import BlobStore, local_region, read_if_cached
 
 __all__ = [
     "FRAME_MEDIA_TYPES",
@@ -198,7 +198,7 @@ class RetrieveService:
 
     async def retrieve_frames(
         self, instance: StoredInstance, numbers: list[int], wanted: Sequence[WantedFrames]
-    ) -> tuple[FrameFormat, AsyncIterator[bytes]]:
+    ) -> tuple[FrameFormat, AsyncGenerator[bytes | memoryview, None]]:
         """Frames in the first acceptable representation we can produce (PS3.18 10.4.1.1.4),
         streamed: the first is produced before this returns (a representation that fails on
         it is skipped), the next ones are read or transcoded ahead within ReadAhead bounds."""
@@ -228,8 +228,8 @@ class RetrieveService:
         )
 
     async def _iter_frames(
-        self, producer: _Frames, numbers: list[int], first: bytes
-    ) -> AsyncIterator[bytes]:
+        self, producer: _Frames, numbers: list[int], first: bytes | memoryview
+    ) -> AsyncGenerator[bytes | memoryview, None]:
         try:
             yield first
 
@@ -287,7 +287,7 @@ class RetrieveService:
         if fmt.as_stored or (native_copy and spans):
             if not spans:
                 return _Failing("the stored frames could not be mapped to byte ranges")
-            return _Frames(lambda n: self._read_span(instance, n))
+            return _Frames(lambda n: self._read_span(instance, n, view=True))
         info = await frame_info()
         if info is None:
             return _Failing("the instance has no Image Pixel attributes")
@@ -304,15 +304,35 @@ class RetrieveService:
             return None
         return await self._read_span(instance, number)
 
-    async def _read_span(self, instance: StoredInstance, number: int) -> bytes:
+    @overload
+    async def _read_span(
+        self, instance: StoredInstance, number: int, *, view: Literal[False] = False
+    ) -> bytes: ...
+
+    @overload
+    async def _read_span(
+        self, instance: StoredInstance, number: int, *, view: bool
+    ) -> bytes | memoryview: ...
+
+    async def _read_span(
+        self, instance: StoredInstance, number: int, *, view: bool = False
+    ) -> bytes | memoryview:
+        """One stored frame's bytes (fragments joined). With `view`, a frame of a local file
+        that is all in the page cache is read on the event loop, with no thread hop
+        (`read_if_cached`), into a view: for answers that only send it."""
         assert instance.pixel is not None
         kept = self._frames_kept
-        if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is not None:
+        local = local_region(self.blobs, instance.blob_key, 0, 0) is not None
+        if local:
             kept = None  # a local file: the page cache keeps it
         key = f"{instance.blob_key}#{number}"
         if kept is not None and (data := kept.get(key)) is not None:
             return data
         fragments = instance.pixel.frames[number - 1].fragments
+        if view and local and len(fragments) == 1:
+            cached = read_if_cached(self.blobs, instance.blob_key, *fragments[0])
+            if cached is not None:
+                return cached
         pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if kept is not None:
@@ -429,10 +449,10 @@ class RetrieveService:
 class _Frames:
     """Produces one frame's bytes by number; `close` releases what it holds."""
 
-    def __init__(self, produce: Callable[[int], Awaitable[bytes]]) -> None:
+    def __init__(self, produce: Callable[[int], Awaitable[bytes | memoryview]]) -> None:
         self._produce = produce
 
-    async def frame(self, number: int) -> bytes:
+    async def frame(self, number: int) -> bytes | memoryview:
         return await self._produce(number)
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import AsyncIterator, Sequence
+from typing import TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -27,8 +28,9 @@ from dicomweb_server.web.multipart import (
 )
 from dicomweb_server.web.negotiation import WantedMedia
 
-__all__ = ["byte_range", "if_none_match", "media_response"]
+__all__ = ["byte_range", "if_none_match", "logged_stream", "media_response"]
 
+_Chunk = TypeVar("_Chunk", bound=bytes | memoryview)
 log = logging.getLogger("dicomweb_server.retrieve")
 _RANGE_RE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
 
@@ -108,7 +110,7 @@ def media_response(
         if status == 206:
             headers["Content-Range"] = content_range
         return StreamingResponse(
-            _logged(body.iter_bytes(start, length)), status_code=status, headers=headers
+            logged_stream(body.iter_bytes(start, length)), status_code=status, headers=headers
         )
     part = {"Content-Type": body.media_type}
     if body.transfer_syntax_uid is not None:
@@ -124,11 +126,11 @@ def media_response(
         yield part, body.iter_bytes(start, length)
 
     return StreamingResponse(
-        _logged(iter_multipart(parts(), boundary)), status_code=status, headers=headers
+        logged_stream(iter_multipart(parts(), boundary)), status_code=status, headers=headers
     )
 
 
-async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def logged_stream(stream: AsyncIterator[_Chunk]) -> AsyncIterator[_Chunk]:
     """Once a stream has started its status is sent: log a failure, then abort the body."""
     try:
         async for chunk in stream:

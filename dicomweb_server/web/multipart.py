@@ -486,8 +486,8 @@ def _closing(marker: bytes, after_part: bool) -> bytes:
 
 
 async def iter_multipart(
-    parts: AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]], boundary: str
-) -> AsyncIterator[bytes]:
+    parts: AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes | memoryview]]], boundary: str
+) -> AsyncIterator[bytes | memoryview]:
     """Yield a multipart/related body part by part, passing body chunks through uncopied."""
     marker = _marker(boundary)
     after_part = False

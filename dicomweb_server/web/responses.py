@@ -10,14 +10,15 @@ sent as a mapped view, byte for byte the same.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from starlette.responses import StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from dicomweb_server.services.bodies import FileRegion, map_view
 
-__all__ = ["REGIONS", "ZEROCOPY", "RegionStreamingResponse", "as_body_message"]
+__all__ = ["REGIONS", "ZEROCOPY", "PiecesResponse", "RegionStreamingResponse", "as_body_message"]
 
 ZEROCOPY = "http.response.zerocopy"
 # Our own extension: several body pieces (bytes, and file regions sent by the kernel) in one
@@ -93,3 +94,31 @@ class RegionStreamingResponse(StreamingResponse):
         else:
             body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
         await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+class PiecesResponse(Response):
+    """A whole body already in memory as a few pieces (bytes and views, such as a frame between
+    its multipart framing), with its Content-Length: one regions message where the server
+    takes them (the pieces are written as they are), else one body (joined, a copy). Unlike a
+    streaming response it needs no task to watch for a disconnect: nothing is left to wait for.
+    """
+
+    def __init__(
+        self,
+        pieces: Sequence[bytes | memoryview],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.pieces = list(pieces)
+        super().__init__(None, 200, dict(headers or {}), media_type)
+        self.headers["content-length"] = str(sum(len(piece) for piece in self.pieces))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        if REGIONS in (scope.get("extensions") or {}):
+            await send({"type": REGIONS, "items": self.pieces, "more_body": False})
+        else:
+            await send({"type": "http.response.body", "body": b"".join(self.pieces)})

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import AsyncIterator, Sequence
-from typing import cast
+from contextlib import aclosing
+from typing import TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -17,7 +17,7 @@ from dicomweb_server.services.metadata_documents import MetadataDocument
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
 from dicomweb_server.web.browser import weak_etag
 from dicomweb_server.web.errors import error_response
-from dicomweb_server.web.media import byte_range, media_response
+from dicomweb_server.web.media import byte_range, logged_stream, media_response
 from dicomweb_server.web.multipart import (
     iter_multipart,
     multipart_content_type,
@@ -41,7 +41,7 @@ from dicomweb_server.web.params import (
     series_key,
     study_key,
 )
-from dicomweb_server.web.responses import REGIONS, RegionStreamingResponse
+from dicomweb_server.web.responses import REGIONS, PiecesResponse, RegionStreamingResponse
 from dicomweb_server.web.state import AppState
 from dicomweb_server.web.zip_stream import ZipEntry, iter_zip, zip_length
 
@@ -56,7 +56,7 @@ __all__ = [
     "retrieve_study_metadata",
 ]
 
-log = logging.getLogger("dicomweb_server.retrieve")
+_Chunk = TypeVar("_Chunk", bound=bytes | memoryview)
 _DICOM_JSON = "application/dicom+json"
 _AS_STORED: tuple[str | None, ...] = ("*",)
 
@@ -66,7 +66,7 @@ def _state(request: Request) -> AppState:
     return state
 
 
-async def _one(data: bytes) -> AsyncIterator[bytes]:
+async def _one(data: _Chunk) -> AsyncIterator[_Chunk]:
     yield data
 
 
@@ -114,7 +114,7 @@ def _instances_response(request: Request, plan: InstancesPlan) -> Response:
             yield _instance_headers(root, planned), body
 
     return RegionStreamingResponse(
-        _logged(iter_multipart(parts(), boundary)), headers=length, media_type=content_type
+        logged_stream(iter_multipart(parts(), boundary)), headers=length, media_type=content_type
     )
 
 
@@ -136,16 +136,6 @@ async def _batches(
 def _sends_regions(request: Request) -> bool:
     """True when the server takes our regions extension (serve/zerocopy.py)."""
     return REGIONS in (request.scope.get("extensions") or {})
-
-
-async def _logged(stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Once a stream has started its status is sent: log a failure, then abort the body."""
-    try:
-        async for chunk in stream:
-            yield chunk
-    except Exception:
-        log.exception("response stream aborted")
-        raise
 
 
 def _negotiate_instances(request: Request) -> tuple[Sequence[str | None], bool]:
@@ -213,7 +203,7 @@ def _single_part_response(request: Request, plan: InstancesPlan) -> Response:
             async for chunk in chunks:
                 yield chunk
 
-    return RegionStreamingResponse(_logged(body()), headers=headers, media_type=media_type)
+    return RegionStreamingResponse(logged_stream(body()), headers=headers, media_type=media_type)
 
 
 def _zip_name(key: InstanceKey) -> str:
@@ -241,7 +231,9 @@ def _zip_response(plan: InstancesPlan, uid: str) -> Response:
             assert planned.as_stored  # "*": the stored bytes, whose size the index records
             yield ZipEntry(_zip_name(planned.instance.key), planned.instance.size, body)
 
-    return RegionStreamingResponse(_logged(iter_zip(entries())), headers=headers, media_type=ZIP)
+    return RegionStreamingResponse(
+        logged_stream(iter_zip(entries())), headers=headers, media_type=ZIP
+    )
 
 
 async def retrieve_study_metadata(request: Request) -> Response:
@@ -298,16 +290,23 @@ async def retrieve_instance_frames(request: Request) -> Response:
         f"{key.series_instance_uid}/instances/{key.sop_instance_uid}/frames/"
     )
 
-    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
+    media_type = multipart_content_type(fmt.media_type, boundary, fmt.transfer_syntax)
+    headers = {"ETag": _frames_tag(instance.digest, numbers, content_type)}
+    if len(numbers) == 1:  # produced already (retrieve_frames makes the first): one body
+        async with aclosing(frames):
+            data = await anext(frames)
+        part = {"Content-Type": content_type, "Content-Location": f"{base}{numbers[0]}"}
+        opening, closing = multipart_framing([part], boundary)
+        return PiecesResponse([opening, data, closing], media_type=media_type, headers=headers)
+
+    async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes | memoryview]]]:
         numbered = iter(numbers)
         async for data in frames:
             location = f"{base}{next(numbered)}"
             yield {"Content-Type": content_type, "Content-Location": location}, _one(data)
 
     return StreamingResponse(
-        _logged(iter_multipart(parts(), boundary)),
-        media_type=multipart_content_type(fmt.media_type, boundary, fmt.transfer_syntax),
-        headers={"ETag": _frames_tag(instance.digest, numbers, content_type)},
+        logged_stream(iter_multipart(parts(), boundary)), media_type=media_type, headers=headers
     )
 
 
@@ -358,7 +357,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
             )
 
         return StreamingResponse(
-            _logged(iter_multipart(ranged(), boundary)),
+            logged_stream(iter_multipart(ranged(), boundary)),
             status_code=206,
             media_type=multipart_content_type(OCTET_STREAM_MEDIA_TYPE, boundary),
         )

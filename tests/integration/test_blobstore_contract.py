@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import random
 import time
 from collections.abc import AsyncIterator
@@ -20,6 +21,7 @@ from dicomweb_server.storage.base import (
     FileRegion,
     LocalFiles,
     local_region,
+    read_if_cached,
     read_sendable,
     read_view,
 )
@@ -233,6 +235,47 @@ async def test_views_and_sendable_reads_hold_the_span(store: BlobStore) -> None:
         await read_sendable(store, KEY, LARGE - 1, 2)
     with pytest.raises(NotFoundError):
         await read_view(store, "missing/key", 0, 200_000)
+
+
+def _filesystem_of(path: str) -> str:
+    """The type of the filesystem holding `path` (Linux /proc/self/mounts)."""
+    best, kind = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            point, fs_type = line.split()[1:3]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(
+                best
+            ):
+                best, kind = point, fs_type
+    return kind
+
+
+async def test_issue22_spans_in_memory_are_read_without_waiting_for_the_disk(
+    store: BlobStore,
+) -> None:
+    """`read_if_cached`: a span of a local file whose pages are all in memory is read at once;
+    anything it cannot serve that way (pages on disk only, a short or missing file, S3, a span
+    over the bound) is None, for the usual read."""
+    data = _data(LARGE)
+    await store.put(KEY, _chunks(data))
+    region = local_region(store, KEY, 0, LARGE)
+    if region is None:
+        assert read_if_cached(store, KEY, 0, 100) is None  # S3: never
+        return
+    with open(region.path, "rb") as file:  # written through the page cache: in memory now
+        assert file.read() == data
+        for start, length in [(0, 10), (5, 200_000), (LARGE - 1, 1)]:
+            got = read_if_cached(store, KEY, start, length)
+            assert got is not None and bytes(got) == data[start : start + length]
+        assert read_if_cached(store, KEY, LARGE - 1, 2) is None  # past the end
+        assert read_if_cached(store, KEY, 0, 0) is None
+        assert read_if_cached(store, "missing/key", 0, 10) is None
+        assert read_if_cached(store, KEY, 0, (4 << 20) + 1) is None  # over the bound
+        os.fsync(file.fileno())  # clean pages can be dropped
+        os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    if _filesystem_of(region.path) != "tmpfs":  # where memory is the disk, nothing is dropped
+        assert read_if_cached(store, KEY, 5, 200_000) is None  # on disk only: never waited for
+    assert await store.read_range(KEY, 5, 200_000) == data[5:200_005]
 
 
 async def test_ping_answers_while_the_store_is_up(store: BlobStore) -> None:

@@ -291,3 +291,48 @@ def test_issue14_tls_study_is_byte_for_byte_and_never_written_to_the_raw_socket(
     expected = {sop: b"\0" * 128 + data[128:] for sop, data in files.items()}
     assert _parts_by_sop(response.content, response.headers["content-type"]) == expected
     assert zerocopy.sent_by_kernel() == before
+
+
+def test_issue22_one_frame_is_written_as_it_is_stored(zerocopy_server: tuple[str, int]) -> None:
+    """A single native frame of a local file is one regions message (web/responses.py
+    PiecesResponse over a mapped view): byte for byte, with its Content-Length, to a slow
+    reader too, for HEAD, and tagged (PS3.18 10.4.1.1.4)."""
+    root, port = zerocopy_server
+    study, series = uid(), uid()
+    ds = ct_dataset(study, series, rows=1024, columns=1024, seed=7)  # a 2 MiB frame
+    body, content_type = multipart_body([to_part10(ds)])
+    stored = httpx.post(f"{root}/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    path = f"/studies/{study}/series/{series}/instances/{ds.SOPInstanceUID}/frames/1"
+    accept = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    response = httpx.get(root + path, headers={"Accept": accept}, timeout=60)
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    [(headers, frame)] = parse_multipart(response.content, response.headers["content-type"])
+    assert frame == ds.PixelData
+    assert headers["content-location"].endswith(path)
+    tag = response.headers["etag"]
+    again = httpx.get(root + path, headers={"Accept": accept, "If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b""
+    head = httpx.head(root + path, headers={"Accept": accept})
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == response.headers["content-length"]
+
+    prefix = root.split(f":{port}", 1)[1]
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.sendall(
+            f"GET {prefix}{path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        received = bytearray()
+        time.sleep(0.3)  # the server fills the socket and waits for it
+        while chunk := sock.recv(65536):
+            received += chunk
+    head_bytes, _, slow = bytes(received).partition(b"\r\n\r\n")
+    fields = dict(
+        line.decode().lower().split(": ", 1) for line in head_bytes.split(b"\r\n")[1:]
+    )
+    assert int(fields["content-length"]) == len(slow) == len(response.content)
+    [(_, slow_frame)] = parse_multipart(slow, fields["content-type"])
+    assert slow_frame == ds.PixelData
