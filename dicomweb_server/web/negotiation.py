@@ -66,14 +66,32 @@ def _split(header: str, sep: str) -> list[str]:
     return out
 
 
-def parse_accept(header: str | None) -> list[MediaRange]:
-    """Entries by descending q (stable); an absent or empty header means */*.
+_ANY = (MediaRange("*/*", {}, 1.0),)
+_PARSED_KEPT = 256  # distinct Accept headers kept parsed (clients send a handful each)
+_parsed: dict[str, tuple[MediaRange, ...]] = {}
+
+
+def parse_accept(header: str | None) -> tuple[MediaRange, ...]:
+    """Entries by descending q (stable); an absent or empty header means */*. The result is
+    shared between requests with the same header: read it, never change it.
 
     A header longer than MAX_ACCEPT_LENGTH, or with more than MAX_ACCEPT_RANGES entries, is a
     400: no client needs more, and parsing is per character (a 20 MiB header held a worker).
     """
-    if not header or not header.strip():
-        return [MediaRange("*/*", {}, 1.0)]
+    if not header:
+        return _ANY
+    parsed = _parsed.get(header)
+    if parsed is None:
+        parsed = _parse_accept(header)
+        if len(_parsed) >= _PARSED_KEPT:
+            _parsed.clear()
+        _parsed[header] = parsed
+    return parsed
+
+
+def _parse_accept(header: str) -> tuple[MediaRange, ...]:
+    if not header.strip():
+        return _ANY
     if len(header) > MAX_ACCEPT_LENGTH:
         raise BadRequestError(f"the Accept header is longer than {MAX_ACCEPT_LENGTH} characters")
     if header.count(",") >= MAX_ACCEPT_RANGES:
@@ -98,7 +116,7 @@ def parse_accept(header: str | None) -> list[MediaRange]:
                 params[name] = value
         if q > 0:
             ranges.append(MediaRange(media, params, q))
-    return sorted(ranges, key=lambda r: -r.q)
+    return tuple(sorted(ranges, key=lambda r: -r.q))
 
 
 def _matches(offered: str, wanted: str) -> bool:

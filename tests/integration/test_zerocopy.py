@@ -330,9 +330,7 @@ def test_issue22_one_frame_is_written_as_it_is_stored(zerocopy_server: tuple[str
         while chunk := sock.recv(65536):
             received += chunk
     head_bytes, _, slow = bytes(received).partition(b"\r\n\r\n")
-    fields = dict(
-        line.decode().lower().split(": ", 1) for line in head_bytes.split(b"\r\n")[1:]
-    )
+    fields = dict(line.decode().lower().split(": ", 1) for line in head_bytes.split(b"\r\n")[1:])
     assert int(fields["content-length"]) == len(slow) == len(response.content)
     [(_, slow_frame)] = parse_multipart(slow, fields["content-type"])
     assert slow_frame == ds.PixelData

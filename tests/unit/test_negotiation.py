@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dicomweb_server.errors import NotAcceptableError
+from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.services.frame_formats import WantedFrames
 from dicomweb_server.web.negotiation import (
     WantedMedia,
@@ -118,3 +118,20 @@ def test_issue19_zip_accept_zip(header: str | None, expected: bool) -> None:
 def test_issue19_zip_refusal_names_the_zip() -> None:
     with pytest.raises(NotAcceptableError, match="application/zip"):
         accept_instances("image/png")
+
+
+def test_issue22_a_parsed_accept_header_is_kept_bounded_and_errors_are_not() -> None:
+    from dicomweb_server.web import negotiation
+
+    header = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+    first = negotiation.parse_accept(header)
+    assert negotiation.parse_accept(header) is first  # parsed once, shared read-only
+    assert isinstance(first, tuple)
+    for n in range(2 * negotiation._PARSED_KEPT):
+        negotiation.parse_accept(f"image/jpeg; q=0.{n % 9 + 1}, application/x-{n}")
+    assert len(negotiation._parsed) <= negotiation._PARSED_KEPT
+    too_long = "a/b," * (negotiation.MAX_ACCEPT_RANGES + 1)
+    for _ in range(2):
+        with pytest.raises(BadRequestError):
+            negotiation.parse_accept(too_long)
+    assert too_long not in negotiation._parsed
