@@ -8,7 +8,6 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -46,6 +45,7 @@ from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_va
 from dicomweb_server.index.sql import build_search, scan_budget_exceeded
 from dicomweb_server.index.sql_json import FOLD_FUNCTION
 from dicomweb_server.index.sqlite_delete import SqliteLifecycle
+from dicomweb_server.index.threads import Workers
 from dicomweb_server.index.webhooks_sqlite import SqliteWebhookLedger
 
 __all__ = ["SqliteInstanceIndex"]
@@ -76,8 +76,8 @@ class SqliteInstanceIndex(
     def __init__(self, path: Path) -> None:
         self._path = path
         self._local = threading.local()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
-        self._readers = ThreadPoolExecutor(_READERS, thread_name_prefix="sqlite-reader")
+        self._writer = Workers(1, "sqlite-writer")
+        self._readers = Workers(_READERS, "sqlite-reader")
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
 
@@ -104,12 +104,12 @@ class SqliteInstanceIndex(
                 self._connections.append(conn)
         return conn
 
-    async def _run(self, executor: ThreadPoolExecutor, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _run(self, workers: Workers, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
             return fn(self._connection())
 
         try:
-            return await asyncio.get_running_loop().run_in_executor(executor, call)
+            return await workers.run(call)
         except sqlite3.Error as exc:
             raise IndexUnavailableError(f"index unavailable: {exc}") from exc
 
@@ -501,8 +501,8 @@ class SqliteInstanceIndex(
                     conn.close()
                 self._connections.clear()
 
-        self._writer.shutdown(wait=True)
-        self._readers.shutdown(wait=True)
+        self._writer.shutdown()
+        self._readers.shutdown()
         await asyncio.to_thread(close_all)
 
 
