@@ -80,25 +80,29 @@ def test_slow_reader_fills_the_socket_and_still_gets_every_byte(
     root, port = zerocopy_server
     study, expected = _store_study(root, 4, 1_500_000)
     path = root.split(f":{port}", 1)[1]
+    headers, body = _slow_get(port, f"{path}/studies/{study}", INSTANCES)
+    assert int(headers["content-length"]) == len(body)
+    assert _parts_by_sop(body, headers["content-type"]) == expected
+
+
+def _slow_get(port: int, path: str, accept: str) -> tuple[dict[str, str], bytes]:
+    """GET over a socket with a 16 KB receive buffer, read slowly at first, so that the server
+    fills the socket and waits for it; (header names in lower case, body)."""
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
         sock.sendall(
-            f"GET {path}/studies/{study} HTTP/1.1\r\nHost: x\r\nAccept: {INSTANCES}\r\n"
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n"
             "Connection: close\r\n\r\n".encode()
         )
         received = bytearray()
-        time.sleep(0.5)  # the server fills the socket and waits for it
+        time.sleep(0.5)
         while chunk := sock.recv(65536):
             received += chunk
             if len(received) < 1_000_000:
                 time.sleep(0.002)
     head, _, body = bytes(received).partition(b"\r\n\r\n")
-    headers = dict(
-        line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line
-    )
-    lowered = {name.lower(): value for name, value in headers.items()}
-    assert int(lowered["content-length"]) == len(body)
-    assert _parts_by_sop(body, lowered["content-type"]) == expected
+    fields = (line.decode().split(": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+    return {name.lower(): value for name, value in fields}, body
 
 
 def test_client_leaving_mid_stream_leaves_the_server_serving(
@@ -318,19 +322,7 @@ def test_issue22_one_frame_is_written_as_it_is_stored(zerocopy_server: tuple[str
     assert head.status_code == 200 and head.content == b""
     assert head.headers["content-length"] == response.headers["content-length"]
 
-    prefix = root.split(f":{port}", 1)[1]
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        sock.sendall(
-            f"GET {prefix}{path} HTTP/1.1\r\nHost: x\r\nAccept: {accept}\r\n"
-            "Connection: close\r\n\r\n".encode()
-        )
-        received = bytearray()
-        time.sleep(0.3)  # the server fills the socket and waits for it
-        while chunk := sock.recv(65536):
-            received += chunk
-    head_bytes, _, slow = bytes(received).partition(b"\r\n\r\n")
-    fields = dict(line.decode().lower().split(": ", 1) for line in head_bytes.split(b"\r\n")[1:])
+    fields, slow = _slow_get(port, root.split(f":{port}", 1)[1] + path, accept)
     assert int(fields["content-length"]) == len(slow) == len(response.content)
     [(_, slow_frame)] = parse_multipart(slow, fields["content-type"])
     assert slow_frame == ds.PixelData
