@@ -322,14 +322,13 @@ class RetrieveService:
         (`read_if_cached`), into a view: for answers that only send it."""
         assert instance.pixel is not None
         kept = self._frames_kept
-        local = local_region(self.blobs, instance.blob_key, 0, 0) is not None
-        if local:
+        if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is not None:
             kept = None  # a local file: the page cache keeps it
         key = f"{instance.blob_key}#{number}"
         if kept is not None and (data := kept.get(key)) is not None:
             return data
         fragments = instance.pixel.frames[number - 1].fragments
-        if view and local and len(fragments) == 1:
+        if view and len(fragments) == 1:  # None unless a local file, all in memory
             cached = read_if_cached(self.blobs, instance.blob_key, *fragments[0])
             if cached is not None:
                 return cached
