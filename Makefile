@@ -109,5 +109,5 @@ BENCH_ARGS ?=
 bench: install-test  ## ours vs Orthanc vs a replay ceiling → bench/results/latest.{json,md}
 	$(BIN)/python -m bench run $(BENCH_ARGS)
 
-bench-scale: install-test  ## 1 million instances on PostgreSQL + S3 → bench/results/scale-latest.*
+bench-scale: install-test  ## 10 million instances on PostgreSQL + S3 → bench/results/scale-latest.*
 	$(BIN)/python -m bench scale $(BENCH_ARGS)

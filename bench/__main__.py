@@ -67,9 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-save", action="store_true", help="do not write bench/results/latest.*")
     run.add_argument("--keep", action="store_true", help="keep the run's data under .bench/")
     scale = commands.add_parser(
-        "scale", help="1 million instances on PostgreSQL (make bench-scale)"
+        "scale", help="10 million instances on PostgreSQL (make bench-scale)"
     )
-    scale.add_argument("--studies", type=int, default=50_000)
+    scale.add_argument("--studies", type=int, default=500_000)
     scale.add_argument("--instances-per-series", type=int, default=8)
     scale.add_argument("--repeat", type=int, default=40, help="requests per QIDO query")
     scale.add_argument(
@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         default=1,
         help="spread the studies over this many sites (site-01..) and compare the enterprise"
         " root with site-01's root (issue 16)",
+    )
+    scale.add_argument(
+        "--loader",
+        choices=("copy", "add"),
+        default="copy",
+        help="write the corpus's rows by COPY, or store them through the add path (slower)",
     )
     scale.add_argument("--workers", type=int, default=0)
     scale.add_argument("--no-save", action="store_true")

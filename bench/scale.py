@@ -1,13 +1,16 @@
-"""`make bench-scale`: 1 million instances (~50,000 studies) on PostgreSQL + S3.
+"""`make bench-scale`: 10 million instances (500,000 studies) on PostgreSQL + S3 (issue 22).
 
 Our server runs on embedded PostgreSQL and SeaweedFS. STOW-RS of the CT series (50 per
-request, 8 in flight) is measured on the empty store; then the QIDO corpus is loaded by
-calling `PostgresInstanceIndex.add_instance` directly, in steps, and after each step the QIDO
-queries of `make bench` and the STOW rate are measured again. Results are written after every
-step (bench/results/scale-latest.{json,md}), so an interrupted run still reports what it
-reached. Targets: STOW at the end within 20 % of the empty-store rate; common viewer queries
-p95 ≤ 50 ms; a page of 100 studies ≤ 30 ms; a study-level attribute without an index column
-(issue 15: matched in the studies' stored JSON) p95 ≤ 1 s, even when every study is parsed.
+request, 8 in flight) is measured on the empty store; then the QIDO corpus is written into the
+index in steps, by COPY (`bench/qido_copy.py`: the rows the add path writes, built by the same
+code) or with `--loader add` through the add path itself, and after each step (and a VACUUM
+ANALYZE, as after any bulk load) the QIDO queries of `make bench` and the STOW rate are
+measured again. Results are written after every step (bench/results/scale-latest.{json,md}),
+so an interrupted run still reports what it reached. Targets (issue 22 item 4): STOW at the
+end within 20 % of the empty-store rate; the common viewer queries p95 ≤ 10 ms; the
+1,400-result week ≤ 60 ms (median). A study-level attribute without an index column (issue 15:
+matched in the studies' stored JSON) p95 ≤ 1 s held at 1 million; its cell is shown with that
+target, which a whole-table scan cannot keep at ten times the rows.
 Keys no level stores are matched in every instance's metadata: at scale such a search may
 end in the 413 of DICOMWEB_QIDO_SCAN_TIMEOUT, and its cell says how many did.
 
@@ -29,12 +32,14 @@ import os
 import statistics
 import time
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 from bench import client
 from bench.client import Req
 from bench.corpus import CorpusSizes, load_corpus, with_round
 from bench.plans import JSON, Plan, build_plans
+from bench.qido_copy import copy_index, vacuum_analyze
 from bench.qido_corpus import (
     QidoSizes,
     accession,
@@ -54,8 +59,9 @@ from bench.stats import Metric, percentile
 
 __all__ = ["main_scale", "render_scale", "site_plans"]
 
-_QIDO_P95 = 50.0
-_PAGE_MS = 30.0
+_QIDO_P95 = 10.0
+_WEEK_MS = 60.0
+_WEEK = "qido.date_week"
 _STOW_DRIFT = 0.20
 _VIEWER_QUERIES = (
     "qido.patient_id", "qido.patient_name", "qido.accession", "qido.series_of_study",
@@ -66,6 +72,10 @@ _UNINDEXED_STUDY = ("qido.unindexed_study_scan", "qido.unindexed_study_page")
 _SLOW_REPEAT = 3  # requests of a query that may run until the scan budget (seconds each)
 _SITE_RATIO = 2.0  # issue 16 item 7: enterprise-root p95 at most this × one site's root's
 _OHIF_STUDY_FIELDS = "00081030,00080060,00080090,00100030"
+_LOADERS = {
+    "copy": "by COPY (bench/qido_copy.py), then VACUUM ANALYZE",
+    "add": "through the add path (add_instances, 50 a transaction)",
+}
 
 
 def _unindexed_plans(sizes: QidoSizes) -> list[Plan]:
@@ -256,7 +266,8 @@ def render_scale(document: dict[str, Any]) -> str:
         f"- {meta['description']}",
         f"- Machine: {meta['cpus']} CPUs; load average {meta['load_before']} before,"
         f" {meta.get('load_after', '?')} after; {meta['workers']} workers",
-        f"- Loading through add_instance: {meta.get('load_rate', '?')} instances/s",
+        f"- Loading {_LOADERS.get(meta.get('loader', 'add'), '?')}:"
+        f" {meta.get('load_rate', '?')} instances/s",
     ]
     if meta.get("sites", 1) > 1:
         lines.append(
@@ -282,8 +293,8 @@ def render_scale(document: dict[str, Any]) -> str:
             cells.append(cell)
         label = steps[-1]["qido"][metric_id]["label"]
         target = ""
-        if metric_id == "qido.page100":
-            target = f"≤ {_PAGE_MS:g} ms"
+        if metric_id == _WEEK:
+            target = f"≤ {_WEEK_MS:g} ms"
         elif metric_id in _VIEWER_QUERIES:
             target = f"p95 ≤ {_QIDO_P95:g} ms"
         elif metric_id in _UNINDEXED_STUDY:
@@ -390,9 +401,9 @@ def _verdicts(steps: list[dict[str, Any]]) -> dict[str, str]:
     for metric_id, q in last["qido"].items():
         if q["p95"] is None:
             continue
-        if metric_id == "qido.page100":
-            ok = q["p50"] <= _PAGE_MS
-            out[q["label"]] = f"p50 {q['p50']} ms ({'met' if ok else 'missed'}: ≤ {_PAGE_MS:g})"
+        if metric_id == _WEEK:
+            ok = q["p50"] <= _WEEK_MS
+            out[q["label"]] = f"p50 {q['p50']} ms ({'met' if ok else 'missed'}: ≤ {_WEEK_MS:g})"
         elif metric_id in _VIEWER_QUERIES:
             ok = q["p95"] <= _QIDO_P95
             out[q["label"]] = f"p95 {q['p95']} ms ({'met' if ok else 'missed'}: ≤ {_QIDO_P95:g})"
@@ -431,6 +442,7 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             "workers": workers,
             "load_before": round(load_before, 2),
             "sites": sizes.sites,
+            "loader": args.loader,
         },
         "steps": [],
     }
@@ -450,13 +462,14 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
 
     async with contextlib.AsyncExitStack() as stack:
         env = stack.enter_context(postgres_and_s3())
-        version = await _server_version(env["DICOMWEB_DATABASE_URL"])
+        database_url = env["DICOMWEB_DATABASE_URL"]
+        version = await _server_version(database_url)
         document["meta"]["description"] = (
             f"{sizes.describe()} on embedded PostgreSQL {version} + SeaweedFS S3"
         )
         # Opened (so migrated) before the server starts, so that the corpus's sites are in
         # the catalogue before it answers; the server adds the default site itself.
-        index = await PostgresInstanceIndex.open(env["DICOMWEB_DATABASE_URL"], max_size=16)
+        index = await PostgresInstanceIndex.open(database_url, max_size=16)
         stack.push_async_callback(index.close)
         if compared_site is not None:
             log(f"sites added: {', '.join(await add_corpus_sites(index, sizes))}")
@@ -504,11 +517,21 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             # end, not more in the first days); only how many are loaded changes.
             count = _instances_before(sizes, target) - _instances_before(sizes, done_studies)
             started = time.monotonic()
-            loaded += await load_index(
-                index, sizes, concurrency=16, first_study=done_studies, limit=count,
-                progress=lambda n: log(f"  loaded {n:,} more"),
-            )  # fmt: skip
-            load_seconds += time.monotonic() - started
+            if args.loader == "copy":
+                loaded += await copy_index(
+                    database_url, sizes, first_study=done_studies, end_study=target,
+                    progress=_every(500_000, lambda n: log(f"  copied {n:,} more")),
+                )  # fmt: skip
+                load_seconds += time.monotonic() - started
+                started = time.monotonic()
+                await vacuum_analyze(database_url)
+                log(f"  VACUUM ANALYZE: {time.monotonic() - started:.1f} s")
+            else:
+                loaded += await load_index(
+                    index, sizes, concurrency=16, first_study=done_studies, limit=count,
+                    progress=lambda n: log(f"  loaded {n:,} more"),
+                )  # fmt: skip
+                load_seconds += time.monotonic() - started
             done_studies = target
             document["meta"]["load_rate"] = round(loaded / load_seconds)
             await measure(
@@ -518,6 +541,19 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
             )
     save()
     return document
+
+
+def _every(step: int, report: Callable[[int], None]) -> Callable[[int], None]:
+    """A progress callback that passes on a count once per `step` more."""
+    last = 0
+
+    def progress(count: int) -> None:
+        nonlocal last
+        if count - last >= step:
+            last = count
+            report(count)
+
+    return progress
 
 
 async def _sites_step(

@@ -100,17 +100,29 @@ def test_scale_report_renders_steps() -> None:
     step = {
         "instances": 300,
         "stow_mb_s": 50.0,
-        "qido": {"qido.page100": {"label": "Page", "p50": 3.0, "p95": 4.0, "errors": 0}},
+        "qido": {
+            "qido.page100": {"label": "Page", "p50": 3.0, "p95": 4.0, "errors": 0},
+            "qido.date_week": {"label": "Week", "p50": 55.0, "p95": 70.0, "errors": 0},
+        },
     }
+    slower = {"label": "Page", "p50": 9.0, "p95": 12.5, "errors": 0}
+    last = {**step, "instances": 1000, "stow_mb_s": 45.0}
+    last["qido"] = {**step["qido"], "qido.page100": slower}  # type: ignore[dict-item]
     document = {
         "meta": {"started": "now", "description": "d", "cpus": 2, "load_before": 0.5,
-                 "workers": 2},
-        "steps": [step, {**step, "instances": 1000, "stow_mb_s": 45.0}],
+                 "workers": 2, "loader": "copy", "load_rate": 12000},
+        "steps": [step, last],
         "verdicts": {"x": "met"},
     }  # fmt: skip
     text = render_scale(document)
-    assert "| Page | 3.0 / 4.0 | 3.0 / 4.0 | ≤ 30 ms |" in text
+    assert "| Page | 3.0 / 4.0 | 9.0 / 12.5 | p95 ≤ 10 ms |" in text
+    assert "| Week | 55.0 / 70.0 | 55.0 / 70.0 | ≤ 60 ms |" in text  # issue 22: the median
     assert "50.0 | 45.0" in text
+    assert "Loading by COPY" in text and "12000 instances/s" in text
+    verdicts = _verdicts(document["steps"])  # type: ignore[arg-type]
+    assert verdicts["Page"] == "p95 12.5 ms (missed: ≤ 10)"
+    assert verdicts["Week"] == "p50 55.0 ms (met: ≤ 60)"
+    assert verdicts["STOW rate at the end vs empty"].startswith("-10% (met")
 
 
 def test_issue15_scale_report_shows_unindexed_targets_and_413s() -> None:
