@@ -3,14 +3,16 @@
 Our server runs on embedded PostgreSQL and SeaweedFS. STOW-RS of the CT series (50 per
 request, 8 in flight) is measured on the empty store; then the QIDO corpus is written into the
 index in steps, by COPY (`bench/qido_copy.py`: the rows the add path writes, built by the same
-code) or with `--loader add` through the add path itself, and after each step (and a VACUUM
-ANALYZE, as after any bulk load) the QIDO queries of `make bench` and the STOW rate are
-measured again. Results are written after every step (bench/results/scale-latest.{json,md}),
-so an interrupted run still reports what it reached. Targets (issue 22 item 4): STOW at the
-end within 20 % of the empty-store rate; the common viewer queries p95 ≤ 10 ms; the
-1,400-result week ≤ 60 ms (median). A study-level attribute without an index column (issue 15:
-matched in the studies' stored JSON) p95 ≤ 1 s held at 1 million; its cell is shown with that
-target, which a whole-table scan cannot keep at ten times the rows.
+code) or with `--loader add` through the add path itself. After each step (a COPY is followed
+by VACUUM ANALYZE, CHECKPOINT and sync, as after any bulk load) the QIDO queries of `make
+bench` and the STOW rate are measured again. Results are written after every step
+(bench/results/scale-latest.{json,md}), so an interrupted run still reports what it reached.
+
+Targets (issue 22 item 4): STOW at the end within 20 % of the empty-store rate; the common
+viewer queries p95 ≤ 10 ms; the 1,400-result week ≤ 60 ms (median). A study-level attribute
+without an index column (issue 15: matched in the studies' stored JSON) p95 ≤ 1 s held at
+1 million; its cell keeps that target, which a scan of every study cannot keep at ten times
+the rows, and its verdict says so.
 Keys no level stores are matched in every instance's metadata: at scale such a search may
 end in the 413 of DICOMWEB_QIDO_SCAN_TIMEOUT, and its cell says how many did.
 
@@ -39,7 +41,7 @@ from bench import client
 from bench.client import Req
 from bench.corpus import CorpusSizes, load_corpus, with_round
 from bench.plans import JSON, Plan, build_plans
-from bench.qido_copy import copy_index, vacuum_analyze
+from bench.qido_copy import copy_index, settle
 from bench.qido_corpus import (
     QidoSizes,
     accession,
@@ -68,12 +70,13 @@ _VIEWER_QUERIES = (
     "qido.instance_by_uid", "qido.date_day", "qido.ohif_worklist", "qido.page100",
 )  # fmt: skip
 _UNINDEXED_P95 = 1000.0
+_UNINDEXED_AT = 1_000_300  # the size issue 15's target was set for (+ the CT series)
 _UNINDEXED_STUDY = ("qido.unindexed_study_scan", "qido.unindexed_study_page")
 _SLOW_REPEAT = 3  # requests of a query that may run until the scan budget (seconds each)
 _SITE_RATIO = 2.0  # issue 16 item 7: enterprise-root p95 at most this × one site's root's
 _OHIF_STUDY_FIELDS = "00081030,00080060,00080090,00100030"
 _LOADERS = {
-    "copy": "by COPY (bench/qido_copy.py), then VACUUM ANALYZE",
+    "copy": "by COPY (bench/qido_copy.py), then VACUUM ANALYZE, CHECKPOINT and sync",
     "add": "through the add path (add_instances, 50 a transaction)",
 }
 
@@ -409,9 +412,10 @@ def _verdicts(steps: list[dict[str, Any]]) -> dict[str, str]:
             out[q["label"]] = f"p95 {q['p95']} ms ({'met' if ok else 'missed'}: ≤ {_QIDO_P95:g})"
         elif metric_id in _UNINDEXED_STUDY:
             ok = q["p95"] <= _UNINDEXED_P95 and not q.get("errors")
-            out[q["label"]] = (
-                f"p95 {q['p95']} ms ({'met' if ok else 'missed'}: ≤ {_UNINDEXED_P95:g})"
-            )
+            verdict = f"{'met' if ok else 'missed'}: ≤ {_UNINDEXED_P95:g}"
+            if last["instances"] > _UNINDEXED_AT:
+                verdict += f", issue 15's target at {_UNINDEXED_AT:,} instances"
+            out[q["label"]] = f"p95 {q['p95']} ms ({verdict})"
     out.update(_site_verdicts(last))
     return out
 
@@ -524,8 +528,8 @@ async def run_scale(args: argparse.Namespace) -> dict[str, Any]:
                 )  # fmt: skip
                 load_seconds += time.monotonic() - started
                 started = time.monotonic()
-                await vacuum_analyze(database_url)
-                log(f"  VACUUM ANALYZE: {time.monotonic() - started:.1f} s")
+                await settle(database_url)
+                log(f"  VACUUM ANALYZE, CHECKPOINT, sync: {time.monotonic() - started:.1f} s")
             else:
                 loaded += await load_index(
                     index, sizes, concurrency=16, first_study=done_studies, limit=count,

@@ -13,7 +13,7 @@ import services
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from bench.qido_copy import copy_index, vacuum_analyze
+from bench.qido_copy import copy_index, settle
 from bench.qido_corpus import QidoSizes, add_corpus_sites, load_index
 from dicomweb_server.index.postgres import PostgresInstanceIndex
 
@@ -57,7 +57,7 @@ async def test_copy_loader_writes_the_rows_of_the_add_path(
     sizes = QidoSizes(studies=11, instances_per_series=3, sites=3)
     assert await _load(pg_database_url, sizes, copy=False, end=0) == sizes.instances
     assert await _load(second_database_url, sizes, copy=True, end=5) == sizes.instances
-    await vacuum_analyze(second_database_url)
+    await settle(second_database_url)
     for table, key in (
         ("studies", "study_instance_uid"),
         ("series", "series_instance_uid"),
