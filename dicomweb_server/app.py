@@ -174,7 +174,6 @@ def create_app(settings: Settings) -> Starlette:
             codecs,
             frame_cache=cache if settings.frame_cache and cache.enabled else None,
             frame_memory_bytes=settings.frame_memory_cache_bytes,
-            frame_read_ahead_bytes=settings.frame_read_ahead_bytes,
             metadata_memory_bytes=settings.metadata_memory_cache_bytes,
             read_ahead=ReadAhead(
                 objects=settings.wado_read_ahead_objects,

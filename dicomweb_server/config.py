@@ -141,10 +141,6 @@ class Settings(BaseSettings):
     # Stored frames read from an S3 store, kept in memory per process (a local folder has the
     # page cache): a frame asked for again (another viewer, a scroll back) skips the store
     frame_memory_cache_bytes: NonNegative = 128 << 20
-    # A frame of a multi-frame object not in that memory starts one read of the frames after
-    # it, up to this many bytes, into it (a viewer plays a cine loop in order; at most four
-    # such reads at once per process); 0 reads each frame alone
-    frame_read_ahead_bytes: NonNegative = 4 << 20
     # Study and series metadata answers kept in memory per process, by the study's version (a
     # viewer opening a series again is answered after one small index query)
     metadata_memory_cache_bytes: NonNegative = 64 << 20

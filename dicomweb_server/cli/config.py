@@ -142,10 +142,6 @@ ROWS: tuple[Row, ...] = (
         "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store (0: none)",
     ),
     Row(
-        ("frame_read_ahead_bytes",),
-        "a frame of a multi-frame object not in that memory starts one read of the frames after it, up to this many bytes, into it (at most four at once per process; 0: each frame read alone)",
-    ),
-    Row(
         ("metadata_memory_cache_bytes",),
         "study and series metadata answers kept in memory per process, by the study's version: a series opened again costs one small index query (0: none)",
     ),

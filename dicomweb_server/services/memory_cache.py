@@ -27,10 +27,6 @@ class MemoryCache:
             self.entries.move_to_end(key)
         return data
 
-    def has(self, key: str) -> bool:
-        """Whether `key` is kept (without counting as a use)."""
-        return key in self.entries
-
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.limit // 4 or key in self.entries:
             return

@@ -85,7 +85,6 @@ _SPOOL_MEMORY = 8 << 20  # a stored object above this spools to disk
 _OBJECT_BATCH = 16  # frames decoded per pass when the whole object must be parsed
 # Chunk size of a stored object streamed rather than read whole: fewer reads, fewer sends.
 _STREAM_CHUNK = 1 << 20
-_FRAME_READ_AHEADS = 4  # frame read-aheads in flight per process, at most
 _T = TypeVar("_T")
 
 
@@ -102,15 +101,9 @@ class RetrieveService:
     # cache. Objects never change under their keys (the key holds the content's digest), so
     # an entry is never stale, and a deleted instance's frames are unreachable (no row).
     frame_memory_bytes: int = 0
-    # A frame of a multi-frame object missing from that memory starts one read of the
-    # frames after it, up to this many bytes, into it (0: each frame is read alone)
-    frame_read_ahead_bytes: int = 0
     # Study and series metadata documents kept in memory per process, by content
     metadata_memory_bytes: int = 0
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
-    # Frame read-aheads in flight: the blob key's frames (first, last) coming, and the tasks
-    _frames_coming: dict[str, tuple[int, int]] = field(default_factory=dict, init=False)
-    _read_aheads: set[asyncio.Task[None]] = field(default_factory=set, init=False)
     _answers: InstanceAnswers = field(init=False)
     _media: MediaService = field(init=False)
     _frames_kept: MemoryCache | None = field(default=None, init=False)
@@ -339,63 +332,11 @@ class RetrieveService:
             cached = read_if_cached(self.blobs, instance.blob_key, *fragments[0])
             if cached is not None:
                 return cached
-        if kept is not None:
-            self._read_frames_ahead(instance, number, kept)
         pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
         if kept is not None:
             kept.put(key, data)
         return data
-
-    def _read_frames_ahead(self, instance: StoredInstance, number: int, kept: MemoryCache) -> None:
-        """Start reading the frames after `number` into `kept`, in one ranged read of at most
-        `frame_read_ahead_bytes`, unless they are kept or coming already (a viewer plays a
-        multi-frame object in order: one read instead of one per frame). The caller still
-        reads its own frame: it never waits for more than it asked for."""
-        assert instance.pixel is not None
-        frames = instance.pixel.frames
-        key = instance.blob_key
-        bound = self.frame_read_ahead_bytes
-        if number >= len(frames) or bound <= 0 or len(self._read_aheads) >= _FRAME_READ_AHEADS:
-            return
-        coming = self._frames_coming.get(key)
-        if coming is not None and coming[0] <= number + 1 <= coming[1]:
-            return
-        if kept.has(f"{key}#{number + 1}"):
-            return
-        start = frames[number].fragments[0][0]
-        end, last = start, number
-        for n in range(number + 1, len(frames) + 1):
-            offset, length = frames[n - 1].fragments[-1]
-            if offset + length - start > bound or offset < end:
-                break  # over the bound, or not laid out in order: read each alone
-            end, last = offset + length, n
-        if last <= number:
-            return
-        self._frames_coming[key] = (number + 1, last)
-        task = asyncio.create_task(self._frames_into(instance, (number + 1, last), start, end))
-        self._read_aheads.add(task)
-        task.add_done_callback(self._read_aheads.discard)
-
-    async def _frames_into(
-        self, instance: StoredInstance, numbers: tuple[int, int], start: int, end: int
-    ) -> None:
-        """Read frames `numbers` (first, last) in the one span [start, end) into memory."""
-        assert instance.pixel is not None and self._frames_kept is not None
-        key = instance.blob_key
-        try:
-            data = await self.blobs.read_range(key, start, end - start)
-            for n in range(numbers[0], numbers[1] + 1):
-                pieces = [
-                    data[offset - start : offset - start + length]
-                    for offset, length in instance.pixel.frames[n - 1].fragments
-                ]
-                self._frames_kept.put(f"{key}#{n}", b"".join(pieces))
-        except Exception as exc:  # a read-ahead only saves reads: the frames are read alone
-            log.debug("frame read-ahead of %s failed: %s", key, exc)
-        finally:
-            if self._frames_coming.get(key) == numbers:
-                del self._frames_coming[key]
 
     async def _transcoded_frame(
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str
