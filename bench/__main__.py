@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     ceiling.add_argument("folder", type=Path)
     ceiling.add_argument("port", type=int)
     ceiling.add_argument("workers", type=int)
-    report = commands.add_parser("report", help="re-render a results JSON as markdown")
+    report = commands.add_parser("report", help="re-render a results JSON (run or scale)")
     report.add_argument("results", type=Path)
     return parser
 
@@ -111,8 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "report":
         from bench.report import render_markdown
+        from bench.scale import render_scale
 
-        print(render_markdown(json.loads(args.results.read_text())), end="")
+        document = json.loads(args.results.read_text())
+        scale = str(document.get("format", "")).startswith("dicomweb-server-bench-scale")
+        print((render_scale if scale else render_markdown)(document), end="")
         return 0
     from bench.servers import orthanc_available, reexec_in_private_network
 

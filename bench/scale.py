@@ -309,6 +309,11 @@ def render_scale(document: dict[str, Any]) -> str:
         + " | ".join(stow_cells)
         + f" | ≥ {100 - _STOW_DRIFT * 100:.0f} % of empty |"
     )
+    if any(s.get("stow_warmup") for s in steps):
+        warmups = [f"{s['stow_warmup']:.1f}" if s.get("stow_warmup") else "—" for s in steps]
+        lines.append(
+            "| STOW, the round after the load (not counted) | " + " | ".join(warmups) + " |  |"
+        )
     lines += _render_sites(steps)
     verdicts = document.get("verdicts", {})
     if verdicts:

@@ -119,6 +119,11 @@ def test_scale_report_renders_steps() -> None:
     assert "| Week | 55.0 / 70.0 | 55.0 / 70.0 | ≤ 60 ms |" in text  # issue 22: the median
     assert "50.0 | 45.0" in text
     assert "Loading by COPY" in text and "12000 instances/s" in text
+    assert "round after the load" not in text  # no step had one
+    last["stow_warmup"] = 30.5
+    assert "| STOW, the round after the load (not counted) | — | 30.5 |  |" in render_scale(
+        document
+    )
     verdicts = _verdicts(document["steps"])  # type: ignore[arg-type]
     assert verdicts["Page"] == "p95 12.5 ms (missed: ≤ 10)"
     assert verdicts["Week"] == "p50 55.0 ms (met: ≤ 60)"
