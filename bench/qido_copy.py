@@ -15,7 +15,6 @@ transaction per chunk, so an interrupted load leaves whole studies only.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -25,12 +24,12 @@ from bench.qido_corpus import (
     QidoInstance,
     QidoSizes,
     QidoTemplate,
-    check_templating,
+    checked_template,
     iter_instances,
+    new_instance,
 )
 from dicomweb_server.domain.records import InstanceRecord
 from dicomweb_server.index.aggregates import instance_row, new_series_row, new_study_row
-from dicomweb_server.index.batch import NewInstance
 
 __all__ = ["copy_index", "settle"]
 
@@ -38,20 +37,10 @@ _TABLES = ("instances", "series", "studies")
 Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]
 
 
-def _new_instance(template: QidoTemplate, item: QidoInstance) -> NewInstance:
-    """What `load_index` hands the add path for this item (same key, size and digest)."""
-    return NewInstance(
-        record=template.record_for(item),
-        blob_key=f"{item.site}/bench-qido/{item.sop}.dcm",  # index only: no object
-        size=len(template.part10),
-        digest=hashlib.sha256(item.sop.encode()).hexdigest(),
-    )
-
-
 def _columns(template: QidoTemplate) -> tuple[tuple[str, ...], ...]:
     """The column names of each table's rows, in `_TABLES` order."""
     item = next(iter_instances(QidoSizes(studies=1, instances_per_series=1)))
-    new = _new_instance(template, item)
+    new = new_instance(template, item)
     return (
         tuple(instance_row(item.site, new)),
         tuple(new_series_row(item.site, [new.record])),
@@ -67,7 +56,7 @@ def _study_rows(template: QidoTemplate, items: list[QidoInstance], out: Rows) ->
     for _, group in itertools.groupby(items, key=lambda item: item.series):
         in_series = []
         for item in group:
-            new = _new_instance(template, item)
+            new = new_instance(template, item)
             out[0].append(tuple(instance_row(site, new).values()))
             in_series.append(new.record)
         out[1].append(tuple(new_series_row(site, in_series).values()))
@@ -97,8 +86,7 @@ async def copy_index(
     The studies must not be in the index yet (COPY stops at the first duplicate key)."""
     import asyncpg
 
-    template = QidoTemplate()
-    check_templating(template, list(iter_instances(QidoSizes(studies=3, instances_per_series=2))))
+    template = checked_template()
     columns = _columns(template)
     end = sizes.studies if end_study is None else min(end_study, sizes.studies)
     studies = (

@@ -34,6 +34,7 @@ from dicomweb_server.domain.identifiers import DEFAULT_SITE
 from dicomweb_server.domain.part10 import ParseLimits, parse_part10
 from dicomweb_server.domain.records import BulkSpan, InstanceRecord
 from dicomweb_server.index.base import AddOutcome, InstanceIndex, SiteCatalog
+from dicomweb_server.index.batch import NewInstance, add_instances
 
 __all__ = [
     "QROOT",
@@ -42,9 +43,11 @@ __all__ = [
     "QidoTemplate",
     "add_corpus_sites",
     "check_templating",
+    "checked_template",
     "corpus_sites",
     "iter_instances",
     "load_index",
+    "new_instance",
     "patient_id",
     "patient_name",
     "study_date",
@@ -330,6 +333,24 @@ class QidoTemplate:
         )
 
 
+def checked_template() -> QidoTemplate:
+    """The template, its record templating checked against the parser on a sample."""
+    template = QidoTemplate()
+    check_templating(template, list(iter_instances(QidoSizes(studies=3, instances_per_series=2))))
+    return template
+
+
+def new_instance(template: QidoTemplate, item: QidoInstance) -> NewInstance:
+    """What the index is handed for `item`: its record, and a key, size and digest of its own
+    (the key names no object: the corpus is for QIDO only)."""
+    return NewInstance(
+        record=template.record_for(item),
+        blob_key=f"{item.site}/bench-qido/{item.sop}.dcm",
+        size=len(template.part10),
+        digest=hashlib.sha256(item.sop.encode()).hexdigest(),
+    )
+
+
 def check_templating(template: QidoTemplate, items: list[QidoInstance]) -> None:
     """Raise unless the varied record equals parse_part10 of the varied file, for each item."""
     for item in items:
@@ -367,28 +388,16 @@ async def load_index(
     """Index every corpus instance (from `first_study`) as STOW-RS does, `batch` instances of
     one site per transaction (`dicomweb_server.index.batch.add_instances`); return how many
     were created. The sites must exist (`add_corpus_sites`)."""
-    from dicomweb_server.index.batch import NewInstance, add_instances
-
-    template = QidoTemplate()
-    sample = list(iter_instances(QidoSizes(studies=3, instances_per_series=2)))
-    check_templating(template, sample)
+    template = checked_template()
     queue: asyncio.Queue[tuple[str, list[QidoInstance]] | None]
     queue = asyncio.Queue(maxsize=concurrency * 2)
     created = 0
-
-    def new_instance(item: QidoInstance) -> NewInstance:
-        return NewInstance(
-            record=template.record_for(item),
-            blob_key=f"{item.site}/bench-qido/{item.sop}.dcm",  # index only: no object
-            size=len(template.part10),
-            digest=hashlib.sha256(item.sop.encode()).hexdigest(),
-        )
 
     async def worker() -> None:
         nonlocal created
         while (work := await queue.get()) is not None:
             site, items = work
-            outcomes = await add_instances(index, site, [new_instance(i) for i in items])
+            outcomes = await add_instances(index, site, [new_instance(template, i) for i in items])
             created += sum(1 for outcome in outcomes if outcome is AddOutcome.CREATED)
 
     workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
