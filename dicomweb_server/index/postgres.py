@@ -127,6 +127,18 @@ async def migrate(dsn: str, *, command_timeout: float = 30) -> list[int]:
             await conn.close()
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """Hand a released connection back to the pool as it is, without a reset query.
+
+    asyncpg's default reset runs `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    on every release: a second round trip after each of our one-statement calls. Nothing of
+    ours leaves session state behind: settings are `SET LOCAL`, advisory locks are
+    transaction locks, no cursor outlives its transaction and nothing listens
+    (tests/unit/test_postgres_session_state.py checks the sources). The pool still rolls back
+    a transaction left open before it calls this.
+    """
+
+
 async def _apply_migrations(conn: Connection) -> list[int]:
     """One transaction under an advisory lock: concurrent starters wait, then find it done."""
     applied: list[int] = []
@@ -191,6 +203,7 @@ class PostgresInstanceIndex(
                 command_timeout=command_timeout,
                 timeout=min(command_timeout, _MAX_CONNECT_TIMEOUT),
                 server_settings=_SERVER_SETTINGS,
+                reset=_keep_session,
             )
         index = cls(pool, command_timeout, acquire_timeout or command_timeout)
         try:
