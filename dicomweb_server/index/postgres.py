@@ -242,8 +242,11 @@ class PostgresInstanceIndex(
         raise AssertionError("unreachable")
 
     async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
+        # asyncio.timeout rather than acquire(timeout=...): on Python 3.11 asyncpg bounds that
+        # with wait_for, which wraps every acquire in a task of its own.
         try:
-            return await self._pool.acquire(timeout=self._acquire_timeout)
+            async with asyncio.timeout(self._acquire_timeout):
+                return await self._pool.acquire()
         except TimeoutError as exc:
             raise IndexUnavailableError(
                 "index unavailable: no PostgreSQL connection became free within"
