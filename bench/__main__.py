@@ -57,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--profile",
         default="",
-        help="comma-separated metric ids to profile with py-spy (ours only)",
+        help="comma-separated metric ids to profile with py-spy (ours, on each backend pair)",
     )
     run.add_argument(
         "--quick",

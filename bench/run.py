@@ -89,7 +89,7 @@ class Options:
     mix_clients: int = 16
     wait_load: float = 1.0
     wait_max: float = 0.0
-    profile: tuple[str, ...] = ()  # metric ids to run under py-spy (ours, embedded)
+    profile: tuple[str, ...] = ()  # metric ids to run under py-spy (ours, both pairs)
     save: bool = True
     keep: bool = False
     mode: str = "default"
@@ -511,8 +511,9 @@ async def _measure(
                         await _replay_round(replay, plan, r, collected[name])
                         continue
                     server = servers[name]
-                    profiling = name == "ours" and metric.id in opts.profile
-                    output = workdir / f"profile-{metric.id}-r{r}.txt"
+                    profiling = name in ("ours", "ours_pg") and metric.id in opts.profile
+                    output = workdir / f"profile-{name}-{metric.id}-r{r}.txt"
+                    summary_file = output.with_suffix(".summary.txt")
                     guard = _profiled(server, output) if profiling else contextlib.nullcontext()
                     with guard:
                         await _run_round(
@@ -521,8 +522,8 @@ async def _measure(
                         )  # fmt: skip
                     if profiling and output.exists():
                         summary = profile_summary(output)
-                        (workdir / f"profile-{metric.id}-r{r}.summary.txt").write_text(summary)
-                        log(f"profile of {metric.id} round {r}: {output}")
+                        summary_file.write_text(summary)
+                        log(f"profile of {metric.id} on {name}, round {r}: {output}")
             summaries = {}
             for name in names:
                 c = collected[name]
