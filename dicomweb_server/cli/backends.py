@@ -16,6 +16,8 @@ from typing import Any
 from dicomweb_server.app import Backends, open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
+from dicomweb_server.errors import DicomwebError
+from dicomweb_server.index.base import PlannerStatistics
 
 __all__ = [
     "SITE_PATTERN",
@@ -26,6 +28,7 @@ __all__ = [
     "jobs_of",
     "opened_backends",
     "parse_limits",
+    "refresh_statistics",
     "say",
 ]
 
@@ -35,6 +38,18 @@ SITE_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 def say(command: str, message: str) -> None:
     """One line on stderr, prefixed like every message of the tool."""
     print(f"dicomweb-server {command}: {message}", file=sys.stderr, flush=True)
+
+
+async def refresh_statistics(command: str, index: object) -> None:
+    """After a bulk load, have the index's planner sample the tables again where it plans by
+    statistics (PostgreSQL): searches right after it would otherwise plan on stale ones until
+    the database's own maintenance catches up (BENCHMARKS.md). A failure is only reported."""
+    if not isinstance(index, PlannerStatistics):
+        return
+    try:
+        await index.refresh_statistics()
+    except DicomwebError as exc:
+        say(command, f"could not refresh the index's statistics: {exc.reason}")
 
 
 def default_jobs() -> int:

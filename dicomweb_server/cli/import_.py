@@ -20,6 +20,7 @@ from dicomweb_server.cli.backends import (
     jobs_of,
     opened_backends,
     parse_limits,
+    refresh_statistics,
     say,
 )
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
@@ -194,6 +195,8 @@ async def _import(
                     interrupted = True
                 except DicomwebError as exc:  # a source that cannot be read, a store that fails
                     error = exc.reason
+            if stats.counts[Outcome.STORED]:
+                await refresh_statistics(_COMMAND, backends.index)
     except DicomwebError as exc:  # the backends did not open
         error = exc.reason
     finally:

@@ -14,6 +14,7 @@ from dicomweb_server.cli.backends import (
     jobs_of,
     opened_backends,
     parse_limits,
+    refresh_statistics,
     say,
 )
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
@@ -126,6 +127,8 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
             )
             async with progress.shown(), interruptible("reindex", service.stop):
                 await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
+            if service.stats.counts[ReindexOutcome.INDEXED]:
+                await refresh_statistics("reindex", backends.index)
     except DicomwebError as exc:
         error = exc.reason
     except asyncio.CancelledError:

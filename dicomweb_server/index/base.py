@@ -34,6 +34,7 @@ __all__ = [
     "Judge",
     "LegalHolds",
     "Lifecycle",
+    "PlannerStatistics",
     "Rejection",
     "RejectionLog",
     "SearchPage",
@@ -525,4 +526,19 @@ class ConnectionPool(Protocol):
 
     def connections(self) -> Connections:
         """The connections now, without waiting for any."""
+        ...
+
+
+@runtime_checkable
+class PlannerStatistics(Protocol):
+    """An index whose query planner chooses by table statistics, kept by the database itself.
+
+    After a bulk load the statistics lag until the database's own maintenance catches up
+    (PostgreSQL's autovacuum: a minute or more), and searches meanwhile may plan as if the
+    tables were nearly empty: a page of studies sorted on disk instead of read in key order.
+    SQLite needs none: no statistics are ever gathered there, so its plans never lag.
+    """
+
+    async def refresh_statistics(self) -> None:
+        """Sample the searched tables again, as after any bulk load (bounded, not a scan)."""
         ...

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+import asyncpg
 import httpx
 import pytest
 from dicomfiles import multipart_body
@@ -109,3 +110,16 @@ def tiny_disk(tmp_path: Path, size: str = "2m") -> Iterator[Path | None]:
 
 def no_space() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+async def analyzed_tables(database_url: str) -> dict[str, bool]:
+    """Whether ANALYZE has run on each searched table of a PostgreSQL index."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables"
+            " WHERE relname IN ('studies', 'series', 'instances')"
+        )
+    finally:
+        await conn.close()
+    return {str(row[0]): bool(row[1]) for row in rows}

@@ -22,12 +22,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from cli_helpers import app_client, count, no_space, run_cli, tiny_disk, use_settings
+from cli_helpers import (
+    analyzed_tables,
+    app_client,
+    count,
+    no_space,
+    run_cli,
+    tiny_disk,
+    use_settings,
+)
 from dicomfiles import PREFIX, ct_dataset, multipart_body, to_part10, uid
 from live import serving
 from pydicom.fileset import FileSet
 
+from dicomweb_server.cli.backends import refresh_statistics
 from dicomweb_server.config import Settings
+from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
 from dicomweb_server.services.pull import DicomwebSource
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
@@ -468,3 +478,43 @@ async def test_issue19_import_on_a_full_disk_stops_and_changes_nothing_stored(
                 retrieved = await local.get(f"/studies/{study}/series/{series}/instances/{sop}")
                 assert retrieved.status_code == 200  # every visible instance has its object
         assert os.listdir(objects / ".tmp") == []  # no partial object left behind
+
+
+@pytest.mark.parametrize("backend", ["production"], indirect=True)
+async def test_issue19_import_leaves_postgresql_statistics_fresh(
+    settings: Settings,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bulk load outruns autovacuum: searches right after it planned as if the tables were
+    empty (a page of studies sorted on disk, BENCHMARKS.md), so the import runs ANALYZE."""
+    use_settings(settings, monkeypatch)
+    assert settings.database_url
+    source = tmp_path / "in"
+    source.mkdir()
+    for number, data in enumerate(_series(2)):
+        (source / f"{number}.dcm").write_bytes(data)
+    await migrate(settings.database_url)
+    unanalyzed = {"studies": False, "series": False, "instances": False}
+    assert await analyzed_tables(settings.database_url) == unanalyzed
+
+    nothing = await run_cli(capsys, "import", tmp_path / "empty-folder-that-is-missing")
+    assert nothing.code != 0
+    assert await analyzed_tables(settings.database_url) == unanalyzed  # nothing stored: no ANALYZE
+
+    ran = await run_cli(capsys, "import", source)
+    assert ran.code == 0, ran
+    assert count(ran.out, "stored") == 2
+    assert await analyzed_tables(settings.database_url) == dict.fromkeys(unanalyzed, True)
+
+
+async def test_issue19_statistics_that_cannot_be_refreshed_are_reported(
+    pg_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    index = await PostgresInstanceIndex.open(pg_database_url)
+    await index.close()
+    await refresh_statistics("import", index)
+    assert "dicomweb-server import: could not refresh the index's statistics: " in (
+        capsys.readouterr().err
+    )

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import services
-from cli_helpers import app_client, run_cli, stow, use_settings
+from cli_helpers import analyzed_tables, app_client, run_cli, stow, use_settings
 from dicomfiles import ct_dataset, to_part10, uid
 
 from dicomweb_server.app import open_backends
@@ -138,6 +138,10 @@ async def test_issue19_reindex_rebuilds_the_same_qido_answers_from_the_objects(
     assert "0 other objects" not in ran.out  # the thumbnail was skipped, not parsed
     async with app_client(rebuilt) as client:
         assert await _answers(client, studies) == before
+    if rebuilt.database_url:  # the rebuilt index's statistics are fresh (as after an import)
+        assert await analyzed_tables(rebuilt.database_url) == dict.fromkeys(
+            ("studies", "series", "instances"), True
+        )
     again = await run_cli(capsys, "reindex", "--site", "default")
     assert "0 indexed, 6 already indexed" in again.out
     assert garbage in await _all_objects(rebuilt)  # nothing in the store was touched
