@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from starlette.routing import BaseRoute, Mount, Route, Router
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.web.capabilities import root_route
+from dicomweb_server.web.dispatch import ShapeRouter
 from dicomweb_server.web.errors import error_response
 
 __all__ = ["SITES", "TrailingSlashMiddleware", "dicomweb_mounts"]
@@ -48,9 +49,9 @@ def dicomweb_mounts(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
     site_root = root_route(SITES, table)
     return [
         Route(SITES, _SiteRoot(site_root.app)),
-        Mount(SITES, app=_SiteRoot(Router(routes=table, redirect_slashes=False))),
+        Mount(SITES, app=_SiteRoot(ShapeRouter(table))),
         root_route(ROOT, table),
-        Mount(ROOT, app=Router(routes=table, redirect_slashes=False)),
+        Mount(ROOT, app=ShapeRouter(table)),
     ]
 
 
