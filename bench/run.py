@@ -200,10 +200,10 @@ async def preload_postgres(url: str, sizes: QidoSizes, concurrency: int = 16) ->
     started = time.monotonic()
     index = await PostgresInstanceIndex.open(url, max_size=concurrency)
     try:
-        await load_index(index, sizes, concurrency=concurrency)
+        created = await load_index(index, sizes, concurrency=concurrency)
         # As `dicomweb-server import` does after a bulk load: the corpus stands for a store,
         # whose statistics autovacuum would have kept; a run starts seconds after the load.
-        await index.refresh_statistics()
+        await index.refresh_statistics(created)
     finally:
         await index.close()
     return time.monotonic() - started

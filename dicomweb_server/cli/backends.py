@@ -40,14 +40,15 @@ def say(command: str, message: str) -> None:
     print(f"dicomweb-server {command}: {message}", file=sys.stderr, flush=True)
 
 
-async def refresh_statistics(command: str, index: object) -> None:
-    """After a bulk load, have the index's planner sample the tables again where it plans by
-    statistics (PostgreSQL): searches right after it would otherwise plan on stale ones until
-    the database's own maintenance catches up (BENCHMARKS.md). A failure is only reported."""
-    if not isinstance(index, PlannerStatistics):
+async def refresh_statistics(command: str, index: object, added: int) -> None:
+    """After `added` instances were loaded in bulk, have the index's planner sample the
+    tables again where it plans by statistics (PostgreSQL) and that many can have moved them:
+    searches right after would otherwise plan on stale ones until the database's own
+    maintenance catches up (BENCHMARKS.md). A failure is only reported."""
+    if not added or not isinstance(index, PlannerStatistics):
         return
     try:
-        await index.refresh_statistics()
+        await index.refresh_statistics(added)
     except DicomwebError as exc:
         say(command, f"could not refresh the index's statistics: {exc.reason}")
 

@@ -195,8 +195,7 @@ async def _import(
                     interrupted = True
                 except DicomwebError as exc:  # a source that cannot be read, a store that fails
                     error = exc.reason
-            if stats.counts[Outcome.STORED]:
-                await refresh_statistics(_COMMAND, backends.index)
+            await refresh_statistics(_COMMAND, backends.index, stats.counts[Outcome.STORED])
     except DicomwebError as exc:  # the backends did not open
         error = exc.reason
     finally:

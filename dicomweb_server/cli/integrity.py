@@ -127,8 +127,8 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
             )
             async with progress.shown(), interruptible("reindex", service.stop):
                 await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
-            if service.stats.counts[ReindexOutcome.INDEXED]:
-                await refresh_statistics("reindex", backends.index)
+            indexed = service.stats.counts[ReindexOutcome.INDEXED]
+            await refresh_statistics("reindex", backends.index, indexed)
     except DicomwebError as exc:
         error = exc.reason
     except asyncio.CancelledError:

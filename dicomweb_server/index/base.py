@@ -539,6 +539,7 @@ class PlannerStatistics(Protocol):
     SQLite needs none: no statistics are ever gathered there, so its plans never lag.
     """
 
-    async def refresh_statistics(self) -> None:
-        """Sample the searched tables again, as after any bulk load (bounded, not a scan)."""
+    async def refresh_statistics(self, added: int) -> None:
+        """After `added` instances were loaded in bulk, sample the searched tables again if
+        that many can have moved the statistics (bounded: a sample, not a scan)."""
         ...

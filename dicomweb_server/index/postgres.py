@@ -241,12 +241,22 @@ class PostgresInstanceIndex(
                     await self._pool.release(conn)
         raise AssertionError("unreachable")
 
-    async def refresh_statistics(self) -> None:
-        """ANALYZE the searched tables: it samples a bounded number of rows of each (300 times
-        `default_statistics_target`), so it takes about as long at 10 million rows as at 1."""
+    async def refresh_statistics(self, added: int) -> None:
+        """ANALYZE the searched tables when `added` instances pass autovacuum's own bar for
+        `instances` (`autovacuum_analyze_threshold` plus `autovacuum_analyze_scale_factor`
+        of the rows it last counted), or when they were never analyzed. ANALYZE samples a
+        bounded number of rows (300 times `default_statistics_target`), but on a large cold
+        table that is still thousands of reads: a few files added to a big store skip it."""
 
         async def run(conn: Connection) -> None:
-            await conn.execute("ANALYZE studies, series, instances")
+            stale = await conn.fetchval(
+                "SELECT c.reltuples < 0 OR $1 >= current_setting('autovacuum_analyze_threshold')"
+                "::float8 + current_setting('autovacuum_analyze_scale_factor')::float8"
+                " * c.reltuples FROM pg_class c WHERE c.oid = 'instances'::regclass",
+                added,
+            )
+            if stale:
+                await conn.execute("ANALYZE studies, series, instances")
 
         await self._with_connection(run)
 

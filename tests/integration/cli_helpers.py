@@ -123,3 +123,16 @@ async def analyzed_tables(database_url: str) -> dict[str, bool]:
     finally:
         await conn.close()
     return {str(row[0]): bool(row[1]) for row in rows}
+
+
+async def analyze_counts(database_url: str) -> dict[str, int]:
+    """How many times ANALYZE ran by hand on each searched table of a PostgreSQL index."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT relname, analyze_count FROM pg_stat_user_tables"
+            " WHERE relname IN ('studies', 'series', 'instances')"
+        )
+    finally:
+        await conn.close()
+    return {str(row[0]): int(row[1]) for row in rows}
