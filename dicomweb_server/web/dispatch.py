@@ -1,10 +1,10 @@
 """Route dispatch by the shape of the path: a request tries only the routes that could match it.
 
 Starlette's Router tries its routes in order, one regular expression each. Under the DICOMweb
-root that is about 15 expressions before a frame request reaches its route, some 25 µs of the
-event loop per request. `ShapeRouter` files each route under the shape its path template
+root that is about 15 expressions before a frame request reaches its route, some 20 µs of CPU
+per request (BENCHMARKS.md). `ShapeRouter` files each route under the shape its path template
 allows (how many segments, and the last one when it is a literal such as `metadata` or
-`frames`), and sends each request to a Starlette Router holding only the routes of its shape,
+`rendered`), and sends each request to a Starlette Router holding only the routes of its shape,
 in their original order. Matching, 405s for a path served with other methods, path parameters
 and `scope["route"]` stay Starlette's own; a request that none of them matches falls through
 to a Router over the whole table, so an answer can only ever be the one the whole table gives.
