@@ -238,7 +238,7 @@ class PostgresInstanceIndex(
                         raise
                     log.info("PostgreSQL connection lost; retrying on a fresh one")
                 finally:
-                    await self._pool.release(conn)
+                    await self._pool.release(conn, timeout=self._acquire_timeout)
         raise AssertionError("unreachable")
 
     async def refresh_statistics(self, added: int) -> None:
