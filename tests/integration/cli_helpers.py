@@ -112,19 +112,6 @@ def no_space() -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-async def analyzed_tables(database_url: str) -> dict[str, bool]:
-    """Whether ANALYZE has run on each searched table of a PostgreSQL index."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        rows = await conn.fetch(
-            "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables"
-            " WHERE relname IN ('studies', 'series', 'instances')"
-        )
-    finally:
-        await conn.close()
-    return {str(row[0]): bool(row[1]) for row in rows}
-
-
 async def analyze_counts(database_url: str) -> dict[str, int]:
     """How many times ANALYZE ran by hand on each searched table of a PostgreSQL index."""
     conn = await asyncpg.connect(database_url)
