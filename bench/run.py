@@ -432,9 +432,11 @@ def _profiled(server: Server, output: Path) -> Iterator[None]:
 
 
 # Leaf frames of threads that wait (py-spy cannot always tell a thread blocked in C is idle).
+# `Workers._work` is the SQLite index's threads waiting for a call (index/threads.py): a call
+# they run is a Python frame below it.
 _IDLE_LEAVES = frozenset(
     {"_worker", "Runner.run", "Connection._recv", "main", "Condition.wait", "Semaphore.acquire",
-     "select", "_poll", "poll", "Event.wait", "Thread._wait_for_tstate_lock"}
+     "select", "_poll", "poll", "Event.wait", "Thread._wait_for_tstate_lock", "Workers._work"}
 )  # fmt: skip
 
 

@@ -256,3 +256,21 @@ def test_issue16_scale_report_compares_enterprise_and_site_roots() -> None:
     assert verdict == "p95 5.0 vs 2.0 ms, 2.50× (missed: ≤ 2×)"
     day = document["verdicts"]["Studies of one day: enterprise root vs site-01"]
     assert day == "p95 12.0 vs 3.0 ms, 4.00× (missed: ≤ 2×; 200 vs 21 results)"
+
+
+def test_profile_summaries_leave_waiting_threads_out(tmp_path: Path) -> None:
+    from bench.run import profile_summary
+
+    base = 'process 1:"serve";process 2:"worker";subprocess_started (uvicorn/_subprocess.py:80)'
+    raw = tmp_path / "profile.txt"
+    raw.write_text(
+        f"{base};Workers._work (dicomweb_server/index/threads.py:62) 70\n"  # SQLite thread idle
+        f"{base};Workers._work (dicomweb_server/index/threads.py:64);"
+        "SqliteInstanceIndex._run.<locals>.call (dicomweb_server/index/sqlite.py:240) 10\n"
+        f"{base};_worker (concurrent/futures/thread.py:81) 50\n"
+        f"{base};Route.matches (starlette/routing.py:255) 30\n"
+    )
+    summary = profile_summary(raw)
+    assert summary.startswith("40 busy samples")
+    assert "75.0%  Route.matches (starlette/routing.py:255)" in summary
+    assert "25.0%  SqliteInstanceIndex._run.<locals>.call" in summary
