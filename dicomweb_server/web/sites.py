@@ -47,11 +47,12 @@ def dicomweb_mounts(routes: Sequence[BaseRoute]) -> list[BaseRoute]:
     OPTIONS without their trailing slash, PS3.18 8.9)."""
     table = list(routes)
     site_root = root_route(SITES, table)
+    shaped = ShapeRouter(table)  # one for both mounts: it keeps nothing between requests
     return [
         Route(SITES, _SiteRoot(site_root.app)),
-        Mount(SITES, app=_SiteRoot(ShapeRouter(table))),
+        Mount(SITES, app=_SiteRoot(shaped)),
         root_route(ROOT, table),
-        Mount(ROOT, app=ShapeRouter(table)),
+        Mount(ROOT, app=shaped),
     ]
 
 
