@@ -32,12 +32,16 @@ async def open_index(settings: Settings) -> ServerIndex:
     if not url:
         from dicomweb_server.index.sqlite import SqliteInstanceIndex
 
-        return await SqliteInstanceIndex.open(settings.data_dir / "index.sqlite")
+        return await SqliteInstanceIndex.open(
+            settings.data_dir / "index.sqlite", loop_read_max_seconds=_loop_read_max(settings)
+        )
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         from dicomweb_server.index.sqlite import SqliteInstanceIndex
 
-        return await SqliteInstanceIndex.open(Path(url.removeprefix("sqlite://")))
+        return await SqliteInstanceIndex.open(
+            Path(url.removeprefix("sqlite://")), loop_read_max_seconds=_loop_read_max(settings)
+        )
     if scheme in ("postgresql", "postgres"):
         from dicomweb_server.index.postgres import PostgresInstanceIndex
 
@@ -48,6 +52,10 @@ async def open_index(settings: Settings) -> ServerIndex:
         f"DICOMWEB_DATABASE_URL scheme {scheme!r} is not supported"
         " (use postgresql://... or sqlite:///path)"
     )
+
+
+def _loop_read_max(settings: Settings) -> float:
+    return settings.sqlite_loop_read_max_ms / 1000
 
 
 async def open_blob_store(settings: Settings) -> BlobStore:

@@ -69,6 +69,10 @@ ROWS: tuple[Row, ...] = (
         "connections kept to the S3 endpoint for reads (presigned GETs), per process",
     ),
     Row(("database_pool_size",), "PostgreSQL connections per worker"),
+    Row(
+        ("sqlite_loop_read_max_ms",),
+        "SQLite index: point reads (a frame's instance, a study's version) run on the event loop while each takes less than this, skipping a thread hop that costs more than the read; a slower one sends them back to the reader threads for a minute (0: always on the threads)",
+    ),
     Row(("backend_timeout",), "seconds before a slow backend call becomes a 503"),
     Row(
         ("ready_timeout",),
