@@ -73,10 +73,11 @@ class Settings(BaseSettings):
     s3_part_size: Annotated[int, Field(ge=5 << 20)] = 8 << 20  # S3's minimum is 5 MiB
     s3_read_connections: Positive = 64  # connections kept to the S3 endpoint for reads
     database_pool_size: Positive = 10  # PostgreSQL connections per worker process
-    # SQLite: point reads (a frame's instance, a study's version) run on the event loop while
-    # each takes less than this many milliseconds, skipping a thread hop that costs more than
-    # the read; a slower one sends them back to the reader threads for a minute (0: always)
-    sqlite_loop_read_max_ms: Annotated[float, Field(ge=0)] = 2.0
+    # SQLite: point reads (a frame's instance, a study's version) run on the event loop,
+    # skipping a thread hop that costs more than the read; one that waits off the CPU longer
+    # than this many milliseconds (a slow disk, a network file system) sends them to the
+    # reader threads for a minute (0: always on the threads)
+    sqlite_loop_read_max_ms: Annotated[float, Field(ge=0)] = 10.0
     backend_timeout: Positive = 30  # seconds before a slow index or store call becomes a 503
 
     # STOW-RS limits

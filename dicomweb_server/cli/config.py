@@ -71,7 +71,7 @@ ROWS: tuple[Row, ...] = (
     Row(("database_pool_size",), "PostgreSQL connections per worker"),
     Row(
         ("sqlite_loop_read_max_ms",),
-        "SQLite index: point reads (a frame's instance, a study's version) run on the event loop while each takes less than this, skipping a thread hop that costs more than the read; a slower one sends them back to the reader threads for a minute (0: always on the threads)",
+        "SQLite index: point reads (a frame's instance, a study's version) run on the event loop, skipping a thread hop that costs more than the read; one that waits off the CPU longer than this (a slow disk, a network file system) sends them to the reader threads for a minute (0: always on the threads)",
     ),
     Row(("backend_timeout",), "seconds before a slow backend call becomes a 503"),
     Row(

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -96,27 +97,50 @@ async def test_a_missing_instance_is_none_on_the_loop(
     assert calls.count == 0
 
 
-async def test_a_slow_read_sends_point_reads_back_to_the_threads(
+async def test_a_read_that_waits_sends_point_reads_back_to_the_threads(
     index: SqliteInstanceIndex, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A read that waits off the CPU (a slow disk, a network file system) past the bound
+    holds the loop: point reads go back to the threads for a while, with one log line."""
     built = await stored(index, tmp_path)
     calls = ThreadCalls(index)
-    index.loop_reads.max_seconds = 1e-9  # every read is "slow"
+    index.loop_reads.max_seconds = 0.01
+
+    def waiting(conn: sqlite3.Connection) -> Any:
+        time.sleep(0.03)  # as a read from a slow disk would
+        return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+
     with caplog.at_level(logging.INFO, logger="dicomweb_server.index.sqlite"):
-        assert await index.get_instance(key_of(built)) is not None
-    assert (calls.count, index.loop_reads.slow) == (0, 1)  # it ran on the loop, too slowly
+        assert await index._point_read(waiting) == 1
+    assert (calls.count, index.loop_reads.slow) == (0, 1)  # it ran on the loop, and waited
     assert "reader threads for 60 s" in caplog.text
     assert await index.get_instance(key_of(built)) is not None
     assert (calls.count, index.loop_reads.slow) == (1, 1)  # paused: on a thread
 
 
+async def test_a_read_that_only_computes_does_not_pause_them(
+    index: SqliteInstanceIndex,
+) -> None:
+    """Time on the CPU is not a wait: a long read that never waits stays on the loop."""
+    index.loop_reads.max_seconds = 0.025
+
+    def computing(conn: sqlite3.Connection) -> Any:
+        until = time.perf_counter() + 0.03
+        while time.perf_counter() < until:
+            pass
+        return conn.execute("SELECT count(*) FROM instances").fetchone()[0]
+
+    assert await index._point_read(computing) == 0
+    assert index.loop_reads.slow == 0 and index.loop_reads.allowed()
+
+
 def test_the_pause_ends_after_its_time() -> None:
     now = [100.0]
-    reads = LoopReads(0.002, pause_seconds=60, clock=lambda: now[0])
+    reads = LoopReads(0.01, pause_seconds=60, clock=lambda: now[0])
     assert reads.allowed()
-    reads.record(0.001)
+    reads.record(0.004)  # the GIL changing hands
     assert reads.allowed() and reads.slow == 0
-    reads.record(0.003)
+    reads.record(0.012)
     assert not reads.allowed() and reads.slow == 1
     now[0] += 59.9
     assert not reads.allowed()
@@ -189,4 +213,4 @@ async def test_the_setting_reaches_the_index(tmp_path: Path) -> None:
             assert opened.loop_reads.max_seconds == pytest.approx(expected)
         finally:
             await opened.close()
-    assert Settings().sqlite_loop_read_max_ms == 2.0
+    assert Settings().sqlite_loop_read_max_ms == 10.0
