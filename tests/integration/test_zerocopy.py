@@ -326,3 +326,37 @@ def test_issue22_one_frame_is_written_as_it_is_stored(zerocopy_server: tuple[str
     assert int(fields["content-length"]) == len(slow) == len(response.content)
     [(_, slow_frame)] = parse_multipart(slow, fields["content-type"])
     assert slow_frame == ds.PixelData
+
+
+def test_issue22_bytes_between_regions_are_written_together_and_whole() -> None:
+    """`_write_all` writes many views with few system calls (writev, at most _MAX_IOV
+    buffers at a time) and resumes after a partial write or a full socket: the reader gets
+    every byte in order."""
+    import asyncio
+    import threading
+    import types
+
+    views = [memoryview(bytes([n % 251]) * (1 + n % 7)) for n in range(zerocopy._MAX_IOV + 300)]
+    views[10] = memoryview(b"")  # empty pieces are skipped
+    views[200] = memoryview(bytes(range(256)) * 8192)  # 2 MiB: fills the socket
+    expected = b"".join(views)
+    left, right = socket.socketpair()
+    left.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+    left.setblocking(False)
+    received = bytearray()
+
+    def read() -> None:
+        time.sleep(0.2)  # the writer meets a full socket first
+        while chunk := right.recv(65536):
+            received.extend(chunk)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    cycle = types.SimpleNamespace(disconnected=False, transport=None)
+    try:
+        assert asyncio.run(zerocopy._write_all(cycle, left.fileno(), list(views)))
+    finally:
+        left.close()
+        reader.join()
+        right.close()
+    assert bytes(received) == expected
