@@ -44,6 +44,9 @@ class SqliteLifecycle:
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         raise NotImplementedError
 
+    async def _point_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        raise NotImplementedError
+
     async def delete_instances(
         self,
         target: DeleteTarget,
@@ -173,7 +176,7 @@ class SqliteLifecycle:
                 found.update((str(sop), str(code)) for sop, code in rows)
             return found
 
-        return await self._read(run)
+        return await self._point_read(run)  # by key, as many as one STOW request holds
 
     async def add_hold(self, hold: Hold) -> Hold:
         def run(conn: sqlite3.Connection) -> int:

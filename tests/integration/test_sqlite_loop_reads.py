@@ -66,6 +66,7 @@ async def read_all(index: SqliteInstanceIndex, built: Built) -> list[Any]:
         await index.get_metadata(key),
         await index.study_versions([SITE], r.study_instance_uid),
         await index.series_exists(SeriesKey(SITE, r.study_instance_uid, r.series_instance_uid)),
+        await index.rejected_among(SITE, [r.sop_instance_uid, generate_uid()]),  # each STOW
     ]
 
 
@@ -81,7 +82,7 @@ async def test_point_reads_run_on_the_loop_with_the_answers_of_the_threads(
 
     index.loop_reads.max_seconds = 0  # DICOMWEB_SQLITE_LOOP_READ_MAX_MS=0: always threads
     on_threads = await read_all(index, built)
-    assert calls.count == 4
+    assert calls.count == 5
     assert on_threads == on_loop
 
 
