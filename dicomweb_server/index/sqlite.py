@@ -79,15 +79,28 @@ class LoopReads:
         max_seconds: float,
         pause_seconds: float = LOOP_READ_PAUSE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.perf_counter,
+        cpu: Callable[[], float] = time.thread_time,
     ) -> None:
         self.max_seconds = max_seconds
         self.pause_seconds = pause_seconds
         self._clock = clock
+        self._wall = wall
+        self._cpu = cpu
         self._paused_until = 0.0
         self.slow = 0  # reads that sent the others to the threads, for tests and logs
 
     def allowed(self) -> bool:
         return self.max_seconds > 0 and self._clock() >= self._paused_until
+
+    def start(self) -> tuple[float, float]:
+        """The clocks as a read on the loop starts (wall time, this thread's CPU time)."""
+        return self._wall(), self._cpu()
+
+    def finish(self, started: tuple[float, float]) -> None:
+        """A read on the loop that started at `started` is over: count its time off the CPU."""
+        wall, cpu = started
+        self.record((self._wall() - wall) - (self._cpu() - cpu))
 
     def record(self, waited: float) -> None:
         """A read on the loop spent `waited` seconds off the CPU."""
@@ -191,7 +204,7 @@ class SqliteInstanceIndex(
         guard = self.loop_reads
         if not guard.allowed():
             return await self._read(fn)
-        started, cpu = time.perf_counter(), time.thread_time()
+        started = guard.start()
         try:
             return fn(self._loop_connection())
         except sqlite3.OperationalError as exc:
@@ -200,7 +213,7 @@ class SqliteInstanceIndex(
         except sqlite3.Error as exc:
             raise IndexUnavailableError(f"index unavailable: {exc}") from exc
         finally:
-            guard.record((time.perf_counter() - started) - (time.thread_time() - cpu))
+            guard.finish(started)
         return await self._read(fn)  # busy: a thread waits for the lock, the loop does not
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
@@ -508,7 +521,7 @@ class SqliteInstanceIndex(
         await self._write(run)
 
     async def sites_holding_study(self, study_instance_uid: str) -> list[str]:
-        rows = await self._read(
+        rows = await self._point_read(  # each request at the enterprise root over many sites
             lambda conn: conn.execute(
                 "SELECT site FROM studies WHERE study_instance_uid = ? ORDER BY site",
                 (study_instance_uid,),
@@ -531,7 +544,7 @@ class SqliteInstanceIndex(
         await self._write(run)
 
     async def get_api_key(self, key_id: str) -> ApiKeyRecord | None:
-        row = await self._read(
+        row = await self._point_read(
             lambda conn: conn.execute(
                 f"SELECT {', '.join(API_KEY_COLUMNS)} FROM api_keys WHERE key_id = ?", (key_id,)
             ).fetchone()
