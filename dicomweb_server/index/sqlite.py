@@ -1,5 +1,6 @@
-"""The embedded index: one SQLite file in WAL mode, queried from worker threads; the
-point reads of the viewer paths run on the event loop while they stay fast (`LoopReads`)."""
+"""The embedded index: one SQLite file in WAL mode, queried from worker threads; keyed point
+reads (a frame's instance, a study's version) run on the event loop while none of them waits
+(`LoopReads`)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ _log = logging.getLogger(__name__)
 _READERS = 4
 _CLAIM_BATCH = 1000  # derived-cache entries evicted per claim, at most (callers repeat)
 _PROGRESS_STEPS = 1000  # VM steps between scan-budget checks (tens of microseconds)
-LOOP_READ_PAUSE_SECONDS = 60.0  # how long point reads stay on the threads after a slow one
+LOOP_READ_PAUSE_SECONDS = 60.0  # how long point reads stay on the threads after one waited
 _BUSY_CODES = (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
@@ -88,7 +89,7 @@ class LoopReads:
         self._wall = wall
         self._cpu = cpu
         self._paused_until = 0.0
-        self.slow = 0  # reads that sent the others to the threads, for tests and logs
+        self.pauses = 0  # reads that sent the others to the threads, for tests
 
     def allowed(self) -> bool:
         return self.max_seconds > 0 and self._clock() >= self._paused_until
@@ -106,7 +107,7 @@ class LoopReads:
         """A read on the loop spent `waited` seconds off the CPU."""
         if waited <= self.max_seconds:
             return
-        self.slow += 1
+        self.pauses += 1
         self._paused_until = self._clock() + self.pause_seconds
         _log.info(
             "index point reads go to the reader threads for %.0f s: one on the event loop"
@@ -146,8 +147,8 @@ class SqliteInstanceIndex(
     @classmethod
     async def open(cls, path: Path, *, loop_read_max_seconds: float = 0.0) -> SqliteInstanceIndex:
         """Open (creating and migrating as needed) the index at `path`. With
-        `loop_read_max_seconds`, point reads run on the event loop while each takes less
-        (`LoopReads`)."""
+        `loop_read_max_seconds` above 0, point reads run on the event loop until one waits
+        longer than that off the CPU (`LoopReads`)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         index = cls(path, loop_read_max_seconds=loop_read_max_seconds)
         await index._write(index._migrate)

@@ -1,6 +1,6 @@
 """Point reads of the SQLite index on the event loop (index/sqlite.py `LoopReads`): the
 viewer paths' lookups skip the hop to a reader thread while they stay fast, and go back to
-the threads after a slow one or when the database is busy."""
+the threads after one that waited or when the database is busy."""
 
 from __future__ import annotations
 
@@ -115,10 +115,10 @@ async def test_a_read_that_waits_sends_point_reads_back_to_the_threads(
 
     with caplog.at_level(logging.INFO, logger="dicomweb_server.index.sqlite"):
         assert await index._point_read(waiting) == 1
-    assert (calls.count, index.loop_reads.slow) == (0, 1)  # it ran on the loop, and waited
+    assert (calls.count, index.loop_reads.pauses) == (0, 1)  # it ran on the loop, and waited
     assert "reader threads for 60 s" in caplog.text
     assert await index.get_instance(key_of(built)) is not None
-    assert (calls.count, index.loop_reads.slow) == (1, 1)  # paused: on a thread
+    assert (calls.count, index.loop_reads.pauses) == (1, 1)  # paused: on a thread
 
 
 def test_time_on_the_cpu_is_not_a_wait() -> None:
@@ -130,12 +130,12 @@ def test_time_on_the_cpu_is_not_a_wait() -> None:
     wall[0] += 0.5
     cpu[0] += 0.495  # half a second of work, 5 ms off the CPU
     reads.finish(started)
-    assert reads.allowed() and reads.slow == 0
+    assert reads.allowed() and reads.pauses == 0
     started = reads.start()
     wall[0] += 0.02
     cpu[0] += 0.005  # 15 ms off the CPU: a slow disk
     reads.finish(started)
-    assert not reads.allowed() and reads.slow == 1
+    assert not reads.allowed() and reads.pauses == 1
 
 
 def test_the_pause_ends_after_its_time() -> None:
@@ -143,9 +143,9 @@ def test_the_pause_ends_after_its_time() -> None:
     reads = LoopReads(0.01, pause_seconds=60, clock=lambda: now[0])
     assert reads.allowed()
     reads.record(0.004)  # the GIL changing hands
-    assert reads.allowed() and reads.slow == 0
+    assert reads.allowed() and reads.pauses == 0
     reads.record(0.012)
-    assert not reads.allowed() and reads.slow == 1
+    assert not reads.allowed() and reads.pauses == 1
     now[0] += 59.9
     assert not reads.allowed()
     now[0] += 0.2
