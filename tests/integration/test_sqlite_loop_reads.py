@@ -210,7 +210,9 @@ async def test_the_setting_reaches_the_index(tmp_path: Path) -> None:
     from dicomweb_server.backends import open_index
 
     for value, expected in (("2", 0.002), ("0", 0.0)):
-        settings = Settings(data_dir=tmp_path / value, sqlite_loop_read_max_ms=float(value))
+        settings = Settings(
+            data_dir=tmp_path / value, database_url="", sqlite_loop_read_max_ms=float(value)
+        )
         opened = await open_index(settings)
         try:
             assert isinstance(opened, SqliteInstanceIndex)
