@@ -77,7 +77,7 @@ class Settings(BaseSettings):
     # skipping a thread hop that costs more than the read; one that waits off the CPU longer
     # than this many milliseconds (a slow disk, a network file system) sends them to the
     # reader threads for a minute (0: always on the threads)
-    sqlite_loop_read_max_ms: Annotated[float, Field(ge=0)] = 10.0
+    sqlite_loop_read_max_ms: Annotated[float, Field(ge=0)] = 25.0
     backend_timeout: Positive = 30  # seconds before a slow index or store call becomes a 503
 
     # STOW-RS limits

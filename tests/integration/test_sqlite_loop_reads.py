@@ -219,4 +219,4 @@ async def test_the_setting_reaches_the_index(tmp_path: Path) -> None:
             assert opened.loop_reads.max_seconds == pytest.approx(expected)
         finally:
             await opened.close()
-    assert Settings().sqlite_loop_read_max_ms == 10.0
+    assert Settings().sqlite_loop_read_max_ms == 25.0
