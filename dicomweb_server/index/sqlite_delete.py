@@ -32,6 +32,7 @@ __all__ = ["SqliteLifecycle"]
 
 T = TypeVar("T")
 _CHUNK = 500  # ids per IN (...) list
+_LOOP_READ_MAX_KEYS = 100  # rejection lookups run on the event loop up to this many ids
 _INSTANCE_COLUMNS = ", ".join(INSTANCE_ROW_COLUMNS)
 
 
@@ -176,7 +177,9 @@ class SqliteLifecycle:
                 found.update((str(sop), str(code)) for sop, code in rows)
             return found
 
-        return await self._point_read(run)  # by key, as many as one STOW request holds
+        if len(sop_instance_uids) > _LOOP_READ_MAX_KEYS:
+            return await self._read(run)  # a long list's lookups are CPU the loop would hold
+        return await self._point_read(run)  # one STOW batch's (DICOMWEB_STORE_INDEX_BATCH)
 
     async def add_hold(self, hold: Hold) -> Hold:
         def run(conn: sqlite3.Connection) -> int:

@@ -121,6 +121,21 @@ async def test_a_read_that_waits_sends_point_reads_back_to_the_threads(
     assert (calls.count, index.loop_reads.pauses) == (1, 1)  # paused: on a thread
 
 
+async def test_a_long_rejection_lookup_stays_on_a_thread(
+    index: SqliteInstanceIndex, tmp_path: Path
+) -> None:
+    """One STOW batch's rejection check is a point read; a list long enough to be real CPU
+    work for the loop goes to a thread."""
+    built = await stored(index, tmp_path)
+    calls = ThreadCalls(index)
+    few = [built.record.sop_instance_uid, *(generate_uid() for _ in range(49))]
+    assert await index.rejected_among(SITE, few) == {}
+    assert calls.count == 0
+    many = [*few, *(generate_uid() for _ in range(100))]
+    assert await index.rejected_among(SITE, many) == {}
+    assert calls.count == 1
+
+
 def test_time_on_the_cpu_is_not_a_wait() -> None:
     """A read that computes (or a process descheduled by a busy machine, a thread waiting for
     the GIL, within the bound) is not waiting for the disk: only time off the CPU counts."""
