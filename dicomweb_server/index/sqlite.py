@@ -120,6 +120,16 @@ class LoopReads:
         )
 
 
+def _unavailable(exc: sqlite3.Error) -> IndexUnavailableError:
+    return IndexUnavailableError(f"index unavailable: {exc}")
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite refused for a lock another connection holds (a thread can wait it out)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in _BUSY_CODES
+
+
 def _migrations() -> list[tuple[int, str]]:
     folder = resources.files("dicomweb_server.index") / "migrations" / "sqlite"
     found = []
@@ -156,17 +166,24 @@ class SqliteInstanceIndex(
         await index._write(index._migrate)
         return index
 
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+    def _connection(self, *, waits: bool = True) -> sqlite3.Connection:
+        """This thread's connection: one that waits for locks (the worker threads), or one
+        that never does (reads on the event loop: a busy database sends them to a thread)."""
+        name = "conn" if waits else "loop_conn"
+        conn: sqlite3.Connection | None = getattr(self._local, name, None)
         if conn is None:
             conn = sqlite3.connect(
-                self._path, timeout=30, isolation_level=None, check_same_thread=False
+                self._path,
+                timeout=30 if waits else 0,
+                isolation_level=None,
+                check_same_thread=False,
             )
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA case_sensitive_like=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
+            if waits:  # WAL is the file's own once set: the loop's connection writes nothing
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=30000")
+            setattr(self._local, name, conn)
             with self._lock:
                 self._connections.append(conn)
         return conn
@@ -178,28 +195,13 @@ class SqliteInstanceIndex(
         try:
             return await workers.run(call)
         except sqlite3.Error as exc:
-            raise IndexUnavailableError(f"index unavailable: {exc}") from exc
+            raise _unavailable(exc) from exc
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._writer, fn)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return await self._run(self._readers, fn)
-
-    def _loop_connection(self) -> sqlite3.Connection:
-        """This thread's connection for reads on the event loop: it never waits for a lock
-        (a busy database sends the read to the threads instead)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "loop_conn", None)
-        if conn is None:
-            # WAL mode is the file's own (set by the first connection); nothing to write here
-            conn = sqlite3.connect(
-                self._path, timeout=0, isolation_level=None, check_same_thread=False
-            )
-            conn.execute("PRAGMA case_sensitive_like=ON")
-            self._local.loop_conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
 
     async def _point_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A read of a few rows by key: on the event loop while `loop_reads` allows it,
@@ -209,12 +211,10 @@ class SqliteInstanceIndex(
             return await self._read(fn)
         started = guard.start()
         try:
-            return fn(self._loop_connection())
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode & 0xFF not in _BUSY_CODES:
-                raise IndexUnavailableError(f"index unavailable: {exc}") from exc
+            return fn(self._connection(waits=False))
         except sqlite3.Error as exc:
-            raise IndexUnavailableError(f"index unavailable: {exc}") from exc
+            if not _busy(exc):
+                raise _unavailable(exc) from exc
         finally:
             guard.finish(started)
         return await self._read(fn)  # busy: a thread waits for the lock, the loop does not
