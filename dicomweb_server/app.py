@@ -174,6 +174,7 @@ def create_app(settings: Settings) -> Starlette:
             codecs,
             frame_cache=cache if settings.frame_cache and cache.enabled else None,
             frame_memory_bytes=settings.frame_memory_cache_bytes,
+            frame_read_ahead_bytes=settings.frame_read_ahead_bytes,
             metadata_memory_bytes=settings.metadata_memory_cache_bytes,
             read_ahead=ReadAhead(
                 objects=settings.wado_read_ahead_objects,
@@ -222,6 +223,7 @@ def create_app(settings: Settings) -> Starlette:
             await maintenance.stop()
             await authenticator.aclose()
             await audit.stop()  # queued events and open roll-ups are written first
+            await retrieve.aclose()
             await cache.close()
             codecs.close()
             await backends.close()

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     # Stored frames read from an S3 store, kept in memory per process (a local folder has the
     # page cache): a frame asked for again (another viewer, a scroll back) skips the store
     frame_memory_cache_bytes: NonNegative = 128 << 20
+    # Of those, a frames request streams in the frames after its own, up to this many bytes,
+    # by one ranged GET (a viewer asks for a multi-frame object's frames nearly in order)
+    frame_read_ahead_bytes: NonNegative = 4 << 20
     # Study and series metadata answers kept in memory per process, by the study's version (a
     # viewer opening a series again is answered after one small index query)
     metadata_memory_cache_bytes: NonNegative = 64 << 20

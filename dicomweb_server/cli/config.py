@@ -146,6 +146,10 @@ ROWS: tuple[Row, ...] = (
         "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store (0: none)",
     ),
     Row(
+        ("frame_read_ahead_bytes",),
+        "of those, a frames request streams in the frames after its own, up to this many bytes, by one ranged GET: the next asks of a viewer paging through a multi-frame object are answered from memory (at most an eighth of the memory; 0: none)",
+    ),
+    Row(
         ("metadata_memory_cache_bytes",),
         "study and series metadata answers kept in memory per process, by the study's version: a series opened again costs one small index query (0: none)",
     ),

@@ -27,6 +27,9 @@ class MemoryCache:
             self.entries.move_to_end(key)
         return data
 
+    def __contains__(self, key: str) -> bool:
+        return key in self.entries
+
     def put(self, key: str, data: bytes) -> None:
         if len(data) > self.limit // 4 or key in self.entries:
             return

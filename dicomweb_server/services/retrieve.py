@@ -57,9 +57,9 @@ from dicomweb_server.services.frame_formats import (
     WantedFrames,
     frame_formats,
 )
+from dicomweb_server.services.frame_read_ahead import KeptFrames
 from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead, not_found
 from dicomweb_server.services.media import MediaBody, MediaService
-from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.metadata_documents import MetadataDocument, MetadataDocuments
 from dicomweb_server.services.read_ahead import iter_read_ahead
 from dicomweb_server.services.single_flight import SingleFlight
@@ -101,12 +101,14 @@ class RetrieveService:
     # cache. Objects never change under their keys (the key holds the content's digest), so
     # an entry is never stale, and a deleted instance's frames are unreachable (no row).
     frame_memory_bytes: int = 0
+    # Of those, bytes past a frame that a frames request streams in (services/frame_read_ahead)
+    frame_read_ahead_bytes: int = 0
     # Study and series metadata documents kept in memory per process, by content
     metadata_memory_bytes: int = 0
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _answers: InstanceAnswers = field(init=False)
     _media: MediaService = field(init=False)
-    _frames_kept: MemoryCache | None = field(default=None, init=False)
+    _frames_kept: KeptFrames | None = field(default=None, init=False)
     _documents: MetadataDocuments = field(init=False)
 
     def __post_init__(self) -> None:
@@ -114,7 +116,14 @@ class RetrieveService:
         self._media = MediaService(self.index, self.blobs, self.codecs, self.frame_cache)
         self._documents = MetadataDocuments(self.index, self.metadata_memory_bytes)
         if self.frame_memory_bytes > 0:
-            self._frames_kept = MemoryCache(self.frame_memory_bytes)
+            self._frames_kept = KeptFrames(
+                self.blobs, self.frame_memory_bytes, self.frame_read_ahead_bytes
+            )
+
+    async def aclose(self) -> None:
+        """Stop background reads (frames read ahead)."""
+        if self._frames_kept is not None:
+            await self._frames_kept.aclose()
 
     # -- instances -------------------------------------------------------------------------
 
@@ -287,7 +296,7 @@ class RetrieveService:
         if fmt.as_stored or (native_copy and spans):
             if not spans:
                 return _Failing("the stored frames could not be mapped to byte ranges")
-            return _Frames(lambda n: self._read_span(instance, n, view=True))
+            return _Frames(lambda n: self._read_span(instance, n, view=True, ahead=True))
         info = await frame_info()
         if info is None:
             return _Failing("the instance has no Image Pixel attributes")
@@ -306,37 +315,37 @@ class RetrieveService:
 
     @overload
     async def _read_span(
-        self, instance: StoredInstance, number: int, *, view: Literal[False] = False
+        self,
+        instance: StoredInstance,
+        number: int,
+        *,
+        view: Literal[False] = False,
+        ahead: bool = False,
     ) -> bytes: ...
 
     @overload
     async def _read_span(
-        self, instance: StoredInstance, number: int, *, view: bool
+        self, instance: StoredInstance, number: int, *, view: bool, ahead: bool = False
     ) -> bytes | memoryview: ...
 
     async def _read_span(
-        self, instance: StoredInstance, number: int, *, view: bool = False
+        self, instance: StoredInstance, number: int, *, view: bool = False, ahead: bool = False
     ) -> bytes | memoryview:
         """One stored frame's bytes (fragments joined). With `view`, a frame of a local file
         that is all in the page cache is read on the event loop, with no thread hop
-        (`read_if_cached`), into a view: for answers that only send it."""
+        (`read_if_cached`), into a view: for answers that only send it. With `ahead` (a
+        frames request), a remote object's next frames are streamed in behind it."""
         assert instance.pixel is not None
         kept = self._frames_kept
-        if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is not None:
-            kept = None  # a local file: the page cache keeps it
-        key = f"{instance.blob_key}#{number}"
-        if kept is not None and (data := kept.get(key)) is not None:
-            return data
+        if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is None:
+            return await kept.read(instance.blob_key, instance.pixel.frames, number, ahead=ahead)
         fragments = instance.pixel.frames[number - 1].fragments
         if view and len(fragments) == 1:  # None unless a local file, all in memory
             cached = read_if_cached(self.blobs, instance.blob_key, *fragments[0])
             if cached is not None:
                 return cached
         pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
-        if kept is not None:
-            kept.put(key, data)
-        return data
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def _transcoded_frame(
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str
@@ -350,7 +359,7 @@ class RetrieveService:
                 return cached
 
         async def transcode() -> bytes:
-            source = await self._read_span(instance, number)
+            source = await self._read_span(instance, number, ahead=True)
             encoded = await self.codecs.run(
                 transcode_frame,
                 source,

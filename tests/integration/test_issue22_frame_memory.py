@@ -13,11 +13,11 @@ from dicomweb_server.web.state import AppState
 _READS = "dicomweb_object_store_duration_seconds_count"
 
 
-async def _range_reads(client: httpx.AsyncClient) -> float:
+async def _range_reads(client: httpx.AsyncClient, operation: str = "read_range") -> float:
     text = (await client.get("http://testserver/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == _READS and sample.labels.get("operation") == "read_range":
+            if sample.name == _READS and sample.labels.get("operation") == operation:
                 return float(sample.value)
     return 0.0
 
@@ -62,9 +62,9 @@ async def test_issue22_a_frame_asked_for_again_is_not_read_from_the_store_again(
     assert len(frame_two) == 32 * 32 * 2
     assert _parts(other)[0][1] != frame_two
     if backend == "embedded":  # the page cache keeps a local folder's frames
-        assert not kept.entries
+        assert not len(kept)
     else:
-        assert len(kept.entries) == 2
+        assert len(kept) == 2
         assert after_first - before == 1
         assert after_again == after_first  # from memory
         assert after_other - after_again == 1  # another frame is another read
@@ -72,3 +72,43 @@ async def test_issue22_a_frame_asked_for_again_is_not_read_from_the_store_again(
     # Deleted data is never answered from memory: the index is asked first.
     assert (await client.delete(path)).status_code == 204
     assert (await _frame(client, path, 2)).status_code == 404
+
+
+async def test_issue22_a_viewer_paging_through_a_multi_frame_object_is_answered_from_memory(
+    app: Starlette, client: httpx.AsyncClient, backend: str
+) -> None:
+    """The frames after the one asked for are streamed in behind it by one read; rendered
+    frames read only their own."""
+    ds = ct_dataset(rows=32, columns=32, frames=40)
+    body, content_type = multipart_body([to_part10(ds)])
+    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    path = (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    kept = app.state.dicomweb.retrieve._frames_kept
+    assert kept is not None
+    frame_bytes = 32 * 32 * 2
+    pixels = bytes(ds.PixelData)
+
+    rendered = await client.get(f"{path}/frames/20/rendered", headers={"Accept": "image/png"})
+    assert rendered.status_code == 200
+    assert not kept._fetches and kept.fetched_ahead == 0  # it reads that frame alone
+
+    before = await _range_reads(client), await _range_reads(client, "get")
+    for number in range(1, 41):
+        answer = await _frame(client, path, number)
+        assert answer.status_code == 200
+        expected = pixels[(number - 1) * frame_bytes : number * frame_bytes]
+        assert _parts(answer)[0][1] == expected, number
+    after = await _range_reads(client), await _range_reads(client, "get")
+
+    if backend == "embedded":  # a local folder: the page cache, nothing kept
+        assert not len(kept)
+    else:
+        # Frame 1 read on its own, frames 2-40 (78 KB) streamed in by one read behind it
+        # (frame 20, read for the rendered image, is kept already and is not read again).
+        assert after[0] - before[0] == 1
+        assert 1 <= after[1] - before[1] <= 2
+        assert kept.fetched_ahead >= 38
