@@ -98,6 +98,7 @@ class KeptFrames:
             and f"{key}#{end + 1}" not in self._coming
             and f"{key}#{end + 1}" not in self._kept
             and _end(frames[end]) - start <= self._ahead_bytes
+            and frames[end].fragments[0][0] >= _end(frames[end - 1])  # in the object's order
         ):
             end += 1
         if end - first < 2:

@@ -187,6 +187,22 @@ async def test_frames_of_several_fragments_are_joined_as_stored(tmp_path: Path) 
     assert len(store.streams) == 1
 
 
+async def test_a_stream_covers_only_frames_in_the_object_s_order(tmp_path: Path) -> None:
+    """A frame table that goes back in the object (never written by our ingest, but an index
+    is data) ends the stretch there: no frame is cut from the wrong bytes."""
+    store = CountedStore(tmp_path)
+    frames = await _stored(store, 10)
+    shuffled = [*frames[:4], frames[1], *frames[5:]]  # frame 5 points at frame 2's bytes
+    kept = KeptFrames(store, memory_bytes=1 << 20, ahead_bytes=8 * FRAME)
+
+    await kept.read("site/obj", shuffled, 1, ahead=True)
+    await _settled(kept)
+    assert store.streams == [(HEADER + FRAME, 3 * FRAME)]  # frames 2-4, then the table turns
+    for number in range(1, 11):
+        expected = _frame_bytes(2 if number == 5 else number)
+        assert await kept.read("site/obj", shuffled, number) == expected
+
+
 async def test_closing_stops_the_read_aheads(tmp_path: Path) -> None:
     store = CountedStore(tmp_path)
     frames = await _stored(store, 20)
