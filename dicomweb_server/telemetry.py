@@ -36,6 +36,8 @@ __all__ = [
     "CACHE_LOOKUPS",
     "CODEC_SECONDS",
     "EVENT_BACKLOG",
+    "FRAMES_READ_AHEAD",
+    "FRAME_MEMORY_READS",
     "INDEX_CONNECTIONS",
     "OBJECT_STORE_ERRORS",
     "OBJECT_STORE_SECONDS",
@@ -95,6 +97,16 @@ CACHE_LOOKUPS = Counter(
     "dicomweb_derived_cache_lookups",
     "Derived-data cache lookups in the blob store (transcoded frames, rendered images)",
     ["kind", "result"],
+)
+FRAME_MEMORY_READS = Counter(
+    "dicomweb_frame_memory_reads",
+    "Stored frames of objects in S3 asked for, by where they came from: memory (kept),"
+    " waited (a read-ahead was bringing it) or store (read on its own)",
+    ["result"],
+)
+FRAMES_READ_AHEAD = Counter(
+    "dicomweb_frames_read_ahead",
+    "Stored frames of objects in S3 brought into memory by a frames request's read-ahead",
 )
 OBJECT_STORE_SECONDS = Histogram(
     "dicomweb_object_store_duration_seconds",

@@ -24,6 +24,7 @@ from dicomweb_server.domain.records import FrameSpans
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.storage.base import BlobStore
+from dicomweb_server.telemetry import FRAME_MEMORY_READS, FRAMES_READ_AHEAD
 
 __all__ = ["KeptFrames"]
 
@@ -31,6 +32,10 @@ log = logging.getLogger("dicomweb_server.retrieve")
 # Read-aheads running at once per process: past that, an ask reads only its own frame.
 _MAX_FETCHES = 4
 _FETCH_CHUNK = 64 << 10  # bytes taken from the stream at a time: a frame is kept this soon
+# /metrics: where each frame asked for came from (an operator sizes the frame memory by it)
+_FROM_MEMORY = FRAME_MEMORY_READS.labels("memory")
+_WAITED = FRAME_MEMORY_READS.labels("waited")
+_FROM_STORE = FRAME_MEMORY_READS.labels("store")
 
 
 class KeptFrames:
@@ -57,9 +62,11 @@ class KeptFrames:
         """Frame `number` (1-based) of the object `key`, whose frames lie at `frames`."""
         name = f"{key}#{number}"
         data = self._kept.get(name)
+        source = _FROM_MEMORY
         if data is None and (coming := self._coming.get(name)) is not None:
             await asyncio.shield(coming)  # never fails: a frame not kept is read below
             data = self._kept.get(name)
+            source = _WAITED
         if ahead and self._ahead_bytes > 0 and number < len(frames):
             self._read_on(key, frames, number)
         if data is None:
@@ -67,6 +74,8 @@ class KeptFrames:
             pieces = [await self._blobs.read_range(key, *span) for span in spans]
             data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
             self._kept.put(name, data)
+            source = _FROM_STORE
+        source.inc()
         return data
 
     async def aclose(self) -> None:
@@ -136,6 +145,7 @@ class KeptFrames:
                     name = f"{key}#{index + 1}"
                     self._kept.put(name, data)
                     self.fetched_ahead += 1
+                    FRAMES_READ_AHEAD.inc()
                     self._settle(name, waiting)
                     index += 1
         except DicomwebError as exc:  # each ask not yet answered reads its own frame

@@ -13,13 +13,27 @@ from dicomweb_server.web.state import AppState
 _READS = "dicomweb_object_store_duration_seconds_count"
 
 
-async def _range_reads(client: httpx.AsyncClient, operation: str = "read_range") -> float:
+async def _sample(client: httpx.AsyncClient, name: str, **labels: str) -> float:
     text = (await client.get("http://testserver/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == _READS and sample.labels.get("operation") == operation:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return 0.0
+
+
+async def _range_reads(client: httpx.AsyncClient, operation: str = "read_range") -> float:
+    return await _sample(client, _READS, operation=operation)
+
+
+async def _frame_sources(client: httpx.AsyncClient) -> dict[str, float]:
+    """dicomweb_frame_memory_reads_total by result, and frames read ahead."""
+    sources = {
+        result: await _sample(client, "dicomweb_frame_memory_reads_total", result=result)
+        for result in ("memory", "waited", "store")
+    }
+    sources["ahead"] = await _sample(client, "dicomweb_frames_read_ahead_total")
+    return sources
 
 
 def _parts(response: httpx.Response) -> list[tuple[dict[str, str], bytes]]:
@@ -97,12 +111,14 @@ async def test_issue22_a_viewer_paging_through_a_multi_frame_object_is_answered_
     assert not kept._fetches and kept.fetched_ahead == 0  # it reads that frame alone
 
     before = await _range_reads(client), await _range_reads(client, "get")
+    sources_before = await _frame_sources(client)
     for number in range(1, 41):
         answer = await _frame(client, path, number)
         assert answer.status_code == 200
         expected = pixels[(number - 1) * frame_bytes : number * frame_bytes]
         assert _parts(answer)[0][1] == expected, number
     after = await _range_reads(client), await _range_reads(client, "get")
+    sources = {k: v - sources_before[k] for k, v in (await _frame_sources(client)).items()}
 
     if backend == "embedded":  # a local folder: the page cache, nothing kept
         assert not len(kept)
@@ -112,3 +128,7 @@ async def test_issue22_a_viewer_paging_through_a_multi_frame_object_is_answered_
         assert after[0] - before[0] == 1
         assert 1 <= after[1] - before[1] <= 2
         assert kept.fetched_ahead >= 38
+        # /metrics tells an operator where the frames came from
+        assert sources["store"] == 1
+        assert sources["memory"] + sources["waited"] == 39
+        assert sources["ahead"] == kept.fetched_ahead
