@@ -40,9 +40,14 @@ from dicomweb_server.index.ordered import OrderedInstances
 from dicomweb_server.index.postgres_add import _InstanceValues, _RowVanishedError
 from dicomweb_server.index.postgres_delete import PostgresLifecycle
 from dicomweb_server.index.postgres_write import add_batch
-from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
+from dicomweb_server.index.rows import (
+    INSTANCE_COLUMNS,
+    found_rows,
+    index_token,
+    stored_instance,
+)
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
-from dicomweb_server.index.sql import build_search, scan_budget_exceeded
+from dicomweb_server.index.sql import build_search, rows_by_id, scan_budget_exceeded
 from dicomweb_server.index.webhooks_postgres import PostgresWebhookLedger
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -180,6 +185,7 @@ class PostgresInstanceIndex(
         self._pool = pool
         self._timeout = command_timeout
         self._acquire_timeout = acquire_timeout
+        self._rows_token = index_token()  # search rows kept by this database's ids
 
     @classmethod
     async def open(
@@ -330,10 +336,14 @@ class PostgresInstanceIndex(
             except asyncpg.exceptions.QueryCanceledError as exc:
                 raise scan_budget_exceeded(sql, query.scan_timeout) from exc
 
-        rows = await self._with_connection(run)
-        more = len(rows) > query.limit
-        page = rows[: query.limit]
-        return SearchPage(search_rows(query.level, page), more, [row[11] for row in page])
+        keys = await self._with_connection(run)
+        more = len(keys) > query.limit
+
+        async def fetch(ids: list[int]) -> list[asyncpg.Record]:
+            return await self._fetch(rows_by_id(query.level, "postgres", len(ids)), ids)
+
+        rows, sites = await found_rows(query.level, keys[: query.limit], fetch, self._rows_token)
+        return SearchPage(rows, more, sites)
 
     async def _fetchrow(self, text: str, *args: Any) -> asyncpg.Record | None:
         async def run(conn: Connection) -> asyncpg.Record | None:

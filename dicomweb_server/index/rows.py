@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -14,9 +15,13 @@ from dicomweb_server.domain.records import PixelLayout, pixel_from_json
 from dicomweb_server.index.base import StoredInstance
 
 __all__ = [
+    "ID_COLUMN",
     "INSTANCE_COLUMNS",
+    "VERSION_COLUMN",
     "Kept",
     "SharedRow",
+    "found_rows",
+    "index_token",
     "merge_attributes",
     "search_row",
     "search_rows",
@@ -140,14 +145,16 @@ class _ParsedAttributes:
 
 
 _parsed_attributes = _ParsedAttributes()
-# Whole search rows by what makes them (stored attributes and aggregates), per level: a
-# worklist's study rows and a series' instance rows are built once, not once per request, and
-# handed out as they are (read-only). A changed study, series or instance is a new key, never
-# a stale row. Each level has its own bound, so a long instance list never pushes out the
-# worklist.
+# Whole search rows by what makes them, per level: a worklist's study rows and a series'
+# instance rows are built once, not once per request, and handed out as they are
+# (read-only). The key is the row's index, level, study version and own id: a study row
+# takes a version no other write ever had each time it is written, and every change to a
+# study's series or instances rewrites its study row in the same transaction, so an unchanged
+# version means an unchanged row (the metadata documents rely on the same). Each level has its
+# own bound, so a long instance list never pushes out the worklist.
 _shared_rows: dict[Level, Kept[tuple[Any, ...], SharedRow]] = {}
-# The columns of a search row (index/sql.py's SELECT lists) its content is built from.
-_KEY_COLUMNS = {Level.STUDY: 5, Level.SERIES: 8, Level.INSTANCE: 10}
+# Where a search row (index/sql.py's SELECT lists) carries its study's version and its own id.
+VERSION_COLUMN, ID_COLUMN = 12, 13
 
 
 def _read_only(self: SharedRow, *args: Any, **kwargs: Any) -> Any:
@@ -156,8 +163,8 @@ def _read_only(self: SharedRow, *args: Any, **kwargs: Any) -> Any:
 
 class SharedRow(dict[str, Any]):
     """A search row, shared by every request that finds it (so read-only: a caller changes
-    `dict(row)`), that knows what it was built from (`key`: its level, stored attributes and
-    aggregates) so a caller may keep what it derives from it by that key. Serialised as the
+    `dict(row)`), that knows what it was built from (`key`: its index, level, study version
+    and id) so a caller may keep what it derives from it by that key. Serialised as the
     plain dict it is."""
 
     __slots__ = ("key",)
@@ -170,21 +177,68 @@ class SharedRow(dict[str, Any]):
     __ior__ = _read_only
 
 
-def search_rows(level: Level, rows: Iterable[tuple[Any, ...] | Any]) -> list[dict[str, Any]]:
-    """Search rows as DICOM JSON objects, shared and read-only (`SharedRow`), each built once
-    per process from what it is made of."""
+def _kept(level: Level) -> Kept[tuple[Any, ...], SharedRow]:
     kept = _shared_rows.get(level)
     if kept is None:
         kept = _shared_rows[level] = Kept(_PARSED_KEPT)
-    width = _KEY_COLUMNS[level]
-    out: list[dict[str, Any]] = []
+    return kept
+
+
+def index_token() -> int:
+    """A number for one opened index, never another's in this process: row ids and versions
+    are only unique within one database, and a process may open several (tests, tools)."""
+    return next(_tokens)
+
+
+_tokens = itertools.count(1)
+
+
+def search_rows(
+    level: Level, rows: Iterable[tuple[Any, ...] | Any], token: int = 0
+) -> list[SharedRow]:
+    """Search rows (index/sql.py's `rows_by_id`) of the index `token` as DICOM JSON objects,
+    shared and read-only (`SharedRow`), each built once per process and version."""
+    kept = _kept(level)
+    out: list[SharedRow] = []
     for row in rows:
-        key = (level, *(row[n] for n in range(width)))
+        key = (token, level, row[VERSION_COLUMN], row[ID_COLUMN])
         built = kept.get(key)
         if built is None:
             built = kept.put(key, SharedRow(key, search_row(level, row, _parsed_attributes)))
         out.append(built)
     return out
+
+
+async def found_rows(
+    level: Level,
+    keys: Sequence[tuple[Any, ...] | Any],
+    fetch: Callable[[list[int]], Awaitable[Sequence[tuple[Any, ...] | Any]]],
+    token: int,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """A search's page from its keys ((study version, row id, site) in order, index/sql.py)
+    in the index `token`: the rows this process built already, and `fetch`ed by id the ones
+    it has not. Returns the rows and each one's site. A row gone between the two reads
+    (deleted) is left out; one changed between them is answered as it is now."""
+    kept = _kept(level)
+    found: list[SharedRow | None] = []
+    missing: list[int] = []
+    for key in keys:
+        row = kept.get((token, level, key[0], key[1]))
+        found.append(row)
+        if row is None:
+            missing.append(int(key[1]))
+    fetched: dict[int, SharedRow] = {}
+    if missing:
+        built = search_rows(level, await fetch(missing), token)
+        fetched = {row.key[3]: row for row in built}
+    rows: list[dict[str, Any]] = []
+    sites: list[str] = []
+    for key, row in zip(keys, found, strict=True):
+        if row is None and (row := fetched.get(int(key[1]))) is None:
+            continue
+        rows.append(row)
+        sites.append(str(key[2]))
+    return rows, sites
 
 
 def search_row(

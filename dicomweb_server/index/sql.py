@@ -16,7 +16,14 @@ from dicomweb_server.domain.query import Match, MatchKind, Query, fold_for_fuzzy
 from dicomweb_server.errors import PayloadTooLargeError
 from dicomweb_server.index.sql_json import Dialect, json_condition
 
-__all__ = ["Dialect", "SearchSql", "build_search", "scan_budget_exceeded"]
+__all__ = [
+    "ROWS_BY_ID_BATCH",
+    "Dialect",
+    "SearchSql",
+    "build_search",
+    "rows_by_id",
+    "scan_budget_exceeded",
+]
 
 _ALIAS = {Level.STUDY: "s", Level.SERIES: "se", Level.INSTANCE: "i"}
 _UID_COLUMN = {Level.STUDY: "study_instance_uid", Level.SERIES: "series_instance_uid"}
@@ -32,10 +39,45 @@ _COLUMN_ALIAS = {
 }
 
 
+# What a search row is made of (see index/rows.py), per level, and the tables it comes from.
+_SELECT = {
+    Level.STUDY: (
+        "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+        " s.number_of_instances, s.study_instance_uid, NULL, NULL, NULL, NULL, NULL, s.site"
+    ),
+    Level.SERIES: (
+        "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+        " s.number_of_instances, s.study_instance_uid, se.attributes,"
+        " se.number_of_instances, se.series_instance_uid, NULL, NULL, se.site"
+    ),
+    Level.INSTANCE: (
+        "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
+        " s.number_of_instances, s.study_instance_uid, se.attributes,"
+        " se.number_of_instances, se.series_instance_uid, i.attributes, i.sop_instance_uid,"
+        " i.site"
+    ),
+}
+_SOURCE = {
+    Level.STUDY: "studies s",
+    Level.SERIES: (
+        "series se JOIN studies s"
+        " ON s.site = se.site AND s.study_instance_uid = se.study_instance_uid"
+    ),
+    Level.INSTANCE: (
+        "instances i JOIN series se"
+        " ON se.site = i.site AND se.series_instance_uid = i.series_instance_uid"
+        " JOIN studies s ON s.site = i.site AND s.study_instance_uid = i.study_instance_uid"
+    ),
+}
+ROWS_BY_ID_BATCH = 500  # rows fetched by id per statement (SQLite binds each id)
+
+
 @dataclass(frozen=True, slots=True)
 class SearchSql:
     """A statement and its bound parameters; fetches limit + 1 rows to detect more.
 
+    Its rows are the page's keys, (study version, row id, site), in order: a row's content is
+    fetched by `rows_by_id` only when this process has not built it already (index/rows.py).
     `unindexed` names the keys matched in stored JSON: a search with any may scan, and the
     index bounds its time (qido_scan_timeout).
     """
@@ -43,6 +85,17 @@ class SearchSql:
     text: str
     params: list[Any]
     unindexed: tuple[str, ...] = ()
+
+
+def rows_by_id(level: Level, dialect: Dialect, count: int) -> str:
+    """The statement of `count` search rows of `level` by row id (bound as one array on
+    PostgreSQL, one parameter each on SQLite), each with its study version and id last."""
+    base = _ALIAS[level]
+    if dialect == "postgres":
+        wanted = f"{base}.id = ANY($1::bigint[])"
+    else:
+        wanted = f"{base}.id IN ({', '.join('?' * count)})"
+    return f"SELECT {_SELECT[level]}, s.version, {base}.id FROM {_SOURCE[level]} WHERE {wanted}"
 
 
 def build_search(query: Query, dialect: Dialect) -> SearchSql:
@@ -55,38 +108,10 @@ def build_search(query: Query, dialect: Dialect) -> SearchSql:
         return placeholder(len(params))
 
     level = query.level
-    if level is Level.STUDY:
-        select = (
-            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
-            " s.number_of_instances, s.study_instance_uid, NULL, NULL, NULL, NULL, NULL, s.site"
-        )
-        source = "studies s"
-        order = "s.id"
-    elif level is Level.SERIES:
-        select = (
-            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
-            " s.number_of_instances, s.study_instance_uid, se.attributes,"
-            " se.number_of_instances, se.series_instance_uid, NULL, NULL, se.site"
-        )
-        source = (
-            "series se JOIN studies s"
-            " ON s.site = se.site AND s.study_instance_uid = se.study_instance_uid"
-        )
-        order = "se.id"
-    else:
-        select = (
-            "s.attributes, s.modalities_in_study, s.sop_classes_in_study, s.number_of_series,"
-            " s.number_of_instances, s.study_instance_uid, se.attributes,"
-            " se.number_of_instances, se.series_instance_uid, i.attributes, i.sop_instance_uid,"
-            " i.site"
-        )
-        source = (
-            "instances i JOIN series se"
-            " ON se.site = i.site AND se.series_instance_uid = i.series_instance_uid"
-            " JOIN studies s ON s.site = i.site AND s.study_instance_uid = i.study_instance_uid"
-        )
-        order = "i.id"
+    source = _SOURCE[level]
     base = _ALIAS[level]
+    select = f"s.version, {base}.id, {base}.site"
+    order = f"{base}.id"
     where = [_site_condition(base, query, bind)]
     # The UIDs of the path constrain the searched table itself (every table carries its
     # parents' UIDs), so its own index serves them whatever the planner knows of the joins:

@@ -43,9 +43,19 @@ from dicomweb_server.index.base import AddOutcome, Connections, Counts, SearchPa
 from dicomweb_server.index.batch import NewInstance
 from dicomweb_server.index.events_sqlite import SqliteEventLog, append_created
 from dicomweb_server.index.ordered import OrderedInstances
-from dicomweb_server.index.rows import INSTANCE_COLUMNS, search_rows, stored_instance
+from dicomweb_server.index.rows import (
+    INSTANCE_COLUMNS,
+    found_rows,
+    index_token,
+    stored_instance,
+)
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
-from dicomweb_server.index.sql import build_search, scan_budget_exceeded
+from dicomweb_server.index.sql import (
+    ROWS_BY_ID_BATCH,
+    build_search,
+    rows_by_id,
+    scan_budget_exceeded,
+)
 from dicomweb_server.index.sql_json import FOLD_FUNCTION
 from dicomweb_server.index.sqlite_delete import SqliteLifecycle
 from dicomweb_server.index.threads import Workers
@@ -155,6 +165,7 @@ class SqliteInstanceIndex(
         self._readers = Workers(_READERS, "sqlite-reader")
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._rows_token = index_token()  # search rows kept by this database's ids
 
     @classmethod
     async def open(cls, path: Path, *, loop_read_max_seconds: float = 0.0) -> SqliteInstanceIndex:
@@ -283,10 +294,25 @@ class SqliteInstanceIndex(
             finally:
                 conn.set_progress_handler(None, 0)
 
-        rows = await self._read(run)
-        more = len(rows) > query.limit
-        page = rows[: query.limit]
-        return SearchPage(search_rows(query.level, page), more, [row[11] for row in page])
+        keys = await self._read(run)
+        more = len(keys) > query.limit
+
+        def by_id(ids: list[int]) -> Callable[[sqlite3.Connection], list[tuple[Any, ...]]]:
+            def fetch(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+                found: list[tuple[Any, ...]] = []
+                for start in range(0, len(ids), ROWS_BY_ID_BATCH):
+                    batch = ids[start : start + ROWS_BY_ID_BATCH]
+                    text = rows_by_id(query.level, "sqlite", len(batch))
+                    found += conn.execute(text, batch).fetchall()
+                return found
+
+            return fetch
+
+        async def fetch(ids: list[int]) -> list[tuple[Any, ...]]:
+            return await self._read(by_id(ids))
+
+        rows, sites = await found_rows(query.level, keys[: query.limit], fetch, self._rows_token)
+        return SearchPage(rows, more, sites)
 
     async def _order(
         self,

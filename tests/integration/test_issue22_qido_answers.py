@@ -3,7 +3,8 @@
 A study's series list, a series' instance list and the study found by its UID are answered
 from memory when asked again, and follow every change at once: a store into the study, a
 delete, the same study stored into another site (the enterprise root searches both), the root
-asked at and the return keys asked for. Both backend pairs.
+asked at and the return keys asked for. Rows of searches over many studies are built once per
+study version. Both backend pairs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from dicomfiles import ct_dataset, multipart_body, to_part10, uid
 from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 
+from dicomweb_server.domain.attributes import Level
+from dicomweb_server.index import rows
 from dicomweb_server.web.state import AppState
 
 BASE = "http://testserver/dicomweb"
@@ -112,3 +115,39 @@ async def test_issue22_answers_scoped_to_one_study_follow_every_change(
     assert await _rows(client, by_uid) == []
     assert await _rows(client, series_list) == []
     assert len(await _rows(client, at_root)) == 1
+
+
+async def test_issue22_worklist_rows_are_built_once_per_study_version_and_follow_changes(
+    client: httpx.AsyncClient,
+) -> None:
+    """A search over many studies (not one study's answer) reads the page's keys, builds
+    only rows it has not built for that study version, and never answers an older row."""
+    patient = f"P-{uid()[-12:]}"
+    studies = [uid(), uid()]
+    await _store(
+        client,
+        BASE,
+        [ct_dataset(study=s, patient_id=patient, instance_number=1) for s in studies],
+    )
+    worklist = f"{BASE}/studies?PatientID={patient}"
+    kept = rows._shared_rows[Level.STUDY]
+
+    first = await _rows(client, worklist)
+    assert sorted(_values(first, "0020000D")) == sorted(studies)  # type: ignore[type-var]
+    assert _values(first, "00201208") == [1, 1]
+    built = len(kept)
+    assert await _rows(client, worklist) == first
+    assert len(kept) == built  # asked again: no row built again
+
+    # A store into one study: that study's row is built anew, the other one is not.
+    await _store(
+        client, BASE, [ct_dataset(study=studies[1], patient_id=patient, instance_number=2)]
+    )
+    grown = await _rows(client, worklist)
+    counts = dict(zip(_values(grown, "0020000D"), _values(grown, "00201208"), strict=True))
+    assert counts == {studies[0]: 1, studies[1]: 2}
+    assert len(kept) == built + 1 or len(kept) == rows._PARSED_KEPT
+
+    # A delete: the study is gone from the next page.
+    assert (await client.delete(f"{BASE}/studies/{studies[0]}")).status_code == 204
+    assert _values(await _rows(client, worklist), "0020000D") == [studies[1]]
