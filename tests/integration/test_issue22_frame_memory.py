@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10
 from prometheus_client.parser import text_string_to_metric_families
+from pydicom.dataset import Dataset
 from starlette.applications import Starlette
 
 from dicomweb_server.web.state import AppState
@@ -47,17 +48,22 @@ async def _frame(client: httpx.AsyncClient, path: str, number: int) -> httpx.Res
     )
 
 
+async def _store(client: httpx.AsyncClient, ds: Dataset) -> str:
+    """Store `ds`; its instance's path."""
+    body, content_type = multipart_body([to_part10(ds)])
+    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert stored.status_code == 200, stored.text
+    return (
+        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+
+
 async def test_issue22_a_frame_asked_for_again_is_not_read_from_the_store_again(
     app: Starlette, client: httpx.AsyncClient, backend: str
 ) -> None:
     ds = ct_dataset(rows=32, columns=32, frames=3)
-    body, content_type = multipart_body([to_part10(ds)])
-    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
-    assert stored.status_code == 200, stored.text
-    path = (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
+    path = await _store(client, ds)
     state: AppState = app.state.dicomweb
     kept = state.retrieve._frames_kept
     assert kept is not None
@@ -94,13 +100,7 @@ async def test_issue22_a_viewer_paging_through_a_multi_frame_object_is_answered_
     """The frames after the one asked for are streamed in behind it by one read; rendered
     frames read only their own."""
     ds = ct_dataset(rows=32, columns=32, frames=40)
-    body, content_type = multipart_body([to_part10(ds)])
-    stored = await client.post("/studies", content=body, headers={"Content-Type": content_type})
-    assert stored.status_code == 200, stored.text
-    path = (
-        f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-        f"/instances/{ds.SOPInstanceUID}"
-    )
+    path = await _store(client, ds)
     kept = app.state.dicomweb.retrieve._frames_kept
     assert kept is not None
     frame_bytes = 32 * 32 * 2
