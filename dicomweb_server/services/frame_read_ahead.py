@@ -131,10 +131,11 @@ class KeptFrames:
         start = frames[first].fragments[0][0]
         received = bytearray()
         index = first
+        stream = self._blobs.iter_get(
+            key, start, _end(frames[end - 1]) - start, chunk_size=_FETCH_CHUNK
+        )
         try:
-            async for chunk in self._blobs.iter_get(
-                key, start, _end(frames[end - 1]) - start, chunk_size=_FETCH_CHUNK
-            ):
+            async for chunk in stream:
                 received += chunk
                 while index < end and _end(frames[index]) - start <= len(received):
                     with memoryview(received) as view:
@@ -150,9 +151,12 @@ class KeptFrames:
                     index += 1
         except DicomwebError as exc:  # each ask not yet answered reads its own frame
             log.info("frame read-ahead of %s failed: %s", key, exc.reason)
+        except Exception:  # nobody awaits this task: say what broke, then the asks read
+            log.exception("frame read-ahead of %s failed", key)
         finally:
             for name in list(waiting):
                 self._settle(name, waiting)
+            await stream.aclose()  # type: ignore[attr-defined]  # an async generator
 
     def _settle(self, name: str, waiting: dict[str, asyncio.Future[None]]) -> None:
         future = waiting.pop(name)

@@ -203,6 +203,38 @@ async def test_a_stream_covers_only_frames_in_the_object_s_order(tmp_path: Path)
         assert await kept.read("site/obj", shuffled, number) == expected
 
 
+class BrokenStream(CountedStore):
+    """A store whose streams break after 2,500 bytes with an error no store names."""
+
+    async def iter_get(
+        self,
+        key: str,
+        start: int = 0,
+        length: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> AsyncIterator[bytes]:
+        async for chunk in super().iter_get(key, start, length, chunk_size):
+            yield chunk[:2500]
+            raise RuntimeError("the connection broke")
+
+
+async def test_a_stream_that_breaks_is_logged_and_each_ask_reads_its_own(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = BrokenStream(tmp_path)
+    frames = await _stored(store, 10)
+    kept = KeptFrames(store, memory_bytes=1 << 20, ahead_bytes=8 * FRAME)
+
+    await kept.read("site/obj", frames, 1, ahead=True)
+    assert await kept.read("site/obj", frames, 9) == _frame_bytes(9)  # waited, then read
+    await _settled(kept)
+    assert "frame read-ahead of site/obj failed" in caplog.text
+    assert store.ranges == 2
+    assert kept.fetched_ahead == 2  # frames 2 and 3 came whole before the break
+    for number in range(2, 11):  # what came before the break is kept, the rest is read
+        assert await kept.read("site/obj", frames, number) == _frame_bytes(number)
+
+
 async def test_closing_stops_the_read_aheads(tmp_path: Path) -> None:
     store = CountedStore(tmp_path)
     frames = await _stored(store, 20)
