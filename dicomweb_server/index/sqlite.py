@@ -297,8 +297,8 @@ class SqliteInstanceIndex(
         keys = await self._read(run)
         more = len(keys) > query.limit
 
-        def by_id(ids: list[int]) -> Callable[[sqlite3.Connection], list[tuple[Any, ...]]]:
-            def fetch(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+        async def fetch(ids: list[int]) -> list[tuple[Any, ...]]:
+            def by_id(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
                 found: list[tuple[Any, ...]] = []
                 for start in range(0, len(ids), ROWS_BY_ID_BATCH):
                     batch = ids[start : start + ROWS_BY_ID_BATCH]
@@ -306,10 +306,7 @@ class SqliteInstanceIndex(
                     found += conn.execute(text, batch).fetchall()
                 return found
 
-            return fetch
-
-        async def fetch(ids: list[int]) -> list[tuple[Any, ...]]:
-            return await self._read(by_id(ids))
+            return await self._read(by_id)
 
         rows, sites = await found_rows(query.level, keys[: query.limit], fetch, self._rows_token)
         return SearchPage(rows, more, sites)

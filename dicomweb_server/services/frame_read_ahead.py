@@ -26,7 +26,7 @@ from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.storage.base import BlobStore
 from dicomweb_server.telemetry import FRAME_MEMORY_READS, FRAMES_READ_AHEAD
 
-__all__ = ["KeptFrames"]
+__all__ = ["KeptFrames", "read_frame"]
 
 log = logging.getLogger("dicomweb_server.retrieve")
 # Read-aheads running at once per process: past that, an ask reads only its own frame.
@@ -70,9 +70,7 @@ class KeptFrames:
         if ahead and self._ahead_bytes > 0 and number < len(frames):
             self._read_on(key, frames, number)
         if data is None:
-            spans = frames[number - 1].fragments
-            pieces = [await self._blobs.read_range(key, *span) for span in spans]
-            data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            data = await read_frame(self._blobs, key, frames[number - 1])
             self._kept.put(name, data)
             source = _FROM_STORE
         source.inc()
@@ -164,6 +162,12 @@ class KeptFrames:
             del self._coming[name]
         if not future.done():
             future.set_result(None)
+
+
+async def read_frame(blobs: BlobStore, key: str, frame: FrameSpans) -> bytes:
+    """A stored frame's bytes: its fragments read from the object `key` and joined."""
+    pieces = [await blobs.read_range(key, *span) for span in frame.fragments]
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 def _end(frame: FrameSpans) -> int:

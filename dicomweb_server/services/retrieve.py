@@ -57,7 +57,7 @@ from dicomweb_server.services.frame_formats import (
     WantedFrames,
     frame_formats,
 )
-from dicomweb_server.services.frame_read_ahead import KeptFrames
+from dicomweb_server.services.frame_read_ahead import KeptFrames, read_frame
 from dicomweb_server.services.instance_answers import InstanceAnswers, ReadAhead, not_found
 from dicomweb_server.services.media import MediaBody, MediaService
 from dicomweb_server.services.metadata_documents import MetadataDocument, MetadataDocuments
@@ -339,13 +339,12 @@ class RetrieveService:
         kept = self._frames_kept
         if kept is not None and local_region(self.blobs, instance.blob_key, 0, 0) is None:
             return await kept.read(instance.blob_key, instance.pixel.frames, number, ahead=ahead)
-        fragments = instance.pixel.frames[number - 1].fragments
-        if view and len(fragments) == 1:  # None unless a local file, all in memory
-            cached = read_if_cached(self.blobs, instance.blob_key, *fragments[0])
+        frame = instance.pixel.frames[number - 1]
+        if view and len(frame.fragments) == 1:  # None unless a local file, all in memory
+            cached = read_if_cached(self.blobs, instance.blob_key, *frame.fragments[0])
             if cached is not None:
                 return cached
-        pieces = [await self.blobs.read_range(instance.blob_key, *span) for span in fragments]
-        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        return await read_frame(self.blobs, instance.blob_key, frame)
 
     async def _transcoded_frame(
         self, instance: StoredInstance, info: FrameInfo, number: int, target: str

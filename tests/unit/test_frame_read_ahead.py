@@ -20,12 +20,14 @@ HEADER = 132  # where the first frame starts in the object
 
 
 class CountedStore(FilesystemBlobStore):
-    """The folder store, counting its ranged reads and streams."""
+    """The folder store, counting its ranged reads and streams; with `break_after`, each
+    stream breaks after that many bytes with an error no store names."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, break_after: int | None = None) -> None:
         super().__init__(root)
         self.ranges = 0
         self.streams: list[tuple[int, int | None]] = []
+        self._break_after = break_after
 
     async def read_range(self, key: str, start: int, length: int) -> bytes:
         self.ranges += 1
@@ -40,7 +42,11 @@ class CountedStore(FilesystemBlobStore):
     ) -> AsyncIterator[bytes]:
         self.streams.append((start, length))
         async for chunk in super().iter_get(key, start, length, chunk_size):
-            yield chunk
+            if self._break_after is None:
+                yield chunk
+                continue
+            yield chunk[: self._break_after]
+            raise RuntimeError("the connection broke")
 
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
@@ -203,25 +209,10 @@ async def test_a_stream_covers_only_frames_in_the_object_s_order(tmp_path: Path)
         assert await kept.read("site/obj", shuffled, number) == expected
 
 
-class BrokenStream(CountedStore):
-    """A store whose streams break after 2,500 bytes with an error no store names."""
-
-    async def iter_get(
-        self,
-        key: str,
-        start: int = 0,
-        length: int | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-    ) -> AsyncIterator[bytes]:
-        async for chunk in super().iter_get(key, start, length, chunk_size):
-            yield chunk[:2500]
-            raise RuntimeError("the connection broke")
-
-
 async def test_a_stream_that_breaks_is_logged_and_each_ask_reads_its_own(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = BrokenStream(tmp_path)
+    store = CountedStore(tmp_path, break_after=2500)
     frames = await _stored(store, 10)
     kept = KeptFrames(store, memory_bytes=1 << 20, ahead_bytes=8 * FRAME)
 
