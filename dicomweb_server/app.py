@@ -173,7 +173,7 @@ def create_app(settings: Settings) -> Starlette:
             blobs,
             codecs,
             frame_cache=cache if settings.frame_cache and cache.enabled else None,
-            frame_memory_bytes=settings.frame_memory_cache_bytes,
+            frame_memory_bytes=settings.frame_memory_bytes(),
             frame_read_ahead_bytes=settings.frame_read_ahead_bytes,
             metadata_memory_bytes=settings.metadata_memory_cache_bytes,
             read_ahead=ReadAhead(

@@ -19,7 +19,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "unknown_variables"]
+__all__ = [
+    "ENV_PREFIX",
+    "Settings",
+    "SettingsError",
+    "machine_memory_bytes",
+    "unknown_variables",
+]
 
 ENV_PREFIX = "DICOMWEB_"
 # Variables of ours that are not server settings (test, conformance and bench harnesses).
@@ -144,8 +150,10 @@ class Settings(BaseSettings):
     # Of that, kept in memory per process too (warm transcoded frames skip the object store)
     derived_memory_cache_bytes: NonNegative = 64 << 20
     # Stored frames read from an S3 store, kept in memory per process (a local folder has the
-    # page cache): a frame asked for again (another viewer, a scroll back) skips the store
-    frame_memory_cache_bytes: NonNegative = 128 << 20
+    # page cache): a frame asked for again (another viewer, a scroll back) skips the store.
+    # "auto": an eighth of the machine's (or its container's) memory shared by the worker
+    # processes, 64 MiB to 1 GiB each (frame_memory_bytes)
+    frame_memory_cache_bytes: NonNegative | Literal["auto"] = "auto"
     # Of those, a frames request streams in the frames after its own, up to this many bytes,
     # by one ranged GET (a viewer asks for a multi-frame object's frames nearly in order)
     frame_read_ahead_bytes: NonNegative = 4 << 20
@@ -323,6 +331,21 @@ class Settings(BaseSettings):
             host = f"[{host}]"
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/dicomweb"
 
+    def frame_memory_bytes(self, memory: int | None = None) -> int:
+        """Bytes of stored frames each process keeps (`frame_memory_cache_bytes`, resolved).
+
+        "auto" scales with the machine the way the embedded pair's page cache does, bounded
+        below by what the frames of a few open series take and above so that a process stays
+        small next to the others: an eighth of `memory` (default: the machine's, or the
+        container's limit if lower) divided among the workers.
+        """
+        if self.frame_memory_cache_bytes != "auto":
+            return self.frame_memory_cache_bytes
+        total = machine_memory_bytes() if memory is None else memory
+        workers = self.workers or os.cpu_count() or 1
+        share = total // _FRAME_MEMORY_SHARE // workers
+        return min(max(share, _FRAME_MEMORY_MIN), _FRAME_MEMORY_MAX)
+
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Defaults, then DICOMWEB_* variables, then explicit overrides (None: not given)."""
@@ -388,6 +411,29 @@ class _EnvSettings(Settings):
         return (init_settings, env_settings)
 
 
+_FRAME_MEMORY_SHARE = 8  # "auto" frame memory: this fraction of memory, for all workers
+_FRAME_MEMORY_MIN = 64 << 20  # per worker, at least (a few series of CT slices)
+_FRAME_MEMORY_MAX = 1 << 30  # per worker, at most
+# Where a container's memory limit is (cgroup v2, then v1); absent or "max": no limit
+_CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+)
+
+
+def machine_memory_bytes(limits: tuple[Path, ...] = _CGROUP_MEMORY_LIMITS) -> int:
+    """The physical memory of this machine, or its container's limit if that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for path in limits:
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():  # "max" (v2) is no limit; v1 says so with a huge number
+            total = min(total, int(text))
+    return total
+
+
 def _is_loopback(host: str) -> bool:
     """True for a loopback address or `localhost` (never for 0.0.0.0, :: or a name)."""
     if host.lower() in _LOOPBACK_NAMES:
@@ -425,9 +471,15 @@ _MESSAGES = {
 
 def _one_line(exc: ValidationError) -> str:
     """The first problem of a validation error, as `DICOMWEB_NAME must be ..., got 'x'`."""
-    error = exc.errors()[0]
-    name = ENV_PREFIX + ".".join(str(part) for part in error["loc"]).upper()
+    errors = exc.errors()
+    error = errors[0]
+    name = ENV_PREFIX + str(error["loc"][0]).upper() if error["loc"] else ENV_PREFIX
     kind = error["type"]
+    alternatives = [e for e in errors[1:] if e["loc"][:1] == error["loc"][:1]]
+    if alternatives and alternatives[0]["type"] == "literal_error":  # a number or a word
+        message = _MESSAGES.get(kind) or error["msg"].replace("Input should", "must")
+        expected = alternatives[0].get("ctx", {}).get("expected", "")
+        return f"{name} {message} (or {expected}), got {error.get('input')!r}"
     if kind == "extra_forbidden":
         return f"{name} is not a setting"
     if kind == "literal_error":

@@ -143,7 +143,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("frame_memory_cache_bytes",),
-        "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store (0: none)",
+        "stored frames kept in memory per process when objects are in S3 (a local folder has the page cache): a frame asked for again skips the object store. `auto`: an eighth of the machine's memory (or the container's limit) shared by the workers, 64 MiB to 1 GiB each; 0: none",
     ),
     Row(
         ("frame_read_ahead_bytes",),
