@@ -48,6 +48,7 @@ from dicomweb_server.index.rows import (
 )
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import build_search, rows_by_id, scan_budget_exceeded
+from dicomweb_server.index.turn_batch import TurnBatch
 from dicomweb_server.index.webhooks_postgres import PostgresWebhookLedger
 
 __all__ = ["PostgresInstanceIndex", "migrate"]
@@ -82,6 +83,14 @@ _SERVER_SETTINGS = {
 }
 _BY_KEY = (
     "site = $1 AND sop_instance_uid = $2 AND series_instance_uid = $3 AND study_instance_uid = $4"
+)
+_INSTANCE_BY_KEY = f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE {_BY_KEY}"
+# The rows of several keys by one statement (arrays of site, SOP, series and study UIDs)
+_INSTANCES_BY_KEYS = (
+    f"SELECT {', '.join('i.' + column for column in INSTANCE_COLUMNS)}"
+    " FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS k(site, sop, series, study)"
+    " JOIN instances i ON i.site = k.site AND i.sop_instance_uid = k.sop"
+    " AND i.series_instance_uid = k.series AND i.study_instance_uid = k.study"
 )
 # A dropped connection: the server restarted or killed our backend. A fresh one may work.
 _CONNECTION_LOST = (
@@ -186,6 +195,10 @@ class PostgresInstanceIndex(
         self._timeout = command_timeout
         self._acquire_timeout = acquire_timeout
         self._rows_token = index_token()  # search rows kept by this database's ids
+        # Instance rows asked for in one turn of the loop (a viewer's frames): one query
+        self._instance_rows: TurnBatch[InstanceKey, asyncpg.Record] = TurnBatch(
+            self._instance_rows_by_key
+        )
 
     @classmethod
     async def open(
@@ -528,10 +541,19 @@ class PostgresInstanceIndex(
         return Connections(size, size - self._pool.get_idle_size(), self._pool.get_max_size())
 
     async def get_instance(self, key: InstanceKey) -> StoredInstance | None:
-        row = await self._fetchrow(
-            f"SELECT {', '.join(INSTANCE_COLUMNS)} FROM instances WHERE {_BY_KEY}", *_key(key)
-        )
+        row = await self._instance_rows.get(key)
         return None if row is None else stored_instance(row)
+
+    async def _instance_rows_by_key(
+        self, keys: Sequence[InstanceKey]
+    ) -> dict[InstanceKey, asyncpg.Record]:
+        """The instance rows of `keys` (the ones that exist): what one turn's requests asked."""
+        if len(keys) == 1:
+            row = await self._fetchrow(_INSTANCE_BY_KEY, *_key(keys[0]))
+            return {} if row is None else {keys[0]: row}
+        columns = [list(column) for column in zip(*map(_key, keys), strict=True)]
+        rows = await self._fetch(_INSTANCES_BY_KEYS, *columns)
+        return {InstanceKey(row[0], row[1], row[2], row[3]): row for row in rows}
 
     async def _order(
         self,

@@ -392,6 +392,33 @@ async def test_get_instance_metadata_and_bulk(index: InstanceIndex, catalogue: C
         assert await index.get_bulk_span(key, span.path) is None
 
 
+async def test_issue22_instances_asked_for_at_once(
+    index: InstanceIndex, catalogue: Catalogue, factory: InstanceFactory
+) -> None:
+    """Many get_instance calls in one turn of the loop (a viewer's frames on several
+    connections) answer exactly what each would alone; PostgreSQL asks once for them all."""
+    other = factory.make(generate_uid(), generate_uid())
+    assert await add(index, other, site="other") is AddOutcome.CREATED
+    present = [key_of(built) for built in catalogue.all] + [key_of(other, "other")]
+    r = catalogue.a1[0].record
+    absent = [
+        key_of(other),  # stored, but in the other site
+        InstanceKey(SITE, catalogue.study_b, r.series_instance_uid, r.sop_instance_uid),
+        InstanceKey(SITE, r.study_instance_uid, r.series_instance_uid, generate_uid()),
+    ]
+    asked = present + absent + present[:3]  # some twice
+    batch = getattr(index, "_instance_rows", None)
+    queries = 0 if batch is None else batch.queries
+    found = await asyncio.gather(*(index.get_instance(key) for key in asked))
+    alone = [await index.get_instance(key) for key in asked]
+    assert found == alone
+    assert [None if f is None else f.key for f in found] == [
+        key if key in present else None for key in asked
+    ]
+    if batch is not None:  # PostgreSQL: one query for the gathered calls, one for each alone
+        assert batch.queries - queries == 1 + len(asked)
+
+
 async def test_iter_instances_and_metadata_order(
     index: InstanceIndex, catalogue: Catalogue
 ) -> None:
