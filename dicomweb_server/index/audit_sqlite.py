@@ -23,11 +23,11 @@ from dicomweb_server.index.audit import (
     studies_sql,
     study_values,
 )
+from dicomweb_server.index.sql import IN_LIST_MAX
 
 __all__ = ["SqliteAuditLog"]
 
 T = TypeVar("T")
-_IN_BATCH = 500  # UIDs per IN (...) list
 
 
 def _mark(_: int) -> str:
@@ -68,8 +68,8 @@ def _expire_batch(conn: sqlite3.Connection, before: float) -> int:
                 (before, EXPIRY_BATCH),
             )
         ]
-        for start in range(0, len(doomed), _IN_BATCH):
-            chunk = doomed[start : start + _IN_BATCH]
+        for start in range(0, len(doomed), IN_LIST_MAX):
+            chunk = doomed[start : start + IN_LIST_MAX]
             marks = ", ".join("?" * len(chunk))
             conn.execute(f"DELETE FROM audit_studies WHERE event_id IN ({marks})", chunk)
             conn.execute(f"DELETE FROM audit_events WHERE id IN ({marks})", chunk)
@@ -101,8 +101,8 @@ class SqliteAuditLog:
             rows = conn.execute(sql.text, sql.params).fetchall()
             ids = [row[0] for row in rows[: query.limit]]
             found: list[Any] = []
-            for start in range(0, len(ids), _IN_BATCH):
-                studies = studies_sql(ids[start : start + _IN_BATCH], _mark)
+            for start in range(0, len(ids), IN_LIST_MAX):
+                studies = studies_sql(ids[start : start + IN_LIST_MAX], _mark)
                 found += conn.execute(studies.text, studies.params).fetchall()
             return rows, found
 
@@ -124,8 +124,8 @@ class SqliteAuditLog:
 
         def run(conn: sqlite3.Connection) -> list[Any]:
             rows: list[Any] = []
-            for start in range(0, len(uids), _IN_BATCH):
-                chunk = uids[start : start + _IN_BATCH]
+            for start in range(0, len(uids), IN_LIST_MAX):
+                chunk = uids[start : start + IN_LIST_MAX]
                 marks = ", ".join("?" * len(chunk))
                 text = (
                     "SELECT study_instance_uid, site, patient_id, issuer_of_patient_id"

@@ -17,7 +17,7 @@ from dicomweb_server.errors import PayloadTooLargeError
 from dicomweb_server.index.sql_json import Dialect, json_condition
 
 __all__ = [
-    "ROWS_BY_ID_BATCH",
+    "IN_LIST_MAX",
     "Dialect",
     "SearchSql",
     "build_search",
@@ -69,7 +69,9 @@ _SOURCE = {
         " JOIN studies s ON s.site = i.site AND s.study_instance_uid = i.study_instance_uid"
     ),
 }
-ROWS_BY_ID_BATCH = 500  # rows fetched by id per statement (SQLite binds each id)
+# Values bound in one IN (...) list on SQLite (rows fetched by id, deleted, audited): well
+# under its default limit on a statement's variables
+IN_LIST_MAX = 500
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ from dicomweb_server.index.rows import (
 )
 from dicomweb_server.index.site_rows import SITE_COLUMNS, site_from_row, site_values
 from dicomweb_server.index.sql import (
-    ROWS_BY_ID_BATCH,
+    IN_LIST_MAX,
     build_search,
     rows_by_id,
     scan_budget_exceeded,
@@ -300,8 +300,8 @@ class SqliteInstanceIndex(
         async def fetch(ids: list[int]) -> list[tuple[Any, ...]]:
             def by_id(conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
                 found: list[tuple[Any, ...]] = []
-                for start in range(0, len(ids), ROWS_BY_ID_BATCH):
-                    batch = ids[start : start + ROWS_BY_ID_BATCH]
+                for start in range(0, len(ids), IN_LIST_MAX):
+                    batch = ids[start : start + IN_LIST_MAX]
                     text = rows_by_id(query.level, "sqlite", len(batch))
                     found += conn.execute(text, batch).fetchall()
                 return found

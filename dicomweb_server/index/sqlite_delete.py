@@ -27,11 +27,11 @@ from dicomweb_server.index.lifecycle_rows import (
     trashed_from_row,
     unsnapshot,
 )
+from dicomweb_server.index.sql import IN_LIST_MAX
 
 __all__ = ["SqliteLifecycle"]
 
 T = TypeVar("T")
-_CHUNK = 500  # ids per IN (...) list
 _LOOP_READ_MAX_KEYS = 100  # rejection lookups run on the event loop up to this many ids
 _INSTANCE_COLUMNS = ", ".join(INSTANCE_ROW_COLUMNS)
 
@@ -88,8 +88,8 @@ class SqliteLifecycle:
 
     async def forget_trashed(self, ids: Sequence[int]) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            for start in range(0, len(ids), _CHUNK):
-                chunk = list(ids[start : start + _CHUNK])
+            for start in range(0, len(ids), IN_LIST_MAX):
+                chunk = list(ids[start : start + IN_LIST_MAX])
                 conn.execute(f"DELETE FROM deleted_instances WHERE id IN ({_marks(chunk)})", chunk)
 
         await self._write(lambda conn: _in_transaction(conn, lambda: run(conn)))
@@ -97,8 +97,8 @@ class SqliteLifecycle:
     async def blob_keys_in_use(self, keys: Sequence[str]) -> set[str]:
         def run(conn: sqlite3.Connection) -> set[str]:
             found: set[str] = set()
-            for start in range(0, len(keys), _CHUNK):
-                chunk = list(keys[start : start + _CHUNK])
+            for start in range(0, len(keys), IN_LIST_MAX):
+                chunk = list(keys[start : start + IN_LIST_MAX])
                 rows = conn.execute(
                     f"SELECT blob_key FROM instances WHERE blob_key IN ({_marks(chunk)})", chunk
                 ).fetchall()
@@ -167,8 +167,8 @@ class SqliteLifecycle:
     async def rejected_among(self, site: str, sop_instance_uids: Sequence[str]) -> dict[str, str]:
         def run(conn: sqlite3.Connection) -> dict[str, str]:
             found: dict[str, str] = {}
-            for start in range(0, len(sop_instance_uids), _CHUNK):
-                chunk = list(sop_instance_uids[start : start + _CHUNK])
+            for start in range(0, len(sop_instance_uids), IN_LIST_MAX):
+                chunk = list(sop_instance_uids[start : start + IN_LIST_MAX])
                 rows = conn.execute(
                     "SELECT sop_instance_uid, code FROM rejections WHERE site = ?"
                     f" AND sop_instance_uid IN ({_marks(chunk)})",
@@ -312,8 +312,8 @@ def _delete(
 def _modalities(conn: sqlite3.Connection, site: str, series_uids: list[str]) -> dict[str, str]:
     """Each series' modality (webhook filters match it), by Series Instance UID."""
     found: dict[str, str] = {}
-    for start in range(0, len(series_uids), _CHUNK):
-        chunk = series_uids[start : start + _CHUNK]
+    for start in range(0, len(series_uids), IN_LIST_MAX):
+        chunk = series_uids[start : start + IN_LIST_MAX]
         found.update(
             (uid, str(modality or ""))
             for uid, modality in conn.execute(
@@ -385,8 +385,8 @@ def _record_deleted(
         )
         series_snapshot = snapshot(_row_dict(cursor, cursor.fetchone()))
         ids = by_series[series_uid]
-        for start in range(0, len(ids), _CHUNK):
-            chunk = ids[start : start + _CHUNK]
+        for start in range(0, len(ids), IN_LIST_MAX):
+            chunk = ids[start : start + IN_LIST_MAX]
             first = conn.execute("SELECT COALESCE(MAX(id), 0) FROM deleted_instances").fetchone()
             conn.execute(
                 f"INSERT INTO deleted_instances ({_INSTANCE_COLUMNS}, deleted_at, deleted_by,"
@@ -477,8 +477,8 @@ def _restore(conn: sqlite3.Connection, site: str, study: str, series: str | None
     for row in rows:
         newest.setdefault(row[2], row)
     sops = list(newest)
-    for start in range(0, len(sops), _CHUNK):
-        chunk = sops[start : start + _CHUNK]
+    for start in range(0, len(sops), IN_LIST_MAX):
+        chunk = sops[start : start + IN_LIST_MAX]
         again = conn.execute(
             f"SELECT sop_instance_uid FROM instances WHERE site = ?"
             f" AND sop_instance_uid IN ({_marks(chunk)}) LIMIT 1",
@@ -512,16 +512,16 @@ def _restore(conn: sqlite3.Connection, site: str, study: str, series: str | None
                 f"restore refused: series {series_uid} now belongs to study {owner[0]}"
             )
     ids = sorted(int(row[0]) for row in chosen)
-    for start in range(0, len(ids), _CHUNK):
-        id_chunk = ids[start : start + _CHUNK]
+    for start in range(0, len(ids), IN_LIST_MAX):
+        id_chunk = ids[start : start + IN_LIST_MAX]
         conn.execute(
             f"INSERT INTO instances ({_INSTANCE_COLUMNS}) SELECT {_INSTANCE_COLUMNS}"
             f" FROM deleted_instances WHERE id IN ({_marks(id_chunk)}) ORDER BY id",
             id_chunk,
         )
         conn.execute(f"DELETE FROM deleted_instances WHERE id IN ({_marks(id_chunk)})", id_chunk)
-    for start in range(0, len(sops), _CHUNK):
-        chunk = sops[start : start + _CHUNK]
+    for start in range(0, len(sops), IN_LIST_MAX):
+        chunk = sops[start : start + IN_LIST_MAX]
         conn.execute(
             f"DELETE FROM rejections WHERE site = ? AND sop_instance_uid IN ({_marks(chunk)})",
             [site, *chunk],
@@ -530,8 +530,8 @@ def _restore(conn: sqlite3.Connection, site: str, study: str, series: str | None
     _recount(conn, site, study, series_uids)
     modalities = _modalities(conn, site, series_uids)
     back: list[InstanceChange] = []
-    for start in range(0, len(sops), _CHUNK):
-        chunk = sops[start : start + _CHUNK]
+    for start in range(0, len(sops), IN_LIST_MAX):
+        chunk = sops[start : start + IN_LIST_MAX]
         back.extend(
             InstanceChange(study, series_uid, sop, int(row_id), modalities.get(series_uid, ""))
             for row_id, series_uid, sop in conn.execute(
