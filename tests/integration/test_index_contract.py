@@ -774,11 +774,18 @@ async def test_pool_recovers_when_postgres_comes_back(
         with pytest.raises(BackendUnavailableError, match="cannot reach PostgreSQL"):
             await add(index, factory.make(generate_uid(), generate_uid()))
         assert time.monotonic() - started < 5
+        # Rows asked for together (one query) fail together, each with the backend's error
+        keys = [key_of(first), InstanceKey(SITE, generate_uid(), generate_uid(), generate_uid())]
+        failed = await asyncio.gather(*map(index.get_instance, keys), return_exceptions=True)
+        assert all(isinstance(result, BackendUnavailableError) for result in failed), failed
+        assert "cannot reach PostgreSQL" in str(failed[0])
 
         await proxy.start()  # same port: the pool reconnects on its own
         assert uids(await search(index, Level.STUDY), "0020000D") == [
             first.record.study_instance_uid
         ]
+        found = await asyncio.gather(*map(index.get_instance, keys))
+        assert found[0] is not None and found[0].key == keys[0] and found[1] is None
         assert await add(index, factory.make(generate_uid(), generate_uid())) is (
             AddOutcome.CREATED
         )
