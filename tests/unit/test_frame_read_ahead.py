@@ -21,13 +21,15 @@ HEADER = 132  # where the first frame starts in the object
 
 class CountedStore(FilesystemBlobStore):
     """The folder store, counting its ranged reads and streams; with `break_after`, each
-    stream breaks after that many bytes with an error no store names."""
+    stream breaks after that many bytes with an error no store names; while `hold` is set to
+    an unset event, streams wait for it before their first byte."""
 
     def __init__(self, root: Path, break_after: int | None = None) -> None:
         super().__init__(root)
         self.ranges = 0
         self.streams: list[tuple[int, int | None]] = []
         self._break_after = break_after
+        self.hold: asyncio.Event | None = None
 
     async def read_range(self, key: str, start: int, length: int) -> bytes:
         self.ranges += 1
@@ -41,6 +43,8 @@ class CountedStore(FilesystemBlobStore):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
     ) -> AsyncIterator[bytes]:
         self.streams.append((start, length))
+        if self.hold is not None:
+            await self.hold.wait()
         async for chunk in super().iter_get(key, start, length, chunk_size):
             if self._break_after is None:
                 yield chunk
@@ -103,12 +107,16 @@ async def test_an_ask_for_a_frame_on_its_way_waits_for_it_and_reads_nothing(
     frames = await _stored(store, 20)
     kept = KeptFrames(store, memory_bytes=1 << 20, ahead_bytes=8 * FRAME)
 
+    store.hold = asyncio.Event()  # the stream waits until both asks are in
     await kept.read("site/obj", frames, 5, ahead=True)
-    assert kept._fetches  # still streaming when the next ask comes
-    both = await asyncio.gather(
+    assert kept._fetches  # still streaming when the next asks come
+    both = asyncio.gather(
         kept.read("site/obj", frames, 6, ahead=True), kept.read("site/obj", frames, 13)
     )
-    assert both == [_frame_bytes(6), _frame_bytes(13)]
+    await asyncio.sleep(0.05)
+    assert not both.done()  # waiting for the stream, not reading on their own
+    store.hold.set()
+    assert await both == [_frame_bytes(6), _frame_bytes(13)]
     assert store.ranges == 1  # frame 5's own read only
     await _settled(kept)
     assert store.streams[0] == (HEADER + 5 * FRAME, 8 * FRAME)  # frames 6-13
