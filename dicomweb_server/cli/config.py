@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,17 +402,26 @@ def _masked_url(text: str) -> str:
         return _MASK  # not a URL we can read: show nothing of it
 
 
+# Values worked out from the machine: the listing shows what they come to here
+_RESOLVED: dict[str, Callable[[Settings], str]] = {
+    "frame_memory_cache_bytes": lambda s: f"{s.frame_memory_bytes()} per worker here",
+}
+
+
 def settings_listing(settings: Settings) -> list[tuple[str, str, str, bool]]:
     """(variable, default, value, changed) for every setting, masked."""
     listing = []
     for name, field in Settings.model_fields.items():
         value = getattr(settings, name)
         default = field.default
+        shown = masked(name, value)
+        if value == "auto" and name in _RESOLVED:
+            shown = f"auto: {_RESOLVED[name](settings)}"
         listing.append(
             (
                 ENV_PREFIX + name.upper(),
                 masked(name, default) or _EMPTY.get(name, "").strip("`"),
-                masked(name, value),
+                shown,
                 value != default,
             )
         )

@@ -58,6 +58,10 @@ def test_issue21_config_prints_each_setting_default_and_value(
     assert lines["DICOMWEB_WORKERS"].split()[-2:] == ["0", "3"]
     assert lines["DICOMWEB_DATABASE_URL"].endswith("postgresql://u:****@db/x")
     assert lines["DICOMWEB_PORT"].startswith("  ")
+    # auto frame memory: what it comes to on this machine with these 3 workers (issue 22)
+    resolved = Settings(workers=3).frame_memory_bytes()
+    assert lines["DICOMWEB_FRAME_MEMORY_CACHE_BYTES"].startswith("  ")  # the default
+    assert lines["DICOMWEB_FRAME_MEMORY_CACHE_BYTES"].endswith(f"auto: {resolved} per worker here")
 
 
 def test_issue21_config_markdown_prints_the_table(capsys: pytest.CaptureFixture[str]) -> None:
