@@ -331,6 +331,10 @@ class Settings(BaseSettings):
             host = f"[{host}]"
         return f"{'https' if self.tls else 'http'}://{host}:{self.port}/dicomweb"
 
+    def worker_count(self) -> int:
+        """Worker processes `serve` starts: `workers`, or one per core."""
+        return self.workers if self.workers > 0 else os.cpu_count() or 1
+
     def frame_memory_bytes(self, memory: int | None = None) -> int:
         """Bytes of stored frames each process keeps (`frame_memory_cache_bytes`, resolved).
 
@@ -342,8 +346,7 @@ class Settings(BaseSettings):
         if self.frame_memory_cache_bytes != "auto":
             return self.frame_memory_cache_bytes
         total = machine_memory_bytes() if memory is None else memory
-        workers = self.workers or os.cpu_count() or 1
-        share = total // _FRAME_MEMORY_SHARE // workers
+        share = total // _FRAME_MEMORY_SHARE // self.worker_count()
         return min(max(share, _FRAME_MEMORY_MIN), _FRAME_MEMORY_MAX)
 
     @classmethod

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 import uvicorn
@@ -57,7 +56,7 @@ def check_backends(settings: Settings) -> None:
 
 def worker_count(settings: Settings) -> int:
     """Worker processes to start: the setting, or one per core."""
-    return settings.workers if settings.workers > 0 else os.cpu_count() or 1
+    return settings.worker_count()
 
 
 def uvicorn_config(
