@@ -160,8 +160,9 @@ class Settings(BaseSettings):
     # Study and series metadata answers kept in memory per process, by the study's version (a
     # viewer opening a series again is answered after one small index query)
     metadata_memory_cache_bytes: NonNegative = 64 << 20
-    # Whole QIDO answers scoped to one study (its series, its instances, the study by its UID)
-    # kept in memory per process, by the study's version, like metadata
+    # Whole QIDO answers kept in memory per process: scoped to one study (its series, its
+    # instances, the study by its UID) by the study's version, like metadata; on SQLite any
+    # other (a worklist) by the index's change count, until anything is stored or deleted
     qido_memory_cache_bytes: NonNegative = 32 << 20
     # WADO-RS streaming: the next objects are fetched while the current one is sent
     wado_read_ahead_objects: Positive = 8  # objects fetched ahead per response (1: none ahead)

@@ -169,7 +169,7 @@ ROWS: tuple[Row, ...] = (
     Row(("default_query_limit", "max_query_limit"), "QIDO page size"),
     Row(
         ("qido_memory_cache_bytes",),
-        "whole QIDO answers scoped to one study (its series, its instances, the study by its UID) kept in memory per process, by the study's version (0: none)",
+        "whole QIDO answers kept in memory per process: scoped to one study (its series, its instances, the study by its UID) by the study's version; on SQLite any other (a worklist) by the index's change count, until anything is stored or deleted (0: none)",
     ),
     Row(("max_query_offset",), "largest QIDO offset"),
     Row(

@@ -134,6 +134,13 @@ class InstanceIndex(Protocol):
         be kept by it."""
         ...
 
+    async def change_count(self) -> int | None:
+        """A number that moves with every committed change to any study, series or instance
+        (stored, deleted, rejected or restored) and never comes back, read now; None when the
+        index cannot tell at the cost of a point query. An answer built after reading it may
+        be kept by it, like `study_versions` for one study."""
+        ...
+
     def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         """Every blob key the index references (for orphan sweeps)."""
         ...

@@ -412,6 +412,15 @@ class SqliteInstanceIndex(
 
         return await self._point_read(run) if sites else {}
 
+    async def change_count(self) -> int | None:
+        def run(conn: sqlite3.Connection) -> int:
+            # fetchall: a statement left unfinished would hold its read snapshot open, and
+            # this connection would go on reading the same number.
+            rows = conn.execute("SELECT value FROM study_version_counter WHERE id = 1").fetchall()
+            return int(rows[0][0])
+
+        return await self._point_read(run)
+
     async def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         after = 0
         while True:

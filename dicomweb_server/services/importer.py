@@ -188,6 +188,9 @@ class _OutcomeIndex:
     async def study_versions(self, sites: Sequence[str], study_instance_uid: str) -> dict[str, int]:
         return await self._index.study_versions(sites, study_instance_uid)
 
+    async def change_count(self) -> int | None:
+        return await self._index.change_count()
+
     def iter_blob_keys(self, site: str | None = None) -> AsyncIterator[str]:
         return self._index.iter_blob_keys(site)
 

@@ -72,11 +72,12 @@ def _answers_by_level() -> dict[Level, Kept[tuple[Any, ...], orjson.Fragment]]:
 class SearchService:
     """QIDO-RS over an InstanceIndex.
 
-    A whole answer scoped to one study (`answer`) is kept by the study's version, up to
-    `answers_memory_bytes` per process: a viewer listing a study's series or a series'
-    instances again is answered after one point query. Every change to the study replaces its
-    version, and the version is read before the search, so a kept answer is never older than
-    the version it is kept by.
+    Whole answers (`answer`) are kept up to `answers_memory_bytes` per process: one scoped to
+    a study by the study's version, any other by the index's change count where the index
+    keeps one (SQLite). A viewer listing a study's series or a series' instances again, or a
+    worklist asked again, is answered after one point query. Every change to a study replaces
+    its version and moves the count, and both are read before the search, so a kept answer is
+    never older than what it is kept by.
     """
 
     index: InstanceIndex
@@ -91,17 +92,11 @@ class SearchService:
 
     async def answer(self, query: Query, root_url: str) -> SearchAnswer:
         """Run `query` (see `search`) and serialise it: PS3.18 F.2.2 orders the attributes."""
-        study = _one_study(query)
-        key = None
-        if study is not None and self._whole.limit:
-            sites = query.searched_sites
-            versions = await self.index.study_versions(sites, study)
-            if versions:
-                stamp = ",".join(str(versions.get(site, "")) for site in sites)
-                key = f"{stamp}\n{root_url}\n{query!r}"
-                kept = self._whole.get(key)
-                if isinstance(kept, _KeptAnswer):
-                    return SearchAnswer(kept, kept.results, kept.warnings)
+        key = await self._kept_key(query, root_url)
+        if key is not None:
+            kept = self._whole.get(key)
+            if isinstance(kept, _KeptAnswer):
+                return SearchAnswer(kept, kept.results, kept.warnings)
         outcome = await self.search(query, root_url)
         body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
         answer = SearchAnswer(body, len(outcome.rows), tuple(outcome.warnings))
@@ -110,6 +105,27 @@ class SearchService:
             copy.results, copy.warnings = answer.results, answer.warnings
             self._whole.put(key, copy)
         return answer
+
+    async def _kept_key(self, query: Query, root_url: str) -> str | None:
+        """What a whole answer to `query` is kept by, read before the search; None when it is
+        not kept. A query within one study goes by that study's versions, which other
+        studies' changes leave alone; any other by the index's change count where it has one
+        (a worklist asked again while nothing was stored or deleted)."""
+        if not self._whole.limit:
+            return None
+        study = _one_study(query)
+        if study is not None:
+            sites = query.searched_sites
+            versions = await self.index.study_versions(sites, study)
+            if not versions:
+                return None
+            stamp = ",".join(str(versions.get(site, "")) for site in sites)
+        else:
+            count = await self.index.change_count()
+            if count is None:
+                return None
+            stamp = f"index {count}"
+        return f"{stamp}\n{root_url}\n{query!r}"
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.

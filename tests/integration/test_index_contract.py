@@ -575,6 +575,62 @@ async def test_issue22_study_version_changes_with_every_change_of_the_study(
     assert await version(other) == other_version
 
 
+async def test_issue22_change_count_moves_with_every_change_of_any_study(
+    backend: Backend, index: InstanceIndex, catalogue: Catalogue, factory: InstanceFactory
+) -> None:
+    """change_count (SQLite): a new, higher number after every store, delete, rejection and
+    restore, a whole study deleted included, as read by another index object (another
+    process); the same number after a repeat store. PostgreSQL has none."""
+    c = catalogue
+    assert isinstance(index, Lifecycle)
+    if backend.name == "postgres":
+        assert await index.change_count() is None
+        return
+    other = await backend.open()
+    try:
+        seen = [await other.change_count()]
+
+        async def moved() -> None:
+            now = await other.change_count()
+            assert now is not None and now > max(n for n in seen if n is not None), (now, seen)
+            assert await index.change_count() == now
+            seen.append(now)
+
+        assert await add(index, c.a1[0]) is AddOutcome.IDENTICAL
+        assert await other.change_count() == seen[-1]
+        added = factory.make(c.study_a, c.series_a2, instance_number=9, series_number=2)
+        assert await add(index, added) is AddOutcome.CREATED
+        await moved()
+        gone = added.record
+        target = DeleteTarget(SITE, c.study_a, gone.series_instance_uid, (gone.sop_instance_uid,))
+        await index.delete_instances(
+            target, who="test", reason="test", now=time.time(), judge=_allow
+        )
+        await moved()
+        rejected = c.a1[1].record
+        await index.delete_instances(
+            DeleteTarget(
+                SITE, c.study_a, rejected.series_instance_uid, (rejected.sop_instance_uid,)
+            ),
+            who="test",
+            reason="rejected",
+            now=time.time(),
+            judge=_allow,
+            rejection=Rejection(
+                "113001^DCM", None, ((rejected.series_instance_uid, rejected.sop_instance_uid),)
+            ),
+        )
+        await moved()
+        assert await index.restore_instances(SITE, c.study_a, gone.series_instance_uid) == 1
+        await moved()
+        await index.delete_instances(
+            DeleteTarget(SITE, c.study_b), who="test", reason="test", now=time.time(), judge=_allow
+        )
+        await moved()  # the study row deleted: no study row left to rewrite
+    finally:
+        await other.close()
+
+
 async def test_series_exists_and_blob_keys(index: InstanceIndex, catalogue: Catalogue) -> None:
     c = catalogue
     assert await index.series_exists(SeriesKey(SITE, c.study_a, c.series_a1))
