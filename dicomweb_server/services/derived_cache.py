@@ -71,6 +71,8 @@ class DerivedCache:
         self._used: dict[str, float] = {}  # key: when last used
         self._last_flush = time.monotonic()
         self._flushing: asyncio.Task[None] | None = None
+        # One flush at a time: two that overlap would each evict the whole excess they saw.
+        self._flush_lock = asyncio.Lock()
         self._writes: set[asyncio.Task[None]] = set()
 
     @property
@@ -182,17 +184,19 @@ class DerivedCache:
             self._flushing = None
 
     async def flush(self) -> None:
-        """Write noted entries and uses to the ledger, then evict past the budget."""
-        self._last_flush = time.monotonic()
-        added, self._added = self._added, {}
-        used, self._used = self._used, {}
-        for key, (size, when) in added.items():
-            added[key] = (size, max(when, used.pop(key, when)))
-        total = await self._ledger.note_cache_use(
-            [(key, size, when) for key, (size, when) in added.items()], list(used.items())
-        )
-        if total > self._max_bytes:
-            await self._evict(total - int(self._max_bytes * _LOW_WATER))
+        """Write noted entries and uses to the ledger, then evict past the budget (after a
+        flush already under way, which may have done it)."""
+        async with self._flush_lock:
+            self._last_flush = time.monotonic()
+            added, self._added = self._added, {}
+            used, self._used = self._used, {}
+            for key, (size, when) in added.items():
+                added[key] = (size, max(when, used.pop(key, when)))
+            total = await self._ledger.note_cache_use(
+                [(key, size, when) for key, (size, when) in added.items()], list(used.items())
+            )
+            if total > self._max_bytes:
+                await self._evict(total - int(self._max_bytes * _LOW_WATER))
 
     async def _evict(self, excess: int) -> None:
         freed = 0
