@@ -64,6 +64,10 @@ class _KeptAnswer(bytes):
 _ANSWERS_KEPT = 4096  # serialised answers kept per process and level (~1 KB each)
 
 
+_BY_COUNT = "index "  # a kept answer's key prefix when it goes by the index's change count
+_ASKED_KEPT = 4096  # keys of answers asked once, remembered per process (see _worth_keeping)
+
+
 def _answers_by_level() -> dict[Level, Kept[tuple[Any, ...], orjson.Fragment]]:
     return {level: Kept(_ANSWERS_KEPT) for level in Level}
 
@@ -77,7 +81,8 @@ class SearchService:
     keeps one (SQLite). A viewer listing a study's series or a series' instances again, or a
     worklist asked again, is answered after one point query. Every change to a study replaces
     its version and moves the count, and both are read before the search, so a kept answer is
-    never older than what it is kept by.
+    never older than what it is kept by. An answer kept by the count is kept from its second
+    ask under that count on.
     """
 
     index: InstanceIndex
@@ -86,6 +91,7 @@ class SearchService:
         default_factory=_answers_by_level, init=False
     )
     _whole: MemoryCache = field(init=False)
+    _asked: Kept[str, bool] = field(default_factory=lambda: Kept(_ASKED_KEPT), init=False)
 
     def __post_init__(self) -> None:
         self._whole = MemoryCache(self.answers_memory_bytes)
@@ -100,11 +106,23 @@ class SearchService:
         outcome = await self.search(query, root_url)
         body = orjson.dumps(outcome.rows, option=orjson.OPT_SORT_KEYS)
         answer = SearchAnswer(body, len(outcome.rows), tuple(outcome.warnings))
-        if key is not None:  # kept as a copy that carries the rest of the answer
+        if key is not None and self._worth_keeping(key):  # a copy with the rest of the answer
             copy = _KeptAnswer(body)
             copy.results, copy.warnings = answer.results, answer.warnings
             self._whole.put(key, copy)
         return answer
+
+    def _worth_keeping(self, key: str) -> bool:
+        """Whether to keep the answer of `key`. One kept by study versions, always. One kept by
+        the index's change count only when asked before under that same count: while studies
+        are being stored every count is new, and keeping each answer would only push the
+        study-scoped ones (which other studies' stores leave valid) out of the memory."""
+        if not key.startswith(_BY_COUNT):
+            return True
+        if self._asked.get(key) is not None:
+            return True
+        self._asked.put(key, True)
+        return False
 
     async def _kept_key(self, query: Query, root_url: str) -> str | None:
         """What a whole answer to `query` is kept by, read before the search; None when it is
@@ -124,7 +142,7 @@ class SearchService:
             count = await self.index.change_count()
             if count is None:
                 return None
-            stamp = f"index {count}"
+            stamp = f"{_BY_COUNT}{count}"
         return f"{stamp}\n{root_url}\n{query!r}"
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:

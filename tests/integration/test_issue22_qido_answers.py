@@ -161,12 +161,15 @@ async def test_issue22_worklist_rows_are_built_once_per_study_version_and_follow
     assert sorted(_values(first, "0020000D")) == sorted(studies)  # type: ignore[type-var]
     assert _values(first, "00201208") == [1, 1]
     assert searches.count == 1
+    assert _kept(app) == answers  # asked once: not kept whole yet
     built = len(kept)
     assert await _rows(client, worklist) == first
     assert len(kept) == built  # asked again: no row built again
+    assert searches.count == 2
     kept_whole = backend == "embedded"
-    assert searches.count == (1 if kept_whole else 2)
-    assert _kept(app) == answers + (1 if kept_whole else 0)
+    assert _kept(app) == answers + (1 if kept_whole else 0)  # asked again: kept on SQLite
+    assert await _rows(client, worklist) == first
+    assert searches.count == (2 if kept_whole else 3)  # from memory: no search
 
     # A store into one study: that study's row is built anew, the other one is not.
     await _store(
@@ -175,6 +178,7 @@ async def test_issue22_worklist_rows_are_built_once_per_study_version_and_follow
     grown = await _rows(client, worklist)
     counts = dict(zip(_values(grown, "0020000D"), _values(grown, "00201208"), strict=True))
     assert counts == {studies[0]: 1, studies[1]: 2}
+    assert _kept(app) == answers + (1 if kept_whole else 0)  # a new count: asked once
     assert len(kept) == built + 1 or len(kept) == rows._PARSED_KEPT
 
     # A delete of a whole study (its row goes, no study row is rewritten): gone from the
