@@ -12,10 +12,21 @@ from dataclasses import dataclass, field
 __all__ = ["MemoryCache"]
 
 
+# What an entry costs beside its bytes and its key's characters (the dict slot, the ordered
+# dict's link, the two objects' headers): counted, so that many small entries with long keys
+# stay within the limit too.
+_ENTRY_COST = 160
+
+
+def _cost(key: str, data: bytes) -> int:
+    return len(data) + len(key) + _ENTRY_COST
+
+
 @dataclass(slots=True)
 class MemoryCache:
-    """Bytes by key, least recently used first out, at most `limit` bytes (an entry larger
-    than a quarter of it is not kept: it would push out everything else)."""
+    """Bytes by key, least recently used first out, at most `limit` bytes counting each entry's
+    key and upkeep (an entry larger than a quarter of it is not kept: it would push out
+    everything else)."""
 
     limit: int
     size: int = 0
@@ -31,15 +42,16 @@ class MemoryCache:
         return key in self.entries
 
     def put(self, key: str, data: bytes) -> None:
-        if len(data) > self.limit // 4 or key in self.entries:
+        cost = _cost(key, data)
+        if cost > self.limit // 4 or key in self.entries:
             return
         self.entries[key] = data
-        self.size += len(data)
+        self.size += cost
         while self.size > self.limit:
-            _, dropped = self.entries.popitem(last=False)
-            self.size -= len(dropped)
+            dropped_key, dropped = self.entries.popitem(last=False)
+            self.size -= _cost(dropped_key, dropped)
 
     def discard_prefix(self, prefix: str) -> None:
         """Forget every entry whose key starts with `prefix` (deleted data)."""
         for key in [key for key in self.entries if key.startswith(prefix)]:
-            self.size -= len(self.entries.pop(key))
+            self.size -= _cost(key, self.entries.pop(key))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -143,7 +144,11 @@ class SearchService:
             if count is None:
                 return None
             stamp = f"{_BY_COUNT}{count}"
-        return f"{stamp}\n{root_url}\n{query!r}"
+        # A digest of it: a query's text can be as long as a URL, and the keys of answers
+        # asked once are remembered too.
+        whole = f"{stamp}\n{root_url}\n{query!r}".encode()
+        digest = hashlib.blake2b(whole, digest_size=20).hexdigest()
+        return f"{_BY_COUNT}{digest}" if stamp.startswith(_BY_COUNT) else f"study {digest}"
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
