@@ -65,7 +65,9 @@ class _KeptAnswer(bytes):
 _ANSWERS_KEPT = 4096  # serialised answers kept per process and level (~1 KB each)
 
 
-_BY_COUNT = "index "  # a kept answer's key prefix when it goes by the index's change count
+# A kept answer's key prefix: it goes by its study's versions, or by the index's change count
+_BY_STUDY = "study "
+_BY_COUNT = "index "
 _ASKED_KEPT = 4096  # keys of answers asked once, remembered per process (see _worth_keeping)
 
 
@@ -138,17 +140,16 @@ class SearchService:
             versions = await self.index.study_versions(sites, study)
             if not versions:
                 return None
-            stamp = ",".join(str(versions.get(site, "")) for site in sites)
+            kind, stamp = _BY_STUDY, ",".join(str(versions.get(site, "")) for site in sites)
         else:
             count = await self.index.change_count()
             if count is None:
                 return None
-            stamp = f"{_BY_COUNT}{count}"
+            kind, stamp = _BY_COUNT, str(count)
         # A digest of it: a query's text can be as long as a URL, and the keys of answers
         # asked once are remembered too.
-        whole = f"{stamp}\n{root_url}\n{query!r}".encode()
-        digest = hashlib.blake2b(whole, digest_size=20).hexdigest()
-        return f"{_BY_COUNT}{digest}" if stamp.startswith(_BY_COUNT) else f"study {digest}"
+        whole = f"{kind}{stamp}\n{root_url}\n{query!r}".encode()
+        return kind + hashlib.blake2b(whole, digest_size=20).hexdigest()
 
     async def search(self, query: Query, root_url: str) -> SearchOutcome:
         """Run `query`; rows carry the level's required keys, includefields and RetrieveURL.
