@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from dicomweb_server.domain.records import FrameSpans
 from dicomweb_server.errors import DicomwebError
@@ -31,7 +31,9 @@ __all__ = ["KeptFrames", "read_frame"]
 log = logging.getLogger("dicomweb_server.retrieve")
 # Read-aheads running at once per process: past that, an ask reads only its own frame.
 _MAX_FETCHES = 4
-_FETCH_CHUNK = 64 << 10  # bytes taken from the stream at a time: a frame is kept this soon
+# Bytes taken from the stream at most at a time: a read returns what has arrived (a frame is
+# kept as soon as its last byte is in), so this only bounds a piece; larger, fewer copies.
+_FETCH_CHUNK = 1 << 20
 # /metrics: where each frame asked for came from (an operator sizes the frame memory by it)
 _FROM_MEMORY = FRAME_MEMORY_READS.labels("memory")
 _WAITED = FRAME_MEMORY_READS.labels("waited")
@@ -125,28 +127,36 @@ class KeptFrames:
         end: int,
         waiting: dict[str, asyncio.Future[None]],
     ) -> None:
-        """Stream frames[first:end] by one ranged read and keep each once it is whole."""
+        """Stream frames[first:end] by one ranged read and keep each once it is whole.
+
+        The stream's pieces are held as they arrive (no buffer of the whole span, which would
+        copy every byte once more) and dropped once no frame still to come starts in them;
+        a frame's bytes are copied out of them once, into the entry kept."""
         start = frames[first].fragments[0][0]
-        received = bytearray()
+        pieces: list[tuple[int, bytes]] = []  # (where in the object, bytes) not yet passed
+        received = start  # where the bytes received so far end in the object
         index = first
         stream = self._blobs.iter_get(
             key, start, _end(frames[end - 1]) - start, chunk_size=_FETCH_CHUNK
         )
         try:
             async for chunk in stream:
-                received += chunk
-                while index < end and _end(frames[index]) - start <= len(received):
-                    with memoryview(received) as view:
-                        data = b"".join(
-                            view[offset - start : offset - start + length]
-                            for offset, length in frames[index].fragments
-                        )
+                pieces.append((received, chunk))
+                received += len(chunk)
+                while index < end and _end(frames[index]) <= received:
+                    data = b"".join(  # the one copy of the frame's bytes
+                        view
+                        for offset, length in frames[index].fragments
+                        for view in _views(pieces, offset, length)
+                    )
                     name = f"{key}#{index + 1}"
                     self._kept.put(name, data)
                     self.fetched_ahead += 1
                     FRAMES_READ_AHEAD.inc()
                     self._settle(name, waiting)
                     index += 1
+                    if index < end:  # pieces that end before the next frame are done with
+                        _drop_before(pieces, frames[index].fragments[0][0])
         except DicomwebError as exc:  # each ask not yet answered reads its own frame
             log.info("frame read-ahead of %s failed: %s", key, exc.reason)
         except Exception:  # nobody awaits this task: say what broke, then the asks read
@@ -168,6 +178,25 @@ async def read_frame(blobs: BlobStore, key: str, frame: FrameSpans) -> bytes:
     """A stored frame's bytes: its fragments read from the object `key` and joined."""
     pieces = [await blobs.read_range(key, *span) for span in frame.fragments]
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+def _views(pieces: list[tuple[int, bytes]], offset: int, length: int) -> Iterator[memoryview]:
+    """Views of `length` bytes from `offset` of the object, in the pieces that hold them."""
+    stop = offset + length
+    for at, piece in pieces:
+        if at + len(piece) <= offset:
+            continue
+        if at >= stop:
+            break
+        yield memoryview(piece)[max(offset - at, 0) : min(stop - at, len(piece))]
+
+
+def _drop_before(pieces: list[tuple[int, bytes]], offset: int) -> None:
+    """Forget the pieces that end at or before `offset`."""
+    drop = 0
+    while drop < len(pieces) and pieces[drop][0] + len(pieces[drop][1]) <= offset:
+        drop += 1
+    del pieces[:drop]
 
 
 def _end(frame: FrameSpans) -> int:

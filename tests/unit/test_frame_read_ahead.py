@@ -22,10 +22,14 @@ HEADER = 132  # where the first frame starts in the object
 class CountedStore(FilesystemBlobStore):
     """The folder store, counting its ranged reads and streams; with `break_after`, each
     stream breaks after that many bytes with an error no store names; while `hold` is set to
-    an unset event, streams wait for it before their first byte."""
+    an unset event, streams wait for it before their first byte; with `pieces`, streams
+    arrive in pieces of that many bytes, as a network read can cut them anywhere."""
 
-    def __init__(self, root: Path, break_after: int | None = None) -> None:
+    def __init__(
+        self, root: Path, break_after: int | None = None, pieces: int | None = None
+    ) -> None:
         super().__init__(root)
+        self._pieces = pieces
         self.ranges = 0
         self.streams: list[tuple[int, int | None]] = []
         self._break_after = break_after
@@ -46,6 +50,10 @@ class CountedStore(FilesystemBlobStore):
         if self.hold is not None:
             await self.hold.wait()
         async for chunk in super().iter_get(key, start, length, chunk_size):
+            if self._pieces is not None:
+                for at in range(0, len(chunk), self._pieces):
+                    yield chunk[at : at + self._pieces]
+                continue
             if self._break_after is None:
                 yield chunk
                 continue
@@ -75,10 +83,11 @@ async def _settled(kept: KeptFrames) -> None:
     raise AssertionError("the read-ahead did not finish")
 
 
+@pytest.mark.parametrize("pieces", [None, 333, 1000, 2500])
 async def test_a_frames_request_streams_the_next_frames_in_and_they_are_answered_from_memory(
-    tmp_path: Path,
+    tmp_path: Path, pieces: int | None
 ) -> None:
-    store = CountedStore(tmp_path)
+    store = CountedStore(tmp_path, pieces=pieces)
     frames = await _stored(store, 40)
     kept = KeptFrames(store, memory_bytes=1 << 20, ahead_bytes=8 * FRAME)
 
@@ -176,9 +185,13 @@ async def test_a_read_ahead_that_ends_short_leaves_each_ask_to_read_its_own(
     assert kept.fetched_ahead == 9
 
 
-async def test_frames_of_several_fragments_are_joined_as_stored(tmp_path: Path) -> None:
-    """Encapsulated frames: each frame two fragments, an 8-byte item header before each."""
-    store = CountedStore(tmp_path)
+@pytest.mark.parametrize("pieces", [None, 1, 7, 23, 1000])
+async def test_frames_of_several_fragments_are_joined_as_stored(
+    tmp_path: Path, pieces: int | None
+) -> None:
+    """Encapsulated frames: each frame two fragments, an 8-byte item header before each; the
+    stream arriving whole or cut into pieces across fragments, headers and frames."""
+    store = CountedStore(tmp_path, pieces=pieces)
     pieces, frames, offset = [], [], HEADER
     for number in range(1, 9):
         spans = []
