@@ -369,17 +369,58 @@ def _parse_range(tag: int, column: str, vr: str, value: str, shown: str) -> Matc
                 raise InvalidQueryError(f"{shown} range {value[:40]!r} is not valid {vr} values")
         if not lower and not upper:
             raise InvalidQueryError(f"{shown} range {value!r} has neither bound")
-        if vr == "DA":
-            _check_date(lower, shown)
-            _check_date(upper, shown)
-        if lower and upper and lower > upper:
+        _check_values(vr, lower, shown)
+        _check_values(vr, upper, shown)
+        # A time range is checked once it is known not to be read with a date range: with
+        # one, 230000-010000 runs from the first day's evening to the last day's morning.
+        if vr != "TM" and _ends_before_it_starts(lower or None, upper or None):
             raise InvalidQueryError(f"{shown} range {value!r} ends before it starts")
         return Match(tag, column, vr, MatchKind.RANGE, (), lower or None, upper or None)
     if not pattern.fullmatch(value):
         raise InvalidQueryError(f"{shown} value {value[:40]!r} is not a valid {vr}")
+    _check_values(vr, value, shown)
+    return Match(tag, column, vr, MatchKind.SINGLE, (value,))
+
+
+def _ends_before_it_starts(lower: str | None, upper: str | None) -> bool:
+    """Whether a range's lower bound is past everything its upper bound takes in: bounds of
+    different precision compare as the stored values do (`12` takes in 12:00 to 12:59:59)."""
+    return lower is not None and upper is not None and lower > upper + "~"
+
+
+def _check_values(vr: str, value: str, shown: str) -> None:
+    """A DA, TM or DT value (already of the right shape) names a real date and time."""
+    if not value:
+        return
     if vr == "DA":
         _check_date(value, shown)
-    return Match(tag, column, vr, MatchKind.SINGLE, (value,))
+    elif vr == "TM":
+        _check_time(value, shown, value)
+    elif vr == "DT":
+        _check_datetime(value, shown)
+
+
+def _check_time(text: str, shown: str, value: str) -> None:
+    # PS3.5 Table 6.2-1 TM: hours 00-23, minutes 00-59, seconds 00-60 (a leap second)
+    for start, most in ((0, 23), (2, 59), (4, 60)):
+        part = text[start : start + 2]
+        if part and int(part) > most:
+            raise InvalidQueryError(f"{shown} value {value!r} is not a time of day")
+
+
+def _check_datetime(value: str, shown: str) -> None:
+    # PS3.5 Table 6.2-1 DT: YYYYMMDDHHMMSS.FFFFFF&ZZXX, trailing components left out
+    body, offset = value, ""
+    if len(value) > 4 and value[-5] in "+-":
+        body, offset = value[:-5], value[-5:]
+    month, day = body[4:6], body[6:8]
+    if month and not 1 <= int(month) <= 12:
+        raise InvalidQueryError(f"{shown} value {value!r} is not a calendar date")
+    if day:
+        _check_date(body[:8], shown)
+    _check_time(body[8:], shown, value)
+    if offset and (int(offset[1:3]) > 14 or int(offset[3:5]) > 59):
+        raise InvalidQueryError(f"{shown} value {value!r} has no such UTC offset")
 
 
 def _is_dt_range(value: str) -> bool:
@@ -422,8 +463,34 @@ _DATE_TIME_PAIRS = (
 )
 
 
+_DATE_KEYWORDS = {
+    "study_date": "StudyDate",
+    "performed_procedure_step_start_date": "PerformedProcedureStepStartDate",
+}
+
+
 def _combine_date_time(matches: list[Match]) -> tuple[Match, ...]:
-    """Merge a date range and a time range on the same level into one date-time range."""
+    """Merge a date range and a time range on the same level into one date-time range; a
+    time range left on its own must not end before it starts."""
+    matches = _merge_date_time(matches)
+    for match in matches:
+        if match.kind is MatchKind.RANGE and match.vr == "TM":
+            _check_time_range(match)
+    return tuple(matches)
+
+
+def _check_time_range(match: Match) -> None:
+    if not _ends_before_it_starts(match.lower, match.upper):
+        return
+    shown = keyword_for_tag(match.tag)
+    dates = {time: date for date, time in _DATE_TIME_PAIRS}.get(match.column)
+    across = f": to cross midnight, give a {_DATE_KEYWORDS[dates]} range with it" if dates else ""
+    raise InvalidQueryError(
+        f"{shown} range '{match.lower}-{match.upper}' ends before it starts{across}"
+    )
+
+
+def _merge_date_time(matches: list[Match]) -> list[Match]:
     by_column = {m.column: m for m in matches if m.indexed}
     for date_column, time_column in _DATE_TIME_PAIRS:
         date, time = by_column.get(date_column), by_column.get(time_column)
@@ -444,4 +511,4 @@ def _combine_date_time(matches: list[Match]) -> tuple[Match, ...]:
             time.upper if date.upper else None,
         )
         matches = [m for m in matches if m is not date and m is not time] + [combined]
-    return tuple(matches)
+    return matches

@@ -291,6 +291,42 @@ async def test_combined_date_time_range(client: httpx.AsyncClient) -> None:
     )
 
 
+async def test_ps3_4_c_2_2_2_5_1_a_date_time_range_across_midnight(
+    client: httpx.AsyncClient,
+) -> None:
+    # 1 March 23:00 to 2 March 01:00: the time range alone "ends before it starts".
+    cases = {
+        "before": ("20240301", "225959"),
+        "in1": ("20240301", "233000"),
+        "in2": ("20240302", "003000"),
+        "in3": ("20240302", "0100"),
+        "after": ("20240302", "010100"),
+        "next_evening": ("20240302", "233000"),
+    }
+    uids = {}
+    for key, (date, time) in cases.items():
+        ds = ct_dataset(study_date=date, patient_id="MIDNIGHT")
+        ds.StudyTime = time
+        uids[key] = ds.StudyInstanceUID
+        await _store(client, [ds])
+    response = await client.get(
+        "/studies", params={"StudyDate": "20240301-20240302", "StudyTime": "230000-010000"}
+    )
+    assert response.status_code == 200, response.text
+    assert sorted(r["0020000D"]["Value"][0] for r in response.json()) == sorted(
+        uids[k] for k in ("in1", "in2", "in3")
+    )
+    # Bounds of different precision: 12 takes in all of 12:xx.
+    response = await client.get(
+        "/studies", params={"PatientID": "MIDNIGHT", "StudyTime": "0030-00"}
+    )
+    assert response.status_code == 200, response.text
+    assert [r["0020000D"]["Value"][0] for r in response.json()] == [uids["in2"]]
+    refused = await client.get("/studies", params={"StudyTime": "2500"})
+    assert refused.status_code == 400
+    assert "not a time of day" in refused.text
+
+
 async def test_sequence_matching_on_request_attributes(client: httpx.AsyncClient) -> None:
     from pydicom.dataset import Dataset
     from pydicom.sequence import Sequence

@@ -352,3 +352,80 @@ def test_path_scoped_uids_offset_bound_and_includefield_all() -> None:
     assert query.matches == () and query.include_all
     with pytest.raises(InvalidQueryError, match="offset"):
         q(("offset", "11"), max_offset=10)
+
+
+def test_ps3_4_c_2_2_2_5_1_a_date_and_time_range_may_cross_midnight() -> None:
+    """23:00 on the first day to 01:00 on the last: the time bounds go with the date bounds,
+    so the time range alone ends "before" it starts and that is no error."""
+    query = q(("StudyDate", "20240301-20240302"), ("StudyTime", "230000-010000"))
+    (match,) = query.matches
+    assert match.kind is MatchKind.DATETIME_RANGE
+    assert (match.lower, match.lower_time, match.upper, match.upper_time) == (
+        "20240301",
+        "230000",
+        "20240302",
+        "010000",
+    )
+
+
+def test_a_time_range_on_its_own_must_not_end_before_it_starts() -> None:
+    with pytest.raises(InvalidQueryError, match="give a StudyDate range with it"):
+        q(("StudyTime", "230000-010000"))
+    with pytest.raises(InvalidQueryError, match="give a StudyDate range with it"):
+        q(("StudyDate", "20240301"), ("StudyTime", "2300-0100"))
+    with pytest.raises(InvalidQueryError, match="ends before it starts"):  # never merged
+        q(("SeriesDate", "20240301-20240302"), ("SeriesTime", "2300-0100"), level=Level.SERIES)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("StudyTime", "1200-12"),  # 12:00 to 12:59:59.999999
+        ("StudyTime", "12-120000"),
+        ("StudyTime", "0930-09"),
+        ("AcquisitionDateTime", "20240301-2024"),  # 1 March to the end of 2024
+        ("AcquisitionDateTime", "2024-20241231235959"),
+        ("StudyDate", "20240301-20240301"),
+    ],
+)
+def test_range_bounds_of_different_precision_are_valid(key: str, value: str) -> None:
+    (match,) = q((key, value), level=Level.INSTANCE).matches
+    assert match.kind is MatchKind.RANGE
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("StudyTime", "25"),
+        ("StudyTime", "2599"),
+        ("StudyTime", "1261"),
+        ("StudyTime", "120061"),
+        ("StudyTime", "240000"),
+        ("StudyTime", "0800-2400"),
+        ("StudyTime", "1300-12"),  # after all of 12:xx
+        ("AcquisitionDateTime", "20241301-"),
+        ("AcquisitionDateTime", "202400"),
+        ("AcquisitionDateTime", "20240230"),
+        ("AcquisitionDateTime", "2024030125"),
+        ("AcquisitionDateTime", "20240301120000+1500"),
+        ("AcquisitionDateTime", "20240301120000-0070"),
+        ("AcquisitionDateTime", "2025-2024"),
+    ],
+)
+def test_ps3_5_times_and_datetimes_that_name_no_real_time_are_400(key: str, value: str) -> None:
+    with pytest.raises(InvalidQueryError):
+        q((key, value), level=Level.INSTANCE)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("StudyTime", "235960"),  # a leap second
+        ("StudyTime", "000000.000001"),
+        ("AcquisitionDateTime", "20240229"),
+        ("AcquisitionDateTime", "20240301120000.5+0100"),
+    ],
+)
+def test_ps3_5_real_times_and_datetimes_are_taken(key: str, value: str) -> None:
+    (match,) = q((key, value), level=Level.INSTANCE).matches
+    assert match.values == (value,)
