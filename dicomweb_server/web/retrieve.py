@@ -12,6 +12,7 @@ from starlette.responses import Response, StreamingResponse
 
 from dicomweb_server.domain.documents import ENCAPSULATED_DOCUMENT
 from dicomweb_server.domain.identifiers import InstanceKey
+from dicomweb_server.errors import NotAcceptableError
 from dicomweb_server.services.bodies import FileRegion, InstancesPlan, PlannedInstance
 from dicomweb_server.services.metadata_documents import MetadataDocument
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
@@ -26,6 +27,7 @@ from dicomweb_server.web.multipart import (
 )
 from dicomweb_server.web.negotiation import (
     ZIP,
+    WantedFrames,
     accept_frames,
     accept_instances,
     accept_json,
@@ -239,7 +241,7 @@ def _zip_response(plan: InstancesPlan, uid: str) -> Response:
 async def retrieve_study_metadata(request: Request) -> Response:
     """GET /studies/{study}/metadata."""
     state = _state(request)
-    accept_json(request.headers.get("accept"))
+    accept_json(accept_of(request))
     answer = await state.retrieve.study_metadata(
         await study_key(request), None, root_url_of(request)
     )
@@ -249,7 +251,7 @@ async def retrieve_study_metadata(request: Request) -> Response:
 async def retrieve_series_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/metadata: stored JSON, never re-parsed DICOM."""
     state = _state(request)
-    accept_json(request.headers.get("accept"))
+    accept_json(accept_of(request))
     key = await series_key(request)
     answer = await state.retrieve.study_metadata(
         key.study, key.series_instance_uid, root_url_of(request)
@@ -269,7 +271,7 @@ def _metadata_response(answer: MetadataDocument | AsyncIterator[bytes]) -> Respo
 async def retrieve_instance_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/instances/{instance}/metadata."""
     state = _state(request)
-    accept_json(request.headers.get("accept"))
+    accept_json(accept_of(request))
     body = await state.retrieve.instance_metadata(await instance_key(request), root_url_of(request))
     return Response(body, media_type=_DICOM_JSON)
 
@@ -280,7 +282,7 @@ async def retrieve_instance_frames(request: Request) -> Response:
     state = _state(request)
     key = await instance_key(request)
     numbers = frame_numbers(request.path_params["frames"])
-    wanted = accept_frames(request.headers.get("accept"))
+    wanted = accept_frames(accept_of(request))
     instance = await state.retrieve.get_instance(key)
     fmt, frames = await state.retrieve.retrieve_frames(instance, numbers, wanted)
     boundary = new_boundary()
@@ -334,6 +336,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
         media = await _media_bulkdata(request, key, path)
         if media is not None:
             return media
+    wanted = accept_frames(accept_of(request))
     boundary = new_boundary()
     range_header = request.headers.get("range")
     if range_header is not None and "," in range_header:
@@ -348,6 +351,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
                 {"Content-Range": f"bytes */{length}"},
             )
         start, size = selected
+        _bulk_part_type(wanted, OCTET_STREAM_MEDIA_TYPE, instance.transfer_syntax_uid)
         content_range = f"bytes {start}-{start + size - 1}/{length}"
 
         async def ranged() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
@@ -363,10 +367,11 @@ async def retrieve_bulkdata(request: Request) -> Response:
         )
     instance, values = await state.retrieve.read_bulk(key, path)
     syntax = instance.transfer_syntax_uid
-    media_type = OCTET_STREAM_MEDIA_TYPE
+    stored_type = OCTET_STREAM_MEDIA_TYPE
     pixel = instance.pixel
     if path == "7FE00010" and pixel is not None and pixel.encapsulated:
-        media_type = media_type_of(syntax) or OCTET_STREAM_MEDIA_TYPE
+        stored_type = media_type_of(syntax) or OCTET_STREAM_MEDIA_TYPE
+    media_type = _bulk_part_type(wanted, stored_type, syntax)
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         for value in values:
@@ -378,15 +383,34 @@ async def retrieve_bulkdata(request: Request) -> Response:
     )
 
 
+def _bulk_part_type(wanted: Sequence[WantedFrames], stored_type: str, syntax: str) -> str:
+    """The media type bulk data parts are labelled with (PS3.18 8.7.3.5): bulk data is sent
+    as stored, so an Accept entry is met by the stored media type (encapsulated Pixel Data:
+    image/jpeg, image/jp2, ...; anything else: octet-stream), or by octet-stream with no
+    syntax, `*` or the stored one (compressed bytes, the part naming their syntax); else 406."""
+    native = stored_type == OCTET_STREAM_MEDIA_TYPE
+    for item in wanted:
+        media = item.media_type
+        same_syntax = item.transfer_syntax in (None, "*", syntax)
+        if media in ("*/*", stored_type) or (media == "image/*" and not native):
+            if native or same_syntax:  # native bytes are alike in any little-endian syntax
+                return stored_type
+        elif media == OCTET_STREAM_MEDIA_TYPE and same_syntax:
+            return OCTET_STREAM_MEDIA_TYPE
+    raise NotAcceptableError(
+        f"bulk data is sent as stored: {stored_type}"
+        + ("" if native else f" or {OCTET_STREAM_MEDIA_TYPE}")
+        + f" with transfer-syntax={syntax}"
+    )
+
+
 async def _media_bulkdata(request: Request, key: InstanceKey, path: str) -> Response | None:
     """Video Pixel Data (PS3.18 Table 8.7.3-5 Note 5: one part holding all frames) or the
     Encapsulated Document: a single body in the media type asked for (the `accept` parameter
     wins over the header, 8.3.3.1); None for Pixel Data that is not video."""
     state = _state(request)
     instance = await state.retrieve.get_instance(key)
-    parameter = request.query_params.get("accept")
-    header = parameter if parameter is not None else request.headers.get("accept")
-    wanted = accept_media(header, OCTET_STREAM_MEDIA_TYPE)
+    wanted = accept_media(accept_of(request), OCTET_STREAM_MEDIA_TYPE)
     if path == _PIXEL_DATA_PATH:
         if not state.retrieve.is_video(instance):
             return None

@@ -11,7 +11,7 @@ from dicomweb_server.domain.attributes import Level
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.web.negotiation import accept_json
-from dicomweb_server.web.params import root_url_of, search_sites, site_of
+from dicomweb_server.web.params import accept_of, root_url_of, search_sites, site_of
 from dicomweb_server.web.state import AppState
 
 __all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
@@ -20,7 +20,7 @@ __all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
 async def _search(request: Request, level: Level) -> Response:
     state: AppState = request.app.state.dicomweb
     settings = state.settings
-    accept_json(request.headers.get("accept"))
+    accept_json(accept_of(request))
     study = request.path_params.get("study")
     series = request.path_params.get("series")
     if study is not None:
@@ -29,8 +29,9 @@ async def _search(request: Request, level: Level) -> Response:
         validate_uid(series, "SeriesInstanceUID")
     sites = await search_sites(request)
     # Starlette percent-decodes the query string exactly once; values are used as they arrive.
+    # `accept` replaces the Accept header (PS3.18 8.3.3.1): a control parameter, not a key.
     query = parse_query(
-        request.query_params.multi_items(),
+        [(name, value) for name, value in request.query_params.multi_items() if name != "accept"],
         level,
         sites[0],
         study,

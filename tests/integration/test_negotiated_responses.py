@@ -1,0 +1,85 @@
+"""Responses chosen by Accept: the `accept` parameter (PS3.18 8.3.3.1), Vary (RFC 9110 12.5.5),
+byte ranges of bulk data (RFC 9110 14.2, 15.3.7) and the JSON type a search answers."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from dicomfiles import ct_dataset, parse_multipart, to_part10, uid
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from test_wado import _store
+
+OCTETS = 'multipart/related; type="application/octet-stream"'
+RLE = 'multipart/related; type="image/dicom-rle"'
+
+
+@pytest.fixture
+def backend() -> str:
+    """Negotiation happens in the web layer: the embedded backends suffice."""
+    return "embedded"
+
+
+@pytest.fixture
+async def ct(client: httpx.AsyncClient) -> str:
+    """A native two-frame CT instance; its URL below the root."""
+    ds = ct_dataset(uid(), uid(), instance_number=1, seed=1, frames=2)
+    await _store(client, [to_part10(ds)])
+    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+@pytest.fixture
+async def rle(client: httpx.AsyncClient) -> str:
+    """An RLE Lossless instance (encapsulated Pixel Data); its URL below the root."""
+    path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    with open(path, "rb") as handle:
+        await _store(client, [handle.read()])
+    ds = dcmread(path)
+    return f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def _part_type(response: httpx.Response) -> str:
+    (headers, _), *_ = parse_multipart(response.content, response.headers["content-type"])
+    return headers["content-type"]
+
+
+async def test_ps3_18_8_3_3_1_accept_parameter_replaces_the_header_on_frames(
+    client: httpx.AsyncClient, ct: str
+) -> None:
+    asked = await client.get(f"{ct}/frames/1", params={"accept": RLE}, headers={"Accept": OCTETS})
+    assert asked.status_code == 200
+    assert _part_type(asked) == "image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"
+    refused = await client.get(f"{ct}/frames/1", params={"accept": "image/png"})
+    assert refused.status_code == 406
+    twice = await client.get(f"{ct}/frames/1?accept={OCTETS}&accept={OCTETS}")
+    assert twice.status_code == 400
+
+
+async def test_ps3_18_8_3_3_1_accept_parameter_replaces_the_header_on_bulk_data(
+    client: httpx.AsyncClient, ct: str, rle: str
+) -> None:
+    native = await client.get(f"{ct}/bulkdata/7FE00010", params={"accept": RLE})
+    assert native.status_code == 406  # bulk data is sent as stored: native is no RLE
+    assert "application/octet-stream" in native.json()["reason"]
+    octets = await client.get(f"{ct}/bulkdata/7FE00010", params={"accept": OCTETS})
+    assert octets.status_code == 200
+    stored = await client.get(
+        f"{rle}/bulkdata/7FE00010", params={"accept": RLE}, headers={"Accept": "image/png"}
+    )
+    assert stored.status_code == 200
+    assert _part_type(stored) == "image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"
+    labelled = await client.get(
+        f"{rle}/bulkdata/7FE00010", params={"accept": f"{OCTETS}; transfer-syntax=*"}
+    )
+    assert _part_type(labelled) == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.5"
+
+
+async def test_ps3_18_8_3_3_1_accept_parameter_is_no_matching_key_of_a_search(
+    client: httpx.AsyncClient, ct: str
+) -> None:
+    found = await client.get("/instances", params={"accept": "application/dicom+json"})
+    assert found.status_code == 200 and len(found.json()) == 1
+    refused = await client.get(
+        "/studies", params={"accept": "image/png"}, headers={"Accept": "application/json"}
+    )
+    assert refused.status_code == 406
