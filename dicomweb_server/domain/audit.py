@@ -167,8 +167,9 @@ def outcome_indicator(status: int) -> int:
 class AuditEvent:
     """One request that read or changed patient data, as the web layer saw it.
 
-    `site` is None at the enterprise root when the request names no site (a WADO read's site
-    is resolved with its patient when the record is written; a QIDO there spans every site).
+    `site` is the site the request concerned: at the enterprise root, the one whose copy a
+    WADO read served or a delete changed; None when none was chosen (a QIDO there spans every
+    site; a request refused before its handler ran).
     """
 
     time: float

@@ -341,7 +341,9 @@ class AuditService:
             for row in rows:
                 by_uid.setdefault(row.study_instance_uid, {})[row.site or ""] = row
             for uid, holding in by_uid.items():
-                # The site whose copy the enterprise root serves (services/sites.py)
+                # A record without a site was refused before a handler chose a copy (a 401):
+                # name the one the enterprise root would serve (services/sites.py). Reads and
+                # deletes that got that far carry the site they served or changed.
                 chosen = choose_site(sorted(holding), self._settings.default_site)
                 if chosen is not None:
                     found[(None, uid)] = holding[chosen]

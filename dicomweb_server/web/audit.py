@@ -8,7 +8,10 @@ audit service's in-memory queue. OPTIONS (the capabilities document), paths outs
 DICOMweb root (/healthz, /metrics) and routes that touch no patient data are not recorded.
 
 The caller is `scope["state"]["principal"]`, put there by the auth middleware (absent when
-access control is off: ANONYMOUS); the STOW handler leaves the stored studies in
+access control is off: ANONYMOUS). At the enterprise root, a WADO read or a delete leaves the
+site whose copy it served or changed in `scope["state"]["audit_site"]` (web/params.py,
+web/delete.py), so the record names that site and its patient, never a guess made when the
+record is written. The STOW handler leaves the stored studies in
 `scope["state"]["audit_studies"]`, the QIDO handler the number of results in
 `scope["state"]["audit_results"]`. A handler that deletes studies leaves their patients in
 `scope["state"]["audit_patients"]` ({StudyInstanceUID: (PatientID, IssuerOfPatientID)}), as
@@ -171,7 +174,7 @@ class AuditMiddleware:
             display_name=principal.display_name,
             client=str(client[0]) if client else "",
             action=action,
-            site=site,
+            site=site or state.get("audit_site"),
             outcome=status,
             request_id=state.get("request_id", ""),
             study=ids.get("studies"),

@@ -77,6 +77,7 @@ async def _target(request: Request, depth: int) -> DeleteTarget:
         site = await _state(request).sites.site_for_study(
             uids[0], lambda name: principal.allows(name, Role.DELETE)
         )
+        request.state.audit_site = site  # web/audit.py: the record names the copy changed
         access.check(principal, site, Role.DELETE)
     return DeleteTarget(
         site,

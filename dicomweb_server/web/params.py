@@ -89,6 +89,7 @@ async def study_key(request: Request) -> StudyKey:
         site = await _state(request).sites.site_for_study(
             uid, lambda name: principal.allows(name, Role.READ)
         )
+        request.state.audit_site = site  # web/audit.py: the record names the copy served
         access.check(principal, site, Role.READ)
     return StudyKey(site, uid)
 
@@ -122,7 +123,10 @@ def query_value(request: Request, name: str) -> str | None:
 
 def accept_of(request: Request) -> str | None:
     """What the client accepts: the `accept` query parameter, which replaces the Accept header
-    when present (PS3.18 8.3.3.1: a link in a browser cannot set headers), else the header."""
+    when present (PS3.18 8.3.3.1: a link in a browser cannot set headers), else the header.
+
+    The response now depends on Accept: web/browser.py labels it `Vary: Accept`."""
+    request.state.vary_accept = True
     parameter = query_value(request, "accept")
     return parameter if parameter is not None else request.headers.get("accept")
 

@@ -399,3 +399,64 @@ async def test_issue17_audit_a_body_cut_after_its_200_is_recorded_as_a_failure(
     events = _events(await _bundle(client, f"{BASE}/audit?patient=P17-CUT"))
     retrieve = next(e for e in events if _action(e) == "retrieve")
     assert (retrieve["outcome"], retrieve.get("outcomeDesc")) == ("8", "HTTP 500")
+
+
+async def _key(app: Starlette, name: str, *grants: str) -> str:
+    from dicomweb_server.services.apikeys import ApiKeyService
+
+    issued = await ApiKeyService(app.state.backends.index).create_api_key(name, grants)
+    return issued.key
+
+
+def _as(app: Starlette, key: str) -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.AsyncClient(transport=transport, base_url=BASE, headers=headers)
+
+
+async def _records(app: Starlette, user: str) -> list[AuditRecord]:
+    page = await _audit(app).search(AuditQuery(user=user, limit=1000))
+    return page.records
+
+
+async def test_issue17_audit_enterprise_root_names_the_copy_served_or_deleted(
+    settings: Settings,
+) -> None:
+    """Two sites hold the same study: a root read is recorded under the site whose copy it
+    served, with that copy's patient, and a root delete under the site it deleted from."""
+    application = create_app(settings.replace(auth="apikey"))
+    async with application.router.lifespan_context(application):
+        await application.state.dicomweb.sites.add_site("beta")
+        loader = await _key(application, "loader", "default:write", "beta:write")
+        reader = await _key(application, "beta-reader", "beta:read")
+        deleter = await _key(application, "root-deleter", "*:delete")
+        ds = ct_dataset(patient_id="P17-DEFAULT-COPY")
+        study = ds.StudyInstanceUID
+        instance = f"{BASE}/studies/{study}/series/{ds.SeriesInstanceUID}"
+        instance += f"/instances/{ds.SOPInstanceUID}"
+        async with _as(application, loader) as client:
+            await _stow(client, [to_part10(ds)])
+            ds.PatientID = "P17-BETA-COPY"
+            await _stow(client, [to_part10(ds)], f"{BASE}/sites/beta")
+        async with _as(application, reader) as client:
+            served = await client.get(instance, headers={"Accept": "application/dicom"})
+            assert served.status_code == 200 and b"P17-BETA-COPY" in served.content
+            assert (await client.get(f"{instance}/metadata")).status_code == 200
+        await _audit(application).flush(close_rollups=True)
+        reads = await _records(application, "beta-reader")
+        assert sorted(r.action for r in reads) == ["retrieve", "view"]
+        for record in reads:
+            assert record.site == "beta"
+            assert record.studies == (AuditStudy(study, "beta", "P17-BETA-COPY", None),)
+
+        async with _as(application, deleter) as client:
+            assert (await client.delete(f"{BASE}/studies/{study}")).status_code == 204
+        # The default site's copy went (the one the root serves); beta's is still there
+        rows = await application.state.backends.index.study_patients(None, [study])
+        assert [row.site for row in rows] == ["beta"]
+        assert [row.patient_id for row in rows] == ["P17-BETA-COPY"]
+        await _audit(application).flush()
+        (deleted,) = await _records(application, "root-deleter")
+        assert deleted.action == "delete" and deleted.site == "default"
+        assert [s.site for s in deleted.studies] == ["default"]
+        assert "P17-BETA-COPY" not in {s.patient_id for s in deleted.studies}
