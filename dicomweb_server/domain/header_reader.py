@@ -181,8 +181,12 @@ def _dictionary_vr(tag: int) -> str | None:
         return None
 
 
-def _first_vr(tag: int) -> str:
-    """part10's name for an implicit-VR element: its dictionary VR's first choice, or UN."""
+def implicit_vr_shown(tag: int) -> str:
+    """The VR an implicit-VR element is shown with: OW for Pixel Data and Overlay Data, which
+    Implicit VR Little Endian always encodes as words (PS3.5 A.1), else its dictionary VR's
+    first choice, or UN."""
+    if tag == PIXEL_DATA or tag & 0xFF01FFFF == 0x60003000:
+        return "OW"
     vr = _dictionary_vr(tag)
     return "UN" if vr is None else vr.split(" or ")[0]
 
@@ -314,7 +318,7 @@ class _Reader:
             if self.implicit:
                 length, header = _u32(self.buf, rel + 4)[0], 8
                 vr = self.implicit_vr(tag, length, pos, out)
-                shown = vr if vr == "SQ" else _first_vr(tag)  # what part10's _vr_of says
+                shown = vr if vr == "SQ" else implicit_vr_shown(tag)  # as pydicom_header's
             else:
                 vr = _VR_NAMES.get(raw_vr, "")
                 if not vr:

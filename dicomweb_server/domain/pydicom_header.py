@@ -19,7 +19,12 @@ from pydicom.tag import BaseTag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from dicomweb_server.domain.attributes import tag_hex
-from dicomweb_server.domain.header_reader import EXTENDED_OFFSET_TABLE, PIXEL_DATA, PIXEL_TAGS
+from dicomweb_server.domain.header_reader import (
+    EXTENDED_OFFSET_TABLE,
+    PIXEL_DATA,
+    PIXEL_TAGS,
+    implicit_vr_shown,
+)
 from dicomweb_server.domain.header_types import (
     PREAMBLE_LENGTH,
     InvalidInstanceError,
@@ -287,11 +292,6 @@ def _to_json(
 
 def _vr_of(raw: Any, tag: int) -> str:
     vr = getattr(raw, "VR", None)
-    if vr:
+    if vr and " or " not in vr:
         return str(vr)
-    from pydicom.datadict import dictionary_VR
-
-    try:
-        return str(dictionary_VR(tag)).split(" or ")[0]
-    except KeyError:
-        return "UN"
+    return implicit_vr_shown(tag)  # read without a VR

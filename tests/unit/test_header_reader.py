@@ -404,3 +404,34 @@ def test_tricky_values_give_the_same_record(implicit: bool) -> None:
     del elements[0x00281101]
     data = _part10("1.2.840.10008.1.2" if implicit else "1.2.840.10008.1.2.1", _join(elements))
     assert same(data)
+
+
+@pytest.mark.parametrize(
+    ("implicit", "bits", "expected"),
+    [(True, 16, "OW"), (True, 8, "OW"), (False, 16, "OW"), (False, 8, "OB")],
+)
+def test_ps3_5_a_1_pixel_and_overlay_data_read_without_a_vr_are_words(
+    implicit: bool, bits: int, expected: str
+) -> None:
+    """Implicit VR Little Endian encodes Pixel Data and Overlay Data as OW whatever Bits
+    Allocated says (PS3.5 A.1); explicit VR files say which they used. Both paths agree."""
+    ds = ct_dataset(rows=4, columns=4)
+    if bits == 8:
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(16)
+        ds["PixelData"].VR = "OB"
+    for tag, vr, value in [
+        (0x60000010, "US", 4),  # Overlay Rows, Columns, Type, Origin, Bits Allocated, Position
+        (0x60000011, "US", 4),
+        (0x60000040, "CS", "G"),
+        (0x60000050, "SS", [1, 1]),
+        (0x60000100, "US", 1),
+        (0x60000102, "US", 0),
+    ]:
+        ds.add_new(tag, vr, value)
+    ds.add_new(0x60003000, "OW" if implicit or bits == 16 else "OB", bytes(2))
+    data = to_part10(ds, implicit=implicit)
+    same(data)  # implicit: the overlay's ambiguous VR is left to pydicom
+    metadata = orjson.loads(parse_part10(io.BytesIO(data), len(data), LIMITS).metadata)
+    assert metadata["7FE00010"]["vr"] == expected
+    assert metadata["60003000"]["vr"] == ("OW" if implicit else ds[0x60003000].VR)
