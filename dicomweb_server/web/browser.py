@@ -8,7 +8,8 @@ Three ASGI middlewares, outermost first (`add_browser_middleware` installs them)
   a viewer on any host can read while only configured origins may store.
 - `EntityTagMiddleware`: metadata and frames get a weak ETag (a hash of the body, the
   multipart boundary left out), Cache-Control, and a 304 for a matching If-None-Match.
-  Bodies above a bound are streamed through without a tag.
+  Bodies above a bound are streamed through without a tag. Any response whose handler
+  negotiated on Accept (web/params.py `accept_of`) gets `Vary: Accept`, its 304s too.
 - `CompressionMiddleware`: JSON bodies (QIDO, metadata, capabilities) as br or gzip when
   the client accepts it, streamed chunk by chunk. Multipart and images are never touched.
 """
@@ -63,10 +64,13 @@ def _origins(text: str) -> frozenset[str] | None:
 
 
 def _append_vary(headers: MutableHeaders, *names: str) -> None:
-    present = [v.strip() for v in headers.get("vary", "").split(",") if v.strip()]
-    for name in names:
-        if name.lower() not in (v.lower() for v in present):
-            present.append(name)
+    """Merge `names` into one Vary header (every Vary line the response has), each once."""
+    present: list[str] = []
+    for value in [*headers.getlist("vary"), *names]:
+        for name in value.split(","):
+            name = name.strip()
+            if name and name.lower() not in (v.lower() for v in present):
+                present.append(name)
     headers["Vary"] = ", ".join(present)
 
 
@@ -174,12 +178,12 @@ class EntityTagMiddleware:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _varying(scope, send)
         path = scope.get("path", "")
-        if (
-            scope["type"] != "http"
-            or scope.get("method") not in ("GET", "HEAD")
-            or not _TAGGED_PATHS.search(path)
-        ):
+        if scope.get("method") not in ("GET", "HEAD") or not _TAGGED_PATHS.search(path):
             await self.app(scope, receive, send)
             return
         immutable = bool(_INSTANCE_PATH.search(path))
@@ -249,6 +253,22 @@ class EntityTagMiddleware:
             await send({"type": "http.response.body", "body": b"".join(chunks)})
 
         await self.app(scope, receive, buffered)
+
+
+def _varying(scope: Scope, send: Send) -> Send:
+    """`send`, labelling the response `Vary: Accept` when its handler read what the client
+    accepts (params.accept_of leaves `vary_accept` in the request state): its body, or its
+    406, depends on Accept, and a cache must not give it to another Accept (RFC 9110 12.5.5).
+    A 304 is labelled too: it stands for the 200 it revalidates."""
+
+    async def labelled(message: Message) -> None:
+        if message["type"] == "http.response.start" and (scope.get("state") or {}).get(
+            "vary_accept"
+        ):
+            _append_vary(MutableHeaders(scope=message), "Accept")
+        await send(message)
+
+    return labelled
 
 
 def _weak_etag(body: bytes, content_type: str) -> str:

@@ -83,3 +83,49 @@ async def test_ps3_18_8_3_3_1_accept_parameter_is_no_matching_key_of_a_search(
         "/studies", params={"accept": "image/png"}, headers={"Accept": "application/json"}
     )
     assert refused.status_code == 406
+
+
+def _vary(response: httpx.Response) -> list[str]:
+    """Every name of every Vary line, as sent."""
+    return [name.strip() for line in response.headers.get_list("vary") for name in line.split(",")]
+
+
+async def test_rfc_9110_12_5_5_every_negotiated_response_varies_on_accept(
+    client: httpx.AsyncClient, ct: str, rle: str
+) -> None:
+    study = ct.split("/series/")[0]
+    for path, accept in (
+        (f"{ct}/frames/1", OCTETS),
+        (f"{ct}/frames/1", RLE),
+        (f"{ct}/frames/1,2", OCTETS),
+        (ct, 'multipart/related; type="application/dicom"'),
+        (ct, "application/dicom"),
+        (study, "application/zip"),
+        (f"{ct}/metadata", "application/dicom+json"),
+        (f"{study}/metadata", "application/json"),
+        (f"{rle}/bulkdata/7FE00010", "*/*"),
+        ("/studies", "application/dicom+json"),
+        (f"{ct}/rendered", "image/png"),  # labelled by its handler: still once
+    ):
+        response = await client.get(path, headers={"Accept": accept})
+        assert response.status_code == 200, (path, accept)
+        vary = _vary(response)  # httpx accepts gzip: JSON may vary on Accept-Encoding too
+        assert "Accept" in vary and len(vary) == len(set(vary)), (path, accept)
+    refused = await client.get(f"{ct}/frames/1", headers={"Accept": "image/png"})
+    assert refused.status_code == 406 and "Accept" in _vary(refused)
+    assert "Accept" not in _vary(await client.get("/changefeed"))  # one type: no negotiation
+
+
+async def test_rfc_9110_12_5_5_a_304_varies_as_its_200_and_vary_is_merged_once(
+    client: httpx.AsyncClient, ct: str
+) -> None:
+    first = await client.get(f"{ct}/frames/1", headers={"Accept": OCTETS})
+    cached = await client.get(
+        f"{ct}/frames/1", headers={"Accept": OCTETS, "If-None-Match": first.headers["etag"]}
+    )
+    assert cached.status_code == 304 and _vary(cached) == ["Accept"]
+    zipped = await client.get(
+        "/instances", params={"includefield": "all"}, headers={"Accept-Encoding": "gzip"}
+    )
+    assert zipped.headers["content-encoding"] == "gzip"
+    assert sorted(_vary(zipped)) == ["Accept", "Accept-Encoding"]
