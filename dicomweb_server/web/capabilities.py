@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
+from dicomweb_server.codecs.media_types import FRAME_MEDIA_TYPES
 from dicomweb_server.codecs.video import VIDEO_MEDIA_TYPES
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.attributes import (
@@ -63,9 +64,8 @@ _WADL_NS = "http://wadl.dev.java.net/2009/02"
 _OUR_NS = "urn:dicomweb-server:capabilities"  # our additions inside WADL <doc> elements
 _DICOM_JSON = "application/dicom+json"
 _DICOM_PARTS = 'multipart/related; type="application/dicom"'
-_OCTET_PARTS = 'multipart/related; type="application/octet-stream"'
 _ZIP = "application/zip"
-_QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset")
+_QIDO_PARAMS = ("{attributeID}", "includefield", "fuzzymatching", "limit", "offset", "accept")
 # Statuses any resource may answer (PS3.18 8.5): bad request (e.g. a malformed UID), not
 # acceptable, request timeout, and the server-side failures.
 _COMMON_STATUSES = (400, 401, 403, 406, 408, 500, 503)  # 401/403: access control
@@ -91,7 +91,8 @@ def _search(name: str) -> Operation:
 
 
 def _retrieve(name: str, produces: tuple[str, ...], statuses: tuple[int, ...]) -> Operation:
-    return Operation(name, "10.4", (), produces, statuses)
+    """Metadata, frames and bulk data: the `accept` parameter replaces Accept (8.3.3.1)."""
+    return Operation(name, "10.4", (), produces, statuses, ("accept",))
 
 
 def _instances(name: str, single: bool = False) -> Operation:
@@ -108,7 +109,11 @@ _RENDERED_PARTS = tuple(f'multipart/related; type="{media}"' for media in _RENDE
 # multipart/related; rendered video uses Table 8.7.4-1's names (video/mpeg, not video/mpeg2).
 _VIDEO = tuple(dict.fromkeys(m for types in VIDEO_MEDIA_TYPES.values() for m in types))
 _RENDERED_VIDEO = tuple(m for m in _VIDEO if m != "video/mpeg2")
-_BULKDATA = (_OCTET_PARTS, *_VIDEO, *DOCUMENT_MEDIA_TYPES)
+# Frames (PS3.18 8.7.3.5): every media type of the codec registry's table, each served as
+# stored, and produced from another syntax where `transferSyntaxes` says transcodeTo. Bulk
+# data is sent as stored: octet-stream, or encapsulated Pixel Data in its own media type.
+_FRAME_PARTS = tuple(f'multipart/related; type="{media}"' for media in FRAME_MEDIA_TYPES)
+_BULKDATA = (*_FRAME_PARTS, *_VIDEO, *DOCUMENT_MEDIA_TYPES)
 _RENDERED_INSTANCE = (*_RENDERED, *_RENDERED_VIDEO, *DOCUMENT_MEDIA_TYPES)
 _RENDERED_PARAMS = ("accept", "window", "viewport", "quality", "annotation", "iccprofile")
 
@@ -157,7 +162,7 @@ _OPERATIONS: dict[str, Operation] = {
     "retrieve_instance_metadata": _retrieve(
         "Retrieve Instance Metadata", (_DICOM_JSON, JSON), (200, 404, 406)
     ),
-    "retrieve_instance_frames": _retrieve("Retrieve Frames", (_OCTET_PARTS,), (200, 400, 404, 406)),
+    "retrieve_instance_frames": _retrieve("Retrieve Frames", _FRAME_PARTS, (200, 400, 404, 406)),
     "retrieve_bulkdata": _retrieve("Retrieve Bulkdata", _BULKDATA, (200, 206, 304, 404, 406, 416)),
     "retrieve_rendered_study": _rendered("Retrieve Rendered Study", _RENDERED_PARTS),
     "retrieve_rendered_series": _rendered("Retrieve Rendered Series", _RENDERED_PARTS),

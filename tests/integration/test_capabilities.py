@@ -229,3 +229,57 @@ async def test_options_with_an_unproducible_accept_is_406(client: httpx.AsyncCli
 def test_wadl_matches_the_pattern_of_the_statement() -> None:
     text = STATEMENT.read_text()
     assert re.search(r"application/vnd\.sun\.wadl\+xml", text)
+
+
+async def test_8_9_frames_and_bulk_data_list_every_media_type_they_serve(
+    client: httpx.AsyncClient,
+) -> None:
+    """What a client is told it may ask for is what it gets: every frame media type the codec
+    registry can produce, and bulk data's stored compressed types (issue: only octet-stream
+    was listed while image/jpeg, image/jls, image/jp2 and image/dicom-rle were served)."""
+    from dicomfiles import ct_dataset, parse_multipart, to_part10, uid
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+    from test_wado import _store
+
+    from dicomweb_server.codecs.media_types import FRAME_MEDIA_TYPES
+    from dicomweb_server.codecs.registry import can_encode
+
+    ds = ct_dataset(uid(), uid(), instance_number=1, seed=1, frames=1)
+    rle_path = get_testdata_file("SC_rgb_rle_2frame.dcm")
+    rle = dcmread(rle_path)
+    with open(rle_path, "rb") as handle:
+        await _store(client, [to_part10(ds), handle.read()])
+    document = (await client.options("/", headers={"Accept": "application/json"})).json()
+    wadl = ET.fromstring((await client.options("/")).content)
+
+    def listed(suffix: str) -> set[str]:
+        (resource,) = (r for r in document["resources"] if r["path"].endswith(suffix))
+        (get,) = (m for m in resource["methods"] if m["name"] == "GET")
+        options = {
+            o.get("value")
+            for r in wadl.iter(f"{WADL_NS}resource")
+            if r.get("path") == suffix.rsplit("/", 1)[-1]
+            for o in r.findall(f"{WADL_NS}method/{WADL_NS}request/{WADL_NS}param/{WADL_NS}option")
+        }
+        assert set(get["produces"]) <= options, suffix
+        return set(get["produces"])
+
+    frames = listed("/frames/{frames}")
+    served = set()
+    url = f"/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+    for media, syntaxes in FRAME_MEDIA_TYPES.items():
+        for syntax in filter(can_encode, syntaxes):
+            accept = f'multipart/related; type="{media}"; transfer-syntax={syntax}'
+            response = await client.get(f"{url}/frames/1", headers={"Accept": accept})
+            if response.status_code == 200:  # a codec may refuse 16-bit CT: that is a 406
+                served.add(f'multipart/related; type="{media}"')
+    assert {'multipart/related; type="image/jpeg"', 'multipart/related; type="image/jp2"'} <= served
+    assert served <= frames
+    bulk = await client.get(
+        f"/studies/{rle.StudyInstanceUID}/series/{rle.SeriesInstanceUID}"
+        f"/instances/{rle.SOPInstanceUID}/bulkdata/7FE00010"
+    )
+    (part, _), *_ = parse_multipart(bulk.content, bulk.headers["content-type"])
+    part_type = part["content-type"].split(";")[0]
+    assert f'multipart/related; type="{part_type}"' in listed("/bulkdata/{path}")
