@@ -5,7 +5,8 @@ and 8.6.1.1: a single-part media type, `*/*` or no Accept gets the body alone, w
 transfer-syntax parameter (8.7.4, 10.5.1); `multipart/related; type=...` gets a multipart body
 of one part. Either way the length is known, so a Range header (RFC 9110 14.2) selects bytes:
 `206` with Content-Range (a single part: the bytes alone, as browsers expect when they seek
-video), `416` when unsatisfiable; If-Range with another entity tag gets the whole body.
+video), `416` when unsatisfiable; If-Range with another entity tag, several ranges or a unit
+other than bytes get the whole body.
 """
 
 from __future__ import annotations
@@ -28,11 +29,23 @@ from dicomweb_server.web.multipart import (
 )
 from dicomweb_server.web.negotiation import WantedMedia
 
-__all__ = ["byte_range", "if_none_match", "logged_stream", "media_response"]
+__all__ = ["byte_range", "if_none_match", "logged_stream", "media_response", "single_byte_range"]
 
 _Chunk = TypeVar("_Chunk", bound=bytes | memoryview)
 log = logging.getLogger("dicomweb_server.retrieve")
 _RANGE_RE = re.compile(r"bytes=(\d{0,15})-(\d{0,15})")
+
+
+def single_byte_range(header: str | None) -> str | None:
+    """The Range header when it asks for one range of bytes, else None: the whole body is sent
+    (RFC 9110 14.2: a range unit the server does not know is ignored, and a server may answer
+    several ranges with the whole representation)."""
+    if header is None:
+        return None
+    unit, _, ranges = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in ranges:
+        return None
+    return header
 
 
 def byte_range(header: str, total: int) -> tuple[int, int] | None:
@@ -91,7 +104,7 @@ def media_response(
     if if_none_match(request.headers.get("if-none-match"), body.etag):
         return Response(status_code=304, headers=headers)
     start, length, status = 0, body.length, 200
-    range_header = request.headers.get("range")
+    range_header = single_byte_range(request.headers.get("range"))
     if range_header is not None and _if_range_holds(request.headers.get("if-range"), body.etag):
         selected = byte_range(range_header, body.length)
         if selected is None:
@@ -115,8 +128,8 @@ def media_response(
     part = {"Content-Type": body.media_type}
     if body.transfer_syntax_uid is not None:
         part["Content-Type"] += f"; transfer-syntax={body.transfer_syntax_uid}"
-    if status == 206:
-        part["Content-Range"] = content_range
+    if status == 206:  # one range: said for the response too (RFC 9110 15.3.7.1)
+        part["Content-Range"] = headers["Content-Range"] = content_range
     boundary = new_boundary()
     framing = multipart_framing([part], boundary)
     headers["Content-Length"] = str(sum(map(len, framing)) + length)

@@ -18,7 +18,12 @@ from dicomweb_server.services.metadata_documents import MetadataDocument
 from dicomweb_server.services.retrieve import OCTET_STREAM_MEDIA_TYPE, media_type_of
 from dicomweb_server.web.browser import weak_etag
 from dicomweb_server.web.errors import error_response
-from dicomweb_server.web.media import byte_range, logged_stream, media_response
+from dicomweb_server.web.media import (
+    byte_range,
+    logged_stream,
+    media_response,
+    single_byte_range,
+)
 from dicomweb_server.web.multipart import (
     iter_multipart,
     multipart_content_type,
@@ -325,7 +330,8 @@ _PIXEL_DATA_PATH = "7FE00010"
 async def retrieve_bulkdata(request: Request) -> Response:
     """GET .../instances/{instance}/bulkdata/{path}: values behind BulkDataURIs.
 
-    A Range header (RFC 9110 14.2) selects bytes of one value: 206 with one part.
+    A Range header (RFC 9110 14.2) of one range of bytes selects bytes of one value: 206 with
+    one part and Content-Range; several ranges or another unit get the whole value.
     Frames of encapsulated Pixel Data are labelled with their stored media type. Video
     Pixel Data and an Encapsulated Document are one body each (`_media_bulkdata`).
     """
@@ -338,9 +344,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
             return media
     wanted = accept_frames(accept_of(request))
     boundary = new_boundary()
-    range_header = request.headers.get("range")
-    if range_header is not None and "," in range_header:
-        range_header = None  # several ranges: RFC 9110 14.2 lets a server send the whole value
+    range_header = single_byte_range(request.headers.get("range"))
     if range_header is not None:
         instance, offset, length = await state.retrieve.bulk_span(key, path)
         selected = byte_range(range_header, length)
@@ -360,10 +364,13 @@ async def retrieve_bulkdata(request: Request) -> Response:
                 state.retrieve.iter_range(instance, offset + start, size),
             )
 
+        # One range: the response says it too (RFC 9110 15.3.7.1), its body still the one part
+        # PS3.18 frames bulk data in.
         return StreamingResponse(
             logged_stream(iter_multipart(ranged(), boundary)),
             status_code=206,
             media_type=multipart_content_type(OCTET_STREAM_MEDIA_TYPE, boundary),
+            headers={"Content-Range": content_range},
         )
     instance, values = await state.retrieve.read_bulk(key, path)
     syntax = instance.transfer_syntax_uid

@@ -129,3 +129,39 @@ async def test_rfc_9110_12_5_5_a_304_varies_as_its_200_and_vary_is_merged_once(
     )
     assert zipped.headers["content-encoding"] == "gzip"
     assert sorted(_vary(zipped)) == ["Accept", "Accept-Encoding"]
+
+
+async def test_rfc_9110_14_2_ranges_of_bulk_data(client: httpx.AsyncClient, ct: str) -> None:
+    """One range of bytes: 206, Content-Range on the response and on its one part (15.3.7.1);
+    another unit is ignored and several ranges get the whole value, both 200."""
+    url = f"{ct}/bulkdata/7FE00010"
+    whole = parse_multipart(*_body(await client.get(url)))[0][1]
+    ranged = await client.get(url, headers={"Range": "bytes=0-9"})
+    assert ranged.status_code == 206
+    assert ranged.headers["content-range"] == f"bytes 0-9/{len(whole)}"
+    ((part, data),) = parse_multipart(*_body(ranged))
+    assert part["content-range"] == ranged.headers["content-range"] and data == whole[:10]
+    for header in ("items=0-5", "bytes=0-9,20-29"):
+        response = await client.get(url, headers={"Range": header})
+        assert response.status_code == 200, header
+        assert "content-range" not in response.headers, header
+        assert parse_multipart(*_body(response))[0][1] == whole, header
+
+
+async def test_rfc_9110_14_2_ranges_of_a_document(client: httpx.AsyncClient) -> None:
+    from test_video_pdf import _document, _path, _pdf
+
+    pdf = _pdf()
+    ds = _document(pdf, "application/pdf", "1.2.840.10008.5.1.4.1.1.104.1")
+    await _store(client, [to_part10(ds)])
+    url = _path(ds, "/bulkdata/00420011")
+    for accept in ("application/pdf", 'multipart/related; type="application/pdf"'):
+        ranged = await client.get(url, headers={"Accept": accept, "Range": "bytes=2-5"})
+        assert ranged.status_code == 206, accept
+        assert ranged.headers["content-range"] == f"bytes 2-5/{len(pdf)}", accept
+        ignored = await client.get(url, headers={"Accept": accept, "Range": "items=0-1"})
+        assert ignored.status_code == 200 and "content-range" not in ignored.headers, accept
+
+
+def _body(response: httpx.Response) -> tuple[bytes, str]:
+    return response.content, response.headers["content-type"]
