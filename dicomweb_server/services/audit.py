@@ -10,7 +10,9 @@ full) and:
    DICOMWEB_AUDIT_ROLLUP_SECONDS old (or when the server stops), so a viewer's thousand frame
    requests are one readable line of the trail;
 2. resolves the PatientID (and issuer) of every study in the batch with one index query per
-   site, never a query per request;
+   site, never a query per request: a roll-up's when it opens (a few seconds after its first
+   read, not when it is written), and a deletion's, captured by its handler while the study
+   still existed (`patients_of`), also fills in the records of that study queued before it;
 3. appends the batch in one transaction (kept and retried while the index is down, within the
    same bound), then hands it to the syslog forwarder, if any;
 4. about once an hour, removes records older than DICOMWEB_AUDIT_RETENTION_DAYS (one process at
@@ -94,6 +96,8 @@ class AuditSettings:
 class _RollUp:
     first: AuditEvent
     end_time: float
+    study: AuditStudy  # with its patient once resolved
+    resolved: bool = False  # looked up in the index (found or not)
     counts: dict[str, int] = field(default_factory=dict)
     series: dict[str, None] = field(default_factory=dict)
     instances: dict[str, None] = field(default_factory=dict)
@@ -172,6 +176,23 @@ class AuditService:
         return self._settings.default_site
 
     # -- the request path ------------------------------------------------------------------
+
+    async def patients_of(
+        self, site: str, study_instance_uids: Sequence[str]
+    ) -> dict[str, tuple[str, str | None]]:
+        """{StudyInstanceUID: (PatientID, IssuerOfPatientID)} of the studies the site holds:
+        what a handler about to delete them leaves for its record (`AuditEvent.patients`).
+        Empty when the index cannot say: the record is then resolved when written."""
+        try:
+            rows = await self._log.study_patients(site, study_instance_uids)
+        except DicomwebError as exc:
+            log.warning("audit: the patients of a deletion were not resolved: %s", exc.reason)
+            return {}
+        return {
+            row.study_instance_uid: (row.patient_id, row.issuer_of_patient_id)
+            for row in rows
+            if row.patient_id is not None
+        }
 
     def record(self, event: AuditEvent) -> None:
         """Queue an event for the writer; when the queue is full, count it as dropped."""
@@ -275,6 +296,8 @@ class AuditService:
             now = time.time() if now is None else now
             while self._queue:
                 event = self._queue.popleft()
+                if event.patients:
+                    self._fill_in_patients(_site(event.site), event.patients)
                 if event.action in ROLLED_UP and event.study and self._settings.rollup_seconds:
                     self._roll_up(event)
                 else:
@@ -283,17 +306,21 @@ class AuditService:
             for key, rollup in list(self._rollups.items()):
                 if close_rollups or now - rollup.first.time >= window:
                     self._pending.append(_rollup_record(self._rollups.pop(key)))
+            # Roll-ups opened since the last turn: their patient now, while their study exists
+            fresh = [rollup for rollup in self._rollups.values() if not rollup.resolved]
             overflow = len(self._pending) - self._settings.queue_limit
             if overflow > 0:
                 del self._pending[:overflow]
                 self._drop(overflow)
             if not self._pending:
+                await self._resolve_patients((), fresh)
                 return 0
             written = 0
             while self._pending:
                 batch = self._pending[: self._settings.batch_size]
                 try:
-                    await self._resolve_patients(batch)
+                    await self._resolve_patients(batch, fresh)
+                    fresh = []
                     await self._log.append_audit_records(batch)
                 except DicomwebError:
                     raise  # the index is down: kept, and retried on the next turn
@@ -320,17 +347,62 @@ class AuditService:
             if len(self._rollups) >= MAX_OPEN_ROLLUPS:
                 oldest = min(self._rollups, key=lambda k: self._rollups[k].first.time)
                 self._pending.append(_rollup_record(self._rollups.pop(oldest)))
-            rollup = self._rollups[key] = _RollUp(event, event.time)
+            study = AuditStudy(_uid(event.study), _site(event.site))
+            rollup = self._rollups[key] = _RollUp(event, event.time, study)
         rollup.add(event)
 
-    async def _resolve_patients(self, records: Sequence[AuditRecord]) -> None:
-        """Fill in each study's patient (and, at the enterprise root, its site): one index
-        query per site over the distinct studies of the batch."""
+    def _fill_in_patients(
+        self, site: str | None, patients: dict[str, tuple[str, str | None]]
+    ) -> None:
+        """A deletion's patients (captured before its rows went) for the records of those
+        studies at that site still waiting for theirs: they were queued before it."""
+        known = {_uid(uid): patient for uid, patient in patients.items()}
+
+        def filled(study: AuditStudy) -> AuditStudy:
+            if (
+                study.patient_id is None
+                and study.site == site
+                and study.study_instance_uid in known
+            ):
+                return AuditStudy(study.study_instance_uid, site, *known[study.study_instance_uid])
+            return study
+
+        for record in self._pending:
+            record.studies = tuple(filled(study) for study in record.studies)
+        for rollup in self._rollups.values():
+            rollup.study = filled(rollup.study)
+
+    async def _resolve_patients(
+        self, records: Sequence[AuditRecord], rollups: Sequence[_RollUp] = ()
+    ) -> None:
+        """Fill in each study's patient (and, at the enterprise root, its site) in records and
+        roll-ups: one index query per site over the distinct studies of the batch."""
         wanted: dict[str | None, set[str]] = {}
+        studies = [study for record in records for study in record.studies]
+        for study in [*studies, *(rollup.study for rollup in rollups)]:
+            if study.patient_id is None and study.study_instance_uid != "invalid":
+                wanted.setdefault(study.site, set()).add(study.study_instance_uid)
+        found = await self._find_patients(wanted) if wanted else {}
+        for rollup in rollups:
+            study = rollup.study
+            if study.patient_id is None:
+                rollup.study = found.get((study.site, study.study_instance_uid), study)
+            rollup.resolved = True
         for record in records:
-            for study in record.studies:
-                if study.patient_id is None:
-                    wanted.setdefault(study.site, set()).add(study.study_instance_uid)
+            if not any(s.patient_id is None for s in record.studies):
+                continue
+            record.studies = tuple(
+                found.get((s.site, s.study_instance_uid), s) if s.patient_id is None else s
+                for s in record.studies
+            )
+            if record.site is None and len(record.studies) == 1:
+                record.site = record.studies[0].site
+
+    async def _find_patients(
+        self, wanted: dict[str | None, set[str]]
+    ) -> dict[tuple[str | None, str], AuditStudy]:
+        """{(site, study): the study with its patient} for the studies wanted at each site
+        (None: at the enterprise root), one index query per site."""
         found: dict[tuple[str | None, str], AuditStudy] = {}
         for site, uids in wanted.items():
             rows = await self._log.study_patients(site, sorted(uids))
@@ -347,15 +419,7 @@ class AuditService:
                 chosen = choose_site(sorted(holding), self._settings.default_site)
                 if chosen is not None:
                     found[(None, uid)] = holding[chosen]
-        for record in records:
-            if not any(s.patient_id is None for s in record.studies):
-                continue
-            record.studies = tuple(
-                found.get((s.site, s.study_instance_uid), s) if s.patient_id is None else s
-                for s in record.studies
-            )
-            if record.site is None and len(record.studies) == 1:
-                record.site = record.studies[0].site
+        return found
 
     # -- reading and expiry ----------------------------------------------------------------
 
@@ -467,8 +531,9 @@ def _single_record(event: AuditEvent) -> AuditRecord:
 def _rollup_record(rollup: _RollUp) -> AuditRecord:
     first = rollup.first
     record = replace(_base_record(first), end_time=rollup.end_time, action=str(AuditAction.VIEW))
-    assert first.study is not None
-    record.studies = (AuditStudy(_uid(first.study), _site(first.site)),)
+    record.studies = (rollup.study,)
+    if record.site is None:
+        record.site = rollup.study.site
     record.series = tuple(rollup.series)
     record.instances = tuple(rollup.instances)
     record.counts = dict(sorted(rollup.counts.items()))

@@ -13,9 +13,10 @@ site whose copy it served or changed in `scope["state"]["audit_site"]` (web/para
 web/delete.py), so the record names that site and its patient, never a guess made when the
 record is written. The STOW handler leaves the stored studies in
 `scope["state"]["audit_studies"]`, the QIDO handler the number of results in
-`scope["state"]["audit_results"]`. A handler that deletes studies leaves their patients in
-`scope["state"]["audit_patients"]` ({StudyInstanceUID: (PatientID, IssuerOfPatientID)}), as
-the index no longer has them when the record is written.
+`scope["state"]["audit_results"]`. A handler that deletes or rejects leaves the patient of
+the study, read before it changed it, in `scope["state"]["audit_patients"]`
+({StudyInstanceUID: (PatientID, IssuerOfPatientID)}, web/delete.py), as the index may no
+longer have it when the record is written.
 """
 
 from __future__ import annotations

@@ -79,6 +79,8 @@ async def _target(request: Request, depth: int) -> DeleteTarget:
         )
         request.state.audit_site = site  # web/audit.py: the record names the copy changed
         access.check(principal, site, Role.DELETE)
+    # web/audit.py: the patient of what is deleted, read while its rows still exist
+    request.state.audit_patients = await _state(request).audit.patients_of(site, uids[:1])
     return DeleteTarget(
         site,
         uids[0],

@@ -20,6 +20,7 @@ from starlette.applications import Starlette
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.audit import AuditQuery, AuditRecord, AuditStudy
+from dicomweb_server.domain.lifecycle import DeleteTarget
 from dicomweb_server.errors import BackendUnavailableError
 from dicomweb_server.services.audit import AuditService
 
@@ -460,3 +461,47 @@ async def test_issue17_audit_enterprise_root_names_the_copy_served_or_deleted(
         assert deleted.action == "delete" and deleted.site == "default"
         assert [s.site for s in deleted.studies] == ["default"]
         assert "P17-BETA-COPY" not in {s.patient_id for s in deleted.studies}
+
+
+async def test_issue17_audit_records_of_a_deleted_study_keep_its_patient(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """The store, the reads and the delete of a study deleted before their records are
+    written still name its patient: it is captured while the study exists."""
+    ds = ct_dataset(patient_id="P17-GONE")
+    study = ds.StudyInstanceUID
+    instance = f"{BASE}/sites/south/studies/{study}/series/{ds.SeriesInstanceUID}"
+    instance += f"/instances/{ds.SOPInstanceUID}"
+    await app.state.dicomweb.sites.add_site("south")
+    await _stow(client, [to_part10(ds)], f"{BASE}/sites/south")
+    assert (await client.get(f"{instance}/metadata")).status_code == 200
+    await _audit(app).flush()  # the roll-up of image reads is open, not written
+    assert (await client.get(f"{instance}/thumbnail")).status_code == 200
+    served = await client.get(instance, headers={"Accept": "application/dicom"})
+    assert served.status_code == 200
+    assert (await client.delete(f"{BASE}/sites/south/studies/{study}")).status_code == 204
+    await _audit(app).flush(close_rollups=True)
+    records = (await _audit(app).search(AuditQuery(study_instance_uid=study))).records
+    assert sorted(r.action for r in records) == ["delete", "retrieve", "store", "view"]
+    for record in records:
+        assert record.studies == (AuditStudy(study, "south", "P17-GONE", None),), record.action
+
+    again = ct_dataset(patient_id="P17-GONE-TOO")  # stored and deleted within one turn
+    await _stow(client, [to_part10(again)])
+    deleted = await client.delete(f"{BASE}/studies/{again.StudyInstanceUID}")
+    assert deleted.status_code == 204
+    await _audit(app).flush()
+    page = await _audit(app).search(AuditQuery(patient_id="P17-GONE-TOO"))
+    assert sorted(r.action for r in page.records) == ["delete", "store"]
+
+    # Deleted by another process while a viewer's roll-up is open: it resolved on opening
+    other = ct_dataset(patient_id="P17-GONE-ELSEWHERE")
+    await _stow(client, [to_part10(other)])
+    viewed = await client.get(f"{BASE}/studies/{other.StudyInstanceUID}/metadata")
+    assert viewed.status_code == 200
+    await _audit(app).flush()
+    target = DeleteTarget("default", other.StudyInstanceUID)
+    await app.state.dicomweb.delete.delete(target, who="another process")
+    await _audit(app).flush(close_rollups=True)
+    page = await _audit(app).search(AuditQuery(patient_id="P17-GONE-ELSEWHERE"))
+    assert sorted(r.action for r in page.records) == ["store", "view"]
