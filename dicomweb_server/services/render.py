@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -57,7 +56,7 @@ __all__ = ["RenderService", "Rendering"]
 log = logging.getLogger("dicomweb_server.render")
 _VERSION = "r1"  # part of every entity tag and cache key: bump when output pixels change
 _MAX_ANIMATED_FRAMES = 256  # frames decoded into one animated GIF (all held in memory)
-_REPRESENTATIVE_TTL = 30.0  # seconds a series' or study's chosen instance is remembered
+_REPRESENTATIVES = 4096  # series and studies whose chosen instance is remembered
 _SPOOL_MEMORY = 8 << 20
 _ATTRIBUTES_MEMO = 1024  # instances whose rendering attributes are kept in memory
 
@@ -89,7 +88,7 @@ class RenderService:
     memory_cache_bytes: int = 32 << 20
     _memory: MemoryCache = field(init=False)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
-    _representatives: dict[tuple[str, ...], tuple[float, StoredInstance]] = field(
+    _representatives: dict[tuple[str, ...], tuple[int, StoredInstance]] = field(
         default_factory=dict, init=False
     )
     _attributes_memo: OrderedDict[str, ImageAttributes] = field(
@@ -165,8 +164,11 @@ class RenderService:
         *,
         persistent: bool,
     ) -> Rendering:
-        if instance.number_of_frames == 0:
-            raise NotFoundError(f"instance {instance.key.sop_instance_uid} has no pixel data")
+        if instance.number_of_frames == 0:  # a structured report, a waveform: no image
+            raise NotAcceptableError(
+                f"instance {instance.key.sop_instance_uid} has no pixel data to render as"
+                f" {options.media_type}"
+            )
         if frames is None:
             animated = options.media_type == "image/gif" and instance.number_of_frames > 1
             frames = list(range(1, instance.number_of_frames + 1)) if animated else [1]
@@ -194,21 +196,18 @@ class RenderService:
     ) -> StoredInstance:
         """The middle image of a series, or of a study's first series with images.
 
-        Remembered for a short while, so a cached thumbnail costs no index scan; the
-        remembered instance is looked up again (one row by key), so an instance deleted
-        meanwhile, by this process or another, is never planned (issue 18).
+        Remembered by the study's version, which moves with every instance stored, deleted,
+        rejected or restored in it, by this process or another: a cached thumbnail costs one
+        point read, and a series that grows shows its new middle image at once (issue 18).
         """
         memo_key = (study.site, study.study_instance_uid, series_instance_uid or "")
-        now = time.monotonic()
+        versions = await self.retrieve.index.study_versions(
+            (study.site,), study.study_instance_uid
+        )
+        version = versions.get(study.site)
         remembered = self._representatives.get(memo_key)
-        if remembered is not None and remembered[0] > now:
-            try:
-                current = await self.retrieve.get_instance(remembered[1].key)
-            except NotFoundError:
-                current = None
-            if current is not None and current.blob_key == remembered[1].blob_key:
-                return current
-            self._representatives.pop(memo_key, None)
+        if remembered is not None and version is not None and remembered[0] == version:
+            return remembered[1]
         instances = await self.retrieve.iter_instances(study, series_instance_uid)
         images: list[StoredInstance] = []
         document: StoredInstance | None = None  # shown when there is no image at all
@@ -229,9 +228,10 @@ class RenderService:
             raise NotFoundError(f"the {level} has no instance with pixel data or a document")
         chosen = images[(len(images) - 1) // 2] if images else document
         assert chosen is not None
-        if len(self._representatives) > 4096:
-            self._representatives.clear()
-        self._representatives[memo_key] = (now + _REPRESENTATIVE_TTL, chosen)
+        if version is not None:  # read before the instances: never newer than they are
+            if len(self._representatives) >= _REPRESENTATIVES:
+                self._representatives.clear()
+            self._representatives[memo_key] = (version, chosen)
         return chosen
 
     # -- producing -------------------------------------------------------------------------

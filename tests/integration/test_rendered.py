@@ -130,6 +130,22 @@ async def test_unsupported_values_are_400_with_a_reason(client, stored) -> None:
         assert reason in response.json()["reason"], query
 
 
+async def test_an_instance_without_pixel_data_renders_as_nothing_acceptable(client) -> None:  # type: ignore[no-untyped-def]
+    """A structured report has nothing to render: 406 with the reason (PS3.18 8.3.5, as the
+    README says), not a 404 that would say the instance is not there."""
+    ds = ct_dataset()
+    del ds.PixelData
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"  # Basic Text SR
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.Modality = "SR"
+    await _store(client, [to_part10(ds)])
+    for suffix in ("/rendered", "/thumbnail", "/frames/1/rendered"):
+        response = await client.get(_path(ds, suffix))
+        assert response.status_code == 406, (suffix, response.text)
+        assert "no pixel data" in response.json()["reason"]
+    assert (await client.get(_path(ds, "/metadata"))).status_code == 200
+
+
 async def test_missing_frames_and_instances_are_404(client, stored) -> None:  # type: ignore[no-untyped-def]
     ds = stored[2][0]
     assert (await client.get(_path(ds, "/frames/2/rendered"))).status_code == 404
@@ -188,6 +204,29 @@ async def test_thumbnails_at_every_level_are_small_and_honour_the_viewport(clien
         _path(datasets[1], "/frames/2/thumbnail"), params={"viewport": "8,8", "accept": "image/png"}
     )
     assert sized.content == middle.content
+
+
+async def test_a_series_thumbnail_follows_its_middle_image_as_the_series_grows(
+    client, stored
+) -> None:  # type: ignore[no-untyped-def]
+    """The representative instance is remembered by the study's version, not for a while: a
+    client revalidating after more instances arrive gets the new middle image, not a 304."""
+    study, series, datasets = stored
+    path = f"/studies/{study}/series/{series}/thumbnail"
+    params = {"viewport": "8,8", "accept": "image/png"}
+    before = await client.get(path, params=params)
+    assert before.status_code == 200
+    again = await client.get(path, params=params, headers={"If-None-Match": before.headers["etag"]})
+    assert again.status_code == 304  # nothing changed: remembered
+    more = [ct_dataset(study, series, instance_number=n, seed=n) for n in (4, 5, 6, 7)]
+    for ds in more:
+        ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    await _store(client, [to_part10(ds) for ds in more])
+    after = await client.get(path, params=params, headers={"If-None-Match": before.headers["etag"]})
+    assert after.status_code == 200, "the old middle image was revalidated"
+    middle = await client.get(_path(more[0], "/thumbnail"), params=params)  # 4 of 1..7
+    assert after.content == middle.content
+    assert after.headers["etag"] == middle.headers["etag"]
 
 
 async def test_thumbnail_is_cached_in_the_blob_store_and_revalidates(client, stored, app) -> None:  # type: ignore[no-untyped-def]
