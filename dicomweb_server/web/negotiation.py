@@ -9,7 +9,9 @@ from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.services.frame_formats import WantedFrames
 
 __all__ = [
+    "DICOM_JSON",
     "EXPLICIT_VR_LITTLE_ENDIAN",
+    "JSON",
     "MAX_ACCEPT_LENGTH",
     "MAX_ACCEPT_RANGES",
     "ZIP",
@@ -24,6 +26,8 @@ __all__ = [
     "parse_accept",
 ]
 
+DICOM_JSON = "application/dicom+json"
+JSON = "application/json"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
 MAX_ACCEPT_LENGTH = 8192  # characters of an Accept header (or the `accept` parameter)
 MAX_ACCEPT_RANGES = 64  # media ranges in one Accept header
@@ -211,14 +215,15 @@ def accept_frames(header: str | None) -> list[WantedFrames]:
     return wanted
 
 
-def accept_json(header: str | None) -> None:
-    """QIDO and metadata answer application/dicom+json (or application/json)."""
+def accept_json(header: str | None) -> str:
+    """The JSON type QIDO and metadata answer: application/dicom+json, or application/json
+    when that is what the most preferred acceptable entry names (the same body either way)."""
     for media in parse_accept(header):
-        if _matches("application/dicom+json", media.type) or _matches(
-            "application/json", media.type
-        ):
-            return
-    raise NotAcceptableError("this resource is available as application/dicom+json only")
+        if _matches(DICOM_JSON, media.type):
+            return DICOM_JSON
+        if media.type == JSON:
+            return JSON
+    raise NotAcceptableError(f"this resource is available as {DICOM_JSON} or {JSON}")
 
 
 def accept_media(header: str | None, default_part: str) -> list[WantedMedia]:

@@ -64,7 +64,6 @@ __all__ = [
 ]
 
 _Chunk = TypeVar("_Chunk", bound=bytes | memoryview)
-_DICOM_JSON = "application/dicom+json"
 _AS_STORED: tuple[str | None, ...] = ("*",)
 
 
@@ -246,39 +245,41 @@ def _zip_response(plan: InstancesPlan, uid: str) -> Response:
 async def retrieve_study_metadata(request: Request) -> Response:
     """GET /studies/{study}/metadata."""
     state = _state(request)
-    accept_json(accept_of(request))
+    media_type = accept_json(accept_of(request))
     answer = await state.retrieve.study_metadata(
         await study_key(request), None, root_url_of(request)
     )
-    return _metadata_response(answer)
+    return _metadata_response(answer, media_type)
 
 
 async def retrieve_series_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/metadata: stored JSON, never re-parsed DICOM."""
     state = _state(request)
-    accept_json(accept_of(request))
+    media_type = accept_json(accept_of(request))
     key = await series_key(request)
     answer = await state.retrieve.study_metadata(
         key.study, key.series_instance_uid, root_url_of(request)
     )
-    return _metadata_response(answer)
+    return _metadata_response(answer, media_type)
 
 
-def _metadata_response(answer: MetadataDocument | AsyncIterator[bytes]) -> Response:
+def _metadata_response(
+    answer: MetadataDocument | AsyncIterator[bytes], media_type: str
+) -> Response:
     """A whole document goes with the entity tag computed once for it; a streamed one is
     tagged (or not, when large) by EntityTagMiddleware."""
     if isinstance(answer, MetadataDocument):
         headers = {"ETag": weak_etag(answer.digest)}
-        return Response(answer, media_type=_DICOM_JSON, headers=headers)
-    return StreamingResponse(answer, media_type=_DICOM_JSON)
+        return Response(answer, media_type=media_type, headers=headers)
+    return StreamingResponse(answer, media_type=media_type)
 
 
 async def retrieve_instance_metadata(request: Request) -> Response:
     """GET /studies/{study}/series/{series}/instances/{instance}/metadata."""
     state = _state(request)
-    accept_json(accept_of(request))
+    media_type = accept_json(accept_of(request))
     body = await state.retrieve.instance_metadata(await instance_key(request), root_url_of(request))
-    return Response(body, media_type=_DICOM_JSON)
+    return Response(body, media_type=media_type)
 
 
 async def retrieve_instance_frames(request: Request) -> Response:

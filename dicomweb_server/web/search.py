@@ -20,7 +20,7 @@ __all__ = ["search_for_instances", "search_for_series", "search_for_studies"]
 async def _search(request: Request, level: Level) -> Response:
     state: AppState = request.app.state.dicomweb
     settings = state.settings
-    accept_json(accept_of(request))
+    media_type = accept_json(accept_of(request))
     study = request.path_params.get("study")
     series = request.path_params.get("series")
     if study is not None:
@@ -47,7 +47,7 @@ async def _search(request: Request, level: Level) -> Response:
         query = replace(query, sites=sites)
     answer = await state.search.answer(query, root_url_of(request))
     request.state.audit_results = answer.results  # web/audit.py
-    response = Response(answer.body, media_type="application/dicom+json")
+    response = Response(answer.body, media_type=media_type)
     for text in answer.warnings:
         response.headers.append("Warning", f'299 dicomweb-server "{text}"')
     return response

@@ -165,3 +165,23 @@ async def test_rfc_9110_14_2_ranges_of_a_document(client: httpx.AsyncClient) -> 
 
 def _body(response: httpx.Response) -> tuple[bytes, str]:
     return response.content, response.headers["content-type"]
+
+
+async def test_ps3_18_8_7_a_search_and_metadata_answer_the_json_type_accepted(
+    client: httpx.AsyncClient, ct: str
+) -> None:
+    study = ct.split("/series/")[0]
+    for path in ("/studies", "/instances", f"{ct}/metadata", f"{study}/metadata"):
+        for accept, answered in (
+            ("application/json", "application/json"),
+            ("application/dicom+json", "application/dicom+json"),
+            ("*/*", "application/dicom+json"),
+        ):
+            response = await client.get(path, headers={"Accept": accept})
+            assert response.status_code == 200, (path, accept)
+            assert response.headers["content-type"] == answered, (path, accept)
+        asked = await client.get(path, params={"accept": "application/json"})
+        assert asked.headers["content-type"] == "application/json", path
+    refused = await client.get("/studies", headers={"Accept": "text/html"})
+    assert refused.status_code == 406
+    assert "application/dicom+json or application/json" in refused.json()["reason"]

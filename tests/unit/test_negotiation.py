@@ -10,6 +10,7 @@ from dicomweb_server.web.negotiation import (
     WantedMedia,
     accept_frames,
     accept_instances,
+    accept_json,
     accept_media,
     accept_zip,
 )
@@ -135,3 +136,26 @@ def test_issue22_a_parsed_accept_header_is_kept_bounded_and_errors_are_not() -> 
         with pytest.raises(BadRequestError):
             negotiation.parse_accept(too_long)
     assert too_long not in negotiation._parsed
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, "application/dicom+json"),
+        ("*/*", "application/dicom+json"),
+        ("application/*", "application/dicom+json"),
+        ("application/json", "application/json"),
+        ("application/json, application/dicom+json;q=0.5", "application/json"),
+        ("application/json;q=0.5, application/dicom+json", "application/dicom+json"),
+        ("image/png, application/json;q=0.1", "application/json"),
+    ],
+)
+def test_ps3_18_8_7_json_answers_the_type_the_client_accepted(
+    header: str | None, expected: str
+) -> None:
+    assert accept_json(header) == expected
+
+
+def test_ps3_18_8_7_json_refusal_names_both_types() -> None:
+    with pytest.raises(NotAcceptableError, match="application/dicom\\+json or application/json"):
+        accept_json("image/png")
