@@ -46,6 +46,7 @@ class AuditAction(StrEnum):
     """What a request did; the last three are not requests' own."""
 
     SEARCH = "search"  # QIDO-RS
+    CHANGEFEED = "changefeed"  # the change feed (its entries name studies, with metadata)
     RETRIEVE = "retrieve"  # WADO-RS instances (whole DICOM objects leave the server)
     METADATA = "metadata"
     FRAMES = "frames"
@@ -115,6 +116,8 @@ _READ = EventCodes(_ACCESSED, "R", (_WADO,), _DESTINATION, _SOURCE)
 _CODES: dict[AuditAction, EventCodes] = {
     # The requestor asks (Source), the server answers (Destination): PS3.15 A.5.3.10
     AuditAction.SEARCH: EventCodes(_QUERY, "E", (_QIDO,), _SOURCE, _DESTINATION),
+    # A query of what changed (no IHE transaction): each entry's study and patient recorded
+    AuditAction.CHANGEFEED: EventCodes(_QUERY, "E", (), _SOURCE, _DESTINATION),
     # Whole instances leave the server: A.5.3.4, read at the source
     AuditAction.RETRIEVE: EventCodes(_TRANSFERRED, "R", (_WADO,), _DESTINATION, _SOURCE),
     AuditAction.METADATA: _READ,
@@ -187,7 +190,10 @@ class AuditEvent:
     studies: tuple[str, ...] = ()  # STOW: the studies stored
     query_keys: tuple[str, ...] = ()  # QIDO: keywords (or tags) of the match keys, no values
     results: int | None = None  # QIDO: how many results were returned
-    detail: str = ""  # APPLICATION: start or stop
+    detail: str = ""  # APPLICATION: start or stop; CHANGEFEED: latest, metadata
+    # Studies the answer showed, each at its site (a change feed spans sites), with the
+    # patient when the answer carried it
+    shown: tuple[AuditStudy, ...] = ()
     # Patients known to the handler (a deletion, whose study rows are gone by write time):
     # StudyInstanceUID → (PatientID, IssuerOfPatientID)
     patients: dict[str, tuple[str, str | None]] | None = None

@@ -7,8 +7,9 @@ Study Deleted, 110101 Audit Log Used, ...), `subtype` the IHE transaction (RAD-1
 RAD-107 WADO-RS, RAD-108 STOW-RS) and our own action code. The patient is an entity whose
 identifier is the PatientID (IssuerOfPatientID as its system when that is a URI or an OID,
 as the assigner otherwise); the study an entity identified by its Study Instance UID; a QIDO
-query an entity holding its match keys (keywords only). Roll-up counts and QIDO result counts
-are entity details.
+query an entity holding its match keys (keywords only); a change feed read an entity naming
+it beside the studies and patients its entries showed. Roll-up counts and QIDO result (and
+change feed entry) counts are entity details.
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ def _entities(record: AuditRecord) -> list[dict[str, Any]]:
         if record.results is not None:
             entity["detail"] = [_detail("results", str(record.results))]
         entities.append(entity)
+    elif record.action == AuditAction.CHANGEFEED:
+        feed: dict[str, Any] = {
+            "type": {"system": _ENTITY_TYPE, "code": "2", "display": "System Object"},
+            "role": {"system": _OBJECT_ROLE, "code": "24", "display": "Query"},
+            "description": " ".join(["change feed", *record.detail.split(",")]).strip(),
+        }
+        if record.results is not None:
+            feed["detail"] = [_detail("entries", str(record.results))]
+        entities.append(feed)
     return entities
 
 

@@ -520,6 +520,15 @@ def _single_record(event: AuditEvent) -> AuditRecord:
         AuditStudy(_uid(uid), site, *known[uid]) if uid in known else AuditStudy(_uid(uid), site)
         for uid in dict.fromkeys(uids)
     )
+    if event.shown:
+        shown = (
+            replace(s, study_instance_uid=_uid(s.study_instance_uid), site=_site(s.site))
+            for s in event.shown
+        )
+        record.studies += tuple(dict.fromkeys(shown))
+        sites = {study.site for study in record.studies}
+        if record.site is None and len(sites) == 1:
+            record.site = sites.pop()
     record.series = (_uid(event.series),) if event.series else ()
     record.instances = (_uid(event.instance),) if event.instance else ()
     record.query_keys = query_keywords(event.query_keys)

@@ -13,7 +13,8 @@ site whose copy it served or changed in `scope["state"]["audit_site"]` (web/para
 web/delete.py), so the record names that site and its patient, never a guess made when the
 record is written. The STOW handler leaves the stored studies in
 `scope["state"]["audit_studies"]`, the QIDO handler the number of results in
-`scope["state"]["audit_results"]`. A handler that deletes or rejects leaves the patient of
+`scope["state"]["audit_results"]`; the change feed handlers leave what their answer showed
+(`note_change_feed`). A handler that deletes or rejects leaves the patient of
 the study, read before it changed it, in `scope["state"]["audit_patients"]`
 ({StudyInstanceUID: (PatientID, IssuerOfPatientID)}, web/delete.py), as the index may no
 longer have it when the record is written.
@@ -34,6 +35,7 @@ from dicomweb_server.domain.audit import (
     AuditAction,
     AuditEvent,
     AuditQuery,
+    AuditStudy,
     parse_audit_time,
     parse_patient,
 )
@@ -46,7 +48,13 @@ from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.negotiation import parse_accept
 from dicomweb_server.web.params import root_url_of, site_of
 
-__all__ = ["FHIR_JSON", "AuditMiddleware", "classify", "search_audit_events"]
+__all__ = [
+    "FHIR_JSON",
+    "AuditMiddleware",
+    "classify",
+    "note_change_feed",
+    "search_audit_events",
+]
 
 FHIR_JSON = "application/fhir+json"
 DEFAULT_PAGE = 100  # AuditEvent resources per Bundle without _count
@@ -74,6 +82,8 @@ def classify(method: str, path: str) -> Target | None:
     if parts[0] == "sites" and len(parts) > 2:
         site, parts = parts[1], parts[2:]
     reading = method in ("GET", "HEAD")
+    if parts[0] == "changefeed" and reading and parts[1:] in ([], ["latest"]):
+        return AuditAction.CHANGEFEED, site, {}
     if len(parts) == 1:
         if parts[0] == "audit" and reading:
             return AuditAction.AUDIT, site, {}
@@ -190,7 +200,52 @@ class AuditMiddleware:
         elif action is AuditAction.SEARCH:
             event.query_keys = _match_keys(scope.get("query_string", b""))
             event.results = state.get("audit_results")
+        elif action is AuditAction.CHANGEFEED:
+            event.shown = tuple(state.get("audit_shown", ()))
+            event.results = state.get("audit_results")
+            event.detail = state.get("audit_detail", "")
         audit.record(event)
+
+
+def note_change_feed(request: Request, body: bytes | None, *, latest: bool) -> None:
+    """What a change feed answer (an array of entries, or the latest one) showed, for its
+    record: each entry's study at its site, with the patient its metadata carried (an entry
+    without metadata leaves the patient to be resolved from the index)."""
+    parsed = orjson.loads(body) if body else []
+    entries = [parsed] if isinstance(parsed, dict) else parsed
+    shown: dict[AuditStudy, None] = {}
+    bare: dict[AuditStudy, None] = {}
+    for entry in entries:
+        study, site = entry.get("StudyInstanceUid"), entry.get("Site")
+        if not isinstance(study, str) or not isinstance(site, str):
+            continue
+        metadata = entry.get("Metadata")
+        patient = _value(metadata, "00100020")
+        if patient is None:
+            bare[AuditStudy(study, site)] = None
+        else:
+            shown[AuditStudy(study, site, patient, _value(metadata, "00100021"))] = None
+    with_patient = {(s.study_instance_uid, s.site) for s in shown}
+    for study in bare:  # named without metadata only (a deleted instance's entry, or none)
+        if (study.study_instance_uid, study.site) not in with_patient:
+            shown[study] = None
+    request.state.audit_shown = tuple(shown)
+    request.state.audit_results = len(entries)
+    has_metadata = any(isinstance(e, dict) and "Metadata" in e for e in entries)
+    request.state.audit_detail = ",".join(
+        what for what, on in (("latest", latest), ("metadata", has_metadata)) if on
+    )
+
+
+def _value(metadata: object, tag: str) -> str | None:
+    """The first value of a text attribute of DICOM JSON, if there is one."""
+    if not isinstance(metadata, dict):
+        return None
+    element = metadata.get(tag)
+    values = element.get("Value") if isinstance(element, dict) else None
+    if isinstance(values, list) and values and isinstance(values[0], str) and values[0]:
+        return values[0]
+    return None
 
 
 # -- GET /audit --------------------------------------------------------------------------

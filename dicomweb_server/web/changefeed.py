@@ -19,6 +19,7 @@ from dicomweb_server.domain.grants import EVERY_GRANT, Role
 from dicomweb_server.errors import BadRequestError
 from dicomweb_server.services import access
 from dicomweb_server.services.events import feed_sites
+from dicomweb_server.web.audit import note_change_feed
 from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.negotiation import accept_json
 from dicomweb_server.web.params import site_of
@@ -98,6 +99,7 @@ async def read_change_feed(request: Request) -> Response:
         end=end,
         metadata=_boolean(given.get("includemetadata")),
     )
+    note_change_feed(request, body, latest=False)  # patient data leaves: audited
     return Response(body, media_type="application/json")
 
 
@@ -109,6 +111,7 @@ async def read_latest_change_feed(request: Request) -> Response:
     body = await state.changefeed.latest(
         await _sites(request), metadata=_boolean(given.get("includemetadata"))
     )
+    note_change_feed(request, body, latest=True)
     if body is None:
         return Response(status_code=204)
     return Response(body, media_type="application/json")

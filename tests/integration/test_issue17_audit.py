@@ -505,3 +505,41 @@ async def test_issue17_audit_records_of_a_deleted_study_keep_its_patient(
     await _audit(app).flush(close_rollups=True)
     page = await _audit(app).search(AuditQuery(patient_id="P17-GONE-ELSEWHERE"))
     assert sorted(r.action for r in page.records) == ["store", "view"]
+
+
+async def test_issue17_audit_change_feed_reads_are_recorded_with_their_patients(
+    settings: Settings,
+) -> None:
+    """The change feed hands out patient data (its metadata): each read is a Query record
+    naming the studies, sites and patients its entries showed."""
+    application = create_app(settings.replace(auth="apikey"))
+    async with application.router.lifespan_context(application):
+        for site in ("alpha", "beta"):
+            await application.state.dicomweb.sites.add_site(site)
+        loader = await _key(application, "feed-loader", "alpha:write", "beta:write")
+        reader = await _key(application, "feed-reader", "beta:read")
+        beta, alpha = ct_dataset(patient_id="P17-FEED-B"), ct_dataset(patient_id="P17-FEED-A")
+        async with _as(application, loader) as client:
+            await _stow(client, [to_part10(alpha)], f"{BASE}/sites/alpha")
+            await _stow(client, [to_part10(beta)], f"{BASE}/sites/beta")
+        async with _as(application, reader) as client:
+            page = await client.get(f"{BASE}/changefeed", params={"includemetadata": "true"})
+            assert page.status_code == 200 and [e["Site"] for e in page.json()] == ["beta"]
+            latest = await client.get(f"{BASE}/sites/beta/changefeed/latest")
+            assert latest.status_code == 200
+            bare = await client.get(f"{BASE}/changefeed", params={"includemetadata": "false"})
+            assert bare.status_code == 200 and "Metadata" not in bare.json()[0]
+        await _audit(application).flush()
+        records = await _records(application, "feed-reader")
+        assert [r.action for r in records] == ["changefeed"] * 3
+        beta_study = AuditStudy(beta.StudyInstanceUID, "beta", "P17-FEED-B", None)
+        for record in records:
+            assert record.studies == (beta_study,) and record.site == "beta"
+            assert record.results == 1 and record.outcome == 200
+        assert [r.detail for r in records] == ["", "latest,metadata", "metadata"]  # newest first
+        async with _as(application, await _key(application, "auditor", "*:admin")) as client:
+            found = _events(await _bundle(client, f"{BASE}/audit?patient=P17-FEED-B"))
+        feed = next(e for e in found if _action(e) == "changefeed")
+        assert (feed["type"]["code"], feed["action"]) == ("110112", "E")
+        alpha_records = await _audit(application).search(AuditQuery(patient_id="P17-FEED-A"))
+        assert [r.action for r in alpha_records.records] == ["store"]  # not shown to the reader

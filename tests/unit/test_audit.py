@@ -84,7 +84,10 @@ _INSTANCE = f"{_STUDY}/series/{SE}/instances/{SOP}"
         ("GET", f"{_STUDY}/bulkdata/x", None),
         ("DELETE", f"{_INSTANCE}/frames/1", None),
         ("POST", f"{_STUDY}/series/{SE}", None),
-        ("GET", "/dicomweb/changefeed", None),
+        ("GET", "/dicomweb/changefeed", ("changefeed", None, {})),
+        ("GET", "/dicomweb/sites/a/changefeed/latest", ("changefeed", "a", {})),
+        ("POST", "/dicomweb/changefeed", None),
+        ("GET", "/dicomweb/changefeed/other", None),
     ],
 )
 def test_issue17_audit_classifies_paths(
@@ -173,6 +176,19 @@ def test_issue17_audit_fhir_and_dicom_forms_of_other_actions() -> None:
     entities = audit_event_resource(two, "src")["entity"]
     assert [e["role"]["code"] for e in entities] == ["1", "3", "3"]  # one patient, two studies
     assert all("SeriesInstanceUID" not in str(e) for e in entities)
+    feed = _record(
+        "changefeed",
+        studies=(AuditStudy("1.2", "a", "P", None), AuditStudy("1.3", "b", "Q", None)),
+        results=3,
+        detail="latest,metadata",
+        site=None,
+    )
+    resource = audit_event_resource(feed, "src")
+    assert (resource["type"]["code"], resource["action"]) == ("110112", "E")
+    assert [e["role"]["code"] for e in resource["entity"]] == ["1", "1", "3", "3", "24"]
+    query = resource["entity"][-1]
+    assert query["description"] == "change feed latest metadata"
+    assert query["detail"] == [{"type": "entries", "valueString": "3"}]
 
 
 class _MemoryLog:
