@@ -44,6 +44,11 @@ class SiteService:
                 self._fresh_until = time.monotonic() + _KNOWN_TTL
         return self._names
 
+    def known(self, name: str) -> bool:
+        """Whether `name` was a site when the names were last read (no lookup): for labels
+        that must not grow with whatever names requests make up."""
+        return name in self._names
+
     async def check_exists(self, name: str) -> None:
         """NotFoundError naming the site unless it exists (one re-read when not known yet)."""
         check_site_name(name)

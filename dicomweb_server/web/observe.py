@@ -138,6 +138,22 @@ class _RequestIds:
 _next_request_id = _RequestIds().next
 
 
+UNKNOWN_SITE = "-"  # the site label of a request naming a site that does not exist
+
+
+def _known_site(scope: Scope) -> str | None:
+    """The site the path names, when it is one: a made-up name (any caller, even one not
+    signed in, can send one) is labelled UNKNOWN_SITE, so /metrics does not grow with them."""
+    site: str | None = scope.get("path_params", {}).get("site")
+    if site is None:
+        return None
+    state = getattr(scope.get("app"), "state", None)
+    services = getattr(state, "dicomweb", None)
+    if services is None or services.sites.known(site):
+        return site
+    return UNKNOWN_SITE
+
+
 class RequestContextMiddleware:
     """Gives each request an id (X-Request-ID), logs method, path and status, counts and times
     it by transaction, and traces it when tracing is on."""
@@ -200,7 +216,7 @@ class RequestContextMiddleware:
         finally:
             seconds = time.perf_counter() - started
             transaction = transaction_of(scope.get("endpoint"))
-            site = fields.site or scope.get("path_params", {}).get("site") or self.default_site
+            site = fields.site or _known_site(scope) or self.default_site
             fields.site = site  # the access line's JSON names it
             status_class = "5xx" if failed and not status else _STATUS_CLASSES.get(status // 100)
             _children.record(transaction, status_class or "5xx", site, seconds, received, sent)

@@ -175,6 +175,34 @@ async def test_issue21_metrics_count_requests_bytes_and_stored_instances_by_tran
     assert not re.search(f'transaction="(?!({labels})")', text)
 
 
+async def test_issue21_made_up_site_names_do_not_become_metric_labels(
+    client: httpx.AsyncClient,
+) -> None:
+    """Any caller, even one not signed in, can name a site in a path (OPTIONS needs no
+    credentials): those names are one label, "-", so /metrics cannot be grown without bound."""
+    before = await _metrics(client)
+    for n in range(3):
+        await client.options(f"/sites/made-up-{n}/studies")
+        await client.get(f"/sites/made-up-{n}/studies")
+    known = await client.get("/sites/default/studies")
+    assert known.status_code == 200
+    text = (await client.get(f"{ROOT}/metrics")).text
+    assert "made-up" not in text
+    after = _samples(text)
+    count = "dicomweb_request_duration_seconds_count"
+    made_up = sum(
+        value - before.get(key, 0.0)
+        for key, value in after.items()
+        if key[0] == count and ("site", "-") in key[1]
+    )
+    assert made_up == 6
+    assert (
+        _value(after, count, transaction="search", status="2xx", site="default")
+        - _value(before, count, transaction="search", status="2xx", site="default")
+        == 1
+    )
+
+
 async def test_issue21_metrics_report_the_index_connections_and_the_version(
     client: httpx.AsyncClient, backend: str
 ) -> None:
