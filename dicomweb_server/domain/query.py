@@ -320,8 +320,9 @@ def _non_negative(name: str, value: str) -> int:
 
 
 def _parse_match(tag: int, column: str, vr: str, value: str) -> Match | None:
-    """One key's value → a Match (None for universal matching: an empty value)."""
-    if value == "":
+    """One key's value → a Match (None for universal matching: an empty value, or `*` alone,
+    which clients send for "any" whatever the VR, a UID or an age included)."""
+    if value.strip("*") == "":
         return None
     shown = keyword_for_tag(tag)
     if vr == "UI":
@@ -343,12 +344,8 @@ def _parse_match(tag: int, column: str, vr: str, value: str) -> Match | None:
             raise InvalidQueryError(f"{shown} must be a decimal number, got {value[:32]!r}")
         return Match(tag, column, vr, MatchKind.SINGLE, (value.strip(),))
     if not vr and ("*" in value or "?" in value):  # unknown VR (private): text wildcards
-        if value.strip("*") == "":
-            return None
         return Match(tag, column, vr, MatchKind.WILDCARD, (value,))
     if vr in _WILDCARD_VRS and ("*" in value or "?" in value):
-        if value.strip("*") == "":
-            return None  # "*" alone is universal matching
         return Match(tag, column, vr, MatchKind.WILDCARD, (value,))
     if vr == "CS" and ("," in value or "\\" in value):
         items = tuple(item.strip() for item in re.split(r"[,\\]", value))

@@ -429,3 +429,12 @@ def test_ps3_5_times_and_datetimes_that_name_no_real_time_are_400(key: str, valu
 def test_ps3_5_real_times_and_datetimes_are_taken(key: str, value: str) -> None:
     (match,) = q((key, value), level=Level.INSTANCE).matches
     assert match.values == (value,)
+
+
+@pytest.mark.parametrize(
+    "key", ["PatientAge", "StudyInstanceUID", "StudyDate", "PatientWeight", "PatientName"]
+)
+def test_a_star_alone_is_universal_matching_whatever_the_vr(key: str) -> None:
+    """STATEMENT: universal matching is an empty value or `*`, for every key."""
+    assert q((key, "*"), level=Level.INSTANCE).matches == ()
+    assert q((key, "**"), level=Level.INSTANCE).matches == ()
