@@ -9,6 +9,7 @@ __all__ = [
     "CANNOT_UNDERSTAND",
     "DATA_SET_DOES_NOT_MATCH",
     "DUPLICATE_SOP_INSTANCE",
+    "NOT_AUTHORIZED",
     "OUT_OF_RESOURCES",
     "PROCESSING_FAILURE",
     "SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT",
@@ -18,6 +19,9 @@ __all__ = [
 # FailureReason values (PS3.18 Table 10.5.3-2 via PS3.4 B.2.3 and PS3.7 C.4.2).
 PROCESSING_FAILURE = 0x0110
 DUPLICATE_SOP_INSTANCE = 0x0111  # same SOP Instance UID, different content: never overwritten
+# "Refused: Not authorized" (PS3.7 C.4): a rejection note from a caller without the site's
+# `delete` grant (storing one is a rejection, issue 18).
+NOT_AUTHORIZED = 0x0124
 OUT_OF_RESOURCES = 0xA700  # a part or image larger than a configured limit
 DATA_SET_DOES_NOT_MATCH = 0xA900  # identity missing, or study differs from the request URL
 CANNOT_UNDERSTAND = 0xC000  # not DICOM Part 10, truncated, malformed

@@ -146,9 +146,12 @@ class DeleteService:
         """`study`, `series` or `instance` when the site holds something with this UID."""
         return await self.lifecycle.uid_level(site, uid)
 
-    async def in_trash(self, blob_key: str) -> bool:
-        """True when a trashed instance still needs this object (for restore)."""
-        return await self.lifecycle.trash_references(blob_key)
+    async def in_use(self, blob_key: str) -> bool:
+        """True when an instance still needs this object: a trashed one (for restore), or a
+        stored one (the same instance with the same content has the same key)."""
+        if await self.lifecycle.trash_references(blob_key):
+            return True
+        return bool(await self.lifecycle.blob_keys_in_use([blob_key]))
 
     async def restore(self, site: str, study: str, series: str | None = None) -> int:
         """Bring a study's (or series') trashed instances back, unchanged."""

@@ -21,6 +21,7 @@ from dicomweb_server.codecs.decode_guards import validate_encapsulated_frame
 from dicomweb_server.codecs.registry import CodecError
 from dicomweb_server.domain.blob_keys import instance_blob_key
 from dicomweb_server.domain.file_meta import build_file_meta, meta_problems, read_file_meta
+from dicomweb_server.domain.grants import Role
 from dicomweb_server.domain.identifiers import InstanceKey
 from dicomweb_server.domain.part10 import (
     PREAMBLE_LENGTH,
@@ -37,14 +38,17 @@ from dicomweb_server.domain.rejection import (
 from dicomweb_server.domain.stow_result import (
     DATA_SET_DOES_NOT_MATCH,
     DUPLICATE_SOP_INSTANCE,
+    NOT_AUTHORIZED,
     PROCESSING_FAILURE,
     SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
     StowResult,
 )
-from dicomweb_server.errors import ConflictError, DicomwebError
+from dicomweb_server.errors import ConflictError, DicomwebError, ForbiddenError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
 from dicomweb_server.index.batch import NewInstance, add_instances
+from dicomweb_server.services import access
 from dicomweb_server.services.delete import DeleteService
+from dicomweb_server.services.principal import ANONYMOUS, Principal
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.storage.base import BlobStore
 
@@ -128,7 +132,10 @@ class StoreService:
     """Stores spooled parts into `blobs` then `index`; one `StoreRequest` per STOW request.
 
     With `lifecycle` (issue 18), an instance an IOCM rejection named is refused, and a stored
-    rejection note hides the instances it names (services/delete.py).
+    rejection note hides the instances it names (services/delete.py). Storing a rejection
+    note is a rejection: it needs the caller's `delete` grant of the site, as the reject
+    resource does; without it the note is not stored (FailureReason 0x0124) and rejects
+    nothing.
     """
 
     index: InstanceIndex
@@ -144,9 +151,12 @@ class StoreService:
         *,
         depth: int = 1,
         batch: int = 1,
+        principal: Principal = ANONYMOUS,
     ) -> StoreRequest:
-        """A pipeline for one request's parts; use it as an async context manager."""
-        return StoreRequest(self, site, study_in_path, result, depth, batch)
+        """A pipeline for one request's parts, stored for `principal` (who may write to the
+        site; ANONYMOUS, with every grant, when access control is off or for an operator's
+        command); use it as an async context manager."""
+        return StoreRequest(self, site, study_in_path, result, depth, batch, principal)
 
     async def _write(self, site: str, spool: Spool, study: str | None) -> _Entry:
         """Parse and write one part; close its spool whatever happens."""
@@ -193,10 +203,12 @@ class StoreRequest:
         result: StowResult,
         depth: int,
         batch: int,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         if depth < 1 or batch < 1:
             raise ValueError("depth and batch must be at least 1")
         self._service = service
+        self._principal = principal
         self._site = site
         self._study = study
         self._result = result
@@ -267,7 +279,7 @@ class StoreRequest:
         Rejected instances (issue 18) are refused before indexing. Rejection notes are
         indexed after the others, each once its rejection is applied (so an instance it names
         that came in the same batch is hidden too); one whose rejection is refused (a legal
-        hold) is not stored.
+        hold, or a caller without the site's `delete` grant) is not stored.
         """
         ready, self._ready = self._ready, []
         service, site, result = self._service, self._site, self._result
@@ -283,7 +295,7 @@ class StoreRequest:
             for item in written
             if item.record.sop_instance_uid not in refused and id(item) not in notes
         ]
-        outcomes: dict[int, AddOutcome | str] = dict(
+        outcomes: dict[int, AddOutcome | _Failed] = dict(
             zip(map(id, plain), await add_instances(service.index, site, plain), strict=True)
         )
         for item in written:
@@ -309,9 +321,9 @@ class StoreRequest:
                 )
                 continue
             outcome = outcomes[id(entry)]
-            if not isinstance(outcome, AddOutcome):  # a refused rejection note: the reason
+            if isinstance(outcome, _Failed):  # a refused rejection note
                 result.add_failed(
-                    record.sop_class_uid, record.sop_instance_uid, PROCESSING_FAILURE, outcome
+                    outcome.sop_class_uid, outcome.sop_instance_uid, outcome.reason, outcome.text
                 )
                 continue
             if outcome is AddOutcome.CONFLICT:
@@ -342,23 +354,49 @@ class StoreRequest:
             self._site, [entry.record.sop_instance_uid for entry in written]
         )
 
-    async def _add_note(self, entry: NewInstance, note: RejectionNote) -> AddOutcome | str:
-        """Apply a rejection note, then index it; the reason it is refused otherwise."""
+    async def _add_note(self, entry: NewInstance, note: RejectionNote) -> AddOutcome | _Failed:
+        """Apply a rejection note, then index it; the failed entry it is otherwise (a caller
+        who may not reject at the site, a study that may not be changed): then nothing of
+        it is rejected and its object is removed."""
         lifecycle = self._service.lifecycle
         assert lifecycle is not None
-        uid = entry.record.sop_instance_uid
+        record = entry.record
+        uid = record.sop_instance_uid
+        principal = self._principal
         try:
-            await lifecycle.apply_rejection_note(self._site, note, uid, who=f"rejection note {uid}")
+            access.check(principal, self._site, Role.DELETE)  # as the reject resource
+        except ForbiddenError as exc:
+            await self._discard(entry.blob_key)
+            log.warning("rejection note %s refused at site %s: %s", uid, self._site, exc.reason)
+            return _Failed(
+                record.sop_class_uid,
+                uid,
+                NOT_AUTHORIZED,
+                f"rejection note {uid} is not stored: storing a rejection note rejects the"
+                f" instances it names, which needs the delete grant ({exc.reason});"
+                " nothing was rejected",
+            )
+        caller = principal.display_name or principal.subject
+        try:
+            await lifecycle.apply_rejection_note(
+                self._site, note, uid, who=f"{caller} (rejection note {uid})"
+            )
         except ConflictError as exc:
             await self._discard(entry.blob_key)
-            return f"the rejection note cannot be applied: {exc.reason}"
+            return _Failed(
+                record.sop_class_uid,
+                uid,
+                PROCESSING_FAILURE,
+                f"the rejection note cannot be applied: {exc.reason}",
+            )
         return (await add_instances(self._service.index, self._site, [entry]))[0]
 
     async def _discard(self, blob_key: str) -> None:
-        """Delete an object no live row references, unless a trashed instance still needs it
-        (the same instance stored with the same content again has the same key)."""
+        """Delete the object of a part that is not stored, unless an instance still needs it:
+        a trashed one, or a stored one (a refused rejection note sent again, byte for byte,
+        has the stored copy's key)."""
         lifecycle = self._service.lifecycle
-        if lifecycle is not None and await lifecycle.in_trash(blob_key):
+        if lifecycle is not None and await lifecycle.in_use(blob_key):
             return
         await self._service.blobs.delete(blob_key)
 

@@ -22,6 +22,7 @@ from dicomweb_server.errors import (
 )
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.services.store import StoreRequest
+from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.multipart import iter_parts, parse_media_type
 from dicomweb_server.web.params import root_url_of, store_site
 from dicomweb_server.web.state import AppState
@@ -93,6 +94,7 @@ async def store_instances(request: Request) -> Response:
         result,
         depth=settings.store_pipeline_depth,
         batch=settings.store_index_batch,
+        principal=principal_of(request),  # a rejection note needs its `delete` grant
     )
     body = _limited(request.stream(), limit)
     broke_off: DicomwebError | None = None

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import pytest
-from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 from starlette.applications import Starlette
 
+from dicomweb_server.config import Settings
 from dicomweb_server.domain.rejection import KEY_OBJECT_SELECTION_DOCUMENT
 from dicomweb_server.services.holds import HoldService
 from dicomweb_server.services.retention import Maintenance
 
 BASE = "http://testserver/dicomweb"
+ALL = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -208,3 +212,69 @@ async def test_issue18_retention_expires_old_studies_through_the_trash(
     other = Maintenance(index, index, state.dicomweb.delete, interval=0)
     assert await other.run_once() is None
     assert await state.dicomweb.delete.restore("default", old) == 1
+
+
+async def test_issue18_a_rejection_note_needs_the_delete_grant(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Storing a rejection note is a rejection: with `write` alone the note is refused and
+    hides nothing (not even instances not stored yet), while the rest of the request is
+    stored; with `delete` too it rejects, and the trash and the log name who did it."""
+    from dicomweb_server.app import create_app
+    from dicomweb_server.services.apikeys import ApiKeyService
+
+    application = create_app(settings.replace(auth="apikey"))
+    async with application.router.lifespan_context(application):
+        keys = ApiKeyService(application.state.backends.index)
+        owner = (await keys.create_api_key("owner", ["*:write", "*:read"])).key
+        writer = (await keys.create_api_key("writer", ["default:write", "default:read"])).key
+        rejecter = (await keys.create_api_key("rejecter", ["default:write", "default:delete"])).key
+
+        def client_for(key: str) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=application),
+                base_url=BASE,
+                headers={"Authorization": f"Bearer {key}"},
+            )
+
+        study, series, later = uid(), uid(), uid()
+        sops = [uid(), uid()]
+        files = [to_part10(ct_dataset(study, series, sop)) for sop in sops]
+        async with client_for(owner) as http:
+            assert (await _post(http, files)).status_code == 200
+        note = _kos(study, [(series, sops[0]), (series, later)])
+        other = to_part10(ct_dataset(uid(), uid(), uid()))
+        async with client_for(writer) as http:
+            refused = await _post(http, [note, other])
+            assert refused.status_code == 202  # the other part is stored
+            assert len(refused.json()["00081199"]["Value"]) == 1
+            failed = refused.json()["00081198"]["Value"]
+            assert [f["00081197"]["Value"] for f in failed] == [[0x0124]]
+            warning = refused.headers["warning"]
+            assert "needs the delete grant (writer has no default:delete grant)" in warning
+            assert "nothing was rejected" in warning
+            assert (await _post(http, [note])).status_code == 409
+        async with client_for(owner) as http:
+            listed = await http.get(f"/studies/{study}/series/{series}/instances")
+            assert sorted(_sops(listed)) == sorted(sops)  # nothing hidden
+            found = (await http.get("/studies", params={"StudyInstanceUID": study})).json()
+            assert found[0]["00080061"]["Value"] == ["CT"]  # the note is not stored
+            # Nothing is recorded as rejected: the owner's sends are stored.
+            assert (await _post(http, files[:1])).status_code == 200
+            assert (
+                await _post(http, [to_part10(ct_dataset(study, series, later))])
+            ).status_code == 200
+        caplog.set_level(logging.INFO, "dicomweb_server.delete")
+        async with client_for(rejecter) as http:
+            assert (await _post(http, [note])).status_code == 200
+        async with client_for(owner) as http:
+            listed = await http.get(f"/studies/{study}/series/{series}/instances")
+            assert _sops(listed) == [sops[1]]
+        assert "(113001^DCM, by rejecter (rejection note" in caplog.text
+        # The stored note sent again with `write` alone is refused, and the stored copy kept.
+        async with client_for(writer) as http:
+            assert (await _post(http, [note])).status_code == 409
+        async with client_for(owner) as http:
+            kept = await http.get(f"/studies/{study}", headers={"Accept": ALL})
+            parts = parse_multipart(kept.content, kept.headers["content-type"])
+            assert kept.status_code == 200 and len(parts) == 2
