@@ -190,15 +190,16 @@ def create_app(settings: Settings) -> Starlette:
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
         deleter = DeleteService(index, index, index, blobs, grace_days=settings.delete_grace_days)
+        audit = AuditService.from_settings(index, settings)  # issue 17: writes in the background
+        await audit.start()
         maintenance = Maintenance(
             index,
             index,
             deleter,
             interval=settings.maintenance_interval,
             batch=settings.retention_batch,
+            audit=audit,  # retention's deletions are audited
         )  # purge past the grace period and site retention, one process at a time
-        audit = AuditService.from_settings(index, settings)  # issue 17: writes in the background
-        await audit.start()
         app.state.backends = backends  # for tools and tests; the web layer uses services only
         authenticator = Authenticator.from_settings(settings, api_key_store=index)
         app.state.dicomweb = AppState(

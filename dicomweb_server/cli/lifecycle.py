@@ -14,17 +14,21 @@ import getpass
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 from dicomweb_server.backends import open_backends
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.index.base import AuditLog
+from dicomweb_server.services.audit import system_event, write_now
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.holds import HoldService
 
 __all__ = ["add_commands"]
 
 log = logging.getLogger("dicomweb_server.cli")
+_PURGE_LISTED = 100_000  # trashed instances a purge's audit record is worked out from
 
 
 def add_commands(commands: Any) -> None:
@@ -72,6 +76,11 @@ def _operator() -> str:
         return "unknown"
 
 
+def _audit_log(deleter: DeleteService) -> AuditLog:
+    """The audit trail: the one index the CLI's services run over holds it too."""
+    return cast(AuditLog, deleter.lifecycle)
+
+
 def _runner(action: Any) -> Any:
     def run(settings: Settings, args: argparse.Namespace) -> int:
         return asyncio.run(_run(action, settings, args))
@@ -100,6 +109,16 @@ async def _restore(
 ) -> int:
     site = args.site or settings.default_site
     count = await deleter.restore(site, args.study, args.series)
+    detail = f"series {args.series}" if args.series else ""
+    restored = system_event(
+        AuditAction.RESTORE,
+        "cli:restore",
+        site,
+        {args.study: None},
+        operator=_operator(),
+        detail=detail,
+    )
+    await write_now(_audit_log(deleter), [restored])  # the patient: the study is back
     log.info(
         "restore by %s: %d instance(s) of study %s at site %s", _operator(), count, args.study, site
     )
@@ -114,7 +133,29 @@ async def _purge(
     if args.older_than < 0:
         print("dicomweb-server: --older-than must be 0 or more", file=sys.stderr)
         return 2
+    cutoff = time.time() - args.older_than * 86400.0
+    trash = deleter.lifecycle
+    listed = await trash.trashed_before(cutoff, args.site, _PURGE_LISTED)
     report = await deleter.purge(older_than_days=args.older_than, site=args.site)
+    left = {t.id for t in await trash.trashed_before(cutoff, args.site, _PURGE_LISTED)}
+    purged: dict[str, dict[str, None]] = {}  # what left the trash, by site
+    for trashed in listed:
+        if trashed.id not in left:
+            purged.setdefault(trashed.key.site, {})[trashed.key.study_instance_uid] = None
+    await write_now(
+        _audit_log(deleter),
+        [
+            system_event(
+                AuditAction.DELETE,
+                "cli:purge",
+                site,
+                dict.fromkeys(studies),
+                operator=_operator(),
+                detail="purge",
+            )
+            for site, studies in sorted(purged.items())
+        ],
+    )
     log.info(
         "purge by %s: %d trashed instance(s), %d object(s)",
         _operator(),

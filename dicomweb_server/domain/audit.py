@@ -54,7 +54,8 @@ class AuditAction(StrEnum):
     THUMBNAIL = "thumbnail"
     BULKDATA = "bulkdata"
     STORE = "store"  # STOW-RS
-    DELETE = "delete"
+    DELETE = "delete"  # a DELETE, retention expiry, or a purge of the trash
+    RESTORE = "restore"  # deleted instances brought back from the trash (the CLI)
     REJECT = "reject"
     AUDIT = "audit"  # the audit trail was read (DICOM "Audit Log Used")
     ADMIN = "admin"  # sites, API keys
@@ -129,6 +130,8 @@ _CODES: dict[AuditAction, EventCodes] = {
     # Instances arrive: A.5.3.4, created at the destination
     AuditAction.STORE: EventCodes(_TRANSFERRED, "C", (_STOW,), _SOURCE, _DESTINATION),
     AuditAction.DELETE: EventCodes(_dcm("110105", "DICOM Study Deleted"), "D", (), None, None),
+    # Instances come back from the trash: accessed with a create action
+    AuditAction.RESTORE: EventCodes(_ACCESSED, "C", (), None, None),
     # Rejection hides instances (IOCM): accessed with a delete action, as dcm4chee reports it
     AuditAction.REJECT: EventCodes(_ACCESSED, "D", (), None, None),
     AuditAction.AUDIT: EventCodes(_dcm("110101", "Audit Log Used"), "R", (), None, None),

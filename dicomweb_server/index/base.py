@@ -238,13 +238,15 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class TrashedInstance:
-    """An instance in the trash: its row id there, where it was, and its object."""
+    """An instance in the trash: its row id there, where it was, and its object; `held_by`
+    (read for purge only) the id of a legal hold that covers its study, which keeps it."""
 
     id: int
     key: InstanceKey
     blob_key: str
     digest: str
     deleted_at: float
+    held_by: int | None = None
 
 
 # Decides, under the study row's lock, whether the study may lose instances: raises a
@@ -283,9 +285,11 @@ class Lifecycle(Protocol):
         ...
 
     async def trashed_before(
-        self, cutoff: float, site: str | None, limit: int
+        self, cutoff: float, site: str | None, limit: int, after: int = 0
     ) -> list[TrashedInstance]:
-        """Trashed instances deleted before `cutoff` (oldest first), at most `limit`."""
+        """Trashed instances deleted before `cutoff` whose trash id is above `after`, by id,
+        at most `limit`; each with `held_by` set when a legal hold covers its study (by the
+        study, or by the patient the study had when it was deleted)."""
         ...
 
     async def forget_trashed(self, ids: Sequence[int]) -> None:

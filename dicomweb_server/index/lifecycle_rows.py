@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
 
 from dicomweb_server.domain.identifiers import InstanceKey
-from dicomweb_server.domain.lifecycle import Hold
+from dicomweb_server.domain.lifecycle import Hold, StudyFacts
 from dicomweb_server.index.aggregates import add_to_set
 from dicomweb_server.index.base import TrashedInstance
 
@@ -23,6 +24,7 @@ __all__ = [
     "HOLD_COLUMNS",
     "INSTANCE_ROW_COLUMNS",
     "TRASHED_COLUMNS",
+    "held_trash",
     "hold_from_row",
     "joined_set",
     "not_found",
@@ -81,6 +83,34 @@ def trashed_from_row(row: Any) -> TrashedInstance:
         digest=row[6],
         deleted_at=float(row[7]),
     )
+
+
+def held_trash(rows: Iterable[Any], holds: list[Hold]) -> list[TrashedInstance]:
+    """Rows of TRASHED_COLUMNS plus `study_row` as TrashedInstances, each `held_by` the first
+    of `holds` that covers its study as it was when deleted (its snapshot has the patient)."""
+    trashed: list[TrashedInstance] = []
+    held: dict[tuple[str, str], int | None] = {}
+    for row in rows:
+        item = trashed_from_row(row)
+        study = (item.key.site, item.key.study_instance_uid)
+        if study not in held:
+            held[study] = _held_by(holds, study, row[len(TRASHED_COLUMNS)]) if holds else None
+        hold_id = held[study]
+        trashed.append(item if hold_id is None else replace(item, held_by=hold_id))
+    return trashed
+
+
+def _held_by(holds: list[Hold], study: tuple[str, str], study_row: bytes | str) -> int | None:
+    columns: dict[str, Any] = orjson.loads(study_row)
+    facts = StudyFacts(
+        site=study[0],
+        study_instance_uid=study[1],
+        patient_id=columns.get("patient_id"),
+        issuer_of_patient_id=columns.get("issuer_of_patient_id"),
+        study_date=columns.get("study_date"),
+        received=float(columns.get("received") or 0.0),
+    )
+    return next((hold.id for hold in holds if hold.covers(facts)), None)
 
 
 def hold_from_row(row: Any) -> Hold:

@@ -26,6 +26,7 @@ from dicomweb_server.index.lifecycle_rows import (
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
     TRASHED_COLUMNS,
+    held_trash,
     hold_from_row,
     joined_set,
     not_found,
@@ -97,16 +98,20 @@ class PostgresLifecycle:
         )
 
     async def trashed_before(
-        self, cutoff: float, site: str | None, limit: int
+        self, cutoff: float, site: str | None, limit: int, after: int = 0
     ) -> list[TrashedInstance]:
-        text = f"SELECT {', '.join(TRASHED_COLUMNS)} FROM deleted_instances WHERE deleted_at < $1"
-        args: list[Any] = [cutoff]
+        text = (
+            f"SELECT {', '.join(TRASHED_COLUMNS)}, study_row FROM deleted_instances"
+            " WHERE deleted_at < $1 AND id > $2"
+        )
+        args: list[Any] = [cutoff, after]
         if site is not None:
-            text += " AND site = $2"
+            text += " AND site = $3"
             args.append(site)
-        text += f" ORDER BY deleted_at, id LIMIT ${len(args) + 1}"
+        text += f" ORDER BY id LIMIT ${len(args) + 1}"
+        holds = await self._fetch(f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id")
         rows = await self._fetch(text, *args, limit)
-        return [trashed_from_row(row) for row in rows]
+        return held_trash(rows, [hold_from_row(hold) for hold in holds])
 
     async def forget_trashed(self, ids: Sequence[int]) -> None:
         await self._fetch(

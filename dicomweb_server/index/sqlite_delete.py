@@ -20,6 +20,7 @@ from dicomweb_server.index.lifecycle_rows import (
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
     TRASHED_COLUMNS,
+    held_trash,
     hold_from_row,
     joined_set,
     not_found,
@@ -74,17 +75,27 @@ class SqliteLifecycle:
         )
 
     async def trashed_before(
-        self, cutoff: float, site: str | None, limit: int
+        self, cutoff: float, site: str | None, limit: int, after: int = 0
     ) -> list[TrashedInstance]:
-        text = f"SELECT {', '.join(TRASHED_COLUMNS)} FROM deleted_instances WHERE deleted_at < ?"
-        params: list[Any] = [cutoff]
+        text = (
+            f"SELECT {', '.join(TRASHED_COLUMNS)}, study_row FROM deleted_instances"
+            " WHERE deleted_at < ? AND id > ?"
+        )
+        params: list[Any] = [cutoff, after]
         if site is not None:
             text += " AND site = ?"
             params.append(site)
-        text += " ORDER BY deleted_at, id LIMIT ?"
+        text += " ORDER BY id LIMIT ?"
         params.append(limit)
-        rows = await self._read(lambda conn: conn.execute(text, params).fetchall())
-        return [trashed_from_row(row) for row in rows]
+
+        def run(conn: sqlite3.Connection) -> list[TrashedInstance]:
+            holds = conn.execute(
+                f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id"
+            ).fetchall()
+            rows = conn.execute(text, params).fetchall()
+            return held_trash(rows, [hold_from_row(hold) for hold in holds])
+
+        return await self._read(run)
 
     async def forget_trashed(self, ids: Sequence[int]) -> None:
         def run(conn: sqlite3.Connection) -> None:

@@ -29,7 +29,7 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -49,7 +49,7 @@ from dicomweb_server.domain.sites import choose_site
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AuditLog
 
-__all__ = ["AuditForwarder", "AuditService", "AuditSettings"]
+__all__ = ["AuditForwarder", "AuditService", "AuditSettings", "system_event", "write_now"]
 
 log = logging.getLogger("dicomweb_server.audit")
 
@@ -444,6 +444,45 @@ class AuditService:
                 self._settings.retention_days,
             )
         return removed
+
+
+def system_event(
+    action: AuditAction,
+    actor: str,
+    site: str,
+    patients: Mapping[str, tuple[str, str | None] | None],
+    *,
+    operator: str = "",
+    detail: str = "",
+) -> AuditEvent:
+    """An event no request made: retention expiry, a CLI command, a stored rejection note.
+
+    `actor` names the system actor (`retention`, `cli:purge`, `cli:restore`), `operator` who
+    ran it when someone did; `patients` maps each study to its patient, captured before the
+    change when it removes the study (None: resolved from the index when written)."""
+    known = {uid: patient for uid, patient in patients.items() if patient is not None}
+    return AuditEvent(
+        time=time.time(),
+        subject=actor,
+        kind="system",
+        display_name=f"{actor} ({operator})" if operator else actor,
+        client="",
+        action=action,
+        site=site,
+        outcome=200,
+        request_id="",
+        studies=tuple(patients),
+        detail=detail,
+        patients=known or None,
+    )
+
+
+async def write_now(log: AuditLog, events: Sequence[AuditEvent]) -> int:
+    """Write events at once, outside a server (a CLI command); how many records."""
+    service = AuditService(log)
+    for event in events:
+        service.record(event)
+    return await service.flush(close_rollups=True)
 
 
 def _application_event(what: str) -> AuditEvent:

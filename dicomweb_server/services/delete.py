@@ -46,11 +46,13 @@ _PURGE_BATCH = 500
 
 @dataclass(slots=True)
 class PurgeReport:
-    """What a purge removed."""
+    """What a purge removed, and what it kept."""
 
     instances: int = 0
     objects: int = 0
     kept: list[str] = field(default_factory=list)  # objects stored again since their delete
+    held: int = 0  # trashed instances kept (still restorable) because a legal hold covers them
+    holds: set[int] = field(default_factory=set)  # the ids of those holds
 
 
 @dataclass(slots=True)
@@ -167,22 +169,36 @@ class DeleteService:
         the grace period), then their trash rows.
 
         An object a live instance references again (the same instance stored again with the
-        same content has the same key), or written after the delete, is kept.
+        same content has the same key), or written after the delete, is kept. A trashed
+        instance whose study a legal hold covers (by the study, or by its patient) is left in
+        the trash, restorable, and counted in `held`: a later purge takes it once the hold is
+        removed.
         """
         days = self.grace_days if older_than_days is None else older_than_days
         cutoff = time.time() - days * _DAY
         report = PurgeReport()
+        after = 0
         while True:
-            batch = await self.lifecycle.trashed_before(cutoff, site, _PURGE_BATCH)
+            found = await self.lifecycle.trashed_before(cutoff, site, _PURGE_BATCH, after)
+            if not found:
+                break
+            after = found[-1].id
+            batch = [trashed for trashed in found if trashed.held_by is None]
+            if len(batch) < len(found):
+                report.held += len(found) - len(batch)
+                report.holds.update(t.held_by for t in found if t.held_by is not None)
             if not batch:
-                return report
+                continue
             in_use = await self.lifecycle.blob_keys_in_use(sorted({t.blob_key for t in batch}))
+            held_keys = {t.blob_key for t in found if t.held_by is not None}
             done: set[str] = set()
             for trashed in batch:
                 key = trashed.blob_key
                 if key in done:
                     continue
                 done.add(key)
+                if key in held_keys:
+                    continue  # the same object, trashed again under a hold: it keeps it
                 if key in in_use or await self._rewritten(trashed):
                     report.kept.append(key)
                     continue
@@ -191,6 +207,13 @@ class DeleteService:
             await self.lifecycle.forget_trashed([t.id for t in batch])
             report.instances += len(batch)
             log.info("purged %d trashed instance(s) (%d objects)", len(batch), report.objects)
+        if report.held:
+            log.info(
+                "purge kept %d trashed instance(s) under legal hold %s",
+                report.held,
+                ", ".join(map(str, sorted(report.holds))),
+            )
+        return report
 
     async def _rewritten(self, trashed: TrashedInstance) -> bool:
         """True when the object was written again after the instance was deleted."""

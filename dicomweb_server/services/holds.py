@@ -2,8 +2,10 @@
 
 A held study cannot be deleted, rejected or expired: the delete transaction reads the holds
 under the study row's lock (domain/lifecycle.py decides) and refuses with a 409 naming the
-hold's id and reason. Adding and removing a hold is logged with who did it, so the audit
-trail can pick it up.
+hold's id and reason. What of a held study is already in the trash stays there, restorable:
+purge skips it (services/delete.py) until the hold is removed. Hold ids are never reused, so
+"hold N" in a message or log names one hold. Adding and removing a hold is logged with who
+did it, so the audit trail can pick it up.
 """
 
 from __future__ import annotations

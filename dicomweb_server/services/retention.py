@@ -5,7 +5,8 @@ lease in the index (shared by every worker and machine), and only the holder wor
 trashed instances older than DICOMWEB_DELETE_GRACE_DAYS, then expires the studies of each
 site with `retain_years` through the same soft delete as a DELETE (reason "retention"), so
 expired data stays restorable for the grace period too. A study under a legal hold or younger
-than its site's minimum retention is skipped (and logged), never expired.
+than its site's minimum retention is skipped (and logged), never expired. Each expired study
+leaves a "study deleted" audit record by the actor `retention`, naming its patient.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.domain.lifecycle import years_before
 from dicomweb_server.errors import ConflictError, DicomwebError, NotFoundError
 from dicomweb_server.index.base import DeleteTarget, Lifecycle, SiteCatalog
+from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.services.delete import DeleteService, PurgeReport
 
 __all__ = ["Maintenance", "MaintenanceReport"]
@@ -53,8 +56,10 @@ class Maintenance:
         *,
         interval: float,
         batch: int = 100,
+        audit: AuditService | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._audit = audit
         self._sites = sites
         self._deleter = deleter
         self.interval = interval
@@ -100,11 +105,24 @@ class Maintenance:
                     break
                 for uid in fresh[: self.batch - done]:
                     done += 1
+                    # The patient while the study exists: its audit record names it
+                    audit = self._audit
+                    patients = await audit.patients_of(site.name, [uid]) if audit else {}
                     try:
                         await self._deleter.delete(
                             DeleteTarget(site.name, uid), who="retention", reason="retention"
                         )
                         expired += 1
+                        if audit is not None:
+                            audit.record(
+                                system_event(
+                                    AuditAction.DELETE,
+                                    "retention",
+                                    site.name,
+                                    {uid: patients.get(uid)},
+                                    detail="retention",
+                                )
+                            )
                     except ConflictError as exc:
                         kept.add(uid)
                         refused += 1

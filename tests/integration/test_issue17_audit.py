@@ -543,3 +543,65 @@ async def test_issue17_audit_change_feed_reads_are_recorded_with_their_patients(
         assert (feed["type"]["code"], feed["action"]) == ("110112", "E")
         alpha_records = await _audit(application).search(AuditQuery(patient_id="P17-FEED-A"))
         assert [r.action for r in alpha_records.records] == ["store"]  # not shown to the reader
+
+
+async def test_issue17_audit_retention_expiry_is_recorded_with_its_patient(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """A study a site's retention expires leaves a "study deleted" record by `retention`,
+    naming the patient (read before the delete), as a DELETE does."""
+    from dicomweb_server.services.retention import Maintenance
+
+    sites = app.state.dicomweb.sites
+    await sites.update_site(await sites.get_site("default"), retain_years=10)
+    ds = ct_dataset(patient_id="P17-EXPIRED", study_date="19990101")
+    await _stow(client, [to_part10(ds)])
+    index = app.state.backends.index
+    maintenance = Maintenance(
+        index, index, app.state.dicomweb.delete, interval=0, audit=_audit(app)
+    )
+    report = await maintenance.run_once()
+    assert report is not None and report.expired == 1
+    await _audit(app).flush()
+    (expired,) = await _records(app, "retention")
+    assert (expired.action, expired.kind, expired.site, expired.detail) == (
+        "delete",
+        "system",
+        "default",
+        "retention",
+    )
+    assert expired.studies == (AuditStudy(ds.StudyInstanceUID, "default", "P17-EXPIRED", None),)
+
+
+async def test_issue17_audit_cli_restore_and_purge_are_recorded(
+    app: Starlette, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    ds = ct_dataset(patient_id="P17-TRASH")
+    study = ds.StudyInstanceUID
+    await _stow(client, [to_part10(ds)])
+    assert (await client.delete(f"{BASE}/studies/{study}")).status_code == 204
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    env["DICOMWEB_DATA_DIR"] = str(settings.data_dir)
+    env["USER"] = env["LOGNAME"] = "operator9"
+    if settings.database_url:
+        env["DICOMWEB_DATABASE_URL"] = settings.database_url
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "dicomweb_server", *args]
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+
+    restored = await asyncio.to_thread(run, "restore", "--study", study)
+    assert restored.returncode == 0, restored.stderr
+    (record,) = await _records(app, "cli:restore")
+    assert (record.action, record.kind, record.site) == ("restore", "system", "default")
+    assert record.display_name == "cli:restore (operator9)"
+    assert record.studies == (AuditStudy(study, "default", "P17-TRASH", None),)
+
+    assert (await client.delete(f"{BASE}/studies/{study}")).status_code == 204
+    purged = await asyncio.to_thread(run, "purge")
+    assert purged.returncode == 0, purged.stderr
+    (record,) = await _records(app, "cli:purge")
+    assert (record.action, record.site, record.detail) == ("delete", "default", "purge")
+    assert [s.study_instance_uid for s in record.studies] == [study]
+    assert (await asyncio.to_thread(run, "purge")).returncode == 0  # nothing left: no record
+    assert len(await _records(app, "cli:purge")) == 1

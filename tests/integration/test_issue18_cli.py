@@ -81,3 +81,52 @@ async def test_issue18_hold_restore_and_purge_from_the_command_line(env: dict[st
         _run(env, "hold", "add", "--study", study, "--patient", "P", "--reason", "x").returncode
         == 2
     )
+
+
+async def test_issue18_purge_from_the_command_line_keeps_a_held_study(
+    env: dict[str, str],
+) -> None:
+    """A study deleted, then held (a litigation hold arriving in the grace period): `purge`
+    keeps it and says so, `restore` still brings it back; after `hold remove`, a purge takes
+    it."""
+    study = uid()
+    settings = Settings(
+        data_dir=Path(env["DICOMWEB_DATA_DIR"]),
+        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
+    )
+    backends = await open_backends(settings)
+    try:
+        spool = Spool(1 << 20)
+        spool.write(to_part10(ct_dataset(study, patient_id="HELD-7")))
+        async with StoreService(backends.index, backends.blobs, ParseLimits()).request(
+            "default", None, StowResult()
+        ) as store:
+            await store.add(spool)
+        index = backends.index
+        deleter = DeleteService(index, index, index, backends.blobs)
+        assert await deleter.delete(DeleteTarget("default", study), who="test") == 1
+    finally:
+        await backends.close()
+    added = _run(env, "hold", "add", "--patient", "HELD-7", "--reason", "litigation")
+    assert added.returncode == 0, added.stderr
+    hold_id = added.stdout.split()[3]
+    kept = _run(env, "purge")
+    assert kept.returncode == 0, kept.stderr
+    assert "purged 0 trashed instance(s)" in kept.stdout
+    assert f"kept 1 trashed instance(s) under legal hold {hold_id}" in kept.stdout
+    assert "1 kept under legal hold" in kept.stderr  # the log line
+    restored = _run(env, "restore", "--study", study)
+    assert restored.returncode == 0, restored.stderr
+    assert _run(env, "hold", "remove", hold_id).returncode == 0
+    backends = await open_backends(settings)
+    try:
+        index = backends.index
+        deleter = DeleteService(index, index, index, backends.blobs)
+        assert await deleter.delete(DeleteTarget("default", study), who="test") == 1
+    finally:
+        await backends.close()
+    purged = _run(env, "purge")
+    assert "purged 1 trashed instance(s): deleted 1 object(s)" in purged.stdout
+    assert "under legal hold" not in purged.stdout
+    gone = _run(env, "restore", "--study", study)
+    assert gone.returncode == 1 and "holds nothing of study" in gone.stderr

@@ -14,6 +14,7 @@ from starlette.applications import Starlette
 
 from dicomweb_server.domain.blob_keys import derived_prefix
 from dicomweb_server.domain.identifiers import StudyKey
+from dicomweb_server.services.holds import HoldService
 from dicomweb_server.services.maintenance import sweep_orphans
 from dicomweb_server.storage.base import FileRegion
 
@@ -178,6 +179,44 @@ async def test_issue18_purge_keeps_an_object_stored_again(
     purged = await app.state.dicomweb.delete.purge(older_than_days=0)
     assert purged.instances == 1 and purged.objects == 0
     assert len(await _objects(client, path)) == 1
+
+
+async def test_issue18_purge_keeps_the_trash_of_a_held_study(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """A hold placed on deleted data during the grace period keeps it restorable: purge
+    (the operator's, or maintenance's) skips it and counts it, and takes it once the hold
+    is removed."""
+    held, other = uid(), uid()
+    await _stow(
+        client,
+        [to_part10(ct_dataset(held, uid(), uid(), patient_id="HELD-P", seed=n)) for n in range(2)]
+        + [to_part10(ct_dataset(other, uid(), uid(), patient_id="FREE-P"))],
+    )
+    index, blobs = app.state.backends.index, app.state.backends.blobs
+    keys = [i.blob_key async for i in index.iter_instances(StudyKey("default", held))]
+    for study in (held, other):
+        assert (await client.delete(f"/studies/{study}")).status_code == 204
+    holds = HoldService(index)
+    hold = await holds.add(reason="litigation", who="tester", patient_id="HELD-P")
+    deleter = app.state.dicomweb.delete
+    purged = await deleter.purge(older_than_days=0)
+    assert (purged.instances, purged.objects) == (1, 1)
+    assert (purged.held, purged.holds) == (2, {hold.id})
+    for key in keys:
+        assert [info.key async for info in blobs.iter_objects(key)] == [key]
+    assert (await deleter.purge(older_than_days=0)).held == 2  # kept, run after run
+    assert await deleter.restore("default", held) == 2
+    assert (await client.get(f"/studies/{held}/metadata")).status_code == 200
+    # Deleted again once the hold is removed: the next purge takes it.
+    await holds.remove(hold.id, who="tester")
+    assert (await client.delete(f"/studies/{held}")).status_code == 204
+    purged = await deleter.purge(older_than_days=0)
+    assert (purged.instances, purged.objects, purged.held) == (2, 2, 0)
+    for key in keys:
+        assert [info.key async for info in blobs.iter_objects(key)] == []
+    with pytest.raises(Exception, match="holds nothing"):
+        await deleter.restore("default", held)
 
 
 async def test_issue18_derived_data_of_deleted_instances_is_removed(

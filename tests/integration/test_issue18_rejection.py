@@ -185,6 +185,17 @@ async def test_issue18_a_legal_hold_keeps_a_study(
         await holds.remove(by_study.id, who="tester")
 
 
+async def test_issue18_hold_ids_are_never_reused(app: Starlette) -> None:
+    """ "Hold N" names one hold: removing the newest and adding another gives a new id."""
+    holds = HoldService(app.state.backends.index)
+    first = await holds.add(reason="case 1", who="tester", study_instance_uid=uid())
+    newest = await holds.add(reason="case 2", who="tester", patient_id="P-2")
+    await holds.remove(newest.id, who="tester")
+    added = await holds.add(reason="case 3", who="tester", patient_id="P-3")
+    assert added.id > newest.id > first.id
+    assert [h.id for h in await holds.list()] == [first.id, added.id]
+
+
 async def test_issue18_retention_expires_old_studies_through_the_trash(
     app: Starlette, client: httpx.AsyncClient
 ) -> None:
