@@ -2,8 +2,9 @@
 
 Deleted and rejected instances stay in the trash for DICOMWEB_DELETE_GRACE_DAYS: `restore`
 brings a study or series back unchanged, `purge` empties the trash now. Legal holds keep
-studies from being deleted, rejected or expired. Each action is logged with the operator's
-user name (from the environment) for the audit trail.
+studies from being deleted, rejected or expired, and keep what of them is in the trash from
+being purged. Each action is logged with the operator's user name (from the environment) for
+the audit trail.
 """
 
 from __future__ import annotations
@@ -157,15 +158,22 @@ async def _purge(
         ],
     )
     log.info(
-        "purge by %s: %d trashed instance(s), %d object(s)",
+        "purge by %s: %d trashed instance(s), %d object(s), %d kept under legal hold",
         _operator(),
         report.instances,
         report.objects,
+        report.held,
     )
     print(
         f"purged {report.instances} trashed instance(s): deleted {report.objects} object(s),"
         f" kept {len(report.kept)} stored again since"
     )
+    if report.held:
+        held_by = ", ".join(map(str, sorted(report.holds)))
+        print(
+            f"kept {report.held} trashed instance(s) under legal hold {held_by}: restorable;"
+            " purged once the hold is removed"
+        )
     return 0
 
 
