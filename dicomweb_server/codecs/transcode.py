@@ -188,13 +188,21 @@ _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 def _swap_words(ds: Dataset) -> None:
     """Turn the raw word values of a data set read from explicit VR big endian (retired,
     PS3.5 A.3) into little endian, nested sequences included; pydicom converts the others
-    itself when the data set is written."""
+    itself when the data set is written.
+
+    Native Pixel Data is swapped by its pixel cell (Bits Allocated), not by its VR's word:
+    32-bit pixels (a dose grid) are OW, and swapping their 16-bit halves would scramble every
+    value.
+    """
+    bits = ds.get("BitsAllocated")
     for element in ds:
         if element.VR == "SQ":
             for item in element.value:
                 _swap_words(item)
             continue
         size = _WORD_SIZES.get(str(element.VR))
+        if element.tag == 0x7FE00010 and size is not None and bits in (32, 64):
+            size = int(bits) // 8
         value = element.value
         if size is None or not isinstance(value, bytes) or len(value) % size:
             continue
