@@ -182,10 +182,11 @@ class FileSetBuilder:
         self.instances += 1
 
     def forget(self, placement: Placement) -> None:
-        """Drop a placed instance that was not written (the last placed of its series)."""
+        """Drop a placed instance that was not written (the last placed of its series),
+        described or not."""
         leaves = placement.series.leaves
-        if leaves and int(placement.components[-1][1:]) == len(leaves) and not leaves[-1]:
-            leaves.pop()
+        if leaves and int(placement.components[-1][1:]) == len(leaves) and leaves.pop():
+            self.instances -= 1  # it was described
 
     # Writing.
 

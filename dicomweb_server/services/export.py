@@ -9,6 +9,12 @@ index keeps. With it, only the header (everything before Pixel Data) and any ele
 Pixel Data are read into memory and de-identified; Pixel Data itself is streamed through
 unchanged, as the profile leaves it (its Clean Pixel Data Option is not offered: instances
 marked with burned-in annotation are left out instead).
+
+The re-encoded data set is written as its transfer syntax says, whatever the stored bytes did:
+elements read with implicit VR under an explicit syntax (which pydicom accepts, so STOW does)
+get their VRs, and a stray item or sequence delimiter at the top level (it carries no data) is
+dropped. An instance that still cannot be read, de-identified or re-encoded is a failure with
+its reason, and the export goes on.
 """
 
 from __future__ import annotations
@@ -19,11 +25,13 @@ import io
 import struct
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom import dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -52,10 +60,12 @@ _PAGE = 1000  # studies per index search
 _CHUNK = 1 << 20  # bytes per read of a stored object
 _PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_DELIMITER_GROUP = 0xFFFE  # Item, Item Delimitation, Sequence Delimitation: no data elements
 _STUDY_UID = "0020000D"
 _PATIENT_ID = "00100020"
 _INSTANCES_IN_STUDY = "00201208"
 _MANIFEST_HEADER = ("path", "sop_instance_uid", "bytes", "sha256")
+_T = TypeVar("_T")
 
 
 class ExportError(DicomwebError):
@@ -234,6 +244,13 @@ class ExportService:
                     str(header.SeriesInstanceUID),
                 )
             try:
+                await self._describe(builder, placement, header, instance.transfer_syntax_uid)
+            except Exception as exc:  # pydicom raises many types on values it cannot convert
+                builder.forget(placement)
+                await _aclose(prepared.chunks)
+                self._failed(label, f"no DICOMDIR record can be made of it: {_said(exc)}")
+                continue
+            try:
                 size, digest = await sink.write_file(
                     placement.path, prepared.chunks, prepared.size_hint
                 )
@@ -242,7 +259,6 @@ class ExportService:
                 raise
             finally:
                 await _aclose(prepared.chunks)
-            await self._describe(builder, placement, header, instance.transfer_syntax_uid)
             table.writerow((placement.path, str(header.SOPInstanceUID), size, digest))
             self.stats.written += 1
             self.stats.instances_done += 1
@@ -261,12 +277,17 @@ class ExportService:
 
     async def _prepare(self, instance: StoredInstance) -> _Prepared | None:
         """The instance's header and bytes; None when de-identification leaves it out."""
+        syntax = instance.transfer_syntax_uid
         if self._deid is None:
             chunks = await _opened(self._blobs.iter_get(instance.blob_key, chunk_size=_CHUNK))
             metadata = await self._index.get_metadata(instance.key)
             if metadata is None:
                 raise NotFoundError(f"no metadata for {instance.key.sop_instance_uid}")
-            header = await asyncio.to_thread(_from_json, metadata, instance.transfer_syntax_uid)
+            try:
+                header = await _work("its metadata cannot be read", _from_json, metadata, syntax)
+            except BaseException:
+                await _aclose(chunks)
+                raise
             return _Prepared(header, chunks, instance.size)
         return await self._deidentified(instance)
 
@@ -283,20 +304,27 @@ class ExportService:
     async def _deidentified(self, instance: StoredInstance) -> _Prepared | None:
         deid = self._deid
         assert deid is not None
+        if not UID(instance.transfer_syntax_uid).is_transfer_syntax:
+            raise _UnexportableError(
+                f"its transfer syntax {instance.transfer_syntax_uid} is not a known one, so a"
+                " de-identified copy cannot be encoded"
+            )
         split = await self._split(instance)
         if split is None:  # no Pixel Data to stream around: the whole object in memory
             data = await self._read(instance, 0, instance.size)
-            whole: Dataset = await asyncio.to_thread(dcmread, io.BytesIO(data))
-            if (await asyncio.to_thread(deid.apply, whole)).excluded:
+            whole: Dataset = await _work("it cannot be read", _parse_whole, data)
+            if (await _work("it cannot be de-identified", deid.apply, whole)).excluded:
                 return None
-            encoded = await asyncio.to_thread(_encode_file, whole)
+            encoded = await _work("its de-identified copy cannot be encoded", _encode_file, whole)
             return _Prepared(whole, _chunks_of(encoded), len(encoded))
         header_bytes, pixel_tag, tag_offset, pixel_end, tail_bytes = split
         syntax = instance.transfer_syntax_uid
-        ds = await asyncio.to_thread(_parse_split, header_bytes, tail_bytes, syntax)
-        if (await asyncio.to_thread(deid.apply, ds)).excluded:
+        ds = await _work("it cannot be read", _parse_split, header_bytes, tail_bytes, syntax)
+        if (await _work("it cannot be de-identified", deid.apply, ds)).excluded:
             return None
-        head, tail_encoded = await asyncio.to_thread(_encode_split, ds, pixel_tag, syntax)
+        head, tail_encoded = await _work(
+            "its de-identified copy cannot be encoded", _encode_split, ds, pixel_tag, syntax
+        )
         pixel = self._blobs.iter_get(
             instance.blob_key, tag_offset, pixel_end - tag_offset, chunk_size=_CHUNK
         )
@@ -339,6 +367,20 @@ class _UnexportableError(Exception):
         self.reason = reason
 
 
+async def _work(failure: str, func: Callable[..., _T], *args: Any) -> _T:
+    """`func(*args)` in a thread; whatever pydicom raises on data it cannot handle (it raises
+    many types) becomes this instance's failure, with `failure` and pydicom's words as reason."""
+    try:
+        return await asyncio.to_thread(func, *args)
+    except Exception as exc:
+        raise _UnexportableError(f"{failure}: {_said(exc)}") from exc
+
+
+def _said(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
 def _first(row: dict[str, Any], tag: str) -> str:
     try:
         return str(row[tag]["Value"][0])
@@ -353,17 +395,68 @@ def _from_json(metadata: bytes, syntax: str) -> Dataset:
     return ds
 
 
+def _parse_whole(data: bytes) -> Dataset:
+    return _without_delimiters(dcmread(io.BytesIO(data)))
+
+
 def _parse_split(header: bytes, tail: bytes, syntax: str) -> Dataset:
     ds = dcmread(io.BytesIO(header))
     implicit = syntax == ImplicitVRLittleEndian
     little = syntax != ExplicitVRBigEndian
     following = read_dataset(io.BytesIO(tail), implicit, little) if tail else Dataset()
-    for element in following:
-        ds[element.tag] = element
+    for tag in following.keys():  # noqa: SIM118 - iterating a Dataset converts every element
+        ds[tag] = following.get_item(tag, keep_deferred=True)
+    return _without_delimiters(ds)
+
+
+def _without_delimiters(ds: Dataset) -> Dataset:
+    """`ds` without top-level Item or Delimitation "elements": a stray Sequence Delimitation
+    Item after encapsulated Pixel Data (a writer that closed the sequence twice) is read as
+    one, carries no data and cannot be written as an element."""
+    for tag in list(ds.keys()):
+        if tag >> 16 == _DELIMITER_GROUP:
+            del ds[tag]
     return ds
 
 
+def _with_vrs(ds: Dataset) -> None:
+    """Give each element of `ds` (and of its items) read without a VR, as implicit VR data is,
+    its VR, so it can be written with explicit VR. pydicom reads implicit VR data whatever the
+    transfer syntax declares, then keeps the syntax's explicit VR as the data set's encoding
+    and would write those elements with no VR at all. A value pydicom cannot convert keeps
+    its bytes under the dictionary VR (UN for a sequence, a private or an ambiguous one:
+    PS3.5 6.2.2 reads undefined-length UN as implicit VR, which its bytes are)."""
+    for tag in list(ds.keys()):
+        element = ds.get_item(tag, keep_deferred=True)
+        if element is None:
+            continue
+        if element.VR is None:
+            try:
+                element = ds[tag]
+            except Exception:  # e.g. IS "1A": kept as it was stored
+                assert isinstance(element, RawDataElement)
+                ds[tag] = element._replace(VR=_stored_vr(tag))
+                continue
+        if element.VR == "SQ":
+            if isinstance(element, RawDataElement):
+                if not element.is_implicit_VR:
+                    continue  # read with VRs, its items too: written as it is
+                element = ds[tag]
+            for item in element.value:
+                _with_vrs(item)
+
+
+def _stored_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(tag)
+    except KeyError:
+        return "UN"
+    return "UN" if vr == "SQ" or " " in vr or vr == "NONE" else vr
+
+
 def _encode_file(ds: Dataset) -> bytes:
+    if not UID(ds.file_meta.TransferSyntaxUID).is_implicit_VR:
+        _with_vrs(ds)
     out = io.BytesIO()
     dcmwrite(out, ds, enforce_file_format=True)
     return out.getvalue()

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import warnings
 import zipfile
+from io import BytesIO
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ import pytest
 from cli_helpers import count, no_space, run_cli, stow, tiny_disk, use_settings
 from dicomfiles import ct_dataset, to_part10, uid
 from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.fileset import FileSet
 from pydicom.uid import RLELossless
@@ -314,3 +316,110 @@ async def test_issue19_export_on_a_full_disk_stops_with_one_line(
         zipped = await run_cli(capsys, "export", tiny / "media.zip", "--zip")
         assert zipped.code == 1 and "No space left on device" in zipped.err
         assert not _exists(tiny / "media.zip") and not _exists(tiny / "media.zip.partial")
+
+
+def _implicit_vr_under_jpeg() -> bytes:
+    """pydicom's SC_rgb_jpeg.dcm: JPEG Baseline declared, the data set written with implicit
+    VR (pydicom reads it, so STOW and import accept it)."""
+    return Path(get_testdata_file("SC_rgb_jpeg.dcm")).read_bytes()
+
+
+def _with_stray_delimiter(ds: Dataset) -> bytes:
+    """`ds` RLE-encoded, with a second Sequence Delimitation Item after Pixel Data's own (a
+    writer that closed the sequence twice): a top-level (FFFE,E0DD) that STOW accepts."""
+    ds.compress(RLELossless, encoding_plugin="pydicom")
+    return to_part10(ds) + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_export_deidentifies_implicit_vr_under_jpeg_and_a_stray_delimiter(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    normal = ct_dataset(patient_id="PAT-N", seed=1)
+    stray = ct_dataset(patient_id="PAT-S", seed=2)
+    sources = [to_part10(normal), _implicit_vr_under_jpeg(), _with_stray_delimiter(stray)]
+    await stow(client, sources)
+    originals = {str(ds.SOPInstanceUID): ds for ds in (dcmread(BytesIO(f)) for f in sources)}
+    dest = tmp_path / "research"
+
+    ran = await run_cli(capsys, "export", dest, "--deidentify", "basic")
+
+    assert ran.code == 0, ran
+    assert "Traceback" not in ran.err
+    assert [count(ran.out, label) for label in ("written", "failed")] == [3, 0]
+    rows = _manifest(dest)
+    assert len(rows) == 3
+    by_pixels = {}
+    for row in rows:
+        path = dest / row["path"]
+        assert int(row["bytes"]) == path.stat().st_size
+        ds = dcmread(path)
+        assert ds.PatientIdentityRemoved == "YES"
+        assert ds.SOPInstanceUID.startswith("2.25.") and ds.SOPInstanceUID not in originals
+        assert ds.PatientName == ds.PatientID and ds.StudyDate == ""  # pseudonym; Z: emptied
+        assert not [tag for tag in ds.keys() if tag >> 16 == 0xFFFE]  # noqa: SIM118
+        syntax = ds.file_meta.TransferSyntaxUID
+        assert syntax.is_implicit_VR or ds.get_item(0x00080016).VR == "UI"  # read explicitly
+        by_pixels[bytes(ds.PixelData)] = ds
+    for original in originals.values():
+        written = by_pixels[bytes(original.PixelData)]  # Pixel Data as it was
+        assert written.get("ImageType") == original.get("ImageType")  # not in the profile: kept
+        assert written.PatientID not in {"PAT-N", "PAT-S", original.PatientID}
+        assert written.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+        assert written.pixel_array.shape == original.pixel_array.shape
+    file_set = _read_file_set(dest / "DICOMDIR")
+    try:
+        assert len(file_set) == 3
+        assert {i.SOPInstanceUID for i in file_set} == {r["sop_instance_uid"] for r in rows}
+    finally:
+        _drop(file_set)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_export_counts_an_instance_it_cannot_deidentify_and_goes_on(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    use_settings(settings, monkeypatch)
+    study = uid()
+    series = uid()
+    files = [to_part10(ct_dataset(study, series, instance_number=n, seed=n)) for n in (1, 2, 3)]
+    private = ct_dataset(study, series, instance_number=4, seed=4)
+    private.file_meta.TransferSyntaxUID = "1.2.840.99999.1.2.1"  # a syntax no reader knows
+    await stow(client, [*files, to_part10(private)])
+    damaged = next(
+        p for p in (settings.data_dir / "objects").rglob("*.dcm") if p.read_bytes() == files[1]
+    )
+    data = bytearray(damaged.read_bytes())
+    data[128:132] = b"XXXX"  # damaged in the store after it was indexed: no longer Part 10
+    damaged.write_bytes(bytes(data))
+    dest = tmp_path / "research"
+
+    ran = await run_cli(capsys, "export", dest, "--deidentify", "basic")
+
+    assert ran.code == 1, ran
+    assert "Traceback" not in ran.err
+    summary = ran.out[ran.out.index("\nexported ") :]  # after the lines naming each failure
+    assert [count(summary, label) for label in ("written", "failed")] == [2, 2], ran.out
+    failed = sorted(line for line in ran.out.splitlines() if line.startswith("failed "))
+    assert len(failed) == 2, ran.out
+    assert any(line.endswith("a de-identified copy cannot be encoded") for line in failed)
+    assert any(": it cannot be read: " in line for line in failed)
+    assert count(summary, "DICOMDIR") > 0  # the media is complete for what was exported
+    rows = _manifest(dest)
+    assert len(rows) == 2
+    numbers = sorted(int(dcmread(dest / row["path"]).InstanceNumber) for row in rows)
+    assert numbers == [1, 3]
+    file_set = _read_file_set(dest / "DICOMDIR")
+    try:
+        assert {i.SOPInstanceUID for i in file_set} == {r["sop_instance_uid"] for r in rows}
+    finally:
+        _drop(file_set)
