@@ -106,7 +106,12 @@ def _parse_with_pydicom(fp: BinaryIO, size: int, limits: ParseLimits) -> Instanc
     reader = BudgetedReader(fp, size, limits.max_header_bytes)
     try:
         header = PydicomHeader.read(reader, size, limits)
-        return _build(header, cast(BinaryIO, reader), size, limits)
+        if reader.cut:
+            raise reader.truncated()
+        record = _build(header, cast(BinaryIO, reader), size, limits)
+        if reader.cut:
+            raise reader.truncated()
+        return record
     except InvalidInstanceError:
         raise
     except RecursionError as exc:

@@ -119,6 +119,11 @@ class BudgetedReader:
         self._budget = budget
         self._read = 0
         self.exceeded = False
+        # pydicom ends a data set quietly where the file ends, even inside an element: a read
+        # the end of the file cuts short says the file was cut (a copy interrupted), except
+        # the one read of the next element's header that finds nothing (or zero padding).
+        self.cut = False
+        self._ended = False
 
     def over_budget(self) -> InvalidInstanceError:
         return InvalidInstanceError(
@@ -134,7 +139,17 @@ class BudgetedReader:
             raise self.over_budget()
         data = self._fp.read(wanted)
         self._read += len(data)
+        if size is not None and size > 0 and len(data) < size:
+            if self._ended or data.strip(b"\0"):
+                self.cut = True
+            self._ended = True
         return data
+
+    def truncated(self) -> InvalidInstanceError:
+        return InvalidInstanceError(
+            "the file ends inside a data element: it is truncated (an interrupted copy?)",
+            0xC000,
+        )
 
     def seek(self, offset: int, whence: int = 0) -> int:
         return self._fp.seek(offset, whence)

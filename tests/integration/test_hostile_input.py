@@ -181,6 +181,37 @@ async def test_hostile_instances_fail_cleanly(
     await _assert_intact(client, baseline)
 
 
+@pytest.mark.parametrize("name", ["CT_small.dcm", "rtplan.dcm", "MR_small_implicit.dcm"])
+async def test_a_file_cut_inside_an_element_is_refused_and_the_whole_one_stored(
+    client: httpx.AsyncClient, name: str
+) -> None:
+    """A copy interrupted part-way (pydicom's rtplan_truncated.dcm is one) was stored as far
+    as it went, and the whole file sent afterwards was refused as a conflicting duplicate.
+    Every cut inside an element is now 0xC000 with the reason; the whole file then stores."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    with open(get_testdata_file(name), "rb") as handle:
+        data = handle.read()
+    # inside Pixel Data, a value near the start, and everywhere between (a step that is no
+    # multiple of an element's size lands inside most of them)
+    for cut in [len(data) - 1, len(data) - 100, *range(900, len(data) - 200, 397)]:
+        response = await _store_part(client, data[:cut])
+        if response.status_code == 200:  # ends right at an element: a whole, shorter data set
+            ends = [e.file_tell for e in dcmread(io.BytesIO(data), force=True)]
+            assert cut in ends or cut - 8 in ends or cut - 12 in ends, cut
+            continue
+        assert response.status_code == 409, (cut, response.text)
+        # cut before its UIDs: "missing identity" (0xA900) is as true
+        assert _failure_reason(response) in (CANNOT_UNDERSTAND, 0xA900), cut
+    whole = await _store_part(client, data)
+    assert whole.status_code == 200, whole.text
+    with open(get_testdata_file("rtplan_truncated.dcm"), "rb") as handle:
+        refused = await _store_part(client, handle.read())
+    assert refused.status_code == 409
+    assert "truncated" in refused.headers["warning"]
+
+
 async def test_header_over_the_memory_budget_is_refused(settings: Settings) -> None:
     """Many small elements are read into memory: max_header_bytes bounds them."""
     app = create_app(settings.replace(max_header_bytes=64 << 10))
