@@ -201,9 +201,7 @@ class RenderService:
         point read, and a series that grows shows its new middle image at once (issue 18).
         """
         memo_key = (study.site, study.study_instance_uid, series_instance_uid or "")
-        versions = await self.retrieve.index.study_versions(
-            (study.site,), study.study_instance_uid
-        )
+        versions = await self.retrieve.index.study_versions((study.site,), study.study_instance_uid)
         version = versions.get(study.site)
         remembered = self._representatives.get(memo_key)
         if remembered is not None and version is not None and remembered[0] == version:
