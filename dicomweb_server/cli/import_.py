@@ -25,7 +25,9 @@ from dicomweb_server.cli.backends import (
 )
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.grants import EVERY_GRANT
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.import_files import ReadLimits, iter_file_items, scan_totals
 from dicomweb_server.services.import_journal import ImportJournal, journal_path
 from dicomweb_server.services.importer import (
@@ -33,12 +35,15 @@ from dicomweb_server.services.importer import (
     ImportStats,
     Outcome,
 )
+from dicomweb_server.services.principal import Principal
 from dicomweb_server.services.pull import DicomwebSource, ReceivedPart, check_query
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["add_commands"]
 
 _COMMAND = "import"
+# Who stores: the operator, with every grant (a rejection note is applied as over STOW).
+_IMPORTER = Principal("cli:import", "anonymous", EVERY_GRANT)
 
 
 def add_commands(commands: Any) -> None:
@@ -69,7 +74,9 @@ def add_commands(commands: Any) -> None:
     )
     add_common(parser, site_help="site to store into (default: default)")
     parser.add_argument(
-        "--report", type=Path, help="write every failure and non-DICOM file here (JSON lines)"
+        "--report",
+        type=Path,
+        help="write every failure, non-DICOM and rejected file here (JSON lines)",
     )
     parser.add_argument(
         "--restart",
@@ -130,7 +137,9 @@ class _Report:
             self._file = open(path, mode, encoding="utf-8", buffering=1)  # noqa: SIM115
 
     def __call__(self, label: str, outcome: Outcome, reason: str) -> None:
-        if self._file is None or not (outcome.is_failure or outcome is Outcome.NOT_DICOM):
+        if self._file is None or not (
+            outcome.is_failure or outcome in (Outcome.NOT_DICOM, Outcome.REJECTED)
+        ):
             return
         entry = {"path": label, "outcome": outcome.value, "reason": reason}
         self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -180,8 +189,14 @@ async def _import(
             # Time counts from here, as a server's STOW rate does not count its start-up
             # (opening an S3 client loads botocore's models: a second of CPU).
             stats.started = time.monotonic()
-            store = StoreService(backends.index, backends.blobs, parse_limits(settings))
-            service = ImportService(store, site, journal=journal, listener=report, stats=stats)
+            index = backends.index
+            deleter = DeleteService(
+                index, index, index, backends.blobs, grace_days=settings.delete_grace_days
+            )
+            store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
+            service = ImportService(
+                store, site, journal=journal, listener=report, stats=stats, principal=_IMPORTER
+            )
             async with progress.shown():
                 try:
                     async with interruptible(_COMMAND, service.stop):
@@ -314,6 +329,7 @@ def _summary(
         f"  stored                 {counts[Outcome.STORED]:>8,}",
         f"  identical duplicates   {counts[Outcome.IDENTICAL]:>8,}",
         f"  conflicts              {counts[Outcome.CONFLICT]:>8,}",
+        f"  rejected               {counts[Outcome.REJECTED]:>8,}",
         f"  not DICOM              {counts[Outcome.NOT_DICOM]:>8,}",
         f"  failed                 {counts[Outcome.FAILED]:>8,}",
         f"  skipped                {counts[Outcome.SKIPPED]:>8,}"

@@ -1,10 +1,10 @@
 """Bulk import: items (files, archive members, pulled parts) through the STOW store pipeline.
 
 Sources yield `ImportItem`s in order; the ones holding bytes go through `StoreRequest`s
-like STOW requests (same validation, duplicates, conflicts), several at once, each with
-`depth` parts in flight and indexing `batch` at a time. A pipeline reports outcomes strictly
-in the order its parts were added, which is how each outcome finds its item. Counters live
-in `ImportStats` for a caller to show; nothing here prints.
+like STOW requests (same validation, duplicates, conflicts, rejection notes applied), several
+at once, each with `depth` parts in flight and indexing `batch` at a time. A pipeline reports
+outcomes strictly in the order its parts were added, which is how each outcome finds its item.
+Counters live in `ImportStats` for a caller to show; nothing here prints.
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from dataclasses import dataclass, field
 from dicomweb_server.domain.identifiers import InstanceKey, SeriesKey, StudyKey
 from dicomweb_server.domain.query import Query
 from dicomweb_server.domain.records import InstanceRecord, StoredInstance
-from dicomweb_server.domain.stow_result import DUPLICATE_SOP_INSTANCE, StowResult
+from dicomweb_server.domain.stow_result import (
+    DUPLICATE_SOP_INSTANCE,
+    SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
+    StowResult,
+)
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex, SearchPage
 from dicomweb_server.index.batch import NewInstance, add_instances
 from dicomweb_server.services.import_journal import ImportJournal, JournalKey
+from dicomweb_server.services.principal import ANONYMOUS, Principal
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.services.store import StoreService
 
@@ -44,6 +49,7 @@ class Outcome(enum.StrEnum):
     STORED = "stored"
     IDENTICAL = "identical"  # already stored with the same content: kept one copy
     CONFLICT = "conflict"  # the SOP Instance UID is stored with other content: refused
+    REJECTED = "rejected"  # an IOCM rejection named it: not stored again, as STOW refuses it
     NOT_DICOM = "not-dicom"  # no Part 10 header: counted, not a failure
     FAILED = "failed"
     SKIPPED = "skipped"  # done by an earlier run (journal)
@@ -233,7 +239,9 @@ class ImportService:
     """Runs one import: items in, outcomes counted, journaled and handed to a listener.
 
     Items go to `lanes` store pipelines at once, like as many concurrent STOW requests: while
-    one indexes a batch (a transaction), the others keep parsing and writing.
+    one indexes a batch (a transaction), the others keep parsing and writing. A rejection
+    note is applied as over STOW (the store needs its `lifecycle`); an instance it names that
+    reaches another pipeline after it is then refused (`REJECTED`), not stored and trashed.
     """
 
     def __init__(
@@ -244,10 +252,15 @@ class ImportService:
         journal: ImportJournal | None = None,
         listener: OutcomeListener | None = None,
         stats: ImportStats | None = None,
+        principal: Principal = ANONYMOUS,
     ) -> None:
         self._index = _OutcomeIndex(store.index)
-        self._store = StoreService(self._index, store.blobs, store.limits)
+        # The store's lifecycle too: a rejection note is applied as over STOW, by `principal`.
+        self._store = StoreService(
+            self._index, store.blobs, store.limits, lifecycle=store.lifecycle
+        )
         self._site = site
+        self._principal = principal
         self._journal = journal
         self._listener = listener
         self.stats = stats or ImportStats()
@@ -325,7 +338,7 @@ class ImportService:
         ended = False
         try:
             async with self._store.request(
-                self._site, None, result, depth=depth, batch=batch
+                self._site, None, result, depth=depth, batch=batch, principal=self._principal
             ) as request:
                 while (item := await lane.queue.get()) is not None:
                     assert item.spool is not None
@@ -371,6 +384,8 @@ class ImportService:
         if reason == DUPLICATE_SOP_INSTANCE:  # refused by the index: its outcome was noted
             self._index.take(sop_instance_uid)
             outcome = Outcome.CONFLICT
+        elif reason == SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT:
+            outcome = Outcome.REJECTED  # the rejection stands: importing it again changes nothing
         self._pipeline_outcome(lane, outcome, text)
 
     def _pipeline_outcome(self, lane: _Lane, outcome: Outcome, reason: str) -> None:

@@ -34,6 +34,8 @@ from cli_helpers import (
 from dicomfiles import PREFIX, ct_dataset, multipart_body, to_part10, uid
 from live import serving
 from pydicom.fileset import FileSet
+from starlette.applications import Starlette
+from test_issue18_rejection import _kos
 
 from dicomweb_server.cli.backends import refresh_statistics
 from dicomweb_server.config import Settings
@@ -121,6 +123,50 @@ async def test_issue19_import_stores_folders_and_archives_as_stow_would(
     again = await run_cli(capsys, "import", source)  # a finished import runs again in full
     assert [count(again.out, label) for label in ("stored", "identical", "skipped")] == [0, 6, 0]
     assert await _instances(client) == 5
+
+
+async def test_issue19_import_applies_a_rejection_note_as_stow_would(
+    settings: Settings,
+    app: Starlette,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A folder holding a rejection note: the note is stored and hides what it names, which
+    stays restorable, as after a STOW of it by a caller with every grant; a re-run changes
+    nothing and reports the rejected file as rejected, not as a failure."""
+    use_settings(settings, monkeypatch)
+    study, series, kept, rejected = uid(), uid(), uid(), uid()
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a-kept.dcm").write_bytes(to_part10(ct_dataset(study, series, kept)))
+    second = ct_dataset(study, series, rejected, instance_number=2)
+    (source / "b-rejected.dcm").write_bytes(to_part10(second))
+    (source / "c-note.dcm").write_bytes(_kos(study, [(series, rejected)]))
+    report = tmp_path / "report.jsonl"
+
+    # One pipeline, so that the instance is stored (then trashed) before its note comes.
+    ran = await run_cli(capsys, "import", source, "--jobs", "1", "--report", report)
+
+    assert ran.code == 0, ran
+    labels = ("stored", "identical", "rejected", "failed")
+    assert [count(ran.out, label) for label in labels] == [3, 0, 0, 0]
+    listed = await client.get(f"/studies/{study}/series/{series}/instances")
+    assert [i["00080018"]["Value"][0] for i in listed.json()] == [kept]
+    found = (await client.get("/studies", params={"StudyInstanceUID": study})).json()
+    assert found[0]["00080061"]["Value"] == ["CT", "KO"]  # the note stays, as over STOW
+
+    again = await run_cli(capsys, "import", source, "--jobs", "1", "--report", report)
+    assert again.code == 0, again
+    assert [count(again.out, label) for label in labels] == [0, 2, 1, 0]
+    (entry,) = [json.loads(line) for line in report.read_text().splitlines()]
+    assert (Path(entry["path"]).name, entry["outcome"]) == ("b-rejected.dcm", "rejected")
+    assert "was rejected (113001^DCM)" in entry["reason"]
+
+    assert await app.state.dicomweb.delete.restore("default", study) == 1
+    listed = await client.get(f"/studies/{study}/series/{series}/instances")
+    assert sorted(i["00080018"]["Value"][0] for i in listed.json()) == sorted([kept, rejected])
 
 
 def _sop(data: bytes) -> str:
