@@ -25,12 +25,25 @@ PREAMBLE_LENGTH = 128
 
 
 class InvalidInstanceError(Exception):
-    """The bytes are not an instance we can store; `reason` is for the STOW response."""
+    """The bytes are not an instance we can store; `reason` is for the STOW response.
 
-    def __init__(self, reason: str, failure_code: int) -> None:
+    `sop_class_uid` and `sop_instance_uid` name the instance when they were read before the
+    failure (a STOW failure entry identifies it by them, PS3.18 10.5.3); else they are "".
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        failure_code: int,
+        *,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.failure_code = failure_code
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
 
 
 @dataclass(frozen=True, slots=True)

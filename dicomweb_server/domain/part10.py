@@ -125,6 +125,26 @@ def _parse_with_pydicom(fp: BinaryIO, size: int, limits: ParseLimits) -> Instanc
 
 
 def _build(header: Header, fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
+    """The record from a parsed header; a failure names the instance by its SOP UIDs."""
+    try:
+        return _record(header, fp, size, limits)
+    except InvalidInstanceError as exc:
+        _name_instance(exc, header)
+        raise
+
+
+def _name_instance(exc: InvalidInstanceError, header: Header) -> None:
+    """Set the failure's SOP Class and Instance UIDs to the header's, those that are valid
+    UIDs: the STOW failure entry identifies the instance by them (PS3.18 10.5.3)."""
+    try:
+        sop_class, sop = (header.text(key).strip() for key in ("SOPClassUID", "SOPInstanceUID"))
+    except Exception:  # a value that cannot be read names nothing
+        return
+    exc.sop_class_uid = sop_class if is_valid_uid(sop_class) else ""
+    exc.sop_instance_uid = sop if is_valid_uid(sop) else ""
+
+
+def _record(header: Header, fp: BinaryIO, size: int, limits: ParseLimits) -> InstanceRecord:
     """The record from a parsed header: identity checks, pixel layout, columns, levels."""
     transfer_syntax = header.transfer_syntax
     if not is_valid_uid(transfer_syntax):

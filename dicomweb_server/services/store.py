@@ -82,6 +82,8 @@ def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
             f"the file meta group is wrong ({'; '.join(problems)}) and could not be rewritten:"
             f" {exc.reason}",
             exc.failure_code,
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
         ) from exc
     log.info(
         "instance %s: file meta group rewritten (%s)", record.sop_instance_uid, "; ".join(problems)
@@ -111,7 +113,12 @@ def _check_first_frame(spool: Spool, record: InstanceRecord) -> None:
             image.bits_allocated,
         )
     except CodecError as exc:
-        raise InvalidInstanceError(f"the first frame of Pixel Data: {exc}", 0xC000) from exc
+        raise InvalidInstanceError(
+            f"the first frame of Pixel Data: {exc}",
+            0xC000,
+            sop_class_uid=record.sop_class_uid,
+            sop_instance_uid=record.sop_instance_uid,
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +132,14 @@ class _Failed:
 
 
 _Entry = NewInstance | _Failed
+
+
+def _refused(exc: InvalidInstanceError) -> _Failed:
+    """The failed-SOP entry of a part that is no storable instance, naming the instance when
+    its UIDs were read before the failure (its entry and Warning identify it, PS3.18 10.5.3)."""
+    uid = exc.sop_instance_uid
+    text = f"SOP Instance {uid}: {exc.reason}" if uid else exc.reason
+    return _Failed(exc.sop_class_uid, uid, exc.failure_code, text)
 
 
 @dataclass(slots=True)
@@ -164,7 +179,7 @@ class StoreService:
             try:
                 record, digest = await asyncio.to_thread(_prepare, spool, self.limits)
             except InvalidInstanceError as exc:
-                return _Failed("", "", exc.failure_code, exc.reason)
+                return _refused(exc)
             if study is not None and record.study_instance_uid != study:
                 return _Failed(
                     record.sop_class_uid,

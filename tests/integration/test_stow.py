@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import httpx
 import pytest
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
+from pydicom import Dataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import CTImageStorage, RLELossless
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
@@ -153,6 +158,65 @@ async def test_bad_parts_fail_with_reason_and_store_nothing(
     assert response.status_code == 409
     assert response.json()["00081198"]["Value"][0]["00081197"]["Value"] == [reason]
     assert await _count_instances(client) == 0
+
+
+def _short_pixel_data(ds: Dataset) -> bytes:
+    ds.PixelData = ds.PixelData[:100]  # Rows×Columns need 512
+    return to_part10(ds)
+
+
+def _negative_frames(ds: Dataset) -> bytes:
+    ds.NumberOfFrames = "-1"
+    return to_part10(ds)
+
+
+def _declared_too_large(ds: Dataset) -> bytes:
+    ds.Rows = ds.Columns = 65535
+    return to_part10(ds)
+
+
+def _contradicting_first_frame(ds: Dataset) -> bytes:
+    ds.file_meta.TransferSyntaxUID = RLELossless
+    ds.PixelData = encapsulate([b"\0" * 4])  # an RLE frame needs a 64-byte header
+    ds["PixelData"].VR = "OB"
+    return to_part10(ds)
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (_short_pixel_data, 0xC000),
+        (_negative_frames, 0xC000),
+        (_declared_too_large, 0xA700),
+        (_contradicting_first_frame, 0xC000),
+    ],
+    ids=["pixel-data-short", "negative-frames", "declared-too-large", "first-frame"],
+)
+async def test_failed_sop_sequence_names_an_instance_whose_uids_were_read(
+    client: httpx.AsyncClient, make: Callable[[Dataset], bytes], reason: int
+) -> None:
+    """PS3.18 10.5.3: a Failed SOP Sequence item identifies the instance by its Referenced
+    SOP Class and Instance UIDs. One refused after its header was read is named there and in
+    the Warning; a part with no UIDs to read (not DICOM, cut before them) names nothing."""
+    study = uid()
+    bad = ct_dataset(study, instance_number=2)
+    stored = [to_part10(ct_dataset(study, instance_number=n)) for n in (1, 3)]
+    cut = to_part10(ct_dataset(study))[:200]
+    body, content_type = multipart_body([stored[0], make(bad), b"not dicom", cut, stored[1]])
+    response = await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert len(result["00081199"]["Value"]) == 2
+    named, *unnamed = result["00081198"]["Value"]
+    assert named["00081197"]["Value"] == [reason]
+    assert named["00081150"] == {"vr": "UI", "Value": [CTImageStorage]}
+    assert named["00081155"] == {"vr": "UI", "Value": [bad.SOPInstanceUID]}
+    assert len(unnamed) == 2
+    assert all(item["00081150"] == item["00081155"] == {"vr": "UI"} for item in unnamed)
+    warnings = response.headers.get_list("warning")
+    assert bad.SOPInstanceUID in warnings[0]
+    assert not any("SOP Instance" in warning for warning in warnings[1:])
+    assert await _count_instances(client) == 2
 
 
 async def test_part_without_content_type_fails_without_a_type_parameter(

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import io
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import orjson
 import pytest
@@ -11,7 +13,12 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomweb_server.domain.part10 import InvalidInstanceError, ParseLimits, parse_part10
+from dicomweb_server.domain.part10 import (
+    InvalidInstanceError,
+    ParseLimits,
+    _parse_with_pydicom,
+    parse_part10,
+)
 
 LIMITS = ParseLimits()
 
@@ -123,6 +130,48 @@ def test_missing_identity_is_a900() -> None:
     with pytest.raises(InvalidInstanceError, match="StudyInstanceUID") as caught:
         parse(to_part10(ds))
     assert caught.value.failure_code == 0xA900
+
+
+def _short_pixel_data() -> Dataset:
+    ds = ct_dataset()
+    ds.PixelData = ds.PixelData[:100]
+    return ds
+
+
+def _no_study_uid() -> Dataset:
+    ds = ct_dataset()
+    del ds.StudyInstanceUID
+    return ds
+
+
+def _bad_sop_class() -> Dataset:
+    ds = ct_dataset()
+    ds.SOPClassUID = "not a uid"
+    return ds
+
+
+@pytest.mark.parametrize("parser", [parse_part10, _parse_with_pydicom], ids=["fast", "pydicom"])
+@pytest.mark.parametrize(
+    ("make", "names_class"),
+    [(_short_pixel_data, True), (_no_study_uid, True), (_bad_sop_class, False)],
+    ids=["pixel-data-short", "no-study-uid", "bad-sop-class"],
+)
+def test_a_failure_after_the_header_is_read_names_the_instance(
+    parser: Callable[[BinaryIO, int, ParseLimits], object],
+    make: Callable[[], Dataset],
+    names_class: bool,
+) -> None:
+    """A STOW failure entry identifies the instance by its SOP UIDs (PS3.18 10.5.3): a parse
+    that fails once they are read carries those that are valid UIDs."""
+    ds = make()
+    data = to_part10(ds)
+    with pytest.raises(InvalidInstanceError) as caught:
+        parser(io.BytesIO(data), len(data), LIMITS)
+    assert caught.value.sop_instance_uid == ds.SOPInstanceUID
+    assert caught.value.sop_class_uid == (ds.SOPClassUID if names_class else "")
+    with pytest.raises(InvalidInstanceError) as cut:  # ends before the UIDs: nothing to name
+        parser(io.BytesIO(data[:200]), 200, LIMITS)
+    assert cut.value.sop_class_uid == cut.value.sop_instance_uid == ""
 
 
 def test_truncated_pixel_data_is_refused() -> None:
