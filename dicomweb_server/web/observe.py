@@ -3,7 +3,8 @@
 One wrapper for all four, so a request pays for one extra layer: it counts the body bytes in
 and out, times the request to its last byte, labels it by the PS3.18 transaction its route
 implements (never by a UID), and sets the request context log lines read (telemetry.py).
-The query string is never logged nor traced: QIDO values are patient data.
+The query string is never logged nor traced: QIDO values are patient data. A client that
+goes away mid-request ends the request here with one INFO line, not as a server error.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import time
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dicomweb_server import telemetry
@@ -24,6 +26,7 @@ from dicomweb_server.web.responses import REGIONS, ZEROCOPY
 __all__ = ["TRANSACTIONS", "RequestContextMiddleware", "transaction_of"]
 
 access_log = logging.getLogger("dicomweb_server.access")
+log = logging.getLogger("dicomweb_server.web")
 
 # The `transaction` label's values: one per PS3.18 transaction, and `other` for the rest.
 TRANSACTIONS = (
@@ -210,6 +213,14 @@ class RequestContextMiddleware:
 
                 with use_span(span, end_on_exit=False, record_exception=True):
                     await self.app(scope, counting_receive, send_with_id)
+        except ClientDisconnect:
+            # A flaky network or a cancelled upload, not a server fault: there is no one left
+            # to answer, and the handler has undone what was in flight (a STOW's parts).
+            log.info(
+                "request %s: the client went away after sending %d bytes of its body",
+                request_id,
+                received,
+            )
         except BaseException:
             failed = True
             raise

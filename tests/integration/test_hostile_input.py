@@ -21,6 +21,8 @@ import uvicorn
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10
 from pydicom.encaps import encapsulate
 from pydicom.uid import DeflatedExplicitVRLittleEndian, JPEGBaseline8Bit
+from starlette.applications import Starlette
+from starlette.types import Message, Scope
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
@@ -451,6 +453,62 @@ async def test_dicom_json_stow_never_fetches_bulk_data_uris(
 
 
 # --- slow and many clients -------------------------------------------------------------------
+
+
+async def test_a_client_that_goes_away_mid_upload_is_one_quiet_log_line(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    baseline: tuple[str, bytes],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A flaky client's aborted STOW is no server error: one INFO line with the request id and
+    the bytes received, no traceback, nothing stored, and no exception left for the server
+    (uvicorn logs one as 'Exception in ASGI application')."""
+    body, content_type = multipart_body([to_part10(ct_dataset()) for _ in range(2)])
+    sent = body[: len(body) * 3 // 4]  # the first instance whole, the second cut
+    messages: list[Message] = [
+        {"type": "http.request", "body": sent[:1000], "more_body": True},
+        {"type": "http.request", "body": sent[1000:], "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    answered: list[Message] = []
+
+    async def send(message: Message) -> None:
+        answered.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/dicomweb/studies",
+        "raw_path": b"/dicomweb/studies",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", content_type.encode()),
+            (b"content-length", str(len(body)).encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    with caplog.at_level(logging.INFO, "dicomweb_server"):
+        await app(scope, receive, send)  # returns: nothing escapes to the server
+    assert not any(message["type"] == "http.response.start" for message in answered)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    (gone,) = [r for r in caplog.records if "went away" in r.getMessage()]
+    assert gone.levelno == logging.INFO
+    request_id = scope["state"]["request_id"]
+    assert gone.getMessage() == (
+        f"request {request_id}: the client went away after sending {len(sent)} bytes of its body"
+    )
+    await _assert_intact(client, baseline)  # the whole first instance is not stored either
 
 
 @pytest.fixture
