@@ -189,9 +189,11 @@ def create_app(settings: Settings) -> Starlette:
             thumbnail_size=settings.thumbnail_size,
             memory_cache_bytes=settings.render_memory_cache_bytes,
         )
-        deleter = DeleteService(index, index, index, blobs, grace_days=settings.delete_grace_days)
         audit = AuditService.from_settings(index, settings)  # issue 17: writes in the background
         await audit.start()
+        deleter = DeleteService(
+            index, index, index, blobs, grace_days=settings.delete_grace_days, audit=audit
+        )  # a stored rejection note's rejections are audited
         maintenance = Maintenance(
             index,
             index,

@@ -27,6 +27,7 @@ from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, forma
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.grants import EVERY_GRANT
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.import_files import ReadLimits, iter_file_items, scan_totals
 from dicomweb_server.services.import_journal import ImportJournal, journal_path
@@ -190,8 +191,14 @@ async def _import(
             # (opening an S3 client loads botocore's models: a second of CPU).
             stats.started = time.monotonic()
             index = backends.index
+            audit = AuditService(index)  # the rejections of the notes imported, written below
             deleter = DeleteService(
-                index, index, index, backends.blobs, grace_days=settings.delete_grace_days
+                index,
+                index,
+                index,
+                backends.blobs,
+                grace_days=settings.delete_grace_days,
+                audit=audit,
             )
             store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
             service = ImportService(
@@ -210,6 +217,7 @@ async def _import(
                     interrupted = True
                 except DicomwebError as exc:  # a source that cannot be read, a store that fails
                     error = exc.reason
+            await audit.flush(close_rollups=True)
             await refresh_statistics(_COMMAND, backends.index, stats.counts[Outcome.STORED])
     except DicomwebError as exc:  # the backends did not open
         error = exc.reason

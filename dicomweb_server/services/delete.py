@@ -8,6 +8,9 @@ thumbnails) kept for those instances. Objects stay in the store for `grace_days`
 which `restore` brings the instances back unchanged; `purge` (run by maintenance after the
 grace period, or by an operator) deletes the objects, then the trash rows. An answer planned
 before a delete keeps reading objects that are still there, so it completes.
+
+A stored rejection note is audited here (no request names the studies it rejects): one
+"reject" record per study it names, by the caller, with the patient read before the change.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.domain.blob_keys import derived_prefix
 from dicomweb_server.domain.lifecycle import Hold, StudyFacts, check_deletable
 from dicomweb_server.domain.rejection import (
@@ -35,6 +39,7 @@ from dicomweb_server.index.base import (
     SiteCatalog,
     TrashedInstance,
 )
+from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["DeleteService", "PurgeReport"]
@@ -64,6 +69,7 @@ class DeleteService:
     sites: SiteCatalog
     blobs: BlobStore
     grace_days: float = 7.0
+    audit: AuditService | None = None  # records the rejections of stored notes
 
     async def delete(self, target: DeleteTarget, *, who: str, reason: str = "deleted") -> int:
         """Trash the target's instances (NotFoundError when none); ConflictError naming a
@@ -97,7 +103,12 @@ class DeleteService:
         self, site: str, note: RejectionNote, note_sop_instance_uid: str, *, who: str
     ) -> int:
         """A stored rejection note: record every instance it names as rejected and trash those
-        present, study by study. ConflictError when a named study may not be changed."""
+        present, study by study, each audited as a rejection by `who` (the caller). ConflictError
+        when a named study may not be changed (the studies before it stay rejected)."""
+        detail = f"rejection note {note_sop_instance_uid}"
+        # The trash and the log say which note; the audit record names the caller alone.
+        caller = who.removesuffix(f" ({detail})")
+        audit = self.audit
         count = 0
         for study in note.studies():
             references = tuple(
@@ -106,7 +117,21 @@ class DeleteService:
                 if ref.study_instance_uid == study
             )
             target = DeleteTarget(site, study, None, tuple(sop for _, sop in references))
-            count += await self._reject(target, note.code, note_sop_instance_uid, references, who)
+            # The patient while the study's rows exist: the record names it, as a DELETE's does
+            patients = await audit.patients_of(site, [study]) if audit is not None else {}
+            count += await self._reject(
+                target, note.code, note_sop_instance_uid, references, f"{caller} ({detail})"
+            )
+            if audit is not None:
+                audit.record(
+                    system_event(
+                        AuditAction.REJECT,
+                        caller,
+                        site,
+                        {study: patients.get(study)},
+                        detail=detail,
+                    )
+                )
         return count
 
     async def _reject(

@@ -39,6 +39,7 @@ from test_issue18_rejection import _kos
 
 from dicomweb_server.cli.backends import refresh_statistics
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.audit import AuditQuery, AuditStudy
 from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
 from dicomweb_server.services.pull import DicomwebSource
 
@@ -156,6 +157,10 @@ async def test_issue19_import_applies_a_rejection_note_as_stow_would(
     assert [i["00080018"]["Value"][0] for i in listed.json()] == [kept]
     found = (await client.get("/studies", params={"StudyInstanceUID": study})).json()
     assert found[0]["00080061"]["Value"] == ["CT", "KO"]  # the note stays, as over STOW
+    audited = await app.state.dicomweb.audit.search(AuditQuery(user="cli:import"))
+    (rejection,) = audited.records  # the rejection, by the operator's command
+    assert (rejection.action, rejection.kind) == ("reject", "system")
+    assert rejection.studies == (AuditStudy(study, "default", "PAT-1", None),)
 
     again = await run_cli(capsys, "import", source, "--jobs", "1", "--report", report)
     assert again.code == 0, again

@@ -9,13 +9,16 @@ import sqlite3
 import subprocess
 import sys
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from dicomfiles import ct_dataset, multipart_body, to_part10
+from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from pydicom import dcmread
 from starlette.applications import Starlette
+from test_issue18_rejection import _kos
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
@@ -605,3 +608,38 @@ async def test_issue17_audit_cli_restore_and_purge_are_recorded(
     assert [s.study_instance_uid for s in record.studies] == [study]
     assert (await asyncio.to_thread(run, "purge")).returncode == 0  # nothing left: no record
     assert len(await _records(app, "cli:purge")) == 1
+
+
+async def test_issue17_audit_a_stored_rejection_note_is_recorded_as_a_rejection(
+    settings: Settings,
+) -> None:
+    """A rejection note stored over STOW rejects another study: besides the store of the
+    note, a "reject" record by the caller names that study and its patient, read before the
+    study's instances were hidden."""
+    application = create_app(settings.replace(auth="apikey"))
+    async with application.router.lifespan_context(application):
+        loader = await _key(application, "note-loader", "default:write", "default:read")
+        rejecter = await _key(application, "note-rejecter", "default:write", "default:delete")
+        ds = ct_dataset(patient_id="P17-REJECTED")
+        study = ds.StudyInstanceUID
+        async with _as(application, loader) as client:
+            await _stow(client, [to_part10(ds)])
+        note = dcmread(BytesIO(_kos(study, [(ds.SeriesInstanceUID, ds.SOPInstanceUID)])))
+        note.StudyInstanceUID = uid()  # the note lives in a study of its own
+        note.PatientID = "P17-REJECTED"
+        async with _as(application, rejecter) as client:
+            await _stow(client, [to_part10(note)])
+        async with _as(application, loader) as client:
+            gone = await client.get(f"{BASE}/studies/{study}/metadata")
+            assert gone.status_code == 404
+        await _audit(application).flush()
+        records = await _records(application, "note-rejecter")
+        assert sorted(r.action for r in records) == ["reject", "store"]
+        (rejected,) = [r for r in records if r.action == "reject"]
+        assert (rejected.subject, rejected.kind, rejected.site, rejected.detail) == (
+            "note-rejecter",
+            "system",
+            "default",
+            f"rejection note {note.SOPInstanceUID}",
+        )
+        assert rejected.studies == (AuditStudy(study, "default", "P17-REJECTED", None),)
