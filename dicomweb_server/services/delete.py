@@ -106,8 +106,7 @@ class DeleteService:
         present, study by study, each audited as a rejection by `who` (the caller). ConflictError
         when a named study may not be changed (the studies before it stay rejected)."""
         detail = f"rejection note {note_sop_instance_uid}"
-        # The trash and the log say which note; the audit record names the caller alone.
-        caller = who.removesuffix(f" ({detail})")
+        caller = who  # the audit record names the caller; the trash and the log the note too
         audit = self.audit
         count = 0
         for study in note.studies():

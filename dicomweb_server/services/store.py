@@ -393,9 +393,7 @@ class StoreRequest:
             )
         caller = principal.display_name or principal.subject
         try:
-            await lifecycle.apply_rejection_note(
-                self._site, note, uid, who=f"{caller} (rejection note {uid})"
-            )
+            await lifecycle.apply_rejection_note(self._site, note, uid, who=caller)
         except ConflictError as exc:
             await self._discard(entry.blob_key)
             return _Failed(
