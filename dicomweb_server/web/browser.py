@@ -9,7 +9,8 @@ Three ASGI middlewares, outermost first (`add_browser_middleware` installs them)
 - `EntityTagMiddleware`: metadata and frames get a weak ETag (a hash of the body, the
   multipart boundary left out), Cache-Control, and a 304 for a matching If-None-Match.
   Bodies above a bound are streamed through without a tag. Any response whose handler
-  negotiated on Accept (web/params.py `accept_of`) gets `Vary: Accept`, its 304s too.
+  negotiated on Accept (web/params.py `accept_of`) gets `Vary: Accept`, its 304s too
+  (`label_vary_accept`, called where every response start passes: web/observe.py).
 - `CompressionMiddleware`: JSON bodies (QIDO, metadata, capabilities) as br or gzip when
   the client accepts it, streamed chunk by chunk. Multipart and images are never touched.
 """
@@ -181,7 +182,6 @@ class EntityTagMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        send = _varying(scope, send)
         path = scope.get("path", "")
         if scope.get("method") not in ("GET", "HEAD") or not _TAGGED_PATHS.search(path):
             await self.app(scope, receive, send)
@@ -255,20 +255,14 @@ class EntityTagMiddleware:
         await self.app(scope, receive, buffered)
 
 
-def _varying(scope: Scope, send: Send) -> Send:
-    """`send`, labelling the response `Vary: Accept` when its handler read what the client
-    accepts (params.accept_of leaves `vary_accept` in the request state): its body, or its
-    406, depends on Accept, and a cache must not give it to another Accept (RFC 9110 12.5.5).
-    A 304 is labelled too: it stands for the 200 it revalidates."""
-
-    async def labelled(message: Message) -> None:
-        if message["type"] == "http.response.start" and (scope.get("state") or {}).get(
-            "vary_accept"
-        ):
-            _append_vary(MutableHeaders(scope=message), "Accept")
-        await send(message)
-
-    return labelled
+def label_vary_accept(scope: Scope, start: Message) -> None:
+    """Label a response start `Vary: Accept` when its handler read what the client accepts
+    (params.accept_of leaves `vary_accept` in the request state): its body, or its 406,
+    depends on Accept, and a cache must not give it to another Accept (RFC 9110 12.5.5). A
+    304 is labelled too: it stands for the 200 it revalidates. Called by the outermost
+    request middleware (web/observe.py), which sees every response start anyway."""
+    if scope["state"].get("vary_accept"):
+        _append_vary(MutableHeaders(scope=start), "Accept")
 
 
 def _weak_etag(body: bytes, content_type: str) -> str:

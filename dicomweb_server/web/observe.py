@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dicomweb_server import telemetry
 from dicomweb_server.domain.identifiers import DEFAULT_SITE
 from dicomweb_server.telemetry import REQUEST_BYTES, REQUEST_SECONDS, RESPONSE_BYTES
+from dicomweb_server.web.browser import label_vary_accept
 from dicomweb_server.web.responses import REGIONS, ZEROCOPY
 
 __all__ = ["TRANSACTIONS", "RequestContextMiddleware", "transaction_of"]
@@ -196,6 +197,7 @@ class RequestContextMiddleware:
             elif kind == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                label_vary_accept(scope, message)
             elif kind == ZEROCOPY:
                 sent += int(message.get("count", 0))
             elif kind == REGIONS:
