@@ -134,7 +134,7 @@ def _build(header: Header, fp: BinaryIO, size: int, limits: ParseLimits) -> Inst
 
 
 def _name_instance(exc: InvalidInstanceError, header: Header) -> None:
-    """Set the failure's SOP Class and Instance UIDs to the header's, those that are valid
+    """Give the failure the header's SOP Class and Instance UIDs, those that are valid
     UIDs: the STOW failure entry identifies the instance by them (PS3.18 10.5.3)."""
     try:
         sop_class, sop = (header.text(key).strip() for key in ("SOPClassUID", "SOPInstanceUID"))
