@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from dicomfiles import ct_dataset, to_part10, uid
 
-from dicomweb_server.backends import open_backends
+from dicomweb_server.backends import Backends, open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.lifecycle import DeleteTarget
 from dicomweb_server.domain.part10 import ParseLimits
@@ -41,6 +41,24 @@ def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _settings(env: dict[str, str]) -> Settings:
+    """The settings the CLI runs read from `env`, for the test's own backends."""
+    return Settings(
+        data_dir=Path(env["DICOMWEB_DATA_DIR"]),
+        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
+    )
+
+
+async def _store_one(backends: Backends, study: str, patient_id: str = "PAT-1") -> None:
+    """One CT of `study` stored through the store service, as a STOW would."""
+    spool = Spool(1 << 20)
+    spool.write(to_part10(ct_dataset(study, patient_id=patient_id)))
+    async with StoreService(backends.index, backends.blobs, ParseLimits()).request(
+        "default", None, StowResult()
+    ) as store:
+        await store.add(spool)
+
+
 async def test_issue18_hold_restore_and_purge_from_the_command_line(env: dict[str, str]) -> None:
     study = uid()
     added = _run(env, "hold", "add", "--study", study, "--reason", "case 9")
@@ -48,19 +66,10 @@ async def test_issue18_hold_restore_and_purge_from_the_command_line(env: dict[st
     assert f"added legal hold 1 on study {study} in every site: case 9" in added.stdout
     assert "legal hold 1 added by operator7" in added.stderr  # the log line for the audit trail
     assert "case 9" in _run(env, "hold", "list").stdout
-    settings = Settings(
-        data_dir=Path(env["DICOMWEB_DATA_DIR"]),
-        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
-    )
+    settings = _settings(env)
     backends = await open_backends(settings)
     try:
-        spool = Spool(1 << 20)
-        spool.write(to_part10(ct_dataset(study)))
-        result = StowResult()
-        async with StoreService(backends.index, backends.blobs, ParseLimits()).request(
-            "default", None, result
-        ) as store:
-            await store.add(spool)
+        await _store_one(backends, study)
         index = backends.index
         deleter = DeleteService(index, index, index, backends.blobs)
         with pytest.raises(Exception, match="legal hold 1"):
@@ -90,18 +99,10 @@ async def test_issue18_purge_from_the_command_line_keeps_a_held_study(
     keeps it and says so, `restore` still brings it back; after `hold remove`, a purge takes
     it."""
     study = uid()
-    settings = Settings(
-        data_dir=Path(env["DICOMWEB_DATA_DIR"]),
-        database_url=env.get("DICOMWEB_DATABASE_URL", ""),
-    )
+    settings = _settings(env)
     backends = await open_backends(settings)
     try:
-        spool = Spool(1 << 20)
-        spool.write(to_part10(ct_dataset(study, patient_id="HELD-7")))
-        async with StoreService(backends.index, backends.blobs, ParseLimits()).request(
-            "default", None, StowResult()
-        ) as store:
-            await store.add(spool)
+        await _store_one(backends, study, "HELD-7")
         index = backends.index
         deleter = DeleteService(index, index, index, backends.blobs)
         assert await deleter.delete(DeleteTarget("default", study), who="test") == 1

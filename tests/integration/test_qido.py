@@ -268,6 +268,19 @@ async def test_person_name_matching(client, names, params, expected) -> None:  #
         assert "phonetic matching is not supported" in response.headers["warning"]
 
 
+async def _studies_at(
+    client: httpx.AsyncClient, patient: str, cases: dict[str, tuple[str, str]]
+) -> dict[str, str]:
+    """One study of `patient` per case at its (StudyDate, StudyTime); their UIDs by case."""
+    uids = {}
+    for key, (date, time) in cases.items():
+        ds = ct_dataset(study_date=date, patient_id=patient)
+        ds.StudyTime = time
+        uids[key] = ds.StudyInstanceUID
+        await _store(client, [ds])
+    return uids
+
+
 async def test_combined_date_time_range(client: httpx.AsyncClient) -> None:
     # PS3.4 C.2.2.2.5.1: 20060705-20060707 with 1000-1800 is 5 July 10:00 to 7 July 18:00.
     cases = {
@@ -277,12 +290,7 @@ async def test_combined_date_time_range(client: httpx.AsyncClient) -> None:
         "in3": ("20060707", "1759"),
         "late": ("20060707", "1900"),
     }
-    uids = {}
-    for key, (date, time) in cases.items():
-        ds = ct_dataset(study_date=date, patient_id="DT")
-        ds.StudyTime = time
-        uids[key] = ds.StudyInstanceUID
-        await _store(client, [ds])
+    uids = await _studies_at(client, "DT", cases)
     response = await client.get(
         "/studies", params={"StudyDate": "20060705-20060707", "StudyTime": "1000-1800"}
     )
@@ -303,12 +311,7 @@ async def test_ps3_4_c_2_2_2_5_1_a_date_time_range_across_midnight(
         "after": ("20240302", "010100"),
         "next_evening": ("20240302", "233000"),
     }
-    uids = {}
-    for key, (date, time) in cases.items():
-        ds = ct_dataset(study_date=date, patient_id="MIDNIGHT")
-        ds.StudyTime = time
-        uids[key] = ds.StudyInstanceUID
-        await _store(client, [ds])
+    uids = await _studies_at(client, "MIDNIGHT", cases)
     response = await client.get(
         "/studies", params={"StudyDate": "20240301-20240302", "StudyTime": "230000-010000"}
     )
