@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import unquote_plus, urlencode
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -57,6 +57,7 @@ __all__ = [
 ]
 
 FHIR_JSON = "application/fhir+json"
+CLIENT_WENT_AWAY = 499  # the status recorded for a request its client abandoned
 DEFAULT_PAGE = 100  # AuditEvent resources per Bundle without _count
 MAX_PAGE = 1000  # the largest _count honoured
 _ROOT = "/dicomweb"
@@ -163,6 +164,11 @@ class AuditMiddleware:
         cut = False
         try:
             await self.app(scope, receive, send_status)
+        except ClientDisconnect:
+            # The client left before its request was read (an aborted upload): its failure,
+            # not ours, and nothing was done; 499 as nginx names it (outcome: minor failure).
+            status = status or CLIENT_WENT_AWAY
+            raise
         except BaseException:
             cut = status != 0  # a 200 went out and then the body broke off: not a success
             raise

@@ -26,6 +26,7 @@ from starlette.types import Message, Scope
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.audit import AuditQuery, outcome_indicator
 
 DICOM_ANY = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 CANNOT_UNDERSTAND, OUT_OF_RESOURCES = 0xC000, 0xA700
@@ -509,6 +510,12 @@ async def test_a_client_that_goes_away_mid_upload_is_one_quiet_log_line(
         f"request {request_id}: the client went away after sending {len(sent)} bytes of its body"
     )
     await _assert_intact(client, baseline)  # the whole first instance is not stored either
+    # The audit trail says the client left (a minor failure, the client's), not a server fault
+    audit = app.state.dicomweb.audit
+    await audit.flush()
+    page = await audit.search(AuditQuery(limit=1000))
+    (record,) = [r for r in page.records if r.request_id == request_id]
+    assert record.outcome == 499 and outcome_indicator(record.outcome) == 4
 
 
 @pytest.fixture
