@@ -29,7 +29,6 @@ from dicomweb_server.services.holds import HoldService
 __all__ = ["add_commands"]
 
 log = logging.getLogger("dicomweb_server.cli")
-_PURGE_LISTED = 100_000  # trashed instances a purge's audit record is worked out from
 
 
 def add_commands(commands: Any) -> None:
@@ -134,15 +133,7 @@ async def _purge(
     if args.older_than < 0:
         print("dicomweb-server: --older-than must be 0 or more", file=sys.stderr)
         return 2
-    cutoff = time.time() - args.older_than * 86400.0
-    trash = deleter.lifecycle
-    listed = await trash.trashed_before(cutoff, args.site, _PURGE_LISTED)
     report = await deleter.purge(older_than_days=args.older_than, site=args.site)
-    left = {t.id for t in await trash.trashed_before(cutoff, args.site, _PURGE_LISTED)}
-    purged: dict[str, dict[str, None]] = {}  # what left the trash, by site
-    for trashed in listed:
-        if trashed.id not in left:
-            purged.setdefault(trashed.key.site, {})[trashed.key.study_instance_uid] = None
     await write_now(
         _audit_log(deleter),
         [
@@ -154,7 +145,7 @@ async def _purge(
                 operator=_operator(),
                 detail="purge",
             )
-            for site, studies in sorted(purged.items())
+            for site, studies in sorted(report.studies.items())
         ],
     )
     log.info(

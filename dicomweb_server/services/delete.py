@@ -58,6 +58,8 @@ class PurgeReport:
     kept: list[str] = field(default_factory=list)  # objects stored again since their delete
     held: int = 0  # trashed instances kept (still restorable) because a legal hold covers them
     holds: set[int] = field(default_factory=set)  # the ids of those holds
+    # The studies whose trashed instances were purged, by site, in purge order (the audit)
+    studies: dict[str, dict[str, None]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -106,7 +108,6 @@ class DeleteService:
         present, study by study, each audited as a rejection by `who` (the caller). ConflictError
         when a named study may not be changed (the studies before it stay rejected)."""
         detail = f"rejection note {note_sop_instance_uid}"
-        caller = who  # the audit record names the caller; the trash and the log the note too
         audit = self.audit
         count = 0
         for study in note.studies():
@@ -119,13 +120,13 @@ class DeleteService:
             # The patient while the study's rows exist: the record names it, as a DELETE's does
             patients = await audit.patients_of(site, [study]) if audit is not None else {}
             count += await self._reject(
-                target, note.code, note_sop_instance_uid, references, f"{caller} ({detail})"
+                target, note.code, note_sop_instance_uid, references, f"{who} ({detail})"
             )
             if audit is not None:
                 audit.record(
                     system_event(
                         AuditAction.REJECT,
-                        caller,
+                        who,
                         site,
                         {study: patients.get(study)},
                         detail=detail,
@@ -230,6 +231,9 @@ class DeleteService:
                 report.objects += 1
             await self.lifecycle.forget_trashed([t.id for t in batch])
             report.instances += len(batch)
+            for trashed in batch:
+                site_studies = report.studies.setdefault(trashed.key.site, {})
+                site_studies[trashed.key.study_instance_uid] = None
             log.info("purged %d trashed instance(s) (%d objects)", len(batch), report.objects)
         if report.held:
             log.info(
