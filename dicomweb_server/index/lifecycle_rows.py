@@ -21,6 +21,7 @@ from dicomweb_server.index.aggregates import add_to_set
 from dicomweb_server.index.base import TrashedInstance
 
 __all__ = [
+    "ALL_HOLDS",
     "HOLD_COLUMNS",
     "INSTANCE_ROW_COLUMNS",
     "TRASHED_COLUMNS",
@@ -71,6 +72,8 @@ HOLD_COLUMNS = (
     "issuer_of_patient_id",
     "study_instance_uid",
 )
+# Every legal hold, oldest first (both backends' list_holds, and purge's reading of the trash)
+ALL_HOLDS = f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id"
 _BYTES = "$bytes"
 
 

@@ -23,6 +23,7 @@ from dicomweb_server.index.base import DeleteTarget, Judge, Rejection, TrashedIn
 from dicomweb_server.index.events import InstanceChange
 from dicomweb_server.index.events_postgres import append_deleted, append_restored
 from dicomweb_server.index.lifecycle_rows import (
+    ALL_HOLDS,
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
     TRASHED_COLUMNS,
@@ -109,7 +110,7 @@ class PostgresLifecycle:
             text += " AND site = $3"
             args.append(site)
         text += f" ORDER BY id LIMIT ${len(args) + 1}"
-        holds = await self._fetch(f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id")
+        holds = await self._fetch(ALL_HOLDS)
         rows = await self._fetch(text, *args, limit)
         return held_trash(rows, [hold_from_row(hold) for hold in holds])
 
@@ -192,7 +193,7 @@ class PostgresLifecycle:
         return hold_from_row(rows[0])
 
     async def list_holds(self) -> list[Hold]:
-        rows = await self._fetch(f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id")
+        rows = await self._fetch(ALL_HOLDS)
         return [hold_from_row(row) for row in rows]
 
     async def remove_hold(self, hold_id: int) -> Hold | None:

@@ -17,6 +17,7 @@ from dicomweb_server.index.base import DeleteTarget, Judge, Rejection, TrashedIn
 from dicomweb_server.index.events import InstanceChange
 from dicomweb_server.index.events_sqlite import append_deleted, append_restored
 from dicomweb_server.index.lifecycle_rows import (
+    ALL_HOLDS,
     HOLD_COLUMNS,
     INSTANCE_ROW_COLUMNS,
     TRASHED_COLUMNS,
@@ -89,9 +90,7 @@ class SqliteLifecycle:
         params.append(limit)
 
         def run(conn: sqlite3.Connection) -> list[TrashedInstance]:
-            holds = conn.execute(
-                f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id"
-            ).fetchall()
+            holds = conn.execute(ALL_HOLDS).fetchall()
             rows = conn.execute(text, params).fetchall()
             return held_trash(rows, [hold_from_row(hold) for hold in holds])
 
@@ -205,11 +204,7 @@ class SqliteLifecycle:
         return Hold(hold_id, *_hold_values(hold))
 
     async def list_holds(self) -> list[Hold]:
-        rows = await self._read(
-            lambda conn: conn.execute(
-                f"SELECT {', '.join(HOLD_COLUMNS)} FROM legal_holds ORDER BY id"
-            ).fetchall()
-        )
+        rows = await self._read(lambda conn: conn.execute(ALL_HOLDS).fetchall())
         return [hold_from_row(row) for row in rows]
 
     async def remove_hold(self, hold_id: int) -> Hold | None:
