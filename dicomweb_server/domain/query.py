@@ -124,6 +124,17 @@ _DATETIME_RE = re.compile(
     r"^\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?$", re.ASCII
 )
 _CONTROL_PARAMS = frozenset({"limit", "offset", "fuzzymatching", "includefield"})
+# Search parameters of PS3.18 Table 8.3.4-1 whose matching this server does not perform: "true"
+# is answered without it, with these warnings.
+_UNSUPPORTED_MATCHING = {
+    "emptyvaluematching": "The emptyvaluematching parameter is not supported."
+    " Empty Value Matching has not been performed.",
+    "multiplevaluematching": "The multiplevaluematching parameter is not supported."
+    " Multiple Value Matching has not been performed.",
+}
+# `charset` (PS3.18 8.3.3.2): DICOM JSON is UTF-8 whatever is asked. An empty name comes from
+# clients that write `?&key=value` (Weasis does).
+_IGNORED_PARAMS = frozenset({"charset", ""})
 _LEVEL_SCOPE: dict[Level, frozenset[Level]] = {
     Level.STUDY: frozenset({Level.STUDY}),
     Level.SERIES: frozenset({Level.STUDY, Level.SERIES}),
@@ -183,8 +194,18 @@ def parse_query(
                     include_all = True
                 elif item:
                     include.add(resolve_tag(item))
+        elif name in _UNSUPPORTED_MATCHING:
+            if value not in ("true", "false"):
+                raise InvalidQueryError(f"{name} must be 'true' or 'false'")
+            if value == "true":  # PS3.18 8.3.4.5 and 8.3.4.6 give the warning's words
+                warnings.append(_UNSUPPORTED_MATCHING[name])
+        elif name in _IGNORED_PARAMS:
+            continue
         else:
-            path = tuple(resolve_tag(part) for part in name.split("."))
+            path = _match_path(name)
+            if path is None:  # PS3.18 8.3: an unsupported parameter is ignored, with a warning
+                warnings.append(f"unknown query parameter {name[:64]!r} ignored")
+                continue
             if path in seen_paths:
                 raise InvalidQueryError(f"matching key {name[:64]!r} is given more than once")
             seen_paths.add(path)
@@ -241,6 +262,15 @@ def parse_query(
         warnings=tuple(warnings),
         scan_timeout=scan_timeout,
     )
+
+
+def _match_path(name: str) -> tuple[int, ...] | None:
+    """The tags a matching key names (`Seq.Attr` is a path), or None when a part is no keyword
+    or tag: then the parameter is not one this server knows."""
+    try:
+        return tuple(resolve_tag(part) for part in name.split("."))
+    except InvalidQueryError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,7 +176,6 @@ async def test_empty_result_is_200_with_empty_array(client, corpus) -> None:  # 
 @pytest.mark.parametrize(
     "query",
     [
-        "NotAnAttribute=1",
         "StudyDate=2024-01-01",
         "StudyDate=20241301",
         "StudyDate=20240201-20240101",
@@ -206,6 +205,16 @@ async def test_percent_encoded_values_are_decoded_once(client, corpus) -> None: 
     assert len(response.json()) == 2
     response = await client.get("/studies?AccessionNumber=A%253")  # literal "A%3"
     assert len(response.json()) == 1
+
+
+async def test_unknown_parameters_are_ignored_ps3_18_8_3(client, corpus) -> None:  # type: ignore[no-untyped-def]
+    # Weasis writes `?&includefield=...`; dcm4chee-arc's UI adds its own parameters.
+    response = await client.get("/studies?&returnempty=false&emptyvaluematching=true")
+    assert response.status_code == 200
+    assert len(response.json()) == 3
+    warnings = response.headers.get_list("warning")
+    assert any("'returnempty' ignored" in w for w in warnings)
+    assert any("Empty Value Matching has not been performed" in w for w in warnings)
 
 
 async def test_unsupported_matching_key_warns(client, corpus) -> None:  # type: ignore[no-untyped-def]

@@ -63,12 +63,35 @@ def test_time_range_and_single_date() -> None:
         ("limit", "1e3"),
         ("offset", "abc"),
         ("fuzzymatching", "yes"),
-        ("Bogus", "1"),
+        ("emptyvaluematching", "yes"),
+        ("multiplevaluematching", "1"),
     ],
 )
 def test_invalid_values_are_400(pair: tuple[str, str]) -> None:
     with pytest.raises(InvalidQueryError):
         q(pair)
+
+
+@pytest.mark.parametrize(
+    "name", ["Bogus", "returnempty", "orderby", "ReferencedStudySequence.Nonsense"]
+)
+def test_unknown_parameters_are_ignored_with_a_warning_ps3_18_8_3(name: str) -> None:
+    query = q((name, "1"), ("PatientID", "P1"))
+    assert [m.column for m in query.matches] == ["patient_id"]
+    assert query.warnings == (f"unknown query parameter {name!r} ignored",)
+
+
+def test_empty_names_and_charset_are_ignored_silently() -> None:
+    query = q(("", ""), ("charset", "utf-8"), ("PatientID", "P1"))
+    assert len(query.matches) == 1 and query.warnings == ()
+
+
+@pytest.mark.parametrize("name", ["emptyvaluematching", "multiplevaluematching"])
+def test_unsupported_matching_options_warn_only_when_asked_ps3_18_8_3_4_5(name: str) -> None:
+    assert q((name, "false")).warnings == ()
+    (warning,) = q((name, "true")).warnings
+    assert warning.startswith(f"The {name} parameter is not supported.")
+    assert warning.endswith("has not been performed.")
 
 
 def test_integer_keys_must_be_integers() -> None:
