@@ -371,7 +371,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
             logged_stream(iter_multipart(ranged(), boundary)),
             status_code=206,
             media_type=multipart_content_type(OCTET_STREAM_MEDIA_TYPE, boundary),
-            headers={"Content-Range": content_range},
+            headers={"Content-Range": content_range, "Accept-Ranges": "bytes"},
         )
     instance, values = await state.retrieve.read_bulk(key, path)
     syntax = instance.transfer_syntax_uid
@@ -388,6 +388,7 @@ async def retrieve_bulkdata(request: Request) -> Response:
     return StreamingResponse(
         iter_multipart(parts(), boundary),
         media_type=multipart_content_type(media_type, boundary),
+        headers={"Accept-Ranges": "bytes"},  # RFC 9110 14.3: one range of one value is served
     )
 
 

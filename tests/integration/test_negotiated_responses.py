@@ -135,9 +135,11 @@ async def test_rfc_9110_14_2_ranges_of_bulk_data(client: httpx.AsyncClient, ct: 
     """One range of bytes: 206, Content-Range on the response and on its one part (15.3.7.1);
     another unit is ignored and several ranges get the whole value, both 200."""
     url = f"{ct}/bulkdata/7FE00010"
-    whole = parse_multipart(*_body(await client.get(url)))[0][1]
+    unranged = await client.get(url)
+    assert unranged.headers["accept-ranges"] == "bytes"  # RFC 9110 14.3: ranges are offered
+    whole = parse_multipart(*_body(unranged))[0][1]
     ranged = await client.get(url, headers={"Range": "bytes=0-9"})
-    assert ranged.status_code == 206
+    assert ranged.status_code == 206 and ranged.headers["accept-ranges"] == "bytes"
     assert ranged.headers["content-range"] == f"bytes 0-9/{len(whole)}"
     ((part, data),) = parse_multipart(*_body(ranged))
     assert part["content-range"] == ranged.headers["content-range"] and data == whole[:10]
