@@ -183,3 +183,54 @@ async def test_issue20_delete_reject_and_restore_are_in_the_feed(
     )
     metadata = (await client.get("/changefeed/latest")).json()["Metadata"]
     assert metadata["0020000D"]["Value"] == [study]
+
+
+async def test_issue20_an_instance_stored_again_leaves_its_old_entries_replaced(
+    client: httpx.AsyncClient,
+) -> None:
+    """Deleted, then stored again with other content: the first version's entries read
+    `replaced` without metadata, only the new one's is `current` (SQLite handed the newest
+    row's id out again, so the old entries read `current` with the new version's metadata)."""
+    first = ct_dataset(uid())
+    first.SeriesDescription = "VERSION-ONE"
+    body, content_type = multipart_body([to_part10(first)])
+    assert (
+        await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    ).status_code == 200
+    url = (
+        f"/studies/{first.StudyInstanceUID}/series/{first.SeriesInstanceUID}"
+        f"/instances/{first.SOPInstanceUID}"
+    )
+    assert (await client.delete(url)).status_code == 204
+    second = first.copy()
+    second.SeriesDescription = "VERSION-TWO"
+    body, content_type = multipart_body([to_part10(second)])
+    assert (
+        await client.post("/studies", content=body, headers={"Content-Type": content_type})
+    ).status_code == 200
+    entries = (await client.get("/changefeed")).json()[-3:]
+    assert [(e["Action"], e["State"]) for e in entries] == [
+        ("create", "replaced"),
+        ("delete", "replaced"),
+        ("create", "current"),
+    ]
+    assert ["Metadata" in e for e in entries] == [False, False, True]
+    assert entries[2]["Metadata"]["0008103E"]["Value"] == ["VERSION-TWO"]
+
+
+async def test_issue20_a_restored_study_leaves_its_old_entries_replaced(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    study = uid()
+    sops = await store(client, 3, study)
+    assert (await client.delete(f"/studies/{study}")).status_code == 204
+    assert await app.state.dicomweb.delete.restore("default", study) == 3
+    entries = [
+        e
+        for e in (await client.get("/changefeed?includemetadata=false")).json()
+        if e["StudyInstanceUid"] == study
+    ]
+    assert [(e["Action"], e["State"]) for e in entries] == [("create", "replaced")] * 3 + [
+        ("delete", "replaced")
+    ] * 3 + [("create", "current")] * 3
+    assert sorted(e["SopInstanceUid"] for e in entries[-3:]) == sorted(sops)

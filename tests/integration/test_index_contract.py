@@ -978,3 +978,53 @@ async def test_issue15_migration_fills_new_columns_of_existing_rows(
         assert value(row, "00201209") == [2]
     finally:
         await index.close()
+
+
+async def test_issue20_sqlite_instance_ids_continue_past_every_id_handed_out(
+    factory: InstanceFactory, tmp_path: Path
+) -> None:
+    """Migration 016: an index made before it keeps its rows' ids, and the next id is past
+    the highest any event names (an instance since deleted), never a reused one."""
+    scripts = sorted(
+        (Path(dicomweb_server.__file__).parent / "index/migrations/sqlite").glob("*.sql")
+    )
+    before = [s for s in scripts if int(s.name[:3]) < 16]
+    kept = factory.make(generate_uid(), generate_uid())
+    conn = sqlite3.connect(tmp_path / "index.sqlite")
+    for script in before:
+        conn.executescript(script.read_text())
+    conn.execute(f"PRAGMA user_version = {len(before)}")
+    for table, row in (
+        ("studies", new_study_row(SITE, [kept.record], 1)),
+        ("series", new_series_row(SITE, [kept.record])),
+        (
+            "instances",
+            {
+                "id": 3,
+                **instance_row(
+                    SITE, NewInstance(kept.record, kept.blob_key, kept.size, kept.digest)
+                ),
+            },
+        ),
+    ):
+        conn.execute(
+            f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+            list(row.values()),
+        )
+    conn.execute(  # an instance stored as id 9 and deleted since: only its event is left
+        "INSERT INTO events (type, site, study_instance_uid, instance_id, time)"
+        " VALUES ('instance.created', ?, '1.2', 9, 0)",
+        (SITE,),
+    )
+    conn.commit()
+    conn.close()
+    index = await SqliteInstanceIndex.open(tmp_path / "index.sqlite")
+    try:
+        added = factory.make(generate_uid(), generate_uid())
+        await index.add_instance(SITE, added.record, added.blob_key, added.size, added.digest)
+    finally:
+        await index.close()
+    conn = sqlite3.connect(tmp_path / "index.sqlite")
+    ids = conn.execute("SELECT id, sop_instance_uid FROM instances ORDER BY id").fetchall()
+    conn.close()
+    assert ids == [(3, kept.record.sop_instance_uid), (10, added.record.sop_instance_uid)]
