@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from dicomweb_server.cli import _parser
-from dicomweb_server.config import unknown_variables
+from dicomweb_server.config import Settings, SettingsError, unknown_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -444,3 +444,49 @@ def test_image_requirements_include_the_tracing_extra_and_never_the_test_one() -
         if d.startswith(("pytest", "ruff", "mypy"))
     }
     assert tools and not tools & set(with_tracing)
+
+
+def _start(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings `serve` would start with in exactly this environment, checked as it checks
+    them before listening (SettingsError if it would refuse to start)."""
+    for name in list(os.environ):
+        if name.upper().startswith("DICOMWEB_"):
+            monkeypatch.delenv(name)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    settings.check()
+    return settings
+
+
+def _image_environment() -> dict[str, str]:
+    return {k: v for k, v in _runtime().env().items() if k.startswith("DICOMWEB_")}
+
+
+def test_image_compose_and_kubernetes_environments_start_with_access_control(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The image listens on every address, so DICOMWEB_AUTH=none would refuse to start there:
+    each deployment's environment (the image's ENV plus what compose or the manifests add)
+    must pass serve's start-up checks with credentials required."""
+    environments = {"image alone": _image_environment()}
+    for name, service in _server_replicas(_compose()).items():
+        env = {k: _interpolate(v, _env_example()) for k, v in _environment(service).items()}
+        environments[f"compose {name}"] = {**_image_environment(), **env}
+    secret = {str(k): str(v) for k, v in _manifests(EXAMPLE_SECRET)[0]["stringData"].items()}
+    for workload in (_one("Deployment"), _one("Job")):
+        for container in _containers(workload):
+            env = {item["name"]: str(item["value"]) for item in container.get("env", [])}
+            environments[f"{workload['kind']} {container['name']}"] = {
+                **_image_environment(),
+                **_config_map(),
+                **secret,
+                **env,
+            }
+    for where, environment in environments.items():
+        try:
+            settings = _start(environment, monkeypatch)
+        except SettingsError as exc:
+            pytest.fail(f"{where} cannot start: {exc}")
+        assert settings.auth_methods == {"apikey"}, where
+        assert not settings.insecure_no_auth, where
