@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -464,10 +464,17 @@ class WebhookLedger(Protocol):
         ...
 
     async def claim_deliveries(
-        self, owner: str, groups: int, run: int, lease_seconds: float
+        self,
+        owner: str,
+        groups: int,
+        run: int,
+        lease_seconds: float,
+        busy: Mapping[int, int] | None = None,
     ) -> list[DeliveryRun]:
         """Lease up to `groups` runs of due deliveries (up to `run` each) for
-        `lease_seconds`, each to its own token made from `owner` (unique per call)."""
+        `lease_seconds`, each to its own token made from `owner` (unique per call). The
+        runs are shared fairly between webhooks (index/events.py `fair_heads`): `busy` is
+        how many runs of each webhook the caller has in flight."""
         ...
 
     async def settle_deliveries(

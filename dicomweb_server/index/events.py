@@ -7,7 +7,7 @@ feed returns: both build those here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,16 @@ __all__ = [
     "WEBHOOK_COLUMNS",
     "WEBHOOK_COUNTS_QUERY",
     "WEBHOOK_STATUS_QUERY",
+    "DueHead",
     "FeedQuery",
     "InstanceChange",
     "created_changes",
     "delivery_from_row",
+    "due_head_from_row",
+    "due_heads_query",
     "event_from_row",
     "event_rows",
+    "fair_heads",
     "feed_entry_from_row",
     "feed_query",
     "latest_query",
@@ -279,3 +283,69 @@ def delivery_from_row(row: Sequence[Any] | Any) -> Delivery:
         attempts=int(row[2]),
         age=float(row[3]),
     )
+
+
+def due_heads_query(now: str, limit: str) -> str:
+    """The due, unleased head of each (webhook, site, study) group, ranked within its
+    webhook by (next attempt, id), at most `limit` per webhook; `now` is the clock in SQL
+    (SQLite: a parameter, PostgreSQL: its clock). Each row also says whether the webhook is
+    retrying (a head of it failed before) and how many of its runs are leased right now,
+    by any process, which `fair_heads` needs. Reads every pending group once, as the
+    unranked claim did."""
+    return (
+        "WITH heads AS (SELECT d.id, d.webhook_id, d.next_attempt, d.attempts, d.lease_until"
+        " FROM webhook_deliveries d JOIN (SELECT min(id) AS id FROM webhook_deliveries"
+        " WHERE state = 'pending' GROUP BY webhook_id, site, study_instance_uid) h"
+        " ON h.id = d.id JOIN webhooks w ON w.id = d.webhook_id),"
+        " hooks AS (SELECT webhook_id, max(CASE WHEN attempts > 0 THEN 1 ELSE 0 END) AS retrying,"
+        f" sum(CASE WHEN lease_until >= {now} THEN 1 ELSE 0 END) AS leased"
+        " FROM heads GROUP BY webhook_id),"
+        " ranked AS (SELECT h.id, h.webhook_id, h.next_attempt, k.retrying, k.leased,"
+        " row_number() OVER (PARTITION BY h.webhook_id ORDER BY h.next_attempt, h.id) AS rank"
+        " FROM heads h JOIN hooks k ON k.webhook_id = h.webhook_id"
+        f" WHERE h.next_attempt <= {now} AND (h.lease_until IS NULL OR h.lease_until < {now}))"
+        " SELECT id, webhook_id, retrying, leased FROM ranked"
+        f" WHERE rank <= {limit} ORDER BY rank, next_attempt, id"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DueHead:
+    """A group a claim may take: its head delivery, its webhook, whether that webhook is
+    retrying, and how many of its runs are leased now (by any process)."""
+
+    id: int
+    webhook_id: int
+    retrying: bool
+    leased: int
+
+
+def due_head_from_row(row: Sequence[Any] | Any) -> DueHead:
+    return DueHead(int(row[0]), int(row[1]), bool(row[2]), int(row[3] or 0))
+
+
+def fair_heads(heads: Sequence[DueHead], groups: int, busy: Mapping[int, int]) -> list[int]:
+    """The heads to lease, at most `groups`, in the order given (ranked within each webhook),
+    so that no receiver holds every slot: this process's slots (`groups` free plus those
+    `busy` with each webhook's runs) are shared evenly between the webhooks with work, and a
+    webhook whose receiver is failing (retrying) gets one run at a time across all processes
+    until it answers again. A dead or slow receiver then delays only its own events."""
+    retrying = {head.webhook_id for head in heads if head.retrying}
+    active = {head.webhook_id for head in heads} | {w for w, n in busy.items() if n > 0}
+    capacity = groups + sum(busy.values()) - len(retrying)
+    share = max(1, -(-capacity // max(1, len(active - retrying))))
+    taken: dict[int, int] = {}
+    chosen: list[int] = []
+    for head in heads:
+        if len(chosen) == groups:
+            break
+        webhook = head.webhook_id
+        count = taken.get(webhook, 0)
+        if head.retrying:
+            if head.leased + count >= 1:
+                continue
+        elif busy.get(webhook, 0) + count >= share:
+            continue
+        taken[webhook] = count + 1
+        chosen.append(head.id)
+    return chosen

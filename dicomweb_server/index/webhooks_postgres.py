@@ -9,7 +9,7 @@ grow in commit order: "oldest first" is "lowest id" and no older one can appear 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from dicomweb_server.domain.events import Event, Webhook
@@ -20,7 +20,10 @@ from dicomweb_server.index.events import (
     WEBHOOK_COUNTS_QUERY,
     WEBHOOK_STATUS_QUERY,
     delivery_from_row,
+    due_head_from_row,
+    due_heads_query,
     event_from_row,
+    fair_heads,
     webhook_from_row,
     webhook_row,
     webhook_statuses,
@@ -40,10 +43,14 @@ _DUE_HEADS = (
     " JOIN (SELECT min(id) AS id FROM webhook_deliveries WHERE state = 'pending'"
     " GROUP BY webhook_id, site, study_instance_uid) h ON h.id = d.id"
     " JOIN webhooks w ON w.id = d.webhook_id"
-    f" WHERE d.state = 'pending' AND d.next_attempt <= {NOW}"
+    f" WHERE d.id = ANY($5::bigint[]) AND d.state = 'pending' AND d.next_attempt <= {NOW}"
     f" AND (d.lease_until IS NULL OR d.lease_until < {NOW})"
     " ORDER BY d.next_attempt, d.id LIMIT $1 FOR UPDATE OF d SKIP LOCKED"
 )
+# Every group's due head ranked within its webhook, for `fair_heads` to choose the ones the
+# claim then locks ($5 above; one still due and unleased when locked is leased).
+_RANKED_HEADS = due_heads_query(NOW, "$1")
+_CLAIM_LOCK_KEY = 0x64_7768_6F6F_6B73  # pg_advisory_xact_lock key of a claim: "dwhooks"
 
 
 _EVENT_COLUMNS_OF_E = ", ".join(f"e.{column.strip()}" for column in EVENT_COLUMNS.split(","))
@@ -220,10 +227,23 @@ class PostgresWebhookLedger:
         return await self._with_connection(run)
 
     async def claim_deliveries(
-        self, owner: str, groups: int, run: int, lease_seconds: float
+        self,
+        owner: str,
+        groups: int,
+        run: int,
+        lease_seconds: float,
+        busy: Mapping[int, int] | None = None,
     ) -> list[DeliveryRun]:
         async def claim(conn: Connection) -> list[Any]:
-            return await conn.fetch(_CLAIM, groups, run, owner, lease_seconds)
+            # Claims one at a time across processes: each sees the runs the one before it
+            # leased, so the shares hold and two claimers never pick the same heads.
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _CLAIM_LOCK_KEY)
+                ranked = await conn.fetch(_RANKED_HEADS, groups)
+                chosen = fair_heads([due_head_from_row(r) for r in ranked], groups, busy or {})
+                if not chosen:
+                    return []
+                return await conn.fetch(_CLAIM, groups, run, owner, lease_seconds, chosen)
 
         rows = await self._with_connection(claim, retry=False)
         runs: dict[str, list[Delivery]] = {}

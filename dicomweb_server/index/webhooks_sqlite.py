@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 from dicomweb_server.domain.events import Event, Webhook
@@ -21,7 +21,10 @@ from dicomweb_server.index.events import (
     WEBHOOK_COUNTS_QUERY,
     WEBHOOK_STATUS_QUERY,
     delivery_from_row,
+    due_head_from_row,
+    due_heads_query,
     event_from_row,
+    fair_heads,
     webhook_from_row,
     webhook_row,
     webhook_statuses,
@@ -33,6 +36,7 @@ T = TypeVar("T")
 _REPLAY_BATCH = 1000
 
 # The oldest pending delivery of each (webhook, site, study): only these can be claimed.
+# (Whether any is due, read without the write lock.)
 _DUE_HEADS = (
     "SELECT d.id, d.webhook_id, d.site, d.study_instance_uid FROM webhook_deliveries d"
     " JOIN (SELECT min(id) AS id FROM webhook_deliveries WHERE state = 'pending'"
@@ -41,6 +45,9 @@ _DUE_HEADS = (
     " WHERE d.next_attempt <= ? AND (d.lease_until IS NULL OR d.lease_until < ?)"
     " ORDER BY d.next_attempt, d.id LIMIT ?"
 )
+
+# Every group's due head ranked within its webhook, for `fair_heads` to choose from.
+_RANKED_HEADS = due_heads_query(":now", ":groups")
 
 
 def _immediate(conn: sqlite3.Connection, fn: Callable[[], T]) -> T:
@@ -196,7 +203,12 @@ class SqliteWebhookLedger:
         return await self._write(run)
 
     async def claim_deliveries(
-        self, owner: str, groups: int, run: int, lease_seconds: float
+        self,
+        owner: str,
+        groups: int,
+        run: int,
+        lease_seconds: float,
+        busy: Mapping[int, int] | None = None,
     ) -> list[DeliveryRun]:
         def due(conn: sqlite3.Connection) -> bool:
             now = time.time()
@@ -209,7 +221,13 @@ class SqliteWebhookLedger:
             def leased() -> list[DeliveryRun]:
                 now = time.time()
                 runs: dict[str, list[int]] = {}
-                heads = conn.execute(_DUE_HEADS, (now, now, groups)).fetchall()
+                ranked = conn.execute(_RANKED_HEADS, {"now": now, "groups": groups}).fetchall()
+                chosen = fair_heads([due_head_from_row(r) for r in ranked], groups, busy or {})
+                heads = conn.execute(
+                    "SELECT id, webhook_id, site, study_instance_uid FROM webhook_deliveries"
+                    f" WHERE id IN ({_marks(len(chosen))}) ORDER BY id",
+                    chosen,
+                ).fetchall()
                 for head, webhook_id, site, study in heads:
                     ids = conn.execute(
                         "SELECT id FROM webhook_deliveries WHERE webhook_id = ? AND site = ?"

@@ -21,6 +21,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 
 import aiohttp
@@ -94,8 +95,12 @@ class WebhookClient:
         if not secret:
             return f"environment variable {webhook.secret_env} (the signing secret) is not set"
         allowed = webhook.allow_private or self._allow_private
+        try:
+            host = URL(webhook.url).host or ""
+        except ValueError as exc:  # a port out of range, say: a failure like any other
+            return f"refused: the URL is not valid: {exc}"[:300]
         # A name is checked by the resolver as it resolves; an address literal, here.
-        problem = host_problem(URL(webhook.url).host or "", allowed)
+        problem = host_problem(host, allowed)
         if problem is not None:
             return f"refused: {problem}"
         headers = {
@@ -149,7 +154,7 @@ class WebhookDispatcher:
         # A run's lease outlives one attempt plus a progress record: renewed as it goes.
         self._lease = 2 * timeout + 5
         self._webhooks: dict[int, Webhook] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: dict[asyncio.Task[None], int] = {}  # each run's webhook
         self.idle = asyncio.Event()  # set when a run finishes: a slot is free
         self._claims = 0
 
@@ -160,18 +165,19 @@ class WebhookDispatcher:
             return False
         self._claims += 1
         owner = f"{uuid.uuid4().hex[:12]}-{self._claims}"
-        runs = await self._ledger.claim_deliveries(owner, free, _RUN, self._lease)
+        busy = Counter(self._tasks.values())
+        runs = await self._ledger.claim_deliveries(owner, free, _RUN, self._lease, busy)
         if not runs:
             return False
         self._webhooks = {webhook.id: webhook for webhook in await self._ledger.get_webhooks()}
         for run in runs:
             task = asyncio.create_task(self._deliver(run))
-            self._tasks.add(task)
+            self._tasks[task] = run.deliveries[0].webhook_id
             task.add_done_callback(self._finished)
         return True
 
     def _finished(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
+        self._tasks.pop(task, None)
         self.idle.set()
         if not task.cancelled() and task.exception() is not None:
             log.warning("webhook run failed: %s", task.exception())

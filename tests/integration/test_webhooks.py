@@ -5,6 +5,7 @@ study.stable, and the README's receiver."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
 import time
@@ -266,6 +267,21 @@ async def test_issue20_targets_are_checked_again_on_every_delivery(
         assert all("loopback" in error for error in errors), errors
 
 
+async def test_issue20_a_stored_url_with_a_bad_port_fails_like_any_delivery(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """Added before ports were checked: the delivery fails with its reason, recorded and
+    retried (it escaped the run before, which was then retried each lease, unrecorded)."""
+    stored = Webhook(0, "http://10.255.255.1:99999/hook", VARIABLE, frozenset({CREATED_ONLY}))
+    added = await index_of(app).add_webhook(stored)  # as if it had passed the check
+    await store(client, uid(), 1)
+    deadline = time.monotonic() + 20
+    while (status := await status_of(app, added.id)).last_error is None:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    assert "not valid" in status.last_error
+
+
 async def test_issue20_the_secret_is_read_at_delivery_and_never_shown(
     app: Starlette,
     client: httpx.AsyncClient,
@@ -323,6 +339,38 @@ async def test_issue20_a_slow_receiver_never_slows_stow(
         for _ in range(5):
             await store(client, uid(), 2)
         assert time.monotonic() - started < 3.0  # 5 STOWs while deliveries sit 0.9 s each
+
+
+async def test_issue20_a_receiver_that_never_answers_does_not_hold_up_other_webhooks(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """Each new study of the dead receiver's webhook is a run of its own; before, every free
+    slot took one and held it for the whole timeout, so the healthy webhook waited behind
+    them. Once it has failed, its webhook gets one run at a time (index/events.py
+    fair_heads): the dead receiver is asked again only when the last ask timed out (1 s)."""
+    arrivals: list[float] = []
+
+    def never(delivery: Delivery, attempt: int) -> tuple[str, float]:
+        arrivals.append(time.monotonic())
+        return ("sleep", 1.5)
+
+    with receiving(Receiver(never)) as dead, receiving() as healthy:
+        # The dead one first: its deliveries are queued, and were claimed, first.
+        hook = await service(app).add(dead.url, VARIABLE, events=CREATED_ONLY, allow_private=True)
+        await service(app).add(healthy.url, VARIABLE, events=CREATED_ONLY, allow_private=True)
+        for _ in range(4):
+            await store(client, uid(), 1)
+        deadline = time.monotonic() + 20
+        while (await status_of(app, hook.id)).last_error is None:
+            assert time.monotonic() < deadline, "the dead receiver's timeout was not recorded"
+            await asyncio.sleep(0.05)
+        failing = time.monotonic()
+        for _ in range(16):
+            await store(client, uid(), 1)
+        await until(lambda: len(healthy.accepted) == 20)
+        later = [t for t in arrivals if t > failing + 0.2]
+        gaps = [b - a for a, b in itertools.pairwise(later)]
+        assert all(gap > 0.9 for gap in gaps), gaps
 
 
 async def test_issue20_more_instances_after_a_quiet_period_bring_another_study_stable(

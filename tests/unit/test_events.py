@@ -28,6 +28,7 @@ from dicomweb_server.domain.events import (
     verify_signature,
 )
 from dicomweb_server.errors import BadRequestError
+from dicomweb_server.index.events import DueHead, fair_heads
 from dicomweb_server.services.webhook_delivery import retry_delay
 
 CREATED = Event(7, INSTANCE_CREATED, "default", "1.2", "1.2.3", "1.2.3.4", 0.5, frozenset({"CT"}))
@@ -140,3 +141,28 @@ def test_issue20_retries_back_off_exponentially_with_jitter_up_to_an_hour() -> N
         delays = [retry_delay(attempt, 2.0, rng) for _ in range(50)]
         assert all(full / 2 <= d <= full for d in delays)
         assert len(set(delays)) > 1  # jittered
+
+
+def _heads(*specs: tuple[int, bool, int]) -> list[DueHead]:
+    """(webhook, retrying, leased) per head, ids in order."""
+    return [DueHead(i, w, retrying, leased) for i, (w, retrying, leased) in enumerate(specs, 1)]
+
+
+def test_fair_heads_share_the_free_slots_between_webhooks() -> None:
+    # Ranked within each webhook: webhook 1's first, webhook 2's first, then the seconds...
+    heads = _heads(*[(1, False, 0), (2, False, 0)] * 6)
+    assert fair_heads(heads, 8, {}) == [1, 2, 3, 4, 5, 6, 7, 8]
+    # Webhook 1 already holds 4 of 8 slots here: the 4 free ones go to webhook 2.
+    assert fair_heads(heads, 4, {1: 4}) == [2, 4, 6, 8]
+    # Alone, a webhook may take every slot.
+    assert fair_heads(_heads(*[(1, False, 0)] * 10), 8, {}) == list(range(1, 9))
+
+
+def test_fair_heads_give_a_failing_webhook_one_run_at_a_time() -> None:
+    """A receiver that does not answer cannot take every slot: its webhook has a failed
+    delivery waiting (retrying), so it gets one run, none while one is leased anywhere."""
+    dead = [(1, True, 0)] * 8
+    healthy = [(2, False, 0)] * 8
+    assert fair_heads(_heads(*dead, *healthy), 8, {}) == [1, 9, 10, 11, 12, 13, 14, 15]
+    assert 1 not in fair_heads(_heads(*[(1, True, 1)] * 8, *healthy), 8, {})
+    assert fair_heads(_heads(*[(1, True, 1)] * 8), 8, {}) == []
