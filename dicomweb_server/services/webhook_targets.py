@@ -22,6 +22,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from dicomweb_server.errors import BadRequestError
 
 __all__ = [
+    "MAX_URL_LENGTH",
     "CheckedResolver",
     "TargetRefusedError",
     "address_problem",
@@ -74,11 +75,23 @@ def host_problem(host: str, allow_private: bool) -> str | None:
     return address_problem(address, allow_private)
 
 
+# Longer URLs are refused by many servers (414) and would be retried until dead-lettered.
+MAX_URL_LENGTH = 2048
+
+
 def check_url(url: str, allow_private: bool) -> str:
     """The host of an acceptable webhook URL; BadRequestError with the reason otherwise."""
+    if len(url) > MAX_URL_LENGTH:
+        raise BadRequestError(f"webhook URL is longer than {MAX_URL_LENGTH} characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise BadRequestError(f"webhook URL {url[:200]!r} must be http:// or https:// with a host")
+    try:
+        port = parts.port  # urlsplit checks the port only when asked for it
+    except ValueError:
+        port = 0
+    if port == 0:
+        raise BadRequestError(f"webhook URL {url[:200]!r} has no valid port (1 to 65535)")
     if parts.username is not None or parts.password is not None:
         raise BadRequestError(
             "webhook URL must not carry credentials (they would be stored and listed);"

@@ -51,6 +51,11 @@ def test_issue20_hosts_and_urls() -> None:
         "http:///x",
         "https://a:b@example.org/",
         "http://169.254.169.254/",
+        # A port out of range was taken, then every delivery failed before it was tried.
+        "http://10.255.255.1:99999/hook",
+        "http://10.0.0.1:abc/x",
+        "http://10.0.0.1:0/x",
+        "https://ai.example.org/" + "x" * 2048,
     ):
         with pytest.raises(BadRequestError):
             check_url(url, False)
