@@ -5,7 +5,10 @@ Three ASGI middlewares, outermost first (`add_browser_middleware` installs them)
 - `CorsMiddleware`: answers preflights (any requested header unless configured otherwise:
   viewers send Accept, Authorization, Range) and labels responses for allowed origins.
   Reads (GET, HEAD, OPTIONS) and writes (POST, ...) have separate origin lists, so by default
-  a viewer on any host can read while only configured origins may store.
+  a viewer on any host can read while only configured origins may store. A write a browser
+  sends from any other origin is refused with a 403 before it runs: a page may send a POST
+  without credentials and without a preflight (a form, `sendBeacon`), and on a server without
+  access control that alone would reject studies.
 - `EntityTagMiddleware`: metadata and frames get a weak ETag (a hash of the body, the
   multipart boundary left out), Cache-Control, and a 304 for a matching If-None-Match.
   Bodies above a bound are streamed through without a tag. Any response whose handler
@@ -22,6 +25,7 @@ import importlib
 import re
 import zlib
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from starlette.applications import Starlette
 from starlette.datastructures import Headers, MutableHeaders
@@ -64,6 +68,37 @@ def _origins(text: str) -> frozenset[str] | None:
     return None if "*" in items else frozenset(items)
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# Sec-Fetch-Site values of a request some other origin's page made (Fetch Metadata)
+_OTHER_SITE = frozenset({"cross-site", "same-site"})
+
+
+def _origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of a URL or an Origin header, lowercased, the scheme's default
+    port left out (as browsers serialize an origin); None when it has no host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "")
+    if not scheme or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host = f"{host}:{port}"
+    return f"{scheme}://{host}"
+
+
+def _request_origin(scope: Scope, headers: Headers) -> str | None:
+    """The origin a page served by this server, at the address this request names, has."""
+    host = headers.get("host")
+    if not host:
+        return None
+    return _origin_of(f"{scope.get('scheme', 'http')}://{host}")
+
+
 def _append_vary(headers: MutableHeaders, *names: str) -> None:
     """Merge `names` into one Vary header (every Vary line the response has), each once."""
     present: list[str] = []
@@ -86,10 +121,13 @@ class CorsMiddleware:
         write_origins: str = "",
         allow_headers: str = "",
         max_age: int = 600,
+        base_url: str = "",
     ) -> None:
         self.app = app
         self.read = _origins(read_origins)
         self.write = _origins(write_origins)
+        # The server's own origin as browsers see it behind a proxy (DICOMWEB_BASE_URL)
+        self.public_origin = _origin_of(base_url) if base_url else None
         self.allow_headers = frozenset(
             h.strip().lower() for h in allow_headers.split(",") if h.strip()
         )
@@ -102,22 +140,58 @@ class CorsMiddleware:
     def _any_origin(self, method: str) -> bool:
         return (self.read if method in _READ_METHODS else self.write) is None
 
+    def _write_refusal(self, scope: Scope, headers: Headers, origin: str | None) -> str | None:
+        """Why a browser's write from another origin may not run; None when it may.
+
+        Without an Origin header the request is a tool's (curl, a PACS), unless Fetch
+        Metadata says a page of another site sent it. `Origin: null` (a sandboxed frame, a
+        redirect across origins) names no origin that could be trusted. The server's own
+        origin (the viewer at /viewer/) may write, as may the listed write origins.
+        """
+        if origin is None:
+            if headers.get("sec-fetch-site", "").strip().lower() in _OTHER_SITE:
+                return (
+                    "a page of another site may not write here; list its origin in"
+                    " DICOMWEB_CORS_WRITE_ORIGINS"
+                )
+            return None
+        if origin.strip().lower() == "null":
+            return (
+                "a request with Origin: null (a sandboxed frame or a redirected request) may not"
+                " write here; serve the page from an origin listed in DICOMWEB_CORS_WRITE_ORIGINS"
+            )
+        if self._allowed(origin, "POST"):
+            return None
+        named = _origin_of(origin)
+        if named is not None and named in (self.public_origin, _request_origin(scope, headers)):
+            return None
+        return (
+            f"origin {origin[:100]!r} may not write here: a browser may write from this"
+            " server's own origin or from one listed in DICOMWEB_CORS_WRITE_ORIGINS"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
         origin = headers.get("origin")
+        method = scope.get("method", "GET")
+        if method not in _READ_METHODS:
+            refusal = self._write_refusal(scope, headers, origin)
+            if refusal is not None:
+                await error_response(403, refusal)(scope, receive, send)
+                return
         if origin is None:
             await self.app(scope, receive, send)
             return
-        method = scope.get("method", "GET")
         requested = headers.get("access-control-request-method")
         if method == "OPTIONS" and requested is not None:
             await self._preflight(origin, requested.strip().upper(), headers)(scope, receive, send)
             return
         if not self._allowed(origin, method):
-            await self.app(scope, receive, send)  # no CORS headers: the browser hides it
+            # no CORS headers: the browser hides it (a write here is from our own origin)
+            await self.app(scope, receive, send)
             return
         any_origin = self._any_origin(method)
 
@@ -446,7 +520,10 @@ async def _send_kept(send: Send, start: Message, encoding: str, data: bytes) -> 
 
 
 def add_browser_middleware(app: Starlette, settings: Settings) -> None:
-    """Install compression, entity tags and CORS (outermost last) on `app`."""
+    """Install compression, entity tags and CORS (outermost last) on `app`.
+
+    CORS is installed even with no origin listed: it is what refuses browsers' writes from
+    other origins."""
     if settings.compress_json:
         app.add_middleware(
             CompressionMiddleware,
@@ -454,11 +531,11 @@ def add_browser_middleware(app: Starlette, settings: Settings) -> None:
             kept_bytes=settings.compressed_memory_cache_bytes,
         )
     app.add_middleware(EntityTagMiddleware, max_age=settings.http_cache_max_age)
-    if settings.cors_origins or settings.cors_write_origins:
-        app.add_middleware(
-            CorsMiddleware,
-            read_origins=settings.cors_origins,
-            write_origins=settings.cors_write_origins,
-            allow_headers=settings.cors_allow_headers,
-            max_age=settings.cors_max_age,
-        )
+    app.add_middleware(
+        CorsMiddleware,
+        read_origins=settings.cors_origins,
+        write_origins=settings.cors_write_origins,
+        allow_headers=settings.cors_allow_headers,
+        max_age=settings.cors_max_age,
+        base_url=settings.base_url,
+    )

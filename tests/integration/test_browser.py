@@ -97,6 +97,67 @@ async def test_stores_from_other_origins_are_refused_unless_configured(
         assert "access-control-allow-origin" not in other.headers
 
 
+EVIL = "https://evil.example"
+
+
+async def _rejected(http: httpx.AsyncClient, study: str, headers: dict[str, str]) -> httpx.Response:
+    """The simple POST a page's form or navigator.sendBeacon sends: no preflight, no body."""
+    return await http.post(f"/studies/{study}/reject/113001%5EDCM", headers=headers, content=b"")
+
+
+async def test_writes_from_other_origins_are_refused_before_they_run(
+    client: httpx.AsyncClient, series, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    """A page on any site could otherwise hide studies of a server left at its defaults (no
+    access control on loopback, no write origins): browsers send such a POST unpreflighted."""
+    study, series_uid, _ = series
+    for headers in (
+        {"Origin": EVIL, "Content-Type": "text/plain"},  # an empty text/plain form
+        {"Origin": EVIL},  # sendBeacon(url)
+        {"Origin": "null"},  # a sandboxed frame
+        {"Origin": "null", "Content-Type": "text/plain"},
+        {"Sec-Fetch-Site": "cross-site"},  # a browser that sent no Origin
+        {"Origin": "http://testserver.evil.example"},
+        {"Origin": "https://testserver"},  # another scheme is another origin
+    ):
+        refused = await _rejected(client, study, headers)
+        assert refused.status_code == 403, headers
+        assert refused.json()["status"] == 403
+        assert "DICOMWEB_CORS_WRITE_ORIGINS" in refused.json()["reason"], headers
+        assert "access-control-allow-origin" not in refused.headers
+    assert (await client.delete(f"/studies/{study}", headers={"Origin": EVIL})).status_code == 403
+    body, content_type = multipart_body([to_part10(ct_dataset())])
+    stow = {"Content-Type": content_type, "Origin": EVIL}
+    assert (await client.post("/studies", content=body, headers=stow)).status_code == 403
+    assert (await client.get(f"/studies/{study}/series/{series_uid}/metadata")).status_code == 200
+    # A tool sends no Origin; a browser on this server's own origin (/viewer/) may write.
+    assert (await _rejected(client, study, {"Sec-Fetch-Site": "same-origin"})).status_code == 200
+    async for http in _client_with(settings, cors_origins=""):  # no CORS at all: still refused
+        assert (await _rejected(http, study, {"Origin": EVIL})).status_code == 403
+
+
+async def test_writes_from_the_servers_own_origin_are_allowed(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Same origin is the request's own scheme and Host, or DICOMWEB_BASE_URL's origin (the
+    address browsers use through a proxy)."""
+    stored = []
+    for _ in range(3):
+        study, series_uid = uid(), uid()
+        await _store(client, [to_part10(ct_dataset(study, series_uid))])
+        stored.append(study)
+    async for http in _client_with(settings, base_url=""):
+        answer = await _rejected(http, stored[0], {"Origin": "http://testserver"})
+        assert answer.status_code == 200, answer.text
+        assert "access-control-allow-origin" not in answer.headers
+        assert (await _rejected(http, stored[1], {"Origin": EVIL})).status_code == 403
+    async for http in _client_with(settings, base_url="https://PACS.example.org:443/dicomweb"):
+        origin = {"Origin": "https://pacs.example.org"}
+        assert (await _rejected(http, stored[1], origin)).status_code == 200
+    async for http in _client_with(settings, cors_write_origins=EVIL):
+        assert (await _rejected(http, stored[2], {"Origin": EVIL})).status_code == 200
+
+
 async def test_configured_request_headers_limit_preflights(settings: Settings) -> None:
     async for http in _client_with(settings, cors_allow_headers="Accept, Authorization"):
         headers = {"Origin": VIEWER, "Access-Control-Request-Method": "GET"}
