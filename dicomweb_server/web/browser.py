@@ -3,7 +3,8 @@
 Three ASGI middlewares, outermost first (`add_browser_middleware` installs them):
 
 - `CorsMiddleware`: answers preflights (any requested header unless configured otherwise:
-  viewers send Accept, Authorization, Range) and labels responses for allowed origins.
+  viewers send Accept, Authorization, Range) and labels responses for allowed origins (with
+  a list of them, every response says `Vary: Origin`).
   Reads (GET, HEAD, OPTIONS) and writes (POST, ...) have separate origin lists, so by default
   a viewer on any host can read while only configured origins may store. A write a browser
   sends from any other origin is refused with a 403 before it runs: a page may send a POST
@@ -126,6 +127,10 @@ class CorsMiddleware:
         self.app = app
         self.read = _origins(read_origins)
         self.write = _origins(write_origins)
+        # Listed read origins: whether an answer is labelled depends on Origin, so every
+        # answer says so, or a cache could hand one fetched without Origin (an <img>) to a
+        # later CORS fetch, which would fail for want of Access-Control-Allow-Origin.
+        self.vary_origin = bool(self.read)
         # The server's own origin as browsers see it behind a proxy (DICOMWEB_BASE_URL)
         self.public_origin = _origin_of(base_url) if base_url else None
         self.allow_headers = frozenset(
@@ -183,7 +188,7 @@ class CorsMiddleware:
                 await error_response(403, refusal)(scope, receive, send)
                 return
         if origin is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._varied(send))
             return
         requested = headers.get("access-control-request-method")
         if method == "OPTIONS" and requested is not None:
@@ -191,7 +196,7 @@ class CorsMiddleware:
             return
         if not self._allowed(origin, method):
             # no CORS headers: the browser hides it (a write here is from our own origin)
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._varied(send))
             return
         any_origin = self._any_origin(method)
 
@@ -200,11 +205,24 @@ class CorsMiddleware:
                 out = MutableHeaders(scope=message)
                 out["Access-Control-Allow-Origin"] = "*" if any_origin else origin
                 out["Access-Control-Expose-Headers"] = _EXPOSED
-                if not any_origin:
+                if not any_origin or self.vary_origin:
                     _append_vary(out, "Origin")
             await send(message)
 
         await self.app(scope, receive, labelled)
+
+    def _varied(self, send: Send) -> Send:
+        """`send`, adding `Vary: Origin` to the response start when the labels depend on it."""
+        if not self.vary_origin:
+            return send
+
+        async def varied(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                _append_vary(MutableHeaders(scope=message), "Origin")
+            await send(message)
+
+        return varied
 
     def _preflight(self, origin: str, method: str, headers: Headers) -> Response:
         asked = [

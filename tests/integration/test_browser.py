@@ -158,6 +158,33 @@ async def test_writes_from_the_servers_own_origin_are_allowed(
         assert (await _rejected(http, stored[2], {"Origin": EVIL})).status_code == 200
 
 
+async def test_listed_read_origins_make_every_answer_vary_by_origin(
+    client: httpx.AsyncClient, series, settings: Settings
+) -> None:  # type: ignore[no-untyped-def]
+    """With a list of origins the labels depend on Origin, so an answer to a request without
+    one (an <img> thumbnail, cached for an hour) must not be reused for a CORS fetch."""
+    study, series_uid, datasets = series
+    instance = f"/studies/{study}/series/{series_uid}/instances/{datasets[0].SOPInstanceUID}"
+    allowed = "http://a.example"
+    async for http in _client_with(settings, cors_origins=f"{allowed},http://w.example"):
+        for path in (instance + "/thumbnail", instance + "/metadata", "/studies", "/nowhere"):
+            for origin in (None, allowed, "http://elsewhere.example"):
+                headers = {} if origin is None else {"Origin": origin}
+                answer = await http.get(path, headers=headers)
+                vary = [
+                    v.strip().lower() for v in ",".join(answer.headers.get_list("vary")).split(",")
+                ]
+                assert vary.count("origin") == 1, (path, origin, vary)
+                if path.endswith("/thumbnail"):
+                    assert "accept" in vary, (path, origin, vary)  # merged, not overwritten
+                    assert len(answer.headers.get_list("vary")) == 1
+        tag = (await http.get(instance + "/metadata")).headers["etag"]
+        revalidated = await http.get(instance + "/metadata", headers={"If-None-Match": tag})
+        assert revalidated.status_code == 304 and "Origin" in revalidated.headers["vary"]
+    vary = (await client.get(instance + "/thumbnail")).headers.get("vary", "")
+    assert "origin" not in vary.lower()  # any origin: the same answer for every one
+
+
 async def test_configured_request_headers_limit_preflights(settings: Settings) -> None:
     async for http in _client_with(settings, cors_allow_headers="Accept, Authorization"):
         headers = {"Origin": VIEWER, "Access-Control-Request-Method": "GET"}
