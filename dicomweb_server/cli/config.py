@@ -132,7 +132,7 @@ ROWS: tuple[Row, ...] = (
     ),
     Row(
         ("max_render_pixels",),
-        "frames × pixels one rendered answer may decode or produce; more is a 400",
+        "frames × pixels one rendered answer may decode or produce; more is a 400. Renderings in flight share it too: past it they wait, then get 503",
     ),
     Row(
         ("cache_max_bytes",),

@@ -52,6 +52,7 @@ __all__ = [
     "encode_images",
     "present",
     "render",
+    "render_pixel_count",
     "render_pixels",
 ]
 
@@ -146,22 +147,35 @@ def check_render_budget(
 ) -> None:
     """Refuse, before any frame is read or decoded, a rendering whose decoded pixels (frames
     × Rows × Columns) or output pixels (frames × the fitted viewport) exceed the budget."""
-    decoded = frame_count * info.rows * info.columns
+    decoded, output, (width, height) = _pixel_counts(frame_count, info, options)
     if decoded > max_render_pixels:
         raise RenderBudgetError(
             f"rendering {frame_count} frame(s) of {info.columns}x{info.rows} decodes"
             f" {decoded} pixels, over the {max_render_pixels}-pixel limit: ask for fewer frames"
         )
-    width, height = info.columns, info.rows
-    if options.viewport is not None:
-        _, (width, height), _ = _placement(width, height, options.viewport, options.upscale)
-    output = frame_count * width * height
     if output > max_render_pixels:
         raise RenderBudgetError(
             f"rendering {frame_count} frame(s) at {width}x{height} outputs {output} pixels,"
             f" over the {max_render_pixels}-pixel limit: ask for a smaller viewport or fewer"
             " frames"
         )
+
+
+def render_pixel_count(frame_count: int, info: FrameInfo, options: RenderOptions) -> int:
+    """The pixels a rendering holds at its peak: the larger of those it decodes and outputs
+    (what the budget of renderings in flight is counted in)."""
+    decoded, output, _ = _pixel_counts(frame_count, info, options)
+    return max(decoded, output)
+
+
+def _pixel_counts(
+    frame_count: int, info: FrameInfo, options: RenderOptions
+) -> tuple[int, int, tuple[int, int]]:
+    """Decoded pixels, output pixels and the output size of one frame."""
+    width, height = info.columns, info.rows
+    if options.viewport is not None:
+        _, (width, height), _ = _placement(width, height, options.viewport, options.upscale)
+    return frame_count * info.rows * info.columns, frame_count * width * height, (width, height)
 
 
 def render_pixels(

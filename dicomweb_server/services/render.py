@@ -6,6 +6,10 @@ answered without touching pixels. Producing decodes and renders in the shared co
 one pool hop per image. Results are kept in a small in-memory LRU; thumbnails are also kept
 in the derived-data cache, and the same rendering asked for by many clients at once runs once.
 
+Renderings in flight share one pixel budget per process (`PixelBudget`): one rendering may
+take all of DICOMWEB_MAX_RENDER_PIXELS, and all of them together no more, from before their
+frames are read until their answer is sent. Past it a rendering waits, then gets a 503.
+
 Video frames are decoded by PyAV from the start of the stream (a thumbnail shows the first
 frame: the cheapest to reach); an encapsulated document's thumbnail is a page icon naming its
 kind, as no document rasteriser is installed.
@@ -14,10 +18,11 @@ kind, as no document rasteriser is installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
@@ -38,20 +43,26 @@ from dicomweb_server.codecs.rendering import (
     bulk_paths,
     check_render_budget,
     render,
+    render_pixel_count,
     render_pixels,
 )
 from dicomweb_server.domain.blob_keys import rendered_cache_key
 from dicomweb_server.domain.documents import DOCUMENT_CLASSES
 from dicomweb_server.domain.identifiers import InstanceKey, StudyKey
 from dicomweb_server.domain.records import StoredInstance
-from dicomweb_server.errors import BadRequestError, NotAcceptableError, NotFoundError
+from dicomweb_server.errors import (
+    BadRequestError,
+    DicomwebError,
+    NotAcceptableError,
+    NotFoundError,
+)
 from dicomweb_server.services.codec_pool import CodecPool
 from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.single_flight import SingleFlight
 
-__all__ = ["RenderService", "Rendering"]
+__all__ = ["PixelBudget", "RenderBusyError", "RenderService", "RenderedImage", "Rendering"]
 
 log = logging.getLogger("dicomweb_server.render")
 _VERSION = "r1"  # part of every entity tag and cache key: bump when output pixels change
@@ -59,6 +70,80 @@ _MAX_ANIMATED_FRAMES = 256  # frames decoded into one animated GIF (all held in 
 _REPRESENTATIVES = 4096  # series and studies whose chosen instance is remembered
 _SPOOL_MEMORY = 8 << 20
 _ATTRIBUTES_MEMO = 1024  # instances whose rendering attributes are kept in memory
+_RETRY_AFTER_SECONDS = 5  # what a rendering refused for the budget is told to wait
+
+
+class RenderBusyError(DicomwebError):
+    """The renderings in flight hold the pixel budget and none finished in time (503)."""
+
+    status = 503
+
+    def __init__(self, reason: str, retry_after: int = _RETRY_AFTER_SECONDS) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after  # seconds, for Retry-After
+
+
+class PixelBudget:
+    """Pixels of the renderings in flight, bounded: each holds about a few bytes per pixel
+    (stored frames, presented images, the encoded answer until it is sent), so without a
+    bound on their sum concurrent animated GIFs grew the process by 100 MB each.
+
+    Waiters are served in arrival order, so a large rendering is not starved by small ones.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.held = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, pixels: int) -> Callable[[], None]:
+        """Take `pixels` (at most the whole budget), waiting in line until they are free (a
+        caller bounds the wait by cancelling it). Returns the release, safe to call twice."""
+        pixels = min(pixels, self.capacity)
+        if not self._waiters and self.held + pixels <= self.capacity:
+            self.held += pixels
+            return self._releaser(pixels)
+        granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter = (pixels, granted)
+        self._waiters.append(waiter)
+        try:
+            await granted
+        except BaseException:
+            if granted.done() and not granted.cancelled():
+                self._releaser(pixels)()  # granted just as the wait ended
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+                self._wake()  # the next in line may fit where this one did not
+            raise
+        return self._releaser(pixels)
+
+    def _releaser(self, pixels: int) -> Callable[[], None]:
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self.held -= pixels
+                self._wake()
+
+        return release
+
+    def _wake(self) -> None:
+        while self._waiters and self.held + self._waiters[0][0] <= self.capacity:
+            pixels, granted = self._waiters.popleft()
+            if not granted.done():
+                self.held += pixels
+                granted.set_result(None)
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedImage:
+    """A produced image and its hold on the pixel budget: call `release` once it is sent."""
+
+    data: bytes
+    release: Callable[[], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +171,11 @@ class RenderService:
     thumbnail_cache: DerivedCache | None = None  # None: thumbnails are not kept
     thumbnail_size: int = 128
     memory_cache_bytes: int = 32 << 20
+    # Seconds a rendering waits for the pixel budget before its answer is a 503: renderings
+    # of the whole budget take seconds each, so a few may be ahead of it in line
+    budget_wait_seconds: float = 30.0
     _memory: MemoryCache = field(init=False)
+    _budget: PixelBudget = field(init=False)
     _inflight: SingleFlight = field(default_factory=SingleFlight, init=False)
     _representatives: dict[tuple[str, ...], tuple[int, StoredInstance]] = field(
         default_factory=dict, init=False
@@ -97,6 +186,7 @@ class RenderService:
 
     def __post_init__(self) -> None:
         self._memory = MemoryCache(self.memory_cache_bytes)
+        self._budget = PixelBudget(self.codecs.max_render_pixels)
 
     # -- planning --------------------------------------------------------------------------
 
@@ -234,8 +324,21 @@ class RenderService:
 
     # -- producing -------------------------------------------------------------------------
 
-    async def produce(self, rendering: Rendering) -> bytes:
-        """The image bytes: from memory, the blob store or rendered, once however many ask."""
+    async def produce(self, rendering: Rendering, *, bounded_wait: bool = True) -> RenderedImage:
+        """The image: from memory, the blob store or rendered, once however many ask; with its
+        share of the pixel budget held until the caller releases it (once the bytes are sent).
+
+        `bounded_wait`: past `budget_wait_seconds` a RenderBusyError (503); False waits as long
+        as it takes (a later part of a multipart answer, whose status is sent).
+        """
+        release = await self._hold_budget(rendering, bounded_wait)
+        try:
+            return RenderedImage(await self._produce(rendering), release)
+        except BaseException:
+            release()
+            raise
+
+    async def _produce(self, rendering: Rendering) -> bytes:
         key = rendering.cache_key
         cached = self._memory.get(key)
         if cached is not None:
@@ -244,6 +347,37 @@ class RenderService:
         if produced:
             self._memory.put(key, data)
         return data
+
+    async def _hold_budget(self, rendering: Rendering, bounded_wait: bool) -> Callable[[], None]:
+        """Wait for this rendering's pixels in the budget; a rendering over the per-request
+        limit is refused first (400), never left waiting."""
+        instance = rendering.instance
+        if not rendering.frames:
+            return _nothing_held  # a document's icon: a few kilobytes
+        with _request_errors(instance):
+            attrs = await self._attributes(instance)
+            options, count = rendering.options, len(rendering.frames)
+            check_render_budget(count, attrs.info, options, self.codecs.max_render_pixels)
+        pixels = render_pixel_count(count, attrs.info, options)
+        timeout = self.budget_wait_seconds if bounded_wait else None
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._budget.acquire(pixels)
+        except TimeoutError:
+            budget = self._budget
+            log.warning(
+                "rendering of %s (%d pixels) refused: renderings in flight held %d of %d pixels"
+                " for %g s (DICOMWEB_MAX_RENDER_PIXELS)",
+                instance.key.sop_instance_uid,
+                pixels,
+                budget.held,
+                budget.capacity,
+                self.budget_wait_seconds,
+            )
+            raise RenderBusyError(
+                "the server is busy rendering other images (DICOMWEB_MAX_RENDER_PIXELS pixels"
+                f" in flight); retry in {_RETRY_AFTER_SECONDS} s"
+            ) from None
 
     async def _load_or_render(self, rendering: Rendering) -> bytes:
         cache = self.thumbnail_cache if rendering.persistent else None
@@ -263,7 +397,7 @@ class RenderService:
         if not rendering.frames:
             label = DOCUMENT_CLASSES.get(instance.sop_class_uid, "DOC")
             return await codecs.run(render_document_icon, label, options)
-        try:
+        with _request_errors(instance):
             attrs = await self._attributes(instance)
             # Before any frame is read or decoded: a rendering too large for the budget.
             check_render_budget(
@@ -288,17 +422,6 @@ class RenderService:
             # Frames not mapped at ingest (deflated, big endian, odd fragments): pydicom
             # reads them from the whole object.
             return await self._render_from_object(instance, rendering.frames, attrs, options)
-        except RenderBudgetError as exc:
-            raise BadRequestError(
-                f"{exc}; ask for fewer frames or a smaller viewport (DICOMWEB_MAX_RENDER_PIXELS)"
-            ) from exc
-        except RenderParameterError as exc:
-            raise BadRequestError(str(exc)) from exc
-        except CodecError as exc:
-            raise NotAcceptableError(
-                f"instance {instance.key.sop_instance_uid} (stored as {syntax}) cannot be"
-                f" rendered: {exc}"
-            ) from exc
 
     async def _stored_frames(
         self, instance: StoredInstance, frames: tuple[int, ...]
@@ -384,6 +507,28 @@ class RenderService:
         if first is None:
             raise NotFoundError("no instance with pixel data to render")
         return _chain(first, iterator)
+
+
+@contextlib.contextmanager
+def _request_errors(instance: StoredInstance) -> Iterator[None]:
+    """Codec errors as what the client is told: its parameters (400) or the image (406)."""
+    try:
+        yield
+    except RenderBudgetError as exc:
+        raise BadRequestError(
+            f"{exc}; ask for fewer frames or a smaller viewport (DICOMWEB_MAX_RENDER_PIXELS)"
+        ) from exc
+    except RenderParameterError as exc:
+        raise BadRequestError(str(exc)) from exc
+    except CodecError as exc:
+        raise NotAcceptableError(
+            f"instance {instance.key.sop_instance_uid} (stored as"
+            f" {instance.transfer_syntax_uid}) cannot be rendered: {exc}"
+        ) from exc
+
+
+def _nothing_held() -> None:
+    """The release of a rendering that takes nothing from the budget."""
 
 
 def _attributes_from_file(src: IO[bytes]) -> ImageAttributes:

@@ -12,11 +12,13 @@ body with byte ranges (web/media.py), as browsers' <video> and <object> elements
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from dicomweb_server.codecs.rendering import (
     ANNOTATIONS,
@@ -29,8 +31,9 @@ from dicomweb_server.config import Settings
 from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import BadRequestError, NotAcceptableError
 from dicomweb_server.services.media import choose_media
-from dicomweb_server.services.render import Rendering, RenderService
+from dicomweb_server.services.render import RenderBusyError, Rendering, RenderService
 from dicomweb_server.services.retrieve import RetrieveService
+from dicomweb_server.web.errors import error_response
 from dicomweb_server.web.media import if_none_match, media_response
 from dicomweb_server.web.multipart import iter_multipart, multipart_content_type, new_boundary
 from dicomweb_server.web.negotiation import accept_media, parse_accept
@@ -211,8 +214,48 @@ async def _image_response(
     }
     if if_none_match(request.headers.get("if-none-match"), rendering.etag):
         return Response(status_code=304, headers=headers)
-    data = await _render(request).produce(rendering)
-    return Response(data, media_type=rendering.options.media_type, headers=headers)
+    try:
+        image = await _render(request).produce(rendering)
+    except RenderBusyError as exc:
+        return _busy(exc)
+    return _HeldResponse(
+        image.data, image.release, media_type=rendering.options.media_type, headers=headers
+    )
+
+
+def _busy(exc: RenderBusyError) -> Response:
+    """503 with Retry-After: renderings in flight hold the pixel budget."""
+    return error_response(exc.status, exc.reason, {"Retry-After": str(exc.retry_after)})
+
+
+class _HeldResponse(Response):
+    """A rendered image whose share of the pixel budget is given back once it is sent, or its
+    client is gone: bytes waiting for a slow client count as much as pixels being decoded."""
+
+    def __init__(self, content: bytes, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+class _HeldStreamingResponse(StreamingResponse):
+    """A multipart answer holding its first image's share of the pixel budget until it is
+    sent, or until the answer ends however it ends (its parts may never be iterated)."""
+
+    def __init__(self, content: Any, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 async def retrieve_rendered_instance(request: Request) -> Response:
@@ -270,7 +313,10 @@ async def _rendered_parts(request: Request, series_uid: str | None) -> Response:
     study = await study_key(request)
     renderings = await service.iter_renderings(study, series_uid, options)
     first = await anext(renderings)
-    first_data = await service.produce(first)  # a failure here is still a proper status
+    try:
+        first_image = await service.produce(first)  # a failure here is still a proper status
+    except RenderBusyError as exc:
+        return _busy(exc)
     root = root_url_of(request)
     boundary = new_boundary()
 
@@ -285,12 +331,21 @@ async def _rendered_parts(request: Request, series_uid: str | None) -> Response:
         }
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
-        yield headers(first), _one(first_data)
+        try:
+            yield headers(first), _one(first_image.data)  # sent before the next is asked for
+        finally:
+            first_image.release()
         async for rendering in renderings:
-            yield headers(rendering), _one(await service.produce(rendering))
+            # The status is sent: a later part waits for the budget as long as it takes.
+            image = await service.produce(rendering, bounded_wait=False)
+            try:
+                yield headers(rendering), _one(image.data)
+            finally:
+                image.release()
 
-    return StreamingResponse(
+    return _HeldStreamingResponse(
         iter_multipart(parts(), boundary),
+        first_image.release,
         media_type=multipart_content_type(options.media_type, boundary),
         headers={"Cache-Control": "private, no-cache", "Vary": "Accept"},
     )

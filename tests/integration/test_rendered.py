@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import httpx
@@ -13,7 +14,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from test_wado import _store
 
-from dicomweb_server.domain.identifiers import DEFAULT_SITE
+from dicomweb_server.app import create_app
+from dicomweb_server.codecs.rendering import RenderOptions
+from dicomweb_server.domain.identifiers import DEFAULT_SITE, InstanceKey
+
+BASE = "http://testserver/dicomweb"
 
 
 def _image(response: httpx.Response) -> Image.Image:
@@ -297,3 +302,47 @@ async def test_compressed_deflated_and_palette_sources_render(client) -> None:  
             expected = apply_color_lut(expected, ds) >> 8
         error = np.abs(np.asarray(image.convert("RGB"), int) - expected.astype(int)).max()
         assert error <= 3, name
+
+
+async def test_renderings_in_flight_share_one_pixel_budget_then_get_503(settings) -> None:  # type: ignore[no-untyped-def]
+    """Concurrent animated GIFs grew the process by 100 MB each: renderings in flight (until
+    sent) share DICOMWEB_MAX_RENDER_PIXELS; past it they wait, then get 503 with Retry-After."""
+    app = create_app(settings.replace(max_render_pixels=16 * 16 * 3))  # one 3-frame GIF
+    study, series = uid(), uid()
+    datasets = [
+        ct_dataset(study, series, instance_number=n, seed=n, frames=frames)
+        for n, frames in ((1, 1), (2, 3))
+    ]
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
+            await _store(client, [to_part10(ds) for ds in datasets])
+            render = app.state.dicomweb.render
+            render.budget_wait_seconds = 0.2
+            one = _path(datasets[0], "/rendered")
+            for quality in range(10, 60, 10):  # more than fit at once: each gives its share back
+                response = await client.get(one, params={"quality": str(quality)})
+                assert response.status_code == 200
+            gif = await render.plan_instance(
+                InstanceKey(DEFAULT_SITE, study, series, datasets[1].SOPInstanceUID),
+                RenderOptions(media_type="image/gif"),
+            )
+            held = await render.produce(gif)  # as if its answer were still being sent
+            busy = await client.get(one)
+            assert busy.status_code == 503
+            assert busy.headers["retry-after"].isdigit()
+            assert "DICOMWEB_MAX_RENDER_PIXELS" in busy.json()["reason"]
+            parts = await client.get(f"/studies/{study}/series/{series}/rendered")
+            assert parts.status_code == 503 and "retry-after" in parts.headers
+            render.budget_wait_seconds = 10
+            waiting = asyncio.ensure_future(client.get(one))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            held.release()
+            assert (await waiting).status_code == 200
+            for _ in range(2):  # each part's share is given back once it is sent
+                parts = await client.get(
+                    f"/studies/{study}/series/{series}/rendered", params={"accept": "image/gif"}
+                )
+                assert parts.status_code == 200
+                assert len(parse_multipart(parts.content, parts.headers["content-type"])) == 2
