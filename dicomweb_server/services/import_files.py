@@ -5,13 +5,20 @@ into a `Spool` (kept in memory up to a bound); the event loop takes them from a 
 so reading overlaps parsing and writing. Archives are read member by member as streams,
 never extracted: member names are only ever labels, and every member's expanded size is
 checked against named limits, both as declared and as counted while reading (zip bombs).
+A tar stream is walked header by header here rather than by tarfile's reader, which reads
+an extended header (a GNU long name, pax records) whole, whatever size it declares, and keeps
+every member it passed: a few kilobytes of .tar.gz could make it hold gigabytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bz2
 import concurrent.futures
+import gzip
+import hashlib
 import io
+import lzma
 import os
 import stat
 import tarfile
@@ -21,7 +28,7 @@ import zlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO
+from typing import BinaryIO, Protocol
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -38,7 +45,32 @@ _READ_SIZE = 8 << 20  # bytes per read of a file or member larger than the spool
 _DICM_OFFSET = 128
 _PUT_POLL = 0.25  # seconds between checks for a stop while the queue is full
 _DICOMDIR = "DICOMDIR"
-_ARCHIVE_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError)
+_ARCHIVE_ERRORS = (
+    tarfile.TarError,
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+)
+# The extended headers of one tar member (GNU long names, pax records, an old GNU sparse map)
+# are read whole: real ones hold a path or a few attributes, kilobytes; more is a bomb.
+_TAR_EXTENDED_HEADER_BYTES = 1 << 20
+_TAR_NAME_HEADERS = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_TAR_PAX_HEADERS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_PAX_KEPT = (b"path", b"size")
+_TAR_NO_DATA = (
+    tarfile.LNKTYPE,
+    tarfile.SYMTYPE,
+    tarfile.CHRTYPE,
+    tarfile.BLKTYPE,
+    tarfile.DIRTYPE,
+    tarfile.FIFOTYPE,
+)
+# A member name longer than a path can be (PATH_MAX) is shortened in its label: labels are
+# copied into the journal, the report and messages.
+_LABEL_NAME_CHARS = 4096
+_LABEL_NAME_SHOWN = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +93,19 @@ class _OverLimitError(Exception):
 
 class _StoppedError(Exception):
     """The consumer stopped taking items."""
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def _member_label(archive: Path, name: str) -> str:
+    """`archive!member`; a name past any real path's length is shortened, with a digest that
+    keeps labels of different names different (the journal keys by label)."""
+    if len(name) > _LABEL_NAME_CHARS:
+        digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        name = f"{name[:_LABEL_NAME_SHOWN]}... ({len(name)} characters, sha256 {digest})"
+    return f"{archive}!{name}"
 
 
 def _is_archive(name: str) -> bool:
@@ -273,7 +318,7 @@ class _Reader:
         except _ARCHIVE_ERRORS as exc:
             self._failed(str(path), f"cannot read archive: {exc}")
 
-    def _read_member(self, file: IO[bytes], name: str, archive_left: int) -> Spool:
+    def _read_member(self, file: _Readable, name: str, archive_left: int) -> Spool:
         """Read a member as a stream, counting what it really expands to."""
         limits = self._limits
         spool = Spool(limits.spool_memory)
@@ -323,7 +368,7 @@ class _Reader:
             names = {member.filename.upper() for member in members}
             expanded = 0
             for member in members:
-                label = f"{path}!{member.filename}"
+                label = _member_label(path, member.filename)
                 key = (label, member.file_size, info.st_mtime_ns)
                 if self._done(key) or self._member_too_large(label, member.file_size, key):
                     continue
@@ -351,7 +396,7 @@ class _Reader:
 
     def _archive_file_set(self, path: Path, name: str, spool: Spool, names: set[str]) -> None:
         """A DICOMDIR member: report the members it references that the archive lacks."""
-        label = f"{path}!{name}"
+        label = _member_label(path, name)
         with spool:
             self._emit(ImportItem(label, spool.size, outcome=Outcome.DIRECTORY))
             try:
@@ -370,16 +415,14 @@ class _Reader:
         limits = self._limits
         names: set[str] = set()
         file_sets: list[tuple[str, Spool]] = []
-        walked = 0  # expanded bytes the stream passes, read or skipped
         try:
-            with tarfile.open(path, mode="r|*") as archive:
-                for member in archive:
-                    if not member.isreg():
-                        continue  # folders, links and devices are never followed
-                    label = f"{path}!{member.name}"
+            with _open_tar(path) as raw:
+                stream = _TarStream(raw)
+                for member in stream:
+                    label = _member_label(path, member.name)
                     key = (label, member.size, info.st_mtime_ns)
-                    walked += member.size
-                    if walked > limits.max_archive_bytes:
+                    # expanded bytes the stream passes, headers included, read or skipped
+                    if stream.position + member.size > limits.max_archive_bytes:
                         # A stream cannot skip a member without expanding it: stop here.
                         self._failed(
                             label,
@@ -391,14 +434,14 @@ class _Reader:
                         self._member_too_large(label, member.size, key)
                         self._failed(str(path), "archive stopped at an oversized member")
                         return
-                    names.add(member.name.upper())
+                    if not member.regular:
+                        continue  # folders, links and devices are never followed
+                    if len(member.name) <= _LABEL_NAME_CHARS:  # a DICOMDIR could name it
+                        names.add(member.name.upper())
                     if self._done(key):
                         continue
-                    file = archive.extractfile(member)
-                    if file is None:
-                        continue
                     try:
-                        spool = self._read_member(file, member.name, limits.max_archive_bytes)
+                        spool = self._read_member(stream, member.name, limits.max_archive_bytes)
                     except _OverLimitError as exc:
                         self._failed(label, exc.reason, key)
                         return
@@ -406,10 +449,153 @@ class _Reader:
                         file_sets.append((member.name, spool))
                         continue
                     self._emit(_bytes_item(label, spool, key))
+        except _OverLimitError as exc:  # an extended header past its bound
+            self._failed(str(path), exc.reason)
         finally:
             pending, file_sets = file_sets, []
             for name, spool in pending:  # checked once every member name is known
                 self._archive_file_set(path, name, spool, names)
+
+
+def _open_tar(path: Path) -> io.BufferedIOBase:
+    """The tar stream of `path`, expanded as its first bytes say (gzip, bzip2, xz or none)."""
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    if magic.startswith(b"\x1f\x8b"):
+        return gzip.open(path, "rb")
+    if magic.startswith(b"BZh"):
+        return bz2.open(path, "rb")
+    if magic.startswith((b"\xfd7zXZ\x00", b"\x5d\x00\x00")):
+        return lzma.open(path, "rb")
+    return open(path, "rb")
+
+
+@dataclass(frozen=True, slots=True)
+class _TarMember:
+    name: str
+    size: int  # bytes of data after its header (none for folders, links, devices)
+    regular: bool
+
+
+class _TarStream:
+    """The members of a tar stream, read in one pass; `read` reads the current member's data.
+
+    Each 512-byte header block is parsed by `tarfile.TarInfo.frombuf`; the extended headers
+    before a member (GNU long names, pax records, an old GNU sparse map) are refused past
+    `_TAR_EXTENDED_HEADER_BYTES` before they are read, and nothing is kept once a member
+    is passed. Data a caller leaves unread is skipped.
+    """
+
+    def __init__(self, raw: io.BufferedIOBase) -> None:
+        self._raw = raw
+        self.position = 0  # bytes of the expanded stream passed
+        self._left = 0  # data of the current member not read yet
+        self._padding = 0  # then up to the next 512-byte block
+
+    def read(self, size: int = -1, /) -> bytes:
+        wanted = self._left if size < 0 else min(size, self._left)
+        data = self._read(wanted)
+        self._left -= len(data)
+        if len(data) < wanted:
+            raise tarfile.ReadError("unexpected end of data")
+        return data
+
+    def _read(self, size: int) -> bytes:
+        data = self._raw.read(size) if size > 0 else b""
+        while 0 < len(data) < size and (more := self._raw.read(size - len(data))):
+            data += more
+        self.position += len(data)
+        return data
+
+    def _skip(self, size: int) -> None:
+        while size > 0:
+            skipped = len(self._read(min(size, _READ_SIZE)))
+            if not skipped:
+                return  # the end: the next header read says so
+            size -= skipped
+
+    def _extended(self, size: int, total: int) -> bytes:
+        if size < 0 or total > _TAR_EXTENDED_HEADER_BYTES:
+            raise _OverLimitError(
+                f"tar extended headers (long names, pax records) of one member declare {total}"
+                f" bytes at byte {self.position}; import reads at most"
+                f" {_TAR_EXTENDED_HEADER_BYTES}: the rest is not read",
+                archive=True,
+            )
+        data = self._read(size)
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")
+        self._skip(-size % tarfile.BLOCKSIZE)
+        return data
+
+    def __iter__(self) -> Iterator[_TarMember]:
+        long_name: str | None = None
+        records: dict[str, str] = {}
+        global_records: dict[str, str] = {}
+        extended = 0  # bytes of extended headers before the member ahead
+        while True:
+            self._skip(self._left + self._padding)
+            self._left = self._padding = 0
+            start = self.position
+            block = self._read(tarfile.BLOCKSIZE)
+            if not block.strip(b"\0"):
+                if start == 0 and not block:
+                    raise tarfile.ReadError("empty file")
+                return  # the end-of-archive block, or (leniently, as tar) the end of the file
+            header = tarfile.TarInfo.frombuf(block, "utf-8", "backslashreplace")
+            if header.type in _TAR_NAME_HEADERS or header.type in _TAR_PAX_HEADERS:
+                extended += header.size
+                data = self._extended(header.size, extended)
+                if header.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+                elif header.type == tarfile.XGLTYPE:
+                    global_records.update(_pax_records(data))
+                elif header.type != tarfile.GNUTYPE_LONGLINK:
+                    records.update(_pax_records(data))
+                continue
+            if header.type == tarfile.GNUTYPE_SPARSE:
+                more = block[482]  # an old GNU sparse map goes on in blocks of its own
+                while more:
+                    extended += tarfile.BLOCKSIZE
+                    more = self._extended(tarfile.BLOCKSIZE, extended)[504]
+            found = {**global_records, **records}
+            name = found.get("path", long_name if long_name is not None else header.name)
+            size = _pax_size(found["size"]) if "size" in found else header.size
+            if size < 0:
+                raise tarfile.ReadError(f"a member declares {size} bytes")
+            if header.type in _TAR_NO_DATA:
+                size = 0
+            long_name, records, extended = None, {}, 0
+            self._left, self._padding = size, -size % tarfile.BLOCKSIZE
+            yield _TarMember(name, size, header.isreg())
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header (`LENGTH KEYWORD=VALUE\\n`) that the walk uses,
+    its path and size; the others (times, owners, attributes) are not kept."""
+    found: dict[str, str] = {}
+    position = 0
+    while position < len(data) and data[position] != 0:
+        space = data.find(b" ", position, position + 20)
+        try:
+            length = int(data[position:space]) if space > position else 0
+        except ValueError:
+            length = 0
+        record = data[space + 1 : position + length]
+        if length <= 0 or not record.endswith(b"\n") or b"=" not in record:
+            raise tarfile.ReadError("invalid pax header")
+        keyword, _, value = record[:-1].partition(b"=")
+        if keyword in _PAX_KEPT:
+            found[keyword.decode()] = value.decode("utf-8", "backslashreplace")
+        position += length
+    return found
+
+
+def _pax_size(value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise tarfile.ReadError(f"invalid pax size {value[:40]!r}") from None
 
 
 async def iter_file_items(
@@ -531,11 +717,11 @@ def _entry_sizes(path: Path, size: int) -> Iterator[tuple[str | None, int]]:
             yield str(path), 0
     elif name.endswith(".tar"):
         try:
-            with tarfile.open(path, mode="r:") as archive:
-                for member in archive:
-                    if member.isreg():
+            with open(path, "rb") as file:
+                for member in _TarStream(file):
+                    if member.regular:
                         yield member.name, member.size
-        except _ARCHIVE_ERRORS:
+        except (*_ARCHIVE_ERRORS, _OverLimitError):
             yield str(path), 0
     else:
         yield str(path), size
