@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dicomweb_server.backends import open_backends
+from dicomweb_server.cli.admin_record import record_change
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.services.apikeys import ApiKeyService
@@ -56,10 +57,16 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
                 print(issued.key)
+                await record_change(
+                    backends.index, "cli:apikey", None, f"created API key {record.name} ({grants})"
+                )
             elif args.action == "list":
                 _print_keys(await service.list_api_keys())
             else:
                 revoked = await service.revoke_api_key(args.name)
+                await record_change(
+                    backends.index, "cli:apikey", None, f"revoked API key {revoked.name}"
+                )
                 print(f"revoked API key {revoked.name}")
         except DicomwebError as exc:
             print(f"dicomweb-server: {exc.reason}", file=sys.stderr)

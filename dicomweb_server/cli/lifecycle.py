@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import logging
 import sys
 import time
 from typing import Any, cast
 
 from dicomweb_server.backends import open_backends
+from dicomweb_server.cli.admin_record import operator_name
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.errors import DicomwebError
@@ -69,11 +69,8 @@ def add_commands(commands: Any) -> None:
 
 
 def _operator() -> str:
-    """Who runs the command, for the log (the audit trail reads it there)."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
+    """Who runs the command, for the log and the audit trail."""
+    return operator_name()
 
 
 def _audit_log(deleter: DeleteService) -> AuditLog:

@@ -9,8 +9,10 @@ import time
 from typing import Any
 
 from dicomweb_server.backends import open_backends, open_blob_store_at
+from dicomweb_server.cli.admin_record import record_change
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.index.base import AuditLog
 from dicomweb_server.services.sites import SiteService
 
 __all__ = ["add_commands"]
@@ -50,7 +52,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         service = SiteService(backends.index, settings.default_site)
         try:
-            return await _ACTIONS[args.action](service, settings, args)
+            return await _ACTIONS[args.action](service, settings, args, backends.index)
         except DicomwebError as exc:
             print(f"dicomweb-server: {exc.reason}", file=sys.stderr)
             return 1
@@ -58,7 +60,9 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         await backends.close()
 
 
-async def _add(service: SiteService, settings: Settings, args: argparse.Namespace) -> int:
+async def _add(
+    service: SiteService, settings: Settings, args: argparse.Namespace, audit: AuditLog
+) -> int:
     if args.storage_url:
         reason = await _unreachable(args.storage_url, settings)
         if reason is not None:
@@ -69,6 +73,9 @@ async def _add(service: SiteService, settings: Settings, args: argparse.Namespac
             return 1
     site = await service.add_site(args.name, args.description, args.storage_url)
     where = site.storage_url or "the server's store"
+    await record_change(
+        audit, "cli:sites", site.name, f"added site {site.name} (objects in {where})"
+    )
     print(f"added site {site.name}: {settings.root_url}/sites/{site.name} (objects in {where})")
     return 0
 
@@ -88,7 +95,9 @@ async def _unreachable(url: str, settings: Settings) -> str | None:
     return None
 
 
-async def _list(service: SiteService, settings: Settings, args: argparse.Namespace) -> int:
+async def _list(
+    service: SiteService, settings: Settings, args: argparse.Namespace, audit: AuditLog
+) -> int:
     sites = await service.list_sites()
     width = max([len(site.name) for site in sites] + [4])
     print(f"{'SITE':<{width}}  {'STORAGE':<40}  DESCRIPTION")
@@ -101,7 +110,9 @@ async def _list(service: SiteService, settings: Settings, args: argparse.Namespa
     return 0
 
 
-async def _show(service: SiteService, settings: Settings, args: argparse.Namespace) -> int:
+async def _show(
+    service: SiteService, settings: Settings, args: argparse.Namespace, audit: AuditLog
+) -> int:
     site = await service.get_site(args.name)
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(site.created))
     rows = [
@@ -122,7 +133,9 @@ async def _show(service: SiteService, settings: Settings, args: argparse.Namespa
     return 0
 
 
-async def _set(service: SiteService, settings: Settings, args: argparse.Namespace) -> int:
+async def _set(
+    service: SiteService, settings: Settings, args: argparse.Namespace, audit: AuditLog
+) -> int:
     site = await service.get_site(args.name)
     changes: dict[str, object] = {}
     if args.description is not None:
@@ -138,12 +151,17 @@ async def _set(service: SiteService, settings: Settings, args: argparse.Namespac
                 return 2
             changes[name] = value or None  # 0 clears it
     await service.update_site(site, **changes)
+    shown = ", ".join(f"{name}={value}" for name, value in changes.items())
+    await record_change(audit, "cli:sites", site.name, f"changed site {site.name}: {shown}")
     print(f"updated site {site.name}")
     return 0
 
 
-async def _remove(service: SiteService, settings: Settings, args: argparse.Namespace) -> int:
+async def _remove(
+    service: SiteService, settings: Settings, args: argparse.Namespace, audit: AuditLog
+) -> int:
     await service.remove_site(args.name)
+    await record_change(audit, "cli:sites", args.name, f"removed site {args.name}")
     print(f"removed site {args.name}")
     return 0
 

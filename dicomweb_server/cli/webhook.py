@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from dicomweb_server.cli.admin_record import record_change
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.events import EVENT_TYPES, parse_since
 from dicomweb_server.errors import DicomwebError
@@ -73,13 +74,32 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("--data-dir", help="embedded storage folder (DICOMWEB_DATA_DIR)")
 
 
-def _with_service(settings: Settings, use: Callable[[WebhookService], Awaitable[T]]) -> T:
+# What a change did, for its audit record: (the webhook's site or None, the change)
+Change = Callable[[T], tuple[str | None, str] | None]
+
+
+def _with_service(
+    settings: Settings,
+    use: Callable[[WebhookService], Awaitable[T]],
+    change: Change[T] | None = None,
+) -> T:
+    """`use` the subscriptions; a `change` it made is recorded (services/audit, the log)."""
+
     async def run() -> T:
         from dicomweb_server.app import open_index
+        from dicomweb_server.backends import ensure_site
 
         index = await open_index(settings)
         try:
-            return await use(WebhookService(index, allow_private=settings.webhook_allow_private))
+            await ensure_site(index, settings.default_site, "the default site")
+            service = WebhookService(
+                index, allow_private=settings.webhook_allow_private, sites=index
+            )
+            result = await use(service)
+            recorded = None if change is None else change(result)
+            if recorded is not None:
+                await record_change(index, "cli:webhook", *recorded)
+            return result
         finally:
             await index.close()
 
@@ -102,6 +122,10 @@ def _add(settings: Settings, args: argparse.Namespace) -> int:
                 site=args.site,
                 modalities=args.modality,
                 allow_private=args.allow_private,
+            ),
+            lambda added: (
+                added.site,
+                f"added webhook {added.id}: {added.url} receives {','.join(sorted(added.events))}",
             ),
         )
     except DicomwebError as exc:
@@ -134,7 +158,11 @@ def _list(settings: Settings, args: argparse.Namespace) -> int:
 
 def _remove(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        removed = _with_service(settings, lambda service: service.remove(args.id))
+        removed = _with_service(
+            settings,
+            lambda service: service.remove(args.id),
+            lambda done: (None, f"removed webhook {args.id}") if done else None,
+        )
     except DicomwebError as exc:
         return _fail(exc)
     if not removed:
@@ -147,7 +175,15 @@ def _remove(settings: Settings, args: argparse.Namespace) -> int:
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
     try:
         since = parse_since(args.since, time.time())
-        queued = _with_service(settings, lambda service: service.replay(args.id, since))
+        queued = _with_service(
+            settings,
+            lambda service: service.replay(args.id, since),
+            lambda count: (
+                None
+                if count is None
+                else (None, f"queued {count} past event(s) to webhook {args.id} again")
+            ),
+        )
     except DicomwebError as exc:
         return _fail(exc)
     if queued is None:

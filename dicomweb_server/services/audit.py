@@ -449,7 +449,7 @@ class AuditService:
 def system_event(
     action: AuditAction,
     actor: str,
-    site: str,
+    site: str | None,
     patients: Mapping[str, tuple[str, str | None] | None],
     *,
     operator: str = "",
@@ -458,8 +458,9 @@ def system_event(
     """An event no request made: retention expiry, a CLI command, a stored rejection note.
 
     `actor` names the system actor (`retention`, `cli:purge`, `cli:restore`), `operator` who
-    ran it when someone did; `patients` maps each study to its patient, captured before the
-    change when it removes the study (None: resolved from the index when written)."""
+    ran it when someone did; `site` None for the whole server; `patients` maps each study to
+    its patient, captured before the change when it removes the study (None: resolved from
+    the index when written)."""
     known = {uid: patient for uid, patient in patients.items() if patient is not None}
     return AuditEvent(
         time=time.time(),

@@ -22,7 +22,7 @@ from dicomweb_server.domain.events import (
 )
 from dicomweb_server.domain.identifiers import validate_site
 from dicomweb_server.errors import BadRequestError
-from dicomweb_server.index.base import WebhookLedger, WebhookStatus
+from dicomweb_server.index.base import SiteCatalog, WebhookLedger, WebhookStatus
 from dicomweb_server.services.webhook_targets import check_url, resolve_and_check
 
 __all__ = ["WebhookService"]
@@ -37,6 +37,8 @@ class WebhookService:
     ledger: WebhookLedger
     allow_private: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    # Where `--site` is checked to exist (None: not checked)
+    sites: SiteCatalog | None = None
 
     async def add(
         self,
@@ -59,12 +61,18 @@ class WebhookService:
         allowed = allow_private or self.allow_private
         host = check_url(url, allowed)
         await resolve_and_check(host, allowed)
+        if site is not None:
+            validate_site(site)
+            if self.sites is not None and await self.sites.get_site(site) is None:
+                # It would never receive anything, and silently start if the site came later.
+                raise BadRequestError(f"site {site!r} does not exist")
         webhook = Webhook(
             id=0,
             url=url,
             secret_env=secret_env,
-            events=parse_event_types(events or ",".join(EVENT_TYPES)),
-            site=None if site is None else validate_site(site),
+            # "" is a list of no events (refused), not the default list
+            events=parse_event_types(",".join(EVENT_TYPES) if events is None else events),
+            site=site,
             modalities=parse_modalities(modalities),
             allow_private=allow_private,
         )

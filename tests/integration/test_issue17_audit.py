@@ -643,3 +643,71 @@ async def test_issue17_audit_a_stored_rejection_note_is_recorded_as_a_rejection(
             f"rejection note {note.SOPInstanceUID}",
         )
         assert rejected.studies == (AuditStudy(study, "default", "P17-REJECTED", None),)
+
+
+_ADMIN_COMMANDS = """
+import sys
+from dicomweb_server.cli import main
+
+codes = [
+    main(["sites", "add", "gamma"]),
+    main(["sites", "set", "gamma", "--retain-years", "12"]),
+    main(["apikey", "create", "--name", "ai-puller", "--grant", "gamma:read"]),
+    main(["apikey", "revoke", "ai-puller"]),
+    main(["webhook", "add", "--url", "https://10.9.8.7/hook", "--secret-env", "DWT_SECRET",
+          "--site", "gamma"]),
+    main(["webhook", "add", "--url", "https://10.9.8.7/hook", "--secret-env", "DWT_SECRET",
+          "--site", "no-such-site"]),
+    main(["webhook", "add", "--url", "https://10.9.8.7/hook", "--secret-env", "DWT_SECRET",
+          "--events", ""]),
+    main(["webhook", "remove", "1"]),
+    main(["sites", "remove", "gamma"]),
+]
+print(codes)
+"""
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_issue17_configuration_commands_are_recorded_as_security_configuration(
+    app: Starlette, settings: Settings
+) -> None:
+    """Sites, API keys and webhooks decide who reads what and where events go: each change
+    leaves a record naming the operator (DICOM Security Alert, Security Configuration), and
+    no key. A webhook for a site that does not exist, or for no event, is refused."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    env.update(DICOMWEB_DATA_DIR=str(settings.data_dir), USER="operator7", LOGNAME="operator7")
+    env["DWT_SECRET"] = "s" * 32
+    ran = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", _ADMIN_COMMANDS],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip().splitlines()[-1] == "[0, 0, 0, 0, 0, 2, 2, 0, 0]", ran.stderr
+    assert "site 'no-such-site' does not exist" in ran.stderr
+    records = [
+        r for user in ("cli:sites", "cli:apikey", "cli:webhook") for r in await _records(app, user)
+    ]
+    shown = sorted((r.display_name, r.site or "-", r.detail) for r in records)
+    assert shown == sorted(
+        [
+            ("cli:sites (operator7)", "gamma", "added site gamma (objects in the server's store)"),
+            ("cli:sites (operator7)", "gamma", "changed site gamma: retain_years=12"),
+            ("cli:sites (operator7)", "gamma", "removed site gamma"),
+            ("cli:apikey (operator7)", "-", "created API key ai-puller (gamma:read)"),
+            ("cli:apikey (operator7)", "-", "revoked API key ai-puller"),
+            (
+                "cli:webhook (operator7)",
+                "gamma",
+                "added webhook 1: https://10.9.8.7/hook receives"
+                " instance.created,instance.deleted,study.stable",
+            ),
+            ("cli:webhook (operator7)", "-", "removed webhook 1"),
+        ]
+    )
+    assert {r.action for r in records} == {"admin"}
+    key = next(line for line in ran.stdout.splitlines() if not line.startswith("["))
+    assert all(key not in (r.detail or "") for r in records)
