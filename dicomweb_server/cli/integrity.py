@@ -20,6 +20,8 @@ from dicomweb_server.cli.backends import (
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
+from dicomweb_server.services.audit import AuditService
+from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.reindex import ReindexOutcome, ReindexService
 from dicomweb_server.services.verify import Finding, VerifyService
 
@@ -41,7 +43,10 @@ def add_commands(commands: Any) -> None:
         help="rebuild the index from the stored objects (disaster recovery)",
         description="Parse every instance object in the blob store and add it to the index"
         " under its existing key (derived data under {site}/cache/ is skipped). Instances"
-        " already indexed stay as they are; nothing in the blob store is changed.",
+        " already indexed stay as they are; nothing in the blob store is changed. Rejection"
+        " notes found are applied again. Deletes not made by a rejection note, legal holds,"
+        " sites, API keys, webhooks and the audit trail are not in the objects: after losing"
+        " the index, add the sites again first, and redo the rest.",
     )
     add_common(reindex, site_help="only this site (default: every site)")
     reindex.set_defaults(run=_reindex)
@@ -102,6 +107,13 @@ def _reindex(settings: Settings, args: argparse.Namespace) -> int:
     return asyncio.run(_reindex_async(settings, args, site)) if ok else 2
 
 
+# What a lost index held that no object records: the operator has to do these again.
+_NOT_REBUILT = (
+    "deletes not made by a rejection note, legal holds, sites, API keys, webhooks and the"
+    " audit trail"
+)
+
+
 async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str | None) -> int:
     def noted(blob_key: str, outcome: ReindexOutcome, detail: str) -> None:
         if outcome in (ReindexOutcome.CONFLICT, ReindexOutcome.UNREADABLE):
@@ -111,13 +123,35 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
     error = ""
     try:
         async with opened_backends(settings) as backends:
+            index = backends.index
+            registered = {known.name for known in await index.list_sites()}
+            if site is not None and site not in registered:
+                say(
+                    "reindex",
+                    f"unknown site {site!r}: the index has no such site. After losing the"
+                    " index, add its sites again first (dicomweb-server sites add NAME),"
+                    " then reindex",
+                )
+                return 2
+            audit = AuditService(index)  # the rejections of the notes applied, written below
+            deleter = DeleteService(
+                index,
+                index,
+                index,
+                backends.blobs,
+                grace_days=settings.delete_grace_days,
+                audit=audit,
+            )
             service = ReindexService(
-                backends.index,
+                index,
                 backends.blobs,
                 parse_limits(settings),
                 spool_memory=settings.import_spool_memory_bytes,
                 listener=noted,
-                in_trash=backends.index.trash_references,
+                in_trash=index.trash_references,
+                sites=registered,
+                lifecycle=deleter,
+                who="cli:reindex",
             )
             stats = service.stats
             progress = Progress(
@@ -125,10 +159,13 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
                 lambda: Snapshot(stats.done, None, stats.bytes_read, None, "objects"),
                 every=args.progress_every,
             )
-            async with progress.shown(), interruptible("reindex", service.stop):
-                await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
+            try:
+                async with progress.shown(), interruptible("reindex", service.stop):
+                    await service.run(site, jobs=jobs_of(args), batch=settings.store_index_batch)
+            finally:
+                await audit.flush(close_rollups=True)
             indexed = service.stats.counts[ReindexOutcome.INDEXED]
-            await refresh_statistics("reindex", backends.index, indexed)
+            await refresh_statistics("reindex", index, indexed)
     except DicomwebError as exc:
         error = exc.reason
     except asyncio.CancelledError:
@@ -145,9 +182,28 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
         f" {counts[ReindexOutcome.CONFLICT]:,} conflicts,"
         f" {counts[ReindexOutcome.UNREADABLE]:,} unreadable,"
         f" {counts[ReindexOutcome.TRASHED]:,} in the trash left out;"
-        f" {stats.skipped:,} other objects (derived data) skipped",
+        f" {stats.skipped:,} other objects (derived data) skipped;"
+        f" {stats.notes_applied:,} rejection notes applied",
         flush=True,
     )
-    if counts[ReindexOutcome.CONFLICT] or counts[ReindexOutcome.UNREADABLE]:
+    if stats.notes_held:
+        print(
+            f"  {stats.notes_held:,} rejection notes not applied (interrupted): what they"
+            " reject stays visible until reindex runs again",
+            flush=True,
+        )
+    for name, left_out in sorted(stats.unregistered.items()):
+        print(
+            f"  {left_out:,} objects of site {name!r} left out: the site is not registered;"
+            f" add it (dicomweb-server sites add {name}) and run reindex again",
+            flush=True,
+        )
+    if counts[ReindexOutcome.INDEXED]:
+        print(
+            f"  not in the objects, so not rebuilt if the index was lost: {_NOT_REBUILT};"
+            " redo them",
+            flush=True,
+        )
+    if counts[ReindexOutcome.CONFLICT] or counts[ReindexOutcome.UNREADABLE] or stats.unregistered:
         return 1
     return 130 if stats.stopped_early else 0

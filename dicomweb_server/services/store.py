@@ -52,7 +52,7 @@ from dicomweb_server.services.principal import ANONYMOUS, Principal
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.storage.base import BlobStore
 
-__all__ = ["StoreRequest", "StoreService"]
+__all__ = ["StoreRequest", "StoreService", "rejection_note_of"]
 
 log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
@@ -302,7 +302,7 @@ class StoreRequest:
         refused = await self._rejected(written)
         notes: dict[int, RejectionNote] = {}
         for item in written:
-            note = _rejection_note(item.record)
+            note = rejection_note_of(item.record)
             if note is not None and item.record.sop_instance_uid not in refused:
                 notes[id(item)] = note
         plain = [
@@ -426,8 +426,9 @@ class StoreRequest:
                 future.exception()  # retrieved: it is the caller's exception that propagates
 
 
-def _rejection_note(record: InstanceRecord) -> RejectionNote | None:
-    """The rejection a Key Object Selection Document carries, if it is a rejection note."""
+def rejection_note_of(record: InstanceRecord) -> RejectionNote | None:
+    """The rejection a Key Object Selection Document carries, if it is a rejection note
+    (STOW and import apply it as it is stored, reindex as it rebuilds a lost index)."""
     if record.sop_class_uid != KEY_OBJECT_SELECTION_DOCUMENT:
         return None
     metadata = orjson.loads(record.metadata)
