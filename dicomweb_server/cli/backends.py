@@ -17,12 +17,13 @@ from dicomweb_server.app import Backends, open_backends
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import DicomwebError
-from dicomweb_server.index.base import PlannerStatistics
+from dicomweb_server.index.base import PlannerStatistics, SiteCatalog
 
 __all__ = [
     "SITE_PATTERN",
     "add_common",
     "check_site",
+    "check_site_exists",
     "default_jobs",
     "interruptible",
     "jobs_of",
@@ -85,6 +86,16 @@ def check_site(command: str, site: str) -> bool:
     if SITE_PATTERN.fullmatch(site):
         return True
     say(command, f"invalid site name {site[:80]!r}: use a-z, 0-9 and '-', at most 63 characters")
+    return False
+
+
+async def check_site_exists(command: str, catalog: SiteCatalog, site: str) -> bool:
+    """True when the site was added (`sites add`); else say so. Objects stored under a site
+    nobody added are out of every request's reach: a 404 at its root, absent from the
+    enterprise root's searches, until someone adds a site of that name."""
+    if await catalog.get_site(site) is not None:
+        return True
+    say(command, f"unknown site {site!r}: add it first (dicomweb-server sites add {site})")
     return False
 
 

@@ -8,14 +8,15 @@ import asyncio
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import IO, Any
 
+from dicomweb_server.app import Backends
 from dicomweb_server.cli.backends import (
     add_common,
     check_site,
+    check_site_exists,
     interruptible,
     jobs_of,
     opened_backends,
@@ -88,7 +89,7 @@ def add_commands(commands: Any) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace) -> int:
-    site = args.site or "default"
+    site = args.site or settings.default_site
     if not check_site(_COMMAND, site):
         return 2
     if bool(args.paths) == bool(args.source):
@@ -159,12 +160,34 @@ async def _import(
     query: list[tuple[str, str]],
     headers: dict[str, str],
 ) -> int:
+    try:
+        async with opened_backends(settings) as backends:
+            # Before the journal, the report or any input is opened.
+            if not await check_site_exists(_COMMAND, backends.index, site):
+                return 2
+            return await _import_into(backends, settings, args, site, paths, query, headers)
+    except DicomwebError as exc:  # the backends did not open
+        say(_COMMAND, f"stopped: {exc.reason}")
+        return 1
+
+
+async def _import_into(
+    backends: Backends,
+    settings: Settings,
+    args: argparse.Namespace,
+    site: str,
+    paths: list[Path],
+    query: list[tuple[str, str]],
+    headers: dict[str, str],
+) -> int:
+    # Time counts from here, as a server's STOW rate does not count its start-up
+    # (opening an S3 client loads botocore's models: a second of CPU).
+    stats = ImportStats()
     jobs = jobs_of(args)
     if args.source:
         identity = ["pull", site, args.source.rstrip("/"), *sorted(f"{k}={v}" for k, v in query)]
     else:
         identity = ["files", site, *sorted(map(str, paths))]
-    stats = ImportStats()
     try:
         journal = ImportJournal(journal_path(settings.data_dir, *identity))
     except (OSError, sqlite3.Error) as exc:
@@ -186,41 +209,36 @@ async def _import(
     interrupted = False
     error = ""
     try:
-        async with opened_backends(settings) as backends:
-            # Time counts from here, as a server's STOW rate does not count its start-up
-            # (opening an S3 client loads botocore's models: a second of CPU).
-            stats.started = time.monotonic()
-            index = backends.index
-            audit = AuditService(index)  # the rejections of the notes imported, written below
-            deleter = DeleteService(
-                index,
-                index,
-                index,
-                backends.blobs,
-                grace_days=settings.delete_grace_days,
-                audit=audit,
-            )
-            store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
-            service = ImportService(
-                store, site, journal=journal, listener=report, stats=stats, principal=_IMPORTER
-            )
-            async with progress.shown():
-                try:
-                    async with interruptible(_COMMAND, service.stop):
-                        if args.source:
-                            await _pull(
-                                settings, args, service, stats, journal, query, headers, jobs
-                            )
-                        else:
-                            await _files(settings, service, stats, journal, paths, jobs)
-                except asyncio.CancelledError:
-                    interrupted = True
-                except DicomwebError as exc:  # a source that cannot be read, a store that fails
-                    error = exc.reason
+        index = backends.index
+        audit = AuditService(index)  # the rejections of the notes imported, written below
+        deleter = DeleteService(
+            index,
+            index,
+            index,
+            backends.blobs,
+            grace_days=settings.delete_grace_days,
+            audit=audit,
+        )
+        store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
+        service = ImportService(
+            store, site, journal=journal, listener=report, stats=stats, principal=_IMPORTER
+        )
+        async with progress.shown():
+            try:
+                async with interruptible(_COMMAND, service.stop):
+                    if args.source:
+                        await _pull(settings, args, service, stats, journal, query, headers, jobs)
+                    else:
+                        await _files(settings, service, stats, journal, paths, jobs)
+            except asyncio.CancelledError:
+                interrupted = True
+            except DicomwebError as exc:  # a source that cannot be read, a store that fails
+                error = exc.reason
+        try:
             await audit.flush(close_rollups=True)
-            await refresh_statistics(_COMMAND, backends.index, stats.counts[Outcome.STORED])
-    except DicomwebError as exc:  # the backends did not open
-        error = exc.reason
+        except DicomwebError as exc:
+            error = error or exc.reason
+        await refresh_statistics(_COMMAND, index, stats.counts[Outcome.STORED])
     finally:
         report.close()
     interrupted = interrupted or stats.stopped_early

@@ -579,3 +579,36 @@ async def test_issue19_statistics_that_cannot_be_refreshed_are_reported(
     assert "dicomweb-server import: could not refresh the index's statistics: " in (
         capsys.readouterr().err
     )
+
+
+async def test_import_into_a_site_nobody_added_is_refused_before_anything_is_read(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """It stored out of every request's reach (a 404 at the site's root), exit 0, and the
+    data surfaced whenever someone later added a site of that name."""
+    use_settings(settings, monkeypatch)
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "1.dcm").write_bytes(_series(1)[0])
+    report = tmp_path / "report.jsonl"
+    report.write_text("kept\n")
+
+    refused = await run_cli(capsys, "import", source, "--site", "ghost", "--report", report)
+
+    assert refused.code == 2, refused
+    assert refused.err.strip().splitlines() == [
+        "dicomweb-server import: unknown site 'ghost': add it first"
+        " (dicomweb-server sites add ghost)"
+    ]
+    assert refused.out == "" and report.read_text() == "kept\n"
+    assert _journal_rows(settings.data_dir) == 0
+    assert not list(settings.data_dir.glob(".import-journal-*"))
+    assert (await run_cli(capsys, "sites", "add", "ghost")).code == 0
+    listed = await client.get("/sites/ghost/instances")
+    assert listed.status_code == 204 or listed.json() == []  # nothing was stored
+    stored = await run_cli(capsys, "import", source, "--site", "ghost")
+    assert stored.code == 0 and count(stored.out, "stored") == 1, stored
