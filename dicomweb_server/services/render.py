@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 import logging
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
@@ -490,6 +490,48 @@ class RenderService:
             spool.close()
 
     # -- study and series ------------------------------------------------------------------
+
+    async def iter_images(
+        self, study: StudyKey, series_instance_uid: str | None, options: RenderOptions
+    ) -> AsyncGenerator[tuple[Rendering, RenderedImage]]:
+        """Each instance with pixel data rendered, one at a time, each image's share of the
+        budget released when the next is asked for (so once it is sent).
+
+        Every decision is made before the instance's image is yielded, so a multipart answer
+        is never cut: an instance that cannot be rendered as asked (undecodable, over the
+        limit, gone) is left out with one warning. When none can be, the first refusal is
+        raised (the 406 or 400 one instance gets) before anything is yielded. The first image
+        waits for the budget `budget_wait_seconds` at most; later ones, whose answer has
+        started, as long as it takes.
+        """
+        refusal: DicomwebError | None = None
+        started = False
+        renderings = await self.iter_renderings(study, series_instance_uid, options)
+        try:
+            async for rendering in renderings:
+                try:
+                    image = await self.produce(rendering, bounded_wait=not started)
+                except (BadRequestError, NotAcceptableError, NotFoundError) as exc:
+                    log.warning(
+                        "rendered %s: instance %s left out: %s",
+                        series_instance_uid or study.study_instance_uid,
+                        rendering.instance.key.sop_instance_uid,
+                        " ".join(exc.reason.split())[:300],
+                    )
+                    refusal = refusal or exc
+                    continue
+                started = True
+                try:
+                    yield rendering, image
+                finally:
+                    image.release()
+        finally:
+            aclose = getattr(renderings, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        if not started:
+            assert refusal is not None  # iter_renderings yields at least one rendering
+            raise refusal
 
     async def iter_renderings(
         self, study: StudyKey, series_instance_uid: str | None, options: RenderOptions

@@ -307,14 +307,13 @@ async def retrieve_rendered_frames(request: Request) -> Response:
 
 
 async def _rendered_parts(request: Request, series_uid: str | None) -> Response:
-    """multipart/related of each instance rendered, one at a time (PS3.18 10.4.1.1.3)."""
+    """multipart/related of each instance rendered, one at a time (PS3.18 10.4.1.1.3); an
+    instance that cannot be rendered is left out, and if none can, the answer is its 406."""
     options = parse_render_options(request)
-    service = _render(request)
     study = await study_key(request)
-    renderings = await service.iter_renderings(study, series_uid, options)
-    first = await anext(renderings)
+    images = _render(request).iter_images(study, series_uid, options)
     try:
-        first_image = await service.produce(first)  # a failure here is still a proper status
+        first, first_image = await anext(images)  # a failure here is still a proper status
     except RenderBusyError as exc:
         return _busy(exc)
     root = root_url_of(request)
@@ -332,16 +331,11 @@ async def _rendered_parts(request: Request, series_uid: str | None) -> Response:
 
     async def parts() -> AsyncIterator[tuple[dict[str, str], AsyncIterator[bytes]]]:
         try:
-            yield headers(first), _one(first_image.data)  # sent before the next is asked for
-        finally:
-            first_image.release()
-        async for rendering in renderings:
-            # The status is sent: a later part waits for the budget as long as it takes.
-            image = await service.produce(rendering, bounded_wait=False)
-            try:
+            yield headers(first), _one(first_image.data)
+            async for rendering, image in images:
                 yield headers(rendering), _one(image.data)
-            finally:
-                image.release()
+        finally:
+            await images.aclose()
 
     return _HeldStreamingResponse(
         iter_multipart(parts(), boundary),

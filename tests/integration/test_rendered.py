@@ -346,3 +346,56 @@ async def test_renderings_in_flight_share_one_pixel_budget_then_get_503(settings
                 )
                 assert parts.status_code == 200
                 assert len(parse_multipart(parts.content, parts.headers["content-type"])) == 2
+
+
+def _undecodable_j2k(study: str, series: str, number: int) -> bytes:
+    """MR_small_jp2klossless.dcm with its code stream garbled after 100 bytes."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[:100] + b"\xff" * (len(frame) - 100)])
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.InstanceNumber = number
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+async def test_an_undecodable_instance_is_left_out_of_study_and_series_rendered(
+    client, caplog
+) -> None:  # type: ignore[no-untyped-def]
+    """A study's rendered answer was a 200 cut short after its first part, with tracebacks:
+    now an instance that cannot be rendered is left out with one warning, before or after
+    the status; none renderable is the 406 the instance itself gets."""
+    study, series, only_bad = uid(), uid(), uid()
+    good = [ct_dataset(study, series, instance_number=n, seed=n) for n in (2, 4)]
+    bad_first = _undecodable_j2k(study, series, 1)  # left out before the status line
+    bad_later = _undecodable_j2k(study, series, 3)  # left out after it
+    await _store(
+        client,
+        [
+            bad_first,
+            to_part10(good[0]),
+            bad_later,
+            to_part10(good[1]),
+            _undecodable_j2k(study, only_bad, 1),
+        ],
+    )
+    caplog.set_level("WARNING")
+    response = await client.get(f"/studies/{study}/series/{series}/rendered")
+    assert response.status_code == 200
+    parts = parse_multipart(response.content, response.headers["content-type"])
+    locations = [headers["content-location"] for headers, _ in parts]
+    assert [location.split("/")[-2] for location in locations] == [ds.SOPInstanceUID for ds in good]
+    assert all(Image.open(io.BytesIO(body)).format == "JPEG" for _, body in parts)
+    left_out = [r for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 2 and all(r.levelname == "WARNING" for r in left_out)
+    assert dcmread(io.BytesIO(bad_later)).SOPInstanceUID in left_out[1].getMessage()
+    assert not any(r.levelno >= 40 and r.name.startswith("dicomweb_server") for r in caplog.records)
+    whole_study = await client.get(f"/studies/{study}/rendered")
+    assert len(parse_multipart(whole_study.content, whole_study.headers["content-type"])) == 2
+    none_renderable = await client.get(f"/studies/{study}/series/{only_bad}/rendered")
+    assert none_renderable.status_code == 406
+    assert "cannot be rendered" in none_renderable.json()["reason"]
