@@ -25,6 +25,7 @@ __all__ = ["add_commands"]
 _COMMAND = "export"
 _DATE = re.compile(r"^(\d{4})-?(\d{2})-?(\d{2})$")
 _KEY_BYTES = 32
+_MEDIA_NAMES = ("DICOM", "DICOMDIR", "MANIFEST.csv")  # what an export writes in DEST
 
 
 def add_commands(commands: Any) -> None:
@@ -60,7 +61,12 @@ def add_commands(commands: Any) -> None:
         action="store_true",
         help="with --deidentify, keep instances marked Burned In Annotation YES",
     )
-    parser.add_argument("--force", action="store_true", help="write into a non-empty DEST")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty DEST (its files are left alone; one holding DICOM,"
+        " DICOMDIR or MANIFEST.csv is still refused), or with --zip replace DEST",
+    )
     parser.set_defaults(run=_run)
 
 
@@ -83,7 +89,17 @@ def _check_dest(dest: Path, as_zip: bool, force: bool) -> str | None:
         return None
     if dest.exists() and not dest.is_dir():
         return f"{dest} is not a folder"
-    if dest.is_dir() and any(dest.iterdir()) and not force:
+    if not dest.is_dir():
+        return None
+    taken = [name for name in _MEDIA_NAMES if os.path.lexists(dest / name)]
+    if taken:
+        # Written beside, an earlier export's files would stay in the folder, outside the new
+        # DICOMDIR and MANIFEST.csv: identified data in a de-identified export, say.
+        return (
+            f"{dest} already holds {', '.join(taken)}, an earlier export's names: export never"
+            " writes over or beside one, even with --force; remove them or choose another folder"
+        )
+    if any(dest.iterdir()) and not force:
         return f"{dest} is not empty (use --force to write into it anyway)"
     return None
 

@@ -1,7 +1,10 @@
 """Where an export writes: a folder, or one streamed .zip with the same layout.
 
 Both take generated relative names only (`DICOM/P0000001/...`, `DICOMDIR`, `MANIFEST.csv`);
-nothing read from data ever becomes part of a path. Files are streamed and hashed as they
+nothing read from data ever becomes part of a path. Nor does anything already in the folder:
+each file is created new (O_EXCL) and no name is followed through a symbolic link
+(O_NOFOLLOW, folder by folder from the root), so an export never writes over a file, inside
+the folder or, through a link, outside it. Files are streamed and hashed as they
 are written, chunk by chunk in a worker thread, so memory stays flat whatever their size.
 Zip entries are STORED: DICOM pixel data is either compressed already or noise-like, and
 deflating it would cost a CPU core for a few percent.
@@ -10,6 +13,7 @@ deflating it would cost a CPU core for a few percent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import time
@@ -22,6 +26,8 @@ __all__ = ["ExportSink", "FolderSink", "SinkWriteError", "ZipSink"]
 
 _WRITE_BATCH = 4 << 20  # bytes gathered before a worker thread writes them
 _ZIP64_ABOVE = 1 << 30  # entries that may grow past this are written with zip64 sizes
+_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_FOLDER = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class SinkWriteError(Exception):
@@ -81,9 +87,21 @@ class FolderSink:
         self.root = root
 
     def _open(self, name: str) -> IO[bytes]:
-        path = self.root.joinpath(*name.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")
+        """A new file at `name`, its folders made as needed; FileExistsError when the name is
+        taken, an OSError (ELOOP, ENOTDIR) when a part of it is a symbolic link."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        *folders, leaf = name.split("/")
+        at = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder in folders:
+                with contextlib.suppress(FileExistsError):  # made for an earlier file
+                    os.mkdir(folder, dir_fd=at)
+                inner = os.open(folder, _FOLDER, dir_fd=at)
+                os.close(at)
+                at = inner
+            return os.fdopen(os.open(leaf, _NEW_FILE, 0o666, dir_fd=at), "wb")
+        finally:
+            os.close(at)
 
     async def write_file(
         self, name: str, chunks: AsyncIterator[bytes | memoryview], size_hint: int
@@ -119,8 +137,10 @@ class ZipSink:
         self._partial = path.with_name(path.name + ".partial")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._partial.unlink(missing_ok=True)  # an interrupted export's (a link: itself)
+            self._file = os.fdopen(os.open(self._partial, _NEW_FILE, 0o666), "w+b")
             self._zip = zipfile.ZipFile(
-                self._partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True
+                self._file, "w", compression=zipfile.ZIP_STORED, allowZip64=True
             )
         except OSError as exc:
             raise SinkWriteError(str(path), exc) from exc
@@ -156,7 +176,10 @@ class ZipSink:
     async def close(self, *, complete: bool) -> None:
         def finish() -> None:
             try:
-                self._zip.close()
+                try:
+                    self._zip.close()
+                finally:
+                    self._file.close()  # handed to ZipFile open: it leaves it open
             except OSError:
                 if complete:
                     raise

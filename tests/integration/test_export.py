@@ -423,3 +423,35 @@ async def test_export_counts_an_instance_it_cannot_deidentify_and_goes_on(
         assert {i.SOPInstanceUID for i in file_set} == {r["sop_instance_uid"] for r in rows}
     finally:
         _drop(file_set)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_export_force_never_writes_through_a_link_or_beside_an_earlier_export(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--force lets DEST hold other files, never an export's names: a MANIFEST.csv linked to
+    a file outside is not written through, and an identified export is not left beside a
+    de-identified one, outside its DICOMDIR and MANIFEST.csv."""
+    use_settings(settings, monkeypatch)
+    await stow(client, [to_part10(ds) for ds in _study("PAT-A", "20240110", (2,))])
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "MANIFEST.csv").symlink_to(victim)
+
+    through_link = await run_cli(capsys, "export", linked, "--force")
+
+    assert through_link.code == 2 and "already holds MANIFEST.csv" in through_link.err
+    assert victim.read_text() == "precious"
+    earlier = tmp_path / "media"
+    assert (await run_cli(capsys, "export", earlier)).code == 0
+    before = {p: p.read_bytes() for p in _files(earlier)}
+    beside = await run_cli(capsys, "export", earlier, "--force", "--deidentify", "basic")
+    assert beside.code == 2
+    assert "already holds DICOM, DICOMDIR, MANIFEST.csv" in beside.err
+    assert {p: p.read_bytes() for p in _files(earlier)} == before
