@@ -25,10 +25,12 @@ def operator_name() -> str:
         return "unknown"
 
 
-async def record_change(audit_log: AuditLog, actor: str, site: str | None, detail: str) -> None:
-    """Record `detail` (no secret, no patient data) done by `actor` (`cli:sites`, ...) at
-    `site` (None: the whole server), then log it."""
+async def record_change(
+    audit_log: AuditLog, actor: str, site: str | None, detail: str, *, logged: str | None = None
+) -> None:
+    """Record `detail` (never a secret) done by `actor` (`cli:sites`, ...) at `site` (None:
+    the whole server), then log it, or `logged` instead when `detail` names a patient."""
     operator = operator_name()
     event = system_event(AuditAction.ADMIN, actor, site, {}, operator=operator, detail=detail)
     await write_now(audit_log, [event])
-    log.info("%s by %s: %s", actor, operator, detail)
+    log.info("%s by %s: %s", actor, operator, detail if logged is None else logged)

@@ -17,7 +17,7 @@ import time
 from typing import Any, cast
 
 from dicomweb_server.backends import open_backends
-from dicomweb_server.cli.admin_record import operator_name
+from dicomweb_server.cli.admin_record import operator_name, record_change
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.errors import DicomwebError
@@ -176,6 +176,13 @@ async def _hold_add(
         study_instance_uid=args.study,
         site=args.site,
     )
+    await record_change(
+        _audit_log(deleter),
+        "cli:hold",
+        hold.site,
+        f"added legal hold {hold.id} on {hold.subject}: {hold.reason}",
+        logged=f"added legal hold {hold.id} on {hold.logged_subject}",
+    )
     print(f"added legal hold {hold.id} on {hold.subject}: {hold.reason}")
     return 0
 
@@ -194,5 +201,12 @@ async def _hold_remove(
     deleter: DeleteService, holds: HoldService, settings: Settings, args: argparse.Namespace
 ) -> int:
     removed = await holds.remove(args.id, who=_operator())
+    await record_change(
+        _audit_log(deleter),
+        "cli:hold",
+        removed.site,
+        f"removed legal hold {removed.id} on {removed.subject}: {removed.reason}",
+        logged=f"removed legal hold {removed.id} on {removed.logged_subject}",
+    )
     print(f"removed legal hold {removed.id} on {removed.subject}")
     return 0

@@ -93,6 +93,12 @@ class Hold:
             what = f"patient {self.patient_id}{issuer}"
         return f"{what} in {'site ' + self.site if self.site else 'every site'}"
 
+    @property
+    def logged_subject(self) -> str:
+        """What the hold is on, for a log line: a study's UID, never a Patient ID."""
+        what = f"study {self.study_instance_uid}" if self.study_instance_uid else "a patient"
+        return f"{what} in {'site ' + self.site if self.site else 'every site'}"
+
 
 def study_day(facts: StudyFacts) -> date:
     """The day a study's age counts from: its StudyDate, else the day it was received (UTC)."""

@@ -63,7 +63,9 @@ class HoldService:
                 study_instance_uid,
             )
         )
-        log.info("legal hold %d added by %s on %s: %s", hold.id, who, hold.subject, hold.reason)
+        # Neither the Patient ID nor the reason (free text) goes to the log: the audit trail
+        # has them (cli/lifecycle.py records each change).
+        log.info("legal hold %d added by %s on %s", hold.id, who, hold.logged_subject)
         return hold
 
     async def list(self) -> list[Hold]:
@@ -75,11 +77,5 @@ class HoldService:
         removed = await self._holds.remove_hold(hold_id)
         if removed is None:
             raise NotFoundError(f"there is no legal hold {hold_id}")
-        log.info(
-            "legal hold %d removed by %s (was on %s: %s)",
-            removed.id,
-            who,
-            removed.subject,
-            removed.reason,
-        )
+        log.info("legal hold %d removed by %s (was on %s)", removed.id, who, removed.logged_subject)
         return removed

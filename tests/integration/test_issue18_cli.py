@@ -13,9 +13,11 @@ from dicomfiles import ct_dataset, to_part10, uid
 
 from dicomweb_server.backends import Backends, open_backends
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.audit import AuditQuery
 from dicomweb_server.domain.lifecycle import DeleteTarget
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.domain.stow_result import StowResult
+from dicomweb_server.services.audit import AuditService
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.spool import Spool
 from dicomweb_server.services.store import StoreService
@@ -131,3 +133,25 @@ async def test_issue18_purge_from_the_command_line_keeps_a_held_study(
     assert "under legal hold" not in purged.stdout
     gone = _run(env, "restore", "--study", study)
     assert gone.returncode == 1 and "holds nothing of study" in gone.stderr
+
+
+async def test_issue18_a_patient_hold_leaves_no_patient_id_in_the_log(env: dict[str, str]) -> None:
+    """The log says a hold is on "a patient"; the Patient ID and the reason (free text) are
+    in the audit trail, which is where patient data may be."""
+    added = _run(env, "hold", "add", "--patient", "SECRET-PID-777", "--reason", "Doe v. Clinic")
+    assert added.returncode == 0, added.stderr
+    assert "legal hold 1 added by operator7 on a patient in every site" in added.stderr
+    removed = _run(env, "hold", "remove", "1")
+    assert removed.returncode == 0, removed.stderr
+    for logged in (added.stderr, removed.stderr):
+        assert "SECRET-PID-777" not in logged and "Doe v. Clinic" not in logged
+    backends = await open_backends(_settings(env))
+    try:
+        page = await AuditService(backends.index).search(AuditQuery(user="cli:hold"))
+    finally:
+        await backends.close()
+    details = sorted(r.detail for r in page.records)
+    assert details == [
+        "added legal hold 1 on patient SECRET-PID-777 in every site: Doe v. Clinic",
+        "removed legal hold 1 on patient SECRET-PID-777 in every site: Doe v. Clinic",
+    ]
