@@ -135,16 +135,20 @@ def _to_8bit(
 
 
 def _voi(x: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
-    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.1 (SIGMOID), C.11.2.1.3.2 (LINEAR_EXACT) → [0, 1]."""
+    """PS3.3 C.11.2.1.2 (LINEAR), C.11.2.1.3.1 (SIGMOID), C.11.2.1.3.2 (LINEAR_EXACT) → [0, 1].
+
+    A far or narrow window (`window=1e308,...`, a width of 1.0000001) overflows to ±inf,
+    which saturates to 0 or 1 as the function does at its limits: not a warning for the log.
+    """
     c, w = window.center, window.width
-    if window.function == "SIGMOID":
-        with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):
+        if window.function == "SIGMOID":
             return 1.0 / (1.0 + np.exp(-4.0 * (x - c) / w))
-    if window.function == "LINEAR_EXACT":
-        return np.clip((x - c) / w + 0.5, 0.0, 1.0)
-    if w <= 1:
-        return (x > c - 0.5).astype(np.float64)
-    return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
+        if window.function == "LINEAR_EXACT":
+            return np.clip((x - c) / w + 0.5, 0.0, 1.0)
+        if w <= 1:
+            return (x > c - 0.5).astype(np.float64)
+        return np.clip((x - (c - 0.5)) / (w - 1) + 0.5, 0.0, 1.0)
 
 
 # -- colour ------------------------------------------------------------------------------------

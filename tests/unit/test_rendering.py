@@ -63,6 +63,32 @@ def test_linear_window_follows_ps3_3_c_11_2_1_2() -> None:
     assert out.tolist() == [expected]
 
 
+_EXTREME_WINDOWS = [
+    # center, width, function: the image of 99, 100, 101 and of -1e308, 100, 1e308
+    (1e308, 1e308, "LINEAR", [0, 0, 0], [0, 0, 128]),  # far above the values
+    (1e308, 1e308, "SIGMOID", [0, 0, 0], [0, 0, 128]),
+    (-1e308, 2.0, "LINEAR_EXACT", [255, 255, 255], [128, 255, 255]),  # far below them
+    (-1e308, 2.0, "SIGMOID", [255, 255, 255], [128, 255, 255]),
+    (100.0, 1.0000001, "LINEAR", [0, 255, 255], [0, 255, 255]),  # a step at 99.5
+    (100.0, 1e-300, "LINEAR_EXACT", [0, 128, 255], [0, 128, 255]),
+    (100.0, 1e-300, "SIGMOID", [0, 128, 255], [0, 128, 255]),
+]
+
+
+@pytest.mark.parametrize(("center", "width", "function", "near", "far"), _EXTREME_WINDOWS)
+def test_extreme_windows_saturate_without_numpy_warnings(
+    center: float, width: float, function: str, near: list[int], far: list[int]
+) -> None:
+    """`window=1e308,...` sent numpy's "overflow encountered in divide" to the log (with
+    warnings as errors here, a failure): the arithmetic saturates to black or white."""
+    window = Window(center, width, function)
+    values = np.array([[99, 100, 101]], dtype=np.uint16)  # one lookup table
+    assert _grey(values, _attrs(1, 3), window=window).tolist() == [near]
+    floats = np.array([[-1e308, 100.0, 1e308]])  # float frames: the row-block path
+    attrs = _attrs(1, 3, bits_allocated=64, bits_stored=64)
+    assert _grey(floats, attrs, window=window).tolist() == [far]
+
+
 def test_linear_exact_and_sigmoid_windows() -> None:
     attrs = _attrs(1, 3)
     values = np.array([[50, 100, 150]], dtype=np.uint16)
