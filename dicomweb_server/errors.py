@@ -38,6 +38,7 @@ __all__ = [
     "NotAcceptableError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PreconditionFailedError",
     "RequestTimeoutError",
     "StoreUnavailableError",
     "UnauthorizedError",
@@ -145,6 +146,12 @@ class ConflictError(DicomwebError):
     """The request conflicts with what is stored."""
 
     status = 409
+
+
+class PreconditionFailedError(DicomwebError):
+    """A precondition of the request (If-Match) does not hold (RFC 9110 13.1.1)."""
+
+    status = 412
 
 
 class PayloadTooLargeError(DicomwebError):

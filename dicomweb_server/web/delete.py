@@ -19,7 +19,7 @@ from dicomweb_server.domain.grants import Role
 from dicomweb_server.domain.identifiers import validate_uid
 from dicomweb_server.domain.lifecycle import DeleteTarget
 from dicomweb_server.domain.rejection import parse_rejection_code
-from dicomweb_server.errors import BadRequestError, NotFoundError
+from dicomweb_server.errors import BadRequestError, NotFoundError, PreconditionFailedError
 from dicomweb_server.services import access
 from dicomweb_server.web.auth import principal_of
 from dicomweb_server.web.params import site_of
@@ -67,9 +67,21 @@ async def _refuse_body_and_query(request: Request) -> None:
                 raise BadRequestError(f"{request.method} here takes no request body")
 
 
+def _check_if_match(request: Request) -> None:
+    """If-Match (RFC 9110 13.1.1): these resources have no strong entity tag, so a list of
+    tags never matches (412, nothing changed); `*` asks that the target exist."""
+    condition = request.headers.get("if-match")
+    if condition is not None and condition.strip() != "*":
+        raise PreconditionFailedError(
+            "If-Match names an entity tag, and this resource has no strong one: nothing was"
+            " changed (If-Match: * asks only that it exist)"
+        )
+
+
 async def _target(request: Request, depth: int) -> DeleteTarget:
     """The study, series or instance in the path, at the site the request concerns."""
     await _refuse_body_and_query(request)
+    _check_if_match(request)
     uids = [validate_uid(request.path_params[name], what) for name, what in _LEVELS[:depth]]
     site = site_of(request)
     if site is None:  # the enterprise root: the copy it would serve, among deletable sites
@@ -90,7 +102,10 @@ async def _target(request: Request, depth: int) -> DeleteTarget:
 
 
 async def _explain_not_found(request: Request, target: DeleteTarget, exc: NotFoundError) -> None:
-    """A UID of another level (a series UID where a study UID belongs) is a 400, not a 404."""
+    """A UID of another level (a series UID where a study UID belongs) is a 400, not a 404;
+    with If-Match: * (the target must exist, RFC 9110 13.1.1) a missing one is a 412."""
+    if request.headers.get("if-match") is not None:
+        raise PreconditionFailedError(f"If-Match: * and {exc.reason}") from exc
     uids = [target.study_instance_uid, target.series_instance_uid]
     uids.append(target.sop_instance_uids[0] if target.sop_instance_uids else None)
     for (level, what), uid in zip(_LEVELS, uids, strict=True):

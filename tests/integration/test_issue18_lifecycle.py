@@ -98,6 +98,26 @@ async def test_issue18_delete_a_series_then_the_study(client: httpx.AsyncClient)
     assert (await client.delete(f"/studies/{study}")).status_code == 404
 
 
+async def test_issue18_if_match_on_delete_rfc_9110_13_1_1(client: httpx.AsyncClient) -> None:
+    """No strong entity tag of a study matches a listed one: 412 and nothing deleted (a
+    DELETE with a stale If-Match deleted it); `*` deletes what exists, and is a 412 when
+    nothing does."""
+    study, series, sop = uid(), uid(), uid()
+    await _stow(client, _study(study, series, [sop]))
+    for tags in ('"bogus"', 'W/"abc", "def"'):
+        refused = await client.delete(f"/studies/{study}", headers={"If-Match": tags})
+        assert refused.status_code == 412 and "If-Match" in refused.json()["reason"]
+        rejected = await client.post(
+            f"/studies/{study}/reject/113001%5EDCM", headers={"If-Match": tags}
+        )
+        assert rejected.status_code == 412
+    assert (await client.get(f"/studies/{study}/metadata")).status_code == 200
+    anyway = await client.delete(f"/studies/{study}", headers={"If-Match": "*"})
+    assert anyway.status_code == 204
+    gone = await client.delete(f"/studies/{study}", headers={"If-Match": "*"})
+    assert gone.status_code == 412
+
+
 async def test_issue18_bad_delete_requests_are_400s(client: httpx.AsyncClient) -> None:
     study, series, sop = uid(), uid(), uid()
     await _stow(client, _study(study, series, [sop]))

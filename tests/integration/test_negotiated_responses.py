@@ -143,6 +143,10 @@ async def test_rfc_9110_14_2_ranges_of_bulk_data(client: httpx.AsyncClient, ct: 
     assert ranged.headers["content-range"] == f"bytes 0-9/{len(whole)}"
     ((part, data),) = parse_multipart(*_body(ranged))
     assert part["content-range"] == ranged.headers["content-range"] and data == whole[:10]
+    # If-Range (13.1.5): bulk data has no strong validator, so it never holds: the whole.
+    conditional = await client.get(url, headers={"Range": "bytes=0-9", "If-Range": '"x"'})
+    assert conditional.status_code == 200 and "content-range" not in conditional.headers
+    assert parse_multipart(*_body(conditional))[0][1] == whole
     for header in ("items=0-5", "bytes=0-9,20-29"):
         response = await client.get(url, headers={"Range": header})
         assert response.status_code == 200, header
