@@ -130,12 +130,12 @@ def _thumbnail(name: str) -> Operation:
 
 def _delete(name: str) -> Operation:
     """DELETE (issue 18): no PS3.18 transaction; 409 for a legal hold or minimum retention."""
-    return Operation(name, "-", (), (), (204, 404, 409))
+    return Operation(name, "-", (), (), (204, 404, 409, 412))
 
 
 def _reject(name: str) -> Operation:
     """IOCM rejection as dcm4chee-arc defines it: 200 with {"count": N}."""
-    return Operation(name, "-", (), (JSON,), (200, 404, 409))
+    return Operation(name, "-", (), (JSON,), (200, 404, 409, 412))
 
 
 # Keyed by handler name: the only per-handler facts a Route does not carry.
