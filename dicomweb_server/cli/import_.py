@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sqlite3
 import threading
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from dicomweb_server.app import Backends
+from dicomweb_server.cli.admin_record import operator_name
 from dicomweb_server.cli.backends import (
     add_common,
     check_site,
@@ -26,9 +28,10 @@ from dicomweb_server.cli.backends import (
 )
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
 from dicomweb_server.config import Settings
+from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.domain.grants import EVERY_GRANT
 from dicomweb_server.errors import DicomwebError
-from dicomweb_server.services.audit import AuditService
+from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.import_files import ReadLimits, iter_file_items, scan_totals
 from dicomweb_server.services.import_journal import ImportJournal, journal_path
@@ -210,7 +213,24 @@ async def _import_into(
     error = ""
     try:
         index = backends.index
-        audit = AuditService(index)  # the rejections of the notes imported, written below
+        # The studies stored into, one record each by the operator's command, as STOW's
+        # stores are recorded (PS3.15 "DICOM Instances Transferred"), and the rejections of
+        # the notes imported: written as the import goes and at its end.
+        audit = AuditService(index)
+        operator = operator_name()
+
+        def stored(study: str, instances: int) -> None:
+            detail = f"import: {instances} instance(s) stored"
+            event = system_event(
+                AuditAction.STORE,
+                _IMPORTER.subject,
+                site,
+                {study: None},
+                operator=operator,
+                detail=detail,
+            )
+            audit.record(event)
+
         deleter = DeleteService(
             index,
             index,
@@ -221,9 +241,15 @@ async def _import_into(
         )
         store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
         service = ImportService(
-            store, site, journal=journal, listener=report, stats=stats, principal=_IMPORTER
+            store,
+            site,
+            journal=journal,
+            listener=report,
+            stats=stats,
+            principal=_IMPORTER,
+            on_study_stored=stored,
         )
-        async with progress.shown():
+        async with progress.shown(), _writing(audit, settings.audit_flush_seconds):
             try:
                 async with interruptible(_COMMAND, service.stop):
                     if args.source:
@@ -253,6 +279,28 @@ async def _import_into(
     if interrupted:
         return 130
     return 1 if stats.failures else 0
+
+
+@contextlib.asynccontextmanager
+async def _writing(audit: AuditService, every: float) -> AsyncIterator[None]:
+    """Write the queued audit records every `every` seconds while the block runs: the queue
+    is bounded, and an import can store more studies than it holds. Stopped between two
+    writes, never in one (a write cut short could be written again)."""
+    done = asyncio.Event()
+
+    async def write() -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), every)
+            with contextlib.suppress(DicomwebError):  # kept and retried, the last time after
+                await audit.flush()
+
+    writer = asyncio.create_task(write())
+    try:
+        yield
+    finally:
+        done.set()
+        await asyncio.shield(writer)
 
 
 async def _files(

@@ -4,7 +4,8 @@ Sources yield `ImportItem`s in order; the ones holding bytes go through `StoreRe
 like STOW requests (same validation, duplicates, conflicts, rejection notes applied), several
 at once, each with `depth` parts in flight and indexing `batch` at a time. A pipeline reports
 outcomes strictly in the order its parts were added, which is how each outcome finds its item.
-Counters live in `ImportStats` for a caller to show; nothing here prints.
+Counters live in `ImportStats` for a caller to show; nothing here prints. The studies
+stored into are handed to a listener, a study at a time, for the audit trail.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ __all__ = [
     "ItemGroup",
     "Outcome",
     "OutcomeListener",
+    "StudyListener",
 ]
 
 
@@ -116,6 +118,29 @@ class ImportStats:
 
 
 OutcomeListener = Callable[[str, Outcome, str], None]  # label, outcome, reason
+StudyListener = Callable[[str, int], None]  # StudyInstanceUID, instances newly stored in it
+
+_OPEN_STUDIES = 1_000  # studies tallied at once; past this the least recent is handed on
+
+
+class _StudyTally:
+    """Instances newly stored per study, handed on one study at a time (an audit record per
+    study, not per instance). A study is handed on once `_OPEN_STUDIES` others were stored
+    after it, or when the run ends: inputs mostly come study by study, and memory stays
+    bounded whatever their number (a study that comes back later is handed on again)."""
+
+    def __init__(self, listener: StudyListener) -> None:
+        self._listener = listener
+        self._open: OrderedDict[str, int] = OrderedDict()
+
+    def add(self, study_instance_uid: str) -> None:
+        self._open[study_instance_uid] = self._open.pop(study_instance_uid, 0) + 1
+        if len(self._open) > _OPEN_STUDIES:
+            self._listener(*self._open.popitem(last=False))
+
+    def close(self) -> None:
+        while self._open:
+            self._listener(*self._open.popitem(last=False))
 
 
 class _OutcomeIndex:
@@ -211,7 +236,7 @@ class _Result(StowResult):
     """A StowResult that hands each outcome on instead of keeping it (memory stays flat)."""
 
     def __init__(
-        self, on_stored: Callable[[str], None], on_failed: Callable[[str, int, str], None]
+        self, on_stored: Callable[[str, str], None], on_failed: Callable[[str, int, str], None]
     ) -> None:
         super().__init__()
         self._on_stored = on_stored
@@ -220,7 +245,7 @@ class _Result(StowResult):
     def add_stored(
         self, sop_class_uid: str, sop_instance_uid: str, study: str, series: str
     ) -> None:
-        self._on_stored(sop_instance_uid)
+        self._on_stored(sop_instance_uid, study)
 
     def add_failed(self, sop_class_uid: str, sop_instance_uid: str, reason: int, text: str) -> None:
         self._on_failed(sop_instance_uid, reason, text)
@@ -253,6 +278,7 @@ class ImportService:
         listener: OutcomeListener | None = None,
         stats: ImportStats | None = None,
         principal: Principal = ANONYMOUS,
+        on_study_stored: StudyListener | None = None,
     ) -> None:
         self._index = _OutcomeIndex(store.index)
         # The store's lifecycle too: a rejection note is applied as over STOW, by `principal`.
@@ -263,6 +289,7 @@ class ImportService:
         self._principal = principal
         self._journal = journal
         self._listener = listener
+        self._studies = None if on_study_stored is None else _StudyTally(on_study_stored)
         self.stats = stats or ImportStats()
         self._stop = asyncio.Event()
         self._halt = False  # a pipeline failed: take no new item
@@ -292,6 +319,8 @@ class ImportService:
                 *(self._pipeline(lane, depth, batch, errors) for lane in pipelines),
             )
         finally:
+            if self._studies is not None:
+                self._studies.close()
             if self._journal is not None:
                 self._journal.commit()
             await _aclose(items)
@@ -332,7 +361,7 @@ class ImportService:
         self, lane: _Lane, depth: int, batch: int, errors: list[DicomwebError]
     ) -> None:
         result = _Result(
-            lambda sop: self._stored(lane, sop),
+            lambda sop, study: self._stored(lane, sop, study),
             lambda sop, code, text: self._failed(lane, sop, code, text),
         )
         ended = False
@@ -374,9 +403,11 @@ class ImportService:
             item.group.broken = True
         self._finish(item, outcome, item.reason)
 
-    def _stored(self, lane: _Lane, sop_instance_uid: str) -> None:
+    def _stored(self, lane: _Lane, sop_instance_uid: str, study_instance_uid: str) -> None:
         added = self._index.take(sop_instance_uid)
         outcome = Outcome.IDENTICAL if added is AddOutcome.IDENTICAL else Outcome.STORED
+        if outcome is Outcome.STORED and self._studies is not None:
+            self._studies.add(study_instance_uid)
         self._pipeline_outcome(lane, outcome, "")
 
     def _failed(self, lane: _Lane, sop_instance_uid: str, reason: int, text: str) -> None:

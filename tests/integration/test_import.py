@@ -158,7 +158,7 @@ async def test_issue19_import_applies_a_rejection_note_as_stow_would(
     found = (await client.get("/studies", params={"StudyInstanceUID": study})).json()
     assert found[0]["00080061"]["Value"] == ["CT", "KO"]  # the note stays, as over STOW
     audited = await app.state.dicomweb.audit.search(AuditQuery(user="cli:import"))
-    (rejection,) = audited.records  # the rejection, by the operator's command
+    (rejection,) = [r for r in audited.records if r.action == "reject"]  # by the operator
     assert (rejection.action, rejection.kind) == ("reject", "system")
     assert rejection.studies == (AuditStudy(study, "default", "PAT-1", None),)
 
@@ -612,3 +612,39 @@ async def test_import_into_a_site_nobody_added_is_refused_before_anything_is_rea
     assert listed.status_code == 204 or listed.json() == []  # nothing was stored
     stored = await run_cli(capsys, "import", source, "--site", "ghost")
     assert stored.code == 0 and count(stored.out, "stored") == 1, stored
+
+
+async def test_import_records_each_study_it_stores_in_the_audit_trail(
+    settings: Settings,
+    app: Starlette,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As STOW's stores are: one record per study (not per instance), by the operator's
+    command, with the patient; a run that stores nothing new records nothing."""
+    use_settings(settings, monkeypatch)
+    first, second = _series(3, patient="PAT-A"), _series(1, patient="PAT-B")
+    source = tmp_path / "in"
+    source.mkdir()
+    for number, data in enumerate([*first, *second]):
+        (source / f"{number}.dcm").write_bytes(data)
+
+    ran = await run_cli(capsys, "import", source)
+    again = await run_cli(capsys, "import", source)
+
+    assert ran.code == again.code == 0 and count(again.out, "identical") == 4
+    audited = await app.state.dicomweb.audit.search(AuditQuery(user="cli:import"))
+    records = sorted(audited.records, key=lambda r: r.studies[0].patient_id or "")
+    assert [(r.action, r.kind, r.subject, r.site) for r in records] == [
+        ("store", "system", "cli:import", "default")
+    ] * 2
+    assert [r.studies for r in records] == [
+        (AuditStudy(_study(first[0]), "default", "PAT-A", None),),
+        (AuditStudy(_study(second[0]), "default", "PAT-B", None),),
+    ]
+    assert [r.detail for r in records] == [
+        "import: 3 instance(s) stored",
+        "import: 1 instance(s) stored",
+    ]
+    assert all(r.display_name.startswith("cli:import (") for r in records)
