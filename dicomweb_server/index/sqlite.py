@@ -624,7 +624,8 @@ class SqliteInstanceIndex(
         return Counts(*await self._read(run))
 
     def connections(self) -> Connections:
-        return Connections(len(self._connections), None, 1 + _READERS)
+        # The writer's, each reader thread's, and the event loop's own (reads that never wait)
+        return Connections(len(self._connections), None, 2 + _READERS)
 
     async def close(self) -> None:
         def close_all() -> None:

@@ -9,6 +9,7 @@ import asyncio
 import random
 import socket
 import sqlite3
+import threading
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1028,3 +1029,27 @@ async def test_issue20_sqlite_instance_ids_continue_past_every_id_handed_out(
     ids = conn.execute("SELECT id, sop_instance_uid FROM instances ORDER BY id").fetchall()
     conn.close()
     assert ids == [(3, kept.record.sop_instance_uid), (10, added.record.sop_instance_uid)]
+
+
+async def test_sqlite_connection_gauge_never_passes_its_limit(
+    factory: InstanceFactory, tmp_path: Path
+) -> None:
+    """/metrics showed 6 open connections against a limit of 5: the event loop's own
+    connection (point reads that never wait) was not counted in the limit. Every kind of
+    connection is opened here: the writer's, each reader thread's, the loop's."""
+    index = await SqliteInstanceIndex.open(tmp_path / "index.sqlite", loop_read_max_seconds=1)
+    try:
+        built = factory.make(generate_uid(), generate_uid())
+        await index.add_instance(SITE, built.record, built.blob_key, built.size, built.digest)
+        await index._point_read(lambda conn: conn.execute("SELECT 1").fetchone())  # the loop's
+        readers = threading.Barrier(4)  # four reads at once: each on a thread of its own
+
+        def wait(conn: sqlite3.Connection) -> None:
+            readers.wait(timeout=10)
+
+        await asyncio.gather(*(index._read(wait) for _ in range(4)))
+        connections = index.connections()
+        assert connections.open == 6, connections
+        assert connections.open <= connections.limit, connections
+    finally:
+        await index.close()
