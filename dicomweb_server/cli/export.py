@@ -11,13 +11,20 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+from dicomweb_server.cli.admin_record import operator_name
 from dicomweb_server.cli.backends import add_common, check_site, interruptible, opened_backends, say
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.deidentify import PROFILE_NAMES, Deidentifier, parse_profile
 from dicomweb_server.domain.identifiers import is_valid_uid
 from dicomweb_server.errors import DicomwebError
-from dicomweb_server.services.export import ExportSelection, ExportService, ExportStats
+from dicomweb_server.services.audit import AuditService
+from dicomweb_server.services.export import (
+    ExportAudit,
+    ExportSelection,
+    ExportService,
+    ExportStats,
+)
 from dicomweb_server.services.export_sinks import ExportSink, FolderSink, SinkWriteError, ZipSink
 
 __all__ = ["add_commands"]
@@ -163,12 +170,19 @@ async def _export(
     stats = ExportStats()
     try:
         async with opened_backends(settings) as backends:
+            audit = ExportAudit(
+                AuditService(backends.index),
+                "cli:export",
+                operator_name(),
+                str(args.dest.absolute()),
+            )
             service = ExportService(
                 backends.index,
                 backends.blobs,
                 deidentifier=deidentifier,
                 max_in_memory_bytes=settings.max_header_bytes,
                 listener=lambda label, reason: failures.append((label, reason)),
+                audit=audit,
             )
             stats = service.stats
             progress = Progress(

@@ -59,6 +59,7 @@ class AuditAction(StrEnum):
     REJECT = "reject"
     AUDIT = "audit"  # the audit trail was read (DICOM "Audit Log Used")
     ADMIN = "admin"  # sites, API keys
+    EXPORT = "export"  # a study written to media by the export command (DICOM "Export")
     VIEW = "view"  # a roll-up of METADATA..BULKDATA reads of one study by one user
     APPLICATION = "application"  # the server started or stopped
 
@@ -135,6 +136,8 @@ _CODES: dict[AuditAction, EventCodes] = {
     # Rejection hides instances (IOCM): accessed with a delete action, as dcm4chee reports it
     AuditAction.REJECT: EventCodes(_ACCESSED, "D", (), None, None),
     AuditAction.AUDIT: EventCodes(_dcm("110101", "Audit Log Used"), "R", (), None, None),
+    # Instances leave for media (A.5.3.6), read at the source; the media is in the detail
+    AuditAction.EXPORT: EventCodes(_dcm("110106", "Export"), "R", (), None, _SOURCE),
     AuditAction.ADMIN: EventCodes(
         _dcm("110113", "Security Alert"),
         "E",

@@ -15,6 +15,11 @@ elements read with implicit VR under an explicit syntax (which pydicom accepts, 
 get their VRs, and a stray item or sequence delimiter at the top level (it carries no data) is
 dropped. An instance that still cannot be read, de-identified or re-encoded is a failure with
 its reason, and the export goes on.
+
+Exported data has left the archive's control, so each study written (even in part, and
+de-identified too: it is still the patient's data) is recorded in the audit trail as a DICOM
+Export (PS3.15 A.5.3.6) naming the destination, once the study is done: one record at a
+time, never a list of the whole export.
 """
 
 from __future__ import annotations
@@ -44,17 +49,19 @@ from pydicom.uid import (
 )
 
 from dicomweb_server.domain.attributes import Level
+from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.domain.deidentify import Deidentifier
 from dicomweb_server.domain.identifiers import StudyKey
 from dicomweb_server.domain.query import parse_query
 from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.errors import DicomwebError, NotFoundError
 from dicomweb_server.index.base import InstanceIndex
+from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.services.dicomdir import FileSetBuilder, Placement
 from dicomweb_server.services.export_sinks import ExportSink, SinkWriteError
 from dicomweb_server.storage.base import BlobStore
 
-__all__ = ["ExportError", "ExportSelection", "ExportService", "ExportStats"]
+__all__ = ["ExportAudit", "ExportError", "ExportSelection", "ExportService", "ExportStats"]
 
 _PAGE = 1000  # studies per index search
 _CHUNK = 1 << 20  # bytes per read of a stored object
@@ -92,6 +99,32 @@ class ExportSelection:
         if self.since or self.until:
             params.append(("StudyDate", f"{self.since or ''}-{self.until or ''}"))
         return params
+
+
+@dataclass(frozen=True, slots=True)
+class ExportAudit:
+    """Who exports to where, for the Export record of each study."""
+
+    trail: AuditService
+    actor: str  # the system actor, `cli:export`
+    operator: str  # who ran it
+    destination: str  # the folder or zip file, as the record names it
+
+    async def record(self, site: str, study: str, written: int, deidentified: str) -> None:
+        """Record (and write at once) that `written` instances of `study` were exported."""
+        detail = f"{written} instances to {self.destination}"
+        if deidentified:
+            detail += f", de-identified ({deidentified})"
+        event = system_event(
+            AuditAction.EXPORT,
+            self.actor,
+            site,
+            {study: None},  # the patient: resolved from the index, the study is there
+            operator=self.operator,
+            detail=detail,
+        )
+        self.trail.record(event)
+        await self.trail.flush()
 
 
 @dataclass(slots=True)
@@ -134,8 +167,10 @@ class ExportService:
         deidentifier: Deidentifier | None = None,
         max_in_memory_bytes: int = 64 << 20,
         listener: Any = None,
+        audit: ExportAudit | None = None,
     ) -> None:
         self._index = index
+        self._audit = audit
         self._blobs = blobs
         self._deid = deidentifier
         self._max_in_memory = max_in_memory_bytes
@@ -190,7 +225,14 @@ class ExportService:
             for study, patient in studies:
                 if self._stop:
                     break
-                await self._export_study(selection.site, study, patient, builder, sink, table)
+                before = self.stats.written
+                try:
+                    await self._export_study(selection.site, study, patient, builder, sink, table)
+                finally:
+                    written = self.stats.written - before
+                    if written and self._audit is not None:
+                        profile = self._deid.options.profile_name if self._deid else ""
+                        await self._audit.record(selection.site, study, written, profile)
             size_of = builder.write
 
             def write_dicomdir(out: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -455,3 +456,33 @@ async def test_export_force_never_writes_through_a_link_or_beside_an_earlier_exp
     assert beside.code == 2
     assert "already holds DICOM, DICOMDIR, MANIFEST.csv" in beside.err
     assert {p: p.read_bytes() for p in _files(earlier)} == before
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_export_is_audited_per_study_as_a_dicom_export(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """PS3.15 A.5.3.6: each study exported is an Export (DCM 110106) record naming the
+    patient, the operator's command and the destination; a de-identified one too."""
+    use_settings(settings, monkeypatch)
+    first, second = _corpus()
+    await stow(client, [to_part10(ds) for ds in first + second])
+    media, research = tmp_path / "media", tmp_path / "research.zip"
+
+    assert (await run_cli(capsys, "export", media)).code == 0
+    deidentified = await run_cli(capsys, "export", research, "--zip", "--deidentify", "basic")
+    assert deidentified.code == 0, deidentified
+
+    table = await run_cli(capsys, "audit", "--user", "cli:export")
+    rows = [line for line in table.out.splitlines()[1:] if " export " in line]
+    assert len(rows) == 4, table.out  # two studies, two exports
+    assert sum(f"to {media}" in row for row in rows) == 2
+    assert sum(f"to {research}, de-identified (basic)" in row for row in rows) == 2
+    assert {"PAT-A", "PAT-B"} <= {cell for row in rows for cell in row.split()}
+    events = await run_cli(capsys, "audit", "--user", "cli:export", "--format", "ndjson")
+    codes = {json.loads(line)["type"]["code"] for line in events.out.splitlines()}
+    assert codes == {"110106"}
