@@ -10,6 +10,7 @@ retrieves only the studies an earlier run did not finish.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
@@ -31,7 +32,7 @@ from dicomweb_server.services.importer import (
 )
 from dicomweb_server.services.spool import Spool
 
-__all__ = ["DicomwebSource", "PartsReader", "ReceivedPart", "check_query"]
+__all__ = ["DicomwebSource", "PartsReader", "ReceivedPart", "check_query", "hide_password"]
 
 STUDY_INSTANCE_UID = "0020000D"
 _ACCEPT_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -39,8 +40,17 @@ _CHUNK = 1 << 20  # bytes read from the response at a time
 _MAX_QIDO_BYTES = 64 << 20  # a page of study results larger than this is refused
 
 
+# The password of a URL's user information (`scheme://user:password@host`)
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*):[^/?#\s]*@")
 _QIDO_PARAMETERS = ("fuzzymatching", "includefield")
 _PAGING = ("limit", "offset")
+
+
+def hide_password(text: str) -> str:
+    """`text` with the password of every URL in it masked (`http://alice:***@host/`): a
+    `--from` URL may carry credentials (sent as Basic authentication), and its text goes
+    to messages, the report and the journal."""
+    return _PASSWORD.sub(r"\1:***@", text)
 
 
 def check_query(query: Sequence[tuple[str, str]]) -> None:
@@ -84,6 +94,7 @@ class DicomwebSource:
         page_size: int = 1000,
     ) -> None:
         self.root = root_url.rstrip("/")
+        self.shown = hide_password(self.root)  # what labels, messages and the journal name
         self._read_parts = read_parts
         self._headers = dict(headers or {})
         self._journal = journal
@@ -118,7 +129,7 @@ class DicomwebSource:
         return self._session
 
     def _journal_key(self, study: str) -> JournalKey:
-        return (f"{self.root}/studies/{study}", 0, 0)
+        return (f"{self.shown}/studies/{study}", 0, 0)  # the same whatever the password
 
     async def list_studies(self, query: Sequence[tuple[str, str]]) -> list[str]:
         """The Study Instance UIDs matching `query`, every page of them, in the server's order."""
@@ -148,30 +159,34 @@ class DicomwebSource:
                 if reply.status == 204:
                     return []
                 if reply.status != 200:
-                    raise ImportSourceError(_status_reason(url, reply.status, reply.reason))
+                    reason = _status_reason(hide_password(url), reply.status, reply.reason)
+                    raise ImportSourceError(reason)
                 # to the end: one read(n) returns what has arrived so far, part of a page
                 body = bytearray()
                 async for chunk in reply.content.iter_chunked(_CHUNK):
                     body += chunk
                     if len(body) > _MAX_QIDO_BYTES:
                         raise ImportSourceError(
-                            f"{url} answered more than {_MAX_QIDO_BYTES} bytes of JSON"
+                            f"{hide_password(url)} answered more than {_MAX_QIDO_BYTES}"
+                            " bytes of JSON"
                         )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise ImportSourceError(f"cannot reach {self.root}: {_describe(exc)}") from exc
+            raise ImportSourceError(f"cannot reach {self.shown}: {_describe(exc)}") from exc
         try:
             rows = orjson.loads(body) if body.strip() else []
         except orjson.JSONDecodeError as exc:
-            raise ImportSourceError(f"{url} did not answer DICOM JSON: {exc}") from exc
+            raise ImportSourceError(
+                f"{hide_password(url)} did not answer DICOM JSON: {exc}"
+            ) from exc
         if not isinstance(rows, list):
-            raise ImportSourceError(f"{url} did not answer a JSON array")
+            raise ImportSourceError(f"{hide_password(url)} did not answer a JSON array")
         return rows
 
     async def iter_items(self, studies: Sequence[str]) -> AsyncIterator[ImportItem]:
         """Every part of every study as an item; a study that fails is a failed item."""
         for study in studies:
             key = self._journal_key(study)
-            label = f"{self.root}/studies/{study}"
+            label = f"{self.shown}/studies/{study}"
             if self._journal is not None and self._journal.is_done(key):
                 yield ImportItem(label, 0, outcome=Outcome.SKIPPED)
                 self._study_done()
@@ -189,8 +204,9 @@ class DicomwebSource:
         self, study: str, label: str, group: ItemGroup
     ) -> AsyncIterator[ImportItem]:
         number = 0
+        url = f"{self.root}/studies/{study}"
         try:
-            async with self.session.get(label, headers={"Accept": _ACCEPT_INSTANCES}) as reply:
+            async with self.session.get(url, headers={"Accept": _ACCEPT_INSTANCES}) as reply:
                 if reply.status != 200:
                     reason = _status_reason(label, reply.status, reply.reason)
                     yield ImportItem(label, 0, outcome=Outcome.FAILED, reason=reason, group=group)
@@ -242,4 +258,4 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | TimeoutError):
         return "timed out"
     text = str(exc) or type(exc).__name__
-    return text.splitlines()[0][:300]
+    return hide_password(text.splitlines()[0][:300])

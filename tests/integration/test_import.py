@@ -22,6 +22,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from cli_helpers import (
     analyze_counts,
     app_client,
@@ -41,6 +43,8 @@ from dicomweb_server.cli.backends import refresh_statistics
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.audit import AuditQuery, AuditStudy
 from dicomweb_server.index.postgres import PostgresInstanceIndex, migrate
+from dicomweb_server.services.import_journal import ImportJournal
+from dicomweb_server.services.importer import Outcome
 from dicomweb_server.services.pull import DicomwebSource
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning:pydicom.*")
@@ -648,3 +652,74 @@ async def test_import_records_each_study_it_stores_in_the_audit_trail(
         "import: 1 instance(s) stored",
     ]
     assert all(r.display_name.startswith("cli:import (") for r in records)
+
+
+@contextlib.asynccontextmanager
+async def _peer(routes: web.RouteTableDef) -> AsyncIterator[str]:
+    """A DICOMweb source made of `routes` on a loopback port; its root URL, no trailing /."""
+    application = web.Application()
+    application.add_routes(routes)
+    server = TestServer(application, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+def _study_rows(*studies: str) -> web.Response:
+    rows = [{"0020000D": {"vr": "UI", "Value": [study]}} for study in studies]
+    return web.json_response(rows, content_type="application/dicom+json")
+
+
+async def test_import_from_a_url_with_a_password_never_shows_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The password of `--from http://alice:s3cret@host/` was sent as Basic authentication,
+    then echoed in the "stopped:" message, every line of the report and the journal."""
+    monkeypatch.setenv("DICOMWEB_DATA_DIR", str(tmp_path / "data"))
+    study = f"{PREFIX}7.1"
+    failing = {"qido": True}
+    authorizations: list[str] = []
+    routes = web.RouteTableDef()
+
+    @routes.get("/studies")
+    async def search(request: web.Request) -> web.Response:
+        authorizations.append(request.headers.get("Authorization", ""))
+        if failing["qido"]:
+            return web.Response(status=500, text="boom")
+        return _study_rows(study) if request.query["offset"] == "0" else _study_rows()
+
+    @routes.get("/studies/{study}")
+    async def retrieve(request: web.Request) -> web.Response:
+        body = b"--xx\r\nContent-Type: application/dicom\r\n\r\nDICMjunk"
+        content_type = 'multipart/related; type="application/dicom"; boundary=xx'
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    report = tmp_path / "report.jsonl"
+    async with _peer(routes) as root:
+        with_password = root.replace("http://", "http://alice:s3cret@")
+        shown = root.replace("http://", "http://alice:***@")
+        stopped = await run_cli(capsys, "import", "--from", with_password, "--report", report)
+        failing["qido"] = False
+        pulled = await run_cli(capsys, "import", "--from", with_password, "--report", report)
+
+        assert authorizations[0].startswith("Basic ")  # still sent, as before
+        assert stopped.code == 1 and f"stopped: {shown}/studies?" in stopped.err, stopped
+        assert pulled.code == 1 and count(pulled.out, "failed") == 1, pulled
+        assert "s3cret" not in stopped.err + stopped.out + pulled.err + pulled.out
+        entries = [json.loads(line) for line in report.read_text().splitlines()]
+        assert entries and all(e["path"].startswith(f"{shown}/studies/{study}") for e in entries)
+        assert "s3cret" not in report.read_text()
+
+        # The journal names the study without the password: a run that resumes with another
+        # password (rotated since) still finds what the first run finished.
+        with ImportJournal(tmp_path / "journal.sqlite") as journal:
+            journal.record((f"{shown}/studies/{study}", 0, 0), "done")
+        with ImportJournal(tmp_path / "journal.sqlite") as journal:
+            rotated = root.replace("http://", "http://alice:n3w@")
+            async with DicomwebSource(rotated, _no_parts, journal=journal) as source:
+                items = [item async for item in source.iter_items([study])]
+        assert [(item.label, item.outcome) for item in items] == [
+            (f"{shown}/studies/{study}", Outcome.SKIPPED)
+        ]
