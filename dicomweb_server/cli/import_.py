@@ -315,6 +315,7 @@ async def _files(
         max_member_bytes=settings.import_max_member_bytes,
         max_archive_bytes=settings.import_max_archive_bytes,
         spool_memory=settings.import_spool_memory_bytes,
+        max_part_bytes=settings.max_part_bytes,
     )
     stop_scan = threading.Event()
     scan = threading.Thread(target=scan_totals, args=(paths, stats, stop_scan), daemon=True)

@@ -43,6 +43,8 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".ta
 _COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 _READ_SIZE = 8 << 20  # bytes per read of a file or member larger than the spool bound
 _DICM_OFFSET = 128
+_DICM_END = _DICM_OFFSET + 4
+_NOT_DICOM = "not a DICOM Part 10 file (no 'DICM' at byte 128)"
 _PUT_POLL = 0.25  # seconds between checks for a stop while the queue is full
 _DICOMDIR = "DICOMDIR"
 _ARCHIVE_ERRORS = (
@@ -80,6 +82,7 @@ class ReadLimits:
     max_member_bytes: int
     max_archive_bytes: int
     spool_memory: int
+    max_part_bytes: int  # STOW's bound on one instance, for files and members alike
 
 
 class _OverLimitError(Exception):
@@ -117,19 +120,23 @@ def _is_dicomdir(name: str) -> bool:
 
 
 def _bytes_item(label: str, spool: Spool, key: JournalKey | None) -> ImportItem:
-    """The item for bytes read: into the pipeline, or counted as not DICOM without it."""
-    spool.seek(_DICM_OFFSET)
-    if spool.size < _DICM_OFFSET + 4 or spool.read(4) != b"DICM":
-        spool.close()
-        return ImportItem(
-            label,
-            spool.size,
-            outcome=Outcome.NOT_DICOM,
-            reason="not a DICOM Part 10 file (no 'DICM' at byte 128)",
-            journal_key=key,
-        )
+    """The item for a DICOM file read, into the pipeline."""
     spool.seek(0)
     return ImportItem(label, spool.size, spool=spool, journal_key=key)
+
+
+def _not_dicom_item(label: str, size: int, key: JournalKey | None) -> ImportItem:
+    """The item for a file or member without the Part 10 preamble: counted, never read on."""
+    return ImportItem(label, size, outcome=Outcome.NOT_DICOM, reason=_NOT_DICOM, journal_key=key)
+
+
+def _read_head(file: _Readable) -> bytes | None:
+    """The first bytes of a file up to its 'DICM' at byte 128, or None when that is not there:
+    decided before anything more is read (a video of gigabytes is no DICOM file)."""
+    head = b""
+    while len(head) < _DICM_END and (chunk := file.read(_DICM_END - len(head))):
+        head += chunk
+    return head if head[_DICM_OFFSET:] == b"DICM" else None
 
 
 def _referenced_files(data: BinaryIO) -> list[tuple[str, ...]]:
@@ -231,21 +238,42 @@ class _Reader:
         except OSError as exc:
             self._failed(str(path), f"cannot read: {exc.strerror}")
             return
-        self._emit(_bytes_item(str(path), spool, key))
+        except _OverLimitError as exc:  # it grew past the limit since it was listed
+            self._failed(str(path), exc.reason, key)
+            return
+        if spool is None:
+            self._emit(_not_dicom_item(str(path), info.st_size, key))
+        else:
+            self._emit(_bytes_item(str(path), spool, key))
 
-    def _read_file(self, path: Path, size: int) -> Spool:
-        spool = Spool(self._limits.spool_memory)
-        try:
-            with open(path, "rb", buffering=0) as file:
+    def _read_file(self, path: Path, size: int) -> Spool | None:
+        """The file in a spool; None when it is not DICOM (then only its head was read)."""
+        limit = self._limits.max_part_bytes
+        with open(path, "rb", buffering=0) as file:
+            head = _read_head(file)
+            if head is None:
+                return None
+            if size > limit:
+                raise _OverLimitError(self._part_limit_reason(size), archive=False)
+            spool = Spool(self._limits.spool_memory)
+            try:
+                spool.write(head)
                 if size <= self._limits.spool_memory:
-                    spool.write(file.readall())  # one read of the whole file
-                else:
-                    while chunk := file.read(_READ_SIZE):
-                        spool.write(chunk)
-        except BaseException:
-            spool.close()
-            raise
+                    spool.write(file.readall())  # one read of the rest of the file
+                while spool.size <= limit and (chunk := file.read(_READ_SIZE)):
+                    spool.write(chunk)
+                if spool.size > limit:
+                    raise _OverLimitError(self._part_limit_reason(spool.size), archive=False)
+            except BaseException:
+                spool.close()
+                raise
         return spool
+
+    def _part_limit_reason(self, size: int) -> str:
+        return (
+            f"{size} bytes, over DICOMWEB_MAX_PART_BYTES ({self._limits.max_part_bytes}),"
+            " the largest instance STOW takes"
+        )
 
     def _read_references(self, path: Path) -> list[tuple[str, ...]] | None:
         self._emit(ImportItem(str(path), 0, outcome=Outcome.DIRECTORY))
@@ -318,12 +346,22 @@ class _Reader:
         except _ARCHIVE_ERRORS as exc:
             self._failed(str(path), f"cannot read archive: {exc}")
 
-    def _read_member(self, file: _Readable, name: str, archive_left: int) -> Spool:
-        """Read a member as a stream, counting what it really expands to."""
+    def _read_member(
+        self, file: _Readable, name: str, archive_left: int, declared: int
+    ) -> Spool | None:
+        """Read a member as a stream, counting what it really expands to; None when it is not
+        DICOM (then only its head was read). A DICOMDIR is read whatever its size: it is not
+        stored, only read for the files it references."""
         limits = self._limits
+        head = _read_head(file)
+        if head is None:
+            return None
+        if declared > limits.max_part_bytes and not _is_dicomdir(name):
+            raise _OverLimitError(self._part_limit_reason(declared), archive=False)
         spool = Spool(limits.spool_memory)
         try:
-            while chunk := file.read(_READ_SIZE):
+            chunk = head
+            while chunk:
                 if spool.size + len(chunk) > limits.max_member_bytes:
                     raise _OverLimitError(
                         f"expands past DICOMWEB_IMPORT_MAX_MEMBER_BYTES"
@@ -337,6 +375,7 @@ class _Reader:
                         archive=True,
                     )
                 spool.write(chunk)
+                chunk = file.read(_READ_SIZE)
         except BaseException:
             spool.close()
             raise
@@ -378,7 +417,10 @@ class _Reader:
                 try:
                     with archive.open(member) as file:
                         spool = self._read_member(
-                            file, member.filename, limits.max_archive_bytes - expanded
+                            file,
+                            member.filename,
+                            limits.max_archive_bytes - expanded,
+                            member.file_size,
                         )
                 except _OverLimitError as exc:
                     self._failed(label, exc.reason, key)
@@ -387,6 +429,10 @@ class _Reader:
                     continue
                 except (zipfile.BadZipFile, zlib.error, NotImplementedError, EOFError) as exc:
                     self._failed(label, f"cannot read zip member: {exc}", key)
+                    continue
+                if spool is None:
+                    expanded += _DICM_END
+                    self._emit(_not_dicom_item(label, member.file_size, key))
                     continue
                 expanded += spool.size
                 if _is_dicomdir(member.filename):
@@ -441,14 +487,20 @@ class _Reader:
                     if self._done(key):
                         continue
                     try:
-                        spool = self._read_member(stream, member.name, limits.max_archive_bytes)
+                        spool = self._read_member(
+                            stream, member.name, limits.max_archive_bytes, member.size
+                        )
                     except _OverLimitError as exc:
                         self._failed(label, exc.reason, key)
-                        return
-                    if _is_dicomdir(member.name):
+                        if exc.archive:
+                            return
+                        continue  # the walk skips the rest of it
+                    if spool is None:
+                        self._emit(_not_dicom_item(label, member.size, key))
+                    elif _is_dicomdir(member.name):
                         file_sets.append((member.name, spool))
-                        continue
-                    self._emit(_bytes_item(label, spool, key))
+                    else:
+                        self._emit(_bytes_item(label, spool, key))
         except _OverLimitError as exc:  # an extended header past its bound
             self._failed(str(path), exc.reason)
         finally:

@@ -723,3 +723,30 @@ async def test_import_from_a_url_with_a_password_never_shows_it(
         assert [(item.label, item.outcome) for item in items] == [
             (f"{shown}/studies/{study}", Outcome.SKIPPED)
         ]
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_import_applies_stows_part_limit_to_files(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """STOW answers 413 past DICOMWEB_MAX_PART_BYTES; import stored such a file."""
+    use_settings(settings, monkeypatch)
+    small, large = _series(1)[0], _series(1, rows=64)[0]
+    monkeypatch.setenv("DICOMWEB_MAX_PART_BYTES", str(len(small) + 100))
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "large.dcm").write_bytes(large)
+    (source / "small.dcm").write_bytes(small)
+    report = tmp_path / "report.jsonl"
+
+    ran = await run_cli(capsys, "import", source, "--report", report)
+
+    assert ran.code == 1 and [count(ran.out, n) for n in ("stored", "failed")] == [1, 1], ran
+    (entry,) = [json.loads(line) for line in report.read_text().splitlines()]
+    assert Path(entry["path"]).name == "large.dcm" and entry["outcome"] == "failed"
+    assert f"over DICOMWEB_MAX_PART_BYTES ({len(small) + 100})" in entry["reason"]
+    assert await _instances(client) == 1

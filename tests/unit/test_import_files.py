@@ -8,6 +8,7 @@ import io
 import tarfile
 import threading
 import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,12 @@ import pytest
 from dicomweb_server.services.import_files import ReadLimits, iter_file_items, scan_totals
 from dicomweb_server.services.importer import ImportItem, ImportStats, Outcome
 
-_LIMITS = ReadLimits(max_member_bytes=1 << 30, max_archive_bytes=1 << 34, spool_memory=1 << 20)
+_LIMITS = ReadLimits(
+    max_member_bytes=1 << 30,
+    max_archive_bytes=1 << 34,
+    spool_memory=1 << 20,
+    max_part_bytes=1 << 30,
+)
 _DICOM = bytes(128) + b"DICM" + bytes(60)  # enough to pass the preamble check
 
 
@@ -123,3 +129,58 @@ def test_a_name_longer_than_any_path_is_shortened_in_its_label(tmp_path: Path) -
     assert len(labels) == 2 and labels[0] != labels[1]
     assert all(len(label) < len(str(archive)) + 300 for label in labels), labels
     assert "(300000 characters, sha256 " in labels[0]
+
+
+def _bytes_written() -> int:
+    """What this process has written so far (a spool past its memory bound is a temp file)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's /proc/self/io")
+def test_files_are_refused_by_their_head_and_stows_size_limit_before_they_are_read(
+    tmp_path: Path,
+) -> None:
+    """A 2 GB video was copied whole into a temp spool before its missing 'DICM' refused it,
+    and an instance over DICOMWEB_MAX_PART_BYTES, which STOW answers 413, was stored."""
+    limits = ReadLimits(
+        max_member_bytes=1 << 30, max_archive_bytes=1 << 34, spool_memory=0, max_part_bytes=3000
+    )
+    source = tmp_path / "in"
+    source.mkdir()
+    with open(source / "a-video.mp4", "wb") as video:
+        video.truncate(256 << 20)  # sparse: costs no disk
+    (source / "b-large.dcm").write_bytes(_DICOM + bytes(5000))
+    (source / "c-small.dcm").write_bytes(_DICOM)
+    with zipfile.ZipFile(source / "d.zip", "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("video.mp4", bytes(64 << 20))
+        archive.writestr("large.dcm", _DICOM + bytes(5000))
+        archive.writestr("small.dcm", _DICOM)
+    with tarfile.open(source / "e.tar.gz", "w:gz") as archive:
+        for name, data in [("video.mp4", bytes(64 << 20)), ("large.dcm", _DICOM + bytes(5000))]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+    written = _bytes_written()
+    items = _items(source, limits=limits)
+    written = _bytes_written() - written
+
+    assert written < 1 << 20, written  # nothing spooled but the small instances
+    found = {Path(item.label).name: (item.outcome, item.reason) for item in items}
+    too_large = "5192 bytes, over DICOMWEB_MAX_PART_BYTES (3000), the largest instance STOW takes"
+    assert found == {
+        "a-video.mp4": (Outcome.NOT_DICOM, "not a DICOM Part 10 file (no 'DICM' at byte 128)"),
+        "b-large.dcm": (Outcome.FAILED, too_large),
+        "c-small.dcm": (None, ""),
+        "d.zip!video.mp4": (Outcome.NOT_DICOM, "not a DICOM Part 10 file (no 'DICM' at byte 128)"),
+        "d.zip!large.dcm": (Outcome.FAILED, too_large),
+        "d.zip!small.dcm": (None, ""),
+        "e.tar.gz!video.mp4": (
+            Outcome.NOT_DICOM,
+            "not a DICOM Part 10 file (no 'DICM' at byte 128)",
+        ),
+        "e.tar.gz!large.dcm": (Outcome.FAILED, too_large),
+    }
