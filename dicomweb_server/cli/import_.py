@@ -278,6 +278,9 @@ async def _import_into(
         return 1
     if interrupted:
         return 130
+    if stats.incomplete:
+        say(_COMMAND, f"incomplete: {stats.incomplete}")
+        return 1
     return 1 if stats.failures else 0
 
 
@@ -354,6 +357,7 @@ async def _pull(
     async with source:
         studies = await source.list_studies(query)
         stats.studies_total = len(studies)
+        stats.incomplete = source.listing_incomplete
         await service.run(
             source.iter_items(studies),
             lanes=jobs,

@@ -107,6 +107,7 @@ class ImportStats:
     started: float = field(default_factory=time.monotonic)
     stopped_early: bool = False
     error: str = ""
+    incomplete: str = ""  # why the run may have missed input, though nothing failed
 
     @property
     def elapsed(self) -> float:

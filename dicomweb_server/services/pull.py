@@ -1,6 +1,8 @@
 """Import from another DICOMweb server: QIDO-RS for the studies, WADO-RS for their instances.
 
-Studies are listed with `limit`/`offset` paging until a page comes back empty, then each is
+Studies are listed with `limit`/`offset` paging until a page comes back empty (a page of
+only studies listed already means the source ignores `offset`: the listing stops there and
+says so, as the source may hold more), then each is
 retrieved as `multipart/related; type="application/dicom"` in its stored transfer syntax
 (`transfer-syntax=*`) and read part by part as it streams in; each part is an `ImportItem`
 for the store pipeline. A study is journaled once all its parts are final, so a re-run
@@ -102,6 +104,8 @@ class DicomwebSource:
         self._timeout = timeout
         self._page_size = page_size
         self._session: aiohttp.ClientSession | None = None
+        # Why the listing may lack studies the source holds ("": it does not)
+        self.listing_incomplete = ""
 
     async def __aenter__(self) -> DicomwebSource:
         self._session = aiohttp.ClientSession(
@@ -150,6 +154,11 @@ class DicomwebSource:
                     found.append(uid)
                     new += 1
             if new == 0:  # a server that ignores offset would page forever
+                self.listing_incomplete = (
+                    f"{self.shown} answered offset {offset} with studies it had listed before:"
+                    f" it ignores offset, so only {len(found)} studies were listed and it may"
+                    " hold more (narrow --query to pull the rest)"
+                )
                 return found
             offset += len(rows)
 

@@ -750,3 +750,33 @@ async def test_import_applies_stows_part_limit_to_files(
     assert Path(entry["path"]).name == "large.dcm" and entry["outcome"] == "failed"
     assert f"over DICOMWEB_MAX_PART_BYTES ({len(small) + 100})" in entry["reason"]
     assert await _instances(client) == 1
+
+
+async def test_import_from_a_source_that_ignores_offset_says_the_listing_is_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Such a source answers every page with its first studies: 2 of 5 were pulled, exit 0,
+    no word that the rest was never listed."""
+    monkeypatch.setenv("DICOMWEB_DATA_DIR", str(tmp_path / "data"))
+    studies = [f"{PREFIX}8.{n}" for n in range(5)]
+    routes = web.RouteTableDef()
+
+    @routes.get("/studies")
+    async def search(request: web.Request) -> web.Response:
+        return _study_rows(*studies[:2])  # capped at 2 a page, whatever the offset
+
+    @routes.get("/studies/{study}")
+    async def retrieve(request: web.Request) -> web.Response:
+        content_type = 'multipart/related; type="application/dicom"; boundary=b'
+        return web.Response(body=b"--b--\r\n", headers={"Content-Type": content_type})
+
+    async with _peer(routes) as root:
+        pulled = await run_cli(capsys, "import", "--from", root)
+
+    assert pulled.code == 1, pulled
+    assert count(pulled.out, "studies") == 2
+    assert pulled.err.strip().splitlines() == [
+        f"dicomweb-server import: incomplete: {root} answered offset 2 with studies it had"
+        " listed before: it ignores offset, so only 2 studies were listed and it may hold more"
+        " (narrow --query to pull the rest)"
+    ]
