@@ -14,7 +14,9 @@ The re-encoded data set is written as its transfer syntax says, whatever the sto
 elements read with implicit VR under an explicit syntax (which pydicom accepts, so STOW does)
 get their VRs, and a stray item or sequence delimiter at the top level (it carries no data) is
 dropped. An instance that still cannot be read, de-identified or re-encoded is a failure with
-its reason, and the export goes on.
+its reason, and the export goes on. So is one whose stored bytes, hashed as they are read, no
+longer match the SHA-256 recorded when it was stored (for a de-identified copy, the bytes it
+was made from): its file is removed again, so MANIFEST.csv never vouches for damaged data.
 
 Exported data has left the archive's control, so each study written (even in part, and
 de-identified too: it is still the patient's data) is recorded in the audit trail as a DICOM
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import hashlib
 import io
 import struct
 import tempfile
@@ -72,6 +75,11 @@ _STUDY_UID = "0020000D"
 _PATIENT_ID = "00100020"
 _INSTANCES_IN_STUDY = "00201208"
 _MANIFEST_HEADER = ("path", "sop_instance_uid", "bytes", "sha256")
+_HASH_IN_THREAD = 64 << 10  # chunks at least this long are hashed off the event loop
+_CORRUPT = (
+    "its stored bytes no longer match the SHA-256 recorded when it was stored (damaged in"
+    " the store: run verify); not exported"
+)
 _T = TypeVar("_T")
 
 
@@ -154,6 +162,9 @@ class _Prepared:
     header: Dataset
     chunks: AsyncIterator[bytes | memoryview]
     size_hint: int
+    # The stored bytes' SHA-256, complete once `chunks` is: for a copy that is not those
+    # bytes (de-identified); None when what is written is the stored bytes themselves
+    source: Any = None
 
 
 class ExportService:
@@ -301,6 +312,12 @@ class ExportService:
                 raise
             finally:
                 await _aclose(prepared.chunks)
+            read = digest if prepared.source is None else prepared.source.hexdigest()
+            if read != instance.digest:  # damaged in the store since it was indexed
+                builder.forget(placement)
+                await sink.discard(placement.path)
+                self._failed(label, _CORRUPT)
+                continue
             table.writerow((placement.path, str(header.SOPInstanceUID), size, digest))
             self.stats.written += 1
             self.stats.instances_done += 1
@@ -354,11 +371,14 @@ class ExportService:
         split = await self._split(instance)
         if split is None:  # no Pixel Data to stream around: the whole object in memory
             data = await self._read(instance, 0, instance.size)
+            source = await asyncio.to_thread(hashlib.sha256, data)
+            if source.hexdigest() != instance.digest:
+                raise _UnexportableError(_CORRUPT)
             whole: Dataset = await _work("it cannot be read", _parse_whole, data)
             if (await _work("it cannot be de-identified", deid.apply, whole)).excluded:
                 return None
             encoded = await _work("its de-identified copy cannot be encoded", _encode_file, whole)
-            return _Prepared(whole, _chunks_of(encoded), len(encoded))
+            return _Prepared(whole, _chunks_of(encoded), len(encoded), source)
         header_bytes, pixel_tag, tag_offset, pixel_end, tail_bytes = split
         syntax = instance.transfer_syntax_uid
         ds = await _work("it cannot be read", _parse_split, header_bytes, tail_bytes, syntax)
@@ -370,9 +390,11 @@ class ExportService:
         pixel = self._blobs.iter_get(
             instance.blob_key, tag_offset, pixel_end - tag_offset, chunk_size=_CHUNK
         )
-        chunks = _concat(head, await _opened(pixel), tail_encoded)
+        source = hashlib.sha256(header_bytes)  # the stored bytes, as they were read
+        read = _hashed(await _opened(pixel), source, tail_bytes)
+        chunks = _concat(head, read, tail_encoded)
         hint = len(head) + (pixel_end - tag_offset) + len(tail_encoded)
-        return _Prepared(ds, chunks, hint)
+        return _Prepared(ds, chunks, hint, source)
 
     async def _split(self, instance: StoredInstance) -> tuple[bytes, int, int, int, bytes] | None:
         """(header before Pixel Data, its tag, its offset, where it ends, what follows), or
@@ -545,6 +567,22 @@ async def _concat(
             yield chunk
         if tail:
             yield tail
+    finally:
+        await _aclose(body)
+
+
+async def _hashed(
+    body: AsyncIterator[bytes | memoryview], digest: Any, after: bytes
+) -> AsyncIterator[bytes | memoryview]:
+    """`body`'s chunks, added to `digest` as they pass, then `after` added (not yielded)."""
+    try:
+        async for chunk in body:
+            if len(chunk) >= _HASH_IN_THREAD:
+                await asyncio.to_thread(digest.update, chunk)
+            else:
+                digest.update(chunk)
+            yield chunk
+        digest.update(after)
     finally:
         await _aclose(body)
 

@@ -51,6 +51,11 @@ class ExportSink(Protocol):
         """Write a file by handing `writer` a binary stream (in a worker thread)."""
         ...
 
+    async def discard(self, name: str) -> None:
+        """Remove `name`, the file written last: its bytes turned out not to be the stored
+        ones, and no file is left in DEST that its DICOMDIR and MANIFEST.csv do not list."""
+        ...
+
     async def close(self, *, complete: bool) -> None:
         """Finish (complete) or abandon the export."""
         ...
@@ -86,20 +91,39 @@ class FolderSink:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def _folder(self, folders: list[str], *, make: bool) -> int:
+        """A descriptor of the folder `root/folders...` (made as needed with `make`), opened
+        part by part; an OSError (ELOOP, ENOTDIR) when a part is a symbolic link."""
+        at = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for folder in folders:
+                if make:
+                    with contextlib.suppress(FileExistsError):  # made for an earlier file
+                        os.mkdir(folder, dir_fd=at)
+                inner = os.open(folder, _FOLDER, dir_fd=at)
+                os.close(at)
+                at = inner
+        except BaseException:
+            os.close(at)
+            raise
+        return at
+
     def _open(self, name: str) -> IO[bytes]:
         """A new file at `name`, its folders made as needed; FileExistsError when the name is
         taken, an OSError (ELOOP, ENOTDIR) when a part of it is a symbolic link."""
         self.root.mkdir(parents=True, exist_ok=True)
         *folders, leaf = name.split("/")
-        at = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        at = self._folder(folders, make=True)
         try:
-            for folder in folders:
-                with contextlib.suppress(FileExistsError):  # made for an earlier file
-                    os.mkdir(folder, dir_fd=at)
-                inner = os.open(folder, _FOLDER, dir_fd=at)
-                os.close(at)
-                at = inner
             return os.fdopen(os.open(leaf, _NEW_FILE, 0o666, dir_fd=at), "wb")
+        finally:
+            os.close(at)
+
+    def _remove(self, name: str) -> None:
+        *folders, leaf = name.split("/")
+        at = self._folder(folders, make=False)
+        try:
+            os.unlink(leaf, dir_fd=at)
         finally:
             os.close(at)
 
@@ -122,6 +146,12 @@ class FolderSink:
 
         try:
             await asyncio.to_thread(run)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def discard(self, name: str) -> None:
+        try:
+            await asyncio.to_thread(self._remove, name)
         except OSError as exc:
             raise SinkWriteError(name, exc) from exc
 
@@ -170,6 +200,27 @@ class ZipSink:
 
         try:
             await asyncio.to_thread(run)
+        except OSError as exc:
+            raise SinkWriteError(name, exc) from exc
+
+    async def discard(self, name: str) -> None:
+        """Cut the last entry off the end of the file. The writer appends each entry where
+        the central directory will start (`start_dir`), and writes that directory from its
+        list of entries at close: both go back to before the entry."""
+        archive = self._zip
+
+        def cut() -> None:
+            entry = archive.filelist[-1]
+            if entry.filename != name:
+                raise OSError(f"{name} is not the last entry written")
+            archive.filelist.pop()
+            del archive.NameToInfo[name]
+            self._file.seek(entry.header_offset)
+            self._file.truncate()
+            archive.start_dir = entry.header_offset
+
+        try:
+            await asyncio.to_thread(cut)
         except OSError as exc:
             raise SinkWriteError(name, exc) from exc
 

@@ -486,3 +486,57 @@ async def test_export_is_audited_per_study_as_a_dicom_export(
     events = await run_cli(capsys, "audit", "--user", "cli:export", "--format", "ndjson")
     codes = {json.loads(line)["type"]["code"] for line in events.out.splitlines()}
     assert codes == {"110106"}
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+@pytest.mark.parametrize(
+    "options", [(), ("--zip",), ("--deidentify", "basic")], ids=["folder", "zip", "deidentified"]
+)
+async def test_export_fails_an_object_damaged_in_the_store_and_writes_nothing_of_it(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: tuple[str, ...],
+) -> None:
+    """One byte of Pixel Data flipped in the store after ingest: verify calls it corrupt, and
+    export counts it failed (exit 1) instead of copying it with a SHA-256 in MANIFEST.csv."""
+    use_settings(settings, monkeypatch)
+    files = [to_part10(ds) for ds in _study("PAT-A", "20240110", (3,))]
+    await stow(client, files)
+    damaged = next(
+        p for p in (settings.data_dir / "objects").rglob("*.dcm") if p.read_bytes() == files[1]
+    )
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF  # the last byte of Pixel Data
+    damaged.write_bytes(bytes(data))
+    dest = tmp_path / ("media.zip" if "--zip" in options else "media")
+
+    ran = await run_cli(capsys, "export", dest, *options)
+
+    assert ran.code == 1, ran
+    summary = ran.out[ran.out.index("\nexported ") :]
+    assert [count(summary, label) for label in ("written", "failed")] == [2, 1], ran.out
+    (failed,) = [line for line in ran.out.splitlines() if line.startswith("failed ")]
+    assert "no longer match the SHA-256" in failed and "run verify" in failed
+    if "--zip" in options:
+        with zipfile.ZipFile(dest) as archive:
+            assert archive.testzip() is None
+            names = archive.namelist()
+        media = tmp_path / "unzipped"
+        with zipfile.ZipFile(dest) as archive:
+            archive.extractall(media)
+    else:
+        media = dest
+        names = [p.relative_to(dest).as_posix() for p in _files(dest)]
+    assert len(names) == 4  # two instances, DICOMDIR and MANIFEST.csv: nothing else
+    rows = _manifest(media)
+    assert sorted(row["path"] for row in rows) == sorted(set(names) - {"DICOMDIR", "MANIFEST.csv"})
+    file_set = _read_file_set(media / "DICOMDIR")
+    try:
+        assert len(file_set) == 2
+    finally:
+        _drop(file_set)
+    if not options:
+        assert all((media / row["path"]).read_bytes() != bytes(data) for row in rows)
