@@ -24,7 +24,7 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import IO, Any
+from typing import IO
 
 import orjson
 
@@ -61,6 +61,7 @@ from dicomweb_server.services.derived_cache import DerivedCache
 from dicomweb_server.services.memory_cache import MemoryCache
 from dicomweb_server.services.retrieve import RetrieveService
 from dicomweb_server.services.single_flight import SingleFlight
+from dicomweb_server.services.streams import chain, close_stream
 
 __all__ = ["PixelBudget", "RenderBusyError", "RenderService", "RenderedImage", "Rendering"]
 
@@ -308,9 +309,7 @@ class RenderService:
                 elif document is None and self.retrieve.is_document(instance):
                     document = instance
         finally:
-            aclose = getattr(instances, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(instances)
         if not images and document is None:
             level = "series" if series_instance_uid else "study"
             raise NotFoundError(f"the {level} has no instance with pixel data or a document")
@@ -526,9 +525,7 @@ class RenderService:
                 finally:
                     image.release()
         finally:
-            aclose = getattr(renderings, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            await close_stream(renderings)
         if not started:
             assert refusal is not None  # iter_renderings yields at least one rendering
             raise refusal
@@ -540,15 +537,19 @@ class RenderService:
         instances = await self.retrieve.iter_instances(study, series_instance_uid)
 
         async def plans() -> AsyncIterator[Rendering]:
-            async for instance in instances:
-                if instance.number_of_frames > 0:
-                    yield self._plan(instance, options, None, persistent=False)
+            try:
+                async for instance in instances:
+                    if instance.number_of_frames > 0:
+                        yield self._plan(instance, options, None, persistent=False)
+            finally:  # a listing left early lets go of its cursor now, not when collected
+                await close_stream(instances)
 
         iterator = plans()
         first = await anext(iterator, None)
         if first is None:
+            await close_stream(iterator)
             raise NotFoundError("no instance with pixel data to render")
-        return _chain(first, iterator)
+        return chain(first, iterator)
 
 
 @contextlib.contextmanager
@@ -592,9 +593,3 @@ def _render_from_file(
 
     pixels = pixels_from_file(src, frames, max_decoded_bytes)  # type: ignore[arg-type]
     return render_pixels(pixels, attrs, options)
-
-
-async def _chain(first: Any, rest: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    yield first
-    async for item in rest:
-        yield item

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import IO, Any, cast
+from typing import IO, Any, TypeVar, cast
 
-from dicomweb_server.domain.records import StoredInstance
 from dicomweb_server.storage.base import DEFAULT_CHUNK_SIZE, FileRegion
 
 __all__ = ["chain", "close_stream", "iter_spool", "one_chunk", "one_view", "opened"]
+
+T = TypeVar("T")
 
 
 async def iter_spool(spool: IO[bytes]) -> AsyncIterator[bytes]:
@@ -30,12 +31,15 @@ async def one_view(data: bytes | memoryview | FileRegion) -> AsyncIterator[bytes
     yield cast(bytes, data)
 
 
-async def chain(
-    first: StoredInstance, rest: AsyncIterator[StoredInstance]
-) -> AsyncIterator[StoredInstance]:
-    yield first
-    async for item in rest:
-        yield item
+async def chain(first: T, rest: AsyncIterator[T]) -> AsyncIterator[T]:
+    """`first`, then `rest`; closing this closes `rest` (an index listing lets go of its
+    cursor when a client leaves early, not when the listing is collected)."""
+    try:
+        yield first
+        async for item in rest:
+            yield item
+    finally:
+        await close_stream(rest)
 
 
 async def opened(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
