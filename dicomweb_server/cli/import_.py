@@ -7,7 +7,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import sqlite3
+import sys
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -41,7 +43,12 @@ from dicomweb_server.services.importer import (
     Outcome,
 )
 from dicomweb_server.services.principal import Principal
-from dicomweb_server.services.pull import DicomwebSource, ReceivedPart, check_query
+from dicomweb_server.services.pull import (
+    DicomwebSource,
+    ReceivedPart,
+    check_query,
+    check_root_url,
+)
 from dicomweb_server.services.store import StoreService
 
 __all__ = ["add_commands"]
@@ -112,6 +119,8 @@ def _run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         query = [_pair(text, "=", "--query") for text in args.query]
         headers = dict(_pair(text, ":", "--header") for text in args.header)
+        if args.source:
+            check_root_url(args.source)
         check_query(query)
     except ValueError as exc:
         say(_COMMAND, str(exc))
@@ -422,4 +431,9 @@ def _summary(
         lines.append(f"  report: {report.path} ({report.lines} entries)")
     if interrupted:
         lines.append(f"  run the same command again to resume (journal {journal.path})")
-    print("\n".join(lines), flush=True)
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:
+        # Read by a command that stopped reading (`| head`): end quietly, as other tools do,
+        # with stdout on /dev/null so that the interpreter's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -16,7 +16,7 @@ import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from types import TracebackType
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import orjson
@@ -34,7 +34,14 @@ from dicomweb_server.services.importer import (
 )
 from dicomweb_server.services.spool import Spool
 
-__all__ = ["DicomwebSource", "PartsReader", "ReceivedPart", "check_query", "hide_password"]
+__all__ = [
+    "DicomwebSource",
+    "PartsReader",
+    "ReceivedPart",
+    "check_query",
+    "check_root_url",
+    "hide_password",
+]
 
 STUDY_INSTANCE_UID = "0020000D"
 _ACCEPT_INSTANCES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
@@ -53,6 +60,21 @@ def hide_password(text: str) -> str:
     `--from` URL may carry credentials (sent as Basic authentication), and its text goes
     to messages, the report and the journal."""
     return _PASSWORD.sub(r"\1:***@", text)
+
+
+def check_root_url(url: str) -> None:
+    """ValueError saying why `url` is no DICOMweb root to pull from (an http or https URL
+    of a host), before anything is sent: otherwise the only reason given was the URL."""
+    shown = hide_password(url)[:200]
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range or not a number)
+    except ValueError as exc:
+        raise ValueError(f"--from {shown!r} is not a URL: {exc}") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"--from {shown!r}: give the http:// or https:// URL of a DICOMweb root")
+    if not parts.hostname:
+        raise ValueError(f"--from {shown!r} names no host")
 
 
 def check_query(query: Sequence[tuple[str, str]]) -> None:

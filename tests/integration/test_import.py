@@ -780,3 +780,43 @@ async def test_import_from_a_source_that_ignores_offset_says_the_listing_is_cut(
         " listed before: it ignores offset, so only 2 studies were listed and it may hold more"
         " (narrow --query to pull the rest)"
     ]
+
+
+async def test_import_from_refuses_what_is_no_http_url_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each was exit 1 with "stopped: cannot reach URL: URL" as the only reason."""
+    monkeypatch.setenv("DICOMWEB_DATA_DIR", str(tmp_path / "data"))
+    for url, reason in [
+        ("file:///etc", "'file:///etc': give the http:// or https:// URL of a DICOMweb root"),
+        ("127.0.0.1:8042/dicom-web", "give the http:// or https:// URL of a DICOMweb root"),
+        ("http://[::1", "'http://[::1' is not a URL: Invalid IPv6 URL"),
+        ("http://h:99999/x", "is not a URL: Port out of range 0-65535"),
+        ("https:///dicomweb", "'https:///dicomweb' names no host"),
+        ("ftp://alice:s3cret@h/", "'ftp://alice:***@h/': give the http:// or https:// URL"),
+    ]:
+        refused = await run_cli(capsys, "import", "--from", url)
+        assert refused.code == 2, refused
+        (line,) = refused.err.strip().splitlines()
+        assert line.startswith("dicomweb-server import: --from ") and reason in line, line
+        assert refused.out == ""
+
+
+def test_import_piped_into_a_reader_that_stops_ends_quietly(tmp_path: Path) -> None:
+    """`import ... | head`: the summary met a closed pipe, a BrokenPipeError traceback."""
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "1.dcm").write_bytes(_series(1)[0])
+    command = [
+        sys.executable, "-m", "dicomweb_server", "import", str(source),
+        "--data-dir", str(tmp_path / "data"),
+    ]  # fmt: skip
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the summary is written
+    try:
+        ran = subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert ran.returncode == 0, ran.stderr
+    assert "Traceback" not in ran.stderr and "BrokenPipe" not in ran.stderr, ran.stderr
+    assert _stored_instances(Settings(data_dir=tmp_path / "data")) == 1
