@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import os
 import re
 import secrets
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dicomweb_server.cli.admin_record import operator_name
-from dicomweb_server.cli.backends import add_common, check_site, interruptible, opened_backends, say
+from dicomweb_server.cli.backends import (
+    add_common,
+    check_site,
+    check_site_exists,
+    interruptible,
+    opened_backends,
+    say,
+)
 from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, format_duration
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.deidentify import PROFILE_NAMES, Deidentifier, parse_profile
@@ -48,7 +56,9 @@ def add_commands(commands: Any) -> None:
     )
     parser.add_argument("dest", type=Path, metavar="DEST", help="a folder, or with --zip a file")
     add_common(parser, site_help="site to export (default: default)", jobs=False)
-    parser.add_argument("--patient", metavar="ID", help="only this Patient ID")
+    parser.add_argument(
+        "--patient", metavar="ID", help="only this Patient ID (exactly: no wildcards)"
+    )
     parser.add_argument("--study", metavar="UID", help="only this Study Instance UID")
     parser.add_argument("--since", metavar="DATE", help="Study Date from (YYYYMMDD or YYYY-MM-DD)")
     parser.add_argument("--until", metavar="DATE", help="Study Date to, inclusive")
@@ -83,7 +93,12 @@ def _date(text: str | None, flag: str) -> str | None:
     match = _DATE.match(text.strip())
     if match is None:
         raise ValueError(f"{flag} {text[:40]!r}: expected YYYYMMDD or YYYY-MM-DD")
-    return "".join(match.groups())
+    year, month, day = match.groups()
+    try:
+        datetime.date(int(year), int(month), int(day))
+    except ValueError:
+        raise ValueError(f"{flag} {text[:40]!r} is not a date of the calendar") from None
+    return year + month + day
 
 
 def _check_dest(dest: Path, as_zip: bool, force: bool) -> str | None:
@@ -170,6 +185,8 @@ async def _export(
     stats = ExportStats()
     try:
         async with opened_backends(settings) as backends:
+            if not await check_site_exists(_COMMAND, backends.index, selection.site):
+                return 2
             audit = ExportAudit(
                 AuditService(backends.index),
                 "cli:export",

@@ -185,7 +185,9 @@ class Deidentifier:
 
     def apply(self, ds: Dataset) -> DeidResult:
         """De-identify `ds` in place (File Meta included), or leave it untouched and say why not."""
-        if not self.options.keep_burned_in and _text(ds.get("BurnedInAnnotation")) == "YES":
+        # Compared as a reader would: writers send "yes" and " YES" though CS says "YES"
+        marked = _text(ds.get("BurnedInAnnotation")).upper() == "YES"
+        if marked and not self.options.keep_burned_in:
             return DeidResult(
                 None,
                 "Burned In Annotation (0028,0301) is YES: the pixel data may show identity, "

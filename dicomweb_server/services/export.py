@@ -89,7 +89,8 @@ class ExportError(DicomwebError):
 
 @dataclass(frozen=True, slots=True)
 class ExportSelection:
-    """Which studies: all of a site, narrowed by patient, study and Study Date (YYYYMMDD)."""
+    """Which studies: all of a site, narrowed by patient (the Patient ID exactly: `*` and `?`
+    are characters, not wildcards), study and Study Date (YYYYMMDD)."""
 
     site: str
     patient_id: str | None = None
@@ -210,6 +211,10 @@ class ExportService:
             page = await self._index.search(query)
             for row in page.rows:
                 uid = _first(row, _STUDY_UID)
+                if selection.patient_id is not None and _first(row, _PATIENT_ID) != (
+                    selection.patient_id
+                ):
+                    continue  # matched a wildcard ("PAT*"): the Patient ID is taken as it is
                 if uid:
                     studies.append((uid, _first(row, _PATIENT_ID)))
                     count = _first(row, _INSTANCES_IN_STUDY)

@@ -540,3 +540,34 @@ async def test_export_fails_an_object_damaged_in_the_store_and_writes_nothing_of
         _drop(file_set)
     if not options:
         assert all((media / row["path"]).read_bytes() != bytes(data) for row in rows)
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_export_selection_means_what_its_help_says(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--patient is one Patient ID (no wildcards); a date off the calendar and a site that
+    does not exist are usage errors (2); a lower-case Burned In Annotation "yes" is left out
+    of a de-identified export like "YES"."""
+    use_settings(settings, monkeypatch)
+    first = _study("PAT-A", "20240110", (1,), BurnedInAnnotation="yes")
+    second = _study("PAT-B", "20240220", (1,))
+    await stow(client, [to_part10(ds) for ds in first + second])
+
+    wildcard = await run_cli(capsys, "export", tmp_path / "w", "--patient", "PAT*")
+    assert wildcard.code == 1 and "no study matches" in wildcard.err
+    one = await run_cli(capsys, "export", tmp_path / "one", "--patient", "PAT-B")
+    assert one.code == 0 and count(one.out, "studies") == 1
+    not_a_date = await run_cli(capsys, "export", tmp_path / "d", "--since", "2024-13-45")
+    assert not_a_date.code == 2 and "not a date" in not_a_date.err
+    assert "stopped" not in not_a_date.err
+    no_site = await run_cli(capsys, "export", tmp_path / "s", "--site", "nosuch")
+    assert no_site.code == 2 and "unknown site 'nosuch'" in no_site.err
+    assert not (tmp_path / "s").exists()
+    deidentified = await run_cli(capsys, "export", tmp_path / "r", "--deidentify", "basic")
+    assert deidentified.code == 0, deidentified
+    assert [count(deidentified.out, label) for label in ("written", "excluded")] == [1, 1]

@@ -485,6 +485,14 @@ def test_burned_in_annotation_is_excluded_unless_kept() -> None:
     assert not Deidentifier(KEY, DeidOptions()).apply(unmarked).excluded
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR CS")  # as some writers send it
+@pytest.mark.parametrize("marked", ["yes", "Yes", " YES"])
+def test_burned_in_annotation_is_read_whatever_its_case_and_padding(marked: str) -> None:
+    ds = _patient()
+    ds.BurnedInAnnotation = marked
+    assert Deidentifier(KEY, DeidOptions()).apply(ds).excluded
+
+
 @pytest.mark.parametrize("options", PROFILES, ids=lambda o: o.profile_name)
 def test_method_attributes_name_the_profile_and_options(options: DeidOptions) -> None:
     out = _apply(options, _patient())
