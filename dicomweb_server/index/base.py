@@ -304,6 +304,21 @@ class Lifecycle(Protocol):
         """True when a trash row references the object (not an orphan: restorable)."""
         ...
 
+    async def mark_deletions(
+        self, blob_keys: Sequence[str], now: float, forget_before: float
+    ) -> list[int]:
+        """Record (and commit) that these objects are about to be deleted; the marks' ids.
+        Marks started before `forget_before` (a deleter that died) are dropped."""
+        ...
+
+    async def end_deletions(self, ids: Sequence[int]) -> None:
+        """Remove the marks (their objects are deleted) and advance the deletion epoch."""
+        ...
+
+    async def deletion_state(self, blob_keys: Sequence[str]) -> tuple[int, set[str]]:
+        """The deletion epoch, and those of `blob_keys` marked for deletion now."""
+        ...
+
     async def forget_cache_entries(self, prefix: str) -> None:
         """Remove the derived-data ledger's entries under `prefix`."""
         ...

@@ -131,6 +131,37 @@ class PostgresLifecycle:
         )
         return bool(rows)
 
+    async def mark_deletions(
+        self, blob_keys: Sequence[str], now: float, forget_before: float
+    ) -> list[int]:
+        async def body(conn: Connection) -> list[int]:
+            await conn.execute("DELETE FROM blob_deletions WHERE started < $1", forget_before)
+            rows = await conn.fetch(
+                "INSERT INTO blob_deletions (blob_key, started)"
+                " SELECT unnest($1::text[]), $2 RETURNING id",
+                list(blob_keys),
+                now,
+            )
+            return [int(row[0]) for row in rows]
+
+        return await self._transaction(body)
+
+    async def end_deletions(self, ids: Sequence[int]) -> None:
+        async def body(conn: Connection) -> None:
+            await conn.execute("DELETE FROM blob_deletions WHERE id = ANY($1::bigint[])", list(ids))
+            await conn.execute("UPDATE blob_deletion_epoch SET epoch = epoch + 1")
+
+        await self._transaction(body)
+
+    async def deletion_state(self, blob_keys: Sequence[str]) -> tuple[int, set[str]]:
+        rows = await self._fetch(
+            "SELECT epoch, NULL FROM blob_deletion_epoch UNION ALL"
+            " SELECT NULL, blob_key FROM blob_deletions WHERE blob_key = ANY($1::text[])",
+            list(blob_keys),
+        )
+        epoch = next(int(row[0]) for row in rows if row[0] is not None)
+        return epoch, {str(row[1]) for row in rows if row[1] is not None}
+
     async def forget_cache_entries(self, prefix: str) -> None:
         pattern = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
         await self._fetch(

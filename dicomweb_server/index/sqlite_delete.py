@@ -125,6 +125,42 @@ class SqliteLifecycle:
         )
         return row is not None
 
+    async def mark_deletions(
+        self, blob_keys: Sequence[str], now: float, forget_before: float
+    ) -> list[int]:
+        def run(conn: sqlite3.Connection) -> list[int]:
+            conn.execute("DELETE FROM blob_deletions WHERE started < ?", (forget_before,))
+            insert = "INSERT INTO blob_deletions (blob_key, started) VALUES (?, ?)"
+            return [int(conn.execute(insert, (key, now)).lastrowid or 0) for key in blob_keys]
+
+        return await self._write(lambda conn: _in_transaction(conn, lambda: run(conn)))
+
+    async def end_deletions(self, ids: Sequence[int]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            for start in range(0, len(ids), IN_LIST_MAX):
+                chunk = list(ids[start : start + IN_LIST_MAX])
+                conn.execute(f"DELETE FROM blob_deletions WHERE id IN ({_marks(chunk)})", chunk)
+            conn.execute("UPDATE blob_deletion_epoch SET epoch = epoch + 1")
+
+        await self._write(lambda conn: _in_transaction(conn, lambda: run(conn)))
+
+    async def deletion_state(self, blob_keys: Sequence[str]) -> tuple[int, set[str]]:
+        def run(conn: sqlite3.Connection) -> tuple[int, set[str]]:
+            # The marks first: a deleter removes its marks and advances the epoch in one
+            # transaction, so a mark gone by the first read has its epoch seen by the second.
+            marked: set[str] = set()
+            for start in range(0, len(blob_keys), IN_LIST_MAX):
+                chunk = list(blob_keys[start : start + IN_LIST_MAX])
+                rows = conn.execute(
+                    f"SELECT blob_key FROM blob_deletions WHERE blob_key IN ({_marks(chunk)})",
+                    chunk,
+                ).fetchall()
+                marked.update(str(row[0]) for row in rows)
+            epoch = int(conn.execute("SELECT epoch FROM blob_deletion_epoch").fetchone()[0])
+            return epoch, marked
+
+        return await self._read(run)
+
     async def forget_cache_entries(self, prefix: str) -> None:
         pattern = prefix.replace("!", "!!").replace("%", "!%").replace("_", "!_") + "%"
         await self._write(

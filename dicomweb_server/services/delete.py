@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from dicomweb_server.domain.audit import AuditAction
@@ -42,11 +42,46 @@ from dicomweb_server.index.base import (
 from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.storage.base import BlobStore
 
-__all__ = ["DeleteService", "PurgeReport"]
+__all__ = ["DeleteService", "PurgeReport", "delete_unneeded"]
 
 log = logging.getLogger("dicomweb_server.delete")
 _DAY = 86400.0
 _PURGE_BATCH = 500
+# A deletion mark this old belongs to a deleter that died between marking and unmarking (a
+# live one deletes a batch in seconds): the next deleter drops it.
+_FORGET_MARKS_AFTER = _DAY
+
+
+async def delete_unneeded(
+    lifecycle: Lifecycle,
+    blobs: BlobStore,
+    blob_keys: Sequence[str],
+    needed: Callable[[Sequence[str]], Awaitable[set[str]]],
+) -> tuple[list[str], list[str]]:
+    """Delete the objects of `blob_keys` except those `needed` names; (deleted, kept).
+
+    Object keys are content digests, so a store of the same bytes writes the same key, maybe
+    between the look at the rows and the delete, and its rows commit after the look. The keys
+    are therefore marked (committed) before `needed` looks, and unmarked (advancing the
+    deletion epoch) once their objects are deleted. A store commits its rows, then reads the
+    marks and the epoch, and writes its objects again once the marks are gone when either
+    says a deletion overlapped it (services/store.py): either `needed` sees the store's rows,
+    or the store sees the deletion. No transaction stays open across an object-store call.
+    """
+    if not blob_keys:
+        return [], []
+    now = time.time()
+    marks = await lifecycle.mark_deletions(blob_keys, now, now - _FORGET_MARKS_AFTER)
+    try:
+        keep = await needed(blob_keys)
+        deleted: list[str] = []
+        for key in blob_keys:
+            if key not in keep:
+                await blobs.delete(key)
+                deleted.append(key)
+    finally:
+        await lifecycle.end_deletions(marks)
+    return deleted, [key for key in blob_keys if key in keep]
 
 
 @dataclass(slots=True)
@@ -180,6 +215,21 @@ class DeleteService:
             return True
         return bool(await self.lifecycle.blob_keys_in_use([blob_key]))
 
+    async def discard(self, blob_key: str) -> None:
+        """Delete the object of a part that is not stored, unless an instance still needs it:
+        a trashed one, or a stored one (the same instance sent again, byte for byte, has the
+        stored copy's key)."""
+
+        async def needed(keys: Sequence[str]) -> set[str]:
+            return {key for key in keys if await self.in_use(key)}
+
+        await delete_unneeded(self.lifecycle, self.blobs, [blob_key], needed)
+
+    async def deletion_state(self, blob_keys: Sequence[str]) -> tuple[int, set[str]]:
+        """The deletion epoch, and those of `blob_keys` whose deletion is under way (see
+        `delete_unneeded`)."""
+        return await self.lifecycle.deletion_state(blob_keys)
+
     async def restore(self, site: str, study: str, series: str | None = None) -> int:
         """Bring a study's (or series') trashed instances back, unchanged."""
         await self._site(site)
@@ -194,7 +244,8 @@ class DeleteService:
         the grace period), then their trash rows.
 
         An object a live instance references again (the same instance stored again with the
-        same content has the same key), or written after the delete, is kept. A trashed
+        same content has the same key) is kept; a store of it racing the purge writes it
+        again (`delete_unneeded`). A trashed
         instance whose study a legal hold covers (by the study, or by its patient) is left in
         the trash, restorable, and counted in `held`: a later purge takes it once the hold is
         removed.
@@ -214,21 +265,14 @@ class DeleteService:
                 report.holds.update(t.held_by for t in found if t.held_by is not None)
             if not batch:
                 continue
-            in_use = await self.lifecycle.blob_keys_in_use(sorted({t.blob_key for t in batch}))
+            # The same object, trashed again under a hold, stays with it
             held_keys = {t.blob_key for t in found if t.held_by is not None}
-            done: set[str] = set()
-            for trashed in batch:
-                key = trashed.blob_key
-                if key in done:
-                    continue
-                done.add(key)
-                if key in held_keys:
-                    continue  # the same object, trashed again under a hold: it keeps it
-                if key in in_use or await self._rewritten(trashed):
-                    report.kept.append(key)
-                    continue
-                await self.blobs.delete(key)
-                report.objects += 1
+            keys = sorted({t.blob_key for t in batch} - held_keys)
+            deleted, kept = await delete_unneeded(
+                self.lifecycle, self.blobs, keys, self.lifecycle.blob_keys_in_use
+            )
+            report.kept.extend(kept)
+            report.objects += len(deleted)
             await self.lifecycle.forget_trashed([t.id for t in batch])
             report.instances += len(batch)
             for trashed in batch:
@@ -242,13 +286,6 @@ class DeleteService:
                 ", ".join(map(str, sorted(report.holds))),
             )
         return report
-
-    async def _rewritten(self, trashed: TrashedInstance) -> bool:
-        """True when the object was written again after the instance was deleted."""
-        async for info in self.blobs.iter_objects(trashed.blob_key):
-            if info.key == trashed.blob_key and info.modified > trashed.deleted_at:
-                return True
-        return False
 
     async def _site(self, name: str) -> Site:
         site = await self.sites.get_site(name)

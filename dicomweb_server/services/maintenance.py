@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dicomweb_server.domain.blob_keys import parse_instance_blob_key
 from dicomweb_server.index.base import InstanceIndex, Lifecycle
+from dicomweb_server.services.delete import delete_unneeded
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["SweepReport", "sweep_orphans"]
@@ -33,7 +35,10 @@ async def sweep_orphans(
     """Delete instance objects older than `min_age_seconds` that no index row references.
 
     A STOW writes the object before its index row, so a young unreferenced object may be an
-    upload still in flight: the age threshold keeps the sweep from racing live stores.
+    upload still in flight: the age threshold keeps the sweep from racing live stores. The
+    same bytes stored again write the same key (keys are content digests), which makes an old
+    object young again after it was listed: each delete is marked first and the rows looked
+    at again (services/delete.py `delete_unneeded`), so such a store writes it back.
     """
     report = SweepReport()
     now = time.time()
@@ -52,10 +57,24 @@ async def sweep_orphans(
         if now - info.modified < min_age_seconds:
             report.too_recent += 1
             continue
+        if not dry_run and isinstance(index, Lifecycle):
+            deleted, _ = await delete_unneeded(
+                index, blobs, [info.key], lambda keys: _referenced(index, keys)
+            )
+            if not deleted:
+                report.referenced += 1  # stored again since it was listed
+                continue
         report.orphans.append(info.key)
         if not dry_run:
-            await blobs.delete(info.key)
+            if not isinstance(index, Lifecycle):
+                await blobs.delete(info.key)
             report.deleted += 1
             report.freed_bytes += info.size
             log.info("deleted orphaned object %s", info.key)
     return report
+
+
+async def _referenced(index: Lifecycle, keys: Sequence[str]) -> set[str]:
+    """Those of `keys` a live or a trashed instance references."""
+    found = await index.blob_keys_in_use(keys)
+    return found | {key for key in keys if key not in found and await index.trash_references(key)}

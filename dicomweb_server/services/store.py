@@ -4,6 +4,12 @@ A request's instances go through a pipeline: up to `depth` parts are parsed and 
 once (so one instance's fsync or upload overlaps the next one's parsing), and the written
 ones are indexed `batch` at a time in one transaction. The index only ever sees instances
 whose objects are durable; the STOW response lists every instance in the order it was sent.
+
+Object keys are content digests, so an instance stored again byte for byte writes the key
+of its deleted (trashed) copy, which a purge may be deleting at that moment. A written part
+keeps its bytes until its batch is indexed; then the batch reads the deletions under way
+(services/delete.py `delete_unneeded`), and when one overlapped its writes it waits for the
+deletion to end and writes again whatever object it removed, before the STOW answers.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from dicomweb_server.domain.stow_result import (
     SUBSEQUENT_OCCURRENCE_OF_REJECTED_OBJECT,
     StowResult,
 )
-from dicomweb_server.errors import ConflictError, DicomwebError, ForbiddenError
+from dicomweb_server.errors import ConflictError, DicomwebError, ForbiddenError, NotFoundError
 from dicomweb_server.index.base import AddOutcome, InstanceIndex
 from dicomweb_server.index.batch import NewInstance, add_instances
 from dicomweb_server.services import access
@@ -58,6 +64,13 @@ log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
 _FRAME_CHECK_BYTES = 8 << 20  # a first fragment up to this size is checked at ingest
 _META_READ = 64 << 10  # bytes read to find the file meta group (it is a few hundred)
+# Written parts keep their bytes until their batch is indexed (to write an object again that
+# a racing purge deleted); past this many bytes held in memory the batch is indexed early.
+_HELD_MEMORY = 64 << 20
+# How long a batch waits for a deletion of its objects to end (a purge deletes a batch of
+# objects in seconds), and how often it looks; past it the objects are checked anyway.
+_DELETION_WAIT = 60.0
+_DELETION_POLL = 0.1
 
 
 def _prepare(spool: Spool, limits: ParseLimits) -> tuple[InstanceRecord, str]:
@@ -174,40 +187,41 @@ class StoreService:
         return StoreRequest(self, site, study_in_path, result, depth, batch, principal)
 
     async def _write(self, site: str, spool: Spool, study: str | None) -> _Entry:
-        """Parse and write one part; close its spool whatever happens."""
-        with spool:
-            try:
-                record, digest = await asyncio.to_thread(_prepare, spool, self.limits)
-            except InvalidInstanceError as exc:
-                return _refused(exc)
-            if study is not None and record.study_instance_uid != study:
-                return _Failed(
-                    record.sop_class_uid,
-                    record.sop_instance_uid,
-                    DATA_SET_DOES_NOT_MATCH,
-                    f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
-                )
-            key = instance_blob_key(
-                InstanceKey(
-                    site,
-                    record.study_instance_uid,
-                    record.series_instance_uid,
-                    record.sop_instance_uid,
-                ),
-                digest,
+        """Parse and write one part (the caller closes its spool)."""
+        try:
+            record, digest = await asyncio.to_thread(_prepare, spool, self.limits)
+        except InvalidInstanceError as exc:
+            return _refused(exc)
+        if study is not None and record.study_instance_uid != study:
+            return _Failed(
+                record.sop_class_uid,
+                record.sop_instance_uid,
+                DATA_SET_DOES_NOT_MATCH,
+                f"StudyInstanceUID {record.study_instance_uid} differs from the request URL",
             )
-            stored_size = await self.blobs.put(key, spool.iter_chunks())
-            return NewInstance(record, key, stored_size, digest)
+        key = instance_blob_key(
+            InstanceKey(
+                site,
+                record.study_instance_uid,
+                record.series_instance_uid,
+                record.sop_instance_uid,
+            ),
+            digest,
+        )
+        stored_size = await self.blobs.put(key, spool.iter_chunks())
+        return NewInstance(record, key, stored_size, digest)
 
 
 class StoreRequest:
     """One STOW request's parts: `depth` written at once, indexed `batch` at a time, in order.
 
     `add` hands over a part's spool file and returns once the pipeline has room for the next;
-    leaving the context indexes what is written. Leaving it by a DicomwebError (a malformed or
-    oversized body, a backend fault) first stores what was received before it, as before
-    batching; any other exception (a lost client, a timeout) cancels the parts in flight,
-    leaving at most unindexed objects, which the orphan sweep removes.
+    leaving the context indexes what is written. A written part's spool stays open until its
+    batch is indexed and its object checked against the deletions that overlapped it.
+    Leaving it by a DicomwebError (a malformed or oversized body, a backend fault) first
+    stores what was received before it, as before batching; any other exception (a lost
+    client, a timeout) cancels the parts in flight, leaving at most unindexed objects, which
+    the orphan sweep removes.
     """
 
     def __init__(
@@ -230,8 +244,13 @@ class StoreRequest:
         self._batch = batch
         self._slots = asyncio.Semaphore(depth)
         self._pending: deque[asyncio.Future[_Entry]] = deque()  # in arrival order
-        self._files: dict[asyncio.Future[_Entry], Spool] = {}  # closed by the task, or here
+        self._files: dict[asyncio.Future[_Entry], tuple[Spool, int]] = {}  # with its epoch
         self._ready: list[_Entry] = []  # finished, in order, not yet indexed
+        # Written parts' spools until their batch is indexed, by id(NewInstance), each with
+        # the deletion epoch read before its object was written
+        self._held: dict[int, tuple[Spool, int]] = {}
+        self._held_memory = 0
+        self._epoch: int | None = None  # the deletion epoch last read (None: not yet)
 
     async def __aenter__(self) -> StoreRequest:
         return self
@@ -253,21 +272,36 @@ class StoreRequest:
         await self._cancel()
 
     async def add(self, spool: Spool) -> None:
-        """Take ownership of a spooled part (it is closed when written) and start it."""
+        """Take ownership of a spooled part (closed once it is indexed, or refused) and start
+        it."""
         try:
             await self._slots.acquire()
+            if self._epoch is None and self._service.lifecycle is not None:
+                # Read before any object is written: a deletion that ends after this read
+                # advances the epoch past it (see _keep_written)
+                self._epoch = (await self._service.lifecycle.deletion_state(()))[0]
         except BaseException:
             spool.close()
             raise
         task = asyncio.create_task(self._service._write(self._site, spool, self._study))
-        self._files[task] = spool
+        self._files[task] = (spool, self._epoch or 0)
         task.add_done_callback(self._done)
         self._pending.append(task)
         await self._collect(wait=False)
 
     def _done(self, task: asyncio.Future[_Entry]) -> None:
         self._slots.release()
-        self._files.pop(task).close()  # a task cancelled before it ran never opened `with`
+        spool, epoch = self._files.pop(task)
+        if task.cancelled() or task.exception() is not None:
+            spool.close()
+            return
+        entry = task.result()
+        if not isinstance(entry, NewInstance):
+            spool.close()
+            return
+        self._held[id(entry)] = (spool, epoch)
+        if spool.in_memory:
+            self._held_memory += spool.size
 
     def add_failed(self, reason: int, text: str) -> None:
         """Report a part that is not an instance, in its place among the others."""
@@ -285,7 +319,7 @@ class StoreRequest:
                 await asyncio.wait([head])
             self._pending.popleft()
             self._ready.append(head.result())  # a failed write raises here
-            if len(self._ready) >= self._batch:
+            if len(self._ready) >= self._batch or self._held_memory >= _HELD_MEMORY:
                 await self._flush()
 
     async def _flush(self) -> None:
@@ -297,6 +331,12 @@ class StoreRequest:
         hold, or a caller without the site's `delete` grant) is not stored.
         """
         ready, self._ready = self._ready, []
+        try:
+            await self._index(ready)
+        finally:
+            self._release(ready)
+
+    async def _index(self, ready: list[_Entry]) -> None:
         service, site, result = self._service, self._site, self._result
         written = [entry for entry in ready if isinstance(entry, NewInstance)]
         refused = await self._rejected(written)
@@ -317,6 +357,9 @@ class StoreRequest:
             note = notes.get(id(item))
             if note is not None:
                 outcomes[id(item)] = await self._add_note(item, note)
+        await self._keep_written(
+            [item for item in written if isinstance(outcomes.get(id(item)), AddOutcome)]
+        )
         for entry in ready:
             if isinstance(entry, _Failed):
                 result.add_failed(
@@ -359,6 +402,66 @@ class StoreRequest:
                 record.study_instance_uid,
                 record.series_instance_uid,
             )
+
+    async def _keep_written(self, indexed: list[NewInstance]) -> None:
+        """Make sure the objects of instances just indexed are there, against a deletion of
+        the same keys racing the store (services/delete.py `delete_unneeded`).
+
+        A deleter marks its keys (committed) before it looks for rows that need them and
+        unmarks them, advancing the epoch, once their objects are gone. Our rows are
+        committed now, so a deleter that has not looked yet will see them and keep the
+        objects. One that looked before either still has its mark, or has ended, advancing
+        the epoch past the one read before our objects were written. Then wait for the marks
+        to go and write again, from the bytes still held, any object that is missing.
+        """
+        lifecycle = self._service.lifecycle
+        if lifecycle is None or not indexed:
+            return
+        keys = sorted({item.blob_key for item in indexed})
+        since = min(self._held[id(item)][1] for item in indexed)
+        epoch, marked = await lifecycle.deletion_state(keys)
+        self._epoch = epoch
+        if epoch == since and not marked:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _DELETION_WAIT
+        while marked and loop.time() < deadline:
+            await asyncio.sleep(_DELETION_POLL)
+            self._epoch, marked = await lifecycle.deletion_state(keys)
+        if marked:
+            log.warning(
+                "objects %s still marked for deletion after %gs; checking them anyway",
+                ", ".join(sorted(marked)[:3]),
+                _DELETION_WAIT,
+            )
+        blobs = self._service.blobs
+        checked: set[str] = set()
+        for item in indexed:
+            if item.blob_key in checked:
+                continue
+            checked.add(item.blob_key)
+            try:
+                await blobs.read_range(item.blob_key, 0, 1)
+                continue
+            except NotFoundError:
+                pass
+            await blobs.put(item.blob_key, self._held[id(item)][0].iter_chunks())
+            log.warning(
+                "instance %s: a purge of its deleted copy removed the object as it was stored"
+                " again; written again",
+                item.record.sop_instance_uid,
+            )
+
+    def _release(self, entries: list[_Entry]) -> None:
+        """Close the spools of indexed (or abandoned) parts."""
+        for entry in entries:
+            held = self._held.pop(id(entry), None)
+            if held is None:
+                continue
+            spool = held[0]
+            if spool.in_memory:
+                self._held_memory -= spool.size
+            spool.close()
 
     async def _rejected(self, written: list[NewInstance]) -> dict[str, str]:
         """{SOP Instance UID: rejection code} of the written instances an IOCM rejection named."""
@@ -409,21 +512,28 @@ class StoreRequest:
         a trashed one, or a stored one (a refused rejection note sent again, byte for byte,
         has the stored copy's key)."""
         lifecycle = self._service.lifecycle
-        if lifecycle is not None and await lifecycle.in_use(blob_key):
+        if lifecycle is not None:
+            await lifecycle.discard(blob_key)
             return
         await self._service.blobs.delete(blob_key)
 
     async def _cancel(self) -> None:
         """Stop every part in flight and wait until each has closed its file."""
         pending, self._pending = list(self._pending), deque()
+        self._release(self._ready)
         self._ready = []
         for future in pending:
             future.cancel()
         if pending:
             await asyncio.wait(pending)
+        self._release([future.result() for future in pending if _written(future)])
         for future in pending:
             if not future.cancelled():
                 future.exception()  # retrieved: it is the caller's exception that propagates
+
+
+def _written(future: asyncio.Future[_Entry]) -> bool:
+    return not future.cancelled() and future.exception() is None
 
 
 def rejection_note_of(record: InstanceRecord) -> RejectionNote | None:
