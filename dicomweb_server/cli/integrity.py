@@ -10,6 +10,7 @@ from typing import Any
 from dicomweb_server.cli.backends import (
     add_common,
     check_site,
+    check_site_exists,
     interruptible,
     jobs_of,
     opened_backends,
@@ -75,6 +76,8 @@ async def _verify_async(settings: Settings, args: argparse.Namespace, site: str 
     error = ""
     try:
         async with opened_backends(settings) as backends:
+            if site is not None and not await check_site_exists("verify", backends.index, site):
+                return 2  # "checked 0 objects" would read as a clean bill of health
             service = VerifyService(backends.index, backends.blobs, found)
             stats = service.stats
             progress = Progress(

@@ -108,8 +108,9 @@ async def test_issue19_verify_lists_missing_and_corrupt_objects(
     assert found.code == 1
     assert f"corrupt {keys[0]}: " in found.out and f"missing {keys[1]}: " in found.out
     assert "checked 6 objects" in found.out and "1 missing, 1 corrupt" in found.out
-    only_other_site = await run_cli(capsys, "verify", "--site", "elsewhere")
-    assert only_other_site.code == 0 and "checked 0 objects" in only_other_site.out
+    unknown = await run_cli(capsys, "verify", "--site", "elsewhere")
+    assert unknown.code == 2 and "unknown site 'elsewhere'" in unknown.err
+    assert "checked" not in unknown.out  # not "checked 0 objects", a clean bill of health
 
 
 async def test_issue19_reindex_rebuilds_the_same_qido_answers_from_the_objects(
