@@ -266,6 +266,9 @@ class StoreRequest:
                 await self._collect(wait=True)
                 await self._flush()
                 return
+            except DicomwebError as error:
+                await self._abandon(error)
+                raise
             except BaseException:
                 await self._cancel()
                 raise
@@ -318,7 +321,11 @@ class StoreRequest:
                     return
                 await asyncio.wait([head])
             self._pending.popleft()
-            self._ready.append(head.result())  # a failed write raises here
+            try:
+                self._ready.append(head.result())
+            except DicomwebError as exc:  # its object could not be written: the store failed
+                self._ready.append(_unwritten(exc))
+                raise
             if len(self._ready) >= self._batch or self._held_memory >= _HELD_MEMORY:
                 await self._flush()
 
@@ -331,10 +338,35 @@ class StoreRequest:
         hold, or a caller without the site's `delete` grant) is not stored.
         """
         ready, self._ready = self._ready, []
+        result = self._result
+        recorded = len(result.stored) + len(result.failed)
         try:
             await self._index(ready)
+        except DicomwebError as exc:
+            # _index records each entry in order, once all of the batch's index work is done
+            done = len(result.stored) + len(result.failed) - recorded
+            self._fail(ready[done:], exc)
+            raise
         finally:
             self._release(ready)
+
+    def _fail(self, entries: list[_Entry], exc: DicomwebError) -> None:
+        """Record received parts that a backend fault left unstored, in their place: 0x0110
+        Processing failure (PS3.4 B.2.3, PS3.7 C.4: a general failure in processing), as the
+        index or object store failed, not the instance."""
+        for entry in entries:
+            if isinstance(entry, _Failed):
+                self._result.add_failed(
+                    entry.sop_class_uid, entry.sop_instance_uid, entry.reason, entry.text
+                )
+                continue
+            record = entry.record
+            self._result.add_failed(
+                record.sop_class_uid,
+                record.sop_instance_uid,
+                PROCESSING_FAILURE,
+                f"SOP Instance {record.sop_instance_uid} is not stored: {exc.reason}",
+            )
 
     async def _index(self, ready: list[_Entry]) -> None:
         service, site, result = self._service, self._site, self._result
@@ -517,6 +549,18 @@ class StoreRequest:
             return
         await self._service.blobs.delete(blob_key)
 
+    async def _abandon(self, exc: DicomwebError) -> None:
+        """After a backend fault: stop the parts in flight and record every received part not
+        stored yet as failed. Objects written for them and never indexed are orphans, which
+        `sweep-orphans` removes (services/maintenance.py)."""
+        ready = list(self._ready)
+        pending = list(self._pending)
+        await self._cancel()
+        entries: list[_Entry] = list(ready)
+        for future in pending:
+            entries.append(future.result() if _written(future) else _unwritten(exc))
+        self._fail(entries, exc)
+
     async def _cancel(self) -> None:
         """Stop every part in flight and wait until each has closed its file."""
         pending, self._pending = list(self._pending), deque()
@@ -530,6 +574,11 @@ class StoreRequest:
         for future in pending:
             if not future.cancelled():
                 future.exception()  # retrieved: it is the caller's exception that propagates
+
+
+def _unwritten(exc: DicomwebError) -> _Failed:
+    """The failed-SOP entry of a received part a backend fault left unwritten."""
+    return _Failed("", "", PROCESSING_FAILURE, f"a part is not stored: {exc.reason}")
 
 
 def _written(future: asyncio.Future[_Entry]) -> bool:

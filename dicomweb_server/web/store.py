@@ -12,7 +12,7 @@ from starlette.responses import Response
 from dicomweb_server import telemetry
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.identifiers import validate_uid
-from dicomweb_server.domain.stow_result import CANNOT_UNDERSTAND, StowResult
+from dicomweb_server.domain.stow_result import CANNOT_UNDERSTAND, PROCESSING_FAILURE, StowResult
 from dicomweb_server.errors import (
     DicomwebError,
     MalformedRequestError,
@@ -50,7 +50,10 @@ async def store_instances(request: Request) -> Response:
     or, as Microsoft's, Google's and AWS's services accept, a single application/dicom body.
     A body that breaks off (malformed, over a limit, stalled) after some instances were
     stored is answered 202 with those instances and a failure for the rest; before any was
-    stored it is the 4xx of the error, and nothing from the request stays.
+    stored it is the 4xx of the error, and nothing from the request stays. So is a backend
+    fault (the index or the object store down): 202 with the instances committed before it
+    and 0x0110 Processing failure for every other part received (PS3.18 10.5.3), or 503 when
+    none was committed.
     """
     state: AppState = request.app.state.dicomweb
     settings = state.settings
@@ -98,15 +101,31 @@ async def store_instances(request: Request) -> Response:
     )
     body = _limited(request.stream(), limit)
     broke_off: DicomwebError | None = None
-    async with store:
-        try:
-            if single:
-                await store.add(await _spooled(body, settings.spool_memory_bytes))
-            else:
-                assert boundary is not None
-                await _add_parts(store, body, boundary, settings, part_type or None)
-        except _BODY_ERRORS as exc:
-            broke_off = exc  # what came before it is stored as the context ends
+    received = False
+    try:
+        async with store:
+            try:
+                if single:
+                    await store.add(await _spooled(body, settings.spool_memory_bytes))
+                else:
+                    assert boundary is not None
+                    await _add_parts(store, body, boundary, settings, part_type or None)
+                received = True
+            except _BODY_ERRORS as exc:
+                broke_off = exc  # what came before it is stored as the context ends
+    except DicomwebError as exc:
+        if not result.stored:
+            raise
+        # Committed instances stay visible: report them, and the parts that failed with them
+        log.warning("STOW stopped by a backend fault after %d stored: %s", len(result.stored), exc)
+        if not received and broke_off is None:
+            result.add_failed(
+                "",
+                "",
+                PROCESSING_FAILURE,
+                f"the request stopped ({exc.reason}); the instances listed as stored are"
+                " stored, the rest of the body was not read",
+            )
     if broke_off is not None:
         if not result.stored:
             raise broke_off

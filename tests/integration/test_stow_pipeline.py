@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import httpx
+import pytest
 import pytest_asyncio
 from dicomfiles import ct_dataset, multipart_body, to_part10, uid
+from starlette.applications import Starlette
 
 from dicomweb_server.app import create_app
 from dicomweb_server.config import Settings
+from dicomweb_server.errors import IndexUnavailableError, StoreUnavailableError
+from dicomweb_server.index.base import AddOutcome
+from dicomweb_server.index.batch import NewInstance
 
 
 @pytest_asyncio.fixture
@@ -23,6 +29,51 @@ async def small_batches(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
         ) as http,
     ):
         yield http
+
+
+@pytest_asyncio.fixture
+async def small_batches_app(settings: Settings) -> AsyncIterator[Starlette]:
+    """The same app, for a test that reaches its services."""
+    app = create_app(settings.replace(store_index_batch=2, store_pipeline_depth=3))
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+class _IndexGoesDown:
+    """The real index, whose batch adds fail once `batches` of them have committed (the
+    database stopped in the middle of a STOW)."""
+
+    def __init__(self, index: Any, batches: int) -> None:
+        self._index = index
+        self._left = batches
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+    async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
+        if self._left <= 0:
+            raise IndexUnavailableError("the index is unavailable (stopped by the test)")
+        self._left -= 1
+        result: list[AddOutcome] = await self._index.add_instances(site, instances)
+        return result
+
+
+class _StoreGoesDown:
+    """The real object store, whose puts fail once `puts` of them are written."""
+
+    def __init__(self, blobs: Any, puts: int) -> None:
+        self._blobs = blobs
+        self._left = puts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._blobs, name)
+
+    async def put(self, key: str, chunks: AsyncIterator[bytes | memoryview]) -> int:
+        if self._left <= 0:
+            raise StoreUnavailableError("the object store is unavailable (stopped by the test)")
+        self._left -= 1
+        size: int = await self._blobs.put(key, chunks)
+        return size
 
 
 def _sops(result: dict, sequence: str) -> list[str]:  # type: ignore[type-arg]
@@ -81,3 +132,62 @@ async def test_parts_before_a_malformed_end_are_stored(small_batches: httpx.Asyn
     assert response.status_code == 202
     assert len(response.json()["00081199"]["Value"]) == 2
     assert len((await small_batches.get("/instances")).json()) == 2
+
+
+@pytest.mark.parametrize("committed", [0, 1, 2])
+async def test_a_backend_fault_after_some_batches_answers_202_with_them(
+    small_batches_app: Starlette, committed: int
+) -> None:
+    """PS3.18 10.5.3: stored instances are referenced, every other part received is a
+    failure (0x0110 Processing failure); with nothing committed it stays a 503."""
+    store = small_batches_app.state.dicomweb.store
+    store.index = _IndexGoesDown(store.index, committed)
+    study = uid()
+    datasets = [ct_dataset(study, instance_number=n, seed=n) for n in range(7)]
+    body, content_type = multipart_body([to_part10(ds) for ds in datasets])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=small_batches_app),
+        base_url="http://testserver/dicomweb",
+    ) as http:
+        response = await http.post("/studies", content=body, headers={"Content-Type": content_type})
+        store.index = store.index._index
+        visible = (await http.get(f"/studies/{study}/instances")).json() or []
+    stored = [ds.SOPInstanceUID for ds in datasets[: 2 * committed]]
+    assert sorted(item["00080018"]["Value"][0] for item in visible) == sorted(stored)
+    if not committed:
+        assert response.status_code == 503, response.text
+        return
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert _sops(result, "00081199") == stored
+    failed = result["00081198"]["Value"]
+    assert {item["00081197"]["Value"][0] for item in failed} == {0x0110}
+    named = [sop for sop in _sops(result, "00081198") if sop]
+    rest = [ds.SOPInstanceUID for ds in datasets[2 * committed :]]
+    assert named == rest[: len(named)] and len(named) >= 2  # the failed batch, at least
+    assert "index is unavailable" in response.headers["warning"]
+
+
+async def test_an_object_store_fault_answers_202_with_what_was_committed(
+    small_batches_app: Starlette,
+) -> None:
+    store = small_batches_app.state.dicomweb.store
+    store.blobs = _StoreGoesDown(store.blobs, 4)
+    study = uid()
+    datasets = [ct_dataset(study, instance_number=n, seed=n) for n in range(7)]
+    body, content_type = multipart_body([to_part10(ds) for ds in datasets])
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=small_batches_app),
+        base_url="http://testserver/dicomweb",
+    ) as http:
+        response = await http.post("/studies", content=body, headers={"Content-Type": content_type})
+        store.blobs = store.blobs._blobs
+        visible = (await http.get(f"/studies/{study}/instances")).json() or []
+    stored = [ds.SOPInstanceUID for ds in datasets[:4]]
+    assert sorted(item["00080018"]["Value"][0] for item in visible) == sorted(stored)
+    assert response.status_code == 202, response.text
+    result = response.json()
+    assert _sops(result, "00081199") == stored
+    failed = result["00081198"]["Value"]
+    assert failed and {item["00081197"]["Value"][0] for item in failed} == {0x0110}
+    assert "object store is unavailable" in response.headers["warning"]
