@@ -148,7 +148,10 @@ class _Report:
         if path is not None:  # a resumed run adds to the report of the run it resumes
             path.parent.mkdir(parents=True, exist_ok=True)
             mode = "a" if resuming else "w"
-            self._file = open(path, mode, encoding="utf-8", buffering=1)  # noqa: SIM115
+            # A name that is not UTF-8 (surrogates from the OS) is written as a JSON \u escape
+            self._file = open(  # noqa: SIM115
+                path, mode, encoding="utf-8", errors="backslashreplace", buffering=1
+            )
 
     def __call__(self, label: str, outcome: Outcome, reason: str) -> None:
         if self._file is None or not (

@@ -45,7 +45,7 @@ class ImportJournal:
             " mtime INTEGER NOT NULL, outcome TEXT NOT NULL)"
         )
         self._done = {
-            name: (size, mtime)
+            _name_of(name): (size, mtime)
             for name, size, mtime in self._conn.execute("SELECT name, size, mtime FROM done")
         }
         self._pending: list[tuple[str, int, int, str]] = []
@@ -71,7 +71,8 @@ class ImportJournal:
         self._last_commit = time.monotonic()
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        pending = [(_stored_name(name), *rest) for name, *rest in self._pending]
+        self._pending = []
         with self._conn:
             self._conn.execute("BEGIN")
             self._conn.executemany(
@@ -108,3 +109,14 @@ class ImportJournal:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _stored_name(name: str) -> bytes:
+    """A name as the journal keeps it: the bytes it stands for. A path that is not UTF-8
+    (a file named on another system) comes from the OS with surrogates, which SQLite's text
+    cannot hold."""
+    return name.encode("utf-8", "surrogateescape")
+
+
+def _name_of(stored: bytes | str) -> str:
+    return stored.decode("utf-8", "surrogateescape") if isinstance(stored, bytes) else stored

@@ -820,3 +820,33 @@ def test_import_piped_into_a_reader_that_stops_ends_quietly(tmp_path: Path) -> N
     assert ran.returncode == 0, ran.stderr
     assert "Traceback" not in ran.stderr and "BrokenPipe" not in ran.stderr, ran.stderr
     assert _stored_instances(Settings(data_dir=tmp_path / "data")) == 1
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_import_of_files_named_in_another_encoding(
+    settings: Settings,
+    client: httpx.AsyncClient,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name that is not UTF-8 (Latin-1 media) crashed the journal's commit (a traceback,
+    though the instances were stored), and the report could not write it."""
+    use_settings(settings, monkeypatch)
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / os.fsdecode(b"caf\xe9.dcm")).write_bytes(_series(1)[0])
+    (source / os.fsdecode(b"notes-\xe9.txt")).write_text("not an image")
+    report = tmp_path / "report.jsonl"
+
+    ran = await run_cli(capsys, "import", source, "--report", report)
+
+    assert ran.code == 0 and "Traceback" not in ran.err, ran
+    assert [count(ran.out, label) for label in ("stored", "not DICOM")] == [1, 1]
+    (entry,) = [json.loads(line) for line in report.read_bytes().decode().splitlines()]
+    assert os.fsencode(entry["path"]) == os.fsencode(source) + b"/notes-\xe9.txt"
+    assert await _instances(client) == 1
+    with ImportJournal(tmp_path / "journal.sqlite") as journal:  # a resume finds it done
+        journal.record((os.fsdecode(b"caf\xe9.dcm"), 1, 2), "stored")
+    with ImportJournal(tmp_path / "journal.sqlite") as journal:
+        assert journal.is_done((os.fsdecode(b"caf\xe9.dcm"), 1, 2))
