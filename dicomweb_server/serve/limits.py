@@ -6,9 +6,12 @@ one header byte a minute (red-team findings, issue 23). uvicorn takes the HTTP p
 as configuration (`Config(http=...)`); this subclass of its httptools protocol counts header
 bytes and header lines and sets a deadline from a request's first byte (or the connection's
 opening) to the end of its headers: past a limit the client gets 431, past the deadline 408,
-and the connection is closed. It relies on httptools' parser callbacks (`on_message_begin`,
-`on_header`, `on_headers_complete`) and on uvicorn's `send_400_response` and
-`on_response_complete`, which compat.py checks before it is used.
+and the connection is closed. Between requests no deadline runs: an idle kept-alive
+connection is uvicorn's, closed after DICOMWEB_KEEP_ALIVE_TIMEOUT, and a response being sent
+is never cut by the next request's deadline (a pipelined request whose headers stall during
+it only stops the connection from being kept alive after it). It relies on httptools' parser
+callbacks (`on_message_begin`, `on_header`, `on_headers_complete`, `on_message_complete`)
+and on uvicorn's `send_400_response`, which `protocol_problem` checks before it is used.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ def protocol_problem() -> str | None:
         "on_message_begin",
         "on_header",
         "on_headers_complete",
-        "on_response_complete",
+        "on_message_complete",
         "send_400_response",
     ):
         if not callable(getattr(HttpToolsProtocol, name, None)):
@@ -66,7 +69,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     limits = HeaderLimits(64 << 10, 100, 15.0)
 
-    _in_headers = True
+    # What the connection waits for: "request" (no byte of the next request yet), "headers"
+    # (a request has begun, its headers have not ended) or None (a body, or a response)
+    _awaiting: str | None = "request"
     _header_bytes = 0
     _tail = b""  # the last bytes seen, for a header end split across chunks
     _header_count = 0
@@ -75,14 +80,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
-        self._start_headers()
+        # A connection that never sends a byte is closed after the header deadline too:
+        # uvicorn's keep-alive timer only runs after a response.
+        self._start_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._in_headers:
+        if self._awaiting == "request" and data:
+            self._begin_headers()  # the next request's first byte: its deadline starts now
+        if self._awaiting == "headers":
             # Only the bytes up to the blank line that ends the headers count: a chunk may
             # carry the start of the body too.
             seen = self._tail + data
@@ -96,8 +105,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if not self._in_headers:
-            self._start_headers()
+        if self._awaiting != "headers":  # a pipelined request begun inside a chunk
+            self._begin_headers()
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
@@ -107,13 +116,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        self._in_headers = False
+        self._awaiting = None
         self._stop_deadline()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        self._start_headers()  # the next request's header block, on a kept-alive connection
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        # Whatever arrives next begins another request; until it does, the connection is
+        # idle and uvicorn's keep-alive timeout, not the header deadline, bounds it.
+        self._awaiting = "request"
 
     def send_400_response(self, msg: str) -> None:
         refusal, self._refusal = self._refusal, None
@@ -122,11 +133,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             super().send_400_response(msg)
 
-    def _start_headers(self) -> None:
-        self._in_headers = True
+    def _begin_headers(self) -> None:
+        self._awaiting = "headers"
         self._header_bytes = 0
         self._tail = b""
         self._header_count = 0
+        if self._deadline is None:  # a new connection's deadline runs from its opening
+            self._start_deadline()
+
+    def _start_deadline(self) -> None:
         self._stop_deadline()
         self._deadline = asyncio.get_running_loop().call_later(
             self.limits.timeout, self._header_timeout
@@ -139,10 +154,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _header_timeout(self) -> None:
         self._deadline = None
-        if not self._in_headers or self.transport.is_closing():
+        if self._awaiting is None or self.transport.is_closing():
             return
-        if self._header_bytes == 0:  # no request begun: an idle connection, just close it
+        if self._awaiting == "request":  # a new connection that never sent a byte: close it
             self.transport.close()
+            return
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None and not getattr(cycle, "response_complete", True):
+            # A pipelined request stalled while an earlier response is sent: that response
+            # finishes, then the connection closes instead of waiting for the rest.
+            log.info("closing a connection after its response: request headers stalled")
+            cycle.keep_alive = False
             return
         self._refuse(408, f"request headers did not arrive within {self.limits.timeout:g} seconds")
 

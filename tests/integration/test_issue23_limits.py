@@ -120,6 +120,96 @@ def test_issue23_1_headers_within_the_limits_are_served(live: tuple[str, int]) -
     assert response.status_code == 200
 
 
+def _response_end(data: bytes, start: int) -> int:
+    """Where the HTTP/1.1 response at `start` of `data` ends (Content-Length or chunked)."""
+    head_end = data.index(b"\r\n\r\n", start) + 4
+    head = data[start:head_end].lower()
+    if b"content-length:" in head:
+        length = int(head.split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        return head_end + length
+    position = head_end
+    while True:
+        size_end = data.index(b"\r\n", position)
+        size = int(data[position:size_end], 16)
+        position = size_end + 2 + size + 2
+        if size == 0:
+            return position
+
+
+def test_issue23_1_a_pipelined_response_is_not_cut_by_the_header_deadline(
+    live: tuple[str, int],
+) -> None:
+    """Two requests in one write; the second's large answer is read for longer than the 2 s
+    header deadline, which must not run while it is sent."""
+    root, port = live
+    ds = ct_dataset(rows=512, columns=512, frames=32)  # 16 MiB of pixels
+    body, content_type = multipart_body([to_part10(ds)])
+    assert httpx.post(
+        root + "/studies", content=body, headers={"Content-Type": content_type}, timeout=60
+    ).is_success
+    path = (
+        f"/dicomweb/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
+    requests = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        + f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+        + f"Accept: {ALL}\r\n\r\n".encode()
+    )
+    chunks = []
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.settimeout(30)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(requests)
+        time.sleep(3)  # the server's buffers fill; its second response waits on us
+        while chunk := sock.recv(1 << 20):
+            chunks.append(chunk)
+    data = b"".join(chunks)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    second = _response_end(data, 0)
+    assert data[second:].startswith(b"HTTP/1.1 200 ")
+    assert _response_end(data, second) == len(data)  # whole, not cut at 2 s
+    assert len(data) > len(ds.PixelData)
+
+
+def test_issue23_1_an_idle_kept_alive_connection_gets_the_keep_alive_timeout(
+    live: tuple[str, int],
+) -> None:
+    """Between requests the keep-alive timeout (15 s) bounds a connection, not the 2 s header
+    deadline; the next request's headers get theirs from its first byte."""
+    _, port = live
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+
+    def answer_to(sock: socket.socket) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data or len(data) < _response_end(data, 0):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break  # closed
+            data += chunk
+        return data
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(3)  # idle longer than the header deadline
+        assert answer_to(sock).startswith(b"HTTP/1.1 200 ")
+        time.sleep(3)
+        started = time.monotonic()
+        for byte in request[:-2]:  # a header trickled a byte at a time is still cut off
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.25)
+            if time.monotonic() - started > 6:
+                break
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert time.monotonic() - started < 5
+
+
 # -- 2. a huge Accept header ------------------------------------------------------------------
 
 
