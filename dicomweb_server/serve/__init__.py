@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -29,6 +31,7 @@ log = logging.getLogger("dicomweb_server.serve")
 _WORKER_FACTORY = "dicomweb_server.serve.worker:create_worker_app"
 _STARTUP_FAILURE = 3  # uvicorn's exit code for a worker that failed before serving
 _WORKER_HEALTHCHECK = 30  # seconds
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartupError(Exception):
@@ -117,9 +120,7 @@ def run(settings: Settings) -> int:
 def _serve(settings: Settings, workers: int) -> int:
     config = uvicorn_config(settings, factory=True, workers=workers)
     if workers == 1:
-        server = uvicorn.Server(config)
-        server.run()
-        return 0 if server.started else 1
+        return _serve_in_this_process(config)
     from dicomweb_server.serve.supervisor import Supervisor
 
     sock = config.bind_socket()
@@ -130,3 +131,25 @@ def _serve(settings: Settings, workers: int) -> int:
         log.error("%d worker(s) failed to start; see the lines above", len(failed))
         return 1
     return 0
+
+
+def _serve_in_this_process(config: uvicorn.Config) -> int:
+    """One server in this process; 0 once stopped by SIGTERM or SIGINT after serving.
+
+    uvicorn stops gracefully on those signals and then raises the signal again under the
+    handler it found, which by default kills the process (143 for SIGTERM, not 0). Ours,
+    installed first, finds it instead and only asks the server to stop (again, harmlessly):
+    a signal arriving before uvicorn installs its own is not lost either.
+    """
+    server = uvicorn.Server(config)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in _STOP_SIGNALS}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if server.started else 1

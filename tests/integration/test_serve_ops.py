@@ -40,11 +40,11 @@ def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
 
 @contextmanager
 def _serving(
-    tmp_path: Path, port: int, log: Path, **settings: str
+    tmp_path: Path, port: int, log: Path, workers: str = "2", **settings: str
 ) -> Iterator[subprocess.Popen[bytes]]:
     """`dicomweb-server serve` with two workers until the block ends; output goes to `log`."""
     command = [sys.executable, "-m", "dicomweb_server", "serve", "--port", str(port)]
-    env = _env(tmp_path, data_dir=str(tmp_path / "data"), workers="2", **settings)
+    env = _env(tmp_path, data_dir=str(tmp_path / "data"), workers=workers, **settings)
     with log.open("ab") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
@@ -203,3 +203,36 @@ def test_issue21_sigterm_lets_a_stow_in_flight_finish_and_be_stored(tmp_path: Pa
         assert httpx.get(instance).status_code == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
+
+
+def test_issue21_sigterm_with_one_worker_exits_0(tmp_path: Path) -> None:
+    port = _free_port()
+    log = tmp_path / "server.log"
+    with _serving(tmp_path, port, log, workers="1") as process:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+
+
+def test_issue21_a_request_cut_off_by_the_grace_period_is_one_warning(tmp_path: Path) -> None:
+    """A STOW whose body stops coming outlives DICOMWEB_SHUTDOWN_GRACE_SECONDS: it is cut off
+    with one warning line naming the setting, no traceback, and the server still exits 0."""
+    port = _free_port()
+    log = tmp_path / "server.log"
+    body, content_type = multipart_body([to_part10(ct_dataset(rows=64, columns=64))])
+    head = (
+        f"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with (
+        _serving(tmp_path, port, log, workers="1", shutdown_grace_seconds="1") as process,
+        socket.create_connection(("127.0.0.1", port), timeout=60) as sock,
+    ):
+        sock.sendall(head + body[:1000])
+        time.sleep(0.5)  # the request is being read
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    output = log.read_text()
+    assert "Traceback" not in output and "Exception in ASGI application" not in output, output
+    cut = [line for line in output.splitlines() if "DICOMWEB_SHUTDOWN_GRACE_SECONDS" in line]
+    assert len(cut) == 1 and " WARNING " in cut[0], output
