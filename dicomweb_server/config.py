@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -377,10 +378,26 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path and not os.access(path, os.R_OK):
                 raise SettingsError(f"DICOMWEB_{name.upper()} {path!r} is not a readable file")
+        if self.ssl_certfile:
+            self._check_certificate()
         if self.default_query_limit > self.max_query_limit:
             raise SettingsError(
                 "DICOMWEB_DEFAULT_QUERY_LIMIT must not exceed DICOMWEB_MAX_QUERY_LIMIT"
             )
+
+    def _check_certificate(self) -> None:
+        """Load the certificate chain and key as uvicorn will, so a file that is not a PEM
+        certificate or key (or a key that does not match) is one line before any worker is
+        forked, not a traceback in each worker started over and over."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+        except (ssl.SSLError, OSError) as exc:
+            raise SettingsError(
+                f"DICOMWEB_SSL_CERTFILE {self.ssl_certfile!r} and DICOMWEB_SSL_KEYFILE"
+                f" {self.ssl_keyfile!r} are not a PEM certificate chain and its key:"
+                f" {getattr(exc, 'reason', None) or exc}"
+            ) from None
 
     def check_auth(self) -> None:
         """Raise SettingsError for access-control settings that cannot work together.
