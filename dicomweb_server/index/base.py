@@ -304,6 +304,11 @@ class Lifecycle(Protocol):
         """True when a trash row references the object (not an orphan: restorable)."""
         ...
 
+    async def blob_keys_in_trash(self, keys: Sequence[str], excluding: Sequence[int]) -> set[str]:
+        """Those of `keys` a trash row other than the `excluding` ones references (an
+        instance trashed again later, still restorable)."""
+        ...
+
     async def mark_deletions(
         self, blob_keys: Sequence[str], now: float, forget_before: float
     ) -> list[int]:

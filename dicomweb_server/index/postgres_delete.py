@@ -125,6 +125,15 @@ class PostgresLifecycle:
         )
         return {str(row[0]) for row in rows}
 
+    async def blob_keys_in_trash(self, keys: Sequence[str], excluding: Sequence[int]) -> set[str]:
+        rows = await self._fetch(
+            "SELECT DISTINCT blob_key FROM deleted_instances WHERE blob_key = ANY($1::text[])"
+            " AND NOT id = ANY($2::bigint[])",
+            list(keys),
+            list(excluding),
+        )
+        return {str(row[0]) for row in rows}
+
     async def trash_references(self, blob_key: str) -> bool:
         rows = await self._fetch(
             "SELECT 1 FROM deleted_instances WHERE blob_key = $1 LIMIT 1", blob_key

@@ -117,6 +117,23 @@ class SqliteLifecycle:
 
         return await self._read(run)
 
+    async def blob_keys_in_trash(self, keys: Sequence[str], excluding: Sequence[int]) -> set[str]:
+        skipped = set(excluding)
+
+        def run(conn: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(keys), IN_LIST_MAX):
+                chunk = list(keys[start : start + IN_LIST_MAX])
+                rows = conn.execute(
+                    "SELECT id, blob_key FROM deleted_instances"
+                    f" WHERE blob_key IN ({_marks(chunk)})",
+                    chunk,
+                ).fetchall()
+                found.update(str(key) for row_id, key in rows if int(row_id) not in skipped)
+            return found
+
+        return await self._read(run)
+
     async def trash_references(self, blob_key: str) -> bool:
         row = await self._read(
             lambda conn: conn.execute(

@@ -15,6 +15,7 @@ A stored rejection note is audited here (no request names the studies it rejects
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -268,12 +269,12 @@ class DeleteService:
             # The same object, trashed again under a hold, stays with it
             held_keys = {t.blob_key for t in found if t.held_by is not None}
             keys = sorted({t.blob_key for t in batch} - held_keys)
-            deleted, kept = await delete_unneeded(
-                self.lifecycle, self.blobs, keys, self.lifecycle.blob_keys_in_use
-            )
+            purged_ids = [t.id for t in batch]
+            needed = functools.partial(self._needed_beyond, purged=purged_ids)
+            deleted, kept = await delete_unneeded(self.lifecycle, self.blobs, keys, needed)
             report.kept.extend(kept)
             report.objects += len(deleted)
-            await self.lifecycle.forget_trashed([t.id for t in batch])
+            await self.lifecycle.forget_trashed(purged_ids)
             report.instances += len(batch)
             for trashed in batch:
                 site_studies = report.studies.setdefault(trashed.key.site, {})
@@ -286,6 +287,13 @@ class DeleteService:
                 ", ".join(map(str, sorted(report.holds))),
             )
         return report
+
+    async def _needed_beyond(self, keys: Sequence[str], *, purged: Sequence[int]) -> set[str]:
+        """Keys a live instance needs, or a trash row other than the `purged` ones (the same
+        bytes stored again and deleted again since: that one is still restorable)."""
+        live = await self.lifecycle.blob_keys_in_use(keys)
+        rest = [key for key in keys if key not in live]
+        return live | await self.lifecycle.blob_keys_in_trash(rest, purged)
 
     async def _site(self, name: str) -> Site:
         site = await self.sites.get_site(name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 
 import httpx
 import pytest
@@ -198,6 +199,28 @@ async def test_issue18_purge_keeps_an_object_stored_again(
     await _stow(client, files)
     purged = await app.state.dicomweb.delete.purge(older_than_days=0)
     assert purged.instances == 1 and purged.objects == 0
+    assert len(await _objects(client, path)) == 1
+
+
+async def test_issue18_purge_keeps_an_object_a_later_trash_row_needs(
+    app: Starlette, client: httpx.AsyncClient
+) -> None:
+    """Stored, deleted, stored again, deleted again: purging the first trash row kept the
+    object only for live rows, so the second, still within its grace, could not be restored."""
+    study, series, sop = uid(), uid(), uid()
+    files = _study(study, series, [sop])
+    path = f"/studies/{study}/series/{series}/instances/{sop}"
+    await _stow(client, files)
+    assert (await client.delete(path)).status_code == 204
+    await asyncio.sleep(0.05)
+    between = time.time()
+    await asyncio.sleep(0.05)
+    await _stow(client, files)
+    assert (await client.delete(path)).status_code == 204
+    delete = app.state.dicomweb.delete
+    purged = await delete.purge(older_than_days=(time.time() - between) / 86400)
+    assert purged.instances == 1 and purged.objects == 0  # the first row only; object kept
+    assert await delete.restore("default", study) == 1
     assert len(await _objects(client, path)) == 1
 
 
