@@ -16,6 +16,7 @@ import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -42,6 +43,8 @@ _AUTH_METHODS = ("oidc", "apikey")
 # Asymmetric JWS algorithms only: an HS* token could be signed with the IdP's public key
 _OIDC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512")
 _LOOPBACK_NAMES = ("localhost",)
+# An origin as a browser sends it: scheme://host[:port], no path
+_ORIGIN = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\],]+)(:[0-9]{1,5})?")
 
 
 class SettingsError(ValueError):
@@ -280,6 +283,33 @@ class Settings(BaseSettings):
         ):
             raise ValueError("must be udp://host[:port], tcp://host[:port] or tls://host[:port]")
         return value.strip()
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            return value
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError:
+            parts = urlsplit("")
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return value
+
+    @field_validator("cors_origins", "cors_write_origins")
+    @classmethod
+    def _origin_list(cls, value: str) -> str:
+        for item in (item.strip().rstrip("/") for item in value.split(",")):
+            if item and item != "*" and not _ORIGIN.fullmatch(item):
+                raise ValueError(
+                    "must be *, empty or comma-separated origins like https://viewer.example.org"
+                )
+        return value
 
     @field_validator("oidc_algorithms", mode="before")
     @classmethod
