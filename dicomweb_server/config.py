@@ -30,8 +30,14 @@ __all__ = [
 ]
 
 ENV_PREFIX = "DICOMWEB_"
-# Variables of ours that are not server settings (test, conformance and bench harnesses).
-_AUXILIARY_PREFIXES = ("DICOMWEB_TEST_", "DICOMWEB_CONFORMANCE_", "DICOMWEB_BENCH_")
+# Variables of ours that are not server settings (test, conformance and bench harnesses, and
+# the webhook secrets README names for `webhook add --secret-env`).
+_AUXILIARY_PREFIXES = (
+    "DICOMWEB_TEST_",
+    "DICOMWEB_CONFORMANCE_",
+    "DICOMWEB_BENCH_",
+    "DICOMWEB_WEBHOOK_SECRET",
+)
 
 Positive = Annotated[int, Field(ge=1)]
 PositiveFloat = Annotated[float, Field(gt=0)]

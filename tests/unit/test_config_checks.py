@@ -40,3 +40,17 @@ def test_urls_and_origins_in_use_are_accepted() -> None:
     )
     assert settings.root_url == "https://PACS.example.org:443/dicomweb"
     assert Settings.from_env(cors_origins="", base_url="").cors_origins == ""
+
+
+def test_webhook_secret_variables_are_not_warned_about_but_misspellings_are() -> None:
+    from dicomweb_server.config import unknown_variables
+
+    warnings = unknown_variables(
+        {
+            "DICOMWEB_WEBHOOK_SECRET": "x",
+            "DICOMWEB_WEBHOOK_SECRET_AI": "y",
+            "DICOMWEB_WEBHOOK_CONCURENCY": "4",
+        }
+    )
+    assert len(warnings) == 1
+    assert warnings[0].startswith("DICOMWEB_WEBHOOK_CONCURENCY is not a setting")
