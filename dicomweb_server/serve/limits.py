@@ -9,7 +9,9 @@ opening) to the end of its headers: past a limit the client gets 431, past the d
 and the connection is closed. Between requests no deadline runs: an idle kept-alive
 connection is uvicorn's, closed after DICOMWEB_KEEP_ALIVE_TIMEOUT, and a response being sent
 is never cut by the next request's deadline (a pipelined request whose headers stall during
-it only stops the connection from being kept alive after it). It relies on httptools' parser
+it only stops the connection from being kept alive after it). Past DICOMWEB_MAX_CONNECTIONS
+(uvicorn's `limit_concurrency`, tested as uvicorn does) the 503 is ours too: JSON with a reason
+and Retry-After. It relies on httptools' parser
 callbacks (`on_message_begin`, `on_header`, `on_headers_complete`, `on_message_complete`)
 and on uvicorn's `send_400_response`, which `protocol_problem` checks before it is used.
 """
@@ -27,7 +29,12 @@ __all__ = ["HeaderLimits", "LimitedHttpToolsProtocol", "limit_headers", "protoco
 
 log = logging.getLogger("dicomweb_server.serve")
 
-_STATUS_TEXT = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+_STATUS_TEXT = {
+    408: b"Request Timeout",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+_RETRY_AFTER = 1  # seconds a client refused for DICOMWEB_MAX_CONNECTIONS is told to wait
 
 
 class HeaderLimits:
@@ -118,7 +125,17 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._awaiting = None
         self._stop_deadline()
+        if self._over_connection_limit():
+            # uvicorn's own answer would be a text/plain 503 without a reason or Retry-After
+            self._refusal = (503, "the server is at DICOMWEB_MAX_CONNECTIONS; try again shortly")
+            raise _HeaderLimitError
         super().on_headers_complete()
+
+    def _over_connection_limit(self) -> bool:
+        """uvicorn's own test for `limit_concurrency`, made first so the 503 is ours."""
+        limit = self.config.limit_concurrency
+        state = self.server_state
+        return limit is not None and (len(state.connections) >= limit or len(state.tasks) >= limit)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -176,10 +193,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         body = orjson.dumps({"status": status, "reason": reason})
+        retry = b"retry-after: %d\r\n" % _RETRY_AFTER if status == 503 else b""
         head = (
-            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
+            b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n%s"
             b"content-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, _STATUS_TEXT[status], len(body))
+            % (status, _STATUS_TEXT[status], retry, len(body))
         )
         self.transport.write(head + body)
         self.transport.close()

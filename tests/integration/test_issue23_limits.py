@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from dicomfiles import ct_dataset, multipart_body, parse_multipart, to_part10, uid
 from live import serving
@@ -208,6 +209,25 @@ def test_issue23_1_an_idle_kept_alive_connection_gets_the_keep_alive_timeout(
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 408 "), answer
         assert time.monotonic() - started < 5
+
+
+def test_issue23_1_over_the_connection_limit_is_a_json_503_with_retry_after(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(data_dir=tmp_path / "live", port=_free_port(), max_connections=3)
+    with serving(settings):
+        idle = [socket.create_connection(("127.0.0.1", settings.port)) for _ in range(4)]
+        try:
+            time.sleep(0.3)
+            answer = _raw(settings.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            for sock in idle:
+                sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), answer
+    assert b"retry-after: 1" in head.lower()
+    assert b"application/json" in head
+    assert "DICOMWEB_MAX_CONNECTIONS" in orjson.loads(body)["reason"]
 
 
 # -- 2. a huge Accept header ------------------------------------------------------------------
