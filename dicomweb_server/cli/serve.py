@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Any
 
 from dicomweb_server.config import Settings, SettingsError
 from dicomweb_server.serve import StartupError, run, worker_count
+from dicomweb_server.serve.logs import JsonFormatter
 
 __all__ = ["OVERRIDES", "add_commands"]
 
@@ -51,11 +53,16 @@ def add_commands(commands: Any) -> None:
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     workers = worker_count(settings)
     try:
-        print(
+        banner = (
             f"dicomweb-server: serving {settings.root_url} with {workers} worker"
-            f"{'s' if workers > 1 else ''} (data in {settings.data_dir})",
-            flush=True,
+            f"{'s' if workers > 1 else ''} (data in {settings.data_dir})"
         )
+        if settings.log_format == "json":  # a log collector reads every line as JSON
+            record = logging.LogRecord(
+                "dicomweb_server.serve", logging.INFO, __file__, 0, banner, None, None
+            )
+            banner = JsonFormatter().format(record)
+        print(banner, flush=True)
         return run(settings)
     except (StartupError, SettingsError) as exc:
         print(f"dicomweb-server: cannot start: {exc}", file=sys.stderr)
