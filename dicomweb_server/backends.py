@@ -84,7 +84,7 @@ async def open_blob_store_at(url: str, settings: Settings) -> BlobStore:
             region=settings.s3_region or None,
             multipart_threshold=settings.s3_multipart_threshold,
             part_size=settings.s3_part_size,
-            read_timeout=settings.backend_timeout,
+            backend_timeout=settings.backend_timeout,
             read_connections=settings.s3_read_connections,
         )
     raise ValueError(

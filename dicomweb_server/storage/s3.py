@@ -1,12 +1,30 @@
-"""The S3 blob store on aiobotocore: single or multipart puts, ranged gets, errors wrapped."""
+"""The S3 blob store on aiobotocore: single or multipart puts, ranged gets, errors wrapped.
+
+Every call is bounded by the backend timeout, so a store that stops answering (a wedged
+gateway, a partitioned network: connections still accepted, nothing ever said) is a
+StoreUnavailableError after about that long, never a request held until it wakes:
+
+- a request (a head, a delete, a listing page, a put of one object or of one multipart part,
+  the start and end of a multipart upload) is answered within it, botocore's retries and a
+  presigned attempt's fallback to botocore included; the body of one request is at most a
+  part (DICOMWEB_S3_PART_SIZE) or the multipart threshold, so an object of any size is
+  stored as long as each part gets through within the timeout;
+- a read gets the object's answer within it, then each piece of its body within it: a
+  transfer that keeps moving is never cut, however long it takes in all, one that stalls
+  mid-body is.
+
+Time spent waiting for the caller (the next chunk of an upload, the consumer of a read) does
+not count.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import re
 import warnings
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +74,9 @@ _MISSING_KEY_CODES = frozenset({"NoSuchKey", "NotFound", "404"})
 
 # Transport faults, beside botocore's own: aiohttp's, timeouts, sockets.
 _TRANSPORT_ERRORS = (BotoCoreError, aiohttp.ClientError, TimeoutError, OSError)
+
+# A response body's read(n): up to n bytes as they arrive, b"" at the end.
+_Read = Callable[[int], Awaitable[bytes]]
 
 
 def _check_key(key: str) -> str:
@@ -136,6 +157,8 @@ class S3BlobStore:
     """Objects under `prefix` in one bucket; puts of `multipart_threshold` or more go multipart.
 
     A put holds at most max(multipart_threshold, part_size) bytes plus one incoming chunk.
+    Each request, and each wait for more of a body, gives up after `backend_timeout` seconds
+    (see the module's docstring).
     """
 
     def __init__(
@@ -149,17 +172,23 @@ class S3BlobStore:
         part_size: int = 8 << 20,
         http: aiohttp.ClientSession | None = None,
         credentials: Any = None,
+        backend_timeout: float = 30,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (S3's minimum)")
         if multipart_threshold < 1:
             raise ValueError("multipart_threshold must be positive")
+        if backend_timeout <= 0:
+            raise ValueError("backend_timeout must be positive")
         self._client = client
         self._exit_stack = exit_stack
         self._bucket = bucket
         self._prefix = _check_prefix(prefix)
         self._multipart_threshold = multipart_threshold
         self._part_size = part_size
+        self._timeout = backend_timeout
+        # Multipart uploads being aborted after the store failed them, awaited by close().
+        self._aborts: set[asyncio.Task[None]] = set()
         self._http = http  # reads by presigned URL when set; else every call goes by botocore
         # The session's credentials, for URLs signed here once botocore's first one showed
         # how (storage/s3_presign.py); None: botocore signs every URL.
@@ -180,16 +209,19 @@ class S3BlobStore:
         multipart_threshold: int = 8 << 20,
         part_size: int = 8 << 20,
         connect_timeout: float = 5,
-        read_timeout: float = 30,
+        backend_timeout: float = 30,
         max_attempts: int = 3,
         read_connections: int = 64,
     ) -> S3BlobStore:
-        """Open a client (credentials from the standard AWS chain); close() releases it."""
+        """Open a client (credentials from the standard AWS chain); close() releases it.
+
+        `backend_timeout` bounds each request, retries included, and each wait for more of a
+        body; botocore's `max_attempts` are tries within it (a quick failure is tried again)."""
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
         config = AioConfig(
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
+            connect_timeout=min(connect_timeout, backend_timeout),
+            read_timeout=backend_timeout,
             # total_max_attempts counts the first try, unlike botocore's max_attempts.
             retries={"mode": "standard", "total_max_attempts": max_attempts},
             # Self-hosted S3 servers rarely resolve bucket subdomains; AWS picks its own style.
@@ -210,7 +242,10 @@ class S3BlobStore:
                 credentials = await session.get_credentials()
             http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=read_connections),
-                timeout=aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout),
+                timeout=aiohttp.ClientTimeout(
+                    sock_connect=min(connect_timeout, backend_timeout),
+                    sock_read=backend_timeout,
+                ),
                 auto_decompress=False,
             )
             exit_stack.push_async_callback(http.close)
@@ -223,6 +258,7 @@ class S3BlobStore:
                 part_size=part_size,
                 http=http,
                 credentials=credentials,
+                backend_timeout=backend_timeout,
             )
         except BaseException:
             await exit_stack.aclose()
@@ -241,11 +277,12 @@ class S3BlobStore:
             if len(buffer) >= self._multipart_threshold:
                 return await self._put_multipart(object_key, key, buffer, size, chunks)
         body = bytes(buffer)
-        if not await self._presigned_put(object_key, key, body):
-            with _wrapped("put", key):
-                await self._client.put_object(
-                    Bucket=self._bucket, Key=object_key, Body=body, ContentLength=size
-                )
+        with _wrapped("put", key):
+            async with asyncio.timeout(self._timeout):
+                if not await self._presigned_put(object_key, key, body):
+                    await self._client.put_object(
+                        Bucket=self._bucket, Key=object_key, Body=body, ContentLength=size
+                    )
         return size
 
     async def _presigned_put(self, object_key: str, key: str, body: bytes) -> bool:
@@ -286,9 +323,10 @@ class S3BlobStore:
     ) -> int:
         """Continue a put as a multipart upload; abort it on any failure, so nothing shows."""
         with _wrapped("multipart start", key):
-            created = await self._client.create_multipart_upload(
-                Bucket=self._bucket, Key=object_key
-            )
+            async with asyncio.timeout(self._timeout):
+                created = await self._client.create_multipart_upload(
+                    Bucket=self._bucket, Key=object_key
+                )
         upload_id = created["UploadId"]
         parts: list[CompletedPartTypeDef] = []
 
@@ -299,14 +337,15 @@ class S3BlobStore:
                     f"object {key} needs more than {_MAX_PARTS} parts of {self._part_size} bytes"
                 )
             with _wrapped("part upload", key):
-                uploaded = await self._client.upload_part(
-                    Bucket=self._bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    PartNumber=number,
-                    Body=body,
-                    ContentLength=len(body),
-                )
+                async with asyncio.timeout(self._timeout):
+                    uploaded = await self._client.upload_part(
+                        Bucket=self._bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=body,
+                        ContentLength=len(body),
+                    )
             parts.append({"ETag": uploaded["ETag"], "PartNumber": number})
 
         async def flush_full_parts() -> None:
@@ -326,12 +365,20 @@ class S3BlobStore:
                 await upload(bytes(buffer))
                 buffer.clear()
             with _wrapped("multipart completion", key):
-                await self._client.complete_multipart_upload(
-                    Bucket=self._bucket,
-                    Key=object_key,
-                    UploadId=upload_id,
-                    MultipartUpload={"Parts": parts},
-                )
+                async with asyncio.timeout(self._timeout):
+                    await self._client.complete_multipart_upload(
+                        Bucket=self._bucket,
+                        Key=object_key,
+                        UploadId=upload_id,
+                        MultipartUpload={"Parts": parts},
+                    )
+        except StoreUnavailableError:
+            # The store failed the upload (it may not answer at all): the caller hears so now,
+            # not one timeout later; the abort goes on meanwhile.
+            task = asyncio.create_task(self._abort(object_key, upload_id))
+            self._aborts.add(task)
+            task.add_done_callback(self._aborts.discard)
+            raise
         except BaseException:
             await self._abort(object_key, upload_id)
             raise
@@ -339,9 +386,10 @@ class S3BlobStore:
 
     async def _abort(self, object_key: str, upload_id: str) -> None:
         try:
-            await self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=object_key, UploadId=upload_id
-            )
+            async with asyncio.timeout(self._timeout):
+                await self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=object_key, UploadId=upload_id
+                )
         except (ClientError, *_TRANSPORT_ERRORS) as exc:
             # The put already failed; S3 lifecycle rules reap what this leaves behind.
             logger.warning(
@@ -351,7 +399,8 @@ class S3BlobStore:
     async def _exists(self, key: str) -> None:
         """Raise NotFoundError unless `key` exists (for zero-length reads, which send no range)."""
         with _wrapped("head", key):
-            await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
+            async with asyncio.timeout(self._timeout):
+                await self._client.head_object(Bucket=self._bucket, Key=self._object_key(key))
 
     @asynccontextmanager
     async def _presigned_get(
@@ -440,6 +489,31 @@ class S3BlobStore:
         except _TRANSPORT_ERRORS as exc:
             raise _translate(exc, "get", key) from exc
 
+    @asynccontextmanager
+    async def _opened(self, key: str, range_header: str | None) -> AsyncIterator[_Read | None]:
+        """The body of a GET of the object (or of a range of it) as its read(n); None when the
+        range starts past the end. The answer comes within the timeout: a presigned GET and
+        botocore's tries after it share that deadline."""
+        async with AsyncExitStack() as stack:
+            read: _Read | None = None
+            with _wrapped("get", key):
+                async with asyncio.timeout(self._timeout):
+                    fast = await stack.enter_async_context(self._presigned_get(key, range_header))
+                    if fast is not None:
+                        read = fast.content.read
+                    else:
+                        response = await self._get_object(key, range_header)
+                        if response is not None:
+                            read = (await stack.enter_async_context(response["Body"])).read
+            yield read
+
+    async def _next(self, read: _Read, size: int, key: str) -> bytes:
+        """Up to `size` more bytes of a body (b"" at its end), the first of them within the
+        timeout: a body that stops coming is cut, one that keeps coming never is."""
+        with _wrapped("read", key):
+            async with asyncio.timeout(self._timeout):
+                return await read(size)
+
     async def iter_get(
         self,
         key: str,
@@ -452,22 +526,10 @@ class S3BlobStore:
         if length == 0:
             await self._exists(key)
             return
-        range_header = _range_header(start, length)
-        async with self._presigned_get(key, range_header) as fast:
-            if fast is not None:
-                with _wrapped("read", key):
-                    async for chunk in fast.content.iter_chunked(chunk_size):
-                        yield chunk
-                return
-        response = await self._get_object(key, range_header)
-        if response is None:
-            return  # like reading a file past its end: nothing
-        async with response["Body"] as body:
-            while True:
-                with _wrapped("read", key):
-                    chunk = await body.read(chunk_size)
-                if not chunk:
-                    break
+        async with self._opened(key, _range_header(start, length)) as read:
+            if read is None:
+                return  # like reading a file past its end: nothing
+            while chunk := await self._next(read, chunk_size, key):
                 yield chunk
 
     async def read_range(self, key: str, start: int, length: int) -> bytes:
@@ -476,27 +538,25 @@ class S3BlobStore:
         if length == 0:
             await self._exists(key)
             return b""
-        range_header = f"bytes={start}-{start + length - 1}"
-        data = None
-        async with self._presigned_get(key, range_header) as fast:
-            if fast is not None:
-                with _wrapped("read", key):
-                    data = await fast.read()
-        if data is None:
-            response = await self._get_object(key, range_header)
-            if response is None:
-                raise NotFoundError(f"object {key} is shorter than the requested range")
-            async with response["Body"] as body:
-                with _wrapped("read", key):
-                    data = await body.read()
-        if len(data) != length:
+        pieces: list[bytes] = []
+        received = 0
+        async with self._opened(key, f"bytes={start}-{start + length - 1}") as read:
+            # Piece by piece, as they arrive: the timeout is for each, not for the whole.
+            while read is not None and received < length:
+                piece = await self._next(read, length - received, key)
+                if not piece:
+                    break
+                pieces.append(piece)
+                received += len(piece)
+        if received != length:
             raise NotFoundError(f"object {key} is shorter than the requested range")
-        return data
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     async def delete(self, key: str) -> None:
         # S3 deletes are idempotent: a missing key answers 204 like a present one.
         with _wrapped("delete", key):
-            await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
+            async with asyncio.timeout(self._timeout):
+                await self._client.delete_object(Bucket=self._bucket, Key=self._object_key(key))
 
     async def iter_objects(self, prefix: str = "") -> AsyncIterator[BlobInfo]:
         paginator = self._client.get_paginator("list_objects_v2")
@@ -505,7 +565,8 @@ class S3BlobStore:
         while True:
             with _wrapped("listing", prefix or "/"):
                 try:
-                    page = await anext(iterator)
+                    async with asyncio.timeout(self._timeout):  # a page; not the whole listing
+                        page = await anext(iterator)
                 except StopAsyncIteration:
                     return
             for item in page.get("Contents", []):
@@ -519,9 +580,12 @@ class S3BlobStore:
                     )
 
     async def ping(self) -> None:
-        """The bucket answers (HEAD bucket), within the client's timeouts."""
+        """The bucket answers (HEAD bucket), within the timeout."""
         with _wrapped("bucket check", self._prefix or "/"):
-            await self._client.head_bucket(Bucket=self._bucket)
+            async with asyncio.timeout(self._timeout):
+                await self._client.head_bucket(Bucket=self._bucket)
 
     async def close(self) -> None:
+        if self._aborts:  # each bounded by the timeout
+            await asyncio.wait(self._aborts)
         await self._exit_stack.aclose()
