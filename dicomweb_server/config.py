@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # one instance's fsync or upload overlaps the next one's parsing.
     store_pipeline_depth: Positive = 4
     store_index_batch: Positive = 50  # written instances indexed per transaction (one commit)
+    # A request keeps its written parts' bytes until they are indexed (to write an object
+    # again that a racing purge deleted): past this many in memory, it indexes early.
+    store_held_memory_bytes: Positive = 64 << 20
     # Part 10 parsing limits
     bulk_data_threshold: Positive = 1024  # binary values above this become BulkDataURIs
     max_sequence_depth: Positive = 64

@@ -89,6 +89,11 @@ ROWS: tuple[Row, ...] = (
     Row(("spool_memory_bytes",), "a part above this spools to disk"),
     Row(("store_pipeline_depth",), "parts of one STOW request parsed and written at once"),
     Row(("store_index_batch",), "stored instances indexed per transaction"),
+    Row(
+        ("store_held_memory_bytes",),
+        "bytes of written parts one STOW request keeps in memory until they are indexed (to"
+        " write again an object a racing purge deleted); past it, it indexes early",
+    ),
     Row(("bulk_data_threshold",), "binary values above this many bytes become BulkDataURIs"),
     Row(("max_sequence_depth",), "deeper nesting is refused"),
     Row(("max_frames",), "NumberOfFrames above this is refused"),

@@ -251,7 +251,13 @@ async def _import_into(
             grace_days=settings.delete_grace_days,
             audit=audit,
         )
-        store = StoreService(index, backends.blobs, parse_limits(settings), lifecycle=deleter)
+        store = StoreService(
+            index,
+            backends.blobs,
+            parse_limits(settings),
+            lifecycle=deleter,
+            held_memory=settings.store_held_memory_bytes,
+        )
         service = ImportService(
             store,
             site,

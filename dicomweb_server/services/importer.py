@@ -284,7 +284,11 @@ class ImportService:
         self._index = _OutcomeIndex(store.index)
         # The store's lifecycle too: a rejection note is applied as over STOW, by `principal`.
         self._store = StoreService(
-            self._index, store.blobs, store.limits, lifecycle=store.lifecycle
+            self._index,
+            store.blobs,
+            store.limits,
+            lifecycle=store.lifecycle,
+            held_memory=store.held_memory,
         )
         self._site = site
         self._principal = principal

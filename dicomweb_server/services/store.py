@@ -64,9 +64,6 @@ log = logging.getLogger("dicomweb_server.store")
 _ZERO_PREAMBLE = b"\0" * PREAMBLE_LENGTH
 _FRAME_CHECK_BYTES = 8 << 20  # a first fragment up to this size is checked at ingest
 _META_READ = 64 << 10  # bytes read to find the file meta group (it is a few hundred)
-# Written parts keep their bytes until their batch is indexed (to write an object again that
-# a racing purge deleted); past this many bytes held in memory the batch is indexed early.
-_HELD_MEMORY = 64 << 20
 # How long a batch waits for a deletion of its objects to end (a purge deletes a batch of
 # objects in seconds), and how often it looks; past it the objects are checked anyway.
 _DELETION_WAIT = 60.0
@@ -170,6 +167,10 @@ class StoreService:
     blobs: BlobStore
     limits: ParseLimits
     lifecycle: DeleteService | None = None
+    # Written parts keep their bytes until their batch is indexed (to write an object again
+    # that a racing purge deleted); past this many bytes held in memory by one request, its
+    # batch is indexed early (DICOMWEB_STORE_HELD_MEMORY_BYTES).
+    held_memory: int = 64 << 20
 
     def request(
         self,
@@ -326,7 +327,7 @@ class StoreRequest:
             except DicomwebError as exc:  # its object could not be written: the store failed
                 self._ready.append(_unwritten(exc))
                 raise
-            if len(self._ready) >= self._batch or self._held_memory >= _HELD_MEMORY:
+            if len(self._ready) >= self._batch or self._held_memory >= self._service.held_memory:
                 await self._flush()
 
     async def _flush(self) -> None:

@@ -191,3 +191,40 @@ async def test_an_object_store_fault_answers_202_with_what_was_committed(
     failed = result["00081198"]["Value"]
     assert failed and {item["00081197"]["Value"][0] for item in failed} == {0x0110}
     assert "object store is unavailable" in response.headers["warning"]
+
+
+class _BatchSizes:
+    """The real index, recording how many instances each batch add indexes."""
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+        self.sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._index, name)
+
+    async def add_instances(self, site: str, instances: Sequence[NewInstance]) -> list[AddOutcome]:
+        self.sizes.append(len(instances))
+        result: list[AddOutcome] = await self._index.add_instances(site, instances)
+        return result
+
+
+async def test_a_request_holding_too_many_written_bytes_indexes_early(settings: Settings) -> None:
+    """Written parts keep their bytes until indexed (a racing purge may need them written
+    again); DICOMWEB_STORE_HELD_MEMORY_BYTES bounds what one request holds in memory: past
+    it the batch is indexed before it is full, and everything is still stored."""
+    parts = [to_part10(ct_dataset(uid(), instance_number=n, seed=n)) for n in range(6)]
+    held = 2 * len(parts[0]) + 1  # three parts pass it
+    app = create_app(settings.replace(store_index_batch=50, store_held_memory_bytes=held))
+    async with app.router.lifespan_context(app):
+        store = app.state.dicomweb.store
+        sizes = store.index = _BatchSizes(store.index)
+        body, content_type = multipart_body(parts)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://testserver/dicomweb"
+        ) as http:
+            response = await http.post(
+                "/studies", content=body, headers={"Content-Type": content_type}
+            )
+        assert response.status_code == 200, response.text
+    assert sum(sizes.sizes) == 6 and max(sizes.sizes) <= 3 and len(sizes.sizes) >= 2
