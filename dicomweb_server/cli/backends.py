@@ -18,6 +18,8 @@ from dicomweb_server.config import Settings
 from dicomweb_server.domain.part10 import ParseLimits
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.index.base import PlannerStatistics, SiteCatalog
+from dicomweb_server.services.audit import AuditService
+from dicomweb_server.services.delete import DeleteService
 
 __all__ = [
     "SITE_PATTERN",
@@ -25,6 +27,7 @@ __all__ = [
     "check_site",
     "check_site_exists",
     "default_jobs",
+    "delete_service",
     "interruptible",
     "jobs_of",
     "opened_backends",
@@ -97,6 +100,17 @@ async def check_site_exists(command: str, catalog: SiteCatalog, site: str) -> bo
         return True
     say(command, f"unknown site {site!r}: add it first (dicomweb-server sites add {site})")
     return False
+
+
+def delete_service(
+    backends: Backends, settings: Settings, audit: AuditService | None = None
+) -> DeleteService:
+    """Deletion, rejection and the trash over the command's backends, as `serve` has them;
+    with `audit`, the rejections a stored note applies are recorded."""
+    index = backends.index
+    return DeleteService(
+        index, index, index, backends.blobs, grace_days=settings.delete_grace_days, audit=audit
+    )
 
 
 def jobs_of(args: argparse.Namespace) -> int:

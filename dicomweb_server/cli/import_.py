@@ -21,6 +21,7 @@ from dicomweb_server.cli.backends import (
     add_common,
     check_site,
     check_site_exists,
+    delete_service,
     interruptible,
     jobs_of,
     opened_backends,
@@ -34,7 +35,6 @@ from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.domain.grants import EVERY_GRANT
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.services.audit import AuditService, system_event
-from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.import_files import ReadLimits, iter_file_items, scan_totals
 from dicomweb_server.services.import_journal import ImportJournal, journal_path
 from dicomweb_server.services.importer import (
@@ -243,14 +243,7 @@ async def _import_into(
             )
             audit.record(event)
 
-        deleter = DeleteService(
-            index,
-            index,
-            index,
-            backends.blobs,
-            grace_days=settings.delete_grace_days,
-            audit=audit,
-        )
+        deleter = delete_service(backends, settings, audit)
         store = StoreService(
             index,
             backends.blobs,

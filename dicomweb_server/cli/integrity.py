@@ -11,6 +11,7 @@ from dicomweb_server.cli.backends import (
     add_common,
     check_site,
     check_site_exists,
+    delete_service,
     interruptible,
     jobs_of,
     opened_backends,
@@ -22,7 +23,6 @@ from dicomweb_server.cli.progress import Progress, Snapshot, format_bytes, forma
 from dicomweb_server.config import Settings
 from dicomweb_server.errors import DicomwebError
 from dicomweb_server.services.audit import AuditService
-from dicomweb_server.services.delete import DeleteService
 from dicomweb_server.services.reindex import ReindexOutcome, ReindexService
 from dicomweb_server.services.verify import Finding, VerifyService
 
@@ -137,14 +137,7 @@ async def _reindex_async(settings: Settings, args: argparse.Namespace, site: str
                 )
                 return 2
             audit = AuditService(index)  # the rejections of the notes applied, written below
-            deleter = DeleteService(
-                index,
-                index,
-                index,
-                backends.blobs,
-                grace_days=settings.delete_grace_days,
-                audit=audit,
-            )
+            deleter = delete_service(backends, settings, audit)
             service = ReindexService(
                 index,
                 backends.blobs,

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from dicomweb_server.backends import open_backends
 from dicomweb_server.cli.admin_record import operator_name, record_change
+from dicomweb_server.cli.backends import delete_service
 from dicomweb_server.config import Settings
 from dicomweb_server.domain.audit import AuditAction
 from dicomweb_server.errors import DicomwebError
@@ -88,11 +89,8 @@ def _runner(action: Any) -> Any:
 async def _run(action: Any, settings: Settings, args: argparse.Namespace) -> int:
     backends = await open_backends(settings)
     try:
-        index = backends.index
-        deleter = DeleteService(
-            index, index, index, backends.blobs, grace_days=settings.delete_grace_days
-        )
-        code: int = await action(deleter, HoldService(index), settings, args)
+        deleter = delete_service(backends, settings)
+        code: int = await action(deleter, HoldService(backends.index), settings, args)
         return code
     except DicomwebError as exc:
         print(f"dicomweb-server: {exc.reason}", file=sys.stderr)
