@@ -74,7 +74,11 @@ ROWS: tuple[Row, ...] = (
         ("sqlite_loop_read_max_ms",),
         "SQLite index: point reads (a frame's instance, a study's version) run on the event loop, skipping a thread hop that costs more than the read; one that waits off the CPU longer than this (a slow disk, a network file system) sends them to the reader threads for a minute (0: always on the threads)",
     ),
-    Row(("backend_timeout",), "seconds before a slow backend call becomes a 503"),
+    Row(
+        ("backend_timeout",),
+        "seconds before a slow backend call becomes a 503 (for S3: each request, retries"
+        " included, and each wait for more of a body)",
+    ),
     Row(
         ("ready_timeout",),
         "seconds `/readyz` waits for each of the index and the object store before it answers 503 naming the one that did not answer",
