@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import BinaryIO, cast
 
@@ -171,6 +171,10 @@ class StoreService:
     # that a racing purge deleted); past this many bytes held in memory by one request, its
     # batch is indexed early (DICOMWEB_STORE_HELD_MEMORY_BYTES).
     held_memory: int = 64 << 20
+    # The deletion epoch last read by any request of this process. Epochs only grow, so a
+    # request may take it as the one "before its first write" without reading it again: an
+    # older value only makes it check its objects once more after a deletion.
+    seen_epoch: int | None = field(default=None, init=False)
 
     def request(
         self,
@@ -280,6 +284,8 @@ class StoreRequest:
         it."""
         try:
             await self._slots.acquire()
+            if self._epoch is None:
+                self._epoch = self._service.seen_epoch
             if self._epoch is None and self._service.lifecycle is not None:
                 # Read before any object is written: a deletion that ends after this read
                 # advances the epoch past it (see _keep_written)
@@ -454,6 +460,7 @@ class StoreRequest:
         since = min(self._held[id(item)][1] for item in indexed)
         epoch, marked = await lifecycle.deletion_state(keys)
         self._epoch = epoch
+        self._service.seen_epoch = max(epoch, self._service.seen_epoch or 0)
         if epoch == since and not marked:
             return
         loop = asyncio.get_running_loop()
