@@ -114,6 +114,20 @@ class GraceCutOffFilter(logging.Filter):
         return True
 
 
+class PluginFailureFilter(logging.Filter):
+    """pydicom logs each codec plugin that fails on a frame with its traceback, at ERROR,
+    then raises one error naming every plugin's failure, which we answer (a 406 naming it)
+    or log ourselves. An undecodable image is the data's condition, not a fault: the
+    tracebacks are dropped; pydicom's other lines (warnings) pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.exc_info is None
+
+
+# pydicom's loggers that log a traceback per failing plugin (pydicom 3.0: pixels/*/base.py)
+_PLUGIN_LOGGERS = ("pydicom.pixels.decoders.base", "pydicom.pixels.encoders.base")
+
+
 def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
     """A `logging.config.dictConfig` dictionary: our loggers and uvicorn's at `level`."""
     upper = "DEBUG" if level.lower() == "trace" else level.upper()
@@ -124,13 +138,17 @@ def log_config(level: str, log_format: str = "text") -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"plain": formatter},
-        "filters": {"grace": {"()": f"{__name__}.GraceCutOffFilter"}},
+        "filters": {
+            "grace": {"()": f"{__name__}.GraceCutOffFilter"},
+            "plugin_failures": {"()": f"{__name__}.PluginFailureFilter"},
+        },
         "handlers": {"stderr": {"()": f"{__name__}.StderrHandler", "formatter": "plain"}},
         "loggers": {
             "dicomweb_server": {"level": upper},
             "uvicorn": {"level": upper},
             "uvicorn.error": {"level": upper, "filters": ["grace"]},
             "uvicorn.access": {"level": "WARNING", "propagate": False, "handlers": []},
+            **{name: {"filters": ["plugin_failures"]} for name in _PLUGIN_LOGGERS},
         },
         "root": {
             "level": "WARNING" if upper in ("INFO", "DEBUG") else upper,
