@@ -43,7 +43,7 @@ from dicomweb_server.index.base import (
 from dicomweb_server.services.audit import AuditService, system_event
 from dicomweb_server.storage.base import BlobStore
 
-__all__ = ["DeleteService", "PurgeReport", "delete_unneeded"]
+__all__ = ["DeleteService", "PurgeReport", "delete_unneeded", "referenced"]
 
 log = logging.getLogger("dicomweb_server.delete")
 _DAY = 86400.0
@@ -83,6 +83,18 @@ async def delete_unneeded(
     finally:
         await lifecycle.end_deletions(marks)
     return deleted, [key for key in blob_keys if key in keep]
+
+
+async def referenced(
+    lifecycle: Lifecycle, keys: Sequence[str], excluding: Sequence[int] = ()
+) -> set[str]:
+    """Those of `keys` an instance needs: a live one (the same instance stored again has the
+    same key), or a trash row other than the `excluding` ones (restorable)."""
+    live = await lifecycle.blob_keys_in_use(keys)
+    rest = [key for key in keys if key not in live]
+    if not rest:
+        return live
+    return live | await lifecycle.blob_keys_in_trash(rest, excluding)
 
 
 @dataclass(slots=True)
@@ -209,21 +221,11 @@ class DeleteService:
         """`study`, `series` or `instance` when the site holds something with this UID."""
         return await self.lifecycle.uid_level(site, uid)
 
-    async def in_use(self, blob_key: str) -> bool:
-        """True when an instance still needs this object: a trashed one (for restore), or a
-        stored one (the same instance with the same content has the same key)."""
-        if await self.lifecycle.trash_references(blob_key):
-            return True
-        return bool(await self.lifecycle.blob_keys_in_use([blob_key]))
-
     async def discard(self, blob_key: str) -> None:
         """Delete the object of a part that is not stored, unless an instance still needs it:
         a trashed one, or a stored one (the same instance sent again, byte for byte, has the
         stored copy's key)."""
-
-        async def needed(keys: Sequence[str]) -> set[str]:
-            return {key for key in keys if await self.in_use(key)}
-
+        needed = functools.partial(referenced, self.lifecycle)
         await delete_unneeded(self.lifecycle, self.blobs, [blob_key], needed)
 
     async def deletion_state(self, blob_keys: Sequence[str]) -> tuple[int, set[str]]:
@@ -270,7 +272,9 @@ class DeleteService:
             held_keys = {t.blob_key for t in found if t.held_by is not None}
             keys = sorted({t.blob_key for t in batch} - held_keys)
             purged_ids = [t.id for t in batch]
-            needed = functools.partial(self._needed_beyond, purged=purged_ids)
+            # A trash row this batch does not purge (the same bytes stored again and deleted
+            # again since) is still restorable: its object stays
+            needed = functools.partial(referenced, self.lifecycle, excluding=purged_ids)
             deleted, kept = await delete_unneeded(self.lifecycle, self.blobs, keys, needed)
             report.kept.extend(kept)
             report.objects += len(deleted)
@@ -287,13 +291,6 @@ class DeleteService:
                 ", ".join(map(str, sorted(report.holds))),
             )
         return report
-
-    async def _needed_beyond(self, keys: Sequence[str], *, purged: Sequence[int]) -> set[str]:
-        """Keys a live instance needs, or a trash row other than the `purged` ones (the same
-        bytes stored again and deleted again since: that one is still restorable)."""
-        live = await self.lifecycle.blob_keys_in_use(keys)
-        rest = [key for key in keys if key not in live]
-        return live | await self.lifecycle.blob_keys_in_trash(rest, purged)
 
     async def _site(self, name: str) -> Site:
         site = await self.sites.get_site(name)

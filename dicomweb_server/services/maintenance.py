@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from dicomweb_server.domain.blob_keys import parse_instance_blob_key
 from dicomweb_server.index.base import InstanceIndex, Lifecycle
-from dicomweb_server.services.delete import delete_unneeded
+from dicomweb_server.services.delete import delete_unneeded, referenced
 from dicomweb_server.storage.base import BlobStore
 
 __all__ = ["SweepReport", "sweep_orphans"]
@@ -59,7 +58,7 @@ async def sweep_orphans(
             continue
         if not dry_run and isinstance(index, Lifecycle):
             deleted, _ = await delete_unneeded(
-                index, blobs, [info.key], lambda keys: _referenced(index, keys)
+                index, blobs, [info.key], lambda keys: referenced(index, keys)
             )
             if not deleted:
                 report.referenced += 1  # stored again since it was listed
@@ -72,9 +71,3 @@ async def sweep_orphans(
             report.freed_bytes += info.size
             log.info("deleted orphaned object %s", info.key)
     return report
-
-
-async def _referenced(index: Lifecycle, keys: Sequence[str]) -> set[str]:
-    """Those of `keys` a live or a trashed instance references."""
-    found = await index.blob_keys_in_use(keys)
-    return found | {key for key in keys if key not in found and await index.trash_references(key)}
