@@ -69,11 +69,6 @@ def add_commands(commands: Any) -> None:
         parser.add_argument("--data-dir", help="embedded storage folder (DICOMWEB_DATA_DIR)")
 
 
-def _operator() -> str:
-    """Who runs the command, for the log and the audit trail."""
-    return operator_name()
-
-
 def _audit_log(deleter: DeleteService) -> AuditLog:
     """The audit trail: the one index the CLI's services run over holds it too."""
     return cast(AuditLog, deleter.lifecycle)
@@ -110,12 +105,16 @@ async def _restore(
         "cli:restore",
         site,
         {args.study: None},
-        operator=_operator(),
+        operator=operator_name(),
         detail=detail,
     )
     await write_now(_audit_log(deleter), [restored])  # the patient: the study is back
     log.info(
-        "restore by %s: %d instance(s) of study %s at site %s", _operator(), count, args.study, site
+        "restore by %s: %d instance(s) of study %s at site %s",
+        operator_name(),
+        count,
+        args.study,
+        site,
     )
     what = f"series {args.series}" if args.series else f"study {args.study}"
     print(f"restored {count} instance(s) of {what} at site {site}")
@@ -137,7 +136,7 @@ async def _purge(
                 "cli:purge",
                 site,
                 dict.fromkeys(studies),
-                operator=_operator(),
+                operator=operator_name(),
                 detail="purge",
             )
             for site, studies in sorted(report.studies.items())
@@ -145,7 +144,7 @@ async def _purge(
     )
     log.info(
         "purge by %s: %d trashed instance(s), %d object(s), %d kept under legal hold",
-        _operator(),
+        operator_name(),
         report.instances,
         report.objects,
         report.held,
@@ -168,7 +167,7 @@ async def _hold_add(
 ) -> int:
     hold = await holds.add(
         reason=args.reason,
-        who=_operator(),
+        who=operator_name(),
         patient_id=args.patient,
         issuer_of_patient_id=args.issuer,
         study_instance_uid=args.study,
@@ -198,7 +197,7 @@ async def _hold_list(
 async def _hold_remove(
     deleter: DeleteService, holds: HoldService, settings: Settings, args: argparse.Namespace
 ) -> int:
-    removed = await holds.remove(args.id, who=_operator())
+    removed = await holds.remove(args.id, who=operator_name())
     await record_change(
         _audit_log(deleter),
         "cli:hold",
